@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine with Rust, Python 3 and pip:
+#   make demo   train a teacher on Fashion-MNIST, serve it, distill a student, print the report
+#   make test   the test suite
+# Both run `setup` first, which skips whatever is already done.
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: setup build test demo fmt lint ci clean-runs
+
+## setup: libtorch (PyPI torch==2.11.0 into ~/.cache/distill) and Fashion-MNIST into data/
+setup:
+	@bash scripts/setup.sh
+
+## build: release binaries in target/release/
+build: setup
+	$(CARGO) build --release --bins
+
+## test: the whole suite (unit + integration against the real binaries)
+test: setup
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## demo: the main job, end to end, on real data
+demo: build
+	bash scripts/demo.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## ci: what .ci/run does
+ci: lint test
+
+clean-runs:
+	rm -rf runs
