@@ -30,7 +30,9 @@ fn needed_libraries(name: &str) -> Vec<String> {
 
 fn libtorch_has_cuda() -> bool {
     let libtorch = std::env::var("LIBTORCH").expect("LIBTORCH is set by .cargo/config.toml");
-    PathBuf::from(libtorch).join("lib/libtorch_cuda.so").exists()
+    PathBuf::from(libtorch)
+        .join("lib/libtorch_cuda.so")
+        .exists()
 }
 
 #[test]

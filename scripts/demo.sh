@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make demo`: a real knowledge distillation across two processes, on Fashion-MNIST.
+#
+#   1. train the CNN teacher (reused from runs/teacher when already trained that far);
+#   2. serve it with teacher-server on a free local port;
+#   3. train the MLP student on 1,000 labelled images only (the baseline);
+#   4. distill the same MLP from the served teacher on all 60,000 images, with labels for only
+#      those 1,000 (soft targets alone for the rest), and print the report;
+#   5. stop the server.
+#
+# Runs after `make setup` and `cargo build --release --bins`. Tunables (environment):
+#   DEMO_RUNS (runs)  DEMO_TEACHER_EPOCHS (4)  DEMO_BASELINE_EPOCHS (30)  DEMO_DISTILL_EPOCHS (4)
+#   DEMO_THREADS (number of CPUs)  STUDENT_DATA_DIR (data/fashion-mnist)  BIN (target/release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${BIN:-target/release}
+runs=${DEMO_RUNS:-runs}
+data=${STUDENT_DATA_DIR:-data/fashion-mnist}
+teacher_epochs=${DEMO_TEACHER_EPOCHS:-4}
+baseline_epochs=${DEMO_BASELINE_EPOCHS:-30}
+distill_epochs=${DEMO_DISTILL_EPOCHS:-4}
+threads=${DEMO_THREADS:-$(nproc)}
+labelled=1000
+
+for b in student-trainer teacher-server; do
+  [ -x "$bin/$b" ] || { echo "demo: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
+done
+[ -e "$data" ] || { echo "demo: no dataset at $data: run 'make setup' first" >&2; exit 1; }
+mkdir -p "$runs"
+export STUDENT_DATA_DIR=$data STUDENT_DEVICE=${STUDENT_DEVICE:-cpu}
+export RUST_LOG=${RUST_LOG:-info}
+t_start=$(date +%s)
+stamp() { echo "demo: [$(( $(date +%s) - t_start )) s] $*"; }
+
+# 1. Teacher. --resume makes this step idempotent: a checkpoint already at the target epoch is
+# reused as is, an interrupted one is continued.
+stamp "1/4 teacher: cnn, $teacher_epochs epochs on 60,000 labelled images -> $runs/teacher"
+"$bin/student-trainer" train --arch cnn --epochs "$teacher_epochs" --out "$runs/teacher" \
+  --resume --threads "$threads" --no-epoch-eval
+
+# 2. Serve it. Its first stdout line is `listening on HOST:PORT`.
+stamp "2/4 starting teacher-server on a free local port"
+server_out="$runs/teacher-server.out" server_log="$runs/teacher-server.log"
+: >"$server_out"
+"$bin/teacher-server" --model "$runs/teacher" --listen 127.0.0.1:0 >"$server_out" 2>"$server_log" &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true' EXIT
+first=
+for _ in $(seq 600); do
+  first=$(head -n 1 "$server_out")
+  [[ $first == "listening on "* ]] && break
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "demo: teacher-server exited; its log ($server_log):" >&2
+    cat "$server_log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[[ $first == "listening on "* ]] || { echo "demo: teacher-server did not report its address in 60 s" >&2; exit 1; }
+addr=${first#listening on }
+teacher="http://$addr"
+stamp "teacher-server listening on $addr (log: $server_log)"
+
+# 3. Baseline: the student on the 1,000 labelled images alone.
+stamp "3/4 baseline: mlp on $labelled labelled images, $baseline_epochs epochs -> $runs/baseline"
+rm -rf "$runs/baseline"
+"$bin/student-trainer" train --arch mlp --limit "$labelled" --epochs "$baseline_epochs" \
+  --out "$runs/baseline" --threads "$threads" --no-epoch-eval
+
+# 4. Distillation from the served teacher: all 60,000 images, labels for the first 1,000 only.
+# The teacher's forward passes dominate: give the student one thread, the server the rest.
+stamp "4/4 distill: mlp from $teacher, $distill_epochs epochs, labels for $labelled images -> $runs/distilled"
+rm -rf "$runs/distilled"
+"$bin/student-trainer" distill --teacher "$teacher" --arch mlp --labels "$labelled" \
+  --epochs "$distill_epochs" --out "$runs/distilled" --baseline "$runs/baseline" --threads 1 \
+  --no-epoch-eval
+
+stamp "done: report in $runs/distilled/report.json; total $(( $(date +%s) - t_start )) s"

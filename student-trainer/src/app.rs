@@ -1,0 +1,400 @@
+//! The three commands, wired from validated configs: `train`, `distill`, `eval`.
+//!
+//! Each loads the data, checks the device (and the teacher), runs the training loop on its own
+//! thread ([`crate::trainer`]) and prints its results on stdout; logs go to stderr.
+
+use crate::client::{ClientError, ClientOptions, TeacherClient};
+use crate::config::{DistillConfig, EvalConfig, EvalTarget, TrainConfig};
+use crate::data::{self, DataError, Dataset, Split};
+use crate::device::DeviceError;
+use crate::eval::{self, Accuracy};
+use crate::report::{ModelSummary, Report};
+use crate::schedule::{TeacherBatch, run_plan};
+use crate::trainer::{self, Job, Objective, Outcome, Start, TrainError};
+use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use tch::{Device, nn};
+use tokio::sync::mpsc;
+
+/// Errors of a command, each with the one message the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The dataset could not be loaded.
+    #[error("{0}")]
+    Data(#[from] DataError),
+    /// The device is not available.
+    #[error("--device: {0}")]
+    Device(#[from] DeviceError),
+    /// The teacher is unreachable, incompatible, or failed mid-stream.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// Training failed.
+    #[error("{0}")]
+    Train(#[from] TrainError),
+    /// A checkpoint (e.g. `--baseline`, `--checkpoint`) could not be used.
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    /// Writing an output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A libtorch failure outside the loop.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The data does not fit the network.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// How a command ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Ran to completion.
+    Done,
+    /// Stopped by Ctrl-C after saving a checkpoint (the binary exits with 130).
+    Interrupted,
+}
+
+struct Data {
+    train: Dataset,
+    test: Dataset,
+}
+
+fn load_data(dir: &Path, limit: Option<usize>) -> Result<Data, AppError> {
+    if !dir.exists() {
+        return Err(DataError::MissingFile {
+            path: dir.to_path_buf(),
+        }
+        .into());
+    }
+    let train = data::load(dir, Split::Train)?;
+    let train = match limit {
+        Some(n) => train.limit(n),
+        None => train,
+    };
+    let test = data::load(dir, Split::Test)?;
+    if train.sample_shape() != test.sample_shape() {
+        return Err(AppError::Mismatch(format!(
+            "{}: train samples have shape {:?}, test samples {:?}",
+            dir.display(),
+            train.sample_shape(),
+            test.sample_shape()
+        )));
+    }
+    tracing::info!(
+        data = %dir.display(), train = train.len(), test = test.len(),
+        shape = ?train.sample_shape(), classes = train.num_classes, "data loaded"
+    );
+    Ok(Data { train, test })
+}
+
+fn spec_for(arch: &Arch, data: &Data) -> ArchSpec {
+    ArchSpec {
+        arch: arch.clone(),
+        input_shape: data.train.sample_shape(),
+        num_classes: data.train.num_classes.max(data.test.num_classes),
+    }
+}
+
+/// Parameter count of `spec`, built on the CPU without keeping it.
+///
+/// # Errors
+/// [`ModelError::InputShape`] when the architecture cannot take the input shape.
+pub fn params_of(spec: &ArchSpec) -> Result<i64, ModelError> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    Network::new(&vs.root(), spec)?;
+    Ok(distill_models::arch::param_count(&vs))
+}
+
+async fn join_trainer(
+    handle: std::thread::JoinHandle<Result<Outcome, TrainError>>,
+) -> Result<Outcome, TrainError> {
+    tokio::task::spawn_blocking(move || trainer::join(handle))
+        .await
+        .unwrap_or_else(|e| Err(TrainError::Panic(e.to_string())))
+}
+
+/// `train`: supervised training on the labels; prints the final test accuracy.
+///
+/// # Errors
+/// Any [`AppError`].
+pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    let device = cfg.device.resolve()?;
+    let data = load_data(&cfg.data_dir, cfg.limit)?;
+    let spec = spec_for(&cfg.arch, &data);
+    let params = params_of(&spec)?;
+    println!(
+        "training {} ({params} parameters) on {} samples",
+        spec.arch,
+        data.train.len()
+    );
+    let start = Start::for_run(&cfg, &spec, data.train.len())?;
+    let job = Job {
+        device,
+        spec: spec.clone(),
+        objective: Objective::Supervised,
+        train: data.train,
+        test: Some(data.test),
+        start,
+        stop,
+        config: cfg.clone(),
+    };
+    let handle = trainer::spawn(job, None).map_err(|source| AppError::Io {
+        path: "trainer thread".into(),
+        source,
+    })?;
+    let out = join_trainer(handle).await?;
+    Ok(summarise(&spec, &out))
+}
+
+fn summarise(spec: &ArchSpec, out: &Outcome) -> Finished {
+    let acc = out.test.as_ref().map_or_else(
+        || "n/a".into(),
+        |a| format!("{:.2} %", 100.0 * a.fraction()),
+    );
+    println!(
+        "{} ({} parameters): {} epochs, {} steps, test accuracy {acc}, checkpoint {}",
+        spec.arch,
+        out.params,
+        out.epochs,
+        out.step,
+        out.checkpoint.display()
+    );
+    if out.interrupted {
+        Finished::Interrupted
+    } else {
+        Finished::Done
+    }
+}
+
+async fn connect(url: &str, timeout: std::time::Duration) -> Result<TeacherClient, ClientError> {
+    let options = ClientOptions {
+        connect_timeout: timeout,
+        ..ClientOptions::default()
+    };
+    let client = TeacherClient::connect(url, &options).await?;
+    let i = client.info();
+    tracing::info!(
+        url, name = %i.name, fingerprint = %i.fingerprint, device = %i.device,
+        input_shape = ?i.input_shape, num_logits = i.num_logits, max_batch_size = i.max_batch_size,
+        "teacher connected"
+    );
+    Ok(client)
+}
+
+/// Parameters of the teacher when its name is a built-in architecture (`None` otherwise).
+fn teacher_params(client: &TeacherClient) -> Option<i64> {
+    let i = client.info();
+    let arch: Arch = i.name.parse().ok()?;
+    params_of(&ArchSpec {
+        arch,
+        input_shape: i.input_shape.clone(),
+        num_classes: i.num_logits,
+    })
+    .ok()
+}
+
+/// `distill`: online distillation from a teacher-server; prints the report and writes
+/// `OUT/report.json`.
+///
+/// # Errors
+/// Any [`AppError`]; teacher problems are reported before training starts where possible.
+pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    let t0 = Instant::now();
+    let tc = &cfg.train;
+    let device = tc.device.resolve()?;
+    let data = load_data(&tc.data_dir, tc.limit)?;
+    let spec = spec_for(&tc.arch, &data);
+    let client = connect(&cfg.teacher, cfg.connect_timeout).await?;
+    client.info().check(
+        client.url(),
+        &spec.input_shape,
+        spec.num_classes,
+        tc.batch_size,
+    )?;
+    let student_params = params_of(&spec)?;
+    let t_params = teacher_params(&client);
+    println!(
+        "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
+        spec.arch,
+        student_params,
+        client.info().name,
+        t_params.map_or_else(|| "?".into(), |p| p.to_string()),
+        client.url(),
+        data.train.len()
+    );
+    let train_samples = data.train.len() as u64;
+    let start = Start::for_run(tc, &spec, data.train.len())?;
+    let plan = run_plan(
+        tc.seed,
+        data.train.len(),
+        tc.batch_size,
+        start.position,
+        tc.epochs,
+    );
+    let inputs = data.train.inputs.shallow_clone();
+    let (tx, rx) = mpsc::channel::<TeacherBatch>(cfg.prefetch);
+    let job = Job {
+        device,
+        spec: spec.clone(),
+        objective: Objective::Distill {
+            loss: cfg.loss,
+            labels: cfg.labels,
+            teacher_fingerprint: client.info().fingerprint.clone(),
+        },
+        train: data.train,
+        test: Some(data.test.limit(usize::MAX)),
+        start,
+        stop,
+        config: tc.clone(),
+    };
+    let handle = trainer::spawn(job, Some(rx)).map_err(|source| AppError::Io {
+        path: "trainer thread".into(),
+        source,
+    })?;
+    let (streamed, trained) = tokio::join!(
+        client.stream(plan, inputs, cfg.prefetch, tx),
+        join_trainer(handle)
+    );
+    let out = match (trained, streamed) {
+        (Ok(out), _) if out.interrupted => {
+            summarise(&spec, &out);
+            return Ok(Finished::Interrupted);
+        }
+        (Ok(out), Ok(stats)) => {
+            tracing::info!(?stats, "teacher stream");
+            out
+        }
+        // The loop stopped first: its error is the cause, the client only saw it leave.
+        (Err(e), Err(ClientError::ConsumerGone)) | (Err(e), Ok(_)) => return Err(e.into()),
+        // The stream failed first: the loop only saw it end.
+        (_, Err(e)) => return Err(e.into()),
+    };
+    summarise(&spec, &out);
+    let teacher_acc = eval::evaluate_remote(&client, &data.test, 500, cfg.prefetch).await?;
+    let student_acc = out
+        .test
+        .clone()
+        .unwrap_or_else(|| Accuracy::new(spec.num_classes));
+    let baseline = match &cfg.baseline {
+        Some(dir) => Some(evaluate_checkpoint(dir, &data.test, device)?),
+        None => None,
+    };
+    let report = Report {
+        teacher: ModelSummary {
+            accuracy: teacher_acc.fraction(),
+            params: t_params,
+            name: client.info().name.clone(),
+            per_class: teacher_acc.per_class_fractions(),
+        },
+        student: ModelSummary {
+            accuracy: student_acc.fraction(),
+            params: Some(out.params),
+            name: spec.arch.to_string(),
+            per_class: student_acc.per_class_fractions(),
+        },
+        baseline: baseline.map(|(acc, params, name)| ModelSummary {
+            accuracy: acc.fraction(),
+            params: Some(params),
+            name,
+            per_class: acc.per_class_fractions(),
+        }),
+        compression: Report::compression_of(t_params, Some(out.params)),
+        samples_per_s: out.samples as f64 / out.train_s.max(1e-9),
+        wall_s: t0.elapsed().as_secs_f64(),
+        epochs: out.epochs,
+        temperature: cfg.loss.temperature,
+        alpha: cfg.loss.alpha,
+        loss: cfg.loss.kind.to_string(),
+        labels: cfg.labels.to_string(),
+        train_samples,
+        teacher_url: client.url().to_string(),
+        teacher_fingerprint: client.info().fingerprint.clone(),
+    };
+    println!("\n{}", report.table());
+    let path = report.write(&tc.out).map_err(|source| AppError::Io {
+        path: tc.out.join(crate::report::REPORT_FILE),
+        source,
+    })?;
+    println!("report written to {}", path.display());
+    Ok(Finished::Done)
+}
+
+/// Test accuracy, parameter count and architecture name of the checkpoint in `dir`.
+fn evaluate_checkpoint(
+    dir: &Path,
+    test: &Dataset,
+    device: Device,
+) -> Result<(Accuracy, i64, String), AppError> {
+    let ck = Checkpoint::open(dir)?;
+    if ck.meta.arch.input_shape != test.sample_shape() {
+        return Err(AppError::Mismatch(format!(
+            "checkpoint {} takes inputs {:?}, the data has {:?}",
+            dir.display(),
+            ck.meta.arch.input_shape,
+            test.sample_shape()
+        )));
+    }
+    let (vs, net) = ck.load_network(device)?;
+    let acc = eval::evaluate(&net, test, device, 1000)?;
+    Ok((
+        acc,
+        distill_models::arch::param_count(&vs),
+        ck.meta.arch.arch.to_string(),
+    ))
+}
+
+/// `eval`: accuracy overall and per class on the test split, as a table or JSON.
+///
+/// # Errors
+/// Any [`AppError`].
+pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n as i32);
+    }
+    if !cfg.data_dir.exists() {
+        return Err(DataError::MissingFile { path: cfg.data_dir }.into());
+    }
+    let test = data::load(&cfg.data_dir, Split::Test)?;
+    let (title, acc, params) = match &cfg.target {
+        EvalTarget::Checkpoint(dir) => {
+            let device = cfg.device.resolve()?;
+            let (acc, params, name) = evaluate_checkpoint(dir, &test, device)?;
+            (
+                format!("{} ({name}, {params} parameters)", dir.display()),
+                acc,
+                Some(params),
+            )
+        }
+        EvalTarget::Teacher(url) => {
+            let client = connect(url, cfg.connect_timeout).await?;
+            client
+                .info()
+                .check(url, &test.sample_shape(), test.num_classes, 1)?;
+            let acc = eval::evaluate_remote(&client, &test, cfg.batch_size, 4).await?;
+            let params = teacher_params(&client);
+            (
+                format!("teacher {url} ({})", client.info().name),
+                acc,
+                params,
+            )
+        }
+    };
+    if cfg.json {
+        let mut v = acc.to_json();
+        v["params"] = serde_json::json!(params);
+        v["model"] = serde_json::json!(title);
+        println!("{v}");
+    } else {
+        print!("{}", acc.table(&format!("test accuracy of {title}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Command line: `student-trainer train | distill | eval`.
+//!
+//! Every flag has an environment-variable equivalent (`STUDENT_…`); the names of the common flags
+//! (`--device`, `--arch`, `--data-dir`, `--epochs`, `--batch-size`, `--lr`, `--optimizer`,
+//! `--seed`, `--limit`, `--out`, `--resume`) are kept stable: scripts and the README use them.
+//! Parsing only checks syntax; [`crate::config`] validates the values.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// `student-trainer`: supervised training, knowledge distillation from a `teacher-server`, and
+/// evaluation.
+#[derive(Debug, Parser)]
+#[command(name = "student-trainer", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, env = "STUDENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ordinary supervised training on labels (for the teacher, and the no-distillation baseline).
+    Train(TrainArgs),
+    /// Online distillation: train a student on the logits a teacher-server streams back.
+    Distill(DistillArgs),
+    /// Accuracy (overall and per class) of a checkpoint, or of a remote teacher, on the test split.
+    Eval(EvalArgs),
+}
+
+/// Flags shared by `train` and `distill`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Device of the network being trained: auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Architecture: cnn, mlp (one hidden layer of 128), or mlp:H1,H2,...
+    #[arg(long, env = "STUDENT_ARCH", default_value = "mlp")]
+    pub arch: String,
+    /// Dataset: a directory of IDX files (Fashion-MNIST layout, .gz or raw) or an .npz file with
+    /// `inputs`/`labels` arrays.
+    #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
+    pub data_dir: PathBuf,
+    /// Total number of epochs (with --resume: the epoch count to reach, not extra epochs).
+    #[arg(long, env = "STUDENT_EPOCHS", default_value_t = 5)]
+    pub epochs: u64,
+    /// Samples per optimizer step.
+    #[arg(long, env = "STUDENT_BATCH_SIZE", default_value_t = 128)]
+    pub batch_size: usize,
+    /// Learning rate.
+    #[arg(long, env = "STUDENT_LR", default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Optimizer: adam or sgd.
+    #[arg(long, env = "STUDENT_OPTIMIZER", default_value = "adam")]
+    pub optimizer: String,
+    /// Momentum of SGD (ignored by Adam).
+    #[arg(long, env = "STUDENT_MOMENTUM", default_value_t = 0.9)]
+    pub momentum: f64,
+    /// L2 weight decay added to the gradients.
+    #[arg(long, env = "STUDENT_WEIGHT_DECAY", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Seed of weight initialisation, shuffling and dropout; the same seed gives the same run.
+    #[arg(long, env = "STUDENT_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N training samples (quick runs, the small-data baseline).
+    #[arg(long, env = "STUDENT_LIMIT")]
+    pub limit: Option<usize>,
+    /// Output directory: checkpoint (model.safetensors, optimizer.safetensors, checkpoint.json),
+    /// metrics.jsonl, report.json.
+    #[arg(long, env = "STUDENT_OUT", default_value = "runs/student")]
+    pub out: PathBuf,
+    /// Continue from the checkpoint in --out: weights, optimizer state, epoch, step, position.
+    #[arg(long, env = "STUDENT_RESUME")]
+    pub resume: bool,
+    /// libtorch intra-op threads for this process (default: libtorch's choice).
+    #[arg(long, env = "STUDENT_THREADS")]
+    pub threads: Option<usize>,
+    /// Skip the test-split evaluation at the end of each epoch.
+    #[arg(long, env = "STUDENT_NO_EPOCH_EVAL")]
+    pub no_epoch_eval: bool,
+}
+
+/// `train` flags.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Flags shared with `distill`.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `distill` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DistillArgs {
+    /// Flags shared with `train`.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// URL of the teacher-server, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "STUDENT_TEACHER")]
+    pub teacher: String,
+    /// Softmax temperature T of the soft targets (Hinton et al. 2015, eq. 1).
+    #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
+    pub temperature: f64,
+    /// Weight of the soft-target term; (1 - alpha) weighs the hard-label cross-entropy.
+    #[arg(long, env = "STUDENT_ALPHA", default_value_t = 0.9)]
+    pub alpha: f64,
+    /// Soft-target loss: kl (Hinton) or mse (logit matching, Ba & Caruana 2014).
+    #[arg(long, env = "STUDENT_LOSS", default_value = "kl")]
+    pub loss: String,
+    /// Which samples keep their ground-truth labels: all, none (soft targets only), or N (the
+    /// samples with index < N; soft targets only for the rest).
+    #[arg(long, env = "STUDENT_LABELS", default_value = "all")]
+    pub labels: String,
+    /// Batches in flight to the teacher (sent and not yet consumed by the training loop), so the
+    /// teacher's forward pass overlaps the student's step.
+    #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
+    pub prefetch: usize,
+    /// A checkpoint of the same student trained without distillation, evaluated for the report.
+    #[arg(long, env = "STUDENT_BASELINE")]
+    pub baseline: Option<PathBuf>,
+    /// Seconds to wait for the teacher's connection before giving up.
+    #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+}
+
+/// `eval` flags.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A checkpoint directory to evaluate.
+    #[arg(
+        long,
+        env = "STUDENT_CHECKPOINT",
+        conflicts_with = "teacher",
+        required_unless_present = "teacher"
+    )]
+    pub checkpoint: Option<PathBuf>,
+    /// A teacher-server URL to evaluate instead of a checkpoint.
+    #[arg(long, env = "STUDENT_TEACHER")]
+    pub teacher: Option<String>,
+    /// Dataset directory (IDX) or .npz file; its test split is evaluated.
+    #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
+    pub data_dir: PathBuf,
+    /// Device of the checkpoint's network: auto, cpu, cuda, cuda:N.
+    #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Samples per forward pass (capped by the teacher's max batch size).
+    #[arg(long, env = "STUDENT_EVAL_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Print the result as JSON on stdout instead of a table.
+    #[arg(long, env = "STUDENT_JSON")]
+    pub json: bool,
+    /// libtorch intra-op threads for this process.
+    #[arg(long, env = "STUDENT_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds to wait for the teacher's connection before giving up.
+    #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+}

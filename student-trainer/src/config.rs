@@ -1,0 +1,521 @@
+//! Validated configurations, built from the parsed command line with `TryFrom`.
+//!
+//! Validation here is pure (no file system, no network, no CUDA query), so it is unit-tested on
+//! any machine; the data directory, the teacher and the device are checked when a command starts.
+
+use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
+use crate::device::{DeviceChoice, DeviceError};
+use crate::loss::{DistillLoss, LossKind};
+use crate::optim::{OptimizerConfig, OptimizerKind};
+use distill_models::Arch;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A flag value that is out of range or malformed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag with an invalid value.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag, without the dashes.
+        flag: &'static str,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// A malformed `--device`.
+    #[error("--device: {0}")]
+    Device(#[from] DeviceError),
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Which training samples keep their ground-truth label in `distill` (`--labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelPolicy {
+    /// Every sample: loss `alpha * soft + (1 - alpha) * CE`.
+    All,
+    /// No sample: soft targets only (alpha is 1), a transfer set without labels (Hinton et al.
+    /// 2015, section 2).
+    None,
+    /// Samples with dataset index `< N` keep their labels; the rest use soft targets only.
+    First(u64),
+}
+
+impl FromStr for LabelPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(LabelPolicy::All),
+            "none" | "0" => Ok(LabelPolicy::None),
+            n => n
+                .parse::<u64>()
+                .map(LabelPolicy::First)
+                .map_err(|_| format!("{s:?} is not all, none or a number of samples")),
+        }
+    }
+}
+
+impl fmt::Display for LabelPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabelPolicy::All => write!(f, "all"),
+            LabelPolicy::None => write!(f, "none"),
+            LabelPolicy::First(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl LabelPolicy {
+    /// Whether the sample with dataset index `index` keeps its ground-truth label.
+    pub fn is_labelled(self, index: i64) -> bool {
+        match self {
+            LabelPolicy::All => true,
+            LabelPolicy::None => false,
+            LabelPolicy::First(n) => index >= 0 && (index as u64) < n,
+        }
+    }
+}
+
+/// Settings of a training run, shared by `train` and `distill`.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Device of the trained network (resolved when the run starts).
+    pub device: DeviceChoice,
+    /// Architecture of the trained network.
+    pub arch: Arch,
+    /// IDX directory or .npz file.
+    pub data_dir: PathBuf,
+    /// Total epochs to reach (≥ 1).
+    pub epochs: u64,
+    /// Samples per optimizer step (≥ 1).
+    pub batch_size: usize,
+    /// Optimizer and its hyper-parameters.
+    pub optimizer: OptimizerConfig,
+    /// Seed of initialisation, shuffling and dropout.
+    pub seed: u64,
+    /// Train on the first N samples only.
+    pub limit: Option<usize>,
+    /// Output directory (checkpoint, metrics.jsonl, report.json).
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    /// libtorch intra-op threads (`None`: libtorch's default).
+    pub threads: Option<usize>,
+    /// Evaluate on the test split after each epoch.
+    pub epoch_eval: bool,
+}
+
+/// Settings of `distill`.
+#[derive(Debug, Clone)]
+pub struct DistillConfig {
+    /// The student's training run.
+    pub train: TrainConfig,
+    /// Teacher URL, with scheme (`http://host:port`).
+    pub teacher: String,
+    /// The distillation loss (kind, temperature, alpha).
+    pub loss: DistillLoss,
+    /// Which samples keep their labels.
+    pub labels: LabelPolicy,
+    /// Batches in flight to the teacher (≥ 1).
+    pub prefetch: usize,
+    /// Baseline checkpoint to evaluate for the report.
+    pub baseline: Option<PathBuf>,
+    /// How long to wait for the teacher's connection.
+    pub connect_timeout: Duration,
+}
+
+/// What `eval` evaluates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalTarget {
+    /// A checkpoint directory.
+    Checkpoint(PathBuf),
+    /// A teacher-server URL (with scheme).
+    Teacher(String),
+}
+
+/// Settings of `eval`.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// What to evaluate.
+    pub target: EvalTarget,
+    /// IDX directory or .npz file (its test split is used).
+    pub data_dir: PathBuf,
+    /// Device of a checkpoint's network.
+    pub device: DeviceChoice,
+    /// Samples per forward pass (≥ 1).
+    pub batch_size: usize,
+    /// JSON on stdout instead of a table.
+    pub json: bool,
+    /// libtorch intra-op threads.
+    pub threads: Option<usize>,
+    /// How long to wait for the teacher's connection.
+    pub connect_timeout: Duration,
+}
+
+/// Adds `http://` to a bare `host:port` and checks the result looks like a URL.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for an empty URL or a scheme other than http/https.
+pub fn teacher_url(flag: &'static str, url: &str) -> Result<String, ConfigError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(invalid(
+            flag,
+            "empty teacher URL: expected http://HOST:PORT",
+        ));
+    }
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            flag,
+            format!("{url:?}: expected an http:// or https:// URL"),
+        ));
+    }
+    Ok(url)
+}
+
+fn timeout(flag: &'static str, seconds: f64) -> Result<Duration, ConfigError> {
+    if seconds.is_finite() && seconds > 0.0 && seconds < 1e6 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(invalid(
+            flag,
+            format!("{seconds} is not a positive number of seconds"),
+        ))
+    }
+}
+
+fn threads(t: Option<usize>) -> Result<Option<usize>, ConfigError> {
+    match t {
+        Some(0) => Err(invalid("threads", "must be at least 1")),
+        t => Ok(t),
+    }
+}
+
+impl TryFrom<CommonArgs> for TrainConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: CommonArgs) -> Result<Self, ConfigError> {
+        let arch = a
+            .arch
+            .parse::<Arch>()
+            .map_err(|e| invalid("arch", e.to_string()))?;
+        if a.epochs == 0 {
+            return Err(invalid("epochs", "must be at least 1"));
+        }
+        if a.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1"));
+        }
+        if !(a.lr.is_finite() && a.lr > 0.0) {
+            return Err(invalid(
+                "lr",
+                format!("{} is not a positive learning rate", a.lr),
+            ));
+        }
+        if !(a.momentum.is_finite() && (0.0..1.0).contains(&a.momentum)) {
+            return Err(invalid(
+                "momentum",
+                format!("{} is not in [0, 1)", a.momentum),
+            ));
+        }
+        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+            return Err(invalid(
+                "weight-decay",
+                format!("{} is negative", a.weight_decay),
+            ));
+        }
+        let kind = a
+            .optimizer
+            .parse::<OptimizerKind>()
+            .map_err(|e| invalid("optimizer", e.to_string()))?;
+        if a.limit == Some(0) {
+            return Err(invalid("limit", "must be at least 1 sample"));
+        }
+        Ok(TrainConfig {
+            device: a.device.parse()?,
+            arch,
+            data_dir: a.data_dir,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            optimizer: OptimizerConfig {
+                kind,
+                lr: a.lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: a.weight_decay,
+                momentum: a.momentum,
+            },
+            seed: a.seed,
+            limit: a.limit,
+            out: a.out,
+            resume: a.resume,
+            threads: threads(a.threads)?,
+            epoch_eval: !a.no_epoch_eval,
+        })
+    }
+}
+
+impl TryFrom<TrainArgs> for TrainConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: TrainArgs) -> Result<Self, ConfigError> {
+        TrainConfig::try_from(a.common)
+    }
+}
+
+impl TryFrom<DistillArgs> for DistillConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: DistillArgs) -> Result<Self, ConfigError> {
+        let train = TrainConfig::try_from(a.common)?;
+        if !(a.temperature.is_finite() && a.temperature > 0.0) {
+            return Err(invalid(
+                "temperature",
+                format!("{} is not positive", a.temperature),
+            ));
+        }
+        if !(a.alpha.is_finite() && (0.0..=1.0).contains(&a.alpha)) {
+            return Err(invalid("alpha", format!("{} is not in [0, 1]", a.alpha)));
+        }
+        let kind = a
+            .loss
+            .parse::<LossKind>()
+            .map_err(|e| invalid("loss", e.to_string()))?;
+        let labels: LabelPolicy = a.labels.parse().map_err(|e: String| invalid("labels", e))?;
+        if a.prefetch == 0 {
+            return Err(invalid("prefetch", "must be at least 1 batch"));
+        }
+        // Without labels the soft targets carry the whole loss (Hinton et al. 2015, section 2).
+        let alpha = if labels == LabelPolicy::None {
+            1.0
+        } else {
+            a.alpha
+        };
+        Ok(DistillConfig {
+            train,
+            teacher: teacher_url("teacher", &a.teacher)?,
+            loss: DistillLoss {
+                kind,
+                temperature: a.temperature,
+                alpha,
+            },
+            labels,
+            prefetch: a.prefetch,
+            baseline: a.baseline,
+            connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
+        })
+    }
+}
+
+impl TryFrom<EvalArgs> for EvalConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
+        let target = match (a.checkpoint, a.teacher) {
+            (Some(dir), None) => EvalTarget::Checkpoint(dir),
+            (None, Some(url)) => EvalTarget::Teacher(teacher_url("teacher", &url)?),
+            _ => {
+                return Err(invalid(
+                    "checkpoint",
+                    "give exactly one of --checkpoint DIR or --teacher URL",
+                ));
+            }
+        };
+        if a.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1"));
+        }
+        Ok(EvalConfig {
+            target,
+            data_dir: a.data_dir,
+            device: a.device.parse()?,
+            batch_size: a.batch_size,
+            json: a.json,
+            threads: threads(a.threads)?,
+            connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut v = vec!["student-trainer"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("parses").command
+    }
+
+    fn distill(args: &[&str]) -> Result<DistillConfig, ConfigError> {
+        let mut v = vec!["distill", "--teacher", "127.0.0.1:50051"];
+        v.extend_from_slice(args);
+        match parse(&v) {
+            Command::Distill(a) => DistillConfig::try_from(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn train(args: &[&str]) -> Result<TrainConfig, ConfigError> {
+        let mut v = vec!["train"];
+        v.extend_from_slice(args);
+        match parse(&v) {
+            Command::Train(a) => TrainConfig::try_from(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_reference_loop() {
+        let c = distill(&[]).unwrap();
+        assert_eq!(c.teacher, "http://127.0.0.1:50051");
+        assert_eq!(c.loss.temperature, 4.0);
+        assert_eq!(c.loss.alpha, 0.9);
+        assert_eq!(c.labels, LabelPolicy::All);
+        assert!(c.prefetch >= 2);
+        let t = &c.train;
+        assert_eq!((t.batch_size, t.optimizer.lr, t.seed), (128, 1e-3, 0));
+        assert_eq!(t.optimizer.kind, OptimizerKind::Adam);
+        assert_eq!(t.arch.to_string(), "mlp");
+        assert_eq!(t.data_dir, PathBuf::from("data/fashion-mnist"));
+        assert_eq!(t.device, DeviceChoice::Auto);
+        assert!(!t.resume && t.limit.is_none());
+    }
+
+    #[test]
+    fn flags_are_carried_over() {
+        let c = distill(&[
+            "--arch",
+            "mlp:64,32",
+            "--labels",
+            "1000",
+            "--loss",
+            "mse",
+            "--temperature",
+            "2",
+            "--alpha",
+            "0.5",
+            "--prefetch",
+            "8",
+            "--device",
+            "cuda:1",
+            "--limit",
+            "500",
+            "--optimizer",
+            "sgd",
+            "--resume",
+            "--epochs",
+            "3",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(c.labels, LabelPolicy::First(1000));
+        assert_eq!(c.loss.kind, LossKind::Mse);
+        assert_eq!(
+            (c.loss.temperature, c.loss.alpha, c.prefetch),
+            (2.0, 0.5, 8)
+        );
+        assert_eq!(c.train.device, DeviceChoice::Cuda(1));
+        assert_eq!(
+            c.train.arch,
+            Arch::Mlp {
+                hidden: vec![64, 32]
+            }
+        );
+        assert_eq!(c.train.optimizer.kind, OptimizerKind::Sgd);
+        assert_eq!(
+            (c.train.limit, c.train.epochs, c.train.seed),
+            (Some(500), 3, 7)
+        );
+        assert!(c.train.resume);
+    }
+
+    #[test]
+    fn labels_none_forces_alpha_one() {
+        let c = distill(&["--labels", "none", "--alpha", "0.3"]).unwrap();
+        assert_eq!(c.labels, LabelPolicy::None);
+        assert_eq!(c.loss.alpha, 1.0);
+    }
+
+    #[test]
+    fn label_policy_marks_the_first_n_samples() {
+        let p = LabelPolicy::First(3);
+        let marks: Vec<bool> = (0..5).map(|i| p.is_labelled(i)).collect();
+        assert_eq!(marks, [true, true, true, false, false]);
+        assert!(LabelPolicy::All.is_labelled(10_000));
+        assert!(!LabelPolicy::None.is_labelled(0));
+        assert_eq!("1000".parse::<LabelPolicy>().unwrap().to_string(), "1000");
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--temperature", "0"], "--temperature"),
+            (&["--alpha", "1.5"], "--alpha"),
+            (&["--loss", "hinge"], "--loss"),
+            (&["--labels", "some"], "--labels"),
+            (&["--prefetch", "0"], "--prefetch"),
+            (&["--epochs", "0"], "--epochs"),
+            (&["--batch-size", "0"], "--batch-size"),
+            (&["--lr=-1"], "--lr"),
+            (&["--optimizer", "lbfgs"], "--optimizer"),
+            (&["--arch", "resnet"], "--arch"),
+            (&["--device", "tpu"], "--device"),
+            (&["--limit", "0"], "--limit"),
+            (&["--connect-timeout", "0"], "--connect-timeout"),
+        ];
+        for (args, flag) in cases {
+            let err = distill(args).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
+        assert!(train(&["--threads", "0"]).is_err());
+        let Command::Distill(a) = parse(&["distill", "--teacher", "ftp://x"]) else {
+            panic!()
+        };
+        let e = DistillConfig::try_from(a).unwrap_err().to_string();
+        assert!(e.contains("http"), "{e}");
+    }
+
+    #[test]
+    fn eval_needs_exactly_one_target() {
+        let mk = |args: &[&str]| {
+            let mut v = vec!["student-trainer", "eval"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        assert!(mk(&[]).is_err());
+        assert!(mk(&["--checkpoint", "a", "--teacher", "b"]).is_err());
+        assert!(
+            mk(&[
+                "--checkpoint",
+                "a",
+                "--data-dir",
+                "d",
+                "--device",
+                "cpu",
+                "--json"
+            ])
+            .is_ok()
+        );
+        let Command::Eval(a) = mk(&["--teacher", "localhost:1"]).unwrap().command else {
+            panic!()
+        };
+        let c = EvalConfig::try_from(a).unwrap();
+        assert_eq!(c.target, EvalTarget::Teacher("http://localhost:1".into()));
+    }
+}

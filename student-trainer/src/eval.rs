@@ -1,0 +1,203 @@
+//! Accuracy, overall and per class, of a local network or of a remote teacher, on a dataset
+//! (normally the test split).
+
+use crate::client::{ClientError, TeacherClient};
+use crate::data::Dataset;
+use crate::schedule::{PlannedBatch, TeacherBatch};
+use distill_models::Network;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use tch::{Device, Kind, Tensor};
+use tokio::sync::mpsc;
+
+/// Correct and total counts, overall and per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Samples classified correctly.
+    pub correct: u64,
+    /// Samples evaluated.
+    pub total: u64,
+    /// Per class `c`: `(correct, total)` among samples labelled `c`.
+    pub per_class: Vec<(u64, u64)>,
+}
+
+impl Accuracy {
+    /// Empty counts for `num_classes` classes.
+    pub fn new(num_classes: i64) -> Accuracy {
+        Accuracy {
+            correct: 0,
+            total: 0,
+            per_class: vec![(0, 0); num_classes.max(0) as usize],
+        }
+    }
+
+    /// Fraction correct, in [0, 1] (0 when nothing was evaluated).
+    pub fn fraction(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.total as f64
+        }
+    }
+
+    /// Per-class fractions, in [0, 1] (0 for classes without samples).
+    pub fn per_class_fractions(&self) -> Vec<f64> {
+        self.per_class
+            .iter()
+            .map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+            .collect()
+    }
+
+    /// Adds a batch: `logits` `[B, C]` (any float kind, any device) against `labels` `i64 [B]`.
+    ///
+    /// # Errors
+    /// Libtorch errors (e.g. mismatched batch sizes).
+    pub fn add(&mut self, logits: &Tensor, labels: &Tensor) -> Result<(), tch::TchError> {
+        let pred = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+        let labels = labels.f_to_device(Device::Cpu)?.f_to_kind(Kind::Int64)?;
+        let pred: Vec<i64> = Vec::try_from(&pred)?;
+        let labels: Vec<i64> = Vec::try_from(&labels)?;
+        if pred.len() != labels.len() {
+            return Err(tch::TchError::Shape(format!(
+                "{} predictions for {} labels",
+                pred.len(),
+                labels.len()
+            )));
+        }
+        for (p, y) in pred.into_iter().zip(labels) {
+            let hit = (p == y) as u64;
+            self.correct += hit;
+            self.total += 1;
+            if let Some(c) = usize::try_from(y)
+                .ok()
+                .and_then(|y| self.per_class.get_mut(y))
+            {
+                c.0 += hit;
+                c.1 += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A table: one row per class, then the overall accuracy.
+    pub fn table(&self, title: &str) -> String {
+        let mut s = format!("{title}\n  class   correct   total   accuracy\n");
+        for (c, &(k, t)) in self.per_class.iter().enumerate() {
+            let f = if t == 0 { 0.0 } else { k as f64 / t as f64 };
+            let _ = writeln!(s, "  {c:>5}  {k:>8}  {t:>6}   {:>7.2} %", 100.0 * f);
+        }
+        let _ = writeln!(
+            s,
+            "  {:>5}  {:>8}  {:>6}   {:>7.2} %",
+            "all",
+            self.correct,
+            self.total,
+            100.0 * self.fraction()
+        );
+        s
+    }
+
+    /// JSON: `{"accuracy", "correct", "total", "per_class": [fraction, ...]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accuracy": self.fraction(),
+            "correct": self.correct,
+            "total": self.total,
+            "per_class": self.per_class_fractions(),
+        })
+    }
+}
+
+/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of `batch_size`.
+///
+/// # Errors
+/// Model or libtorch errors.
+pub fn evaluate(
+    net: &Network,
+    data: &Dataset,
+    device: Device,
+    batch_size: usize,
+) -> Result<Accuracy, distill_models::ModelError> {
+    let _guard = tch::no_grad_guard();
+    let mut acc = Accuracy::new(data.num_classes);
+    let n = data.len() as i64;
+    let bs = batch_size.max(1) as i64;
+    let mut start = 0;
+    while start < n {
+        let len = bs.min(n - start);
+        let xs = data.inputs.f_narrow(0, start, len)?.f_to_device(device)?;
+        let ys = data.labels.f_narrow(0, start, len)?;
+        let logits = net.forward(&xs, false)?;
+        acc.add(&logits, &ys)?;
+        start += len;
+    }
+    Ok(acc)
+}
+
+/// Accuracy of a remote teacher on `data`, streamed in order in batches of `batch_size` (capped
+/// by the teacher's max batch size) with `prefetch` batches in flight.
+///
+/// # Errors
+/// Client errors; libtorch errors while counting.
+pub async fn evaluate_remote(
+    client: &TeacherClient,
+    data: &Dataset,
+    batch_size: usize,
+    prefetch: usize,
+) -> Result<Accuracy, ClientError> {
+    let max = client.info().max_batch_size as usize;
+    let bs = if max > 0 {
+        batch_size.min(max)
+    } else {
+        batch_size
+    }
+    .max(1);
+    let n = data.len() as i64;
+    let plan: Vec<PlannedBatch> = (0..n)
+        .collect::<Vec<i64>>()
+        .chunks(bs)
+        .enumerate()
+        .map(|(index, c)| PlannedBatch {
+            epoch: 0,
+            index,
+            indices: c.to_vec(),
+        })
+        .collect();
+    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(prefetch.max(1));
+    let labels = data.labels.shallow_clone();
+    let mut acc = Accuracy::new(data.num_classes);
+    let count = async {
+        while let Some(b) = rx.recv().await {
+            let ys = labels.f_index_select(0, &Tensor::from_slice(&b.indices))?;
+            acc.add(&b.logits, &ys)?;
+        }
+        Ok::<(), ClientError>(())
+    };
+    let (streamed, counted) = tokio::join!(
+        client.stream(plan, data.inputs.shallow_clone(), prefetch, tx),
+        count
+    );
+    streamed?;
+    counted?;
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_overall_and_per_class() {
+        let logits =
+            Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]).reshape([4, 2]);
+        let labels = Tensor::from_slice(&[0i64, 1, 1, 1]);
+        let mut a = Accuracy::new(2);
+        a.add(&logits, &labels).unwrap();
+        assert_eq!((a.correct, a.total), (3, 4));
+        assert_eq!(a.per_class, vec![(1, 1), (2, 3)]);
+        assert_eq!(a.fraction(), 0.75);
+        let t = a.table("x");
+        assert!(t.contains("75.00 %") && t.contains("66.67 %"), "{t}");
+        assert_eq!(a.to_json()["accuracy"], 0.75);
+    }
+}

@@ -1,0 +1,24 @@
+//! student-trainer: supervised training, knowledge distillation from teacher-server replicas
+//! (Hinton, Vinyals & Dean 2015), and evaluation, on Fashion-MNIST or a user's NPZ data.
+//!
+//! Layout: [`cli`] (flags) → [`config`] (validation) → [`app`] (the commands), which load
+//! [`data`], talk to the teacher through [`client`] (the only module that sees gRPC types), and
+//! run the loop of [`trainer`] on its own thread over the batch [`schedule`]; [`loss`] and
+//! [`optim`] are the maths, [`eval`], [`metrics`], [`progress`] and [`report`] the outputs.
+
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod progress;
+pub mod report;
+pub mod schedule;
+pub mod trainer;
+
+pub use app::{AppError, Finished};

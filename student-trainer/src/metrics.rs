@@ -1,0 +1,111 @@
+//! Per-epoch metrics, appended as JSON lines to `OUT/metrics.jsonl`.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// File name of the metrics log inside the output directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// Metrics of one epoch (one JSON line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch number, from 1 (epochs completed after this one).
+    pub epoch: u64,
+    /// Optimizer steps taken in total after this epoch.
+    pub step: u64,
+    /// Samples trained on in this epoch (in this process).
+    pub samples: u64,
+    /// Mean training loss over the epoch's samples.
+    pub loss: f64,
+    /// Mean soft-target term (0 for supervised training).
+    pub soft_loss: f64,
+    /// Mean hard-label term (cross-entropy).
+    pub hard_loss: f64,
+    /// Fraction of training samples classified correctly (in train mode, dropout on), in [0, 1].
+    pub train_accuracy: f64,
+    /// Test-split accuracy after the epoch, in [0, 1] (absent with --no-epoch-eval).
+    pub test_accuracy: Option<f64>,
+    /// Training throughput (samples per second of wall time, evaluation excluded).
+    pub samples_per_s: f64,
+    /// Wall time of the epoch's training (seconds).
+    pub wall_s: f64,
+}
+
+/// An append-only `metrics.jsonl`.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens (creating `dir` and the file if needed) `dir/metrics.jsonl` for appending.
+    ///
+    /// # Errors
+    /// File-system errors.
+    pub fn open(dir: &Path) -> std::io::Result<MetricsLog> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(METRICS_FILE);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(MetricsLog { path, file })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line and flushes it.
+    ///
+    /// # Errors
+    /// File-system errors.
+    pub fn append(&mut self, m: &EpochMetrics) -> std::io::Result<()> {
+        let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
+        writeln!(self.file, "{line}")?;
+        self.file.flush()
+    }
+}
+
+/// Reads every line of `dir/metrics.jsonl`.
+///
+/// # Errors
+/// File-system errors, or a malformed line.
+pub fn read(dir: &Path) -> std::io::Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(dir.join(METRICS_FILE))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_append_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("student-metrics-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = EpochMetrics {
+            epoch: 1,
+            step: 10,
+            samples: 1280,
+            loss: 0.5,
+            soft_loss: 0.4,
+            hard_loss: 0.6,
+            train_accuracy: 0.8,
+            test_accuracy: Some(0.79),
+            samples_per_s: 1e4,
+            wall_s: 0.128,
+        };
+        MetricsLog::open(&dir).unwrap().append(&m).unwrap();
+        let mut m2 = m.clone();
+        m2.epoch = 2;
+        m2.test_accuracy = None;
+        MetricsLog::open(&dir).unwrap().append(&m2).unwrap();
+        assert_eq!(read(&dir).unwrap(), vec![m, m2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,212 @@
+//! The final report of `distill`: a table on stdout and `OUT/report.json`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// File name of the report inside the output directory.
+pub const REPORT_FILE: &str = "report.json";
+
+/// One model in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// Test-split accuracy, a fraction in [0, 1].
+    pub accuracy: f64,
+    /// Trainable parameters (`None` when unknown, e.g. a TorchScript teacher).
+    pub params: Option<i64>,
+    /// Architecture or model name.
+    pub name: String,
+    /// Per-class test accuracy, fractions in [0, 1].
+    #[serde(default)]
+    pub per_class: Vec<f64>,
+}
+
+/// The report of a distillation run (`report.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The teacher, evaluated through its server.
+    pub teacher: ModelSummary,
+    /// The distilled student.
+    pub student: ModelSummary,
+    /// The same student trained without distillation (`--baseline`), or null.
+    pub baseline: Option<ModelSummary>,
+    /// Teacher params / student params (null when the teacher's count is unknown).
+    pub compression: Option<f64>,
+    /// Distillation throughput: student training samples per second of training wall time.
+    pub samples_per_s: f64,
+    /// Wall time of the whole `distill` command (seconds).
+    pub wall_s: f64,
+    /// Epochs completed.
+    pub epochs: u64,
+    /// Softmax temperature T.
+    pub temperature: f64,
+    /// Weight of the soft-target term.
+    pub alpha: f64,
+    /// Soft-target loss (`kl` or `mse`).
+    pub loss: String,
+    /// Label policy (`all`, `none`, or the number of labelled samples).
+    pub labels: String,
+    /// Training samples per epoch.
+    pub train_samples: u64,
+    /// Teacher URL.
+    pub teacher_url: String,
+    /// Teacher weights fingerprint (hex SHA-256).
+    pub teacher_fingerprint: String,
+}
+
+impl Report {
+    /// Teacher params / student params, when both are known.
+    pub fn compression_of(teacher: Option<i64>, student: Option<i64>) -> Option<f64> {
+        match (teacher, student) {
+            (Some(t), Some(s)) if s > 0 => Some(t as f64 / s as f64),
+            _ => None,
+        }
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let params = |p: Option<i64>| p.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let _ = writeln!(
+            s,
+            "{:<22} {:>10} {:>12}  arch",
+            "model", "accuracy", "params"
+        );
+        let mut row = |label: &str, m: &ModelSummary| {
+            let _ = writeln!(
+                s,
+                "{:<22} {:>8.2} % {:>12}  {}",
+                label,
+                100.0 * m.accuracy,
+                params(m.params),
+                m.name
+            );
+        };
+        row("teacher", &self.teacher);
+        if let Some(b) = &self.baseline {
+            row("baseline student", b);
+        }
+        row("distilled student", &self.student);
+        if let Some(c) = self.compression {
+            let _ = writeln!(
+                s,
+                "compression            {c:.1}x fewer parameters than the teacher"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "distillation           {} epochs, {} samples/epoch, labels {}, loss {} T={} alpha={}",
+            self.epochs, self.train_samples, self.labels, self.loss, self.temperature, self.alpha
+        );
+        let _ = writeln!(
+            s,
+            "throughput             {:.0} samples/s; wall time {:.1} s",
+            self.samples_per_s, self.wall_s
+        );
+        s
+    }
+
+    /// Writes `dir/report.json` (pretty JSON); returns its path.
+    ///
+    /// # Errors
+    /// File-system errors.
+    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(REPORT_FILE);
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&path, json + "\n")?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(accuracy: f64, params: Option<i64>, name: &str) -> ModelSummary {
+        ModelSummary {
+            accuracy,
+            params,
+            name: name.into(),
+            per_class: vec![accuracy; 10],
+        }
+    }
+
+    fn report(baseline: Option<ModelSummary>) -> Report {
+        Report {
+            teacher: summary(0.91, Some(1_199_882), "cnn"),
+            student: summary(0.87, Some(101_770), "mlp"),
+            baseline,
+            compression: Report::compression_of(Some(1_199_882), Some(101_770)),
+            samples_per_s: 5000.0,
+            wall_s: 60.0,
+            epochs: 3,
+            temperature: 4.0,
+            alpha: 0.9,
+            loss: "kl".into(),
+            labels: "1000".into(),
+            train_samples: 60_000,
+            teacher_url: "http://127.0.0.1:1".into(),
+            teacher_fingerprint: "ab".into(),
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let v = serde_json::to_value(report(None)).unwrap();
+        for key in [
+            "teacher",
+            "student",
+            "baseline",
+            "samples_per_s",
+            "wall_s",
+            "epochs",
+            "temperature",
+            "alpha",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing in {v}");
+        }
+        assert!(v["baseline"].is_null());
+        assert_eq!(v["teacher"]["accuracy"], 0.91);
+        assert_eq!(v["student"]["params"], 101_770);
+        let c = v["compression"].as_f64().unwrap();
+        assert!((c - 11.79).abs() < 0.01, "{c}");
+        let with = serde_json::to_value(report(Some(summary(0.8, Some(101_770), "mlp")))).unwrap();
+        assert_eq!(with["baseline"]["accuracy"], 0.8);
+    }
+
+    #[test]
+    fn table_shows_every_model_and_the_ratio() {
+        let t = report(Some(summary(0.8, Some(101_770), "mlp"))).table();
+        for needle in [
+            "teacher",
+            "baseline student",
+            "distilled student",
+            "91.00 %",
+            "80.00 %",
+            "87.00 %",
+            "11.8x",
+            "1199882",
+        ] {
+            assert!(t.contains(needle), "{needle} not in\n{t}");
+        }
+        assert!(!report(None).table().contains("baseline"));
+    }
+
+    #[test]
+    fn writes_report_json() {
+        let dir = std::env::temp_dir().join(format!("student-report-{}", std::process::id()));
+        let r = report(None);
+        let path = r.write(&dir).unwrap();
+        let back: Report = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(back, r);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compression_needs_both_counts() {
+        assert_eq!(Report::compression_of(Some(10), Some(5)), Some(2.0));
+        assert_eq!(Report::compression_of(None, Some(5)), None);
+        assert_eq!(Report::compression_of(Some(10), Some(0)), None);
+    }
+}

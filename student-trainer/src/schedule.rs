@@ -1,0 +1,128 @@
+//! The batch schedule of a run: which samples go into which batch of which epoch.
+//!
+//! The schedule is a pure function of (seed, epoch, dataset size, batch size), via
+//! [`crate::data::epoch_permutation`]. Both sides of `distill` compute it independently: the client
+//! sends the teacher the batches in schedule order, and the training loop checks that every batch
+//! of teacher logits it receives is the one it expects (same epoch, position and sample indices)
+//! before training on it. Resuming needs no RNG state: the position is enough.
+
+use crate::data::epoch_permutation;
+use tch::Tensor;
+
+/// One batch of the schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedBatch {
+    /// Epoch, counted from 0.
+    pub epoch: u64,
+    /// Position of the batch within its epoch, from 0.
+    pub index: usize,
+    /// Dataset indices of its samples, in order (length ≤ batch size; the last batch of an epoch
+    /// may be short).
+    pub indices: Vec<i64>,
+}
+
+/// A position in the schedule: the next batch to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Epoch, from 0.
+    pub epoch: u64,
+    /// Batch within the epoch, from 0.
+    pub batch: usize,
+}
+
+/// The batches of one epoch, in order: the epoch's permutation of `0..n` cut into runs of
+/// `batch_size` (the last one may be shorter).
+pub fn epoch_plan(seed: u64, epoch: u64, n: usize, batch_size: usize) -> Vec<PlannedBatch> {
+    let perm = epoch_permutation(seed, epoch, n);
+    perm.chunks(batch_size.max(1))
+        .enumerate()
+        .map(|(index, c)| PlannedBatch {
+            epoch,
+            index,
+            indices: c.to_vec(),
+        })
+        .collect()
+}
+
+/// Number of batches in one epoch of `n` samples.
+pub fn batches_per_epoch(n: usize, batch_size: usize) -> usize {
+    n.div_ceil(batch_size.max(1))
+}
+
+/// All batches from `start` up to the end of epoch `epochs - 1`, lazily (one epoch's
+/// permutation in memory at a time).
+pub fn run_plan(
+    seed: u64,
+    n: usize,
+    batch_size: usize,
+    start: Position,
+    epochs: u64,
+) -> impl Iterator<Item = PlannedBatch> + Send + 'static {
+    (start.epoch..epochs).flat_map(move |epoch| {
+        let skip = if epoch == start.epoch { start.batch } else { 0 };
+        epoch_plan(seed, epoch, n, batch_size)
+            .into_iter()
+            .skip(skip)
+    })
+}
+
+/// Teacher logits for one scheduled batch, as the client hands them to the training loop.
+#[derive(Debug)]
+pub struct TeacherBatch {
+    /// Id of the request on the teacher stream that produced these logits.
+    pub batch_id: u64,
+    /// Epoch of the batch.
+    pub epoch: u64,
+    /// Position of the batch within its epoch.
+    pub index: usize,
+    /// Dataset indices of the samples, in the order of the rows of `logits`.
+    pub indices: Vec<i64>,
+    /// Teacher logits, `f32 [indices.len(), num_classes]`, on the CPU.
+    pub logits: Tensor,
+}
+
+/// The seed of libtorch's generator for an epoch (dropout masks): a fixed mix of the run seed and
+/// the epoch, so an epoch's randomness does not depend on the epochs before it (resume-safe).
+pub fn epoch_seed(seed: u64, epoch: u64) -> i64 {
+    // SplitMix64 finaliser of (seed, epoch + 1): distinct epochs get unrelated streams, and epoch
+    // streams differ from the initialisation stream (seeded with `seed` itself).
+    let mut z = seed ^ (epoch.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as i64 & i64::MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_covers_every_sample_once_in_batches() {
+        let plan = epoch_plan(3, 0, 10, 4);
+        assert_eq!(
+            plan.iter().map(|b| b.indices.len()).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        let mut all: Vec<i64> = plan.iter().flat_map(|b| b.indices.clone()).collect();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<i64>>());
+        assert_eq!(batches_per_epoch(10, 4), 3);
+    }
+
+    #[test]
+    fn a_resumed_plan_is_the_tail_of_the_straight_plan() {
+        let straight: Vec<_> = run_plan(5, 9, 2, Position::default(), 3).collect();
+        assert_eq!(straight.len(), 15);
+        let resumed: Vec<_> = run_plan(5, 9, 2, Position { epoch: 1, batch: 2 }, 3).collect();
+        assert_eq!(resumed[..], straight[7..]);
+        assert_ne!(epoch_plan(5, 0, 9, 2), epoch_plan(5, 1, 9, 2));
+    }
+
+    #[test]
+    fn epoch_seeds_differ_and_are_non_negative() {
+        let s: Vec<i64> = (0..4).map(|e| epoch_seed(0, e)).collect();
+        assert!(s.iter().all(|x| *x >= 0));
+        assert!(s.windows(2).all(|w| w[0] != w[1]));
+        assert_eq!(epoch_seed(1, 2), epoch_seed(1, 2));
+    }
+}

@@ -1,0 +1,690 @@
+//! The training loop, on its own named thread.
+//!
+//! One thread owns the network, its `VarStore` and the optimizer. In `distill` it receives
+//! [`TeacherBatch`]es through a bounded channel from the async client (the channel capacity is
+//! the prefetch; nothing sleeps) and checks each against its own schedule before training on it,
+//! so logits can never be paired with the wrong samples. In `train` it reads its batches from the
+//! dataset directly.
+//!
+//! After every epoch it writes a checkpoint (weights, optimizer state, epoch, step, and the
+//! schedule position in `checkpoint.json`'s `trainer` field) and appends a line to
+//! `metrics.jsonl`. When the stop flag is raised (Ctrl-C) it saves a checkpoint at the current
+//! batch and returns with [`Outcome::interrupted`] set.
+//!
+//! Determinism: the weights are initialised after `tch::manual_seed(seed)`, each epoch's sample
+//! order is [`crate::data::epoch_permutation`]`(seed, epoch)`, and each epoch reseeds libtorch's
+//! generator with [`epoch_seed`] (dropout), so on the CPU a run resumed at an epoch boundary equals
+//! an uninterrupted run. A run resumed mid-epoch (after Ctrl-C) continues at the next batch; it is
+//! exact for networks without dropout (the MLP).
+
+use crate::config::{LabelPolicy, TrainConfig};
+use crate::data::Dataset;
+use crate::eval::{self, Accuracy};
+use crate::loss::{self, DistillLoss};
+use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::optim::{OptimError, Optimizer, trainable_parameters};
+use crate::progress::Progress;
+use crate::schedule::{Position, TeacherBatch, batches_per_epoch, epoch_plan, epoch_seed};
+use distill_models::{ArchSpec, Checkpoint, CheckpointMeta, ModelError, Network};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor, nn};
+use tokio::sync::mpsc;
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Building, loading or saving the network failed.
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    /// The optimizer failed (e.g. saved state that does not fit the model).
+    #[error("optimizer: {0}")]
+    Optim(#[from] OptimError),
+    /// A libtorch failure in the loop.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The checkpoint to resume does not match this run.
+    #[error("cannot resume from {dir}: {reason}")]
+    Resume {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// A batch of teacher logits that is not the one the schedule expects.
+    #[error(
+        "pairing check failed: expected epoch {epoch} batch {index}, got teacher batch {batch_id} \
+         for epoch {got_epoch} batch {got_index}{detail}"
+    )]
+    Pairing {
+        /// Expected epoch.
+        epoch: u64,
+        /// Expected position in the epoch.
+        index: usize,
+        /// The received batch's request id.
+        batch_id: u64,
+        /// The received batch's epoch.
+        got_epoch: u64,
+        /// The received batch's position.
+        got_index: usize,
+        /// Extra detail (differing indices).
+        detail: String,
+    },
+    /// The teacher stream ended before the schedule did.
+    #[error("the teacher stream ended before epoch {epoch} batch {index}")]
+    TeacherGone {
+        /// The epoch waiting for logits.
+        epoch: u64,
+        /// The batch waiting for logits.
+        index: usize,
+    },
+    /// The loss is not finite.
+    #[error("loss is {value} at epoch {epoch} batch {index} (diverged; lower --lr?)")]
+    NonFinite {
+        /// The loss value.
+        value: f64,
+        /// Its epoch.
+        epoch: u64,
+        /// Its batch.
+        index: usize,
+    },
+    /// Writing metrics failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The training thread panicked.
+    #[error("the training thread panicked: {0}")]
+    Panic(String),
+}
+
+/// What the loop optimises.
+#[derive(Debug, Clone)]
+pub enum Objective {
+    /// Cross-entropy on the labels.
+    Supervised,
+    /// Hinton's distillation loss against teacher logits received through the channel.
+    Distill {
+        /// Loss kind, temperature and alpha.
+        loss: DistillLoss,
+        /// Which samples keep their labels.
+        labels: LabelPolicy,
+        /// Fingerprint of the teacher's weights (recorded in the checkpoint).
+        teacher_fingerprint: String,
+    },
+}
+
+impl Objective {
+    fn name(&self) -> &'static str {
+        match self {
+            Objective::Supervised => "train",
+            Objective::Distill { .. } => "distill",
+        }
+    }
+}
+
+/// Trainer state kept in `checkpoint.json` (`trainer` field) for `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeState {
+    /// `train` or `distill`.
+    pub objective: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// Batch size of the run.
+    pub batch_size: usize,
+    /// Training samples per epoch.
+    pub train_samples: usize,
+    /// Next batch to train within epoch `meta.epoch` (0 at an epoch boundary; > 0 after Ctrl-C).
+    pub next_batch: usize,
+    /// Optimizer settings.
+    pub optimizer: crate::optim::OptimizerConfig,
+    /// Teacher fingerprint, for `distill` runs.
+    #[serde(default)]
+    pub teacher_fingerprint: Option<String>,
+    /// Loss settings, for `distill` runs (`kind T alpha labels`).
+    #[serde(default)]
+    pub loss: Option<String>,
+}
+
+/// Where a run starts: fresh, or from the checkpoint in `--out`.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Next batch to train.
+    pub position: Position,
+    /// Optimizer steps already taken.
+    pub step: u64,
+    /// The checkpoint to load (`None`: fresh weights).
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Start {
+    /// The start of `cfg`'s run: the checkpoint in `cfg.out` with `--resume` (when there is one),
+    /// else epoch 0. Checks the checkpoint against the run (architecture, data size, batch size).
+    ///
+    /// # Errors
+    /// [`TrainError::Resume`] for a checkpoint that does not fit; [`TrainError::Model`] for an
+    /// unreadable one.
+    pub fn for_run(
+        cfg: &TrainConfig,
+        spec: &ArchSpec,
+        train_samples: usize,
+    ) -> Result<Start, TrainError> {
+        if !cfg.resume || !Checkpoint::exists(&cfg.out) {
+            if cfg.resume {
+                tracing::warn!(out = %cfg.out.display(), "--resume: no checkpoint there yet, starting at epoch 0");
+            }
+            return Ok(Start {
+                position: Position::default(),
+                step: 0,
+                checkpoint: None,
+            });
+        }
+        let ck = Checkpoint::open(&cfg.out)?;
+        let bad = |reason: String| TrainError::Resume {
+            dir: cfg.out.clone(),
+            reason,
+        };
+        if &ck.meta.arch != spec {
+            return Err(bad(format!(
+                "it holds {} for input {:?} and {} classes, this run trains {} for {:?} and {}",
+                ck.meta.arch.arch,
+                ck.meta.arch.input_shape,
+                ck.meta.arch.num_classes,
+                spec.arch,
+                spec.input_shape,
+                spec.num_classes
+            )));
+        }
+        let state: ResumeState = serde_json::from_value(ck.meta.trainer.clone())
+            .map_err(|e| bad(format!("no trainer state in checkpoint.json ({e})")))?;
+        if state.train_samples != train_samples || state.batch_size != cfg.batch_size {
+            return Err(bad(format!(
+                "it was trained on {} samples in batches of {}, this run has {} in batches of {} \
+                 (same --limit and --batch-size needed)",
+                state.train_samples, state.batch_size, train_samples, cfg.batch_size
+            )));
+        }
+        if state.seed != cfg.seed {
+            tracing::warn!(
+                saved = state.seed,
+                given = cfg.seed,
+                "--resume with a different --seed: the sample order changes from here on"
+            );
+        }
+        Ok(Start {
+            position: Position {
+                epoch: ck.meta.epoch,
+                batch: state.next_batch,
+            },
+            step: ck.meta.step,
+            checkpoint: Some(ck),
+        })
+    }
+}
+
+/// Everything one run of the loop needs. Moved onto the training thread.
+pub struct Job {
+    /// The run's settings.
+    pub config: TrainConfig,
+    /// Device of the network (resolved).
+    pub device: Device,
+    /// Network to train.
+    pub spec: ArchSpec,
+    /// What to optimise.
+    pub objective: Objective,
+    /// Training samples (CPU).
+    pub train: Dataset,
+    /// Test split for per-epoch accuracy (`None`: skip).
+    pub test: Option<Dataset>,
+    /// Where to start.
+    pub start: Start,
+    /// Raised by Ctrl-C: save a checkpoint and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Stopped by the stop flag (a checkpoint was saved at the current batch).
+    pub interrupted: bool,
+    /// Completed epochs.
+    pub epochs: u64,
+    /// Optimizer steps taken in total.
+    pub step: u64,
+    /// Samples trained on in this process.
+    pub samples: u64,
+    /// Seconds spent in the loop in this process (excluding per-epoch evaluation).
+    pub train_s: f64,
+    /// Trainable parameters of the network.
+    pub params: i64,
+    /// Metrics of the last completed epoch in this process.
+    pub last: Option<EpochMetrics>,
+    /// Test accuracy of the final weights (when a test split was given).
+    pub test: Option<Accuracy>,
+    /// The checkpoint directory.
+    pub checkpoint: PathBuf,
+}
+
+/// Starts `job` on a thread named `trainer`; `teacher` is the receiving end of the client's
+/// bounded channel (`None` for supervised training).
+///
+/// # Errors
+/// The thread could not be spawned.
+pub fn spawn(
+    job: Job,
+    teacher: Option<mpsc::Receiver<TeacherBatch>>,
+) -> std::io::Result<JoinHandle<Result<Outcome, TrainError>>> {
+    std::thread::Builder::new()
+        .name("trainer".into())
+        .spawn(move || run(job, teacher))
+}
+
+/// Waits for a trainer thread, turning a panic into [`TrainError::Panic`].
+pub fn join(handle: JoinHandle<Result<Outcome, TrainError>>) -> Result<Outcome, TrainError> {
+    handle.join().unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(TrainError::Panic(msg))
+    })
+}
+
+/// Runs the loop on the calling thread (see [`spawn`]).
+///
+/// # Errors
+/// Any [`TrainError`]; a pairing failure stops training before the bad batch is used.
+pub fn run(
+    job: Job,
+    mut teacher: Option<mpsc::Receiver<TeacherBatch>>,
+) -> Result<Outcome, TrainError> {
+    let Job {
+        config: cfg,
+        device,
+        spec,
+        objective,
+        train,
+        test,
+        start,
+        stop,
+    } = job;
+    if let Some(n) = cfg.threads {
+        tch::set_num_threads(n as i32);
+    }
+    let (vs, net) = match &start.checkpoint {
+        Some(ck) => ck.load_network(device)?,
+        None => {
+            tch::manual_seed(cfg.seed as i64);
+            let vs = nn::VarStore::new(device);
+            let net = Network::new(&vs.root(), &spec)?;
+            (vs, net)
+        }
+    };
+    let params = distill_models::arch::param_count(&vs);
+    let mut opt = Optimizer::new(cfg.optimizer, trainable_parameters(&vs));
+    if let Some(ck) = &start.checkpoint {
+        let state = ck.load_optimizer()?;
+        if state.is_empty() {
+            return Err(TrainError::Resume {
+                dir: ck.dir.clone(),
+                reason: "no optimizer.safetensors".into(),
+            });
+        }
+        opt.load_state(state)?;
+    }
+    let n = train.len();
+    let mut metrics = MetricsLog::open(&cfg.out).map_err(|source| TrainError::Io {
+        path: cfg.out.join(crate::metrics::METRICS_FILE),
+        source,
+    })?;
+    let ctx = Ctx {
+        cfg: &cfg,
+        spec: &spec,
+        objective: &objective,
+        vs: &vs,
+        train_samples: n,
+    };
+    tracing::info!(
+        arch = %spec.arch, params, device = %crate::device::device_name(device),
+        samples = n, epochs = cfg.epochs, start_epoch = start.position.epoch,
+        start_batch = start.position.batch, objective = objective.name(),
+        "training"
+    );
+    let mut out = Outcome {
+        interrupted: false,
+        epochs: start.position.epoch,
+        step: start.step,
+        samples: 0,
+        train_s: 0.0,
+        params,
+        last: None,
+        test: None,
+        checkpoint: cfg.out.clone(),
+    };
+    let mut step = start.step;
+    for epoch in start.position.epoch..cfg.epochs {
+        let skip = if epoch == start.position.epoch {
+            start.position.batch
+        } else {
+            0
+        };
+        tch::manual_seed(epoch_seed(cfg.seed, epoch));
+        let plan = epoch_plan(cfg.seed, epoch, n, cfg.batch_size);
+        let mut progress = Progress::new(
+            epoch,
+            cfg.epochs,
+            batches_per_epoch(n, cfg.batch_size),
+            skip,
+        );
+        let mut sums = Sums::default();
+        let t0 = Instant::now();
+        for planned in plan.into_iter().skip(skip) {
+            if stop.load(Ordering::SeqCst) {
+                progress.abandon();
+                ctx.save(
+                    &opt,
+                    epoch,
+                    planned.index,
+                    step,
+                    sums.metrics(epoch, step, t0, None),
+                )?;
+                out.interrupted = true;
+                out.step = step;
+                tracing::warn!(epoch, batch = planned.index, dir = %cfg.out.display(), "interrupted: checkpoint saved; --resume continues from here");
+                return Ok(out);
+            }
+            let teacher_logits = match teacher.as_mut() {
+                None => None,
+                Some(rx) => {
+                    let tb = rx.blocking_recv().ok_or(TrainError::TeacherGone {
+                        epoch,
+                        index: planned.index,
+                    })?;
+                    check_pairing(&tb, epoch, planned.index, &planned.indices)?;
+                    Some(tb.logits)
+                }
+            };
+            let (xs, ys) = train.try_batch(&planned.indices)?;
+            let (xs, ys) = (xs.f_to_device(device)?, ys.f_to_device(device)?);
+            let logits = net.forward(&xs, true)?;
+            let (total, soft, hard) = match (&objective, teacher_logits) {
+                (Objective::Distill { loss, labels, .. }, Some(t)) => {
+                    let t = t.f_to_device(device)?;
+                    let mask = label_mask(*labels, &planned.indices, device);
+                    let parts = loss.compute(&logits, &t, &ys, mask.as_ref())?;
+                    (parts.total, parts.soft, parts.hard)
+                }
+                _ => {
+                    let ce = loss::f_cross_entropy(&logits, &ys)?;
+                    let v = ce.double_value(&[]);
+                    (ce, 0.0, v)
+                }
+            };
+            let value = total.double_value(&[]);
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    value,
+                    epoch,
+                    index: planned.index,
+                });
+            }
+            opt.zero_grad();
+            total.f_backward()?;
+            opt.step()?;
+            step += 1;
+            let correct = logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&ys)?
+                .f_sum(Kind::Int64)?
+                .int64_value(&[]);
+            sums.add(planned.indices.len(), value, soft, hard, correct);
+            out.samples += planned.indices.len() as u64;
+            progress.update(
+                planned.index + 1,
+                sums.mean_loss(),
+                sums.samples as f64 / t0.elapsed().as_secs_f64(),
+            );
+        }
+        let train_s = t0.elapsed().as_secs_f64();
+        out.train_s += train_s;
+        progress.finish();
+        let accuracy = match &test {
+            Some(test) if cfg.epoch_eval || epoch + 1 == cfg.epochs => {
+                Some(eval::evaluate(&net, test, device, 1000)?)
+            }
+            _ => None,
+        };
+        let m = sums.metrics(epoch, step, t0, accuracy.as_ref());
+        ctx.save(&opt, epoch + 1, 0, step, m.clone())?;
+        metrics.append(&m).map_err(|source| TrainError::Io {
+            path: cfg.out.join(crate::metrics::METRICS_FILE),
+            source,
+        })?;
+        tracing::info!(
+            epoch = epoch + 1,
+            of = cfg.epochs,
+            loss = format!("{:.4}", m.loss),
+            train_accuracy = format!("{:.4}", m.train_accuracy),
+            test_accuracy = m
+                .test_accuracy
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_default(),
+            samples_per_s = format!("{:.0}", m.samples_per_s),
+            "epoch done"
+        );
+        out.epochs = epoch + 1;
+        out.step = step;
+        out.test = accuracy;
+        out.last = Some(m);
+    }
+    if out.test.is_none()
+        && let Some(test) = &test
+    {
+        out.test = Some(eval::evaluate(&net, test, device, 1000)?);
+    }
+    Ok(out)
+}
+
+/// The `labelled` mask of a batch: `bool [B]` on `device`, or `None` when every sample is
+/// labelled.
+pub fn label_mask(labels: LabelPolicy, indices: &[i64], device: Device) -> Option<Tensor> {
+    match labels {
+        LabelPolicy::All => None,
+        policy => {
+            let marks: Vec<bool> = indices.iter().map(|&i| policy.is_labelled(i)).collect();
+            Some(Tensor::from_slice(&marks).to_device(device))
+        }
+    }
+}
+
+/// Checks that `tb` is the scheduled batch (`epoch`, `index`, `indices`).
+///
+/// # Errors
+/// [`TrainError::Pairing`] naming both batches.
+pub fn check_pairing(
+    tb: &TeacherBatch,
+    epoch: u64,
+    index: usize,
+    indices: &[i64],
+) -> Result<(), TrainError> {
+    let detail = if tb.indices != indices {
+        format!(
+            " (sample indices differ: expected {:?}…, got {:?}…)",
+            &indices[..indices.len().min(4)],
+            &tb.indices[..tb.indices.len().min(4)]
+        )
+    } else if tb.logits.size().first().copied() != Some(indices.len() as i64) {
+        format!(
+            " ({} logit rows for {} samples)",
+            tb.logits.size()[0],
+            indices.len()
+        )
+    } else {
+        String::new()
+    };
+    if tb.epoch != epoch || tb.index != index || !detail.is_empty() {
+        return Err(TrainError::Pairing {
+            epoch,
+            index,
+            batch_id: tb.batch_id,
+            got_epoch: tb.epoch,
+            got_index: tb.index,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    cfg: &'a TrainConfig,
+    spec: &'a ArchSpec,
+    objective: &'a Objective,
+    vs: &'a nn::VarStore,
+    train_samples: usize,
+}
+
+impl Ctx<'_> {
+    /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`.
+    fn save(
+        &self,
+        opt: &Optimizer,
+        epoch: u64,
+        next_batch: usize,
+        step: u64,
+        m: EpochMetrics,
+    ) -> Result<(), TrainError> {
+        let (teacher_fingerprint, loss) = match self.objective {
+            Objective::Supervised => (None, None),
+            Objective::Distill {
+                loss,
+                labels,
+                teacher_fingerprint,
+            } => (
+                Some(teacher_fingerprint.clone()),
+                Some(format!(
+                    "{} T={} alpha={} labels={labels}",
+                    loss.kind, loss.temperature, loss.alpha
+                )),
+            ),
+        };
+        let state = ResumeState {
+            objective: self.objective.name().into(),
+            seed: self.cfg.seed,
+            batch_size: self.cfg.batch_size,
+            train_samples: self.train_samples,
+            next_batch,
+            optimizer: self.cfg.optimizer,
+            teacher_fingerprint,
+            loss,
+        };
+        let meta = CheckpointMeta {
+            arch: self.spec.clone(),
+            epoch,
+            step,
+            fingerprint: String::new(),
+            metrics: serde_json::to_value(&m).unwrap_or_default(),
+            trainer: serde_json::to_value(&state).unwrap_or_default(),
+        };
+        Checkpoint::save(&self.cfg.out, meta, self.vs, &opt.state()?)?;
+        Ok(())
+    }
+}
+
+/// Running sums of one epoch.
+#[derive(Default)]
+struct Sums {
+    samples: usize,
+    loss: f64,
+    soft: f64,
+    hard: f64,
+    correct: i64,
+}
+
+impl Sums {
+    fn add(&mut self, b: usize, loss: f64, soft: f64, hard: f64, correct: i64) {
+        let w = b as f64;
+        self.samples += b;
+        self.loss += loss * w;
+        self.soft += soft * w;
+        self.hard += hard * w;
+        self.correct += correct;
+    }
+
+    fn mean_loss(&self) -> f64 {
+        self.loss / (self.samples.max(1) as f64)
+    }
+
+    fn metrics(&self, epoch: u64, step: u64, t0: Instant, test: Option<&Accuracy>) -> EpochMetrics {
+        let n = self.samples.max(1) as f64;
+        let wall = t0.elapsed().as_secs_f64();
+        EpochMetrics {
+            epoch: epoch + 1,
+            step,
+            samples: self.samples as u64,
+            loss: self.loss / n,
+            soft_loss: self.soft / n,
+            hard_loss: self.hard / n,
+            train_accuracy: self.correct as f64 / n,
+            test_accuracy: test.map(Accuracy::fraction),
+            samples_per_s: self.samples as f64 / wall.max(1e-9),
+            wall_s: wall,
+        }
+    }
+}
+
+/// Whether `dir` holds a finished checkpoint of at least `epochs` epochs.
+pub fn has_epochs(dir: &Path, epochs: u64) -> bool {
+    Checkpoint::open(dir).is_ok_and(|c| c.meta.epoch >= epochs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tb(epoch: u64, index: usize, indices: &[i64]) -> TeacherBatch {
+        TeacherBatch {
+            batch_id: 7,
+            epoch,
+            index,
+            indices: indices.to_vec(),
+            logits: Tensor::zeros([indices.len() as i64, 3], tch::kind::FLOAT_CPU),
+        }
+    }
+
+    #[test]
+    fn pairing_check_accepts_the_scheduled_batch_only() {
+        check_pairing(&tb(1, 2, &[4, 5]), 1, 2, &[4, 5]).unwrap();
+        for (b, why) in [
+            (tb(1, 3, &[4, 5]), "wrong position"),
+            (tb(0, 2, &[4, 5]), "wrong epoch"),
+            (tb(1, 2, &[5, 4]), "wrong samples"),
+        ] {
+            let e = check_pairing(&b, 1, 2, &[4, 5]).unwrap_err().to_string();
+            assert!(e.contains("pairing check failed"), "{why}: {e}");
+        }
+        let mut short = tb(1, 2, &[4, 5]);
+        short.logits = Tensor::zeros([1, 3], tch::kind::FLOAT_CPU);
+        assert!(check_pairing(&short, 1, 2, &[4, 5]).is_err());
+    }
+
+    #[test]
+    fn label_masks_follow_the_policy() {
+        assert!(label_mask(LabelPolicy::All, &[1, 2], Device::Cpu).is_none());
+        let m = label_mask(LabelPolicy::First(3), &[5, 0, 2, 3], Device::Cpu).unwrap();
+        assert_eq!(
+            Vec::<bool>::try_from(&m).unwrap(),
+            [false, true, true, false]
+        );
+        let m = label_mask(LabelPolicy::None, &[0], Device::Cpu).unwrap();
+        assert_eq!(Vec::<bool>::try_from(&m).unwrap(), [false]);
+    }
+}

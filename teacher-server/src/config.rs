@@ -1,0 +1,553 @@
+//! Command line and validated configuration.
+//!
+//! [`Args`] is what clap parses (every flag also reads a `TEACHER_…` environment variable);
+//! [`Config`] is what the server runs with, produced by `TryFrom<Args>`, which checks every value
+//! and resolves what the model expects (input shape and dtype, number of logits) from flags, the
+//! TorchScript sidecar `FILE.json`, or a checkpoint's `checkpoint.json`.
+
+use crate::error::Error;
+use distill_models::{Arch, Checkpoint};
+use distill_proto::{codec, v1};
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// tonic's default message limit (4 MiB): the floor of the computed `--max-message-bytes`.
+pub const MIN_DEFAULT_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Command-line flags of `teacher-server`. A flag given twice takes its last value (so wrappers
+/// can append overrides).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "teacher-server",
+    version,
+    about = "Serves a teacher's logits over gRPC (distill.v1.Teacher) with dynamic batching.",
+    args_override_self = true
+)]
+pub struct Args {
+    /// Teacher to serve: a TorchScript file (`torch.jit.save`; shape/dtype/logits from the flags
+    /// below or a sidecar `FILE.json`), a checkpoint directory written by `student-trainer`
+    /// (holding `checkpoint.json`), or a `.safetensors` weights file together with `--arch`.
+    #[arg(long, env = "TEACHER_MODEL")]
+    pub model: PathBuf,
+
+    /// Built-in architecture of a `.safetensors` weights file: `cnn`, `mlp` or `mlp:H1,H2,...`.
+    #[arg(long, env = "TEACHER_ARCH")]
+    pub arch: Option<String>,
+
+    /// Per-sample input shape without the batch dimension, comma-separated (e.g. `1,28,28`).
+    /// Overrides the sidecar JSON; required for a `.safetensors` file without a sidecar.
+    #[arg(long, env = "TEACHER_INPUT_SHAPE", value_delimiter = ',')]
+    pub input_shape: Option<Vec<i64>>,
+
+    /// Input dtype: f32, f16, bf16, f64, u8, i32 or i64 (default f32).
+    #[arg(long, env = "TEACHER_INPUT_DTYPE")]
+    pub input_dtype: Option<String>,
+
+    /// Number of logits per sample (size of the model's last output dimension).
+    #[arg(long, env = "TEACHER_NUM_LOGITS")]
+    pub num_logits: Option<i64>,
+
+    /// Device: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, env = "TEACHER_DEVICE", default_value = "auto")]
+    pub device: String,
+
+    /// Address to listen on, `HOST:PORT`. Port 0 picks a free port (reported on stdout as
+    /// `listening on HOST:PORT`). Binding all interfaces (`0.0.0.0`) is an explicit choice.
+    #[arg(long, env = "TEACHER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+
+    /// Largest forward pass in samples; also the largest batch one request may carry.
+    #[arg(long, env = "TEACHER_MAX_BATCH_SIZE", default_value_t = 256)]
+    pub max_batch_size: u32,
+
+    /// Longest a batch waits for others to merge with before its forward pass starts, in
+    /// microseconds (it never waits once the merged batch is full).
+    #[arg(long, env = "TEACHER_MAX_BATCH_DELAY_US", default_value_t = 2000)]
+    pub max_batch_delay_us: u64,
+
+    /// Largest gRPC message accepted or sent, in bytes. Default: what `--max-batch-size`
+    /// samples of input plus their f32 logits need, doubled for headroom, at least 4 MiB.
+    #[arg(long, env = "TEACHER_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Batches (requests) that may wait for the model across all streams; beyond it a batch gets
+    /// RESOURCE_EXHAUSTED with a retry hint.
+    #[arg(long, env = "TEACHER_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// Batches one stream may have queued or running; beyond it the server stops reading that
+    /// stream (HTTP/2 flow control pushes back on the client).
+    #[arg(long, env = "TEACHER_STREAM_WINDOW", default_value_t = 64)]
+    pub stream_window: usize,
+
+    /// Log format on stderr: `text` or `json` (level from `RUST_LOG`, default `info`).
+    #[arg(long, env = "TEACHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// libtorch intra-op threads for the forward pass (default: libtorch's choice).
+    #[arg(long, env = "TEACHER_THREADS")]
+    pub threads: Option<i32>,
+
+    /// Seconds to finish in-flight batches after SIGINT/SIGTERM before exiting anyway.
+    #[arg(long, env = "TEACHER_SHUTDOWN_GRACE_S", default_value_t = 10)]
+    pub shutdown_grace_s: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the teacher's weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A TorchScript module saved with `torch.jit.save`.
+    TorchScript {
+        /// The `.pt` file.
+        path: PathBuf,
+    },
+    /// A checkpoint directory (`checkpoint.json` + `model.safetensors`).
+    Checkpoint {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A built-in architecture with weights from a safetensors file.
+    Safetensors {
+        /// The `.safetensors` file.
+        path: PathBuf,
+        /// The architecture.
+        arch: Arch,
+    },
+}
+
+/// What the model takes and returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Per-sample input shape (no batch dimension), every dimension ≥ 1.
+    pub input_shape: Vec<i64>,
+    /// Input dtype.
+    pub input_dtype: v1::DType,
+    /// Logits per sample.
+    pub num_logits: i64,
+}
+
+impl ModelSpec {
+    /// Bytes of one sample's input.
+    pub fn sample_bytes(&self) -> usize {
+        let kind = codec::kind_of(self.input_dtype as i32).map_or(4, |k| k.elt_size_in_bytes());
+        self.input_shape.iter().product::<i64>() as usize * kind
+    }
+}
+
+/// Requested device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when CUDA is available, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Resolves the choice against the machine.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when CUDA is requested but absent (or N is out of range).
+    pub fn resolve(self) -> Result<tch::Device, Error> {
+        match self {
+            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda(n) => {
+                let count = if tch::Cuda::is_available() {
+                    tch::Cuda::device_count()
+                } else {
+                    0
+                };
+                if (n as i64) < count {
+                    Ok(tch::Device::Cuda(n))
+                } else {
+                    Err(Error::Config(format!(
+                        "--device cuda:{n}: expected a CUDA device index below {count} (CUDA devices found: {count})"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Dynamic batching settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Largest forward pass (and request) in samples, ≥ 1.
+    pub max_batch_size: usize,
+    /// Longest wait for more requests to merge with.
+    pub max_batch_delay: Duration,
+    /// Requests that may wait in the batcher's queue, ≥ 1.
+    pub queue_capacity: usize,
+}
+
+/// Validated configuration of the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the weights come from.
+    pub source: ModelSource,
+    /// What the model takes and returns.
+    pub spec: ModelSpec,
+    /// Requested device.
+    pub device: DeviceChoice,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Dynamic batching.
+    pub batching: BatchConfig,
+    /// Largest gRPC message in bytes (decoding and encoding).
+    pub max_message_bytes: usize,
+    /// Batches one stream may have in flight before the server stops reading it.
+    pub stream_window: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// libtorch intra-op threads, if set.
+    pub threads: Option<i32>,
+    /// Bound on graceful shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Sidecar `FILE.json` next to a TorchScript file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sidecar {
+    input_shape: Option<Vec<i64>>,
+    input_dtype: Option<String>,
+    num_logits: Option<i64>,
+}
+
+/// Path of the sidecar JSON of a TorchScript file: `FILE.json` (e.g. `teacher.pt.json`).
+pub fn sidecar_path(model: &Path) -> PathBuf {
+    let mut s = model.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, Error> {
+    let bad = || {
+        Error::Config(format!(
+            "--device: expected auto, cpu, cuda or cuda:N, got {s:?}"
+        ))
+    };
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+        other => match other.strip_prefix("cuda:") {
+            Some(n) => n.parse().map(DeviceChoice::Cuda).map_err(|_| bad()),
+            None => Err(bad()),
+        },
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, Error> {
+    s.to_socket_addrs()
+        .map_err(|e| Error::Config(format!("--listen: expected HOST:PORT, got {s:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("--listen: {s:?} resolves to no address")))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", path.display())))
+}
+
+impl TryFrom<Args> for Config {
+    type Error = Error;
+
+    fn try_from(a: Args) -> Result<Config, Error> {
+        let flag_dtype = a
+            .input_dtype
+            .as_deref()
+            .map(|s| {
+                codec::parse_dtype(s).map_err(|e| Error::Config(format!("--input-dtype: {e}")))
+            })
+            .transpose()?;
+        if !a.model.exists() {
+            return Err(Error::Config(format!(
+                "--model {}: no such file or directory",
+                a.model.display()
+            )));
+        }
+        let (source, shape, dtype, logits) = if a.model.is_dir() {
+            if !Checkpoint::exists(&a.model) {
+                return Err(Error::Config(format!(
+                    "--model {}: a directory must be a checkpoint holding checkpoint.json",
+                    a.model.display()
+                )));
+            }
+            let ck = Checkpoint::open(&a.model)?;
+            if let Some(arch) = &a.arch
+                && arch.parse::<Arch>()? != ck.meta.arch.arch
+            {
+                return Err(Error::Config(format!(
+                    "--arch {arch} does not match the checkpoint's architecture {}",
+                    ck.meta.arch.arch
+                )));
+            }
+            let spec = ck.meta.arch;
+            (
+                ModelSource::Checkpoint {
+                    dir: a.model.clone(),
+                },
+                Some(spec.input_shape),
+                Some(v1::DType::F32),
+                Some(spec.num_classes),
+            )
+        } else {
+            let sidecar_file = sidecar_path(&a.model);
+            let sidecar: Option<Sidecar> = if sidecar_file.is_file() {
+                Some(read_json(&sidecar_file)?)
+            } else {
+                None
+            };
+            let side_dtype = sidecar
+                .as_ref()
+                .and_then(|s| s.input_dtype.as_deref())
+                .map(|s| {
+                    codec::parse_dtype(s).map_err(|e| {
+                        Error::Config(format!("{}: input_dtype: {e}", sidecar_file.display()))
+                    })
+                })
+                .transpose()?;
+            let is_safetensors = a
+                .model
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+            let source = match (&a.arch, is_safetensors) {
+                (Some(arch), true) => ModelSource::Safetensors {
+                    path: a.model.clone(),
+                    arch: arch
+                        .parse()
+                        .map_err(|e| Error::Config(format!("--arch: {e}")))?,
+                },
+                (None, true) => {
+                    return Err(Error::Config(format!(
+                        "--model {}: a .safetensors file needs --arch (cnn, mlp, mlp:H1,H2,...)",
+                        a.model.display()
+                    )));
+                }
+                (Some(arch), false) => {
+                    return Err(Error::Config(format!(
+                        "--arch {arch} applies to .safetensors weights or checkpoint directories, not to TorchScript file {}",
+                        a.model.display()
+                    )));
+                }
+                (None, false) => ModelSource::TorchScript {
+                    path: a.model.clone(),
+                },
+            };
+            let side = sidecar.unwrap_or(Sidecar {
+                input_shape: None,
+                input_dtype: None,
+                num_logits: None,
+            });
+            (source, side.input_shape, side_dtype, side.num_logits)
+        };
+        let input_shape = a.input_shape.clone().or(shape).ok_or_else(|| {
+            Error::Config(format!(
+                "--input-shape is required for {} (no sidecar {} found)",
+                a.model.display(),
+                sidecar_path(&a.model).display()
+            ))
+        })?;
+        let num_logits = a.num_logits.or(logits).ok_or_else(|| {
+            Error::Config(format!(
+                "--num-logits is required for {} (no sidecar {} found)",
+                a.model.display(),
+                sidecar_path(&a.model).display()
+            ))
+        })?;
+        let input_dtype = flag_dtype.or(dtype).unwrap_or(v1::DType::F32);
+        if input_shape.is_empty()
+            || input_shape.len() >= codec::MAX_RANK
+            || input_shape.iter().any(|&d| d < 1)
+        {
+            return Err(Error::Config(format!(
+                "input shape: expected 1 to {} dimensions, each >= 1, got {input_shape:?}",
+                codec::MAX_RANK - 1
+            )));
+        }
+        if num_logits < 1 {
+            return Err(Error::Config(format!(
+                "--num-logits: expected >= 1, got {num_logits}"
+            )));
+        }
+        if !matches!(source, ModelSource::TorchScript { .. }) && input_dtype != v1::DType::F32 {
+            return Err(Error::Config(format!(
+                "--input-dtype: built-in architectures take f32, got {}",
+                codec::dtype_name(input_dtype)
+            )));
+        }
+        let spec = ModelSpec {
+            input_shape,
+            input_dtype,
+            num_logits,
+        };
+        if a.max_batch_size == 0 {
+            return Err(Error::Config(
+                "--max-batch-size: expected >= 1, got 0".into(),
+            ));
+        }
+        if a.queue_capacity == 0 || a.stream_window == 0 {
+            return Err(Error::Config(format!(
+                "--queue-capacity and --stream-window: expected >= 1, got {} and {}",
+                a.queue_capacity, a.stream_window
+            )));
+        }
+        if a.threads.is_some_and(|t| t < 1) {
+            return Err(Error::Config(format!(
+                "--threads: expected >= 1, got {}",
+                a.threads.unwrap_or_default()
+            )));
+        }
+        let max_batch_size = a.max_batch_size as usize;
+        // One full request and one full response (f32 logits, the widest output), plus protobuf
+        // framing.
+        let needed = max_batch_size
+            .saturating_mul(
+                spec.sample_bytes()
+                    .saturating_add(spec.num_logits as usize * 4),
+            )
+            .saturating_add(64 << 10);
+        let max_message_bytes = match a.max_message_bytes {
+            Some(n) if n < needed => {
+                return Err(Error::Config(format!(
+                    "--max-message-bytes: expected at least {needed} to fit --max-batch-size {max_batch_size} samples of {:?} {} inputs and their logits, got {n}",
+                    spec.input_shape,
+                    codec::dtype_name(spec.input_dtype)
+                )));
+            }
+            Some(n) => n,
+            None => needed.saturating_mul(2).max(MIN_DEFAULT_MESSAGE_BYTES),
+        };
+        Ok(Config {
+            source,
+            spec,
+            device: parse_device(&a.device)?,
+            listen: parse_listen(&a.listen)?,
+            batching: BatchConfig {
+                max_batch_size,
+                max_batch_delay: Duration::from_micros(a.max_batch_delay_us),
+                queue_capacity: a.queue_capacity,
+            },
+            max_message_bytes,
+            stream_window: a.stream_window,
+            log_format: a.log_format,
+            threads: a.threads,
+            shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Result<Config, Error> {
+        let mut v = vec!["teacher-server"];
+        v.extend_from_slice(extra);
+        Config::try_from(Args::try_parse_from(v).unwrap())
+    }
+
+    fn torchscript_file(name: &str, sidecar: Option<&str>) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("teacher-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, b"not read by Config").unwrap();
+        if let Some(s) = sidecar {
+            std::fs::write(sidecar_path(&p), s).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn sidecar_and_flags_resolve_the_spec() {
+        let p = torchscript_file(
+            "a.pt",
+            Some(r#"{"input_shape":[1,28,28],"input_dtype":"f32","num_logits":10}"#),
+        );
+        let c = args(&["--model", p.to_str().unwrap(), "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.spec.input_shape, vec![1, 28, 28]);
+        assert_eq!(c.spec.num_logits, 10);
+        assert_eq!(c.max_message_bytes, MIN_DEFAULT_MESSAGE_BYTES);
+        assert_eq!(c.batching.max_batch_size, 256);
+        let c = args(&[
+            "--model",
+            p.to_str().unwrap(),
+            "--input-shape",
+            "3,8",
+            "--num-logits",
+            "5",
+            "--max-batch-size",
+            "100000",
+        ])
+        .unwrap();
+        assert_eq!(c.spec.input_shape, vec![3, 8]);
+        assert_eq!(c.spec.num_logits, 5);
+        // 100000 * (96 + 20) bytes + framing, doubled: above tonic's 4 MiB.
+        assert_eq!(c.max_message_bytes, 2 * (100_000 * 116 + 65536));
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        // The last occurrence of a flag wins.
+        let c = args(&[
+            "--model",
+            p.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--device",
+            "cuda:1",
+        ])
+        .unwrap();
+        assert_eq!(c.device, DeviceChoice::Cuda(1));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_expected_and_got() {
+        let p = torchscript_file("b.pt", None);
+        let m = p.to_str().unwrap();
+        let e = args(&["--model", m]).unwrap_err().to_string();
+        assert!(e.contains("--input-shape is required"), "{e}");
+        let base = ["--model", m, "--input-shape", "1,4", "--num-logits", "3"];
+        let with = |x: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(x);
+            args(&v).unwrap_err().to_string()
+        };
+        assert!(with(&["--device", "tpu"]).contains("got \"tpu\""));
+        assert!(with(&["--max-batch-size", "0"]).contains("expected >= 1"));
+        assert!(with(&["--input-dtype", "f8"]).contains("unknown dtype"));
+        assert!(with(&["--max-message-bytes", "10"]).contains("expected at least"));
+        assert!(with(&["--listen", "nonsense"]).contains("--listen"));
+        assert!(with(&["--arch", "cnn"]).contains("not to TorchScript"));
+        let e = args(&["--model", m, "--input-shape", "0,4", "--num-logits", "3"]).unwrap_err();
+        assert!(e.to_string().contains("got [0, 4]"), "{e}");
+        let e = args(&["--model", "/nonexistent/x.pt"]).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("auto").unwrap(), DeviceChoice::Auto);
+        assert_eq!(parse_device("CPU").unwrap(), DeviceChoice::Cpu);
+        assert_eq!(parse_device("cuda").unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(parse_device("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+        assert!(parse_device("cuda:x").is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! Errors of the teacher server, and the one place where they become gRPC statuses.
+//!
+//! Every failure a client can see is an [`Error`]. [`Error::code`] is the single, exhaustive
+//! mapping to a gRPC code; `From<Error> for tonic::Status` (whole-stream failures) and
+//! [`Error::to_wire`] (per-batch `distill.v1.Error` responses, after which the stream stays
+//! open) both go through it, so a bad batch and a failed call report the same code.
+
+use distill_proto::{CodecError, v1};
+use std::time::Duration;
+use tonic::Code;
+
+/// gRPC metadata key with the standard retry pushback hint (milliseconds), see
+/// <https://github.com/grpc/proposal/blob/master/A6-client-retries.md#pushback>.
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+/// Why a request (one batch) was rejected before it reached the model. Every message names what
+/// was expected and what was received.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The request carries no `inputs` tensor.
+    #[error("inputs: missing: expected a tensor of shape [batch, {expected_shape:?}]")]
+    MissingInputs {
+        /// Per-sample input shape of the model.
+        expected_shape: Vec<i64>,
+    },
+    /// The inputs' dtype is unspecified, unknown, or not the model's input dtype.
+    #[error("inputs dtype: expected {expected}, got {got}")]
+    DType {
+        /// The model's input dtype (wire name, e.g. `F32`).
+        expected: String,
+        /// The dtype received (wire name, or the raw number when it is not in the enum).
+        got: String,
+    },
+    /// The wire tensor is inconsistent in itself (negative or absurd dimensions, rank over the
+    /// codec's maximum, data length not matching the shape).
+    #[error("inputs: {0}")]
+    Tensor(String),
+    /// The inputs' rank is not `1 + rank(input_shape)`.
+    #[error(
+        "inputs rank: expected {expected} ([batch, {sample_shape:?}]), got {got} (shape {shape:?})"
+    )]
+    Rank {
+        /// `1 + rank(input_shape)`.
+        expected: usize,
+        /// The rank received.
+        got: usize,
+        /// The model's per-sample shape.
+        sample_shape: Vec<i64>,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// The per-sample shape (all dimensions after the first) differs from the model's.
+    #[error("inputs per-sample shape: expected {expected:?}, got {got:?} (full shape {shape:?})")]
+    SampleShape {
+        /// The model's per-sample shape.
+        expected: Vec<i64>,
+        /// The per-sample shape received.
+        got: Vec<i64>,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// A batch of zero samples.
+    #[error("empty batch: expected between 1 and {max} samples, got 0")]
+    EmptyBatch {
+        /// The server's `--max-batch-size`.
+        max: usize,
+    },
+    /// A batch of more samples than `--max-batch-size`.
+    #[error("batch too large: expected at most {max} samples, got {got}")]
+    BatchTooLarge {
+        /// The server's `--max-batch-size`.
+        max: usize,
+        /// Samples received.
+        got: usize,
+    },
+    /// NaN or infinite values in float inputs.
+    #[error(
+        "inputs: expected finite values, got {count} NaN or infinite value(s) (first at flat index {first})"
+    )]
+    NonFinite {
+        /// How many non-finite values.
+        count: i64,
+        /// Flat (row-major) index of the first one.
+        first: i64,
+    },
+    /// An `output_dtype` that is not F32, F16, BF16 or unspecified.
+    #[error("output_dtype: expected F32, F16, BF16 or DTYPE_UNSPECIFIED (= F32), got {got}")]
+    OutputDType {
+        /// The dtype received (wire name or raw number).
+        got: String,
+    },
+    /// A `top_k` larger than the number of logits.
+    #[error("top_k: expected 0 (dense) or between 1 and {max}, got {got}")]
+    TopK {
+        /// The model's number of logits.
+        max: i64,
+        /// The `top_k` received.
+        got: u32,
+    },
+}
+
+impl InvalidRequest {
+    /// The wire name of a dtype number (`F32`, `DTYPE_UNSPECIFIED`, ...), or the raw number when
+    /// it is not in the enum.
+    pub fn dtype_label(dtype: i32) -> String {
+        match v1::DType::try_from(dtype) {
+            Ok(d) => d.as_str_name().to_string(),
+            Err(_) => format!("{dtype} (not a DType)"),
+        }
+    }
+}
+
+impl From<CodecError> for InvalidRequest {
+    fn from(e: CodecError) -> Self {
+        InvalidRequest::Tensor(e.to_string())
+    }
+}
+
+/// A failure of the model or of libtorch while computing a merged batch. Cloneable: one failed
+/// forward pass answers every request merged into it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// A libtorch error (message as reported by libtorch).
+    #[error("libtorch: {0}")]
+    Torch(String),
+    /// The model returned logits of an unexpected shape.
+    #[error("model output: expected shape [{batch}, {num_logits}], got {got:?}")]
+    OutputShape {
+        /// Samples in the forward pass.
+        batch: i64,
+        /// The model's number of logits.
+        num_logits: i64,
+        /// The shape returned.
+        got: Vec<i64>,
+    },
+    /// The model panicked (a bug in tch or the model; caught at the engine boundary).
+    #[error("model panicked: {0}")]
+    Panicked(String),
+    /// The engine thread stopped before answering.
+    #[error("the inference engine stopped")]
+    Stopped,
+}
+
+impl From<tch::TchError> for EngineError {
+    fn from(e: tch::TchError) -> Self {
+        EngineError::Torch(e.to_string())
+    }
+}
+
+/// Every error of the teacher server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad request (one batch); the stream stays open.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The batching queue is full.
+    #[error(
+        "server overloaded: the queue of {capacity} batches is full; retry after {} ms",
+        retry_after.as_millis()
+    )]
+    Overloaded {
+        /// `--queue-capacity`.
+        capacity: usize,
+        /// Suggested delay before retrying.
+        retry_after: Duration,
+    },
+    /// A request message over `--max-message-bytes` (tonic reports it as `OUT_OF_RANGE`; gRPC's
+    /// convention, and ours, is `RESOURCE_EXHAUSTED`). The stream ends.
+    #[error(
+        "request message too large: {detail}; the limit is {limit} bytes (ModelInfo.max_message_bytes): send smaller batches"
+    )]
+    MessageTooLarge {
+        /// The server's limit in bytes.
+        limit: usize,
+        /// tonic's description (found vs limit).
+        detail: String,
+    },
+    /// The server is draining and takes no new batches.
+    #[error("teacher-server is shutting down: send this batch to another replica")]
+    ShuttingDown,
+    /// The model or libtorch failed on a batch.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The logits could not be encoded for the wire.
+    #[error("encoding logits: {0}")]
+    Encode(#[from] CodecError),
+    /// The model could not be loaded.
+    #[error("loading the model: {0}")]
+    Load(String),
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Network or file-system failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<distill_models::ModelError> for Error {
+    fn from(e: distill_models::ModelError) -> Self {
+        Error::Load(e.to_string())
+    }
+}
+
+impl Error {
+    /// The gRPC code of this error (the one mapping; exhaustive on purpose).
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Invalid(_) => Code::InvalidArgument,
+            Error::Overloaded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Engine(_) | Error::Encode(_) | Error::Load(_) | Error::Io { .. } => {
+                Code::Internal
+            }
+            Error::Config(_) => Code::FailedPrecondition,
+            Error::Transport(_) => Code::Unavailable,
+        }
+    }
+
+    /// The per-batch `distill.v1.Error` carried in a `LogitsResponse` (the stream stays open).
+    pub fn to_wire(&self) -> v1::Error {
+        v1::Error {
+            code: self.code() as i32,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// Maps a failure to read the next request of a stream: tonic's size-limit error becomes
+/// [`Error::MessageTooLarge`]; any other status passes through unchanged.
+pub fn read_failure(status: tonic::Status, limit: usize) -> tonic::Status {
+    if status.code() == Code::OutOfRange && status.message().contains("too large") {
+        Error::MessageTooLarge {
+            limit,
+            detail: status.message().to_string(),
+        }
+        .into()
+    } else {
+        status
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        if let Error::Overloaded { retry_after, .. } = &e
+            && let Ok(v) = retry_after.as_millis().to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_PUSHBACK_HEADER, v);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_retry_hint() {
+        let e = Error::Overloaded {
+            capacity: 4,
+            retry_after: Duration::from_millis(25),
+        };
+        assert_eq!(e.to_wire().code, Code::ResourceExhausted as i32);
+        assert!(e.to_string().contains("retry after 25 ms"));
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.metadata().get(RETRY_PUSHBACK_HEADER).unwrap(), "25");
+        let big = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 8 bytes",
+        );
+        let mapped = read_failure(big, 8);
+        assert_eq!(mapped.code(), Code::ResourceExhausted);
+        assert!(
+            mapped.message().contains("found 9 bytes"),
+            "{}",
+            mapped.message()
+        );
+        assert_eq!(
+            read_failure(tonic::Status::cancelled("x"), 8).code(),
+            Code::Cancelled
+        );
+        let bad = Error::from(InvalidRequest::EmptyBatch { max: 8 });
+        assert_eq!(bad.to_wire().code, 3);
+        assert_eq!(
+            tonic::Status::from(Error::ShuttingDown).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            tonic::Status::from(Error::from(EngineError::Stopped)).code(),
+            Code::Internal
+        );
+    }
+
+    #[test]
+    fn dtype_labels() {
+        assert_eq!(InvalidRequest::dtype_label(0), "DTYPE_UNSPECIFIED");
+        assert_eq!(InvalidRequest::dtype_label(1), "F32");
+        assert_eq!(InvalidRequest::dtype_label(42), "42 (not a DType)");
+    }
+}

@@ -1,0 +1,646 @@
+//! Integration-test harness: runs the real `teacher-server` (and `student-trainer`) binaries on
+//! local ports and talks to them over gRPC.
+//!
+//! - [`binary`] finds a built binary in `target/<profile>/` (next to the test executable's
+//!   `deps/` folder); build them first with `cargo build --workspace --bins` (`make test` does;
+//!   `cargo test --workspace` builds `teacher-server` too, through its own CLI test).
+//! - [`Server::spawn`] starts any binary that prints `listening on HOST:PORT` as its first stdout
+//!   line (pass `--listen 127.0.0.1:0`), captures its logs (printed if the test panics), and kills
+//!   it on drop. [`TeacherProcess::start`] does that for `teacher-server` and waits on `grpc.health.v1`
+//!   until the teacher is serving — no sleeps.
+//! - [`fixtures`] exports the TorchScript teachers with the project's Python torch
+//!   ([`python`]), once per script version (cached in the system temp dir).
+//! - [`fresh_checkpoint`] writes a checkpoint directory of a freshly initialised built-in
+//!   architecture, as `student-trainer` would.
+//! - [`LogitsStream`] drives one `StreamLogits` call; [`request`], [`to_wire`] and [`from_wire`]
+//!   convert tensors.
+
+pub mod trainer;
+
+use distill_models::{ArchSpec, Checkpoint, CheckpointMeta, Network};
+use distill_proto::codec;
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tch::{Device, Tensor, nn};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+pub use distill_proto::v1;
+/// The generated `Teacher` client.
+pub type TeacherClient = v1::teacher_client::TeacherClient<Channel>;
+
+/// How long a server may take to print its address and report healthy.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest message the test clients send or accept (tests of the server's limit go above it on
+/// purpose by configuring the server lower).
+pub const CLIENT_MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Path of the built binary `name` in `target/<profile>/`, beside this test executable's `deps/`.
+///
+/// # Panics
+/// With instructions, if the binary has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A command running the built binary `name` (see [`binary`]), for one-shot runs such as
+/// `student-trainer distill ...`; `RUST_LOG` defaults to `info`.
+pub fn command(name: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary(name));
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    cmd
+}
+
+/// The `PYTHONPATH` that makes the project's torch importable: the parent of the resolved
+/// `LIBTORCH` (the wheel's `torch/` folder lives in it). `None` when `LIBTORCH` is not a wheel.
+pub fn torch_pythonpath() -> Option<PathBuf> {
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("LIBTORCH").map(PathBuf::from))?;
+    let libtorch = if libtorch.is_relative() {
+        workspace_root().join(libtorch)
+    } else {
+        libtorch
+    };
+    let resolved = libtorch.canonicalize().ok()?;
+    let parent = resolved.parent()?;
+    parent
+        .join("torch")
+        .join("__init__.py")
+        .is_file()
+        .then(|| parent.to_path_buf())
+}
+
+/// A `python3` command (or `$PYTHON`) that imports the project's torch.
+pub fn python() -> std::process::Command {
+    let exe = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(path) = torch_pythonpath() {
+        let mut pp = path.into_os_string();
+        if let Some(old) = std::env::var_os("PYTHONPATH") {
+            pp.push(":");
+            pp.push(old);
+        }
+        cmd.env("PYTHONPATH", pp);
+    }
+    cmd
+}
+
+/// TorchScript teachers made by `scripts/export_teacher.py` (small CNNs, f32 `[1, 28, 28]`
+/// inputs, 10 logits, each with its sidecar `FILE.json`).
+#[derive(Debug, Clone)]
+pub struct Fixtures {
+    /// Folder holding them.
+    pub dir: PathBuf,
+    /// Saved in eval mode, seed 0.
+    pub teacher: PathBuf,
+    /// The same weights saved in training mode (dropout active unless switched to eval).
+    pub teacher_train: PathBuf,
+    /// Other weights (seed 1).
+    pub teacher_other: PathBuf,
+}
+
+/// The TorchScript fixtures, exported once per version of the export script: cached in
+/// `$TMPDIR/distill-fixtures-<hash of the script and torch path>`, written atomically.
+///
+/// # Panics
+/// If the script fails (its output is in the message).
+pub fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let script = workspace_root().join("scripts").join("export_teacher.py");
+        let source = std::fs::read(&script).expect("read scripts/export_teacher.py");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        torch_pythonpath().hash(&mut h);
+        let dir = std::env::temp_dir().join(format!("distill-fixtures-{:016x}", h.finish()));
+        let files = Fixtures {
+            teacher: dir.join("teacher.pt"),
+            teacher_train: dir.join("teacher_train.pt"),
+            teacher_other: dir.join("teacher_other.pt"),
+            dir: dir.clone(),
+        };
+        if dir.join(".complete").is_file() {
+            return files;
+        }
+        let tmp = std::env::temp_dir().join(format!(
+            "distill-fixtures-{}-{:?}.partial",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = python()
+            .arg(&script)
+            .arg("--out-dir")
+            .arg(&tmp)
+            .output()
+            .expect("run python3 (set PYTHON to choose the interpreter)");
+        assert!(
+            out.status.success(),
+            "scripts/export_teacher.py failed ({}); is torch installed (`make setup`)?\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(tmp.join(".complete"), b"").expect("mark fixtures complete");
+        // Another test process may have won the race; either copy is complete.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        assert!(dir.join(".complete").is_file(), "fixtures missing in {}", dir.display());
+        files
+    })
+}
+
+/// A temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/<prefix>-<pid>-<n>`.
+    pub fn new(prefix: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a checkpoint of a freshly initialised built-in architecture (`cnn`, `mlp`,
+/// `mlp:H1,...`) into `dir`, as `student-trainer` would, and returns it (its `meta.fingerprint`
+/// is the weights' fingerprint). Each call draws new random weights.
+///
+/// # Panics
+/// On an unknown architecture or a write failure.
+pub fn fresh_checkpoint(
+    dir: &Path,
+    arch: &str,
+    input_shape: &[i64],
+    num_classes: i64,
+) -> Checkpoint {
+    let spec = ArchSpec {
+        arch: arch.parse().expect("architecture name"),
+        input_shape: input_shape.to_vec(),
+        num_classes,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    Network::new(&vs.root(), &spec).expect("build network");
+    let meta = CheckpointMeta {
+        arch: spec,
+        epoch: 0,
+        step: 0,
+        fingerprint: String::new(),
+        metrics: serde_json::Value::Null,
+        trainer: serde_json::Value::Null,
+    };
+    Checkpoint::save(dir, meta, &vs, &[]).expect("save checkpoint")
+}
+
+/// Logits `f32 [batch, num_classes]` of `inputs` by the checkpoint's network in eval mode, in
+/// this process (the reference the server's answers are compared with).
+pub fn checkpoint_forward(ck: &Checkpoint, inputs: &Tensor) -> Tensor {
+    let _g = tch::no_grad_guard();
+    let (_vs, net) = ck.load_network(Device::Cpu).expect("load checkpoint");
+    net.forward(inputs, false).expect("forward")
+}
+
+/// Logits of `inputs` by a TorchScript file in eval mode, in this process.
+pub fn torchscript_forward(path: &Path, inputs: &Tensor) -> Tensor {
+    let _g = tch::no_grad_guard();
+    let mut m = tch::CModule::load(path).expect("load TorchScript");
+    m.set_eval();
+    m.forward_ts(&[inputs]).expect("forward")
+}
+
+/// Random `f32` inputs `[batch, ...sample_shape]`.
+pub fn random_inputs(batch: i64, sample_shape: &[i64]) -> Tensor {
+    let mut shape = vec![batch];
+    shape.extend_from_slice(sample_shape);
+    Tensor::randn(shape.as_slice(), (tch::Kind::Float, Device::Cpu))
+}
+
+/// Largest absolute difference between two tensors of the same shape (as f64).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Encodes a tensor for the wire.
+pub fn to_wire(t: &Tensor) -> v1::Tensor {
+    codec::encode(t).expect("encode tensor")
+}
+
+/// Decodes a wire tensor.
+pub fn from_wire(t: &v1::Tensor) -> Tensor {
+    codec::decode(t).expect("decode tensor")
+}
+
+/// A dense-logits request for `inputs`.
+pub fn request(batch_id: u64, inputs: &Tensor) -> v1::LogitsRequest {
+    v1::LogitsRequest {
+        batch_id,
+        inputs: Some(to_wire(inputs)),
+        output_dtype: v1::DType::F32 as i32,
+        top_k: 0,
+    }
+}
+
+/// The dense logits of a response, with its timing.
+///
+/// # Panics
+/// If the response carries an error or sparse logits.
+pub fn dense(resp: &v1::LogitsResponse) -> Tensor {
+    match &resp.result {
+        Some(v1::logits_response::Result::Logits(t)) => from_wire(t),
+        other => panic!(
+            "batch {}: expected dense logits, got {other:?}",
+            resp.batch_id
+        ),
+    }
+}
+
+/// Bounded buffer of a server's output lines (last 2,000 kept).
+#[derive(Debug, Clone, Default)]
+pub struct Logs(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+impl Logs {
+    fn push(&self, line: String) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == 2000 {
+            q.pop_front();
+        }
+        q.push_back(line);
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn drain<R: AsyncRead + Unpin + Send + 'static>(reader: R, logs: Logs, prefix: &'static str) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            logs.push(format!("{prefix}{line}"));
+        }
+    });
+}
+
+/// A running server process (killed on drop; its logs are printed if the test is panicking).
+#[derive(Debug)]
+pub struct Server {
+    child: tokio::process::Child,
+    /// The address it reported on its first stdout line.
+    pub addr: SocketAddr,
+    /// Its stdout (after the first line) and stderr.
+    pub logs: Logs,
+    name: String,
+}
+
+impl Server {
+    /// Starts `bin` (a path, e.g. from [`binary`]) with `args`, which must make it listen on port
+    /// 0 (`--listen 127.0.0.1:0`), and waits for its `listening on HOST:PORT` line.
+    ///
+    /// # Panics
+    /// If it exits or stays silent for [`STARTUP_TIMEOUT`] (its stderr is in the message).
+    pub async fn spawn<I, S>(bin: &Path, args: I) -> Server
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let name = bin
+            .file_name()
+            .map_or_else(|| "server".into(), |n| n.to_string_lossy().into_owned());
+        let mut child = tokio::process::Command::new(bin)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,teacher_server=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let logs = Logs::default();
+        drain(child.stderr.take().expect("stderr"), logs.clone(), "");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = tokio::time::timeout(STARTUP_TIMEOUT, stdout.next_line()).await;
+        let line = match first {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                let status = child.try_wait().ok().flatten();
+                // Give the stderr drain a moment's worth of lines by waiting for the exit.
+                if status.is_none() {
+                    let _ = child.start_kill();
+                }
+                let _ = child.wait().await;
+                panic!(
+                    "{name} did not print `listening on HOST:PORT` ({other:?}, exit {status:?}); logs:\n{}",
+                    logs.text()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!("{name}: first stdout line {line:?} is not `listening on HOST:PORT`")
+            });
+        drain(stdout.into_inner(), logs.clone(), "stdout: ");
+        Server {
+            child,
+            addr,
+            logs,
+            name,
+        }
+    }
+
+    /// `http://HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server is running")
+    }
+
+    /// A fresh connection (each call opens its own HTTP/2 connection).
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .expect("valid url")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("connect to {}: {e}\nlogs:\n{}", self.name, self.logs.text())
+            })
+    }
+
+    /// Sends a signal (`TERM`, `INT`, ...) with `kill -s`.
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -s {signal} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    ///
+    /// # Panics
+    /// If it is still running then.
+    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("wait for server"),
+            Err(_) => panic!(
+                "{} still running after {timeout:?}; logs:\n{}",
+                self.name,
+                self.logs.text()
+            ),
+        }
+    }
+
+    /// Waits until `grpc.health.v1.Health/Check` reports `service` SERVING.
+    ///
+    /// # Panics
+    /// If the process exits or [`STARTUP_TIMEOUT`] passes first.
+    pub async fn wait_healthy(&mut self, service: &str) {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited with {status} while starting; logs:\n{}",
+                    self.name,
+                    self.logs.text()
+                );
+            }
+            let attempt = async {
+                let channel = Endpoint::from_shared(self.url())
+                    .map_err(|e| e.to_string())?
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+                let resp = client
+                    .check(HealthCheckRequest {
+                        service: service.to_string(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(resp.into_inner().status)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                Ok(Ok(s)) if s == ServingStatus::Serving as i32 => return,
+                Ok(Ok(s)) => last = format!("status {s}"),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "health check timed out".into(),
+            }
+            // Back off between polls of a server that is still loading (not a synchronisation).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{} not healthy after {STARTUP_TIMEOUT:?} ({last}); logs:\n{}",
+            self.name,
+            self.logs.text()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} logs ----\n{}\n---- end of logs ----",
+                self.name,
+                self.logs.text()
+            );
+        }
+    }
+}
+
+/// The gRPC service name health reports for the teacher.
+pub const TEACHER_SERVICE: &str = "distill.v1.Teacher";
+
+/// A running `teacher-server` (derefs to [`Server`]).
+#[derive(Debug)]
+pub struct TeacherProcess {
+    /// The process.
+    pub server: Server,
+}
+
+impl std::ops::Deref for TeacherProcess {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for TeacherProcess {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+impl TeacherProcess {
+    /// Starts `teacher-server --model MODEL --device cpu --listen 127.0.0.1:0 EXTRA...` and waits
+    /// until it reports healthy. `model` may be a TorchScript file, a checkpoint directory, or a
+    /// `.safetensors` file (then pass `--arch` etc. in `extra`). Later flags win, so `extra` may
+    /// override `--device`.
+    pub async fn start<S: AsRef<OsStr>>(model: &Path, extra: &[S]) -> TeacherProcess {
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("--model"),
+            model.as_os_str(),
+            OsStr::new("--device"),
+            OsStr::new("cpu"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+        ];
+        args.extend(extra.iter().map(AsRef::as_ref));
+        let mut server = Server::spawn(&binary("teacher-server"), args).await;
+        server.wait_healthy(TEACHER_SERVICE).await;
+        TeacherProcess { server }
+    }
+
+    /// A `Teacher` client on a fresh connection, with message limits raised to
+    /// [`CLIENT_MAX_MESSAGE_BYTES`].
+    pub async fn client(&self) -> TeacherClient {
+        TeacherClient::new(self.channel().await)
+            .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+    }
+
+    /// `GetModelInfo`.
+    pub async fn info(&self) -> v1::ModelInfo {
+        self.client()
+            .await
+            .get_model_info(v1::GetModelInfoRequest {})
+            .await
+            .expect("GetModelInfo")
+            .into_inner()
+    }
+
+    /// Dense logits of `inputs` through a one-request stream.
+    pub async fn logits(&self, inputs: &Tensor) -> (Tensor, v1::Timing) {
+        let mut s = LogitsStream::open(&mut self.client().await).await;
+        s.send(request(1, inputs)).await;
+        let resp = s
+            .recv()
+            .await
+            .expect("a response")
+            .expect("no stream error");
+        (dense(&resp), resp.timing.unwrap_or_default())
+    }
+}
+
+/// One `StreamLogits` call: send requests, receive responses (in completion order).
+#[derive(Debug)]
+pub struct LogitsStream {
+    tx: Option<mpsc::Sender<v1::LogitsRequest>>,
+    rx: tonic::Streaming<v1::LogitsResponse>,
+}
+
+impl LogitsStream {
+    /// Opens the stream.
+    ///
+    /// # Panics
+    /// If the server refuses the call.
+    pub async fn open(client: &mut TeacherClient) -> LogitsStream {
+        let (tx, rx) = mpsc::channel(64);
+        let resp = client
+            .stream_logits(ReceiverStream::new(rx))
+            .await
+            .expect("StreamLogits call");
+        LogitsStream {
+            tx: Some(tx),
+            rx: resp.into_inner(),
+        }
+    }
+
+    /// Queues a request (the stream is buffered; this waits only when 64 are unsent).
+    ///
+    /// # Panics
+    /// If the stream was closed with [`LogitsStream::close_send`] or the call ended.
+    pub async fn send(&mut self, req: v1::LogitsRequest) {
+        self.tx
+            .as_ref()
+            .expect("stream still open for sending")
+            .send(req)
+            .await
+            .expect("request stream open");
+    }
+
+    /// Half-closes: no more requests; the server answers what it has and ends the stream.
+    pub fn close_send(&mut self) {
+        self.tx = None;
+    }
+
+    /// The next response: `Some(Ok)`, `Some(Err(status))` when the call ended with an error,
+    /// `None` when it ended OK. Waits at most 60 s.
+    pub async fn recv(&mut self) -> Option<Result<v1::LogitsResponse, tonic::Status>> {
+        let next = tokio::time::timeout(STARTUP_TIMEOUT, self.rx.message())
+            .await
+            .expect("a response within 60 s");
+        next.transpose()
+    }
+
+    /// The next response, which must be a successful one.
+    pub async fn recv_ok(&mut self) -> v1::LogitsResponse {
+        match self.recv().await {
+            Some(Ok(r)) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}

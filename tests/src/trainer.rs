@@ -1,0 +1,158 @@
+//! Helpers for the `student_*` tests: run the `student-trainer` binary, write small synthetic
+//! IDX datasets, read its outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// The `student-trainer` binary (built by `cargo build --workspace --bins`).
+pub fn student_trainer_bin() -> PathBuf {
+    crate::binary("student-trainer")
+}
+
+/// The result of one `student-trainer` run.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Captured stdout.
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Whether it exited with 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The `error: …` lines of stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect()
+    }
+
+    /// Panics with both streams unless the run succeeded.
+    pub fn expect_ok(self, what: &str) -> Run {
+        assert!(
+            self.ok(),
+            "{what} failed with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `student-trainer ARGS` on the CPU with one libtorch thread and warnings-only logs, and
+/// waits for it (async, so that servers started by the same test keep draining their logs).
+pub async fn student<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    let out: Output = tokio::process::Command::new(student_trainer_bin())
+        .args(args)
+        .env("STUDENT_DEVICE", "cpu")
+        .env("STUDENT_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .env_remove("STUDENT_DATA_DIR")
+        .env_remove("STUDENT_TEACHER")
+        .output()
+        .await
+        .expect("spawn student-trainer");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes a learnable synthetic dataset in the Fashion-MNIST layout (raw IDX files
+/// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-…`) into `dir`: 28×28 images of
+/// noise with a bright 6×6 block whose position depends on the class (`classes` ≤ 12).
+pub fn write_synthetic_idx(dir: &Path, train: usize, test: usize, classes: u8, seed: u64) {
+    std::fs::create_dir_all(dir).expect("create data dir");
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    let mut next = move || {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as u32
+    };
+    for (prefix, n) in [("train", train), ("t10k", test)] {
+        let mut images = Vec::with_capacity(16 + n * 784);
+        images.extend(0x0000_0803u32.to_be_bytes());
+        for d in [n as u32, 28, 28] {
+            images.extend(d.to_be_bytes());
+        }
+        let mut labels = Vec::with_capacity(8 + n);
+        labels.extend(0x0000_0801u32.to_be_bytes());
+        labels.extend((n as u32).to_be_bytes());
+        for _ in 0..n {
+            let c = (next() % classes as u32) as u8;
+            labels.push(c);
+            let (r0, c0) = (2 + 8 * (c as usize / 4), 2 + 7 * (c as usize % 4));
+            // Jitter the block by up to 2 pixels so the task is not a lookup.
+            let (dr, dc) = ((next() % 3) as usize, (next() % 3) as usize);
+            for r in 0..28 {
+                for col in 0..28 {
+                    let inside = (r0 + dr..r0 + dr + 6).contains(&r)
+                        && (c0 + dc..c0 + dc + 6).contains(&col);
+                    let noise = (next() % 90) as u8;
+                    images.push(if inside {
+                        150 + (next() % 100) as u8
+                    } else {
+                        noise
+                    });
+                }
+            }
+        }
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images)
+            .expect("write images");
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels)
+            .expect("write labels");
+    }
+}
+
+/// Parses a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The lines of `dir/metrics.jsonl`.
+pub fn read_metrics(dir: &Path) -> Vec<serde_json::Value> {
+    let path = dir.join("metrics.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("metrics line is JSON"))
+        .collect()
+}
+
+/// Largest absolute difference between same-named tensors of two safetensors files; panics if
+/// their names or shapes differ.
+pub fn max_abs_diff(a: &Path, b: &Path) -> f64 {
+    let mut ta = tch::Tensor::read_safetensors(a).expect("read safetensors");
+    let mut tb = tch::Tensor::read_safetensors(b).expect("read safetensors");
+    ta.sort_by(|x, y| x.0.cmp(&y.0));
+    tb.sort_by(|x, y| x.0.cmp(&y.0));
+    let names = |v: &[(String, tch::Tensor)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ta), names(&tb), "{} vs {}", a.display(), b.display());
+    ta.iter()
+        .zip(&tb)
+        .map(|((n, x), (_, y))| {
+            assert_eq!(x.size(), y.size(), "{n}");
+            let d = (x.to_kind(tch::Kind::Double) - y.to_kind(tch::Kind::Double)).abs();
+            if d.numel() == 0 {
+                0.0
+            } else {
+                d.max().double_value(&[])
+            }
+        })
+        .fold(0.0, f64::max)
+}

@@ -1,0 +1,104 @@
+//! Clear failures: each exits non-zero with exactly one `error:` line, before any training.
+
+use distill_tests::trainer::{Run, student, write_synthetic_idx};
+use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
+
+fn one_error(run: &Run) -> String {
+    assert_eq!(
+        run.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{}", run.stderr);
+    errors[0].to_string()
+}
+
+#[tokio::test]
+async fn unreachable_teacher() {
+    let tmp = TempDir::new("student-unreachable");
+    let data = tmp.path().join("data");
+    write_synthetic_idx(&data, 50, 20, 10, 5);
+    // A port that was free a moment ago and has no listener now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tmp.path().join("out");
+    let run = student(&[
+        "distill",
+        "--teacher",
+        &format!("http://127.0.0.1:{port}"),
+        "--data-dir",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--connect-timeout",
+        "5",
+    ])
+    .await;
+    let e = one_error(&run);
+    assert!(
+        e.contains("cannot reach the teacher") && e.contains(&port.to_string()),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teacher_with_a_different_number_of_classes() {
+    let tmp = TempDir::new("student-classes");
+    let data = tmp.path().join("data");
+    write_synthetic_idx(&data, 50, 20, 10, 6);
+    let ck = tmp.path().join("teacher5");
+    fresh_checkpoint(&ck, "mlp:8", &[1, 28, 28], 5);
+    let server = TeacherProcess::start(&ck, &[] as &[&str]).await;
+    let out = tmp.path().join("out");
+    let run = student(&[
+        "distill",
+        "--teacher",
+        &server.url(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ])
+    .await;
+    let e = one_error(&run);
+    assert!(
+        e.contains("number of classes") && e.contains("teacher has 5") && e.contains("has 10"),
+        "{e}"
+    );
+    assert!(
+        !out.join("checkpoint.json").exists(),
+        "training started despite the mismatch"
+    );
+}
+
+#[tokio::test]
+async fn missing_data_dir() {
+    let tmp = TempDir::new("student-nodata");
+    let missing = tmp.path().join("no-such-dir");
+    let m = missing.display().to_string();
+    for args in [
+        vec!["train", "--data-dir", &m, "--out", "unused-out"],
+        vec![
+            "distill",
+            "--teacher",
+            "http://127.0.0.1:9",
+            "--data-dir",
+            &m,
+            "--out",
+            "unused-out",
+        ],
+        vec!["eval", "--teacher", "http://127.0.0.1:9", "--data-dir", &m],
+    ] {
+        let e = one_error(&student(&args).await);
+        assert!(e.contains("not found") && e.contains(&m), "{args:?}: {e}");
+    }
+    assert!(!std::path::Path::new("unused-out").exists());
+}
