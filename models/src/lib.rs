@@ -1,4 +1,5 @@
-//! The project's own architectures (a CNN teacher and an MLP student for 28×28 images), their
+//! Device selection (`--device auto|cpu|cuda|cuda:N`) shared by both binaries, the project's own
+//! architectures (a CNN teacher and an MLP student for 28×28 images), their
 //! checkpoints (safetensors weights + JSON metadata), and the SHA-256 fingerprint of a set of
 //! weights that lets a student tell whether two teacher replicas serve the same teacher.
 //!
@@ -8,10 +9,12 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod device;
 pub mod fingerprint;
 
 pub use arch::{Arch, ArchSpec, Network};
 pub use checkpoint::{Checkpoint, CheckpointMeta};
+pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
 
 /// Errors of this crate.

@@ -11,7 +11,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod data;
-pub mod device;
+/// Device selection, shared with teacher-server (see [`distill_models::device`]).
+pub use distill_models::device;
 pub mod eval;
 pub mod loss;
 pub mod metrics;

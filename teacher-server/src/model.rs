@@ -44,15 +44,7 @@ pub trait TeacherModel {
     fn info(&self) -> ModelDescription;
 }
 
-/// A name for a device as users write it (`cpu`, `cuda:0`).
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(n) => format!("cuda:{n}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-    }
-}
+pub use distill_models::device::device_name;
 
 /// Loads the model described by `source` and `spec` onto `device`. Call on the engine thread.
 ///

@@ -34,7 +34,10 @@ pub async fn run(
         context: "reading the listener's address".into(),
         source,
     })?;
-    let device = config.device.resolve()?;
+    let device = config
+        .device
+        .resolve()
+        .map_err(|e| Error::Config(format!("--device: {e}")))?;
     let (source, spec) = (config.source.clone(), config.spec.clone());
     let engine = Engine::start(
         move || model::load(&source, &spec, device),

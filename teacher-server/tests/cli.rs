@@ -71,7 +71,8 @@ fn configuration_errors_exit_non_zero_with_a_message() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("got \"tpu\""),
+        !out.status.success()
+            && err.contains("unknown device \"tpu\": expected auto, cpu, cuda or cuda:N"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
