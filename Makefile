@@ -19,7 +19,7 @@ build: setup
 ## test: the whole suite (unit + integration against the real binaries)
 test: setup
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 ## demo: the main job, end to end, on real data
 demo: build

@@ -328,11 +328,21 @@ mod tests {
         t2(&refs)
     }
 
+    /// `kd_loss.json` from the project's shared cases: `$DISTILL_CASES_DIR` when set, else
+    /// `../shared/cases/` beside the clone (where CI lays it). Missing cases fail the test.
     fn cases() -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/cases/kd_loss.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let dir = std::env::var_os("DISTILL_CASES_DIR").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cases"),
+            std::path::PathBuf::from,
+        );
+        let path = dir.join("kd_loss.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}: {e} (the shared cases lie in ../shared/cases beside the clone; \
+                 set DISTILL_CASES_DIR to their folder elsewhere)",
+                path.display()
+            )
+        });
         serde_json::from_str(&text).unwrap()
     }
 
