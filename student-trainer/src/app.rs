@@ -8,8 +8,9 @@ use crate::config::{DistillConfig, EvalConfig, EvalTarget, TrainConfig};
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
-use crate::report::{ModelSummary, Report};
-use crate::schedule::{TeacherBatch, run_plan};
+use crate::pool::{Expect, Pool, PoolError, PoolOptions};
+use crate::report::{ModelSummary, ReplicaSummary, Report};
+use crate::schedule::{PlannedBatch, TeacherBatch, run_plan};
 use crate::trainer::{self, Job, Objective, Outcome, Start, TrainError};
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,20 @@ pub enum AppError {
     /// The data does not fit the network.
     #[error("{0}")]
     Mismatch(String),
+    /// The teacher pool failed (no replica reachable, fatal per-batch error, ...).
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    /// No teacher replica was reachable for `--teacher-wait`; a checkpoint was saved.
+    #[error(
+        "{cause}; checkpoint saved in {}: run the same command with --resume to carry on (with a teacher replica back)",
+        dir.display()
+    )]
+    TeacherLost {
+        /// Why the pool gave up.
+        cause: Box<PoolError>,
+        /// Where the checkpoint is.
+        dir: PathBuf,
+    },
 }
 
 /// How a command ended without error.
@@ -192,43 +207,109 @@ async fn connect(url: &str, timeout: std::time::Duration) -> Result<TeacherClien
 
 /// Parameters of the teacher when its name is a built-in architecture (`None` otherwise).
 fn teacher_params(client: &TeacherClient) -> Option<i64> {
-    let i = client.info();
-    let arch: Arch = i.name.parse().ok()?;
+    info_params(client.info())
+}
+
+/// Parameters of a teacher described by `info` when its name is a built-in architecture.
+fn info_params(info: &crate::client::TeacherInfo) -> Option<i64> {
+    let arch: Arch = info.name.parse().ok()?;
     params_of(&ArchSpec {
         arch,
-        input_shape: i.input_shape.clone(),
-        num_classes: i.num_logits,
+        input_shape: info.input_shape.clone(),
+        num_classes: info.num_logits,
     })
     .ok()
 }
 
-/// `distill`: online distillation from a teacher-server; prints the report and writes
-/// `OUT/report.json`.
+/// Accuracy of the teacher (the ensemble, for several groups) on `data`, through the pool.
+async fn evaluate_pool(
+    pool: &mut Pool,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<Accuracy, AppError> {
+    let n = data.len() as i64;
+    let plan: Vec<PlannedBatch> = (0..n)
+        .collect::<Vec<i64>>()
+        .chunks(batch_size.max(1))
+        .enumerate()
+        .map(|(index, c)| PlannedBatch {
+            epoch: 0,
+            index,
+            indices: c.to_vec(),
+        })
+        .collect();
+    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
+    let labels = data.labels.shallow_clone();
+    let mut acc = Accuracy::new(data.num_classes);
+    let count = async {
+        while let Some(b) = rx.recv().await {
+            let ys = labels.f_index_select(0, &tch::Tensor::from_slice(&b.indices))?;
+            acc.add(&b.logits, &ys)?;
+        }
+        Ok::<(), AppError>(())
+    };
+    let (streamed, counted) = tokio::join!(pool.run(plan, data.inputs.shallow_clone(), tx), count);
+    streamed?;
+    counted?;
+    Ok(acc)
+}
+
+/// `distill`: online distillation from teacher-server replicas (one group, or several for an
+/// ensemble); prints the report and writes `OUT/report.json`.
 ///
 /// # Errors
-/// Any [`AppError`]; teacher problems are reported before training starts where possible.
+/// Any [`AppError`]; teacher problems are reported before training starts where possible. When
+/// no replica is reachable for `--teacher-wait`, a checkpoint is saved first and the error says
+/// so ([`AppError::TeacherLost`]).
 pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let t0 = Instant::now();
     let tc = &cfg.train;
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit)?;
     let spec = spec_for(&tc.arch, &data);
-    let client = connect(&cfg.teacher, cfg.connect_timeout).await?;
-    client.info().check(
-        client.url(),
-        &spec.input_shape,
-        spec.num_classes,
-        tc.batch_size,
-    )?;
+    let options = PoolOptions {
+        prefetch: cfg.prefetch,
+        batch_timeout: cfg.batch_timeout,
+        teacher_wait: cfg.teacher_wait,
+        client: ClientOptions {
+            connect_timeout: cfg.connect_timeout,
+            keepalive_interval: std::time::Duration::from_secs(10),
+            keepalive_timeout: std::time::Duration::from_secs(10),
+        },
+        temperature: cfg.loss.temperature,
+        resolve_interval: cfg.resolve_interval,
+        ..PoolOptions::default()
+    };
+    let expect = Expect {
+        sample_shape: spec.input_shape.clone(),
+        num_classes: spec.num_classes,
+        batch_size: tc.batch_size,
+    };
+    let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
+    let refs: Vec<crate::client::TeacherInfo> = pool.references().into_iter().cloned().collect();
+    let teacher_name = refs
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    let fingerprint = refs
+        .iter()
+        .map(|i| i.fingerprint.as_str())
+        .collect::<Vec<_>>()
+        .join("+");
+    let t_params = refs
+        .iter()
+        .map(info_params)
+        .try_fold(0i64, |acc, p| p.map(|p| acc + p));
     let student_params = params_of(&spec)?;
-    let t_params = teacher_params(&client);
+    let urls: Vec<String> = cfg.groups.iter().flat_map(|g| g.urls.clone()).collect();
     println!(
         "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
         spec.arch,
         student_params,
-        client.info().name,
+        teacher_name,
         t_params.map_or_else(|| "?".into(), |p| p.to_string()),
-        client.url(),
+        urls.join(", "),
         data.train.len()
     );
     let train_samples = data.train.len() as u64;
@@ -248,7 +329,8 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         objective: Objective::Distill {
             loss: cfg.loss,
             labels: cfg.labels,
-            teacher_fingerprint: client.info().fingerprint.clone(),
+            teacher_fingerprint: fingerprint.clone(),
+            batch_ledger: cfg.batch_ledger.clone(),
         },
         train: data.train,
         test: Some(data.test.limit(usize::MAX)),
@@ -260,26 +342,33 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         path: "trainer thread".into(),
         source,
     })?;
-    let (streamed, trained) = tokio::join!(
-        client.stream(plan, inputs, cfg.prefetch, tx),
-        join_trainer(handle)
-    );
-    let out = match (trained, streamed) {
+    let (streamed, trained) = tokio::join!(pool.run(plan, inputs, tx), join_trainer(handle));
+    let (out, stats) = match (trained, streamed) {
         (Ok(out), _) if out.interrupted => {
             summarise(&spec, &out);
             return Ok(Finished::Interrupted);
         }
-        (Ok(out), Ok(stats)) => {
-            tracing::info!(?stats, "teacher stream");
-            out
+        (Ok(out), Err(e)) if out.teacher_gone => {
+            return Err(AppError::TeacherLost {
+                cause: Box::new(e),
+                dir: tc.out.clone(),
+            });
         }
-        // The loop stopped first: its error is the cause, the client only saw it leave.
-        (Err(e), Err(ClientError::ConsumerGone)) | (Err(e), Ok(_)) => return Err(e.into()),
-        // The stream failed first: the loop only saw it end.
+        (Ok(out), Ok(stats)) => {
+            tracing::info!(?stats, "teacher pool");
+            (out, stats)
+        }
+        // The loop stopped first: its error is the cause, the pool only saw it leave.
+        (Err(e), Err(PoolError::Client(ClientError::ConsumerGone))) | (Err(e), Ok(_)) => {
+            return Err(e.into());
+        }
+        // The pool failed first: the loop only saw the stream end.
         (_, Err(e)) => return Err(e.into()),
     };
     summarise(&spec, &out);
-    let teacher_acc = eval::evaluate_remote(&client, &data.test, 500, cfg.prefetch).await?;
+    let replicas = pool.replica_stats();
+    let teacher_acc =
+        evaluate_pool(&mut pool, &data.test, 500.min(tc.batch_size.max(1) * 4)).await?;
     let student_acc = out
         .test
         .clone()
@@ -292,7 +381,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         teacher: ModelSummary {
             accuracy: teacher_acc.fraction(),
             params: t_params,
-            name: client.info().name.clone(),
+            name: teacher_name,
             per_class: teacher_acc.per_class_fractions(),
         },
         student: ModelSummary {
@@ -316,8 +405,18 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         loss: cfg.loss.kind.to_string(),
         labels: cfg.labels.to_string(),
         train_samples,
-        teacher_url: client.url().to_string(),
-        teacher_fingerprint: client.info().fingerprint.clone(),
+        teacher_url: urls.first().cloned().unwrap_or_default(),
+        teacher_fingerprint: fingerprint,
+        samples_trained: out.samples_total,
+        batches_resent: stats.resent,
+        replicas: replicas
+            .into_iter()
+            .map(|r| ReplicaSummary {
+                url: r.url,
+                group: r.group,
+                batches_answered: r.answered,
+            })
+            .collect(),
     };
     println!("\n{}", report.table());
     let path = report.write(&tc.out).map_err(|source| AppError::Io {

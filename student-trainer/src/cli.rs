@@ -107,9 +107,42 @@ pub struct DistillArgs {
     /// Flags shared with `train`.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// URL of the teacher-server, e.g. http://127.0.0.1:50051.
-    #[arg(long, env = "STUDENT_TEACHER")]
-    pub teacher: String,
+    /// URL of a teacher-server replica, e.g. http://127.0.0.1:50051, or dns://NAME:PORT for
+    /// every address of NAME (a Kubernetes headless service). Repeat the flag (or give a
+    /// comma-separated list) for several replicas of the same teacher: each batch goes to the
+    /// replica with the fewest batches outstanding, and a failed replica's batches move to the
+    /// others.
+    #[arg(
+        long,
+        env = "STUDENT_TEACHER",
+        value_delimiter = ',',
+        required_unless_present = "teacher_group"
+    )]
+    pub teacher: Vec<String>,
+    /// An ensemble member: `NAME=URL,URL,...`, the replicas of one teacher (repeat the flag for
+    /// each teacher). Each batch goes to one replica of every group; the soft target is the
+    /// weighted mean of the groups' probabilities at temperature T (see --group-weight).
+    #[arg(long, env = "STUDENT_TEACHER_GROUP", value_delimiter = ';')]
+    pub teacher_group: Vec<String>,
+    /// Weight of a group in the ensemble, `NAME=W` (default 1 each; normalised to sum 1).
+    #[arg(long, env = "STUDENT_GROUP_WEIGHT", value_delimiter = ';')]
+    pub group_weight: Vec<String>,
+    /// Seconds a batch may go unanswered before its replica counts as failed and its batches
+    /// are re-sent to the other replicas.
+    #[arg(long, env = "STUDENT_BATCH_TIMEOUT", default_value_t = 30.0)]
+    pub batch_timeout: f64,
+    /// Seconds training waits with no teacher replica reachable before it saves a checkpoint
+    /// and exits (non-zero; `--resume` carries on later).
+    #[arg(long, env = "STUDENT_TEACHER_WAIT", default_value_t = 300.0)]
+    pub teacher_wait: f64,
+    /// Seconds between re-resolutions of `dns://NAME:PORT` teachers (new addresses join as
+    /// replicas, vanished ones are retired).
+    #[arg(long, env = "STUDENT_RESOLVE_INTERVAL", default_value_t = 30.0)]
+    pub resolve_interval: f64,
+    /// Test-only: append one JSON line per trained batch (epoch, index, batch_id, replica) to
+    /// this file.
+    #[arg(long, env = "STUDENT_BATCH_LEDGER", hide = true)]
+    pub batch_ledger: Option<PathBuf>,
     /// Softmax temperature T of the soft targets (Hinton et al. 2015, eq. 1).
     #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
     pub temperature: f64,
@@ -123,8 +156,8 @@ pub struct DistillArgs {
     /// samples with index < N; soft targets only for the rest).
     #[arg(long, env = "STUDENT_LABELS", default_value = "all")]
     pub labels: String,
-    /// Batches in flight to the teacher (sent and not yet consumed by the training loop), so the
-    /// teacher's forward pass overlaps the student's step.
+    /// Batches in flight per teacher replica (sent and not yet answered), so the teacher's
+    /// forward pass overlaps the student's step.
     #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
     pub prefetch: usize,
     /// A checkpoint of the same student trained without distillation, evaluated for the report.

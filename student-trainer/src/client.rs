@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+/// The gRPC service name the teacher's health service reports on.
+pub const TEACHER_SERVICE: &str = "distill.v1.Teacher";
+
 /// Largest gRPC message this client sends or accepts unless the teacher announces more (bytes).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -255,11 +258,12 @@ pub struct StreamStats {
 #[derive(Debug, Clone)]
 pub struct TeacherClient {
     url: String,
+    channel: Channel,
     grpc: Grpc<Channel>,
     info: TeacherInfo,
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -297,7 +301,7 @@ impl TeacherClient {
                 url: url.to_string(),
                 reason: error_chain(&e),
             })?;
-        let mut grpc = Grpc::new(channel)
+        let mut grpc = Grpc::new(channel.clone())
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
         let info: TeacherInfo = grpc
@@ -314,9 +318,48 @@ impl TeacherClient {
         }
         Ok(TeacherClient {
             url: url.to_string(),
+            channel,
             grpc,
             info,
         })
+    }
+
+    /// Asks the teacher's `grpc.health.v1.Health` service whether `distill.v1.Teacher` is
+    /// serving.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] or [`ClientError::Rpc`] when the check itself fails.
+    pub async fn serving(&self) -> Result<bool, ClientError> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let mut health = HealthClient::new(self.channel.clone());
+        let status = health
+            .check(HealthCheckRequest {
+                service: TEACHER_SERVICE.to_string(),
+            })
+            .await
+            .map_err(|s| rpc_error(&self.url, "Health/Check", s))?
+            .into_inner()
+            .status;
+        Ok(status == ServingStatus::Serving as i32)
+    }
+
+    /// Opens one `StreamLogits` call fed by `requests`; the returned stream yields the responses
+    /// in completion order.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`] or [`ClientError::Rpc`] when the call is refused.
+    pub async fn open_stream(
+        &self,
+        requests: mpsc::Receiver<LogitsRequest>,
+    ) -> Result<tonic::Streaming<LogitsResponse>, ClientError> {
+        let mut grpc = self.grpc.clone();
+        Ok(grpc
+            .stream_logits(ReceiverStream::new(requests))
+            .await
+            .map_err(|s| rpc_error(&self.url, "StreamLogits", s))?
+            .into_inner())
     }
 
     /// The teacher's URL.
@@ -408,7 +451,8 @@ impl TeacherClient {
                 stats.out_of_order += 1;
             }
             pairing.answer(msg)?;
-            while let Some(batch) = pairing.pop_ready() {
+            while let Some(mut batch) = pairing.pop_ready() {
+                batch.replica.clone_from(&self.url);
                 stats.batches += 1;
                 stats.samples += batch.indices.len() as u64;
                 out.send(batch)
@@ -422,7 +466,7 @@ impl TeacherClient {
     }
 }
 
-fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
+pub(crate) fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
     if s.code() == tonic::Code::Unavailable {
         return ClientError::Unreachable {
             url: url.to_string(),
@@ -438,7 +482,11 @@ fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
 }
 
 /// The request for one planned batch: the rows of `inputs` named by its indices.
-fn request(inputs: &Tensor, b: &PlannedBatch, batch_id: u64) -> Result<LogitsRequest, ClientError> {
+pub(crate) fn request(
+    inputs: &Tensor,
+    b: &PlannedBatch,
+    batch_id: u64,
+) -> Result<LogitsRequest, ClientError> {
     let idx = Tensor::from_slice(&b.indices);
     let rows = inputs.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?;
     Ok(LogitsRequest {
@@ -561,6 +609,7 @@ impl Pairing {
             index: b.index,
             indices: b.indices,
             logits: logits?,
+            replica: String::new(),
         })
     }
 }

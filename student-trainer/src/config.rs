@@ -7,6 +7,7 @@ use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::loss::{DistillLoss, LossKind};
 use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::pool::GroupSpec;
 use distill_models::Arch;
 use std::fmt;
 use std::path::PathBuf;
@@ -118,8 +119,17 @@ pub struct TrainConfig {
 pub struct DistillConfig {
     /// The student's training run.
     pub train: TrainConfig,
-    /// Teacher URL, with scheme (`http://host:port`).
-    pub teacher: String,
+    /// Teacher groups (one for plain `--teacher` replicas; several for an ensemble), each with
+    /// its replica URLs (with scheme, `http://host:port`).
+    pub groups: Vec<GroupSpec>,
+    /// A batch unanswered this long moves to another replica.
+    pub batch_timeout: Duration,
+    /// Longest wait with no replica reachable before checkpointing and exiting.
+    pub teacher_wait: Duration,
+    /// Test-only ledger of trained batches (JSON lines).
+    pub batch_ledger: Option<PathBuf>,
+    /// How often `dns://` teachers are resolved again.
+    pub resolve_interval: Duration,
     /// The distillation loss (kind, temperature, alpha).
     pub loss: DistillLoss,
     /// Which samples keep their labels.
@@ -172,6 +182,12 @@ pub fn teacher_url(flag: &'static str, url: &str) -> Result<String, ConfigError>
             "empty teacher URL: expected http://HOST:PORT",
         ));
     }
+    if url.starts_with("dns://") {
+        return match crate::pool::parse_dns_url(url) {
+            Some(_) => Ok(url.to_string()),
+            None => Err(invalid(flag, format!("{url:?}: expected dns://NAME:PORT"))),
+        };
+    }
     let url = if url.contains("://") {
         url.to_string()
     } else {
@@ -184,6 +200,89 @@ pub fn teacher_url(flag: &'static str, url: &str) -> Result<String, ConfigError>
         ));
     }
     Ok(url)
+}
+
+/// Name of the group formed by plain `--teacher` flags.
+pub const DEFAULT_GROUP: &str = "teacher";
+
+/// The teacher groups of `distill`: the `--teacher` URLs as group [`DEFAULT_GROUP`] (if any),
+/// then each `--teacher-group NAME=URL,URL`, weighted by `--group-weight NAME=W` (default 1).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for a malformed group, a duplicate name, a group without URLs, a
+/// weight for no group, or a negative weight.
+pub fn teacher_groups(
+    teachers: &[String],
+    groups: &[String],
+    weights: &[String],
+) -> Result<Vec<GroupSpec>, ConfigError> {
+    let mut out: Vec<GroupSpec> = Vec::new();
+    let urls = |flag: &'static str, list: &mut dyn Iterator<Item = &str>| {
+        list.map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| teacher_url(flag, u))
+            .collect::<Result<Vec<String>, ConfigError>>()
+    };
+    let plain = urls("teacher", &mut teachers.iter().map(String::as_str))?;
+    if !plain.is_empty() {
+        out.push(GroupSpec {
+            name: DEFAULT_GROUP.into(),
+            weight: 1.0,
+            urls: plain,
+        });
+    }
+    for g in groups {
+        let Some((name, list)) = g.split_once('=') else {
+            return Err(invalid(
+                "teacher-group",
+                format!("{g:?}: expected NAME=URL,URL,..."),
+            ));
+        };
+        let name = name.trim();
+        if name.is_empty() || out.iter().any(|o| o.name == name) {
+            return Err(invalid(
+                "teacher-group",
+                format!("{g:?}: group names must be non-empty and distinct"),
+            ));
+        }
+        let u = urls("teacher-group", &mut list.split(','))?;
+        if u.is_empty() {
+            return Err(invalid("teacher-group", format!("{g:?}: no URL")));
+        }
+        out.push(GroupSpec {
+            name: name.into(),
+            weight: 1.0,
+            urls: u,
+        });
+    }
+    if out.is_empty() {
+        return Err(invalid(
+            "teacher",
+            "give --teacher URL (repeatable) or --teacher-group NAME=URL,...",
+        ));
+    }
+    for w in weights {
+        let parsed = w
+            .split_once('=')
+            .and_then(|(n, v)| Some((n.trim(), v.trim().parse::<f64>().ok()?)));
+        let Some((name, weight)) = parsed else {
+            return Err(invalid("group-weight", format!("{w:?}: expected NAME=W")));
+        };
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(invalid("group-weight", format!("{w:?}: W must be ≥ 0")));
+        }
+        let Some(g) = out.iter_mut().find(|g| g.name == name) else {
+            return Err(invalid(
+                "group-weight",
+                format!("{w:?}: no group named {name:?}"),
+            ));
+        };
+        g.weight = weight;
+    }
+    if out.iter().map(|g| g.weight).sum::<f64>() <= 0.0 {
+        return Err(invalid("group-weight", "the weights sum to 0"));
+    }
+    Ok(out)
 }
 
 fn timeout(flag: &'static str, seconds: f64) -> Result<Duration, ConfigError> {
@@ -306,7 +405,11 @@ impl TryFrom<DistillArgs> for DistillConfig {
         };
         Ok(DistillConfig {
             train,
-            teacher: teacher_url("teacher", &a.teacher)?,
+            groups: teacher_groups(&a.teacher, &a.teacher_group, &a.group_weight)?,
+            batch_timeout: timeout("batch-timeout", a.batch_timeout)?,
+            teacher_wait: timeout("teacher-wait", a.teacher_wait)?,
+            batch_ledger: a.batch_ledger,
+            resolve_interval: timeout("resolve-interval", a.resolve_interval)?,
             loss: DistillLoss {
                 kind,
                 temperature: a.temperature,
@@ -382,7 +485,8 @@ mod tests {
     #[test]
     fn defaults_match_the_reference_loop() {
         let c = distill(&[]).unwrap();
-        assert_eq!(c.teacher, "http://127.0.0.1:50051");
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].urls, ["http://127.0.0.1:50051"]);
         assert_eq!(c.loss.temperature, 4.0);
         assert_eq!(c.loss.alpha, 0.9);
         assert_eq!(c.labels, LabelPolicy::All);
@@ -478,6 +582,8 @@ mod tests {
             (&["--device", "tpu"], "--device"),
             (&["--limit", "0"], "--limit"),
             (&["--connect-timeout", "0"], "--connect-timeout"),
+            (&["--batch-timeout", "0"], "--batch-timeout"),
+            (&["--teacher-wait", "0"], "--teacher-wait"),
         ];
         for (args, flag) in cases {
             let err = distill(args).unwrap_err().to_string();
@@ -489,6 +595,46 @@ mod tests {
         };
         let e = DistillConfig::try_from(a).unwrap_err().to_string();
         assert!(e.contains("http"), "{e}");
+    }
+
+    #[test]
+    fn replicas_and_groups_parse_with_weights() {
+        let c = distill(&["--teacher", "b:2,c:3", "--batch-timeout", "2"]).unwrap();
+        assert_eq!(
+            c.groups[0].urls,
+            ["http://127.0.0.1:50051", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(c.batch_timeout, Duration::from_secs(2));
+        assert_eq!(c.teacher_wait, Duration::from_secs(300));
+        let g = teacher_groups(
+            &[],
+            &["a=h:1,h:2".into(), "b=h:3".into()],
+            &["a=0.7".into(), "b=0.3".into()],
+        )
+        .unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].name.as_str(), g[0].weight), ("a", 0.7));
+        assert_eq!(g[0].urls, ["http://h:1", "http://h:2"]);
+        assert_eq!(
+            (g[1].name.as_str(), g[1].weight, g[1].urls.len()),
+            ("b", 0.3, 1)
+        );
+        for (groups, weights) in [
+            (vec!["a"], vec![]),
+            (vec!["a=h:1", "a=h:2"], vec![]),
+            (vec!["a="], vec![]),
+            (vec!["a=h:1"], vec!["b=1"]),
+            (vec!["a=h:1"], vec!["a=-1"]),
+            (vec!["a=h:1"], vec!["a=0"]),
+        ] {
+            let groups: Vec<String> = groups.into_iter().map(String::from).collect();
+            let weights: Vec<String> = weights.into_iter().map(String::from).collect();
+            assert!(
+                teacher_groups(&[], &groups, &weights).is_err(),
+                "{groups:?} {weights:?}"
+            );
+        }
+        assert!(teacher_groups(&[], &[], &[]).is_err());
     }
 
     #[test]

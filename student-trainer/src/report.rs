@@ -50,8 +50,30 @@ pub struct Report {
     pub train_samples: u64,
     /// Teacher URL.
     pub teacher_url: String,
-    /// Teacher weights fingerprint (hex SHA-256).
+    /// Teacher weights fingerprint (hex SHA-256; for an ensemble, the groups' joined by `+`).
     pub teacher_fingerprint: String,
+    /// Samples the student actually trained on, over the whole run (resumes included); with no
+    /// failure of any kind it equals `epochs × train_samples`.
+    #[serde(default)]
+    pub samples_trained: u64,
+    /// Batches (per group) sent again because their replica failed or timed out.
+    #[serde(default)]
+    pub batches_resent: u64,
+    /// Every teacher replica of the run, with the batches it answered.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSummary>,
+}
+
+/// One teacher replica in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSummary {
+    /// Replica URL.
+    pub url: String,
+    /// Its group (`teacher` for plain `--teacher` replicas).
+    pub group: String,
+    /// Batches it answered during training (answers used; late answers to re-sent batches are
+    /// not counted).
+    pub batches_answered: u64,
 }
 
 impl Report {
@@ -148,6 +170,9 @@ mod tests {
             train_samples: 60_000,
             teacher_url: "http://127.0.0.1:1".into(),
             teacher_fingerprint: "ab".into(),
+            samples_trained: 0,
+            batches_resent: 0,
+            replicas: Vec::new(),
         }
     }
 

@@ -77,8 +77,11 @@ pub struct TeacherBatch {
     pub index: usize,
     /// Dataset indices of the samples, in the order of the rows of `logits`.
     pub indices: Vec<i64>,
-    /// Teacher logits, `f32 [indices.len(), num_classes]`, on the CPU.
+    /// Teacher logits, `f32 [indices.len(), num_classes]`, on the CPU (for an ensemble: the
+    /// mixture's `T · log p`, see [`crate::ensemble::mix`]).
     pub logits: Tensor,
+    /// URL of the replica that answered (for an ensemble: one per group, joined by `+`).
+    pub replica: String,
 }
 
 /// The seed of libtorch's generator for an epoch (dropout masks): a fixed mix of the run seed and

@@ -119,6 +119,9 @@ pub enum Objective {
         labels: LabelPolicy,
         /// Fingerprint of the teacher's weights (recorded in the checkpoint).
         teacher_fingerprint: String,
+        /// Test-only ledger: one JSON line `{epoch, index, batch_id, replica}` appended per
+        /// trained batch.
+        batch_ledger: Option<PathBuf>,
     },
 }
 
@@ -152,6 +155,9 @@ pub struct ResumeState {
     /// Loss settings, for `distill` runs (`kind T alpha labels`).
     #[serde(default)]
     pub loss: Option<String>,
+    /// Samples trained on so far, over every process of the run (resumes included).
+    #[serde(default)]
+    pub samples_trained: u64,
 }
 
 /// Where a run starts: fresh, or from the checkpoint in `--out`.
@@ -163,6 +169,8 @@ pub struct Start {
     pub step: u64,
     /// The checkpoint to load (`None`: fresh weights).
     pub checkpoint: Option<Checkpoint>,
+    /// Samples trained on by the processes before this one.
+    pub samples_trained: u64,
 }
 
 impl Start {
@@ -185,6 +193,7 @@ impl Start {
                 position: Position::default(),
                 step: 0,
                 checkpoint: None,
+                samples_trained: 0,
             });
         }
         let ck = Checkpoint::open(&cfg.out)?;
@@ -225,6 +234,7 @@ impl Start {
                 batch: state.next_batch,
             },
             step: ck.meta.step,
+            samples_trained: state.samples_trained,
             checkpoint: Some(ck),
         })
     }
@@ -261,6 +271,11 @@ pub struct Outcome {
     pub step: u64,
     /// Samples trained on in this process.
     pub samples: u64,
+    /// Samples trained on over the whole run, earlier processes (before `--resume`) included.
+    pub samples_total: u64,
+    /// The teacher stream ended before the schedule did (e.g. no replica reachable for
+    /// `--teacher-wait`): a checkpoint was saved at the first untrained batch.
+    pub teacher_gone: bool,
     /// Seconds spent in the loop in this process (excluding per-epoch evaluation).
     pub train_s: f64,
     /// Trainable parameters of the network.
@@ -346,6 +361,13 @@ pub fn run(
         path: cfg.out.join(crate::metrics::METRICS_FILE),
         source,
     })?;
+    let mut ledger = match &objective {
+        Objective::Distill {
+            batch_ledger: Some(path),
+            ..
+        } => Some(Ledger::open(path)?),
+        _ => None,
+    };
     let ctx = Ctx {
         cfg: &cfg,
         spec: &spec,
@@ -364,6 +386,8 @@ pub fn run(
         epochs: start.position.epoch,
         step: start.step,
         samples: 0,
+        samples_total: start.samples_trained,
+        teacher_gone: false,
         train_s: 0.0,
         params,
         last: None,
@@ -392,9 +416,9 @@ pub fn run(
                 progress.abandon();
                 ctx.save(
                     &opt,
-                    epoch,
-                    planned.index,
+                    (epoch, planned.index),
                     step,
+                    out.samples_total,
                     sums.metrics(epoch, step, t0, None),
                 )?;
                 out.interrupted = true;
@@ -402,14 +426,27 @@ pub fn run(
                 tracing::warn!(epoch, batch = planned.index, dir = %cfg.out.display(), "interrupted: checkpoint saved; --resume continues from here");
                 return Ok(out);
             }
+            let mut answered = None;
             let teacher_logits = match teacher.as_mut() {
                 None => None,
                 Some(rx) => {
-                    let tb = rx.blocking_recv().ok_or(TrainError::TeacherGone {
-                        epoch,
-                        index: planned.index,
-                    })?;
+                    let Some(tb) = rx.blocking_recv() else {
+                        // The stream ended early: keep what was trained, then report it.
+                        progress.abandon();
+                        ctx.save(
+                            &opt,
+                            (epoch, planned.index),
+                            step,
+                            out.samples_total,
+                            sums.metrics(epoch, step, t0, None),
+                        )?;
+                        tracing::warn!(epoch, batch = planned.index, dir = %cfg.out.display(), "teacher stream ended: checkpoint saved; --resume continues from here");
+                        out.teacher_gone = true;
+                        out.step = step;
+                        return Ok(out);
+                    };
                     check_pairing(&tb, epoch, planned.index, &planned.indices)?;
+                    answered = Some((tb.batch_id, tb.replica));
                     Some(tb.logits)
                 }
             };
@@ -448,6 +485,10 @@ pub fn run(
                 .int64_value(&[]);
             sums.add(planned.indices.len(), value, soft, hard, correct);
             out.samples += planned.indices.len() as u64;
+            out.samples_total += planned.indices.len() as u64;
+            if let (Some(ledger), Some((batch_id, replica))) = (ledger.as_mut(), answered) {
+                ledger.record(epoch, planned.index, batch_id, &replica)?;
+            }
             progress.update(
                 planned.index + 1,
                 sums.mean_loss(),
@@ -464,7 +505,7 @@ pub fn run(
             _ => None,
         };
         let m = sums.metrics(epoch, step, t0, accuracy.as_ref());
-        ctx.save(&opt, epoch + 1, 0, step, m.clone())?;
+        ctx.save(&opt, (epoch + 1, 0), step, out.samples_total, m.clone())?;
         metrics.append(&m).map_err(|source| TrainError::Io {
             path: cfg.out.join(crate::metrics::METRICS_FILE),
             source,
@@ -544,6 +585,47 @@ pub fn check_pairing(
     Ok(())
 }
 
+/// The test-only batch ledger (`--batch-ledger`): one JSON line per trained batch, flushed as
+/// it is written so a test can watch the run's progress.
+struct Ledger {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Ledger {
+    fn open(path: &Path) -> Result<Ledger, TrainError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| TrainError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Ledger {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn record(
+        &mut self,
+        epoch: u64,
+        index: usize,
+        batch_id: u64,
+        replica: &str,
+    ) -> Result<(), TrainError> {
+        use std::io::Write as _;
+        let line = serde_json::json!({
+            "epoch": epoch, "index": index, "batch_id": batch_id, "replica": replica,
+        });
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
 struct Ctx<'a> {
     cfg: &'a TrainConfig,
     spec: &'a ArchSpec,
@@ -553,13 +635,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`.
+    /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with
+    /// `samples_trained` samples trained over the whole run.
     fn save(
         &self,
         opt: &Optimizer,
-        epoch: u64,
-        next_batch: usize,
+        (epoch, next_batch): (u64, usize),
         step: u64,
+        samples_trained: u64,
         m: EpochMetrics,
     ) -> Result<(), TrainError> {
         let (teacher_fingerprint, loss) = match self.objective {
@@ -568,6 +651,7 @@ impl Ctx<'_> {
                 loss,
                 labels,
                 teacher_fingerprint,
+                ..
             } => (
                 Some(teacher_fingerprint.clone()),
                 Some(format!(
@@ -585,6 +669,7 @@ impl Ctx<'_> {
             optimizer: self.cfg.optimizer,
             teacher_fingerprint,
             loss,
+            samples_trained,
         };
         let meta = CheckpointMeta {
             arch: self.spec.clone(),
@@ -657,6 +742,7 @@ mod tests {
             index,
             indices: indices.to_vec(),
             logits: Tensor::zeros([indices.len() as i64, 3], tch::kind::FLOAT_CPU),
+            replica: String::new(),
         }
     }
 

@@ -235,6 +235,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
             },
             labels: LabelPolicy::None,
             teacher_fingerprint: "00".into(),
+            batch_ledger: None,
         },
         train: data,
         test: Some(eval_data),
@@ -242,6 +243,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
             position: Position::default(),
             step: 0,
             checkpoint: None,
+            samples_trained: 0,
         },
         stop: Arc::new(AtomicBool::new(false)),
     };

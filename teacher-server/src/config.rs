@@ -95,6 +95,11 @@ pub struct Args {
     /// Seconds to finish in-flight batches after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "TEACHER_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
+
+    /// TEST-ONLY fault injection: after serving N batches (over all streams), keep accepting
+    /// streams and batches but never answer them (a hung replica). Hidden from `--help`.
+    #[arg(long, hide = true)]
+    pub fault_stall_after: Option<u64>,
 }
 
 /// Log output format.
@@ -181,6 +186,9 @@ pub struct Config {
     pub threads: Option<i32>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Test-only fault injection (`--fault-stall-after`): batches after the first N are never
+    /// answered.
+    pub fault_stall_after: Option<u64>,
 }
 
 /// Sidecar `FILE.json` next to a TorchScript file.
@@ -402,6 +410,7 @@ impl TryFrom<Args> for Config {
             log_format: a.log_format,
             threads: a.threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+            fault_stall_after: a.fault_stall_after,
         })
     }
 }

@@ -63,6 +63,7 @@ pub async fn run(
             max_batch_size: config.batching.max_batch_size,
             max_message_bytes: config.max_message_bytes,
             stream_window: config.stream_window,
+            fault_stall_after: config.fault_stall_after,
         },
         batcher,
         drain_rx.clone(),

@@ -14,6 +14,8 @@ use crate::model::ModelDescription;
 use crate::validate::{Limits, validate};
 use distill_proto::codec;
 use distill_proto::v1::{self, teacher_server::Teacher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -32,6 +34,10 @@ pub struct TeacherService {
     stream_window: usize,
     batcher: Batcher,
     draining: watch::Receiver<bool>,
+    /// Test-only stall: batches after this many (server-wide) are read and never answered.
+    fault_stall_after: Option<u64>,
+    /// Batches read so far, server-wide (counts only when `fault_stall_after` is set).
+    batches_read: Arc<AtomicU64>,
 }
 
 /// Settings of [`TeacherService`].
@@ -43,6 +49,9 @@ pub struct ServiceSettings {
     pub max_message_bytes: usize,
     /// Batches one stream may have in flight.
     pub stream_window: usize,
+    /// Test-only fault injection (`--fault-stall-after N`): answer the first N batches
+    /// (server-wide), then read batches and never answer them, as a hung replica would.
+    pub fault_stall_after: Option<u64>,
 }
 
 impl TeacherService {
@@ -66,6 +75,8 @@ impl TeacherService {
             stream_window: settings.stream_window.max(1),
             batcher,
             draining,
+            fault_stall_after: settings.fault_stall_after,
+            batches_read: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -214,6 +225,12 @@ impl StreamTask {
     fn submit(&mut self, req: v1::LogitsRequest) -> Option<v1::LogitsResponse> {
         let arrived = Instant::now();
         let batch_id = req.batch_id;
+        if let Some(n) = self.service.fault_stall_after
+            && self.service.batches_read.fetch_add(1, Ordering::Relaxed) >= n
+        {
+            tracing::debug!(batch_id, "--fault-stall-after: batch swallowed");
+            return None;
+        }
         let valid = match validate(&req, &self.service.limits) {
             Ok(v) => v,
             Err(e) => return Some(self.error_response(batch_id, &Error::from(e))),

@@ -156,3 +156,114 @@ pub fn max_abs_diff(a: &Path, b: &Path) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// A `student-trainer` process started with [`spawn_student`], running while the test acts on
+/// the teachers.
+#[derive(Debug)]
+pub struct StudentProcess {
+    child: tokio::process::Child,
+}
+
+/// Starts `student-trainer ARGS` like [`student`] (CPU, one thread, warnings-only logs) without
+/// waiting for it.
+pub fn spawn_student<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> StudentProcess {
+    let child = tokio::process::Command::new(student_trainer_bin())
+        .args(args)
+        .env("STUDENT_DEVICE", "cpu")
+        .env("STUDENT_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .env_remove("STUDENT_DATA_DIR")
+        .env_remove("STUDENT_TEACHER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn student-trainer");
+    StudentProcess { child }
+}
+
+impl StudentProcess {
+    /// Waits for the process to exit (at most 5 minutes) and returns its output.
+    ///
+    /// # Panics
+    /// If it runs longer.
+    pub async fn finish(self) -> Run {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(300),
+            self.child.wait_with_output(),
+        )
+        .await
+        .expect("student-trainer finished within 5 minutes")
+        .expect("wait for student-trainer");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+/// The lines of a `--batch-ledger` file (missing file: none).
+pub fn read_ledger(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Polls the ledger until it holds at least `n` lines; returns how many it holds then.
+///
+/// # Panics
+/// If the student exits first or a minute passes.
+pub async fn wait_for_ledger(path: &Path, n: usize, student: &mut StudentProcess) -> usize {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let have = read_ledger(path).len();
+        if have >= n {
+            return have;
+        }
+        assert!(
+            !student.exited(),
+            "student exited with {have} ledger lines, before {n}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ledger stuck at {have} lines"
+        );
+        // Polling the file the student appends to (no event to wait on across processes).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Checks that a ledger holds every batch of `epochs` epochs of `batches` batches exactly once;
+/// returns the number of lines per replica URL.
+///
+/// # Panics
+/// On a missing or duplicate batch.
+pub fn assert_exactly_once(
+    ledger: &[serde_json::Value],
+    epochs: u64,
+    batches: u64,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut per_replica = std::collections::BTreeMap::new();
+    for l in ledger {
+        let key = (l["epoch"].as_u64().unwrap(), l["index"].as_u64().unwrap());
+        assert!(seen.insert(key), "batch {key:?} trained twice");
+        *per_replica
+            .entry(l["replica"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len() as u64,
+        epochs * batches,
+        "expected {epochs}×{batches} batches trained once each"
+    );
+    per_replica
+}

@@ -1,0 +1,85 @@
+//! A replica killed and restarted on the same address rejoins the pool (health check and
+//! fingerprint) and receives work again, while the pool keeps serving from the other one.
+
+use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint, random_inputs};
+use std::time::Duration;
+use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions};
+use student_trainer::schedule::{PlannedBatch, TeacherBatch};
+use tokio::sync::mpsc;
+
+/// Runs 12 batches of 8 through the pool; returns the replica of each.
+async fn run_once(pool: &mut Pool) -> Vec<String> {
+    let inputs = random_inputs(96, &[1, 28, 28]);
+    let plan: Vec<PlannedBatch> = (0..12)
+        .map(|i| PlannedBatch {
+            epoch: 0,
+            index: i,
+            indices: (i as i64 * 8..i as i64 * 8 + 8).collect(),
+        })
+        .collect();
+    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
+    let collect = async {
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            assert_eq!(b.index, got.len(), "batches in plan order");
+            got.push(b.replica);
+        }
+        got
+    };
+    let (ran, got) = tokio::join!(pool.run(plan, inputs, tx), collect);
+    ran.expect("pool run");
+    assert_eq!(got.len(), 12);
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_rejoins_and_receives_work() {
+    let tmp = TempDir::new("replicas-rejoin");
+    let teacher = tmp.path().join("teacher");
+    fresh_checkpoint(&teacher, "mlp:32", &[1, 28, 28], 10);
+    let mut a = TeacherProcess::start(&teacher, &[] as &[&str]).await;
+    let b = TeacherProcess::start(&teacher, &[] as &[&str]).await;
+    let (addr_a, url_a) = (a.addr, a.url());
+    let mut pool = Pool::connect(
+        vec![GroupSpec {
+            name: "teacher".into(),
+            weight: 1.0,
+            urls: vec![url_a.clone(), b.url()],
+        }],
+        PoolOptions {
+            prefetch: 2,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+            ..PoolOptions::default()
+        },
+        Expect {
+            sample_shape: vec![1, 28, 28],
+            num_classes: 10,
+            batch_size: 8,
+        },
+    )
+    .await
+    .expect("pool");
+    let first = run_once(&mut pool).await;
+    assert!(
+        first.contains(&url_a) && first.contains(&b.url()),
+        "{first:?}"
+    );
+
+    a.signal("KILL");
+    a.wait(Duration::from_secs(10)).await;
+    // The pool keeps serving from B alone.
+    let during = run_once(&mut pool).await;
+    assert!(during.iter().all(|r| *r == b.url()), "{during:?}");
+
+    // Restart A on the same address: it rejoins and answers again.
+    let _a2 = TeacherProcess::start(&teacher, &["--listen", &addr_a.to_string()]).await;
+    let mut rejoined = false;
+    for _ in 0..500 {
+        if run_once(&mut pool).await.contains(&url_a) {
+            rejoined = true;
+            break;
+        }
+    }
+    assert!(rejoined, "A never rejoined: {:?}", pool.replica_stats());
+}

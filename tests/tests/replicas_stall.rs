@@ -1,0 +1,58 @@
+//! A replica that accepts batches but never answers them: its batches move to the other replica
+//! after `--batch-timeout`, and every batch is still trained exactly once.
+
+use distill_tests::trainer::{
+    assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
+};
+use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replicas_batches_move_after_the_batch_timeout() {
+    let tmp = TempDir::new("replicas-stall");
+    let data = tmp.path().join("data");
+    write_synthetic_idx(&data, 600, 100, 10, 4);
+    let teacher = tmp.path().join("teacher");
+    fresh_checkpoint(&teacher, "mlp:32", &[1, 28, 28], 10);
+    let good = TeacherProcess::start(&teacher, &[] as &[&str]).await;
+    let stalled = TeacherProcess::start(&teacher, &["--fault-stall-after", "3"]).await;
+    let (out, ledger) = (tmp.path().join("out"), tmp.path().join("ledger"));
+    let run = student(&[
+        "distill",
+        "--teacher",
+        &stalled.url(),
+        "--teacher",
+        &good.url(),
+        "--arch",
+        "mlp:16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--prefetch",
+        "2",
+        "--batch-timeout",
+        "1",
+        "--no-epoch-eval",
+        "--data-dir",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--batch-ledger",
+        &ledger.display().to_string(),
+    ])
+    .await
+    .expect_ok("distill with a stalled replica");
+    assert!(
+        run.stderr.contains("no answer within --batch-timeout"),
+        "{}",
+        run.stderr
+    );
+    let per_replica = assert_exactly_once(&read_ledger(&ledger), 1, 30);
+    assert!(
+        per_replica.get(&stalled.url()).copied().unwrap_or(0) <= 3,
+        "{per_replica:?}"
+    );
+    let r = read_json(&out.join("report.json"));
+    assert!(r["batches_resent"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["samples_trained"].as_u64(), Some(600), "{r}");
+}
