@@ -367,8 +367,13 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     };
     summarise(&spec, &out);
     let replicas = pool.replica_stats();
-    let teacher_acc =
-        evaluate_pool(&mut pool, &data.test, 500.min(tc.batch_size.max(1) * 4)).await?;
+    // As many samples per request as every group's teacher accepts (500 at most).
+    let eval_batch = refs
+        .iter()
+        .map(|i| i.max_batch_size as usize)
+        .filter(|&m| m > 0)
+        .fold(500, usize::min);
+    let teacher_acc = evaluate_pool(&mut pool, &data.test, eval_batch).await?;
     let student_acc = out
         .test
         .clone()

@@ -158,14 +158,6 @@ pub enum PoolError {
     /// Connecting, a fatal per-batch error, a protocol violation, or the consumer leaving.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// Every reachable replica of a group was refused (different teacher).
-    #[error("group {group}: no usable teacher replica: {reasons}")]
-    Refused {
-        /// The group.
-        group: String,
-        /// Why each was refused.
-        reasons: String,
-    },
     /// No replica of a group was reachable for `teacher_wait`.
     #[error(
         "no teacher replica reachable for {waited_s:.0} s (--teacher-wait) in group {group} ({urls})"
@@ -362,8 +354,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`PoolError::Client`] when no replica of a group is reachable (the first one's error) or
-    /// a reference does not fit the data; [`PoolError::Refused`] cannot happen here (the
-    /// reference is always accepted).
+    /// a reference does not fit the data. (A group always keeps its reference, so refusals alone
+    /// never leave a group empty; they are logged and retried.)
     pub async fn connect(
         specs: Vec<GroupSpec>,
         options: PoolOptions,

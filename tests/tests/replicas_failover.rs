@@ -83,8 +83,9 @@ async fn a_replica_killed_mid_epoch_costs_no_batch() {
         .expect_ok("distill with a replica killed");
     let ledger = read_ledger(&ledger_b);
     let per_replica = assert_exactly_once(&ledger, EPOCHS, batches);
-    // The survivors answered after the kill; the killed one answered only before.
-    let late: Vec<&serde_json::Value> = ledger[at_kill + 10..].iter().collect();
+    // The survivors answered after the kill; the killed one answered only before (what it
+    // answered before the kill is trained within the next few batches: window + channel).
+    let late: Vec<&serde_json::Value> = ledger[at_kill + 40..].iter().collect();
     assert!(
         late.iter().all(|l| l["replica"] != urls[0].as_str()),
         "killed replica still credited late in the run"
