@@ -429,6 +429,15 @@ impl TryFrom<EvalArgs> for EvalConfig {
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
         let target = match (a.checkpoint, a.teacher) {
             (Some(dir), None) => EvalTarget::Checkpoint(dir),
+            (None, Some(url)) if url.trim().starts_with("dns://") => {
+                return Err(invalid(
+                    "teacher",
+                    format!(
+                        "{url:?}: eval talks to one replica: expected http://HOST:PORT \
+                         (dns:// discovery is for distill)"
+                    ),
+                ));
+            }
             (None, Some(url)) => EvalTarget::Teacher(teacher_url("teacher", &url)?),
             _ => {
                 return Err(invalid(
@@ -663,5 +672,13 @@ mod tests {
         };
         let c = EvalConfig::try_from(a).unwrap();
         assert_eq!(c.target, EvalTarget::Teacher("http://localhost:1".into()));
+        let Command::Eval(a) = mk(&["--teacher", "dns://teachers:50051"]).unwrap().command else {
+            panic!()
+        };
+        let e = EvalConfig::try_from(a).unwrap_err().to_string();
+        assert!(
+            e.contains("expected http://HOST:PORT") && e.contains("dns://"),
+            "{e}"
+        );
     }
 }

@@ -74,14 +74,6 @@ pub enum TrainError {
         /// Extra detail (differing indices).
         detail: String,
     },
-    /// The teacher stream ended before the schedule did.
-    #[error("the teacher stream ended before epoch {epoch} batch {index}")]
-    TeacherGone {
-        /// The epoch waiting for logits.
-        epoch: u64,
-        /// The batch waiting for logits.
-        index: usize,
-    },
     /// The loss is not finite.
     #[error("loss is {value} at epoch {epoch} batch {index} (diverged; lower --lr?)")]
     NonFinite {
