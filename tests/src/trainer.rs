@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use student_trainer::pool::Pool;
+use student_trainer::schedule::{PlannedBatch, TeacherBatch};
 
 /// The `student-trainer` binary (built by `cargo build --workspace --bins`).
 pub fn student_trainer_bin() -> PathBuf {
@@ -266,4 +268,31 @@ pub fn assert_exactly_once(
         "expected {epochs}×{batches} batches trained once each"
     );
     per_replica
+}
+
+/// Runs 12 batches of 8 random `[1, 28, 28]` samples through `pool`; checks they arrive in plan
+/// order with `[8, 10]` logits, and returns the replica that answered each.
+pub async fn run_once(pool: &mut Pool) -> Vec<String> {
+    let inputs = crate::random_inputs(96, &[1, 28, 28]);
+    let plan: Vec<PlannedBatch> = (0..12)
+        .map(|i| PlannedBatch {
+            epoch: 0,
+            index: i,
+            indices: (i as i64 * 8..i as i64 * 8 + 8).collect(),
+        })
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TeacherBatch>(4);
+    let collect = async {
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            assert_eq!(b.index, got.len(), "batches in plan order");
+            assert_eq!(b.logits.size(), [8, 10]);
+            got.push(b.replica);
+        }
+        got
+    };
+    let (ran, got) = tokio::join!(pool.run(plan, inputs, tx), collect);
+    ran.expect("pool run");
+    assert_eq!(got.len(), 12);
+    got
 }

@@ -1,36 +1,10 @@
 //! A replica killed and restarted on the same address rejoins the pool (health check and
 //! fingerprint) and receives work again, while the pool keeps serving from the other one.
 
-use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint, random_inputs};
+use distill_tests::trainer::run_once;
+use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 use std::time::Duration;
 use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions};
-use student_trainer::schedule::{PlannedBatch, TeacherBatch};
-use tokio::sync::mpsc;
-
-/// Runs 12 batches of 8 through the pool; returns the replica of each.
-async fn run_once(pool: &mut Pool) -> Vec<String> {
-    let inputs = random_inputs(96, &[1, 28, 28]);
-    let plan: Vec<PlannedBatch> = (0..12)
-        .map(|i| PlannedBatch {
-            epoch: 0,
-            index: i,
-            indices: (i as i64 * 8..i as i64 * 8 + 8).collect(),
-        })
-        .collect();
-    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
-    let collect = async {
-        let mut got = Vec::new();
-        while let Some(b) = rx.recv().await {
-            assert_eq!(b.index, got.len(), "batches in plan order");
-            got.push(b.replica);
-        }
-        got
-    };
-    let (ran, got) = tokio::join!(pool.run(plan, inputs, tx), collect);
-    ran.expect("pool run");
-    assert_eq!(got.len(), 12);
-    got
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_rejoins_and_receives_work() {
