@@ -10,7 +10,7 @@ use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
 use crate::pool::{Expect, Pool, PoolError, PoolOptions};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
-use crate::schedule::{PlannedBatch, TeacherBatch, run_plan};
+use crate::schedule::{TeacherBatch, run_plan, sequential_plan};
 use crate::trainer::{self, Job, Objective, Outcome, Start, TrainError};
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
 use std::path::{Path, PathBuf};
@@ -227,17 +227,7 @@ async fn evaluate_pool(
     data: &Dataset,
     batch_size: usize,
 ) -> Result<Accuracy, AppError> {
-    let n = data.len() as i64;
-    let plan: Vec<PlannedBatch> = (0..n)
-        .collect::<Vec<i64>>()
-        .chunks(batch_size.max(1))
-        .enumerate()
-        .map(|(index, c)| PlannedBatch {
-            epoch: 0,
-            index,
-            indices: c.to_vec(),
-        })
-        .collect();
+    let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
     let labels = data.labels.shallow_clone();
     let mut acc = Accuracy::new(data.num_classes);

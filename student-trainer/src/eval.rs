@@ -3,7 +3,7 @@
 
 use crate::client::{ClientError, TeacherClient};
 use crate::data::Dataset;
-use crate::schedule::{PlannedBatch, TeacherBatch};
+use crate::schedule::{TeacherBatch, sequential_plan};
 use distill_models::Network;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -152,17 +152,7 @@ pub async fn evaluate_remote(
         batch_size
     }
     .max(1);
-    let n = data.len() as i64;
-    let plan: Vec<PlannedBatch> = (0..n)
-        .collect::<Vec<i64>>()
-        .chunks(bs)
-        .enumerate()
-        .map(|(index, c)| PlannedBatch {
-            epoch: 0,
-            index,
-            indices: c.to_vec(),
-        })
-        .collect();
+    let plan = sequential_plan(data.len(), bs);
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(prefetch.max(1));
     let labels = data.labels.shallow_clone();
     let mut acc = Accuracy::new(data.num_classes);

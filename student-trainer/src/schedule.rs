@@ -33,8 +33,19 @@ pub struct Position {
 /// The batches of one epoch, in order: the epoch's permutation of `0..n` cut into runs of
 /// `batch_size` (the last one may be shorter).
 pub fn epoch_plan(seed: u64, epoch: u64, n: usize, batch_size: usize) -> Vec<PlannedBatch> {
-    let perm = epoch_permutation(seed, epoch, n);
-    perm.chunks(batch_size.max(1))
+    chunked(epoch, &epoch_permutation(seed, epoch, n), batch_size)
+}
+
+/// `0..n` in order, cut into batches of `batch_size` (the last one may be shorter), as epoch 0:
+/// the plan of an evaluation pass.
+pub fn sequential_plan(n: usize, batch_size: usize) -> Vec<PlannedBatch> {
+    let order: Vec<i64> = (0..n as i64).collect();
+    chunked(0, &order, batch_size)
+}
+
+fn chunked(epoch: u64, order: &[i64], batch_size: usize) -> Vec<PlannedBatch> {
+    order
+        .chunks(batch_size.max(1))
         .enumerate()
         .map(|(index, c)| PlannedBatch {
             epoch,
@@ -98,6 +109,18 @@ pub fn epoch_seed(seed: u64, epoch: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_plan_covers_every_sample_in_order() {
+        let plan = sequential_plan(7, 3);
+        let cuts: Vec<Vec<i64>> = plan.iter().map(|b| b.indices.clone()).collect();
+        assert_eq!(cuts, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
+        assert!(
+            plan.iter()
+                .enumerate()
+                .all(|(i, b)| b.index == i && b.epoch == 0)
+        );
+    }
 
     #[test]
     fn an_epoch_covers_every_sample_once_in_batches() {

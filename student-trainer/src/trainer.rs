@@ -406,15 +406,8 @@ pub fn run(
         for planned in plan.into_iter().skip(skip) {
             if stop.load(Ordering::SeqCst) {
                 progress.abandon();
-                ctx.save(
-                    &opt,
-                    (epoch, planned.index),
-                    step,
-                    out.samples_total,
-                    sums.metrics(epoch, step, t0, None),
-                )?;
+                ctx.save_partial(&opt, &sums, (epoch, planned.index), step, t0, &mut out)?;
                 out.interrupted = true;
-                out.step = step;
                 tracing::warn!(epoch, batch = planned.index, dir = %cfg.out.display(), "interrupted: checkpoint saved; --resume continues from here");
                 return Ok(out);
             }
@@ -425,16 +418,9 @@ pub fn run(
                     let Some(tb) = rx.blocking_recv() else {
                         // The stream ended early: keep what was trained, then report it.
                         progress.abandon();
-                        ctx.save(
-                            &opt,
-                            (epoch, planned.index),
-                            step,
-                            out.samples_total,
-                            sums.metrics(epoch, step, t0, None),
-                        )?;
+                        ctx.save_partial(&opt, &sums, (epoch, planned.index), step, t0, &mut out)?;
                         tracing::warn!(epoch, batch = planned.index, dir = %cfg.out.display(), "teacher stream ended: checkpoint saved; --resume continues from here");
                         out.teacher_gone = true;
-                        out.step = step;
                         return Ok(out);
                     };
                     check_pairing(&tb, epoch, planned.index, &planned.indices)?;
@@ -627,6 +613,28 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Saves a checkpoint in the middle of an epoch (before batch `at.1` of epoch `at.0`) with
+    /// the partial epoch's metrics, and records `step` in `out`: the run is about to stop early.
+    fn save_partial(
+        &self,
+        opt: &Optimizer,
+        sums: &Sums,
+        at: (u64, usize),
+        step: u64,
+        t0: Instant,
+        out: &mut Outcome,
+    ) -> Result<(), TrainError> {
+        self.save(
+            opt,
+            at,
+            step,
+            out.samples_total,
+            sums.metrics(at.0, step, t0, None),
+        )?;
+        out.step = step;
+        Ok(())
+    }
+
     /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with
     /// `samples_trained` samples trained over the whole run.
     fn save(
