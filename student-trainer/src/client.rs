@@ -130,6 +130,9 @@ pub struct TeacherInfo {
     pub device: String,
     /// Largest gRPC message the teacher accepts (bytes; 0: not announced).
     pub max_message_bytes: u64,
+    /// Random id of the serving process (hex; empty from servers that predate it): two URLs
+    /// with the same id reach one server.
+    pub instance_id: String,
 }
 
 impl From<v1::ModelInfo> for TeacherInfo {
@@ -145,6 +148,7 @@ impl From<v1::ModelInfo> for TeacherInfo {
             max_batch_size,
             device,
             max_message_bytes,
+            instance_id,
         } = m;
         TeacherInfo {
             name,
@@ -156,6 +160,7 @@ impl From<v1::ModelInfo> for TeacherInfo {
             max_batch_size,
             device,
             max_message_bytes,
+            instance_id,
         }
     }
 }
@@ -707,6 +712,7 @@ mod tests {
             max_batch_size: 256,
             device: "cpu".into(),
             max_message_bytes: 0,
+            instance_id: String::new(),
         }
     }
 

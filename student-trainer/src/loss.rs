@@ -328,22 +328,12 @@ mod tests {
         t2(&refs)
     }
 
-    /// `kd_loss.json` from the project's shared cases: `$DISTILL_CASES_DIR` when set, else
-    /// `../shared/cases/` beside the clone (where CI lays it). Missing cases fail the test.
+    /// The hand-computed KD/MSE cases the project owns, `student-trainer/tests/data/kd_loss.json`
+    /// (a copy of the values to check against; keep the two in step), compiled into the test so
+    /// that no test depends on files outside the crate.
     fn cases() -> Value {
-        let dir = std::env::var_os("DISTILL_CASES_DIR").map_or_else(
-            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cases"),
-            std::path::PathBuf::from,
-        );
-        let path = dir.join("kd_loss.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read {}: {e} (the shared cases lie in ../shared/cases beside the clone; \
-                 set DISTILL_CASES_DIR to their folder elsewhere)",
-                path.display()
-            )
-        });
-        serde_json::from_str(&text).unwrap()
+        serde_json::from_str(include_str!("../tests/data/kd_loss.json"))
+            .expect("tests/data/kd_loss.json is valid JSON")
     }
 
     #[test]

@@ -1259,6 +1259,7 @@ mod tests {
             max_batch_size: 256,
             device: "cpu".into(),
             max_message_bytes: 0,
+            instance_id: String::new(),
         }
     }
 

@@ -86,6 +86,7 @@ impl Teacher for ReversingTeacher {
             max_batch_size: 256,
             device: "cpu".into(),
             max_message_bytes: 0,
+            instance_id: String::new(),
         }))
     }
 

@@ -31,6 +31,8 @@ pub struct TeacherService {
     info: ModelDescription,
     limits: Limits,
     max_message_bytes: usize,
+    /// Random id of this server process (`ModelInfo.instance_id`), drawn once in [`TeacherService::new`].
+    instance_id: String,
     stream_window: usize,
     batcher: Batcher,
     draining: watch::Receiver<bool>,
@@ -72,6 +74,7 @@ impl TeacherService {
             info,
             limits,
             max_message_bytes: settings.max_message_bytes,
+            instance_id: format!("{:032x}", rand::random::<u128>()),
             stream_window: settings.stream_window.max(1),
             batcher,
             draining,
@@ -106,6 +109,7 @@ impl Teacher for TeacherService {
             max_batch_size: u32::try_from(self.limits.max_batch_size).unwrap_or(u32::MAX),
             device,
             max_message_bytes: self.max_message_bytes as u64,
+            instance_id: self.instance_id.clone(),
         }))
     }
 
