@@ -3,14 +3,15 @@
 //! Each loads the data, checks the device (and the teacher), runs the training loop on its own
 //! thread ([`crate::trainer`]) and prints its results on stdout; logs go to stderr.
 
-use crate::client::{ClientError, ClientOptions, TeacherClient};
+use crate::client::{ClientError, ClientOptions};
 use crate::config::{DistillConfig, EvalConfig, EvalTarget, TrainConfig};
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
 use crate::pool::{Expect, Pool, PoolError, PoolOptions};
+use crate::teacher_eval::{self, TeacherEvalError};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
-use crate::schedule::{TeacherBatch, run_plan, sequential_plan};
+use crate::schedule::{TeacherBatch, run_plan};
 use crate::trainer::{self, Job, Objective, Outcome, Start, TrainError};
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ pub enum AppError {
     /// The teacher pool failed (no replica reachable, fatal per-batch error, ...).
     #[error("{0}")]
     Pool(#[from] PoolError),
+    /// Evaluating the teacher failed.
+    #[error("{0}")]
+    TeacherEval(#[from] TeacherEvalError),
     /// No teacher replica was reachable for `--teacher-wait`; a checkpoint was saved.
     #[error(
         "{cause}; checkpoint saved in {}: run the same command with --resume to carry on (with a teacher replica back)",
@@ -190,26 +194,6 @@ fn summarise(spec: &ArchSpec, out: &Outcome) -> Finished {
     }
 }
 
-async fn connect(url: &str, timeout: std::time::Duration) -> Result<TeacherClient, ClientError> {
-    let options = ClientOptions {
-        connect_timeout: timeout,
-        ..ClientOptions::default()
-    };
-    let client = TeacherClient::connect(url, &options).await?;
-    let i = client.info();
-    tracing::info!(
-        url, name = %i.name, fingerprint = %i.fingerprint, device = %i.device,
-        input_shape = ?i.input_shape, num_logits = i.num_logits, max_batch_size = i.max_batch_size,
-        "teacher connected"
-    );
-    Ok(client)
-}
-
-/// Parameters of the teacher when its name is a built-in architecture (`None` otherwise).
-fn teacher_params(client: &TeacherClient) -> Option<i64> {
-    info_params(client.info())
-}
-
 /// Parameters of a teacher described by `info` when its name is a built-in architecture.
 fn info_params(info: &crate::client::TeacherInfo) -> Option<i64> {
     let arch: Arch = info.name.parse().ok()?;
@@ -219,29 +203,6 @@ fn info_params(info: &crate::client::TeacherInfo) -> Option<i64> {
         num_classes: info.num_logits,
     })
     .ok()
-}
-
-/// Accuracy of the teacher (the ensemble, for several groups) on `data`, through the pool.
-async fn evaluate_pool(
-    pool: &mut Pool,
-    data: &Dataset,
-    batch_size: usize,
-) -> Result<Accuracy, AppError> {
-    let plan = sequential_plan(data.len(), batch_size.max(1));
-    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
-    let labels = data.labels.shallow_clone();
-    let mut acc = Accuracy::new(data.num_classes);
-    let count = async {
-        while let Some(b) = rx.recv().await {
-            let ys = labels.f_index_select(0, &tch::Tensor::from_slice(&b.indices))?;
-            acc.add(&b.logits, &ys)?;
-        }
-        Ok::<(), AppError>(())
-    };
-    let (streamed, counted) = tokio::join!(pool.run(plan, data.inputs.shallow_clone(), tx), count);
-    streamed?;
-    counted?;
-    Ok(acc)
 }
 
 /// `distill`: online distillation from teacher-server replicas (one group, or several for an
@@ -358,12 +319,8 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     summarise(&spec, &out);
     let replicas = pool.replica_stats();
     // As many samples per request as every group's teacher accepts (500 at most).
-    let eval_batch = refs
-        .iter()
-        .map(|i| i.max_batch_size as usize)
-        .filter(|&m| m > 0)
-        .fold(500, usize::min);
-    let teacher_acc = evaluate_pool(&mut pool, &data.test, eval_batch).await?;
+    let eval_batch = teacher_eval::batch_size_for(&pool, 500);
+    let teacher_acc = teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch).await?;
     let student_acc = out
         .test
         .clone()
@@ -468,15 +425,35 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
                 Some(params),
             )
         }
-        EvalTarget::Teacher(url) => {
-            let client = connect(url, cfg.connect_timeout).await?;
-            client
-                .info()
-                .check(url, &test.sample_shape(), test.num_classes, 1)?;
-            let acc = eval::evaluate_remote(&client, &test, cfg.batch_size, 4).await?;
-            let params = teacher_params(&client);
+        EvalTarget::Teachers(groups) => {
+            let options = PoolOptions {
+                client: ClientOptions {
+                    connect_timeout: cfg.connect_timeout,
+                    ..ClientOptions::default()
+                },
+                ..PoolOptions::default()
+            };
+            let expect = Expect {
+                sample_shape: test.sample_shape(),
+                num_classes: test.num_classes,
+                batch_size: 1,
+            };
+            let mut pool = Pool::connect(groups.clone(), options, expect).await?;
+            let batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);
+            let acc = teacher_eval::evaluate_pool(&mut pool, &test, batch_size).await?;
+            let refs = pool.references();
+            let name = refs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>();
+            let params = refs
+                .iter()
+                .copied()
+                .map(info_params)
+                .try_fold(0i64, |acc, p| p.map(|p| acc + p));
+            let urls: Vec<&str> = groups
+                .iter()
+                .flat_map(|g| g.urls.iter().map(String::as_str))
+                .collect();
             (
-                format!("teacher {url} ({})", client.info().name),
+                format!("teacher {} ({})", urls.join(", "), name.join("+")),
                 acc,
                 params,
             )

@@ -181,9 +181,12 @@ pub struct EvalArgs {
         required_unless_present = "teacher"
     )]
     pub checkpoint: Option<PathBuf>,
-    /// A teacher-server URL to evaluate instead of a checkpoint.
-    #[arg(long, env = "STUDENT_TEACHER")]
-    pub teacher: Option<String>,
+    /// A teacher-server replica to evaluate instead of a checkpoint: http://HOST:PORT, or
+    /// dns://NAME:PORT for every address of NAME. Repeat the flag (or give a comma-separated
+    /// list) for several replicas of the same teacher: batches are balanced over them and a
+    /// failed replica's batches move to the others, as in distill.
+    #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',')]
+    pub teacher: Vec<String>,
     /// Dataset directory (IDX) or .npz file; its test split is evaluated.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,

@@ -1,23 +1,15 @@
-//! Client of a `teacher-server`: connection, model-info check, and the `StreamLogits` stream.
+//! Client of one `teacher-server`: connection, health, the model-info checks (against our data,
+//! and between replicas), and opening a `StreamLogits` stream.
 //!
-//! tonic and wire types stay in this module: the training loop sees only [`TeacherBatch`]es
-//! (`tch` tensors with their schedule position).
-//!
-//! Pairing: each request carries a fresh `batch_id`; responses may come back in any order and are
-//! matched by that id in a [`Pairing`] table, never by arrival order. Batches are then handed to
-//! the training loop in schedule order, and at most `prefetch` batches are outstanding (sent and
-//! not yet handed over), so memory stays bounded while the teacher's forward passes overlap the
-//! student's steps.
+//! Streaming batches over those streams, with failover, is [`crate::pool`]'s job; turning wire
+//! messages into tensors is [`crate::wire`]'s.
 
-use crate::schedule::{PlannedBatch, TeacherBatch};
 use distill_proto::codec;
 use distill_proto::v1::{
-    self, GetModelInfoRequest, LogitsRequest, LogitsResponse, logits_response,
+    self, GetModelInfoRequest, LogitsRequest, LogitsResponse,
     teacher_client::TeacherClient as Grpc,
 };
-use std::collections::HashMap;
 use std::time::Duration;
-use tch::{Kind, Tensor};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -75,7 +67,7 @@ pub enum ClientError {
     },
     /// The teacher answered one batch with a per-batch error.
     #[error(
-        "teacher rejected batch {batch_id} (epoch {epoch}, batch {index} of the epoch): code {code}: {message}"
+        "teacher rejected batch {batch_id} (epoch {epoch}, batch {index} of the epoch): {code:?}: {message}"
     )]
     Batch {
         /// The request's id.
@@ -84,20 +76,14 @@ pub enum ClientError {
         epoch: u64,
         /// Its position in the epoch.
         index: usize,
-        /// gRPC status code number.
-        code: i32,
+        /// The per-batch error's gRPC status code.
+        code: tonic::Code,
         /// The teacher's message.
         message: String,
     },
     /// A response that breaks the protocol (unknown or duplicate id, wrong shape, ...).
     #[error("teacher protocol violation: {0}")]
     Protocol(String),
-    /// The response stream ended while batches were outstanding.
-    #[error("teacher closed the logits stream with {outstanding} batch(es) unanswered")]
-    StreamClosed {
-        /// Batches sent and not answered.
-        outstanding: usize,
-    },
     /// The consumer of the batches (the training loop) is gone.
     #[error("the training loop stopped receiving teacher batches")]
     ConsumerGone,
@@ -221,6 +207,57 @@ impl TeacherInfo {
     }
 }
 
+/// The first difference between a replica's `ModelInfo` (`got`) and its group's reference that
+/// makes the replica unfit to stand in for it, if any: the weights fingerprint, the input shape
+/// and dtype, the number of logits. The message names both fingerprints.
+///
+/// Not compared, by design: the name and version (labels), and what differs per process or
+/// machine (`max_batch_size`, `device`, `max_message_bytes`, `instance_id`).
+pub fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Option<String> {
+    // Destructured so that a new field has to be sorted into compared or not compared.
+    let TeacherInfo {
+        name: _,
+        version: _,
+        fingerprint,
+        input_dtype,
+        input_shape,
+        num_logits,
+        max_batch_size: _,
+        device: _,
+        max_message_bytes: _,
+        instance_id: _,
+    } = got;
+    if *fingerprint != reference.fingerprint {
+        return Some(format!(
+            "fingerprint {fingerprint} differs from the group's {}",
+            reference.fingerprint
+        ));
+    }
+    if *input_shape != reference.input_shape || *input_dtype != reference.input_dtype {
+        return Some(format!(
+            "input {input_shape:?} {} differs from the group's {:?} {} (fingerprints {fingerprint} and {})",
+            codec::dtype_name(*input_dtype),
+            reference.input_shape,
+            codec::dtype_name(reference.input_dtype),
+            reference.fingerprint
+        ));
+    }
+    if *num_logits != reference.num_logits {
+        return Some(format!(
+            "{num_logits} logits differ from the group's {} (fingerprints {fingerprint} and {})",
+            reference.num_logits, reference.fingerprint
+        ));
+    }
+    None
+}
+
+/// Whether two `ModelInfo`s come from the same server process (the same non-empty
+/// `instance_id`): two URLs reaching it are one replica. An empty id (a server that predates the
+/// field) is unknown and never matches.
+pub fn same_instance(a: &TeacherInfo, b: &TeacherInfo) -> bool {
+    !a.instance_id.is_empty() && a.instance_id == b.instance_id
+}
+
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -240,23 +277,6 @@ impl Default for ClientOptions {
             keepalive_timeout: Duration::from_secs(20),
         }
     }
-}
-
-/// Counters of one [`TeacherClient::stream`] call.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamStats {
-    /// Batches answered.
-    pub batches: u64,
-    /// Samples answered.
-    pub samples: u64,
-    /// Responses that arrived out of send order.
-    pub out_of_order: u64,
-    /// Sum of the server-reported queue times (µs).
-    pub queue_us: u64,
-    /// Sum of the server-reported compute times (µs).
-    pub compute_us: u64,
-    /// Largest forward pass the server reported (samples).
-    pub max_merged_batch: u32,
 }
 
 /// A connected teacher: a gRPC channel and its model info.
@@ -376,99 +396,6 @@ impl TeacherClient {
     pub fn info(&self) -> &TeacherInfo {
         &self.info
     }
-
-    /// Streams `plan` to the teacher on one `StreamLogits` stream and hands the logits to `out`
-    /// in plan order. `inputs` is the whole dataset, `f32 [N, ...sample_shape]` on the CPU; each
-    /// batch sends the rows named by its indices. At most `prefetch` batches are outstanding.
-    ///
-    /// Returns when every batch has been handed over; `out` is dropped then.
-    ///
-    /// # Errors
-    /// [`ClientError::Batch`] for a per-batch error (naming the batch), [`ClientError::Rpc`] for
-    /// a failed stream, [`ClientError::Protocol`] for an unknown/duplicate id or wrong shape,
-    /// [`ClientError::StreamClosed`], or [`ClientError::ConsumerGone`] if `out` is closed.
-    pub async fn stream<I>(
-        &self,
-        plan: I,
-        inputs: Tensor,
-        prefetch: usize,
-        out: mpsc::Sender<TeacherBatch>,
-    ) -> Result<StreamStats, ClientError>
-    where
-        I: IntoIterator<Item = PlannedBatch>,
-    {
-        let prefetch = prefetch.max(1);
-        let mut plan = plan.into_iter().peekable();
-        let mut stats = StreamStats::default();
-        if plan.peek().is_none() {
-            return Ok(stats);
-        }
-        let (req_tx, req_rx) = mpsc::channel::<LogitsRequest>(prefetch);
-        let mut pairing = Pairing::new(self.info.num_logits);
-        // Fill the window before opening the stream, so the first requests travel with it.
-        while pairing.outstanding() < prefetch {
-            let Some(b) = plan.next() else { break };
-            let req = request(&inputs, &b, pairing.next_id())?;
-            req_tx
-                .try_send(req)
-                .expect("the request channel has room for a full window");
-            pairing.sent(b);
-        }
-        let mut grpc = self.grpc.clone();
-        let mut responses = grpc
-            .stream_logits(ReceiverStream::new(req_rx))
-            .await
-            .map_err(|s| rpc_error(&self.url, "StreamLogits", s))?
-            .into_inner();
-        let mut req_tx = Some(req_tx);
-        loop {
-            while pairing.outstanding() < prefetch {
-                let Some(b) = plan.next() else { break };
-                let req = request(&inputs, &b, pairing.next_id())?;
-                let tx = req_tx.as_ref().expect("open while the plan has batches");
-                if tx.send(req).await.is_err() {
-                    return Err(ClientError::StreamClosed {
-                        outstanding: pairing.outstanding(),
-                    });
-                }
-                pairing.sent(b);
-            }
-            if plan.peek().is_none() {
-                // Half-close: the teacher finishes the outstanding batches and ends the stream.
-                req_tx = None;
-            }
-            if pairing.outstanding() == 0 {
-                break;
-            }
-            let msg = responses
-                .message()
-                .await
-                .map_err(|s| rpc_error(&self.url, "StreamLogits", s))?
-                .ok_or(ClientError::StreamClosed {
-                    outstanding: pairing.outstanding(),
-                })?;
-            if let Some(t) = &msg.timing {
-                stats.queue_us += t.queue_us;
-                stats.compute_us += t.compute_us;
-                stats.max_merged_batch = stats.max_merged_batch.max(t.merged_batch_size);
-            }
-            if msg.batch_id != pairing.next_to_deliver() {
-                stats.out_of_order += 1;
-            }
-            pairing.answer(msg)?;
-            while let Some(mut batch) = pairing.pop_ready() {
-                batch.replica.clone_from(&self.url);
-                stats.batches += 1;
-                stats.samples += batch.indices.len() as u64;
-                out.send(batch)
-                    .await
-                    .map_err(|_| ClientError::ConsumerGone)?;
-            }
-        }
-        drop(req_tx);
-        tracing::debug!(?stats, "teacher stream done");
-        Ok(stats)
-    }
 }
 
 pub(crate) fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
@@ -486,220 +413,9 @@ pub(crate) fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> Clien
     }
 }
 
-/// The request for one planned batch: the rows of `inputs` named by its indices.
-pub(crate) fn request(
-    inputs: &Tensor,
-    b: &PlannedBatch,
-    batch_id: u64,
-) -> Result<LogitsRequest, ClientError> {
-    let idx = Tensor::from_slice(&b.indices);
-    let rows = inputs.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?;
-    Ok(LogitsRequest {
-        batch_id,
-        inputs: Some(codec::encode(&rows)?),
-        output_dtype: v1::DType::F32 as i32,
-        top_k: 0,
-    })
-}
-
-/// Outstanding batches of one stream, keyed by `batch_id`: matches responses to the batches they
-/// answer and releases them in send order.
-///
-/// Ids are assigned consecutively from 0 in send order, so "send order" is "id order".
-#[derive(Debug)]
-pub struct Pairing {
-    num_logits: i64,
-    next_id: u64,
-    next_deliver: u64,
-    pending: HashMap<u64, (PlannedBatch, Option<Tensor>)>,
-}
-
-impl Pairing {
-    /// An empty table for a teacher with `num_logits` logits per sample.
-    pub fn new(num_logits: i64) -> Pairing {
-        Pairing {
-            num_logits,
-            next_id: 0,
-            next_deliver: 0,
-            pending: HashMap::new(),
-        }
-    }
-
-    /// The id the next [`Pairing::sent`] batch gets.
-    pub fn next_id(&self) -> u64 {
-        self.next_id
-    }
-
-    /// The id of the next batch [`Pairing::pop_ready`] will release.
-    pub fn next_to_deliver(&self) -> u64 {
-        self.next_deliver
-    }
-
-    /// Batches sent and not yet released (answered or not).
-    pub fn outstanding(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Records `b` as sent with id [`Pairing::next_id`]; returns that id.
-    pub fn sent(&mut self, b: PlannedBatch) -> u64 {
-        let id = self.next_id;
-        self.pending.insert(id, (b, None));
-        self.next_id += 1;
-        id
-    }
-
-    /// Matches a response to its batch by `batch_id` and checks its logits are
-    /// `[batch, num_logits]`.
-    ///
-    /// # Errors
-    /// [`ClientError::Batch`] for an error response; [`ClientError::Protocol`] for an unknown or
-    /// duplicate id, a missing result, sparse logits, or a wrong shape.
-    pub fn answer(&mut self, msg: LogitsResponse) -> Result<(), ClientError> {
-        let id = msg.batch_id;
-        let Some((planned, slot)) = self.pending.get_mut(&id) else {
-            return Err(ClientError::Protocol(format!(
-                "response for batch_id {id}, which is not outstanding"
-            )));
-        };
-        if slot.is_some() {
-            return Err(ClientError::Protocol(format!(
-                "second response for batch_id {id}"
-            )));
-        }
-        let wire = match msg.result {
-            Some(logits_response::Result::Logits(t)) => t,
-            Some(logits_response::Result::Error(e)) => {
-                return Err(ClientError::Batch {
-                    batch_id: id,
-                    epoch: planned.epoch,
-                    index: planned.index,
-                    code: e.code,
-                    message: e.message,
-                });
-            }
-            Some(logits_response::Result::Sparse(_)) => {
-                return Err(ClientError::Protocol(format!(
-                    "sparse logits for batch_id {id}, dense requested"
-                )));
-            }
-            None => {
-                return Err(ClientError::Protocol(format!(
-                    "empty response for batch_id {id}"
-                )));
-            }
-        };
-        let logits = codec::decode(&wire)?;
-        let expected = vec![planned.indices.len() as i64, self.num_logits];
-        if logits.size() != expected {
-            return Err(ClientError::Protocol(format!(
-                "batch_id {id}: logits of shape {:?}, expected {expected:?}",
-                logits.size()
-            )));
-        }
-        *slot = Some(logits.f_to_kind(Kind::Float)?);
-        Ok(())
-    }
-
-    /// The next batch in send order, if it has been answered.
-    pub fn pop_ready(&mut self) -> Option<TeacherBatch> {
-        let id = self.next_deliver;
-        if !matches!(self.pending.get(&id), Some((_, Some(_)))) {
-            return None;
-        }
-        let (b, logits) = self.pending.remove(&id)?;
-        self.next_deliver += 1;
-        Some(TeacherBatch {
-            batch_id: id,
-            epoch: b.epoch,
-            index: b.index,
-            indices: b.indices,
-            logits: logits?,
-            replica: String::new(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn planned(index: usize, indices: &[i64]) -> PlannedBatch {
-        PlannedBatch {
-            epoch: 0,
-            index,
-            indices: indices.to_vec(),
-        }
-    }
-
-    /// Logits whose first column is the sample index: a teacher that "knows" its samples.
-    fn response(id: u64, indices: &[i64]) -> LogitsResponse {
-        let rows: Vec<f32> = indices.iter().flat_map(|&i| [i as f32, 0.0, 0.0]).collect();
-        let t = Tensor::from_slice(&rows).reshape([indices.len() as i64, 3]);
-        LogitsResponse {
-            batch_id: id,
-            result: Some(logits_response::Result::Logits(codec::encode(&t).unwrap())),
-            timing: None,
-        }
-    }
-
-    #[test]
-    fn out_of_order_answers_are_released_in_send_order_with_their_own_logits() {
-        let mut p = Pairing::new(3);
-        let batches = [vec![5i64, 1], vec![7, 2], vec![0, 9]];
-        for (i, b) in batches.iter().enumerate() {
-            assert_eq!(p.sent(planned(i, b)), i as u64);
-        }
-        p.answer(response(2, &batches[2])).unwrap();
-        p.answer(response(1, &batches[1])).unwrap();
-        assert!(p.pop_ready().is_none(), "batch 0 is not answered yet");
-        p.answer(response(0, &batches[0])).unwrap();
-        for (i, b) in batches.iter().enumerate() {
-            let got = p.pop_ready().unwrap();
-            assert_eq!((got.batch_id, got.index), (i as u64, i));
-            assert_eq!(&got.indices, b);
-            let first: Vec<f32> = Vec::try_from(got.logits.select(1, 0)).unwrap();
-            let expect: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-            assert_eq!(first, expect);
-        }
-        assert_eq!(p.outstanding(), 0);
-    }
-
-    #[test]
-    fn unknown_duplicate_misshaped_and_error_responses_are_rejected() {
-        let mut p = Pairing::new(3);
-        p.sent(planned(0, &[1, 2]));
-        assert!(matches!(
-            p.answer(response(9, &[1, 2])),
-            Err(ClientError::Protocol(_))
-        ));
-        assert!(matches!(
-            p.answer(response(0, &[1])),
-            Err(ClientError::Protocol(_))
-        ));
-        p.answer(response(0, &[1, 2])).unwrap();
-        let dup = p.answer(response(0, &[1, 2])).unwrap_err().to_string();
-        assert!(dup.contains("second response"), "{dup}");
-        p.sent(PlannedBatch {
-            epoch: 3,
-            index: 4,
-            indices: vec![0],
-        });
-        let err = p
-            .answer(LogitsResponse {
-                batch_id: 1,
-                result: Some(logits_response::Result::Error(v1::Error {
-                    code: 3,
-                    message: "NaN in inputs".into(),
-                })),
-                timing: None,
-            })
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("batch 1") && err.contains("epoch 3") && err.contains("NaN"),
-            "{err}"
-        );
-    }
 
     fn info() -> TeacherInfo {
         TeacherInfo {
@@ -737,5 +453,46 @@ mod tests {
                 .to_string()
                 .contains("dtype")
         );
+    }
+
+    #[test]
+    fn inconsistency_names_both_fingerprints_and_ignores_per_process_fields() {
+        let fp = |f: &str| TeacherInfo {
+            fingerprint: f.into(),
+            ..info()
+        };
+        assert_eq!(inconsistency(&fp("aa"), &fp("aa")), None);
+        let why = inconsistency(&fp("aa"), &fp("bb")).unwrap();
+        assert!(why.contains("aa") && why.contains("bb"), "{why}");
+        let other = TeacherInfo {
+            num_logits: 5,
+            ..fp("aa")
+        };
+        assert!(inconsistency(&fp("aa"), &other).unwrap().contains("logits"));
+        let other = TeacherInfo {
+            input_shape: vec![784],
+            ..fp("aa")
+        };
+        assert!(inconsistency(&fp("aa"), &other).unwrap().contains("input"));
+        // Replicas differ in these by design.
+        let other = TeacherInfo {
+            instance_id: "another-process".into(),
+            device: "cuda:1".into(),
+            max_batch_size: 64,
+            max_message_bytes: 1 << 20,
+            ..fp("aa")
+        };
+        assert_eq!(inconsistency(&fp("aa"), &other), None);
+    }
+
+    #[test]
+    fn only_a_known_equal_instance_id_is_the_same_server() {
+        let id = |s: &str| TeacherInfo {
+            instance_id: s.into(),
+            ..info()
+        };
+        assert!(same_instance(&id("7f"), &id("7f")));
+        assert!(!same_instance(&id("7f"), &id("80")));
+        assert!(!same_instance(&id(""), &id("")), "unknown ids never match");
     }
 }

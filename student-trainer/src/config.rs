@@ -5,9 +5,9 @@
 
 use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
+use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::loss::{DistillLoss, LossKind};
 use crate::optim::{OptimizerConfig, OptimizerKind};
-use crate::pool::GroupSpec;
 use distill_models::Arch;
 use std::fmt;
 use std::path::PathBuf;
@@ -147,8 +147,9 @@ pub struct DistillConfig {
 pub enum EvalTarget {
     /// A checkpoint directory.
     Checkpoint(PathBuf),
-    /// A teacher-server URL (with scheme).
-    Teacher(String),
+    /// Teacher-server replicas (one group: URLs with scheme, or `dns://NAME:PORT`), evaluated
+    /// through a pool with failover.
+    Teachers(Vec<GroupSpec>),
 }
 
 /// Settings of `eval`.
@@ -183,7 +184,7 @@ pub fn teacher_url(flag: &'static str, url: &str) -> Result<String, ConfigError>
         ));
     }
     if url.starts_with("dns://") {
-        return match crate::pool::parse_dns_url(url) {
+        return match parse_dns_url(url) {
             Some(_) => Ok(url.to_string()),
             None => Err(invalid(flag, format!("{url:?}: expected dns://NAME:PORT"))),
         };
@@ -427,18 +428,9 @@ impl TryFrom<EvalArgs> for EvalConfig {
     type Error = ConfigError;
 
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
-        let target = match (a.checkpoint, a.teacher) {
-            (Some(dir), None) => EvalTarget::Checkpoint(dir),
-            (None, Some(url)) if url.trim().starts_with("dns://") => {
-                return Err(invalid(
-                    "teacher",
-                    format!(
-                        "{url:?}: eval talks to one replica: expected http://HOST:PORT \
-                         (dns:// discovery is for distill)"
-                    ),
-                ));
-            }
-            (None, Some(url)) => EvalTarget::Teacher(teacher_url("teacher", &url)?),
+        let target = match (a.checkpoint, a.teacher.is_empty()) {
+            (Some(dir), true) => EvalTarget::Checkpoint(dir),
+            (None, false) => EvalTarget::Teachers(teacher_groups(&a.teacher, &[], &[])?),
             _ => {
                 return Err(invalid(
                     "checkpoint",
@@ -667,18 +659,29 @@ mod tests {
             ])
             .is_ok()
         );
-        let Command::Eval(a) = mk(&["--teacher", "localhost:1"]).unwrap().command else {
-            panic!()
+        let teachers = |args: &[&str]| {
+            let Command::Eval(a) = mk(args).unwrap().command else {
+                panic!()
+            };
+            match EvalConfig::try_from(a).unwrap().target {
+                EvalTarget::Teachers(groups) => groups,
+                other => panic!("{other:?}"),
+            }
         };
-        let c = EvalConfig::try_from(a).unwrap();
-        assert_eq!(c.target, EvalTarget::Teacher("http://localhost:1".into()));
-        let Command::Eval(a) = mk(&["--teacher", "dns://teachers:50051"]).unwrap().command else {
+        let one = teachers(&["--teacher", "localhost:1"]);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].urls, ["http://localhost:1"]);
+        // Several replicas and dns:// names form one group, as in distill.
+        let many = teachers(&["--teacher", "a:1", "--teacher", "dns://teachers:50051,b:2"]);
+        assert_eq!(many.len(), 1);
+        assert_eq!(
+            many[0].urls,
+            ["http://a:1", "dns://teachers:50051", "http://b:2"]
+        );
+        let Command::Eval(a) = mk(&["--teacher", "dns://nameonly"]).unwrap().command else {
             panic!()
         };
         let e = EvalConfig::try_from(a).unwrap_err().to_string();
-        assert!(
-            e.contains("expected http://HOST:PORT") && e.contains("dns://"),
-            "{e}"
-        );
+        assert!(e.contains("dns://NAME:PORT"), "{e}");
     }
 }

@@ -1,14 +1,12 @@
-//! Accuracy, overall and per class, of a local network or of a remote teacher, on a dataset
-//! (normally the test split).
+//! Accuracy, overall and per class, and the accuracy of a local network on a dataset (normally
+//! the test split). Used by the training loop every epoch: no network module here (remote
+//! teachers are evaluated by [`crate::teacher_eval`], through the pool).
 
-use crate::client::{ClientError, TeacherClient};
 use crate::data::Dataset;
-use crate::schedule::{TeacherBatch, sequential_plan};
 use distill_models::Network;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use tch::{Device, Kind, Tensor};
-use tokio::sync::mpsc;
 
 /// Correct and total counts, overall and per class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,44 +129,6 @@ pub fn evaluate(
         acc.add(&logits, &ys)?;
         start += len;
     }
-    Ok(acc)
-}
-
-/// Accuracy of a remote teacher on `data`, streamed in order in batches of `batch_size` (capped
-/// by the teacher's max batch size) with `prefetch` batches in flight.
-///
-/// # Errors
-/// Client errors; libtorch errors while counting.
-pub async fn evaluate_remote(
-    client: &TeacherClient,
-    data: &Dataset,
-    batch_size: usize,
-    prefetch: usize,
-) -> Result<Accuracy, ClientError> {
-    let max = client.info().max_batch_size as usize;
-    let bs = if max > 0 {
-        batch_size.min(max)
-    } else {
-        batch_size
-    }
-    .max(1);
-    let plan = sequential_plan(data.len(), bs);
-    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(prefetch.max(1));
-    let labels = data.labels.shallow_clone();
-    let mut acc = Accuracy::new(data.num_classes);
-    let count = async {
-        while let Some(b) = rx.recv().await {
-            let ys = labels.f_index_select(0, &Tensor::from_slice(&b.indices))?;
-            acc.add(&b.logits, &ys)?;
-        }
-        Ok::<(), ClientError>(())
-    };
-    let (streamed, counted) = tokio::join!(
-        client.stream(plan, data.inputs.shallow_clone(), prefetch, tx),
-        count
-    );
-    streamed?;
-    counted?;
     Ok(acc)
 }
 

@@ -1,16 +1,20 @@
 //! student-trainer: supervised training, knowledge distillation from teacher-server replicas
 //! (Hinton, Vinyals & Dean 2015), and evaluation, on Fashion-MNIST or a user's NPZ data.
 //!
-//! Layout: [`cli`] (flags) → [`config`] (validation) → [`app`] (the commands), which load
-//! [`data`], talk to the teacher replicas through [`pool`] and [`client`] (the only modules that see gRPC types; [`ensemble`] mixes several teachers), and
-//! run the loop of [`trainer`] on its own thread over the batch [`schedule`]; [`loss`] and
-//! [`optim`] are the maths, [`eval`], [`metrics`], [`progress`] and [`report`] the outputs.
+//! Layout: [`cli`] (flags) → [`config`] (validation; the teacher groups of [`endpoint`]) →
+//! [`app`] (the commands), which load [`data`], talk to the teacher replicas through [`pool`]
+//! (its `scheduler` decides, its shell talks), [`client`] and [`wire`] (the only modules
+//! that see gRPC types; [`ensemble`] mixes several teachers), and run the loop of [`trainer`] on
+//! its own thread over the batch [`schedule`]; [`loss`] and [`optim`] are the maths, [`eval`]
+//! (local, no network), [`teacher_eval`] (through the pool), [`metrics`], [`progress`] and
+//! [`report`] the outputs.
 
 pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod data;
+pub mod endpoint;
 /// Device selection, shared with teacher-server (see [`distill_models::device`]).
 pub use distill_models::device;
 pub mod ensemble;
@@ -22,6 +26,8 @@ pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod teacher_eval;
 pub mod trainer;
+pub(crate) mod wire;
 
 pub use app::{AppError, Finished};

@@ -52,11 +52,16 @@ impl Run {
 /// Runs `student-trainer ARGS` on the CPU with one libtorch thread and warnings-only logs, and
 /// waits for it (async, so that servers started by the same test keep draining their logs).
 pub async fn student<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    student_logging(args, "warn").await
+}
+
+/// [`student`] with the log filter `RUST_LOG=filter` (e.g. `info`).
+pub async fn student_logging<S: AsRef<std::ffi::OsStr>>(args: &[S], filter: &str) -> Run {
     let out: Output = tokio::process::Command::new(student_trainer_bin())
         .args(args)
         .env("STUDENT_DEVICE", "cpu")
         .env("STUDENT_THREADS", "1")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .env_remove("STUDENT_DATA_DIR")
         .env_remove("STUDENT_TEACHER")
         .output()
@@ -66,6 +71,108 @@ pub async fn student<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Builds a `student-trainer distill` command line: `distill --data-dir DATA --out OUT`, then the
+/// flags added, in the order added.
+///
+/// ```no_run
+/// # use distill_tests::trainer::DistillArgs;
+/// # let (data, out) = (std::path::Path::new("d"), std::path::Path::new("o"));
+/// let args = DistillArgs::new(data, out)
+///     .teacher("http://127.0.0.1:50051")
+///     .arch("mlp:16")
+///     .epochs(1)
+///     .no_epoch_eval()
+///     .build();
+/// ```
+#[derive(Debug, Clone)]
+pub struct DistillArgs {
+    args: Vec<String>,
+}
+
+impl DistillArgs {
+    /// `distill --data-dir DATA --out OUT`.
+    pub fn new(data: &Path, out: &Path) -> DistillArgs {
+        DistillArgs {
+            args: vec![
+                "distill".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+        }
+    }
+
+    /// Adds `NAME VALUE` (`name` with its dashes, e.g. `--alpha`).
+    pub fn flag(mut self, name: &str, value: impl ToString) -> DistillArgs {
+        self.args.push(name.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+
+    /// Adds a flag without a value (e.g. `--resume`).
+    pub fn switch(mut self, name: &str) -> DistillArgs {
+        self.args.push(name.to_string());
+        self
+    }
+
+    /// `--teacher URL`.
+    pub fn teacher(self, url: impl ToString) -> DistillArgs {
+        self.flag("--teacher", url)
+    }
+
+    /// `--teacher URL` for each URL.
+    pub fn teachers<S: ToString>(self, urls: &[S]) -> DistillArgs {
+        urls.iter().fold(self, |a, u| a.teacher(u.to_string()))
+    }
+
+    /// `--teacher-group NAME=URL,URL`.
+    pub fn teacher_group<S: AsRef<str>>(self, name: &str, urls: &[S]) -> DistillArgs {
+        let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
+        self.flag("--teacher-group", format!("{name}={}", urls.join(",")))
+    }
+
+    /// `--arch ARCH`.
+    pub fn arch(self, arch: &str) -> DistillArgs {
+        self.flag("--arch", arch)
+    }
+
+    /// `--epochs N`.
+    pub fn epochs(self, n: u64) -> DistillArgs {
+        self.flag("--epochs", n)
+    }
+
+    /// `--batch-size N`.
+    pub fn batch_size(self, n: usize) -> DistillArgs {
+        self.flag("--batch-size", n)
+    }
+
+    /// `--prefetch N`.
+    pub fn prefetch(self, n: usize) -> DistillArgs {
+        self.flag("--prefetch", n)
+    }
+
+    /// `--batch-ledger PATH`.
+    pub fn ledger(self, path: &Path) -> DistillArgs {
+        self.flag("--batch-ledger", path.display())
+    }
+
+    /// `--no-epoch-eval`.
+    pub fn no_epoch_eval(self) -> DistillArgs {
+        self.switch("--no-epoch-eval")
+    }
+
+    /// `--resume`.
+    pub fn resume(self) -> DistillArgs {
+        self.switch("--resume")
+    }
+
+    /// The arguments.
+    pub fn build(self) -> Vec<String> {
+        self.args
     }
 }
 

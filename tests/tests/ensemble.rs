@@ -2,7 +2,7 @@
 //! replica of each group, and the run trains on the mixture.
 
 use distill_tests::trainer::{
-    assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
+    DistillArgs, assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
@@ -18,32 +18,18 @@ async fn two_groups_each_answer_every_batch() {
     let a2 = TeacherProcess::start(&one, &[] as &[&str]).await;
     let b = TeacherProcess::start(&two, &[] as &[&str]).await;
     let (out, ledger) = (tmp.path().join("out"), tmp.path().join("ledger"));
-    student(&[
-        "distill",
-        "--teacher-group",
-        &format!("a={},{}", a1.url(), a2.url()),
-        "--teacher-group",
-        &format!("b={}", b.url()),
-        "--group-weight",
-        "a=0.7",
-        "--group-weight",
-        "b=0.3",
-        "--arch",
-        "mlp:16",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--no-epoch-eval",
-        "--data-dir",
-        &data.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-        "--batch-ledger",
-        &ledger.display().to_string(),
-    ])
-    .await
-    .expect_ok("ensemble distill");
+    let args = DistillArgs::new(&data, &out)
+        .teacher_group("a", &[a1.url(), a2.url()])
+        .teacher_group("b", &[b.url()])
+        .flag("--group-weight", "a=0.7")
+        .flag("--group-weight", "b=0.3")
+        .arch("mlp:16")
+        .epochs(1)
+        .batch_size(20)
+        .no_epoch_eval()
+        .ledger(&ledger)
+        .build();
+    student(&args).await.expect_ok("ensemble distill");
     let ledger = read_ledger(&ledger);
     let per = assert_exactly_once(&ledger, 1, 20);
     // Each batch names one replica of group a and the replica of group b.

@@ -2,35 +2,28 @@
 //! exactly once (batch ledger), and the accuracy matches an undisturbed run.
 
 use distill_tests::trainer::{
-    assert_exactly_once, read_json, read_ledger, spawn_student, wait_for_ledger,
+    DistillArgs, assert_exactly_once, read_json, read_ledger, spawn_student, wait_for_ledger,
     write_synthetic_idx,
 };
+use std::path::Path;
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
 const TRAIN: usize = 2000;
 const BATCH: usize = 10;
 const EPOCHS: u64 = 3;
 
-fn args(urls: &[String], data: &str, out: &str, ledger: &str) -> Vec<String> {
-    let mut a: Vec<String> = vec!["distill".into()];
-    for u in urls {
-        a.extend(["--teacher".into(), u.clone()]);
-    }
-    for (k, v) in [
-        ("--arch", "mlp:32"),
-        ("--epochs", "3"),
-        ("--batch-size", "10"),
-        ("--alpha", "0.5"),
-        ("--prefetch", "2"),
-        ("--batch-timeout", "20"),
-        ("--data-dir", data),
-        ("--out", out),
-        ("--batch-ledger", ledger),
-    ] {
-        a.extend([k.to_string(), v.to_string()]);
-    }
-    a.push("--no-epoch-eval".into());
-    a
+fn args(urls: &[String], data: &Path, out: &Path, ledger: &Path) -> Vec<String> {
+    DistillArgs::new(data, out)
+        .teachers(urls)
+        .arch("mlp:32")
+        .epochs(EPOCHS)
+        .batch_size(BATCH)
+        .flag("--alpha", 0.5)
+        .prefetch(2)
+        .flag("--batch-timeout", 20)
+        .ledger(ledger)
+        .no_epoch_eval()
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,18 +38,12 @@ async fn a_replica_killed_mid_epoch_costs_no_batch() {
         replicas.push(TeacherProcess::start(&teacher, &[] as &[&str]).await);
     }
     let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
-    let d = data.display().to_string();
     let batches = TRAIN.div_ceil(BATCH) as u64;
 
     // Undisturbed reference run.
     let (out_a, ledger_a) = (tmp.path().join("a"), tmp.path().join("a.ledger"));
-    let a = spawn_student(&args(
-        &urls,
-        &d,
-        &out_a.display().to_string(),
-        &ledger_a.display().to_string(),
-    ))
-    .finish()
+    let a = spawn_student(&args(&urls, &data, &out_a, &ledger_a))
+        .finish()
     .await
     .expect_ok("undisturbed distill");
     drop(a);
@@ -65,12 +52,7 @@ async fn a_replica_killed_mid_epoch_costs_no_batch() {
 
     // Disturbed run: kill replica 0 in the middle of the second epoch.
     let (out_b, ledger_b) = (tmp.path().join("b"), tmp.path().join("b.ledger"));
-    let mut student = spawn_student(&args(
-        &urls,
-        &d,
-        &out_b.display().to_string(),
-        &ledger_b.display().to_string(),
-    ));
+    let mut student = spawn_student(&args(&urls, &data, &out_b, &ledger_b));
     let at_kill = wait_for_ledger(&ledger_b, batches as usize + 50, &mut student).await;
     replicas[0].signal("KILL");
     assert!(

@@ -3,8 +3,8 @@
 //! lost.
 
 use distill_tests::trainer::{
-    assert_exactly_once, read_json, read_ledger, spawn_student, student, wait_for_ledger,
-    write_synthetic_idx,
+    DistillArgs, assert_exactly_once, read_json, read_ledger, spawn_student, student,
+    wait_for_ledger, write_synthetic_idx,
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
@@ -17,35 +17,17 @@ async fn with_no_replica_the_run_checkpoints_and_resume_finishes_it() {
     fresh_checkpoint(&teacher, "mlp:32", &[1, 28, 28], 10);
     let (out, ledger) = (tmp.path().join("out"), tmp.path().join("ledger"));
     let args = |url: &str, resume: bool| {
-        let mut a: Vec<String> = [
-            "distill",
-            "--teacher",
-            url,
-            "--arch",
-            "mlp:16",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "10",
-            "--prefetch",
-            "2",
-            "--teacher-wait",
-            "2",
-            "--no-epoch-eval",
-            "--data-dir",
-            &data.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--batch-ledger",
-            &ledger.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if resume {
-            a.push("--resume".into());
-        }
-        a
+        let a = DistillArgs::new(&data, &out)
+            .teacher(url)
+            .arch("mlp:16")
+            .epochs(2)
+            .batch_size(10)
+            .prefetch(2)
+            .flag("--teacher-wait", 2)
+            .no_epoch_eval()
+            .ledger(&ledger);
+        let a = if resume { a.resume() } else { a };
+        a.build()
     };
 
     let first = TeacherProcess::start(&teacher, &[] as &[&str]).await;

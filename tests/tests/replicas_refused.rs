@@ -1,7 +1,7 @@
 //! A replica serving different weights is refused with a message naming both fingerprints; the
 //! run goes on with the consistent replica.
 
-use distill_tests::trainer::{read_json, student, write_synthetic_idx};
+use distill_tests::trainer::{DistillArgs, read_json, student, write_synthetic_idx};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,26 +17,16 @@ async fn a_replica_with_other_weights_is_refused_naming_both_fingerprints() {
     let (fa, fb) = (a.info().await.fingerprint, b.info().await.fingerprint);
     assert_ne!(fa, fb);
     let out = tmp.path().join("out");
-    let run = student(&[
-        "distill",
-        "--teacher",
-        &a.url(),
-        "--teacher",
-        &b.url(),
-        "--arch",
-        "mlp:16",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--no-epoch-eval",
-        "--data-dir",
-        &data.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-    ])
-    .await
-    .expect_ok("distill with an inconsistent replica");
+    let args = DistillArgs::new(&data, &out)
+        .teachers(&[a.url(), b.url()])
+        .arch("mlp:16")
+        .epochs(1)
+        .batch_size(50)
+        .no_epoch_eval()
+        .build();
+    let run = student(&args)
+        .await
+        .expect_ok("distill with an inconsistent replica");
     let refusal = run
         .stderr
         .lines()

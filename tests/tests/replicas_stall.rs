@@ -2,7 +2,7 @@
 //! after `--batch-timeout`, and every batch is still trained exactly once.
 
 use distill_tests::trainer::{
-    assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
+    DistillArgs, assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
@@ -16,32 +16,19 @@ async fn a_stalled_replicas_batches_move_after_the_batch_timeout() {
     let good = TeacherProcess::start(&teacher, &[] as &[&str]).await;
     let stalled = TeacherProcess::start(&teacher, &["--fault-stall-after", "3"]).await;
     let (out, ledger) = (tmp.path().join("out"), tmp.path().join("ledger"));
-    let run = student(&[
-        "distill",
-        "--teacher",
-        &stalled.url(),
-        "--teacher",
-        &good.url(),
-        "--arch",
-        "mlp:16",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "20",
-        "--prefetch",
-        "2",
-        "--batch-timeout",
-        "1",
-        "--no-epoch-eval",
-        "--data-dir",
-        &data.display().to_string(),
-        "--out",
-        &out.display().to_string(),
-        "--batch-ledger",
-        &ledger.display().to_string(),
-    ])
-    .await
-    .expect_ok("distill with a stalled replica");
+    let args = DistillArgs::new(&data, &out)
+        .teachers(&[stalled.url(), good.url()])
+        .arch("mlp:16")
+        .epochs(1)
+        .batch_size(20)
+        .prefetch(2)
+        .flag("--batch-timeout", 1)
+        .no_epoch_eval()
+        .ledger(&ledger)
+        .build();
+    let run = student(&args)
+        .await
+        .expect_ok("distill with a stalled replica");
     assert!(
         run.stderr.contains("no answer within --batch-timeout"),
         "{}",

@@ -4,7 +4,7 @@
 
 use distill_tests::TeacherProcess;
 use distill_tests::TempDir;
-use distill_tests::trainer::{read_json, read_metrics, student, write_synthetic_idx};
+use distill_tests::trainer::{DistillArgs, read_json, read_metrics, student, write_synthetic_idx};
 
 fn path(p: &std::path::Path) -> String {
     p.display().to_string()
@@ -53,27 +53,15 @@ async fn distill_from_a_served_teacher_learns_and_reports() {
 
     let server = TeacherProcess::start(&teacher, &[] as &[&str]).await;
     let url = server.url();
-    let run = student(&[
-        "distill",
-        "--teacher",
-        &url,
-        "--arch",
-        "mlp:32",
-        "--epochs",
-        "3",
-        "--labels",
-        "300",
-        "--prefetch",
-        "3",
-        "--data-dir",
-        &d,
-        "--out",
-        &path(&out),
-        "--baseline",
-        &path(&baseline),
-    ])
-    .await
-    .expect_ok("distill");
+    let args = DistillArgs::new(&data, &out)
+        .teacher(&url)
+        .arch("mlp:32")
+        .epochs(3)
+        .flag("--labels", 300)
+        .prefetch(3)
+        .flag("--baseline", path(&baseline))
+        .build();
+    let run = student(&args).await.expect_ok("distill");
     assert!(
         run.stdout.contains("distilled student"),
         "no report table:\n{}",
@@ -183,25 +171,14 @@ async fn distill_without_labels_learns_from_soft_targets_alone() {
     .await
     .expect_ok("teacher training");
     let server = TeacherProcess::start(&teacher, &[] as &[&str]).await;
-    student(&[
-        "distill",
-        "--teacher",
-        &server.url(),
-        "--arch",
-        "mlp:32",
-        "--epochs",
-        "2",
-        "--labels",
-        "none",
-        "--loss",
-        "mse",
-        "--data-dir",
-        &d,
-        "--out",
-        &path(&out),
-    ])
-    .await
-    .expect_ok("distill --labels none");
+    let args = DistillArgs::new(&data, &out)
+        .teacher(server.url())
+        .arch("mlp:32")
+        .epochs(2)
+        .flag("--labels", "none")
+        .flag("--loss", "mse")
+        .build();
+    student(&args).await.expect_ok("distill --labels none");
     let r = read_json(&out.join("report.json"));
     assert_eq!(
         r["alpha"], 1.0,

@@ -1,8 +1,11 @@
-//! Pairing of teacher logits with their samples when the teacher answers out of order.
+//! Pairing of teacher logits with their samples when the teacher answers out of order, through
+//! the pool (the one streaming path to a teacher).
 //!
 //! A fake in-process teacher (tonic on 127.0.0.1:0) answers each pair of requests in reverse
 //! order (the second before the first), and "knows" each sample: its logits are a one-hot of the
-//! sample's label, found through the sample index that the fake reads back from the input.
+//! sample's label, found through the sample index that the fake reads back from the input. It
+//! holds an odd last request until the stream ends, so the plans here have an even number of
+//! batches.
 
 use distill_proto::codec;
 use distill_proto::v1::teacher_server::{Teacher, TeacherServer};
@@ -11,12 +14,12 @@ use distill_proto::v1::{
 };
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use student_trainer::client::{ClientOptions, TeacherClient};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use student_trainer::config::{LabelPolicy, TrainConfig};
 use student_trainer::data::Dataset;
 use student_trainer::loss::{DistillLoss, LossKind};
 use student_trainer::optim::OptimizerConfig;
+use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions};
 use student_trainer::schedule::{Position, TeacherBatch, run_plan};
 use student_trainer::trainer::{self, Job, Objective, Start};
 use tch::{Kind, Tensor};
@@ -47,6 +50,8 @@ fn dataset() -> Dataset {
 /// Answers requests two at a time in reverse order; logits are `10 * one_hot(label(index))`.
 struct ReversingTeacher {
     labels: Arc<Vec<i64>>,
+    /// Pairs answered in reverse order.
+    reversed: Arc<AtomicU64>,
 }
 
 type LogitsStream = Pin<Box<dyn Stream<Item = Result<LogitsResponse, Status>> + Send>>;
@@ -98,6 +103,7 @@ impl Teacher for ReversingTeacher {
     ) -> Result<Response<LogitsStream>, Status> {
         let mut incoming = request.into_inner();
         let labels = self.labels.clone();
+        let reversed = self.reversed.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let mut held: Option<LogitsRequest> = None;
@@ -105,6 +111,7 @@ impl Teacher for ReversingTeacher {
                 match held.take() {
                     None => held = Some(req),
                     Some(first) => {
+                        reversed.fetch_add(1, Ordering::Relaxed);
                         for r in [&req, &first] {
                             if tx.send(Ok(answer(&labels, r))).await.is_err() {
                                 return;
@@ -121,18 +128,40 @@ impl Teacher for ReversingTeacher {
     }
 }
 
-async fn serve(labels: Vec<i64>) -> String {
+/// Serves a [`ReversingTeacher`]; returns its URL and its count of reversed pairs.
+async fn serve(labels: Vec<i64>) -> (String, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let reversed = Arc::new(AtomicU64::new(0));
     let svc = TeacherServer::new(ReversingTeacher {
         labels: Arc::new(labels),
+        reversed: reversed.clone(),
     });
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    format!("http://{addr}")
+    (format!("http://{addr}"), reversed)
+}
+
+/// A pool of the one fake replica.
+async fn pool(url: &str, batch_size: usize) -> Pool {
+    Pool::connect(
+        vec![GroupSpec {
+            name: "teacher".into(),
+            weight: 1.0,
+            urls: vec![url.to_string()],
+        }],
+        PoolOptions::default(),
+        Expect {
+            sample_shape: vec![1, 28, 28],
+            num_classes: CLASSES,
+            batch_size,
+        },
+    )
+    .await
+    .expect("pool of the fake teacher")
 }
 
 fn labels_of(d: &Dataset) -> Vec<i64> {
@@ -143,11 +172,10 @@ fn labels_of(d: &Dataset) -> Vec<i64> {
 async fn reversed_answers_reach_the_loop_in_order_with_their_own_logits() {
     let data = dataset();
     let labels = labels_of(&data);
-    let url = serve(labels.clone()).await;
-    let client = TeacherClient::connect(&url, &ClientOptions::default())
-        .await
-        .unwrap();
+    let (url, reversed) = serve(labels.clone()).await;
+    let mut pool = pool(&url, 32).await;
     let plan: Vec<_> = run_plan(3, N as usize, 32, Position::default(), 2).collect();
+    assert_eq!(plan.len() % 2, 0);
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
     let collect = async {
         let mut got = Vec::new();
@@ -157,13 +185,15 @@ async fn reversed_answers_reach_the_loop_in_order_with_their_own_logits() {
         got
     };
     let (stats, got) = tokio::join!(
-        client.stream(plan.clone(), data.inputs.shallow_clone(), 4, tx),
+        pool.run(plan.clone(), data.inputs.shallow_clone(), tx),
         collect
     );
     let stats = stats.unwrap();
-    assert!(
-        stats.out_of_order >= plan.len() as u64 / 3,
-        "the fake did not reorder: {stats:?}"
+    assert_eq!(stats.batches, plan.len() as u64);
+    assert_eq!(
+        reversed.load(Ordering::Relaxed),
+        plan.len() as u64 / 2,
+        "the fake did not reorder every pair"
     );
     assert_eq!(got.len(), plan.len());
     for (b, p) in got.iter().zip(&plan) {
@@ -188,10 +218,8 @@ async fn reversed_answers_reach_the_loop_in_order_with_their_own_logits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
     let data = dataset();
-    let url = serve(labels_of(&data)).await;
-    let client = TeacherClient::connect(&url, &ClientOptions::default())
-        .await
-        .unwrap();
+    let (url, reversed) = serve(labels_of(&data)).await;
+    let mut pool = pool(&url, 50).await;
     let out = std::env::temp_dir().join(format!("student-pairing-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let epochs = 40;
@@ -249,8 +277,8 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         stop: Arc::new(AtomicBool::new(false)),
     };
     let handle = trainer::spawn(job, Some(rx)).unwrap();
-    let stats = client.stream(plan, inputs, 4, tx).await.unwrap();
-    assert!(stats.out_of_order > 0);
+    pool.run(plan, inputs, tx).await.unwrap();
+    assert!(reversed.load(Ordering::Relaxed) > 0);
     let outcome = tokio::task::spawn_blocking(move || trainer::join(handle))
         .await
         .unwrap()

@@ -1,0 +1,981 @@
+//! A pool of teacher replicas (and groups of different teachers): load balancing, failover with
+//! exactly-once batches, consistency checks, and waiting out a teacher outage.
+//!
+//! # Layout
+//!
+//! - `scheduler`: the failover logic as a synchronous, deterministic state machine (which
+//!   replica gets which batch, failures, timeouts, rejoins, late answers, release order), with
+//!   property tests. No tokio, no tonic, no tensors.
+//! - This module: the async shell that drives it: connecting the groups, the replica tasks
+//!   (`replica`), `dns://` re-resolution (`discovery`), and the loop that carries out what
+//!   the scheduler decides, waking at its next deadline.
+//! - Decoding responses into tensors is [`crate::wire`]'s; mixing an ensemble's answers is
+//!   [`crate::ensemble`]'s.
+//!
+//! # Model
+//!
+//! - A *group* is a set of replicas of one teacher (same fingerprint); `--teacher URL` (repeated)
+//!   makes one group, `--teacher-group NAME=URL,URL` one group each (an ensemble). Every batch is
+//!   answered by exactly one replica of every group.
+//! - Each replica has one gRPC channel (HTTP/2 keepalive on) and one `StreamLogits` stream, owned
+//!   by a task that connects, checks, opens the stream and forwards every response to the pool's
+//!   loop through a bounded channel.
+//! - Scheduling and exactly-once: see `scheduler.rs`. Batches are handed to the training loop in
+//!   schedule order (the loop checks each against its own schedule).
+//! - Consistency: the first reachable replica of a group is its reference; every other replica's
+//!   `GetModelInfo` must match it ([`crate::client::inconsistency`]), or it is refused with a log
+//!   line naming both fingerprints. URLs that reach the same server process (same non-empty
+//!   `instance_id`) count as one replica.
+//! - Recovery: a failed or refused replica is retried with exponential backoff and jitter; it
+//!   rejoins after its health check reports `SERVING` and its fingerprint matches.
+//! - Outage: while some group has work and no replica up, the pool waits, logging every
+//!   [`WAIT_LOG_INTERVAL`], for at most `teacher_wait`, then fails with [`PoolError::NoTeacher`]
+//!   (the caller checkpoints the student).
+
+mod discovery;
+mod replica;
+pub(crate) mod scheduler;
+
+pub use crate::endpoint::GroupSpec;
+pub use discovery::{Resolver, Resolving, SystemResolver};
+
+use crate::client::{ClientError, ClientOptions, TeacherClient, TeacherInfo, inconsistency};
+use crate::endpoint::{address_url, parse_dns_url};
+use crate::ensemble::{self, MixError};
+use crate::schedule::{PlannedBatch, TeacherBatch};
+use crate::wire::{self, Answering, Decoded};
+use discovery::DnsSource;
+use distill_proto::v1::{LogitsRequest, LogitsResponse};
+use replica::{Event, ReplicaTask};
+use scheduler::{Answered, Failed, ReplicaId, ReplicaState, Reply, Scheduler, SchedulerConfig};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::Tensor;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// How often the pool logs while no replica of a group is reachable.
+pub const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an outage lasts before its first log line.
+const WAIT_LOG_AFTER: Duration = Duration::from_millis(500);
+/// Events buffered between the replica tasks and the pool's loop.
+const EVENT_BUFFER: usize = 64;
+/// How long the loop sleeps when nothing is due (it wakes earlier on any event).
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Settings of the pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Batches in flight per replica (≥ 1).
+    pub prefetch: usize,
+    /// A batch unanswered this long marks its replica failed and moves its batches.
+    pub batch_timeout: Duration,
+    /// Longest the pool waits with no replica of a group reachable before giving up.
+    pub teacher_wait: Duration,
+    /// Connection settings (connect timeout, HTTP/2 keepalive).
+    pub client: ClientOptions,
+    /// First reconnect delay after a failure; doubles per failed attempt.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Distillation temperature T (for mixing the groups of an ensemble).
+    pub temperature: f64,
+    /// How often `dns://` names are resolved again (replicas added and retired accordingly).
+    pub resolve_interval: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            prefetch: 4,
+            batch_timeout: Duration::from_secs(30),
+            teacher_wait: Duration::from_secs(300),
+            client: ClientOptions::default(),
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            temperature: 1.0,
+            resolve_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every group's teacher must fit: the data and the student.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expect {
+    /// Per-sample input shape of the data.
+    pub sample_shape: Vec<i64>,
+    /// Number of classes of the data and the student.
+    pub num_classes: i64,
+    /// Samples per batch.
+    pub batch_size: usize,
+}
+
+/// Why the pool cannot serve batches.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Connecting, a fatal per-batch error, a protocol violation, or the consumer leaving.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// No replica of a group was reachable for `teacher_wait`.
+    #[error(
+        "no teacher replica reachable for {waited_s:.0} s (--teacher-wait) in group {group} ({urls})"
+    )]
+    NoTeacher {
+        /// Seconds waited.
+        waited_s: f64,
+        /// The group without replicas.
+        group: String,
+        /// Its replica URLs.
+        urls: String,
+    },
+    /// Mixing the groups' answers failed.
+    #[error("ensemble: {0}")]
+    Mix(#[from] MixError),
+}
+
+/// Counters of one [`Pool::run`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunStats {
+    /// Batches handed to the consumer.
+    pub batches: u64,
+    /// Samples handed to the consumer.
+    pub samples: u64,
+    /// Batch parts sent again after their replica failed or timed out.
+    pub resent: u64,
+    /// Answers discarded because their batch had been re-sent elsewhere.
+    pub late_discarded: u64,
+}
+
+/// Per-replica counters, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaStats {
+    /// Replica URL.
+    pub url: String,
+    /// Its group's name.
+    pub group: String,
+    /// Batches it answered (and whose answers were used), over the pool's life.
+    pub answered: u64,
+    /// Whether it is connected now.
+    pub up: bool,
+}
+
+/// The reconnect delay after `attempt` consecutive failures: `base · 2^(attempt-1)`, capped at
+/// `max`, scaled by a random factor in [0.5, 1) (jitter, so replicas restarted together are not
+/// hit by every student at once).
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    exp.min(max).mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// What the shell keeps of a replica besides the scheduler's state.
+#[derive(Debug)]
+struct Replica {
+    url: String,
+    /// The request stream, while up.
+    tx: Option<mpsc::Sender<LogitsRequest>>,
+    task: Option<AbortHandle>,
+    /// Moving average of the answer latency (ms).
+    latency_ms: f64,
+    /// The `dns://` source it was resolved from, if any (index into `Pool::sources`).
+    source: Option<usize>,
+    /// The replica this URL duplicates (same server process): retired for good and left out
+    /// of the report.
+    alias_of: Option<ReplicaId>,
+    /// The server's `instance_id` from its last connection (empty: unknown).
+    instance_id: String,
+}
+
+#[derive(Debug)]
+struct Group {
+    name: String,
+    weight: f64,
+    reference: TeacherInfo,
+}
+
+/// Replicas of one or more teachers, and the loop that streams batches to them.
+#[derive(Debug)]
+pub struct Pool {
+    options: PoolOptions,
+    expect: Expect,
+    groups: Vec<Group>,
+    replicas: Vec<Replica>,
+    sched: Scheduler<PlannedBatch, Tensor>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    resolver: Arc<dyn Resolver>,
+    sources: Vec<DnsSource>,
+    next_resolve: Instant,
+}
+
+/// State of one [`Pool::run`].
+#[derive(Debug)]
+struct Run {
+    /// The plan has no more batches.
+    plan_done: bool,
+    inputs: Tensor,
+    batches: u64,
+    samples: u64,
+    last_wait_log: Option<Instant>,
+}
+
+impl Pool {
+    /// Connects to every replica of every group (concurrently, each within the connect
+    /// timeout), picks each group's reference (its first reachable replica), checks it against
+    /// `expect`, refuses inconsistent replicas, and starts a stream to every accepted one.
+    /// Unreachable replicas other than a reference are retried in the background.
+    ///
+    /// # Errors
+    /// [`PoolError::Client`] when no replica of a group is reachable (the first one's error) or
+    /// a reference does not fit the data. (A group always keeps its reference, so refusals alone
+    /// never leave a group empty; they are logged and retried.)
+    pub async fn connect(
+        specs: Vec<GroupSpec>,
+        options: PoolOptions,
+        expect: Expect,
+    ) -> Result<Pool, PoolError> {
+        Pool::connect_with(specs, options, expect, Arc::new(SystemResolver)).await
+    }
+
+    /// [`Pool::connect`] with `resolver` for `dns://` URLs.
+    ///
+    /// # Errors
+    /// As [`Pool::connect`]; also [`ClientError::Unreachable`] for a `dns://` name without
+    /// addresses.
+    pub async fn connect_with(
+        specs: Vec<GroupSpec>,
+        options: PoolOptions,
+        expect: Expect,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<Pool, PoolError> {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
+        let (base, max) = (options.backoff_base, options.backoff_max);
+        let sched = Scheduler::new(SchedulerConfig {
+            prefetch: options.prefetch.max(1),
+            batch_timeout: options.batch_timeout,
+            backoff: Box::new(move |attempt| backoff(attempt, base, max)),
+        });
+        let mut pool = Pool {
+            next_resolve: Instant::now() + options.resolve_interval,
+            options,
+            expect,
+            groups: Vec::new(),
+            replicas: Vec::new(),
+            sched,
+            events_tx,
+            events_rx,
+            resolver,
+            sources: Vec::new(),
+        };
+        for spec in specs {
+            pool.connect_group(spec).await?;
+        }
+        Ok(pool)
+    }
+
+    /// Expands a group's `dns://` names into one URL per address, remembering where each came
+    /// from.
+    async fn expand(
+        &mut self,
+        spec: &GroupSpec,
+        group: usize,
+    ) -> Result<Vec<(String, Option<usize>)>, PoolError> {
+        let mut urls: Vec<(String, Option<usize>)> = Vec::new();
+        for url in &spec.urls {
+            match parse_dns_url(url) {
+                None => urls.push((url.clone(), None)),
+                Some((host, port)) => {
+                    let addrs = self.resolver.resolve(&host, port).await.map_err(|e| {
+                        ClientError::Unreachable {
+                            url: url.clone(),
+                            reason: format!("resolving {host}: {e}"),
+                        }
+                    })?;
+                    let mut addrs: Vec<String> = addrs.iter().map(address_url).collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    tracing::info!(%url, addresses = ?addrs, "resolved");
+                    let source = self.sources.len();
+                    self.sources.push(DnsSource {
+                        group,
+                        host,
+                        port,
+                        resolving: false,
+                    });
+                    urls.extend(addrs.into_iter().map(|a| (a, Some(source))));
+                }
+            }
+        }
+        if urls.is_empty() {
+            return Err(ClientError::Unreachable {
+                url: spec.urls.join(","),
+                reason: "no replica address (the name resolves to nothing)".into(),
+            }
+            .into());
+        }
+        Ok(urls)
+    }
+
+    async fn connect_group(&mut self, spec: GroupSpec) -> Result<(), PoolError> {
+        let g = self.groups.len();
+        let urls = self.expand(&spec, g).await?;
+        let mut attempts = tokio::task::JoinSet::new();
+        for (i, (url, _)) in urls.iter().enumerate() {
+            let (url, opts) = (url.clone(), self.options.client.clone());
+            attempts.spawn(async move { (i, TeacherClient::connect(&url, &opts).await) });
+        }
+        let mut results: Vec<Option<Result<TeacherClient, ClientError>>> =
+            (0..urls.len()).map(|_| None).collect();
+        while let Some(joined) = attempts.join_next().await {
+            if let Ok((i, r)) = joined {
+                results[i] = Some(r);
+            }
+        }
+        let reference = results
+            .iter()
+            .flatten()
+            .find_map(|r| r.as_ref().ok())
+            .map(|c| (c.url().to_string(), c.info().clone()));
+        let Some((ref_url, reference)) = reference else {
+            let first = results.into_iter().flatten().find_map(Result::err);
+            return Err(first
+                .unwrap_or_else(|| ClientError::Unreachable {
+                    url: spec.urls.join(","),
+                    reason: "no replica given".into(),
+                })
+                .into());
+        };
+        let e = &self.expect;
+        reference.check(&ref_url, &e.sample_shape, e.num_classes, e.batch_size)?;
+        tracing::info!(
+            group = %spec.name, url = %ref_url, name = %reference.name,
+            fingerprint = %reference.fingerprint, device = %reference.device,
+            input_shape = ?reference.input_shape, num_logits = reference.num_logits,
+            "teacher group reference"
+        );
+        let sg = self.sched.add_group();
+        debug_assert_eq!(sg, g);
+        self.groups.push(Group {
+            name: spec.name.clone(),
+            weight: spec.weight,
+            reference: reference.clone(),
+        });
+        let now = Instant::now();
+        for ((url, source), result) in urls.into_iter().zip(results) {
+            let r = self.push_replica(g, url.clone(), source, now);
+            match result {
+                Some(Ok(client)) => {
+                    if self.merge_alias(r, &client.info().instance_id) {
+                        continue;
+                    }
+                    match inconsistency(&reference, client.info()) {
+                        None => {
+                            self.replicas[r]
+                                .instance_id
+                                .clone_from(&client.info().instance_id);
+                            self.start_replica(r, Some(client));
+                        }
+                        Some(why) => {
+                            tracing::error!(
+                                group = %spec.name, %url, fingerprint = %client.info().fingerprint,
+                                reference = %reference.fingerprint,
+                                "teacher replica refused: {why} (replica fingerprint {}, group fingerprint {})",
+                                client.info().fingerprint, reference.fingerprint
+                            );
+                            self.sched.fail(r, now);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(group = %spec.name, %url, error = %e, "teacher replica unreachable; retrying in the background");
+                    self.sched.fail(r, now);
+                }
+                None => {
+                    self.sched.fail(r, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push_replica(
+        &mut self,
+        group: usize,
+        url: String,
+        source: Option<usize>,
+        now: Instant,
+    ) -> ReplicaId {
+        let r = self.sched.add_replica(group, now);
+        debug_assert_eq!(r, self.replicas.len());
+        self.replicas.push(Replica {
+            url,
+            tx: None,
+            task: None,
+            latency_ms: 0.0,
+            source,
+            alias_of: None,
+            instance_id: String::new(),
+        });
+        r
+    }
+
+    /// If replica `r`'s server (`instance_id`) is already a replica of its group under another
+    /// URL, retires `r` as an alias of it (one server, one replica) and returns `true`.
+    fn merge_alias(&mut self, r: ReplicaId, instance_id: &str) -> bool {
+        if instance_id.is_empty() {
+            return false;
+        }
+        let g = self.sched.group_of(r);
+        let Some(&twin) = self.sched.replicas_of(g).iter().find(|&&o| {
+            o != r
+                && self.replicas[o].alias_of.is_none()
+                && self.replicas[o].instance_id == instance_id
+                && self.sched.state(o) != ReplicaState::Retired
+        }) else {
+            return false;
+        };
+        tracing::info!(
+            group = %self.groups[g].name, url = %self.replicas[r].url,
+            same_as = %self.replicas[twin].url, instance_id,
+            "{} reaches the same teacher-server as {} (instance {instance_id}): counted as one replica",
+            self.replicas[r].url, self.replicas[twin].url
+        );
+        self.sched.retire(r);
+        self.drop_connection(r);
+        self.replicas[r].alias_of = Some(twin);
+        true
+    }
+
+    /// Adds a replica to group `group` (index in the order the groups were given); it is
+    /// connected, checked and used from the pool's next run. Returns `false` if the URL is
+    /// already in that group (a retired one is revived).
+    pub fn add_replica(&mut self, group: usize, url: &str) -> bool {
+        if group >= self.groups.len() {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(&r) = self
+            .sched
+            .replicas_of(group)
+            .iter()
+            .find(|&&r| self.replicas[r].url == url)
+        {
+            return self.replicas[r].alias_of.is_none() && self.sched.revive(r, now);
+        }
+        tracing::info!(group = %self.groups[group].name, url, "teacher replica added");
+        self.push_replica(group, url.to_string(), None, now);
+        true
+    }
+
+    /// Removes the replica `url` of group `group` from service: its outstanding batches go to
+    /// the others and it is not retried. Returns whether it was in the group.
+    pub fn retire_replica(&mut self, group: usize, url: &str) -> bool {
+        let Some(r) = self.live_replica(group, url) else {
+            return false;
+        };
+        tracing::info!(group = %self.groups[group].name, url, "teacher replica retired");
+        self.sched.retire(r);
+        self.drop_connection(r);
+        true
+    }
+
+    /// The replica of `group` at `url` that is not retired.
+    fn live_replica(&self, group: usize, url: &str) -> Option<ReplicaId> {
+        if group >= self.groups.len() {
+            return None;
+        }
+        self.sched.replicas_of(group).iter().copied().find(|&r| {
+            self.replicas[r].url == url && self.sched.state(r) != ReplicaState::Retired
+        })
+    }
+
+    /// The URLs of group `group`'s replicas (retired ones left out).
+    pub fn replica_urls(&self, group: usize) -> Vec<String> {
+        if group >= self.groups.len() {
+            return Vec::new();
+        }
+        self.sched
+            .replicas_of(group)
+            .iter()
+            .filter(|&&r| self.sched.state(r) != ReplicaState::Retired)
+            .map(|&r| self.replicas[r].url.clone())
+            .collect()
+    }
+
+    /// The reference `ModelInfo` of each group, in group order.
+    pub fn references(&self) -> Vec<&TeacherInfo> {
+        self.groups.iter().map(|g| &g.reference).collect()
+    }
+
+    /// The group names, in order.
+    pub fn group_names(&self) -> Vec<&str> {
+        self.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
+    /// Per-replica counters (URLs that reach another replica's server left out).
+    pub fn replica_stats(&self) -> Vec<ReplicaStats> {
+        (0..self.replicas.len())
+            .filter(|&r| self.replicas[r].alias_of.is_none())
+            .map(|r| ReplicaStats {
+                url: self.replicas[r].url.clone(),
+                group: self.groups[self.sched.group_of(r)].name.clone(),
+                answered: self.sched.answered(r),
+                up: self.sched.state(r) == ReplicaState::Up,
+            })
+            .collect()
+    }
+
+    /// Starts the task owning replica `r`'s connection and stream (reusing `client` if given),
+    /// as a new connection generation.
+    fn start_replica(&mut self, r: ReplicaId, client: Option<TeacherClient>) {
+        let generation = self.sched.connect(r);
+        self.spawn_task(r, generation, client);
+    }
+
+    fn spawn_task(&mut self, r: ReplicaId, generation: u64, client: Option<TeacherClient>) {
+        self.drop_connection(r);
+        let group = self.sched.group_of(r);
+        let task = ReplicaTask {
+            replica: r,
+            generation,
+            url: self.replicas[r].url.clone(),
+            client,
+            reference: self.groups[group].reference.clone(),
+            options: self.options.client.clone(),
+            prefetch: self.options.prefetch,
+            events: self.events_tx.clone(),
+        };
+        self.replicas[r].task = Some(tokio::spawn(task.run()).abort_handle());
+    }
+
+    /// Closes replica `r`'s request stream and ends its task.
+    fn drop_connection(&mut self, r: ReplicaId) {
+        let rep = &mut self.replicas[r];
+        rep.tx = None;
+        if let Some(t) = rep.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Streams `plan` to the replicas and hands the answered batches to `out` in plan order.
+    /// `inputs` is the whole dataset, `f32 [N, ...sample_shape]` on the CPU; each batch sends
+    /// the rows named by its indices. Returns when every batch has been handed over.
+    ///
+    /// # Errors
+    /// [`PoolError::NoTeacher`] after waiting `teacher_wait` without a replica;
+    /// [`PoolError::Client`] for a non-retriable per-batch error, a protocol violation, or `out`
+    /// closed ([`ClientError::ConsumerGone`]); [`PoolError::Mix`] for an ensemble that cannot be
+    /// mixed.
+    pub async fn run<I>(
+        &mut self,
+        plan: I,
+        inputs: Tensor,
+        out: mpsc::Sender<TeacherBatch>,
+    ) -> Result<RunStats, PoolError>
+    where
+        I: IntoIterator<Item = PlannedBatch>,
+    {
+        let before = self.sched.counters();
+        let mut plan = plan.into_iter();
+        let mut run = Run {
+            plan_done: false,
+            inputs,
+            batches: 0,
+            samples: 0,
+            last_wait_log: None,
+        };
+        let result = self.drive(&mut run, &mut plan, &out).await;
+        // Forget what is still in flight (an aborted run): answers to it will be discarded.
+        self.sched.abandon();
+        let after = self.sched.counters();
+        let stats = RunStats {
+            batches: run.batches,
+            samples: run.samples,
+            resent: after.resent - before.resent,
+            late_discarded: after.late_discarded - before.late_discarded,
+        };
+        tracing::debug!(?stats, "pool run done");
+        result.map(|()| stats)
+    }
+
+    async fn drive(
+        &mut self,
+        run: &mut Run,
+        plan: &mut dyn Iterator<Item = PlannedBatch>,
+        out: &mpsc::Sender<TeacherBatch>,
+    ) -> Result<(), PoolError> {
+        loop {
+            let now = Instant::now();
+            self.housekeeping(now);
+            self.admit(run, plan);
+            self.assign(run, now)?;
+            if run.plan_done && self.sched.is_idle() {
+                return Ok(());
+            }
+            let outage = self.outage(run, now)?;
+            let wake = [
+                self.sched.next_deadline(),
+                outage,
+                (!self.sources.is_empty()).then_some(self.next_resolve),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + IDLE_WAKE);
+            let ready = self.sched.ready();
+            tokio::select! {
+                biased;
+                permit = out.reserve(), if ready => {
+                    let permit = permit.map_err(|_| ClientError::ConsumerGone)?;
+                    if let Some(released) = self.sched.release() {
+                        let batch = self.finish(released)?;
+                        run.batches += 1;
+                        run.samples += batch.indices.len() as u64;
+                        permit.send(batch);
+                    }
+                }
+                Some(event) = self.events_rx.recv() => self.handle(event)?,
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    /// The batch to hand over for a released entry: the groups' logits mixed.
+    fn finish(
+        &self,
+        released: scheduler::Released<PlannedBatch, Tensor>,
+    ) -> Result<TeacherBatch, PoolError> {
+        let scheduler::Released { seq, batch, parts } = released;
+        let answered_by: Vec<&str> = parts
+            .iter()
+            .map(|(_, r)| self.replicas[*r].url.as_str())
+            .collect();
+        let replica = answered_by.join("+");
+        let tensors: Vec<Tensor> = parts.into_iter().map(|(t, _)| t).collect();
+        let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
+        let logits = ensemble::mix(&tensors, &weights, self.options.temperature)?;
+        Ok(TeacherBatch {
+            batch_id: seq,
+            epoch: batch.epoch,
+            index: batch.index,
+            indices: batch.indices,
+            logits,
+            replica,
+        })
+    }
+
+    /// Takes batches from the plan while the scheduler's window has room.
+    fn admit(&mut self, run: &mut Run, plan: &mut dyn Iterator<Item = PlannedBatch>) {
+        while !run.plan_done && self.sched.window() > 0 {
+            match plan.next() {
+                Some(b) => {
+                    self.sched.admit(b);
+                }
+                None => run.plan_done = true,
+            }
+        }
+    }
+
+    /// Puts every part the scheduler assigns on its replica's stream.
+    fn assign(&mut self, run: &Run, now: Instant) -> Result<(), PoolError> {
+        while let Some(send) = self.sched.next_send(now) {
+            let batch = self
+                .sched
+                .batch(send.seq)
+                .expect("the scheduler sends pending batches only");
+            let req = wire::request(&run.inputs, batch, send.wire)?;
+            let sent = self.replicas[send.replica]
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.try_send(req).is_ok());
+            if !sent {
+                if let Some(f) = self.sched.fail(send.replica, now) {
+                    self.log_failed(send.replica, f, "its request stream is closed", now);
+                }
+                self.drop_connection(send.replica);
+            }
+        }
+        Ok(())
+    }
+
+    /// Timeouts, due reconnects, due DNS lookups.
+    fn housekeeping(&mut self, now: Instant) {
+        for (r, f) in self.sched.expire(now) {
+            self.drop_connection(r);
+            let why = format!(
+                "no answer within --batch-timeout ({:.1} s)",
+                self.options.batch_timeout.as_secs_f64()
+            );
+            self.log_failed(r, f, &why, now);
+        }
+        for (r, generation) in self.sched.reconnects_due(now) {
+            self.spawn_task(r, generation, None);
+        }
+        if !self.sources.is_empty() && now >= self.next_resolve {
+            self.next_resolve = now + self.options.resolve_interval;
+            for (i, src) in self.sources.iter_mut().enumerate() {
+                if src.resolving {
+                    continue;
+                }
+                src.resolving = true;
+                let lookup = self.resolver.resolve(&src.host, src.port);
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    let result = lookup.await;
+                    let _ = events.send(Event::Resolved { source: i, result }).await;
+                });
+            }
+        }
+    }
+
+    /// The outage clock: logs while a group with work has no replica up, fails after
+    /// `teacher_wait`; returns when it next needs to act.
+    fn outage(&mut self, run: &mut Run, now: Instant) -> Result<Option<Instant>, PoolError> {
+        let Some((g, since)) = self.sched.starving(now) else {
+            run.last_wait_log = None;
+            return Ok(None);
+        };
+        let waited = now.saturating_duration_since(since);
+        let urls = self.replica_urls(g).join(",");
+        if waited >= self.options.teacher_wait {
+            return Err(PoolError::NoTeacher {
+                waited_s: waited.as_secs_f64(),
+                group: self.groups[g].name.clone(),
+                urls,
+            });
+        }
+        let mut log_at = run
+            .last_wait_log
+            .map_or(since + WAIT_LOG_AFTER, |t| t + WAIT_LOG_INTERVAL);
+        if now >= log_at {
+            run.last_wait_log = Some(now);
+            log_at = now + WAIT_LOG_INTERVAL;
+            tracing::warn!(
+                group = %self.groups[g].name, %urls,
+                waited_s = waited.as_secs(), limit_s = self.options.teacher_wait.as_secs(),
+                "no teacher replica reachable; training waits"
+            );
+        }
+        Ok(Some(log_at.min(since + self.options.teacher_wait)))
+    }
+
+    fn log_failed(&self, r: ReplicaId, f: Failed, reason: &str, now: Instant) {
+        let rep = &self.replicas[r];
+        let retry_in_ms = f.retry_at.saturating_duration_since(now).as_millis() as u64;
+        if f.was_up || f.requeued > 0 {
+            tracing::warn!(
+                group = %self.groups[self.sched.group_of(r)].name, url = %rep.url, reason,
+                resent = f.requeued, retry_in_ms,
+                "teacher replica failed; its outstanding batches go to the other replicas"
+            );
+        } else {
+            tracing::debug!(url = %rep.url, reason, retry_in_ms, "teacher replica not available");
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), PoolError> {
+        let now = Instant::now();
+        match event {
+            Event::Up {
+                replica,
+                generation,
+                tx,
+                instance_id,
+            } => {
+                if self.sched.generation(replica) != generation
+                    || self.sched.state(replica) != ReplicaState::Connecting
+                {
+                    return Ok(());
+                }
+                if self.merge_alias(replica, &instance_id) {
+                    return Ok(());
+                }
+                if let Some(rejoined) = self.sched.connected(replica, generation) {
+                    let rep = &mut self.replicas[replica];
+                    rep.tx = Some(tx);
+                    rep.instance_id = instance_id;
+                    if rejoined {
+                        let g = self.sched.group_of(replica);
+                        tracing::info!(group = %self.groups[g].name, url = %self.replicas[replica].url, "teacher replica (re)joined");
+                    }
+                }
+            }
+            Event::Failed {
+                replica,
+                generation,
+                reason,
+                refused,
+            } => {
+                if let Some(f) = self.sched.failed(replica, generation, now) {
+                    self.drop_connection(replica);
+                    if refused {
+                        let g = self.sched.group_of(replica);
+                        tracing::error!(group = %self.groups[g].name, url = %self.replicas[replica].url, "teacher replica refused: {reason}");
+                    }
+                    self.log_failed(replica, f, &reason, now);
+                }
+            }
+            Event::Response {
+                replica,
+                generation,
+                msg,
+                at,
+            } => self.response(replica, generation, *msg, at)?,
+            Event::Resolved { source, result } => self.resolved(source, result, now),
+        }
+        Ok(())
+    }
+
+    fn response(
+        &mut self,
+        replica: ReplicaId,
+        generation: u64,
+        msg: LogitsResponse,
+        at: Instant,
+    ) -> Result<(), PoolError> {
+        let wire_id = msg.batch_id;
+        let group = self.sched.group_of(replica);
+        let url = self.replicas[replica].url.as_str();
+        let num_logits = self.groups[group].reference.num_logits;
+        let result = msg.result;
+        let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
+            let to = Answering {
+                url,
+                wire: wire_id,
+                seq: f.seq,
+                batch: f.batch,
+                num_logits,
+            };
+            Ok::<_, ClientError>(match wire::decode(result, to)? {
+                Decoded::Logits(t) => Reply::Payload(t),
+                Decoded::Retry { code, message } => {
+                    tracing::warn!(url, ?code, %message, "teacher could not answer a batch now; re-sending it");
+                    Reply::Retry
+                }
+            })
+        })?;
+        let rep = &mut self.replicas[replica];
+        match answered {
+            Answered::Late => {
+                tracing::debug!(url = %rep.url, wire = wire_id, "late or unknown answer discarded");
+            }
+            Answered::Requeued { .. } => {}
+            Answered::Used { latency, .. } => {
+                let latency_ms = latency.as_secs_f64() * 1e3;
+                rep.latency_ms = if rep.latency_ms == 0.0 {
+                    latency_ms
+                } else {
+                    0.8 * rep.latency_ms + 0.2 * latency_ms
+                };
+                tracing::debug!(
+                    url = %rep.url, latency_ms = format!("{latency_ms:.1}"),
+                    mean_latency_ms = format!("{:.1}", rep.latency_ms),
+                    outstanding = self.sched.in_flight(replica),
+                    server_queue_depth = msg.timing.as_ref().map_or(0, |t| t.stream_queue_depth),
+                    server_queue_us = msg.timing.as_ref().map_or(0, |t| t.queue_us),
+                    "teacher answer"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a new resolution of `dns://` source `source`: adds new addresses as replicas
+    /// and retires replicas whose address vanished (their batches go to the others).
+    fn resolved(
+        &mut self,
+        source: usize,
+        result: std::io::Result<Vec<SocketAddr>>,
+        now: Instant,
+    ) {
+        let Some(src) = self.sources.get_mut(source) else {
+            return;
+        };
+        src.resolving = false;
+        let (g, name) = (src.group, src.url());
+        let addrs = match result {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(url = %name, error = %e, "re-resolving failed; keeping the current replicas");
+                return;
+            }
+        };
+        let current: Vec<String> = addrs.iter().map(address_url).collect();
+        for url in &current {
+            let known = self.sched.replicas_of(g).iter().any(|&r| {
+                self.replicas[r].url == *url
+                    && (self.sched.state(r) != ReplicaState::Retired
+                        || self.replicas[r].alias_of.is_some())
+            });
+            if known {
+                continue;
+            }
+            tracing::info!(url = %name, replica = %url, "new address: replica added");
+            match self
+                .sched
+                .replicas_of(g)
+                .iter()
+                .copied()
+                .find(|&r| self.replicas[r].url == *url)
+            {
+                Some(r) => {
+                    self.sched.revive(r, now);
+                    self.replicas[r].source = Some(source);
+                }
+                None => {
+                    self.push_replica(g, url.clone(), Some(source), now);
+                }
+            }
+        }
+        let vanished: Vec<ReplicaId> = self
+            .sched
+            .replicas_of(g)
+            .iter()
+            .copied()
+            .filter(|&r| {
+                self.replicas[r].source == Some(source)
+                    && self.sched.state(r) != ReplicaState::Retired
+                    && !current.contains(&self.replicas[r].url)
+            })
+            .collect();
+        for r in vanished {
+            let requeued = self.sched.retire(r).unwrap_or(0);
+            self.drop_connection(r);
+            tracing::info!(url = %name, replica = %self.replicas[r].url, resent = requeued, "address vanished: replica retired");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for rep in &mut self.replicas {
+            if let Some(t) = rep.task.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for _ in 0..20 {
+            let d1 = backoff(1, base, max);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 < Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d3 = backoff(3, base, max);
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 < Duration::from_millis(400),
+                "{d3:?}"
+            );
+            let d20 = backoff(20, base, max);
+            assert!(d20 >= Duration::from_secs(1) && d20 < max, "{d20:?}");
+        }
+    }
+}

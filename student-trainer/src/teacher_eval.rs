@@ -1,0 +1,57 @@
+//! Accuracy of remote teachers (one replica or many, one group or an ensemble) on a dataset,
+//! streamed through the [`Pool`] with its failover.
+
+use crate::data::Dataset;
+use crate::eval::Accuracy;
+use crate::pool::{Pool, PoolError};
+use crate::schedule::{TeacherBatch, sequential_plan};
+use tokio::sync::mpsc;
+
+/// Why a remote evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherEvalError {
+    /// The pool failed (no replica reachable, fatal per-batch error, ...).
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    /// Counting the answers failed (libtorch).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Accuracy of the pool's teacher (the ensemble's mixture, for several groups) on `data`, sent
+/// in order in batches of `batch_size` samples (at least 1; the caller keeps it within the
+/// teachers' maximum batch size).
+///
+/// # Errors
+/// [`TeacherEvalError::Pool`] from the pool; [`TeacherEvalError::Torch`] while counting.
+pub async fn evaluate_pool(
+    pool: &mut Pool,
+    data: &Dataset,
+    batch_size: usize,
+) -> Result<Accuracy, TeacherEvalError> {
+    let plan = sequential_plan(data.len(), batch_size.max(1));
+    let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
+    let labels = data.labels.shallow_clone();
+    let mut acc = Accuracy::new(data.num_classes);
+    let count = async {
+        while let Some(b) = rx.recv().await {
+            let ys = labels.f_index_select(0, &tch::Tensor::from_slice(&b.indices))?;
+            acc.add(&b.logits, &ys)?;
+        }
+        Ok::<(), tch::TchError>(())
+    };
+    let (streamed, counted) = tokio::join!(pool.run(plan, data.inputs.shallow_clone(), tx), count);
+    streamed?;
+    counted?;
+    Ok(acc)
+}
+
+/// The largest batch every group's reference teacher accepts, at most `wanted` (and at least 1).
+pub fn batch_size_for(pool: &Pool, wanted: usize) -> usize {
+    pool.references()
+        .iter()
+        .map(|i| i.max_batch_size as usize)
+        .filter(|&m| m > 0)
+        .fold(wanted, usize::min)
+        .max(1)
+}
