@@ -143,7 +143,7 @@ pub struct DistillConfig {
 }
 
 /// What `eval` evaluates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EvalTarget {
     /// A checkpoint directory.
     Checkpoint(PathBuf),

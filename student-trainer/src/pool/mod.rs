@@ -834,9 +834,8 @@ impl Pool {
         at: Instant,
     ) -> Result<(), PoolError> {
         let wire_id = msg.batch_id;
-        let group = self.sched.group_of(replica);
         let url = self.replicas[replica].url.as_str();
-        let num_logits = self.groups[group].reference.num_logits;
+        let groups = &self.groups;
         let result = msg.result;
         let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
             let to = Answering {
@@ -844,7 +843,7 @@ impl Pool {
                 wire: wire_id,
                 seq: f.seq,
                 batch: f.batch,
-                num_logits,
+                num_logits: groups[f.group].reference.num_logits,
             };
             Ok::<_, ClientError>(match wire::decode(result, to)? {
                 Decoded::Logits(t) => Reply::Payload(t),

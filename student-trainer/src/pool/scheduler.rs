@@ -245,6 +245,7 @@ impl<B, P> Scheduler<B, P> {
     }
 
     /// Number of replicas (every state).
+    #[cfg(test)]
     pub(crate) fn replica_count(&self) -> usize {
         self.replicas.len()
     }

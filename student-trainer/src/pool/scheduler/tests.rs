@@ -172,7 +172,8 @@ fn a_batch_waits_for_every_group_and_starving_groups_start_the_outage_clock() {
     let (r, generation) = s.reconnects_due(later)[0];
     s.connected(r, generation);
     assert_eq!(s.starving(later), None);
-    answer(&mut s, sends(&mut s, later)[0], later);
+    let part = sends(&mut s, later)[0];
+    answer(&mut s, part, later);
     let rel = s.release().unwrap();
     assert_eq!(rel.parts, [((0, 0), 0), ((0, 1), 1)]);
 }
