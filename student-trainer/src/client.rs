@@ -6,8 +6,7 @@
 
 use distill_proto::codec;
 use distill_proto::v1::{
-    self, GetModelInfoRequest, LogitsRequest, LogitsResponse,
-    teacher_client::TeacherClient as Grpc,
+    self, GetModelInfoRequest, LogitsRequest, LogitsResponse, teacher_client::TeacherClient as Grpc,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -183,12 +183,26 @@ mod tests {
         let e = decode(logits(1), to(&b)).unwrap_err().to_string();
         assert!(e.contains("[1, 3]") && e.contains("[2, 3]"), "{e}");
         let e = decode(None, to(&b)).unwrap_err().to_string();
-        assert!(e.contains("empty response") && e.contains("http://r:1"), "{e}");
+        assert!(
+            e.contains("empty response") && e.contains("http://r:1"),
+            "{e}"
+        );
         let sparse = Some(logits_response::Result::Sparse(v1::SparseLogits::default()));
-        assert!(decode(sparse, to(&b)).unwrap_err().to_string().contains("sparse"));
+        assert!(
+            decode(sparse, to(&b))
+                .unwrap_err()
+                .to_string()
+                .contains("sparse")
+        );
         let e = decode(error(Code::InvalidArgument), to(&b)).unwrap_err();
         assert!(
-            matches!(e, ClientError::Batch { code: Code::InvalidArgument, .. }),
+            matches!(
+                e,
+                ClientError::Batch {
+                    code: Code::InvalidArgument,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         let e = e.to_string();
@@ -207,7 +221,12 @@ mod tests {
                 "{code:?}"
             );
         }
-        for code in [Code::InvalidArgument, Code::Internal, Code::Unknown, Code::FailedPrecondition] {
+        for code in [
+            Code::InvalidArgument,
+            Code::Internal,
+            Code::Unknown,
+            Code::FailedPrecondition,
+        ] {
             assert!(decode(error(code), to(&b)).is_err(), "{code:?}");
         }
     }

@@ -47,7 +47,10 @@ async fn eval_takes_several_replicas_and_dns_names() {
     let two = eval(&[a.url(), b.url()], &data).await;
     same(&two, "two replicas");
     let model = two["model"].as_str().unwrap();
-    assert!(model.contains(&a.url()) && model.contains(&b.url()), "{model}");
+    assert!(
+        model.contains(&a.url()) && model.contains(&b.url()),
+        "{model}"
+    );
 
     let dns = format!("dns://localhost:{}", a.addr.port());
     same(&eval(&[dns], &data).await, "dns://localhost");
@@ -58,5 +61,8 @@ async fn eval_takes_several_replicas_and_dns_names() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    same(&eval(&[dead, b.url()], &data).await, "a dead and a live replica");
+    same(
+        &eval(&[dead, b.url()], &data).await,
+        "a dead and a live replica",
+    );
 }

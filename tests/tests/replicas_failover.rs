@@ -5,8 +5,8 @@ use distill_tests::trainer::{
     DistillArgs, assert_exactly_once, read_json, read_ledger, spawn_student, wait_for_ledger,
     write_synthetic_idx,
 };
-use std::path::Path;
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
+use std::path::Path;
 
 const TRAIN: usize = 2000;
 const BATCH: usize = 10;
@@ -44,8 +44,8 @@ async fn a_replica_killed_mid_epoch_costs_no_batch() {
     let (out_a, ledger_a) = (tmp.path().join("a"), tmp.path().join("a.ledger"));
     let a = spawn_student(&args(&urls, &data, &out_a, &ledger_a))
         .finish()
-    .await
-    .expect_ok("undisturbed distill");
+        .await
+        .expect_ok("undisturbed distill");
     drop(a);
     assert_exactly_once(&read_ledger(&ledger_a), EPOCHS, batches);
     let report_a = read_json(&out_a.join("report.json"));

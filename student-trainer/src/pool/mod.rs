@@ -484,9 +484,11 @@ impl Pool {
         if group >= self.groups.len() {
             return None;
         }
-        self.sched.replicas_of(group).iter().copied().find(|&r| {
-            self.replicas[r].url == url && self.sched.state(r) != ReplicaState::Retired
-        })
+        self.sched
+            .replicas_of(group)
+            .iter()
+            .copied()
+            .find(|&r| self.replicas[r].url == url && self.sched.state(r) != ReplicaState::Retired)
     }
 
     /// The URLs of group `group`'s replicas (retired ones left out).
@@ -881,12 +883,7 @@ impl Pool {
 
     /// Applies a new resolution of `dns://` source `source`: adds new addresses as replicas
     /// and retires replicas whose address vanished (their batches go to the others).
-    fn resolved(
-        &mut self,
-        source: usize,
-        result: std::io::Result<Vec<SocketAddr>>,
-        now: Instant,
-    ) {
+    fn resolved(&mut self, source: usize, result: std::io::Result<Vec<SocketAddr>>, now: Instant) {
         let Some(src) = self.sources.get_mut(source) else {
             return;
         };

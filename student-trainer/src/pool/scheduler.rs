@@ -298,7 +298,10 @@ impl<B, P> Scheduler<B, P> {
     /// state [`ReplicaState::Connecting`]. Returns the generation the attempt's events carry.
     pub(crate) fn connect(&mut self, r: ReplicaId) -> u64 {
         let rep = &mut self.replicas[r];
-        debug_assert!(rep.in_flight.is_empty(), "connecting a replica with parts in flight");
+        debug_assert!(
+            rep.in_flight.is_empty(),
+            "connecting a replica with parts in flight"
+        );
         rep.generation += 1;
         rep.state = ReplicaState::Connecting;
         rep.generation
@@ -670,7 +673,10 @@ impl<B, P> Scheduler<B, P> {
         let mut parts = std::collections::HashSet::new();
         for (w, s) in &self.slots {
             if !parts.insert((s.seq, s.group)) {
-                return Err(format!("batch {} in flight twice for group {}", s.seq, s.group));
+                return Err(format!(
+                    "batch {} in flight twice for group {}",
+                    s.seq, s.group
+                ));
             }
             if !self.replicas[s.replica].in_flight.contains_key(w) {
                 return Err(format!("slot of wire {w} not in flight on {}", s.replica));

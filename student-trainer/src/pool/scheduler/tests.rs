@@ -57,9 +57,16 @@ fn least_outstanding_with_round_robin_ties_and_at_most_prefetch_each() {
     }
     let sent = sends(&mut s, t0);
     let to: Vec<ReplicaId> = sent.iter().map(|x| x.replica).collect();
-    assert_eq!(to, [0, 1, 2, 0, 1, 2], "round-robin, two each, the 7th waits");
+    assert_eq!(
+        to,
+        [0, 1, 2, 0, 1, 2],
+        "round-robin, two each, the 7th waits"
+    );
     // Replica 1 answers: it has the fewest in flight and gets the waiting batch.
-    assert!(matches!(answer(&mut s, sent[1], t0), Answered::Used { seq: 1, .. }));
+    assert!(matches!(
+        answer(&mut s, sent[1], t0),
+        Answered::Used { seq: 1, .. }
+    ));
     let next = sends(&mut s, t0);
     assert_eq!(next.len(), 1);
     assert_eq!((next[0].seq, next[0].replica), (6, 1));
@@ -168,7 +175,11 @@ fn a_batch_waits_for_every_group_and_starving_groups_start_the_outage_clock() {
     s.failed(1, s.generation(1), t0).unwrap();
     assert_eq!(s.starving(t0), Some((1, t0)));
     let later = t0 + Duration::from_secs(1);
-    assert_eq!(s.starving(later), Some((1, t0)), "the clock keeps its start");
+    assert_eq!(
+        s.starving(later),
+        Some((1, t0)),
+        "the clock keeps its start"
+    );
     let (r, generation) = s.reconnects_due(later)[0];
     s.connected(r, generation);
     assert_eq!(s.starving(later), None);
@@ -295,7 +306,11 @@ impl Sim {
             .s
             .answer(w.replica, w.generation, w.wire, self.now, |f| {
                 // The scheduler must hand the decoder the batch this wire id was sent for.
-                assert_eq!((*f.batch, f.group), (w.batch, w.group), "decoder sees {f:?}");
+                assert_eq!(
+                    (*f.batch, f.group),
+                    (w.batch, w.group),
+                    "decoder sees {f:?}"
+                );
                 Ok::<_, Infallible>(if retry {
                     Reply::Retry
                 } else {
@@ -323,7 +338,12 @@ impl Sim {
             assert_eq!(r.seq, r.batch);
             assert_eq!(r.parts.len(), self.groups);
             for (g, (payload, replica)) in r.parts.iter().enumerate() {
-                assert_eq!(*payload, (r.batch, g), "batch {} got another answer", r.batch);
+                assert_eq!(
+                    *payload,
+                    (r.batch, g),
+                    "batch {} got another answer",
+                    r.batch
+                );
                 assert_eq!(self.s.group_of(*replica), g);
             }
             self.released.push(r.batch);
@@ -415,7 +435,9 @@ impl Sim {
         }
         assert_eq!(self.released, (0..self.plan).collect::<Vec<u64>>());
         assert!(self.s.is_idle());
-        let answered: u64 = (0..self.s.replica_count()).map(|r| self.s.answered(r)).sum();
+        let answered: u64 = (0..self.s.replica_count())
+            .map(|r| self.s.answered(r))
+            .sum();
         assert_eq!(answered, self.plan * self.groups as u64, "answers used");
     }
 }
