@@ -22,6 +22,7 @@ pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod signals;
 pub mod trainer;
 
 pub use app::{AppError, Finished};
