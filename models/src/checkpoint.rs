@@ -119,8 +119,8 @@ impl Checkpoint {
             .map_err(|e| bad(format!("malformed checkpoint metadata: {e}")))?;
         if let Some(m) = &file.files {
             for entry in std::iter::once(&m.weights).chain(&m.optimizer) {
-                let plain = Path::new(&entry.name).file_name()
-                    == Some(std::ffi::OsStr::new(&entry.name));
+                let plain =
+                    Path::new(&entry.name).file_name() == Some(std::ffi::OsStr::new(&entry.name));
                 if !plain || entry.name.starts_with('.') {
                     return Err(bad(format!(
                         "manifest names {:?}: expected a file name inside the directory",
@@ -276,7 +276,9 @@ thread_local! {
 #[cfg(test)]
 fn crash_point(step: SaveStep) -> Result<(), ModelError> {
     if CRASH_AFTER.with(|c| c.get()) == Some(step) {
-        return Err(ModelError::Unsupported(format!("simulated crash after {step:?}")));
+        return Err(ModelError::Unsupported(format!(
+            "simulated crash after {step:?}"
+        )));
     }
     Ok(())
 }
@@ -369,8 +371,8 @@ fn remove_stale(dir: &Path, files: &Manifest) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let current = name == files.weights.name
-            || files.optimizer.as_ref().is_some_and(|o| o.name == name);
+        let current =
+            name == files.weights.name || files.optimizer.as_ref().is_some_and(|o| o.name == name);
         if !current && is_checkpoint_file(&name) {
             if let Err(e) = std::fs::remove_file(entry.path()) {
                 tracing::debug!(file = %entry.path().display(), error = %e, "could not remove a stale checkpoint file");
@@ -510,13 +512,22 @@ mod tests {
             let ck = Checkpoint::open(&dir).unwrap();
             let want = if step == Committed { 2 } else { 1 };
             assert_eq!(ck.meta.epoch, want, "{step:?}");
-            assert_eq!(values(&ck), (want as f64, 10.0 * want as f64), "{step:?}: a mix");
+            assert_eq!(
+                values(&ck),
+                (want as f64, 10.0 * want as f64),
+                "{step:?}: a mix"
+            );
             // The next save completes and leaves only its own files.
             let (vs3, opt3) = filled(3.0);
             let done = Checkpoint::save(&dir, meta(3), &vs3, &opt3).unwrap();
             assert_eq!(values(&Checkpoint::open(&dir).unwrap()), (3.0, 30.0));
             let files = done.files.unwrap();
-            assert_eq!(names(&dir).len(), 3, "{step:?}: {:?} left behind", names(&dir));
+            assert_eq!(
+                names(&dir).len(),
+                3,
+                "{step:?}: {:?} left behind",
+                names(&dir)
+            );
             assert!(names(&dir).contains(&files.weights.name));
             std::fs::remove_dir_all(&dir).unwrap();
         }
@@ -568,7 +579,9 @@ mod tests {
             .unwrap();
         let e = ck.load_network(Device::Cpu).unwrap_err().to_string();
         assert!(
-            e.contains(LEGACY_WEIGHTS_FILE) && e.contains("fingerprint") && e.contains(&m.fingerprint),
+            e.contains(LEGACY_WEIGHTS_FILE)
+                && e.contains("fingerprint")
+                && e.contains(&m.fingerprint),
             "{e}"
         );
         // A save over a legacy checkpoint replaces its files.
@@ -581,7 +594,12 @@ mod tests {
     fn saves_remove_only_their_own_old_files() {
         let dir = temp_dir("neighbours");
         std::fs::create_dir_all(&dir).unwrap();
-        let keep = ["metrics.jsonl", "report.json", "model.mine.safetensors", ".tmp"];
+        let keep = [
+            "metrics.jsonl",
+            "report.json",
+            "model.mine.safetensors",
+            ".tmp",
+        ];
         for name in keep {
             std::fs::write(dir.join(name), "x").unwrap();
         }
@@ -609,7 +627,10 @@ mod tests {
         v["files"]["weights"]["name"] = "../../etc/passwd".into();
         std::fs::write(&path, v.to_string()).unwrap();
         let e = Checkpoint::open(&dir).unwrap_err().to_string();
-        assert!(e.contains("expected a file name inside the directory"), "{e}");
+        assert!(
+            e.contains("expected a file name inside the directory"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

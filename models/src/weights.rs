@@ -102,9 +102,8 @@ pub(crate) fn serialize(named: &[(String, Tensor)]) -> Result<Vec<u8>, ModelErro
             ))
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
-    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), &None).map_err(|e| {
-        ModelError::Unsupported(format!("serialising tensors to safetensors: {e}"))
-    })
+    safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), &None)
+        .map_err(|e| ModelError::Unsupported(format!("serialising tensors to safetensors: {e}")))
 }
 
 fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, ModelError> {
@@ -321,7 +320,10 @@ mod tests {
             "{e}"
         );
         let mut extra = copy();
-        extra.push(("f3.weight".into(), Tensor::zeros([2, 2], tch::kind::FLOAT_CPU)));
+        extra.push((
+            "f3.weight".into(),
+            Tensor::zeros([2, 2], tch::kind::FLOAT_CPU),
+        ));
         let e = load(&extra).unwrap_err();
         assert!(
             e.contains("f3.weight: checkpoint F32 [2, 2] is not a tensor of architecture mlp"),
@@ -336,6 +338,9 @@ mod tests {
         let e = load_bytes_into(&vs, "mlp", b"not safetensors", Path::new("w.safetensors"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("w.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+        assert!(
+            e.contains("w.safetensors") && e.contains("not a valid safetensors file"),
+            "{e}"
+        );
     }
 }

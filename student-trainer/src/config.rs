@@ -569,8 +569,16 @@ mod tests {
         assert!(!distill(&["--alpha", "0"]).unwrap().needs_teacher());
         assert!(distill(&["--alpha", "0.1"]).unwrap().needs_teacher());
         // Unlabelled samples keep the soft term at weight 1.
-        assert!(distill(&["--alpha", "0", "--labels", "10"]).unwrap().needs_teacher());
-        assert!(distill(&["--alpha", "0", "--labels", "none"]).unwrap().needs_teacher());
+        assert!(
+            distill(&["--alpha", "0", "--labels", "10"])
+                .unwrap()
+                .needs_teacher()
+        );
+        assert!(
+            distill(&["--alpha", "0", "--labels", "none"])
+                .unwrap()
+                .needs_teacher()
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ fn main() -> ExitCode {
     match run(cli.command, signal.clone()) {
         Ok(Finished::Done) => ExitCode::SUCCESS,
         Ok(Finished::Interrupted) => ExitCode::from(signal.load(Ordering::SeqCst)),
-        Err(e) if matches!(e.downcast_ref::<AppError>(), Some(AppError::StdoutClosed)) => ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref::<AppError>(), Some(AppError::StdoutClosed)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::debug!(error = ?e, "full error");
             say(&format!("error: {}", one_line(&e)));

@@ -118,11 +118,20 @@ impl TorchScriptModel {
             ))
         })?;
         module.set_eval();
-        let params = module
-            .named_parameters()
-            .map_err(|e| Error::Load(format!("{}: reading parameters: {}", path.display(), distill_models::torch_message(&e))))?;
-        let fp = fingerprint(&params)
-            .map_err(|e| Error::Load(format!("{}: fingerprinting: {}", path.display(), distill_models::torch_message(&e))))?;
+        let params = module.named_parameters().map_err(|e| {
+            Error::Load(format!(
+                "{}: reading parameters: {}",
+                path.display(),
+                distill_models::torch_message(&e)
+            ))
+        })?;
+        let fp = fingerprint(&params).map_err(|e| {
+            Error::Load(format!(
+                "{}: fingerprinting: {}",
+                path.display(),
+                distill_models::torch_message(&e)
+            ))
+        })?;
         Ok(TorchScriptModel {
             module,
             device,

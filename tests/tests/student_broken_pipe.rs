@@ -58,7 +58,10 @@ async fn train_piped_into_head_ends_quietly_after_the_checkpoint() {
     drop(stdout); // what `head -n 1` does after its line
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "{stderr}"
+    );
     assert_eq!(read_json(&out.join("checkpoint.json"))["epoch"], 1);
 }
 
@@ -69,13 +72,27 @@ async fn eval_into_a_closed_pipe_ends_quietly() {
     write_synthetic_idx(&data, 100, 50, 10, 4);
     let (d, out) = (data.display().to_string(), tmp.path().join("out"));
     student(&[
-        "train", "--epochs", "1", "--arch", "mlp:8", "--data-dir", &d, "--out",
+        "train",
+        "--epochs",
+        "1",
+        "--arch",
+        "mlp:8",
+        "--data-dir",
+        &d,
+        "--out",
         &out.display().to_string(),
     ])
     .await
     .expect_ok("train");
     let mut child = spawn(
-        &["eval", "--checkpoint", &out.display().to_string(), "--data-dir", &d].map(String::from),
+        &[
+            "eval",
+            "--checkpoint",
+            &out.display().to_string(),
+            "--data-dir",
+            &d,
+        ]
+        .map(String::from),
     );
     drop(child.stdout.take()); // the reader is gone before the first line
     let (code, stderr) = finish(child).await;

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn weights(dir: &std::path::Path) -> std::path::PathBuf {
-    distill_models::Checkpoint::open(dir).unwrap().weights_path()
+    distill_models::Checkpoint::open(dir)
+        .unwrap()
+        .weights_path()
 }
 
 #[tokio::test]

@@ -47,21 +47,37 @@ async fn resume_and_eval_refuse_files_of_another_epoch() {
     write_synthetic_idx(&data, 200, 50, 10, 9);
     let d = data.display().to_string();
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    student(&train_args(&d, &one, "1")).await.expect_ok("epoch 1");
-    student(&train_args(&d, &two, "2")).await.expect_ok("epochs 1-2");
-    let (ck1, ck2) = (Checkpoint::open(&one).unwrap(), Checkpoint::open(&two).unwrap());
+    student(&train_args(&d, &one, "1"))
+        .await
+        .expect_ok("epoch 1");
+    student(&train_args(&d, &two, "2"))
+        .await
+        .expect_ok("epochs 1-2");
+    let (ck1, ck2) = (
+        Checkpoint::open(&one).unwrap(),
+        Checkpoint::open(&two).unwrap(),
+    );
     // Epoch 2's weights and optimizer state under the names epoch 1's checkpoint.json gives.
     std::fs::copy(ck2.weights_path(), ck1.weights_path()).unwrap();
     let mut resume = train_args(&d, &one, "2");
     resume.push("--resume".into());
     refused(&student(&resume).await, &ck1.weights_path());
     refused(
-        &student(&["eval", "--checkpoint", &one.display().to_string(), "--data-dir", &d]).await,
+        &student(&[
+            "eval",
+            "--checkpoint",
+            &one.display().to_string(),
+            "--data-dir",
+            &d,
+        ])
+        .await,
         &ck1.weights_path(),
     );
     // Epoch 1 saved again (same seed: same files, the torn one replaced), then its optimizer
     // state torn: still refused, naming the optimizer file.
-    student(&train_args(&d, &one, "1")).await.expect_ok("epoch 1 again");
+    student(&train_args(&d, &one, "1"))
+        .await
+        .expect_ok("epoch 1 again");
     let ck1 = Checkpoint::open(&one).unwrap();
     let opt1 = ck1.optimizer_path().unwrap();
     std::fs::copy(ck2.optimizer_path().unwrap(), &opt1).unwrap();
