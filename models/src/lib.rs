@@ -11,11 +11,13 @@ pub mod arch;
 pub mod checkpoint;
 pub mod device;
 pub mod fingerprint;
+pub mod weights;
 
 pub use arch::{Arch, ArchSpec, Network};
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
+pub use weights::load_safetensors;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +46,23 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
-    /// A libtorch failure.
+    /// A tensor of a weights file that does not fit the architecture (shape, dtype, missing or
+    /// extra), e.g. `f1.bias: checkpoint [1], architecture mlp expects [128]`.
+    #[error("{path}: {tensor}: {problem}")]
+    Weights {
+        /// The weights file.
+        path: String,
+        /// The tensor's name (the first mismatching one, in name order).
+        tensor: String,
+        /// What differs: both shapes (and dtypes), or which side lacks the tensor.
+        problem: String,
+    },
+    /// Something the formats cannot represent (e.g. a tensor kind safetensors lacks).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A libtorch failure: its message's first line (see [`torch_message`]).
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(String),
     /// A file system failure.
     #[error("{path}: {source}")]
     Io {
@@ -56,4 +72,67 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<tch::TchError> for ModelError {
+    fn from(e: tch::TchError) -> Self {
+        ModelError::Torch(torch_message(&e))
+    }
+}
+
+/// The user-facing text of a libtorch error: the first line of its message, without the C++
+/// frame dump (`Exception raised from … frame #0: …`) libtorch appends after it. The full text
+/// goes to the `debug` log.
+pub fn torch_message(e: &tch::TchError) -> String {
+    let full = e.to_string();
+    let line = first_line(&full);
+    if line.len() < full.trim_end().len() {
+        tracing::debug!(error = %full, "libtorch error (full text)");
+    }
+    line.to_string()
+}
+
+/// The first line of `text` (all of it when it has one line), trailing spaces removed: how a
+/// multi-line libtorch message is shortened for users (see [`torch_message`]).
+pub fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default().trim_end()
+}
+
+/// The message of a panic's payload (`String` or `&str`, as `panic!` makes them), or
+/// `unknown panic` for any other payload. Use on what `std::panic::catch_unwind` or
+/// `JoinHandle::join` return.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_errors_keep_their_first_line_only() {
+        let e = tch::Tensor::zeros([2, 3], tch::kind::FLOAT_CPU)
+            .f_matmul(&tch::Tensor::zeros([2, 3], tch::kind::FLOAT_CPU))
+            .unwrap_err();
+        let full = e.to_string();
+        let short = torch_message(&e);
+        assert!(!short.is_empty() && !short.contains('\n'), "{short}");
+        assert!(full.starts_with(&short), "{full}");
+        assert!(!ModelError::from(e).to_string().contains("frame #"));
+        assert_eq!(first_line("a\nException raised from x\nframe #0: y"), "a");
+    }
+
+    #[test]
+    fn panic_payloads_of_both_kinds_give_their_message() {
+        let p = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(&*p), "boom 1");
+        let p = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
+        assert_eq!(panic_message(&*p), "static");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(&*p), "unknown panic");
+    }
 }

@@ -54,6 +54,10 @@ pub enum AppError {
     /// The data does not fit the network.
     #[error("{0}")]
     Mismatch(String),
+    /// Stdout was closed by its reader (e.g. `| head -n 1`): the command stops quietly, as Unix
+    /// tools do (checkpoints are written before anything is printed about them).
+    #[error("stdout is closed")]
+    StdoutClosed,
     /// The teacher pool failed (no replica reachable, fatal per-batch error, ...).
     #[error("{0}")]
     Pool(#[from] PoolError),
@@ -73,12 +77,37 @@ pub enum AppError {
     },
 }
 
+/// Writes `args` to stdout and flushes it.
+///
+/// # Errors
+/// [`AppError::StdoutClosed`] when the reader has gone (`EPIPE`); [`AppError::Io`] otherwise.
+fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), AppError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::BrokenPipe => AppError::StdoutClosed,
+            _ => AppError::Io {
+                path: "stdout".into(),
+                source,
+            },
+        })
+}
+
+/// `println!` that returns [`AppError::StdoutClosed`] instead of panicking on a closed stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// How a command ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
     /// Ran to completion.
     Done,
-    /// Stopped by Ctrl-C after saving a checkpoint (the binary exits with 130).
+    /// Stopped by Ctrl-C or SIGTERM after saving a checkpoint (the binary exits with 130 or 143).
     Interrupted,
 }
 
@@ -150,11 +179,11 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
     let data = load_data(&cfg.data_dir, cfg.limit)?;
     let spec = spec_for(&cfg.arch, &data);
     let params = params_of(&spec)?;
-    println!(
+    outln!(
         "training {} ({params} parameters) on {} samples",
         spec.arch,
         data.train.len()
-    );
+    )?;
     let start = Start::for_run(&cfg, &spec, data.train.len())?;
     let job = Job {
         device,
@@ -171,15 +200,17 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         source,
     })?;
     let out = join_trainer(handle).await?;
-    Ok(summarise(&spec, &out))
+    summarise(&spec, &out)
 }
 
-fn summarise(spec: &ArchSpec, out: &Outcome) -> Finished {
+/// Prints the outcome of a run; an interrupted run stays [`Finished::Interrupted`] even when
+/// stdout is closed.
+fn summarise(spec: &ArchSpec, out: &Outcome) -> Result<Finished, AppError> {
     let acc = out.test.as_ref().map_or_else(
         || "n/a".into(),
         |a| format!("{:.2} %", 100.0 * a.fraction()),
     );
-    println!(
+    let printed = outln!(
         "{} ({} parameters): {} epochs, {} steps, test accuracy {acc}, checkpoint {}",
         spec.arch,
         out.params,
@@ -188,10 +219,9 @@ fn summarise(spec: &ArchSpec, out: &Outcome) -> Finished {
         out.checkpoint.display()
     );
     if out.interrupted {
-        Finished::Interrupted
-    } else {
-        Finished::Done
+        return Ok(Finished::Interrupted);
     }
+    printed.map(|()| Finished::Done)
 }
 
 /// Parameters of a teacher described by `info` when its name is a built-in architecture.
@@ -206,13 +236,22 @@ fn info_params(info: &crate::client::TeacherInfo) -> Option<i64> {
 }
 
 /// `distill`: online distillation from teacher-server replicas (one group, or several for an
-/// ensemble); prints the report and writes `OUT/report.json`.
+/// ensemble); prints the report and writes `OUT/report.json`. With `--alpha 0` and
+/// `--labels all` no sample weighs the teacher (see [`DistillConfig::needs_teacher`]): it warns
+/// and runs [`train`] instead, without contacting any teacher.
 ///
 /// # Errors
 /// Any [`AppError`]; teacher problems are reported before training starts where possible. When
 /// no replica is reachable for `--teacher-wait`, a checkpoint is saved first and the error says
 /// so ([`AppError::TeacherLost`]).
 pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    if !cfg.needs_teacher() {
+        tracing::warn!(
+            "--alpha 0 with --labels all gives the teacher's soft targets no weight: training on \
+             the labels alone, without contacting the teacher (as `train` does)"
+        );
+        return train(cfg.train, stop).await;
+    }
     let t0 = Instant::now();
     let tc = &cfg.train;
     let device = tc.device.resolve()?;
@@ -254,7 +293,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         .try_fold(0i64, |acc, p| p.map(|p| acc + p));
     let student_params = params_of(&spec)?;
     let urls: Vec<String> = cfg.groups.iter().flat_map(|g| g.urls.clone()).collect();
-    println!(
+    outln!(
         "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
         spec.arch,
         student_params,
@@ -262,7 +301,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         t_params.map_or_else(|| "?".into(), |p| p.to_string()),
         urls.join(", "),
         data.train.len()
-    );
+    )?;
     let train_samples = data.train.len() as u64;
     let start = Start::for_run(tc, &spec, data.train.len())?;
     let plan = run_plan(
@@ -295,10 +334,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     })?;
     let (streamed, trained) = tokio::join!(pool.run(plan, inputs, tx), join_trainer(handle));
     let (out, stats) = match (trained, streamed) {
-        (Ok(out), _) if out.interrupted => {
-            summarise(&spec, &out);
-            return Ok(Finished::Interrupted);
-        }
+        (Ok(out), _) if out.interrupted => return summarise(&spec, &out),
         (Ok(out), Err(e)) if out.teacher_gone => {
             return Err(AppError::TeacherLost {
                 cause: Box::new(e),
@@ -316,7 +352,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         // The pool failed first: the loop only saw the stream end.
         (_, Err(e)) => return Err(e.into()),
     };
-    summarise(&spec, &out);
+    summarise(&spec, &out)?;
     let replicas = pool.replica_stats();
     // As many samples per request as every group's teacher accepts (500 at most).
     let eval_batch = teacher_eval::batch_size_for(&pool, 500);
@@ -370,12 +406,12 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             })
             .collect(),
     };
-    println!("\n{}", report.table());
+    outln!("\n{}", report.table())?;
     let path = report.write(&tc.out).map_err(|source| AppError::Io {
         path: tc.out.join(crate::report::REPORT_FILE),
         source,
     })?;
-    println!("report written to {}", path.display());
+    outln!("report written to {}", path.display())?;
     Ok(Finished::Done)
 }
 
@@ -463,9 +499,12 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
         let mut v = acc.to_json();
         v["params"] = serde_json::json!(params);
         v["model"] = serde_json::json!(title);
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        print!("{}", acc.table(&format!("test accuracy of {title}")));
+        write_stdout(format_args!(
+            "{}",
+            acc.table(&format!("test accuracy of {title}"))
+        ))?;
     }
     Ok(())
 }

@@ -5,13 +5,24 @@
 //! `--seed`, `--limit`, `--out`, `--resume`) are kept stable: scripts and the README use them.
 //! Parsing only checks syntax; [`crate::config`] validates the values.
 
+use crate::loss::LossKind;
+use crate::optim::OptimizerKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// `student-trainer`: supervised training, knowledge distillation from a `teacher-server`, and
 /// evaluation.
 #[derive(Debug, Parser)]
-#[command(name = "student-trainer", version, about, long_about = None)]
+#[command(
+    name = "student-trainer",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 on success; 1 on an error (one `error: ...` line on stderr); \
+                  130 after Ctrl-C (SIGINT) and 143 after SIGTERM, once `train` or `distill` has \
+                  saved a checkpoint at the current batch (`--resume` continues from it; a second \
+                  signal exits at once). A closed stdout (`| head`) ends the command quietly."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -65,9 +76,9 @@ pub struct CommonArgs {
     /// Learning rate.
     #[arg(long, env = "STUDENT_LR", default_value_t = 1e-3)]
     pub lr: f64,
-    /// Optimizer: adam or sgd.
-    #[arg(long, env = "STUDENT_OPTIMIZER", default_value = "adam")]
-    pub optimizer: String,
+    /// Optimizer.
+    #[arg(long, env = "STUDENT_OPTIMIZER", value_enum, ignore_case = true, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
     /// Momentum of SGD (ignored by Adam).
     #[arg(long, env = "STUDENT_MOMENTUM", default_value_t = 0.9)]
     pub momentum: f64,
@@ -80,8 +91,8 @@ pub struct CommonArgs {
     /// Use only the first N training samples (quick runs, the small-data baseline).
     #[arg(long, env = "STUDENT_LIMIT")]
     pub limit: Option<usize>,
-    /// Output directory: checkpoint (model.safetensors, optimizer.safetensors, checkpoint.json),
-    /// metrics.jsonl, report.json.
+    /// Output directory: checkpoint (checkpoint.json naming model.<hash>.safetensors and
+    /// optimizer.<hash>.safetensors, saved atomically), metrics.jsonl, report.json.
     #[arg(long, env = "STUDENT_OUT", default_value = "runs/student")]
     pub out: PathBuf,
     /// Continue from the checkpoint in --out: weights, optimizer state, epoch, step, position.
@@ -148,14 +159,18 @@ pub struct DistillArgs {
     /// Softmax temperature T of the soft targets (Hinton et al. 2015, eq. 1).
     #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
     pub temperature: f64,
-    /// Weight of the soft-target term; (1 - alpha) weighs the hard-label cross-entropy.
+    /// Weight of the soft-target term for labelled samples; (1 - alpha) weighs their
+    /// hard-label cross-entropy. Unlabelled samples (see --labels N or none) keep the soft term
+    /// at weight 1 whatever alpha is. With --alpha 0 and --labels all no sample uses the
+    /// teacher: distill then trains on the labels alone without contacting it, and warns.
     #[arg(long, env = "STUDENT_ALPHA", default_value_t = 0.9)]
     pub alpha: f64,
-    /// Soft-target loss: kl (Hinton) or mse (logit matching, Ba & Caruana 2014).
-    #[arg(long, env = "STUDENT_LOSS", default_value = "kl")]
-    pub loss: String,
-    /// Which samples keep their ground-truth labels: all, none (soft targets only), or N (the
-    /// samples with index < N; soft targets only for the rest).
+    /// Soft-target loss.
+    #[arg(long, env = "STUDENT_LOSS", value_enum, ignore_case = true, default_value_t = LossKind::Kl)]
+    pub loss: LossKind,
+    /// Which samples keep their ground-truth labels: all, none (soft targets only, alpha is
+    /// then 1), or N (the samples with index < N keep labels and use --alpha; the rest use the
+    /// soft term alone, at weight 1).
     #[arg(long, env = "STUDENT_LABELS", default_value = "all")]
     pub labels: String,
     /// Batches in flight per teacher replica (sent and not yet answered), so the teacher's

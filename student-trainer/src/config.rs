@@ -6,8 +6,8 @@
 use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
-use crate::loss::{DistillLoss, LossKind};
-use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::loss::DistillLoss;
+use crate::optim::OptimizerConfig;
 use distill_models::Arch;
 use std::fmt;
 use std::path::PathBuf;
@@ -140,6 +140,16 @@ pub struct DistillConfig {
     pub baseline: Option<PathBuf>,
     /// How long to wait for the teacher's connection.
     pub connect_timeout: Duration,
+}
+
+impl DistillConfig {
+    /// Whether any sample gives the soft (teacher) term a weight. Not with `--alpha 0` and
+    /// `--labels all`: every sample is labelled and weighs the soft term by alpha = 0, so the
+    /// loss is the cross-entropy alone and the run needs no teacher. Under `--labels N` or
+    /// `none`, unlabelled samples weigh the soft term by 1 whatever alpha is.
+    pub fn needs_teacher(&self) -> bool {
+        !(self.loss.alpha == 0.0 && self.labels == LabelPolicy::All)
+    }
 }
 
 /// What `eval` evaluates.
@@ -336,10 +346,7 @@ impl TryFrom<CommonArgs> for TrainConfig {
                 format!("{} is negative", a.weight_decay),
             ));
         }
-        let kind = a
-            .optimizer
-            .parse::<OptimizerKind>()
-            .map_err(|e| invalid("optimizer", e.to_string()))?;
+        let kind = a.optimizer;
         if a.limit == Some(0) {
             return Err(invalid("limit", "must be at least 1 sample"));
         }
@@ -390,10 +397,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
         if !(a.alpha.is_finite() && (0.0..=1.0).contains(&a.alpha)) {
             return Err(invalid("alpha", format!("{} is not in [0, 1]", a.alpha)));
         }
-        let kind = a
-            .loss
-            .parse::<LossKind>()
-            .map_err(|e| invalid("loss", e.to_string()))?;
+        let kind = a.loss;
         let labels: LabelPolicy = a.labels.parse().map_err(|e: String| invalid("labels", e))?;
         if a.prefetch == 0 {
             return Err(invalid("prefetch", "must be at least 1 batch"));
@@ -457,6 +461,8 @@ impl TryFrom<EvalArgs> for EvalConfig {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::loss::LossKind;
+    use crate::optim::OptimizerKind;
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Command {
@@ -551,6 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn only_alpha_zero_with_every_label_needs_no_teacher() {
+        assert!(!distill(&["--alpha", "0"]).unwrap().needs_teacher());
+        assert!(distill(&["--alpha", "0.1"]).unwrap().needs_teacher());
+        // Unlabelled samples keep the soft term at weight 1.
+        assert!(
+            distill(&["--alpha", "0", "--labels", "10"])
+                .unwrap()
+                .needs_teacher()
+        );
+        assert!(
+            distill(&["--alpha", "0", "--labels", "none"])
+                .unwrap()
+                .needs_teacher()
+        );
+    }
+
+    #[test]
     fn labels_none_forces_alpha_one() {
         let c = distill(&["--labels", "none", "--alpha", "0.3"]).unwrap();
         assert_eq!(c.labels, LabelPolicy::None);
@@ -572,13 +595,11 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--temperature", "0"], "--temperature"),
             (&["--alpha", "1.5"], "--alpha"),
-            (&["--loss", "hinge"], "--loss"),
             (&["--labels", "some"], "--labels"),
             (&["--prefetch", "0"], "--prefetch"),
             (&["--epochs", "0"], "--epochs"),
             (&["--batch-size", "0"], "--batch-size"),
             (&["--lr=-1"], "--lr"),
-            (&["--optimizer", "lbfgs"], "--optimizer"),
             (&["--arch", "resnet"], "--arch"),
             (&["--device", "tpu"], "--device"),
             (&["--limit", "0"], "--limit"),
@@ -591,6 +612,16 @@ mod tests {
             assert!(err.starts_with(flag), "{args:?}: {err}");
         }
         assert!(train(&["--threads", "0"]).is_err());
+        // Enumerated flags are checked by clap, which lists the accepted values.
+        for args in [
+            ["distill", "--teacher", "h:1", "--loss", "hinge"],
+            ["train", "--optimizer", "lbfgs", "--lr", "1"],
+        ] {
+            let mut v = vec!["student-trainer"];
+            v.extend_from_slice(&args);
+            let e = Cli::try_parse_from(v).unwrap_err().to_string();
+            assert!(e.contains("possible values"), "{args:?}: {e}");
+        }
         let Command::Distill(a) = parse(&["distill", "--teacher", "ftp://x"]) else {
             panic!()
         };

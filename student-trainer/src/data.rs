@@ -520,8 +520,12 @@ pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
     perm
 }
 
-/// SplitMix64's output function (a bijective 64-bit mixer).
-fn splitmix64_mix(mut z: u64) -> u64 {
+/// SplitMix64's state increment (the golden-ratio constant `⌊2⁶⁴/φ⌋`, odd).
+pub(crate) const SPLITMIX64_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function (a bijective 64-bit mixer; Steele, Lea & Flood 2014). The one
+/// copy in the crate: [`epoch_permutation`] and [`crate::schedule::epoch_seed`] use it.
+pub(crate) fn splitmix64_mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -532,7 +536,7 @@ struct SplitMix64(u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0 = self.0.wrapping_add(SPLITMIX64_GAMMA);
         splitmix64_mix(self.0)
     }
 

@@ -26,6 +26,7 @@ pub mod pool;
 pub mod progress;
 pub mod report;
 pub mod schedule;
+pub mod signals;
 pub mod teacher_eval;
 pub mod trainer;
 pub(crate) mod wire;

@@ -16,29 +16,15 @@
 //! `F.kl_div(..., reduction="batchmean")`, and is computed from log-softmax so that logits of
 //! ±1000 or a teacher probability of exactly 0 give finite values.
 
-use std::str::FromStr;
 use tch::{Kind, Reduction, Tensor};
 
 /// The soft (teacher-matching) term of the loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum LossKind {
     /// `T² · KL(softmax(t/T) ‖ softmax(s/T))` (Hinton et al. 2015, section 2).
     Kl,
     /// `mean_c (s_c − t_c)²` on raw logits (Ba & Caruana 2014); the temperature is not used.
     Mse,
-}
-
-impl FromStr for LossKind {
-    type Err = String;
-
-    /// Parses `kl` or `mse` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "kl" => Ok(LossKind::Kl),
-            "mse" => Ok(LossKind::Mse),
-            other => Err(format!("unknown loss `{other}` (expected `kl` or `mse`)")),
-        }
-    }
 }
 
 impl std::fmt::Display for LossKind {
@@ -564,9 +550,13 @@ mod tests {
 
     #[test]
     fn loss_kind_parses() {
-        assert_eq!("kl".parse::<LossKind>().unwrap(), LossKind::Kl);
-        assert_eq!("MSE".parse::<LossKind>().unwrap(), LossKind::Mse);
-        assert!("l1".parse::<LossKind>().is_err());
-        assert_eq!(LossKind::Mse.to_string(), "mse");
+        use clap::ValueEnum;
+        assert_eq!(LossKind::from_str("kl", true).unwrap(), LossKind::Kl);
+        assert_eq!(LossKind::from_str("MSE", true).unwrap(), LossKind::Mse);
+        assert!(LossKind::from_str("l1", true).is_err());
+        for kind in LossKind::value_variants() {
+            let name = kind.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(kind.to_string(), name);
+        }
     }
 }

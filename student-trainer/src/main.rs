@@ -1,17 +1,20 @@
-//! `student-trainer`: parse flags, set up logging and Ctrl-C, run one command.
+//! `student-trainer`: parse flags, set up logging and the stop signals, run one command.
 //!
 //! Exit status: 0 on success; 1 with one `error: …` line on stderr on failure; 130 after Ctrl-C
-//! (a checkpoint was saved first; `--resume` continues). A second Ctrl-C exits at once.
+//! and 143 after SIGTERM (a checkpoint was saved first; `--resume` continues). A second signal
+//! exits at once. A closed stdout (`| head`) ends the command quietly with 0, once what it was
+//! doing is saved.
 
 use anyhow::Context as _;
 use clap::Parser;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use student_trainer::cli::{Cli, Command, LogFormat};
 use student_trainer::config::{DistillConfig, EvalConfig, TrainConfig};
-use student_trainer::{Finished, app};
+use student_trainer::signals::{ShutdownSignals, StopSignal};
+use student_trainer::{AppError, Finished, app};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -25,48 +28,73 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    match run(cli.command) {
+    let signal = Arc::new(AtomicU8::new(StopSignal::Interrupt.exit_code()));
+    match run(cli.command, signal.clone()) {
         Ok(Finished::Done) => ExitCode::SUCCESS,
-        Ok(Finished::Interrupted) => ExitCode::from(130),
+        Ok(Finished::Interrupted) => ExitCode::from(signal.load(Ordering::SeqCst)),
+        Err(e) if matches!(e.downcast_ref::<AppError>(), Some(AppError::StdoutClosed)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            tracing::debug!(error = ?e, "full error");
+            say(&format!("error: {}", one_line(&e)));
             ExitCode::FAILURE
         }
     }
 }
 
-/// The error and its causes on one line, leaving out causes its message already quotes.
+/// Writes a line to stderr, ignoring failures (a closed stderr must not panic).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The error and its causes on one line, leaving out causes its message already quotes and
+/// libtorch's C++ frame dumps (the full text is in the `debug` log).
 fn one_line(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
-        if !msg.contains(&text) {
+        let full = cause.to_string();
+        let text = distill_models::first_line(&full);
+        if !msg.contains(text) {
             if !msg.is_empty() {
                 msg.push_str(": ");
             }
-            msg.push_str(&text);
+            msg.push_str(text);
         }
     }
-    msg.replace('\n', " ")
+    msg
 }
 
-fn run(command: Command) -> anyhow::Result<Finished> {
+fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    rt.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            if flag.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without waiting for the checkpoint");
-                std::process::exit(130);
+    if matches!(command, Command::Train(_) | Command::Distill(_)) {
+        let mut signals = {
+            let _rt = rt.enter();
+            ShutdownSignals::install().context("cannot listen for Ctrl-C and SIGTERM")?
+        };
+        let flag = stop.clone();
+        rt.spawn(async move {
+            loop {
+                let got = signals.shutdown_signal().await;
+                let name = got.name();
+                if flag.swap(true, Ordering::SeqCst) {
+                    say(&format!(
+                        "second {name}: exiting without waiting for the checkpoint"
+                    ));
+                    std::process::exit(got.exit_code().into());
+                }
+                signal.store(got.exit_code(), Ordering::SeqCst);
+                say(&format!(
+                    "{name}: saving a checkpoint, then exiting ({name} again to exit now)"
+                ));
             }
-            eprintln!("Ctrl-C: saving a checkpoint, then exiting (Ctrl-C again to exit now)");
-        }
-    });
+        });
+    }
     rt.block_on(async move {
         Ok(match command {
             Command::Train(a) => app::train(TrainConfig::try_from(a)?, stop).await?,

@@ -14,32 +14,16 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::str::FromStr;
 use tch::{Kind, Tensor, nn};
 
 /// Which update rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Adam (Kingma & Ba 2015), as `torch.optim.Adam`.
     Adam,
     /// Stochastic gradient descent with optional momentum, as `torch.optim.SGD`.
     Sgd,
-}
-
-impl FromStr for OptimizerKind {
-    type Err = String;
-
-    /// Parses `adam` or `sgd` (case-insensitive).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "adam" => Ok(OptimizerKind::Adam),
-            "sgd" => Ok(OptimizerKind::Sgd),
-            other => Err(format!(
-                "unknown optimizer `{other}` (expected `adam` or `sgd`)"
-            )),
-        }
-    }
 }
 
 impl std::fmt::Display for OptimizerKind {
@@ -751,12 +735,20 @@ mod tests {
 
     #[test]
     fn kinds_parse_and_configs_validate() {
+        use clap::ValueEnum;
         assert_eq!(
-            "adam".parse::<OptimizerKind>().unwrap(),
+            OptimizerKind::from_str("adam", true).unwrap(),
             OptimizerKind::Adam
         );
-        assert_eq!("SGD".parse::<OptimizerKind>().unwrap(), OptimizerKind::Sgd);
-        assert!("rmsprop".parse::<OptimizerKind>().is_err());
+        assert_eq!(
+            OptimizerKind::from_str("SGD", true).unwrap(),
+            OptimizerKind::Sgd
+        );
+        assert!(OptimizerKind::from_str("rmsprop", true).is_err());
+        for kind in OptimizerKind::value_variants() {
+            let name = kind.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(kind.to_string(), name);
+        }
         assert!(OptimizerConfig::default().validate().is_ok());
         assert!(OptimizerConfig::adam(-1.0).validate().is_err());
         let bad = OptimizerConfig {

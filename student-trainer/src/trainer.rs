@@ -8,8 +8,8 @@
 //!
 //! After every epoch it writes a checkpoint (weights, optimizer state, epoch, step, and the
 //! schedule position in `checkpoint.json`'s `trainer` field) and appends a line to
-//! `metrics.jsonl`. When the stop flag is raised (Ctrl-C) it saves a checkpoint at the current
-//! batch and returns with [`Outcome::interrupted`] set.
+//! `metrics.jsonl`. When the stop flag is raised (Ctrl-C or SIGTERM) it saves a checkpoint at
+//! the current batch and returns with [`Outcome::interrupted`] set.
 //!
 //! Determinism: the weights are initialised after `tch::manual_seed(seed)`, each epoch's sample
 //! order is [`crate::data::epoch_permutation`]`(seed, epoch)`, and each epoch reseeds libtorch's
@@ -248,7 +248,7 @@ pub struct Job {
     pub test: Option<Dataset>,
     /// Where to start.
     pub start: Start,
-    /// Raised by Ctrl-C: save a checkpoint and return.
+    /// Raised by Ctrl-C or SIGTERM: save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
 }
 
@@ -296,14 +296,9 @@ pub fn spawn(
 
 /// Waits for a trainer thread, turning a panic into [`TrainError::Panic`].
 pub fn join(handle: JoinHandle<Result<Outcome, TrainError>>) -> Result<Outcome, TrainError> {
-    handle.join().unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        Err(TrainError::Panic(msg))
-    })
+    handle
+        .join()
+        .unwrap_or_else(|p| Err(TrainError::Panic(distill_models::panic_message(&*p))))
 }
 
 /// Runs the loop on the calling thread (see [`spawn`]).

@@ -143,7 +143,7 @@ pub enum EngineError {
 
 impl From<tch::TchError> for EngineError {
     fn from(e: tch::TchError) -> Self {
-        EngineError::Torch(e.to_string())
+        EngineError::Torch(distill_models::torch_message(&e))
     }
 }
 

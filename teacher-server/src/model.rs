@@ -69,16 +69,9 @@ pub fn load(
                 input_shape: spec.input_shape.clone(),
                 num_classes: spec.num_logits,
             };
-            let mut vs = nn::VarStore::new(device);
+            let vs = nn::VarStore::new(device);
             let net = Network::new(&vs.root(), &arch_spec)?;
-            vs.load(path).map_err(|e| {
-                Error::Load(format!(
-                    "{}: weights do not fit architecture {arch} with input shape {:?} and {} logits: {e}",
-                    path.display(),
-                    spec.input_shape,
-                    spec.num_logits
-                ))
-            })?;
+            distill_models::load_safetensors(&vs, &arch.to_string(), path)?;
             Box::new(ArchModel::new(vs, net, mtime_version(path))?)
         }
     })
@@ -99,14 +92,8 @@ fn file_stem(path: &Path) -> String {
 
 /// Runs `f`, turning a panic (tch's non-fallible paths, e.g. inside `SequentialT`) into an error.
 fn no_panic<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(EngineError::Panicked(msg))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(EngineError::Panicked(distill_models::panic_message(&*p))))
 }
 
 /// A TorchScript module (`torch.jit.save`), served in eval mode whatever mode it was saved in.
@@ -124,14 +111,27 @@ impl TorchScriptModel {
     /// [`Error::Load`] if libtorch cannot load the file.
     pub fn load(path: &Path, spec: &ModelSpec, device: Device) -> Result<Self, Error> {
         let mut module = CModule::load_on_device(path, device).map_err(|e| {
-            Error::Load(format!("{}: not a TorchScript module: {e}", path.display()))
+            Error::Load(format!(
+                "{}: not a TorchScript module: {}",
+                path.display(),
+                distill_models::torch_message(&e)
+            ))
         })?;
         module.set_eval();
-        let params = module
-            .named_parameters()
-            .map_err(|e| Error::Load(format!("{}: reading parameters: {e}", path.display())))?;
-        let fp = fingerprint(&params)
-            .map_err(|e| Error::Load(format!("{}: fingerprinting: {e}", path.display())))?;
+        let params = module.named_parameters().map_err(|e| {
+            Error::Load(format!(
+                "{}: reading parameters: {}",
+                path.display(),
+                distill_models::torch_message(&e)
+            ))
+        })?;
+        let fp = fingerprint(&params).map_err(|e| {
+            Error::Load(format!(
+                "{}: fingerprinting: {}",
+                path.display(),
+                distill_models::torch_message(&e)
+            ))
+        })?;
         Ok(TorchScriptModel {
             module,
             device,

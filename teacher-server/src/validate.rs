@@ -126,7 +126,12 @@ pub fn validate(req: &v1::LogitsRequest, limits: &Limits) -> Result<ValidRequest
 
 /// Rejects NaN and ±Inf.
 fn check_finite(t: &Tensor) -> Result<(), InvalidRequest> {
-    let torch = |e: tch::TchError| InvalidRequest::Tensor(format!("checking values: {e}"));
+    let torch = |e: tch::TchError| {
+        InvalidRequest::Tensor(format!(
+            "checking values: {}",
+            distill_models::torch_message(&e)
+        ))
+    };
     let bad = t
         .f_isfinite()
         .and_then(|f| f.f_logical_not())

@@ -83,12 +83,16 @@ async fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
         read_json(&stopped.join("checkpoint.json")),
     );
     assert_eq!((&a["epoch"], &a["step"]), (&b["epoch"], &b["step"]));
-    let w = max_abs_diff(
-        &straight.join("model.safetensors"),
-        &stopped.join("model.safetensors"),
-    );
+    let w = max_abs_diff(&weights(&straight), &weights(&stopped));
     assert!(
         w <= 1e-6,
         "interrupted + resumed weights differ from the straight run by {w}"
     );
+}
+
+/// The weights file of the checkpoint in `dir` (named in its manifest).
+fn weights(dir: &std::path::Path) -> std::path::PathBuf {
+    distill_models::Checkpoint::open(dir)
+        .unwrap()
+        .weights_path()
 }

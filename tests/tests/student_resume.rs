@@ -44,18 +44,12 @@ async fn resumed_equals_straight(arch: &str, samples: usize) {
     );
     assert_eq!((&a["epoch"], &a["step"]), (&b["epoch"], &b["step"]));
     assert_eq!(a["epoch"], 2);
-    let w = max_abs_diff(
-        &straight.join("model.safetensors"),
-        &resumed.join("model.safetensors"),
-    );
+    let w = max_abs_diff(&weights(&straight), &weights(&resumed));
     assert!(
         w <= 1e-6,
         "{arch}: resumed weights differ from the straight run by {w}"
     );
-    let o = max_abs_diff(
-        &straight.join("optimizer.safetensors"),
-        &resumed.join("optimizer.safetensors"),
-    );
+    let o = max_abs_diff(&optimizer(&straight), &optimizer(&resumed));
     assert!(o <= 1e-6, "{arch}: resumed optimizer state differs by {o}");
     // The resumed run appended its epoch to the same metrics log.
     assert_eq!(read_metrics(&resumed).len(), 2);
@@ -68,13 +62,7 @@ async fn resumed_equals_straight(arch: &str, samples: usize) {
     student(&again)
         .await
         .expect_ok("resume at the target epoch");
-    assert_eq!(
-        max_abs_diff(
-            &straight.join("model.safetensors"),
-            &resumed.join("model.safetensors")
-        ),
-        w
-    );
+    assert_eq!(max_abs_diff(&weights(&straight), &weights(&resumed)), w);
 }
 
 #[tokio::test]
@@ -131,4 +119,19 @@ async fn resume_refuses_a_checkpoint_of_another_architecture() {
         "{}",
         errors[0]
     );
+}
+
+/// The weights file of the checkpoint in `dir` (named in its manifest).
+fn weights(dir: &std::path::Path) -> std::path::PathBuf {
+    distill_models::Checkpoint::open(dir)
+        .unwrap()
+        .weights_path()
+}
+
+/// The optimizer state file of the checkpoint in `dir`.
+fn optimizer(dir: &std::path::Path) -> std::path::PathBuf {
+    distill_models::Checkpoint::open(dir)
+        .unwrap()
+        .optimizer_path()
+        .unwrap()
 }
