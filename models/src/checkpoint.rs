@@ -373,10 +373,11 @@ fn remove_stale(dir: &Path, files: &Manifest) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let current =
             name == files.weights.name || files.optimizer.as_ref().is_some_and(|o| o.name == name);
-        if !current && is_checkpoint_file(&name) {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::debug!(file = %entry.path().display(), error = %e, "could not remove a stale checkpoint file");
-            }
+        if !current
+            && is_checkpoint_file(&name)
+            && let Err(e) = std::fs::remove_file(entry.path())
+        {
+            tracing::debug!(file = %entry.path().display(), error = %e, "could not remove a stale checkpoint file");
         }
     }
 }
