@@ -370,9 +370,9 @@ fn ensure_fits(source: &Tensor, derived: &Tensor, kind: Kind) -> Result<(), Engi
         .f_to_kind(Kind::Double)?
         .f_double_value(&[])?;
     let (dtype, limit) = match kind {
-        Kind::Half => ("F16", F16_MAX),
-        Kind::BFloat16 => ("BF16", BF16_MAX),
-        _ => ("F32", f64::from(f32::MAX)),
+        Kind::Half => ("F16", "65504"),
+        Kind::BFloat16 => ("BF16", "3.3895e38"),
+        _ => ("F32", "3.4028e38"),
     };
     Err(EngineError::OutOfRange {
         dtype,
@@ -381,11 +381,6 @@ fn ensure_fits(source: &Tensor, derived: &Tensor, kind: Kind) -> Result<(), Engi
         limit,
     })
 }
-
-/// Largest finite IEEE 754 half-precision value.
-const F16_MAX: f64 = 65504.0;
-/// Largest finite bfloat16 value, (2 − 2⁻⁷) · 2¹²⁷.
-const BF16_MAX: f64 = 3.389_531_389_251_535_5e38;
 
 #[cfg(test)]
 mod tests {

@@ -138,7 +138,7 @@ pub enum EngineError {
     /// The logits do not fit the requested output dtype (F16 holds magnitudes up to 65504):
     /// sending them would turn them into infinities. The batch is refused, not clamped.
     #[error(
-        "logits: {count} value(s) outside the {dtype} range (largest magnitude {max:.6e}, {dtype} holds up to {limit:.6e}): request output_dtype BF16 or F32 instead"
+        "logits: {count} value(s) outside the {dtype} range (largest magnitude {max:e}, {dtype} holds up to {limit}): request output_dtype BF16 or F32 instead"
     )]
     OutOfRange {
         /// The requested output dtype (wire name, e.g. `F16`).
@@ -147,8 +147,8 @@ pub enum EngineError {
         count: i64,
         /// Largest magnitude among the model's logits.
         max: f64,
-        /// Largest finite magnitude of `dtype`.
-        limit: f64,
+        /// Largest finite magnitude of `dtype`, as written in the message (`65504`).
+        limit: &'static str,
     },
     /// The model produced NaN or infinite logits (from finite inputs): a broken teacher. The batch
     /// is refused rather than sent.
@@ -335,7 +335,7 @@ mod tests {
             dtype: "F16",
             count: 2,
             max: 1.0e5,
-            limit: 65504.0,
+            limit: "65504",
         });
         assert_eq!(overflow.to_wire().code, Code::OutOfRange as i32);
         assert!(overflow.to_string().contains("BF16 or F32"), "{overflow}");

@@ -39,9 +39,10 @@ async fn serve_with_stdout(
             first.as_deref().is_some_and(|l| l.starts_with("listening on ")),
             "{first:?}"
         );
+    } else {
+        // Closed before the server writes to it (it is still loading libtorch).
+        drop(stdout);
     }
-    // Closed before (or right after) the server writes to it.
-    drop(stdout);
     let mut log = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let mut text = String::new();
     let addr: SocketAddr = loop {
