@@ -96,7 +96,6 @@ pub struct Args {
     /// Seconds to finish in-flight batches after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "TEACHER_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
-
 }
 
 /// Log output format.

@@ -181,7 +181,10 @@ impl Engine {
                     if stopped.load(Ordering::Acquire) {
                         // Dropping the jobs closes their replies: their streams see the engine
                         // stopped.
-                        tracing::debug!(requests = batch.jobs.len(), "engine stopped: batch dropped");
+                        tracing::debug!(
+                            requests = batch.jobs.len(),
+                            "engine stopped: batch dropped"
+                        );
                         continue;
                     }
                     run_batch(model.as_ref(), num_logits, batch);

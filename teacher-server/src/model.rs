@@ -133,9 +133,8 @@ impl TorchScriptModel {
     /// # Errors
     /// [`LoadError`] if libtorch cannot load the file.
     pub fn load(path: &Path, spec: &ModelSpec, device: Device) -> Result<Self, LoadError> {
-        let mut module = CModule::load_on_device(path, device).map_err(|e| {
-            LoadError(format!("{}: not a TorchScript module: {e}", path.display()))
-        })?;
+        let mut module = CModule::load_on_device(path, device)
+            .map_err(|e| LoadError(format!("{}: not a TorchScript module: {e}", path.display())))?;
         module.set_eval();
         let params = module
             .named_parameters()

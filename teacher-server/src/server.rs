@@ -92,9 +92,7 @@ where
     // Both versions: grpcurl and current clients speak v1, Python's grpcio-reflection, older
     // grpcurl, Postman and Evans speak v1alpha.
     let reflection_error = |e| Error::Config(format!("building the reflection service: {e}"));
-    let reflection_v1 = reflection_builder()
-        .build_v1()
-        .map_err(reflection_error)?;
+    let reflection_v1 = reflection_builder().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;

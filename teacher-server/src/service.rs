@@ -58,9 +58,8 @@ impl TeacherService {
         batcher: Batcher,
         draining: watch::Receiver<bool>,
     ) -> Result<Self, Error> {
-        let input_dtype = codec::dtype_of(info.input_dtype).map_err(|e| {
-            Error::Config(format!("the model's input dtype cannot be served: {e}"))
-        })?;
+        let input_dtype = codec::dtype_of(info.input_dtype)
+            .map_err(|e| Error::Config(format!("the model's input dtype cannot be served: {e}")))?;
         let limits = Limits {
             input_shape: info.input_shape.clone(),
             input_dtype,

@@ -45,7 +45,10 @@ fn the_shipped_server_has_no_fault_injection_switch() {
     let out = teacher_server(&["--fault-stall-after", "3", "--model", "/nonexistent/t.pt"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("unexpected argument '--fault-stall-after'"), "{err}");
+    assert!(
+        err.contains("unexpected argument '--fault-stall-after'"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -18,7 +18,10 @@ fn req(batch_id: u64, x: &Tensor, dtype: DType, top_k: u32) -> v1::LogitsRequest
 }
 
 /// Sends every request on one stream and returns the responses ordered by batch id.
-async fn exchange(teacher: &TeacherProcess, reqs: Vec<v1::LogitsRequest>) -> Vec<v1::LogitsResponse> {
+async fn exchange(
+    teacher: &TeacherProcess,
+    reqs: Vec<v1::LogitsRequest>,
+) -> Vec<v1::LogitsResponse> {
     let n = reqs.len();
     let mut s = LogitsStream::open(&mut teacher.client().await).await;
     for r in reqs {
@@ -72,14 +75,19 @@ async fn f16_overflow_is_refused_per_batch_with_a_hint() {
         let e = error(refused);
         assert_eq!(e.code, Code::OutOfRange as i32, "{e:?}");
         assert!(
-            e.message.contains("F16") && e.message.contains("65504") && e.message.contains("BF16 or F32"),
+            e.message.contains("F16")
+                && e.message.contains("65504")
+                && e.message.contains("BF16 or F32"),
             "{}",
             e.message
         );
     }
     let f32_logits = dense(&r[2]);
     let rel = max_abs_diff(&f32_logits, &reference) / largest;
-    assert!(rel < 1e-5, "f32 logits differ from the reference by {rel} (relative)");
+    assert!(
+        rel < 1e-5,
+        "f32 logits differ from the reference by {rel} (relative)"
+    );
     let bf16 = dense(&r[3]);
     assert_eq!(bf16.kind(), Kind::BFloat16);
     assert!(all_finite(&bf16));

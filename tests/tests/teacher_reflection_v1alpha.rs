@@ -33,7 +33,10 @@ async fn a_v1alpha_reflection_client_lists_and_describes_the_teacher() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for expected in [TEACHER_SERVICE, "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
     }
     let second = responses.message().await.expect("a response").expect("one");
     let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {

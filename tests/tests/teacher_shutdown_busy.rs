@@ -21,7 +21,14 @@ async fn sigterm_with_forward_passes_in_flight_exits_zero_every_time() {
         let started = Instant::now();
         let mut teacher = TeacherProcess::start(
             tmp.path(),
-            &["--shutdown-grace-s", "1", "--threads", "1", "--max-batch-size", "256"],
+            &[
+                "--shutdown-grace-s",
+                "1",
+                "--threads",
+                "1",
+                "--max-batch-size",
+                "256",
+            ],
         )
         .await;
         let mut client = teacher.client().await;

@@ -36,7 +36,9 @@ async fn serve_with_stdout(
             .expect("a first line in time")
             .expect("read stdout");
         assert!(
-            first.as_deref().is_some_and(|l| l.starts_with("listening on ")),
+            first
+                .as_deref()
+                .is_some_and(|l| l.starts_with("listening on ")),
             "{first:?}"
         );
     } else {
@@ -105,7 +107,11 @@ async fn a_closed_stdout_neither_stops_nor_crashes_the_server() {
     fresh_checkpoint(tmp.path(), "mlp:8", &[4], 3);
     for read_first_line in [false, true] {
         let (code, log) = serve_with_stdout(tmp.path(), read_first_line).await;
-        assert_eq!(code, Some(0), "read_first_line {read_first_line}; logs:\n{log}");
+        assert_eq!(
+            code,
+            Some(0),
+            "read_first_line {read_first_line}; logs:\n{log}"
+        );
         assert!(!log.contains("panicked"), "{log}");
         if !read_first_line {
             assert!(log.contains("cannot print `listening on`"), "{log}");

@@ -22,7 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// Flags of `soak`.
 #[derive(Debug, Parser)]
-#[command(name = "soak", about = "Resident memory of teacher-server under sustained load.")]
+#[command(
+    name = "soak",
+    about = "Resident memory of teacher-server under sustained load."
+)]
 struct Cli {
     /// The `teacher-server` binary (default: the one beside this program).
     #[arg(long)]

@@ -48,7 +48,10 @@ impl TeacherModel for Stalling {
         if pass < self.after {
             return self.inner.forward(x);
         }
-        tracing::debug!(pass, "stalling: this forward pass never returns before shutdown");
+        tracing::debug!(
+            pass,
+            "stalling: this forward pass never returns before shutdown"
+        );
         // Nothing is ever sent: this returns only when shutdown drops the sender.
         let _ = self.release.recv();
         Err(EngineError::Stopped)
