@@ -4,8 +4,9 @@
 //! checkpoint (or `--model`), drives `--streams` concurrent streams, each sending batches of
 //! `--batch` samples and reading every answer, for `--minutes`, and samples the server's resident
 //! memory (`VmRSS` of `/proc/PID/status`) every `--interval-s` seconds. It prints the curve and
-//! the growth over the second half of the run, and exits 1 when that growth is above
-//! `--max-growth-pct` (a plateau is expected: memory grows at first, then stays flat).
+//! the growth over the second half of the run (the least-squares trend of the samples over that
+//! half, relative to their mean), and exits 1 when that growth is above `--max-growth-pct` (a
+//! plateau is expected: memory grows at first, then stays flat).
 
 use clap::Parser;
 use distill_tests::{
@@ -224,13 +225,25 @@ async fn main() -> ExitCode {
         .filter(|(t, _)| *t < half)
         .map(|&(_, r)| r)
         .fold(0.0, f64::max);
-    let growth = if mid.1 > 0.0 {
-        (last - mid.1) / mid.1 * 100.0
+    // Samples are noisy (±10 % between neighbours as buffers come and go), so the growth is the
+    // least-squares trend over the second half, times its length, relative to its mean.
+    let second: Vec<(f64, f64)> = curve.iter().copied().filter(|(t, _)| *t >= half).collect();
+    let n = second.len() as f64;
+    let (mean_t, mean_r) = (
+        second.iter().map(|p| p.0).sum::<f64>() / n,
+        second.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let var_t: f64 = second.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+    let cov: f64 = second.iter().map(|p| (p.0 - mean_t) * (p.1 - mean_r)).sum();
+    let slope = if var_t > 0.0 { cov / var_t } else { 0.0 };
+    let span = second.last().map_or(0.0, |p| p.0) - second.first().map_or(0.0, |p| p.0);
+    let growth = if mean_r > 0.0 {
+        slope * span / mean_r * 100.0
     } else {
         0.0
     };
     println!(
-        "RSS: {:.1} MiB at start, {:.1} MiB peak in the first half, {:.1} MiB at {:.0} s, {:.1} MiB at the end: {growth:+.1} % over the second half (limit {} %); {} batches answered",
+        "RSS: {:.1} MiB at start, {:.1} MiB peak in the first half, {:.1} MiB at {:.0} s, {:.1} MiB at the end: {growth:+.1} % trend over the second half (limit {} %); {} batches answered",
         curve.first().map_or(0.0, |c| c.1),
         peak_first,
         mid.1,
