@@ -4,10 +4,9 @@ use clap::Parser;
 use teacher_server::Args;
 
 /// jemalloc serves every allocation of the process: Rust's, and (through the overridden `malloc`
-/// family) libtorch's and gRPC's. Under glibc malloc the server's resident memory kept climbing
-/// under sustained load (~30 MB per minute, never returned at rest): libtorch's large,
-/// differently sized activation buffers fragment glibc's heaps once its dynamic mmap threshold
-/// has risen. jemalloc reuses and returns them, and RSS plateaus (`make soak`).
+/// family) libtorch's and gRPC's. Reason: under sustained load glibc malloc was reported to keep
+/// resident memory climbing and never return it at rest; jemalloc returns freed pages. Whether
+/// it is needed and sufficient is measured with `make soak` (see the README).
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
