@@ -218,7 +218,6 @@ mod tests {
     use crate::engine::{Engine, EngineSettings, JobResult, Logits, OutputSpec};
     use crate::error::EngineError;
     use crate::model::{ModelDescription, TeacherModel};
-    use distill_proto::v1;
     use std::sync::{Arc, Mutex};
     use tch::Tensor;
     use tokio::sync::oneshot;
@@ -253,7 +252,7 @@ mod tests {
                 version: "0".into(),
                 fingerprint: String::new(),
                 input_shape: vec![2],
-                input_dtype: v1::DType::F32,
+                input_dtype: Kind::Float,
                 num_logits: 2,
                 device: "cpu".into(),
             }

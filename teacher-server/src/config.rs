@@ -9,11 +9,12 @@ use crate::error::Error;
 pub use distill_models::device::DeviceChoice;
 use distill_models::device::DeviceError;
 use distill_models::{Arch, Checkpoint};
-use distill_proto::{codec, v1};
+use distill_proto::codec;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tch::Kind;
 
 /// tonic's default message limit (4 MiB): the floor of the computed `--max-message-bytes`.
 pub const MIN_DEFAULT_MESSAGE_BYTES: usize = 4 << 20;
@@ -95,11 +96,6 @@ pub struct Args {
     /// Seconds to finish in-flight batches after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "TEACHER_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
-
-    /// TEST-ONLY fault injection: after serving N batches (over all streams), keep accepting
-    /// streams and batches but never answer them (a hung replica). Hidden from `--help`.
-    #[arg(long, hide = true)]
-    pub fault_stall_after: Option<u64>,
 }
 
 /// Log output format.
@@ -138,8 +134,8 @@ pub enum ModelSource {
 pub struct ModelSpec {
     /// Per-sample input shape (no batch dimension), every dimension ≥ 1.
     pub input_shape: Vec<i64>,
-    /// Input dtype.
-    pub input_dtype: v1::DType,
+    /// Input dtype: one of the kinds the wire carries (f32, f16, bf16, f64, u8, i32, i64).
+    pub input_dtype: Kind,
     /// Logits per sample.
     pub num_logits: i64,
 }
@@ -147,9 +143,19 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Bytes of one sample's input.
     pub fn sample_bytes(&self) -> usize {
-        let kind = codec::kind_of(self.input_dtype as i32).map_or(4, |k| k.elt_size_in_bytes());
-        self.input_shape.iter().product::<i64>() as usize * kind
+        self.input_shape.iter().product::<i64>() as usize * self.input_dtype.elt_size_in_bytes()
     }
+}
+
+/// The command-line name of a kind the wire carries (`f32`, `bf16`, ...).
+fn kind_name(kind: Kind) -> &'static str {
+    codec::dtype_of(kind).map_or("unsupported", codec::dtype_name)
+}
+
+/// Parses a command-line dtype name into its kind.
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    let dtype = codec::parse_dtype(s)?;
+    codec::kind_of(dtype as i32).map_err(|e| e.to_string())
 }
 
 /// Dynamic batching settings.
@@ -186,9 +192,6 @@ pub struct Config {
     pub threads: Option<i32>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
-    /// Test-only fault injection (`--fault-stall-after`): batches after the first N are never
-    /// answered.
-    pub fault_stall_after: Option<u64>,
 }
 
 /// Sidecar `FILE.json` next to a TorchScript file.
@@ -230,9 +233,7 @@ impl TryFrom<Args> for Config {
         let flag_dtype = a
             .input_dtype
             .as_deref()
-            .map(|s| {
-                codec::parse_dtype(s).map_err(|e| Error::Config(format!("--input-dtype: {e}")))
-            })
+            .map(|s| parse_kind(s).map_err(|e| Error::Config(format!("--input-dtype: {e}"))))
             .transpose()?;
         if !a.model.exists() {
             return Err(Error::Config(format!(
@@ -262,7 +263,7 @@ impl TryFrom<Args> for Config {
                     dir: a.model.clone(),
                 },
                 Some(spec.input_shape),
-                Some(v1::DType::F32),
+                Some(Kind::Float),
                 Some(spec.num_classes),
             )
         } else {
@@ -276,7 +277,7 @@ impl TryFrom<Args> for Config {
                 .as_ref()
                 .and_then(|s| s.input_dtype.as_deref())
                 .map(|s| {
-                    codec::parse_dtype(s).map_err(|e| {
+                    parse_kind(s).map_err(|e| {
                         Error::Config(format!("{}: input_dtype: {e}", sidecar_file.display()))
                     })
                 })
@@ -329,7 +330,7 @@ impl TryFrom<Args> for Config {
                 sidecar_path(&a.model).display()
             ))
         })?;
-        let input_dtype = flag_dtype.or(dtype).unwrap_or(v1::DType::F32);
+        let input_dtype = flag_dtype.or(dtype).unwrap_or(Kind::Float);
         if input_shape.is_empty()
             || input_shape.len() >= codec::MAX_RANK
             || input_shape.iter().any(|&d| d < 1)
@@ -344,10 +345,10 @@ impl TryFrom<Args> for Config {
                 "--num-logits: expected >= 1, got {num_logits}"
             )));
         }
-        if !matches!(source, ModelSource::TorchScript { .. }) && input_dtype != v1::DType::F32 {
+        if !matches!(source, ModelSource::TorchScript { .. }) && input_dtype != Kind::Float {
             return Err(Error::Config(format!(
                 "--input-dtype: built-in architectures take f32, got {}",
-                codec::dtype_name(input_dtype)
+                kind_name(input_dtype)
             )));
         }
         let spec = ModelSpec {
@@ -386,7 +387,7 @@ impl TryFrom<Args> for Config {
                 return Err(Error::Config(format!(
                     "--max-message-bytes: expected at least {needed} to fit --max-batch-size {max_batch_size} samples of {:?} {} inputs and their logits, got {n}",
                     spec.input_shape,
-                    codec::dtype_name(spec.input_dtype)
+                    kind_name(spec.input_dtype)
                 )));
             }
             Some(n) => n,
@@ -410,7 +411,6 @@ impl TryFrom<Args> for Config {
             log_format: a.log_format,
             threads: a.threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
-            fault_stall_after: a.fault_stall_after,
         })
     }
 }

@@ -6,10 +6,18 @@
 //! batch it drops requests whose stream has gone away, concatenates the rest, runs one forward
 //! pass, splits the logits back, shapes each part as its request asked (dtype, top-k), and answers
 //! every request on its `oneshot`. Nothing here runs on the tokio runtime, and nothing panics: tch
-//! is called through its fallible `f_*` methods.
+//! is called through its fallible `f_*` methods. No non-finite value leaves the engine: a request
+//! whose logits hold NaN or infinities, or would overflow its requested dtype (F16 tops out at
+//! 65504), gets an [`EngineError`] instead of logits.
+//!
+//! Shutdown: [`EngineThread::stop_and_join`] makes the thread skip whatever is still queued and
+//! waits for it to leave its current forward pass, so libtorch is never torn down (at process
+//! exit) under a running forward pass. The engine knows nothing of gRPC.
 
-use crate::error::{EngineError, Error};
-use crate::model::{ModelDescription, TeacherModel};
+use crate::error::EngineError;
+use crate::model::{LoadError, ModelDescription, TeacherModel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +109,20 @@ pub struct MergedBatch {
     pub jobs: Vec<Job>,
 }
 
+/// Why [`Engine::start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The model factory failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The OS refused to spawn the engine thread.
+    #[error("spawning the engine thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The engine thread ended (panicked) before reporting the model loaded.
+    #[error("the engine thread died while loading the model")]
+    Died,
+}
+
 /// Settings of the engine thread.
 #[derive(Debug, Clone, Default)]
 pub struct EngineSettings {
@@ -116,6 +138,7 @@ pub struct Engine {
     /// What the model is.
     pub info: ModelDescription,
     thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -124,14 +147,17 @@ impl Engine {
     /// drained.
     ///
     /// # Errors
-    /// Whatever `factory` returns, or [`Error::Io`] if the thread cannot be spawned.
-    pub async fn start<M, F>(factory: F, settings: EngineSettings) -> Result<Engine, Error>
+    /// [`StartError::Load`] with whatever `factory` returns, [`StartError::Spawn`] if the thread
+    /// cannot be spawned, [`StartError::Died`] if it panics while loading.
+    pub async fn start<M, F>(factory: F, settings: EngineSettings) -> Result<Engine, StartError>
     where
         M: TeacherModel + ?Sized + 'static,
-        F: FnOnce() -> Result<Box<M>, Error> + Send + 'static,
+        F: FnOnce() -> Result<Box<M>, LoadError> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<MergedBatch>(1);
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<ModelDescription, Error>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<ModelDescription, LoadError>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("teacher-engine".into())
             .spawn(move || {
@@ -152,34 +178,60 @@ impl Engine {
                     return;
                 }
                 while let Some(batch) = rx.blocking_recv() {
+                    if stopped.load(Ordering::Acquire) {
+                        // Dropping the jobs closes their replies: their streams see the engine
+                        // stopped.
+                        tracing::debug!(
+                            requests = batch.jobs.len(),
+                            "engine stopped: batch dropped"
+                        );
+                        continue;
+                    }
                     run_batch(model.as_ref(), num_logits, batch);
                 }
                 tracing::debug!("engine thread exiting");
             })
-            .map_err(|source| Error::Io {
-                context: "spawning the engine thread".into(),
-                source,
-            })?;
-        let info = ready_rx
-            .await
-            .map_err(|_| Error::Load("the engine thread died while loading the model".into()))??;
-        Ok(Engine { tx, info, thread })
+            .map_err(StartError::Spawn)?;
+        let info = ready_rx.await.map_err(|_| StartError::Died)??;
+        Ok(Engine {
+            tx,
+            info,
+            thread,
+            stop,
+        })
     }
 
-    /// Splits the handle into the batch sender and a join handle for the thread.
+    /// Splits the handle into the batch sender and a handle for stopping and joining the thread.
     pub fn into_parts(self) -> (mpsc::Sender<MergedBatch>, ModelDescription, EngineThread) {
-        (self.tx, self.info, EngineThread(self.thread))
+        let thread = EngineThread {
+            handle: self.thread,
+            stop: self.stop,
+        };
+        (self.tx, self.info, thread)
     }
 }
 
-/// The engine's OS thread; join it after every sender is dropped.
+/// The engine's OS thread.
 #[derive(Debug)]
-pub struct EngineThread(std::thread::JoinHandle<()>);
+pub struct EngineThread {
+    handle: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
 
 impl EngineThread {
-    /// Waits (without blocking the runtime) for the thread to finish its last batch and exit.
+    /// Waits (without blocking the runtime) for the thread to answer everything sent to it and
+    /// exit; call after every sender of [`Engine::tx`] is dropped.
     pub async fn join(self) {
-        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
+        let _ = tokio::task::spawn_blocking(move || self.handle.join()).await;
+    }
+
+    /// Tells the thread to run no further batch, then waits (without blocking the runtime) until
+    /// it has left its current forward pass (if any) and exited; call after every sender of
+    /// [`Engine::tx`] is dropped, or the thread waits for more batches. A batch still queued is
+    /// dropped unanswered (its requests see [`EngineError::Stopped`]).
+    pub async fn stop_and_join(self) {
+        self.stop.store(true, Ordering::Release);
+        self.join().await;
     }
 }
 
@@ -217,6 +269,13 @@ fn run_batch(model: &(impl TeacherModel + ?Sized), num_logits: i64, batch: Merge
             for ((job, part), timing) in jobs.into_iter().zip(parts).zip(timings) {
                 let out =
                     shape_output(&part, job.output).map(|logits| JobOutput { logits, timing });
+                match &out {
+                    Err(e @ EngineError::NonFinite { .. }) => {
+                        tracing::warn!(error = %e, "request refused");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "request refused"),
+                    Ok(_) => {}
+                }
                 let _ = job.reply.send(out);
             }
         }
@@ -259,21 +318,114 @@ fn forward_split(
 }
 
 /// Casts (dense) or reduces to top-k (sparse) one request's logits `[batch, num_logits]`.
+///
+/// # Errors
+/// [`EngineError::NonFinite`] if the model's logits hold NaN or infinities;
+/// [`EngineError::OutOfRange`] if a value does not fit the requested kind (F16 above 65504);
+/// [`EngineError::Torch`] on a libtorch failure.
 fn shape_output(logits: &Tensor, spec: OutputSpec) -> Result<Logits, EngineError> {
+    let count = non_finite(logits)?;
+    if count > 0 {
+        return Err(EngineError::NonFinite { count });
+    }
     if spec.top_k == 0 {
         let t = if logits.kind() == spec.kind {
             logits.f_contiguous()?
         } else {
-            logits.f_to_kind(spec.kind)?
+            let t = logits.f_to_kind(spec.kind)?;
+            ensure_fits(logits, &t, spec.kind)?;
+            t
         };
         return Ok(Logits::Dense(t));
     }
     let full = logits.f_to_kind(Kind::Float)?;
+    ensure_fits(logits, &full, Kind::Float)?;
     let (values, indices) = full.f_topk(spec.top_k, -1, true, true)?;
     let logsumexp = full.f_logsumexp([-1i64].as_slice(), false)?;
+    ensure_fits(&full, &logsumexp, Kind::Float)?;
+    let cast = values.f_to_kind(spec.kind)?;
+    ensure_fits(&values, &cast, spec.kind)?;
     Ok(Logits::Sparse {
         indices: indices.f_to_kind(Kind::Int64)?,
-        values: values.f_to_kind(spec.kind)?,
+        values: cast,
         logsumexp,
     })
+}
+
+/// Number of NaN or infinite values in `t`.
+fn non_finite(t: &Tensor) -> Result<i64, EngineError> {
+    Ok(t.f_isfinite()?
+        .f_logical_not()?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])?)
+}
+
+/// Fails with [`EngineError::OutOfRange`] if `derived` (computed from the finite `source`, e.g.
+/// its cast to `kind`) holds values that are not finite.
+fn ensure_fits(source: &Tensor, derived: &Tensor, kind: Kind) -> Result<(), EngineError> {
+    let count = non_finite(derived)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let max = source
+        .f_abs()?
+        .f_max()?
+        .f_to_kind(Kind::Double)?
+        .f_double_value(&[])?;
+    let (dtype, limit) = match kind {
+        Kind::Half => ("F16", "65504"),
+        Kind::BFloat16 => ("BF16", "3.3895e38"),
+        _ => ("F32", "3.4028e38"),
+    };
+    Err(EngineError::OutOfRange {
+        dtype,
+        count,
+        max,
+        limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits(values: &[f32]) -> Tensor {
+        Tensor::from_slice(values).reshape([1, values.len() as i64])
+    }
+
+    fn spec(kind: Kind, top_k: i64) -> OutputSpec {
+        OutputSpec { kind, top_k }
+    }
+
+    #[test]
+    fn values_beyond_f16_are_refused_not_sent_as_infinity() {
+        let big = logits(&[1.0, 70000.0, 3.0]);
+        for top_k in [0, 2] {
+            match shape_output(&big, spec(Kind::Half, top_k)) {
+                Err(EngineError::OutOfRange {
+                    dtype, count, max, ..
+                }) => {
+                    assert_eq!((dtype, count, max), ("F16", 1, 70000.0));
+                }
+                other => panic!("top_k {top_k}: expected OutOfRange, got {other:?}"),
+            }
+        }
+        // Only what is sent counts: the top 2 of this row fit f16 although the row does not.
+        assert!(shape_output(&logits(&[1.0, -70000.0, 3.0]), spec(Kind::Half, 2)).is_ok());
+        assert!(shape_output(&big, spec(Kind::BFloat16, 0)).is_ok());
+        assert!(shape_output(&big, spec(Kind::Float, 3)).is_ok());
+        assert!(shape_output(&logits(&[65504.0, -65504.0]), spec(Kind::Half, 0)).is_ok());
+    }
+
+    #[test]
+    fn non_finite_logits_are_refused_whatever_the_dtype() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for (kind, top_k) in [(Kind::Float, 0), (Kind::Half, 0), (Kind::Float, 1)] {
+                assert_eq!(
+                    shape_output(&logits(&[0.0, bad, 1.0]), spec(kind, top_k)).unwrap_err(),
+                    EngineError::NonFinite { count: 1 }
+                );
+            }
+        }
+    }
 }

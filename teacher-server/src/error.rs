@@ -5,6 +5,8 @@
 //! [`Error::to_wire`] (per-batch `distill.v1.Error` responses, after which the stream stays
 //! open) both go through it, so a bad batch and a failed call report the same code.
 
+use crate::engine::StartError;
+use crate::model::LoadError;
 use distill_proto::{CodecError, v1};
 use std::time::Duration;
 use tonic::Code;
@@ -133,6 +135,30 @@ pub enum EngineError {
         /// The shape returned.
         got: Vec<i64>,
     },
+    /// The logits do not fit the requested output dtype (F16 holds magnitudes up to 65504):
+    /// sending them would turn them into infinities. The batch is refused, not clamped.
+    #[error(
+        "logits: {count} value(s) outside the {dtype} range (largest magnitude {max:e}, {dtype} holds up to {limit}): request output_dtype BF16 or F32 instead"
+    )]
+    OutOfRange {
+        /// The requested output dtype (wire name, e.g. `F16`).
+        dtype: &'static str,
+        /// Values that would not be finite in it.
+        count: i64,
+        /// Largest magnitude among the model's logits.
+        max: f64,
+        /// Largest finite magnitude of `dtype`, as written in the message (`65504`).
+        limit: &'static str,
+    },
+    /// The model produced NaN or infinite logits (from finite inputs): a broken teacher. The batch
+    /// is refused rather than sent.
+    #[error(
+        "model output: {count} NaN or infinite logit(s) from finite inputs; refusing to send them (check the teacher's weights)"
+    )]
+    NonFinite {
+        /// NaN or infinite values among the request's logits.
+        count: i64,
+    },
     /// The model panicked (a bug in tch or the model; caught at the engine boundary).
     #[error("model panicked: {0}")]
     Panicked(String),
@@ -185,8 +211,11 @@ pub enum Error {
     #[error("encoding logits: {0}")]
     Encode(#[from] CodecError),
     /// The model could not be loaded.
-    #[error("loading the model: {0}")]
-    Load(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The inference engine did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
     /// Invalid configuration.
     #[error("configuration: {0}")]
     Config(String),
@@ -206,7 +235,7 @@ pub enum Error {
 
 impl From<distill_models::ModelError> for Error {
     fn from(e: distill_models::ModelError) -> Self {
-        Error::Load(e.to_string())
+        Error::Load(LoadError::from(e))
     }
 }
 
@@ -217,9 +246,12 @@ impl Error {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::Overloaded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
-            Error::Engine(_) | Error::Encode(_) | Error::Load(_) | Error::Io { .. } => {
-                Code::Internal
-            }
+            Error::Engine(EngineError::OutOfRange { .. }) => Code::OutOfRange,
+            Error::Engine(_)
+            | Error::Encode(_)
+            | Error::Load(_)
+            | Error::Start(_)
+            | Error::Io { .. } => Code::Internal,
             Error::Config(_) => Code::FailedPrecondition,
             Error::Transport(_) => Code::Unavailable,
         }
@@ -299,6 +331,16 @@ mod tests {
             tonic::Status::from(Error::from(EngineError::Stopped)).code(),
             Code::Internal
         );
+        let overflow = Error::from(EngineError::OutOfRange {
+            dtype: "F16",
+            count: 2,
+            max: 1.0e5,
+            limit: "65504",
+        });
+        assert_eq!(overflow.to_wire().code, Code::OutOfRange as i32);
+        assert!(overflow.to_string().contains("BF16 or F32"), "{overflow}");
+        let nan = Error::from(EngineError::NonFinite { count: 3 });
+        assert_eq!(nan.code(), Code::Internal);
     }
 
     #[test]

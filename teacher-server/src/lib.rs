@@ -3,8 +3,8 @@
 //! Requests from many concurrent streams are validated ([`validate`]), merged by a queue actor
 //! ([`batcher`]) into forward passes of up to `--max-batch-size` samples, run by one dedicated
 //! thread that owns the model ([`engine`], [`model`]), and split back to their streams
-//! ([`service`]). [`server::run`] wires it together; the binary only parses flags, binds the
-//! listener and calls it.
+//! ([`service`]). [`server::run`] wires it together; [`serve`] is the whole process (logging,
+//! binding, the `listening on` line), which the binary calls after parsing its flags.
 
 pub mod batcher;
 pub mod config;
@@ -17,9 +17,68 @@ pub mod validate;
 
 pub use config::{Args, Config};
 pub use error::Error;
+pub use model::TeacherModel;
 pub use server::run;
 
-/// Completes on SIGINT or SIGTERM (Ctrl-C only on non-Unix systems).
+use config::LogFormat;
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use tracing_subscriber::EnvFilter;
+
+/// Runs a `teacher-server` process: sets up logging on stderr (level from `RUST_LOG`, default
+/// `info`), validates `args`, binds, prints `listening on HOST:PORT` on stdout, and serves
+/// `wrap(model)` until `shutdown` completes (see [`server::run_with`]; `teacher-server` passes
+/// the identity and [`shutdown_signal`]). A closed stdout is logged, not fatal.
+///
+/// # Errors
+/// [`Error::Config`] for bad flags, [`Error::Io`] if the address cannot be bound, and whatever
+/// [`server::run_with`] returns.
+pub async fn serve<W>(
+    args: Args,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    wrap: W,
+) -> Result<(), Error>
+where
+    W: FnOnce(Box<dyn TeacherModel>) -> Box<dyn TeacherModel> + Send + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // Fails only if the embedding program installed its own subscriber: keep that one.
+    let _ = match args.log_format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
+    let config = Config::try_from(args)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("binding {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: "reading the listener's address".into(),
+        source,
+    })?;
+    announce(addr);
+    server::run_with(config, listener, shutdown, wrap).await
+}
+
+/// Prints `listening on ADDR` on stdout. A closed stdout (`teacher-server | head -n 0`, a
+/// supervisor that closed the pipe) is logged and otherwise ignored: the address is also in the
+/// startup log, and the server keeps serving.
+fn announce(addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, %addr, "cannot print `listening on` to stdout; serving anyway");
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (Ctrl-C only on non-Unix systems): the one shutdown
+/// trigger of the binaries built on this crate.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {

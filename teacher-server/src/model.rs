@@ -5,11 +5,21 @@
 //! `Send` but not `Sync`, and grad mode is thread-local.
 
 use crate::config::{ModelSource, ModelSpec};
-use crate::error::{EngineError, Error};
+use crate::error::EngineError;
 use distill_models::{ArchSpec, Checkpoint, Network, checkpoint::sorted_variables, fingerprint};
-use distill_proto::v1;
 use std::path::Path;
-use tch::{CModule, Device, Tensor, nn};
+use tch::{CModule, Device, Kind, Tensor, nn};
+
+/// Why a model could not be loaded (one line, naming the file).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("loading the model: {0}")]
+pub struct LoadError(pub String);
+
+impl From<distill_models::ModelError> for LoadError {
+    fn from(e: distill_models::ModelError) -> Self {
+        LoadError(e.to_string())
+    }
+}
 
 /// What a served model is, as reported by `GetModelInfo` and the startup log.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +32,8 @@ pub struct ModelDescription {
     pub fingerprint: String,
     /// Per-sample input shape (no batch dimension).
     pub input_shape: Vec<i64>,
-    /// Input dtype.
-    pub input_dtype: v1::DType,
+    /// Input dtype (a libtorch kind; the service maps it to the wire `DType`).
+    pub input_dtype: Kind,
     /// Logits per sample.
     pub num_logits: i64,
     /// Device the model runs on, e.g. `cpu` or `cuda:0`.
@@ -49,12 +59,12 @@ pub use distill_models::device::device_name;
 /// Loads the model described by `source` and `spec` onto `device`. Call on the engine thread.
 ///
 /// # Errors
-/// [`Error::Load`] if the file is missing, malformed, or does not fit the architecture.
+/// [`LoadError`] if the file is missing, malformed, or does not fit the architecture.
 pub fn load(
     source: &ModelSource,
     spec: &ModelSpec,
     device: Device,
-) -> Result<Box<dyn TeacherModel>, Error> {
+) -> Result<Box<dyn TeacherModel>, LoadError> {
     Ok(match source {
         ModelSource::TorchScript { path } => Box::new(TorchScriptModel::load(path, spec, device)?),
         ModelSource::Checkpoint { dir } => {
@@ -108,30 +118,22 @@ impl TorchScriptModel {
     /// Loads `path` onto `device`, switches it to eval mode, and fingerprints its parameters.
     ///
     /// # Errors
-    /// [`Error::Load`] if libtorch cannot load the file.
-    pub fn load(path: &Path, spec: &ModelSpec, device: Device) -> Result<Self, Error> {
-        let mut module = CModule::load_on_device(path, device).map_err(|e| {
-            Error::Load(format!(
-                "{}: not a TorchScript module: {}",
+    /// [`LoadError`] if libtorch cannot load the file.
+    pub fn load(path: &Path, spec: &ModelSpec, device: Device) -> Result<Self, LoadError> {
+        let torch = |what: &str, e: tch::TchError| {
+            LoadError(format!(
+                "{}: {what}: {}",
                 path.display(),
                 distill_models::torch_message(&e)
             ))
-        })?;
+        };
+        let mut module = CModule::load_on_device(path, device)
+            .map_err(|e| torch("not a TorchScript module", e))?;
         module.set_eval();
-        let params = module.named_parameters().map_err(|e| {
-            Error::Load(format!(
-                "{}: reading parameters: {}",
-                path.display(),
-                distill_models::torch_message(&e)
-            ))
-        })?;
-        let fp = fingerprint(&params).map_err(|e| {
-            Error::Load(format!(
-                "{}: fingerprinting: {}",
-                path.display(),
-                distill_models::torch_message(&e)
-            ))
-        })?;
+        let params = module
+            .named_parameters()
+            .map_err(|e| torch("reading parameters", e))?;
+        let fp = fingerprint(&params).map_err(|e| torch("fingerprinting", e))?;
         Ok(TorchScriptModel {
             module,
             device,
@@ -176,10 +178,10 @@ impl ArchModel {
     /// Wraps a network whose weights live in `vs`; fingerprints the weights as loaded.
     ///
     /// # Errors
-    /// [`Error::Load`] if the weights cannot be read back for the fingerprint.
-    pub fn new(vs: nn::VarStore, net: Network, version: String) -> Result<Self, Error> {
+    /// [`LoadError`] if the weights cannot be read back for the fingerprint.
+    pub fn new(vs: nn::VarStore, net: Network, version: String) -> Result<Self, LoadError> {
         let fp = fingerprint(&sorted_variables(&vs))
-            .map_err(|e| Error::Load(format!("fingerprinting weights: {e}")))?;
+            .map_err(|e| LoadError(format!("fingerprinting weights: {e}")))?;
         let spec = net.spec().clone();
         let device = vs.device();
         Ok(ArchModel {
@@ -188,7 +190,7 @@ impl ArchModel {
                 version,
                 fingerprint: fp,
                 input_shape: spec.input_shape,
-                input_dtype: v1::DType::F32,
+                input_dtype: Kind::Float,
                 num_logits: spec.num_classes,
                 device: device_name(device),
             },

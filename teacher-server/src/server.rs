@@ -4,7 +4,7 @@ use crate::batcher::Batcher;
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
-use crate::model;
+use crate::model::{self, TeacherModel};
 use crate::service::{ServiceSettings, TeacherService};
 use distill_proto::v1::teacher_server::TeacherServer;
 use std::future::Future;
@@ -19,17 +19,37 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads the model, then serves `distill.v1.Teacher`, `grpc.health.v1.Health` and gRPC
-/// reflection on `listener` until `shutdown` completes. Then it stops accepting connections, lets
-/// every stream answer the batches it has read (bounded by `config.shutdown_grace`), and returns.
+/// reflection (`grpc.reflection.v1` and `v1alpha`) on `listener` until `shutdown` completes. Then
+/// it stops accepting connections, lets every stream answer the batches it has read (bounded by
+/// `config.shutdown_grace`), stops the engine thread once it has left its current forward pass,
+/// and returns. It never returns while the engine thread is inside libtorch, so the process may
+/// exit as soon as it returns.
 ///
 /// # Errors
-/// [`Error::Load`] if the model cannot be loaded, [`Error::Config`] for an unusable device,
-/// [`Error::Transport`] if serving fails.
+/// [`Error::Load`] or [`Error::Start`] if the model cannot be loaded, [`Error::Config`] for an
+/// unusable device, [`Error::Transport`] if serving fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with(config, listener, shutdown, |model| model).await
+}
+
+/// [`run`], serving `wrap(model)` instead of the loaded model: the hook for test binaries that
+/// inject faults (e.g. a model that stops answering). `wrap` runs on the engine thread.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with<W>(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    wrap: W,
+) -> Result<(), Error>
+where
+    W: FnOnce(Box<dyn TeacherModel>) -> Box<dyn TeacherModel> + Send + 'static,
+{
     let addr = listener.local_addr().map_err(|source| Error::Io {
         context: "reading the listener's address".into(),
         source,
@@ -40,7 +60,7 @@ pub async fn run(
         .map_err(|e| Error::Config(format!("--device: {e}")))?;
     let (source, spec) = (config.source.clone(), config.spec.clone());
     let engine = Engine::start(
-        move || model::load(&source, &spec, device),
+        move || model::load(&source, &spec, device).map(wrap),
         EngineSettings {
             threads: config.threads,
         },
@@ -63,18 +83,19 @@ pub async fn run(
             max_batch_size: config.batching.max_batch_size,
             max_message_bytes: config.max_message_bytes,
             stream_window: config.stream_window,
-            fault_stall_after: config.fault_stall_after,
         },
         batcher,
         drain_rx.clone(),
-    );
+    )?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TeacherServer<TeacherService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(distill_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Config(format!("building the reflection service: {e}")))?;
+    // Both versions: grpcurl and current clients speak v1, Python's grpcio-reflection, older
+    // grpcurl, Postman and Evans speak v1alpha.
+    let reflection_error = |e| Error::Config(format!("building the reflection service: {e}"));
+    let reflection_v1 = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     let teacher = TeacherServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -85,7 +106,7 @@ pub async fn run(
         fingerprint = %info.fingerprint,
         device = %info.device,
         input_shape = ?info.input_shape,
-        input_dtype = info.input_dtype.as_str_name(),
+        input_dtype = ?info.input_dtype,
         num_logits = info.num_logits,
         max_batch_size = config.batching.max_batch_size,
         max_batch_delay_us = config.batching.max_batch_delay.as_micros() as u64,
@@ -111,7 +132,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(teacher)
         .serve_with_incoming_shutdown(incoming, signal);
 
@@ -121,19 +143,27 @@ pub async fn run(
         let _ = drained.wait_for(|d| *d).await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        served = serve => served?,
-        _ = deadline => {
+    let served = tokio::select! {
+        served = serve => served.map_err(Error::from),
+        () = deadline => {
             tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over: closing open streams");
-            return Ok(());
+            Ok(())
         }
-    }
-    // Every stream is done and the service is dropped: the batcher flushes and the engine exits.
-    let _ = tokio::time::timeout(grace, async {
-        let _ = batcher_task.await;
-        engine_thread.join().await;
-    })
-    .await;
+    };
+    // Whatever is still queued is dropped (every stream that finished was answered in full), and
+    // the engine thread is joined: it is inside at most one forward pass, and libtorch's exit-time
+    // teardown must not run under it.
+    batcher_task.abort();
+    let _ = batcher_task.await;
+    tracing::debug!("waiting for the engine thread to finish its forward pass");
+    engine_thread.stop_and_join().await;
     tracing::info!("teacher-server stopped");
-    Ok(())
+    served
+}
+
+/// The reflection services' builder: this crate's contract and `grpc.health.v1`.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(distill_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

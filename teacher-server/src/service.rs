@@ -14,8 +14,6 @@ use crate::model::ModelDescription;
 use crate::validate::{Limits, validate};
 use distill_proto::codec;
 use distill_proto::v1::{self, teacher_server::Teacher};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -36,10 +34,6 @@ pub struct TeacherService {
     stream_window: usize,
     batcher: Batcher,
     draining: watch::Receiver<bool>,
-    /// Test-only stall: batches after this many (server-wide) are read and never answered.
-    fault_stall_after: Option<u64>,
-    /// Batches read so far, server-wide (counts only when `fault_stall_after` is set).
-    batches_read: Arc<AtomicU64>,
 }
 
 /// Settings of [`TeacherService`].
@@ -51,26 +45,28 @@ pub struct ServiceSettings {
     pub max_message_bytes: usize,
     /// Batches one stream may have in flight.
     pub stream_window: usize,
-    /// Test-only fault injection (`--fault-stall-after N`): answer the first N batches
-    /// (server-wide), then read batches and never answer them, as a hung replica would.
-    pub fault_stall_after: Option<u64>,
 }
 
 impl TeacherService {
     /// A service for the model `info`, feeding `batcher`; `draining` turns `true` on shutdown.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the model's input kind has no wire `DType`.
     pub fn new(
         info: ModelDescription,
         settings: ServiceSettings,
         batcher: Batcher,
         draining: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
+        let input_dtype = codec::dtype_of(info.input_dtype)
+            .map_err(|e| Error::Config(format!("the model's input dtype cannot be served: {e}")))?;
         let limits = Limits {
             input_shape: info.input_shape.clone(),
-            input_dtype: info.input_dtype,
+            input_dtype,
             num_logits: info.num_logits,
             max_batch_size: settings.max_batch_size,
         };
-        TeacherService {
+        Ok(TeacherService {
             info,
             limits,
             max_message_bytes: settings.max_message_bytes,
@@ -78,9 +74,7 @@ impl TeacherService {
             stream_window: settings.stream_window.max(1),
             batcher,
             draining,
-            fault_stall_after: settings.fault_stall_after,
-            batches_read: Arc::new(AtomicU64::new(0)),
-        }
+        })
     }
 }
 
@@ -95,7 +89,7 @@ impl Teacher for TeacherService {
             version,
             fingerprint,
             input_shape,
-            input_dtype,
+            input_dtype: _,
             num_logits,
             device,
         } = self.info.clone();
@@ -103,7 +97,7 @@ impl Teacher for TeacherService {
             name,
             version,
             fingerprint,
-            input_dtype: input_dtype as i32,
+            input_dtype: self.limits.input_dtype as i32,
             input_shape,
             num_logits,
             max_batch_size: u32::try_from(self.limits.max_batch_size).unwrap_or(u32::MAX),
@@ -229,12 +223,6 @@ impl StreamTask {
     fn submit(&mut self, req: v1::LogitsRequest) -> Option<v1::LogitsResponse> {
         let arrived = Instant::now();
         let batch_id = req.batch_id;
-        if let Some(n) = self.service.fault_stall_after
-            && self.service.batches_read.fetch_add(1, Ordering::Relaxed) >= n
-        {
-            tracing::debug!(batch_id, "--fault-stall-after: batch swallowed");
-            return None;
-        }
         let valid = match validate(&req, &self.service.limits) {
             Ok(v) => v,
             Err(e) => return Some(self.error_response(batch_id, &Error::from(e))),

@@ -40,6 +40,18 @@ fn help_lists_every_flag_with_its_environment_variable() {
 }
 
 #[test]
+fn the_shipped_server_has_no_fault_injection_switch() {
+    // A hung replica for tests is `stalling-teacher-server` (tests/ crate), not a flag here.
+    let out = teacher_server(&["--fault-stall-after", "3", "--model", "/nonexistent/t.pt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unexpected argument '--fault-stall-after'"),
+        "{err}"
+    );
+}
+
+#[test]
 fn configuration_errors_exit_non_zero_with_a_message() {
     let out = teacher_server(&["--model", "/nonexistent/teacher.pt"]);
     assert!(!out.status.success());

@@ -11,7 +11,9 @@
 //! - [`fixtures`] exports the TorchScript teachers with the project's Python torch
 //!   ([`python`]), once per script version (cached in the system temp dir).
 //! - [`fresh_checkpoint`] writes a checkpoint directory of a freshly initialised built-in
-//!   architecture, as `student-trainer` would.
+//!   architecture, as `student-trainer` would ([`scaled_checkpoint`]: with weights scaled up).
+//! - The crate's test-only binary `stalling-teacher-server` is `teacher-server` with a model that
+//!   hangs after N forward passes ([`TeacherProcess::start_binary`] runs it).
 //! - [`LogitsStream`] drives one `StreamLogits` call; [`request`], [`to_wire`] and [`from_wire`]
 //!   convert tensors.
 
@@ -219,6 +221,21 @@ pub fn fresh_checkpoint(
     input_shape: &[i64],
     num_classes: i64,
 ) -> Checkpoint {
+    scaled_checkpoint(dir, arch, input_shape, num_classes, 1.0)
+}
+
+/// [`fresh_checkpoint`] with every weight and bias multiplied by `scale` before saving: with a
+/// large scale, a teacher whose logits overflow (f16 above 65504, or f32 to infinity).
+///
+/// # Panics
+/// As [`fresh_checkpoint`].
+pub fn scaled_checkpoint(
+    dir: &Path,
+    arch: &str,
+    input_shape: &[i64],
+    num_classes: i64,
+    scale: f64,
+) -> Checkpoint {
     let spec = ArchSpec {
         arch: arch.parse().expect("architecture name"),
         input_shape: input_shape.to_vec(),
@@ -226,6 +243,13 @@ pub fn fresh_checkpoint(
     };
     let vs = nn::VarStore::new(Device::Cpu);
     Network::new(&vs.root(), &spec).expect("build network");
+    if scale != 1.0 {
+        tch::no_grad(|| {
+            for (_, mut t) in vs.variables() {
+                let _ = t.f_mul_scalar_(scale).expect("scale weights");
+            }
+        });
+    }
     let meta = CheckpointMeta {
         arch: spec,
         epoch: 0,
@@ -303,23 +327,57 @@ pub fn dense(resp: &v1::LogitsResponse) -> Tensor {
     }
 }
 
-/// Bounded buffer of a server's output lines (last 2,000 kept).
+/// Bounded buffer of a server's output lines (last 2,000 kept), which tests can wait on.
 #[derive(Debug, Clone, Default)]
-pub struct Logs(Arc<Mutex<std::collections::VecDeque<String>>>);
+pub struct Logs {
+    lines: Arc<Mutex<std::collections::VecDeque<String>>>,
+    added: Arc<tokio::sync::Notify>,
+}
 
 impl Logs {
     fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == 2000 {
-            q.pop_front();
+        {
+            let mut q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() == 2000 {
+                q.pop_front();
+            }
+            q.push_back(line);
         }
-        q.push_back(line);
+        self.added.notify_waiters();
     }
 
     /// Everything captured so far.
     pub fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         q.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Whether a captured line contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until a line containing `needle` has been captured (woken by each new line).
+    ///
+    /// # Panics
+    /// If none arrives within `timeout` (the logs are in the message).
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if self.contains(needle) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                panic!(
+                    "no log line containing {needle:?} within {timeout:?}; logs:\n{}",
+                    self.text()
+                );
+            }
+        }
     }
 }
 
@@ -540,6 +598,16 @@ impl TeacherProcess {
     /// `.safetensors` file (then pass `--arch` etc. in `extra`). Later flags win, so `extra` may
     /// override `--device`.
     pub async fn start<S: AsRef<OsStr>>(model: &Path, extra: &[S]) -> TeacherProcess {
+        Self::start_binary("teacher-server", model, extra).await
+    }
+
+    /// [`TeacherProcess::start`] for another binary that takes `teacher-server`'s flags, such as
+    /// the test-only `stalling-teacher-server` (its own flags go in `extra`).
+    pub async fn start_binary<S: AsRef<OsStr>>(
+        name: &str,
+        model: &Path,
+        extra: &[S],
+    ) -> TeacherProcess {
         let mut args: Vec<&OsStr> = vec![
             OsStr::new("--model"),
             model.as_os_str(),
@@ -549,7 +617,7 @@ impl TeacherProcess {
             OsStr::new("127.0.0.1:0"),
         ];
         args.extend(extra.iter().map(AsRef::as_ref));
-        let mut server = Server::spawn(&binary("teacher-server"), args).await;
+        let mut server = Server::spawn(&binary(name), args).await;
         server.wait_healthy(TEACHER_SERVICE).await;
         TeacherProcess { server }
     }

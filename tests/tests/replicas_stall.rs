@@ -1,5 +1,6 @@
-//! A replica that accepts batches but never answers them: its batches move to the other replica
-//! after `--batch-timeout`, and every batch is still trained exactly once.
+//! A replica that accepts batches but never answers them (`stalling-teacher-server`, a test-only
+//! binary of this crate): its batches move to the other replica after `--batch-timeout`, and every
+//! batch is still trained exactly once.
 
 use distill_tests::trainer::{
     DistillArgs, assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
@@ -14,7 +15,14 @@ async fn a_stalled_replicas_batches_move_after_the_batch_timeout() {
     let teacher = tmp.path().join("teacher");
     fresh_checkpoint(&teacher, "mlp:32", &[1, 28, 28], 10);
     let good = TeacherProcess::start(&teacher, &[] as &[&str]).await;
-    let stalled = TeacherProcess::start(&teacher, &["--fault-stall-after", "3"]).await;
+    // The test-only binary: the real server, whose model hangs after 3 forward passes; batches
+    // of 20 samples do not merge under --max-batch-size 20, so that is 3 batches.
+    let stalled = TeacherProcess::start_binary(
+        "stalling-teacher-server",
+        &teacher,
+        &["--stall-after", "3", "--max-batch-size", "20"],
+    )
+    .await;
     let (out, ledger) = (tmp.path().join("out"), tmp.path().join("ledger"));
     let args = DistillArgs::new(&data, &out)
         .teachers(&[stalled.url(), good.url()])

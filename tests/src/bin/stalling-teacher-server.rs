@@ -1,0 +1,90 @@
+//! `stalling-teacher-server`: a test-only replica that hangs. It is the real `teacher-server`
+//! (same library, same flags) serving a model that answers its first `--stall-after N` forward
+//! passes and then never returns from another one, as a hung device would. Streams, health and
+//! `GetModelInfo` keep working; batches are read and queued but never answered. The shipped
+//! `teacher-server` has no such switch.
+//!
+//! The count is of forward passes, over all streams: run it with `--max-batch-size` equal to the
+//! client's batch size so that no two batches merge and one pass is one batch. On SIGINT/SIGTERM
+//! the stalled pass is released (its batch fails) and the server shuts down as usual.
+
+use clap::Parser;
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use tch::Tensor;
+use teacher_server::error::EngineError;
+use teacher_server::model::ModelDescription;
+use teacher_server::{Args, TeacherModel};
+
+/// `teacher-server`'s flags plus `--stall-after`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stalling-teacher-server",
+    about = "TEST ONLY: teacher-server whose model stops answering after N forward passes.",
+    args_override_self = true
+)]
+struct Cli {
+    /// Forward passes answered before the model hangs (over all streams).
+    #[arg(long)]
+    stall_after: u64,
+    #[command(flatten)]
+    server: Args,
+}
+
+/// Answers `after` forward passes through `inner`, then blocks in the next one until `release`
+/// is dropped (at shutdown) and fails it.
+struct Stalling {
+    inner: Box<dyn TeacherModel>,
+    after: u64,
+    passes: Cell<u64>,
+    release: mpsc::Receiver<()>,
+}
+
+impl TeacherModel for Stalling {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        let pass = self.passes.get();
+        self.passes.set(pass + 1);
+        if pass < self.after {
+            return self.inner.forward(x);
+        }
+        tracing::debug!(
+            pass,
+            "stalling: this forward pass never returns before shutdown"
+        );
+        // Nothing is ever sent: this returns only when shutdown drops the sender.
+        let _ = self.release.recv();
+        Err(EngineError::Stopped)
+    }
+
+    fn info(&self) -> ModelDescription {
+        self.inner.info()
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let shutdown = async move {
+        teacher_server::shutdown_signal().await;
+        drop(release_tx);
+    };
+    let after = cli.stall_after;
+    let served = teacher_server::serve(cli.server, shutdown, move |inner| {
+        Box::new(Stalling {
+            inner,
+            after,
+            passes: Cell::new(0),
+            release,
+        })
+    })
+    .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
