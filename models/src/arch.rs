@@ -95,7 +95,7 @@ impl Network {
     ///
     /// # Errors
     /// [`ModelError::InputShape`] if the architecture cannot take `spec.input_shape`.
-    pub fn new(path: &nn::Path, spec: &ArchSpec) -> Result<Network, ModelError> {
+    pub fn new(path: &nn::Path<'_>, spec: &ArchSpec) -> Result<Network, ModelError> {
         let seq = match &spec.arch {
             Arch::Cnn => cnn(path, spec)?,
             Arch::Mlp { hidden } => mlp(path, spec, hidden)?,
@@ -141,7 +141,7 @@ pub fn param_count(vs: &nn::VarStore) -> i64 {
         .sum::<usize>() as i64
 }
 
-fn cnn(p: &nn::Path, spec: &ArchSpec) -> Result<nn::SequentialT, ModelError> {
+fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<nn::SequentialT, ModelError> {
     let [c, h, w] = spec.input_shape[..] else {
         return Err(cnn_shape(spec));
     };
@@ -176,7 +176,7 @@ fn cnn_shape(spec: &ArchSpec) -> ModelError {
     }
 }
 
-fn mlp(p: &nn::Path, spec: &ArchSpec, hidden: &[i64]) -> Result<nn::SequentialT, ModelError> {
+fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<nn::SequentialT, ModelError> {
     let inputs: i64 = spec.input_shape.iter().product();
     if inputs < 1 || spec.input_shape.is_empty() {
         return Err(ModelError::InputShape {

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// The gRPC service name the teacher's health service reports on.
-pub const TEACHER_SERVICE: &str = "distill.v1.Teacher";
+pub(crate) const TEACHER_SERVICE: &str = "distill.v1.Teacher";
 
 /// Largest gRPC message this client sends or accepts unless the teacher announces more (bytes).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Why talking to the teacher failed. gRPC status codes are kept: retry policy depends on them.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,7 @@ impl TeacherInfo {
 ///
 /// Not compared, by design: the name and version (labels), and what differs per process or
 /// machine (`max_batch_size`, `device`, `max_message_bytes`, `instance_id`).
-pub fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Option<String> {
+pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Option<String> {
     // Destructured so that a new field has to be sorted into compared or not compared.
     let TeacherInfo {
         name: _,
@@ -250,13 +250,6 @@ pub fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Option<Strin
     None
 }
 
-/// Whether two `ModelInfo`s come from the same server process (the same non-empty
-/// `instance_id`): two URLs reaching it are one replica. An empty id (a server that predates the
-/// field) is unknown and never matches.
-pub fn same_instance(a: &TeacherInfo, b: &TeacherInfo) -> bool {
-    !a.instance_id.is_empty() && a.instance_id == b.instance_id
-}
-
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -280,7 +273,7 @@ impl Default for ClientOptions {
 
 /// A connected teacher: a gRPC channel and its model info.
 #[derive(Debug, Clone)]
-pub struct TeacherClient {
+pub(crate) struct TeacherClient {
     url: String,
     channel: Channel,
     grpc: Grpc<Channel>,
@@ -307,7 +300,10 @@ impl TeacherClient {
     /// # Errors
     /// [`ClientError::Url`], [`ClientError::Unreachable`], or [`ClientError::Rpc`] for a failing
     /// `GetModelInfo`.
-    pub async fn connect(url: &str, options: &ClientOptions) -> Result<TeacherClient, ClientError> {
+    pub(crate) async fn connect(
+        url: &str,
+        options: &ClientOptions,
+    ) -> Result<TeacherClient, ClientError> {
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| ClientError::Url {
                 url: url.to_string(),
@@ -353,7 +349,7 @@ impl TeacherClient {
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] or [`ClientError::Rpc`] when the check itself fails.
-    pub async fn serving(&self) -> Result<bool, ClientError> {
+    pub(crate) async fn serving(&self) -> Result<bool, ClientError> {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
@@ -374,7 +370,7 @@ impl TeacherClient {
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] or [`ClientError::Rpc`] when the call is refused.
-    pub async fn open_stream(
+    pub(crate) async fn open_stream(
         &self,
         requests: mpsc::Receiver<LogitsRequest>,
     ) -> Result<tonic::Streaming<LogitsResponse>, ClientError> {
@@ -387,12 +383,12 @@ impl TeacherClient {
     }
 
     /// The teacher's URL.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// The teacher's model info (from `GetModelInfo` at connect time).
-    pub fn info(&self) -> &TeacherInfo {
+    pub(crate) fn info(&self) -> &TeacherInfo {
         &self.info
     }
 }
@@ -482,16 +478,5 @@ mod tests {
             ..fp("aa")
         };
         assert_eq!(inconsistency(&fp("aa"), &other), None);
-    }
-
-    #[test]
-    fn only_a_known_equal_instance_id_is_the_same_server() {
-        let id = |s: &str| TeacherInfo {
-            instance_id: s.into(),
-            ..info()
-        };
-        assert!(same_instance(&id("7f"), &id("7f")));
-        assert!(!same_instance(&id("7f"), &id("80")));
-        assert!(!same_instance(&id(""), &id("")), "unknown ids never match");
     }
 }

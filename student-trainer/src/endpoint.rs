@@ -18,7 +18,7 @@ pub struct GroupSpec {
 }
 
 /// Splits `dns://NAME:PORT` into its name and port (`None` for any other URL).
-pub fn parse_dns_url(url: &str) -> Option<(String, u16)> {
+pub(crate) fn parse_dns_url(url: &str) -> Option<(String, u16)> {
     let rest = url.strip_prefix("dns://")?;
     let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
     if host.is_empty() {
@@ -28,7 +28,7 @@ pub fn parse_dns_url(url: &str) -> Option<(String, u16)> {
 }
 
 /// The replica URL of one resolved address: `http://IP:PORT` (`http://[IPv6]:PORT`).
-pub fn address_url(addr: &SocketAddr) -> String {
+pub(crate) fn address_url(addr: &SocketAddr) -> String {
     format!("http://{addr}")
 }
 

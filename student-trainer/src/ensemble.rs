@@ -21,7 +21,7 @@
 use tch::{Kind, Tensor};
 
 /// Smallest mixture probability kept before taking `log p`.
-pub const MIN_PROB: f64 = 1e-30;
+pub(crate) const MIN_PROB: f64 = 1e-30;
 
 /// Why a mixture cannot be formed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub enum MixError {
 ///
 /// # Errors
 /// [`MixError`] for mismatched counts, bad weights or shapes.
-pub fn mix(parts: &[Tensor], weights: &[f64], temperature: f64) -> Result<Tensor, MixError> {
+pub(crate) fn mix(parts: &[Tensor], weights: &[f64], temperature: f64) -> Result<Tensor, MixError> {
     if parts.is_empty() || parts.len() != weights.len() {
         return Err(MixError::Arity {
             parts: parts.len(),

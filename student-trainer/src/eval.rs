@@ -110,7 +110,7 @@ impl Accuracy {
 ///
 /// # Errors
 /// Model or libtorch errors.
-pub fn evaluate(
+pub(crate) fn evaluate(
     net: &Network,
     data: &Dataset,
     device: Device,

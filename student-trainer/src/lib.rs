@@ -11,24 +11,24 @@
 
 pub mod app;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod config;
 pub mod data;
-pub mod endpoint;
+mod endpoint;
 /// Device selection, shared with teacher-server (see [`distill_models::device`]).
 pub use distill_models::device;
-pub mod ensemble;
-pub mod eval;
+mod ensemble;
+mod eval;
 pub mod loss;
-pub mod metrics;
+mod metrics;
 pub mod optim;
 pub mod pool;
-pub mod progress;
-pub mod report;
+mod progress;
+mod report;
 pub mod schedule;
 pub mod signals;
-pub mod teacher_eval;
+mod teacher_eval;
 pub mod trainer;
-pub(crate) mod wire;
+mod wire;
 
 pub use app::{AppError, Finished};

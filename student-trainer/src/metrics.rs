@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// File name of the metrics log inside the output directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
+pub(crate) const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Metrics of one epoch (one JSON line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,8 +35,7 @@ pub struct EpochMetrics {
 
 /// An append-only `metrics.jsonl`.
 #[derive(Debug)]
-pub struct MetricsLog {
-    path: PathBuf,
+pub(crate) struct MetricsLog {
     file: File,
 }
 
@@ -45,23 +44,18 @@ impl MetricsLog {
     ///
     /// # Errors
     /// File-system errors.
-    pub fn open(dir: &Path) -> std::io::Result<MetricsLog> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<MetricsLog> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(METRICS_FILE);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(MetricsLog { path, file })
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(MetricsLog { file })
     }
 
     /// Appends one line and flushes it.
     ///
     /// # Errors
     /// File-system errors.
-    pub fn append(&mut self, m: &EpochMetrics) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, m: &EpochMetrics) -> std::io::Result<()> {
         let line = serde_json::to_string(m).map_err(std::io::Error::other)?;
         writeln!(self.file, "{line}")?;
         self.file.flush()
@@ -72,7 +66,8 @@ impl MetricsLog {
 ///
 /// # Errors
 /// File-system errors, or a malformed line.
-pub fn read(dir: &Path) -> std::io::Result<Vec<EpochMetrics>> {
+#[cfg(test)]
+pub(crate) fn read(dir: &Path) -> std::io::Result<Vec<EpochMetrics>> {
     let text = std::fs::read_to_string(dir.join(METRICS_FILE))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())

@@ -6,11 +6,11 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// Interval between plain log lines when stderr is not a terminal.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Progress display of one epoch.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     epoch: u64,
     epochs: u64,
     batches: usize,
@@ -21,7 +21,7 @@ pub struct Progress {
 impl Progress {
     /// Progress of epoch `epoch` (from 0) of `epochs`, `batches` batches, `done` of them already
     /// trained (resume).
-    pub fn new(epoch: u64, epochs: u64, batches: usize, done: usize) -> Progress {
+    pub(crate) fn new(epoch: u64, epochs: u64, batches: usize, done: usize) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(batches as u64);
             bar.set_style(
@@ -43,7 +43,7 @@ impl Progress {
     }
 
     /// After batch `done` (count, from 1): mean loss so far and throughput (samples/s).
-    pub fn update(&mut self, done: usize, loss: f64, samples_per_s: f64) {
+    pub(crate) fn update(&mut self, done: usize, loss: f64, samples_per_s: f64) {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(done as u64);
@@ -66,14 +66,14 @@ impl Progress {
     }
 
     /// Ends the epoch's bar.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
     }
 
     /// Ends the bar where it stands (interrupted).
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.abandon();
         }

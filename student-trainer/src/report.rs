@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// File name of the report inside the output directory.
-pub const REPORT_FILE: &str = "report.json";
+pub(crate) const REPORT_FILE: &str = "report.json";
 
 /// One model in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSummary {
+pub(crate) struct ModelSummary {
     /// Test-split accuracy, a fraction in [0, 1].
     pub accuracy: f64,
     /// Trainable parameters (`None` when unknown, e.g. a TorchScript teacher).
@@ -23,7 +23,7 @@ pub struct ModelSummary {
 
 /// The report of a distillation run (`report.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The teacher, evaluated through its server.
     pub teacher: ModelSummary,
     /// The distilled student.
@@ -66,7 +66,7 @@ pub struct Report {
 
 /// One teacher replica in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaSummary {
+pub(crate) struct ReplicaSummary {
     /// Replica URL.
     pub url: String,
     /// Its group (`teacher` for plain `--teacher` replicas).
@@ -78,7 +78,7 @@ pub struct ReplicaSummary {
 
 impl Report {
     /// Teacher params / student params, when both are known.
-    pub fn compression_of(teacher: Option<i64>, student: Option<i64>) -> Option<f64> {
+    pub(crate) fn compression_of(teacher: Option<i64>, student: Option<i64>) -> Option<f64> {
         match (teacher, student) {
             (Some(t), Some(s)) if s > 0 => Some(t as f64 / s as f64),
             _ => None,
@@ -86,7 +86,7 @@ impl Report {
     }
 
     /// The human-readable table.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut s = String::new();
         let params = |p: Option<i64>| p.map_or_else(|| "?".to_string(), |p| p.to_string());
         let _ = writeln!(
@@ -132,7 +132,7 @@ impl Report {
     ///
     /// # Errors
     /// File-system errors.
-    pub fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
+    pub(crate) fn write(&self, dir: &Path) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(REPORT_FILE);
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;

@@ -24,7 +24,7 @@ pub enum TeacherEvalError {
 ///
 /// # Errors
 /// [`TeacherEvalError::Pool`] from the pool; [`TeacherEvalError::Torch`] while counting.
-pub async fn evaluate_pool(
+pub(crate) async fn evaluate_pool(
     pool: &mut Pool,
     data: &Dataset,
     batch_size: usize,
@@ -47,7 +47,7 @@ pub async fn evaluate_pool(
 }
 
 /// The largest batch every group's reference teacher accepts, at most `wanted` (and at least 1).
-pub fn batch_size_for(pool: &Pool, wanted: usize) -> usize {
+pub(crate) fn batch_size_for(pool: &Pool, wanted: usize) -> usize {
     pool.references()
         .iter()
         .map(|i| i.max_batch_size as usize)

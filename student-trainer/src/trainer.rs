@@ -233,6 +233,7 @@ impl Start {
 }
 
 /// Everything one run of the loop needs. Moved onto the training thread.
+#[derive(Debug)]
 pub struct Job {
     /// The run's settings.
     pub config: TrainConfig,

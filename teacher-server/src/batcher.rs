@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// Suggested delay before retrying a request rejected by a full queue.
-pub const RETRY_AFTER: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// Handle for submitting jobs to the batching actor. Cloneable; the actor ends (flushing what is
 /// queued) when every handle is dropped.
 #[derive(Debug, Clone)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     tx: mpsc::Sender<Job>,
     capacity: usize,
 }
@@ -32,7 +32,7 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the actor on the current tokio runtime. It feeds `engine` (the capacity-1 channel of
     /// [`crate::engine::Engine`]) and stops waiting for batches to fill once `draining` is `true`.
-    pub fn spawn(
+    pub(crate) fn spawn(
         config: BatchConfig,
         engine: mpsc::Sender<MergedBatch>,
         draining: watch::Receiver<bool>,
@@ -55,7 +55,7 @@ impl Batcher {
     /// # Errors
     /// [`Error::Overloaded`] (with a retry hint) when the queue is full; [`Error::ShuttingDown`]
     /// when the actor has stopped.
-    pub fn submit(&self, job: Job) -> Result<(), Error> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
         self.tx.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded {
                 capacity: self.capacity,

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How a request wants its logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutputSpec {
+pub(crate) struct OutputSpec {
     /// Kind of the logits (and top-k values): `Float`, `Half` or `BFloat16`.
     pub kind: Kind,
     /// `0`: dense logits; `k > 0`: the top k of each row (k ≤ num_logits, checked upstream).
@@ -42,7 +42,7 @@ impl Default for OutputSpec {
 
 /// The logits of one request, on the CPU, ready to encode.
 #[derive(Debug)]
-pub enum Logits {
+pub(crate) enum Logits {
     /// `[batch, num_logits]` of the requested kind.
     Dense(Tensor),
     /// Top-k of each row.
@@ -59,7 +59,7 @@ pub enum Logits {
 
 /// Where the time of one request went, and what it was merged with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BatchTiming {
+pub(crate) struct BatchTiming {
     /// From arrival at the server to the start of the forward pass, in microseconds.
     pub queue_us: u64,
     /// Duration of the forward pass (concatenation, forward, split), in microseconds.
@@ -72,7 +72,7 @@ pub struct BatchTiming {
 
 /// The answer to one [`Job`].
 #[derive(Debug)]
-pub struct JobOutput {
+pub(crate) struct JobOutput {
     /// The request's logits.
     pub logits: Logits,
     /// Its timing.
@@ -80,11 +80,11 @@ pub struct JobOutput {
 }
 
 /// What a job's submitter receives.
-pub type JobResult = Result<JobOutput, EngineError>;
+pub(crate) type JobResult = Result<JobOutput, EngineError>;
 
 /// One request's inputs on their way to the model.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     /// Inputs `[batch, ...input_shape]` on the CPU, validated.
     pub inputs: Tensor,
     /// How the logits are wanted.
@@ -97,14 +97,14 @@ pub struct Job {
 
 impl Job {
     /// Samples in this job (the inputs' first dimension).
-    pub fn samples(&self) -> usize {
+    pub(crate) fn samples(&self) -> usize {
         self.inputs.size().first().copied().unwrap_or(0).max(0) as usize
     }
 }
 
 /// Requests merged into one forward pass (same per-sample shape and kind).
 #[derive(Debug)]
-pub struct MergedBatch {
+pub(crate) struct MergedBatch {
     /// The requests, in queue order.
     pub jobs: Vec<Job>,
 }
@@ -125,14 +125,14 @@ pub enum StartError {
 
 /// Settings of the engine thread.
 #[derive(Debug, Clone, Default)]
-pub struct EngineSettings {
+pub(crate) struct EngineSettings {
     /// libtorch intra-op threads (`None`: libtorch's default).
     pub threads: Option<i32>,
 }
 
 /// Handle to the running engine thread.
 #[derive(Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     /// Capacity-1 channel into the engine: the batcher reserves its slot before cutting a batch.
     pub tx: mpsc::Sender<MergedBatch>,
     /// What the model is.
@@ -149,7 +149,10 @@ impl Engine {
     /// # Errors
     /// [`StartError::Load`] with whatever `factory` returns, [`StartError::Spawn`] if the thread
     /// cannot be spawned, [`StartError::Died`] if it panics while loading.
-    pub async fn start<M, F>(factory: F, settings: EngineSettings) -> Result<Engine, StartError>
+    pub(crate) async fn start<M, F>(
+        factory: F,
+        settings: EngineSettings,
+    ) -> Result<Engine, StartError>
     where
         M: TeacherModel + ?Sized + 'static,
         F: FnOnce() -> Result<Box<M>, LoadError> + Send + 'static,
@@ -202,7 +205,7 @@ impl Engine {
     }
 
     /// Splits the handle into the batch sender and a handle for stopping and joining the thread.
-    pub fn into_parts(self) -> (mpsc::Sender<MergedBatch>, ModelDescription, EngineThread) {
+    pub(crate) fn into_parts(self) -> (mpsc::Sender<MergedBatch>, ModelDescription, EngineThread) {
         let thread = EngineThread {
             handle: self.thread,
             stop: self.stop,
@@ -213,7 +216,7 @@ impl Engine {
 
 /// The engine's OS thread.
 #[derive(Debug)]
-pub struct EngineThread {
+pub(crate) struct EngineThread {
     handle: std::thread::JoinHandle<()>,
     stop: Arc<AtomicBool>,
 }
@@ -221,7 +224,7 @@ pub struct EngineThread {
 impl EngineThread {
     /// Waits (without blocking the runtime) for the thread to answer everything sent to it and
     /// exit; call after every sender of [`Engine::tx`] is dropped.
-    pub async fn join(self) {
+    pub(crate) async fn join(self) {
         let _ = tokio::task::spawn_blocking(move || self.handle.join()).await;
     }
 
@@ -229,7 +232,7 @@ impl EngineThread {
     /// it has left its current forward pass (if any) and exited; call after every sender of
     /// [`Engine::tx`] is dropped, or the thread waits for more batches. A batch still queued is
     /// dropped unanswered (its requests see [`EngineError::Stopped`]).
-    pub async fn stop_and_join(self) {
+    pub(crate) async fn stop_and_join(self) {
         self.stop.store(true, Ordering::Release);
         self.join().await;
     }

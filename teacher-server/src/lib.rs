@@ -6,14 +6,14 @@
 //! ([`service`]). [`server::run`] wires it together; [`serve`] is the whole process (logging,
 //! binding, the `listening on` line), which the binary calls after parsing its flags.
 
-pub mod batcher;
+mod batcher;
 pub mod config;
-pub mod engine;
+mod engine;
 pub mod error;
 pub mod model;
-pub mod server;
-pub mod service;
-pub mod validate;
+mod server;
+mod service;
+mod validate;
 
 pub use config::{Args, Config};
 pub use error::Error;

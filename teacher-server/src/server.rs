@@ -14,9 +14,9 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 /// Interval of HTTP/2 keepalive pings to idle clients.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive ping may go unanswered before the connection is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads the model, then serves `distill.v1.Teacher`, `grpc.health.v1.Health` and gRPC
 /// reflection (`grpc.reflection.v1` and `v1alpha`) on `listener` until `shutdown` completes. Then
@@ -41,7 +41,7 @@ pub async fn run(
 ///
 /// # Errors
 /// As [`run`].
-pub async fn run_with<W>(
+pub(crate) async fn run_with<W>(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -25,7 +25,7 @@ const RESPONSE_BUFFER: usize = 16;
 
 /// State shared by every call of the service.
 #[derive(Debug, Clone)]
-pub struct TeacherService {
+pub(crate) struct TeacherService {
     info: ModelDescription,
     limits: Limits,
     max_message_bytes: usize,
@@ -38,7 +38,7 @@ pub struct TeacherService {
 
 /// Settings of [`TeacherService`].
 #[derive(Debug, Clone)]
-pub struct ServiceSettings {
+pub(crate) struct ServiceSettings {
     /// `--max-batch-size`.
     pub max_batch_size: usize,
     /// `--max-message-bytes` (reported in `ModelInfo`).
@@ -52,7 +52,7 @@ impl TeacherService {
     ///
     /// # Errors
     /// [`Error::Config`] if the model's input kind has no wire `DType`.
-    pub fn new(
+    pub(crate) fn new(
         info: ModelDescription,
         settings: ServiceSettings,
         batcher: Batcher,

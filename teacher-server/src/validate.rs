@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 
 /// What a request must fit.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// The model's per-sample input shape.
     pub input_shape: Vec<i64>,
     /// The model's input dtype.
@@ -25,9 +25,7 @@ pub struct Limits {
 
 /// A request that passed validation.
 #[derive(Debug)]
-pub struct ValidRequest {
-    /// The client's batch id.
-    pub batch_id: u64,
+pub(crate) struct ValidRequest {
     /// Inputs `[batch, ...input_shape]`, CPU, the model's input dtype, all finite.
     pub inputs: Tensor,
     /// How the logits are wanted.
@@ -40,10 +38,13 @@ pub struct ValidRequest {
 /// The first [`InvalidRequest`] found: missing inputs, dtype, tensor consistency (negative or
 /// absurd dimensions, data length), rank, per-sample shape, empty or oversized batch, output
 /// dtype, `top_k`, non-finite values.
-pub fn validate(req: &v1::LogitsRequest, limits: &Limits) -> Result<ValidRequest, InvalidRequest> {
+pub(crate) fn validate(
+    req: &v1::LogitsRequest,
+    limits: &Limits,
+) -> Result<ValidRequest, InvalidRequest> {
     // Destructured so that a new field cannot be ignored silently.
     let v1::LogitsRequest {
-        batch_id,
+        batch_id: _,
         inputs,
         output_dtype,
         top_k,
@@ -115,7 +116,6 @@ pub fn validate(req: &v1::LogitsRequest, limits: &Limits) -> Result<ValidRequest
         check_finite(&tensor)?;
     }
     Ok(ValidRequest {
-        batch_id: *batch_id,
         inputs: tensor,
         output: OutputSpec {
             kind,
@@ -189,7 +189,6 @@ mod tests {
     #[test]
     fn accepts_a_valid_batch() {
         let v = validate(&ok(3), &limits()).unwrap();
-        assert_eq!(v.batch_id, 7);
         assert_eq!(v.inputs.size(), vec![3, 1, 4, 4]);
         assert_eq!(
             v.output,
