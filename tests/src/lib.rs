@@ -51,6 +51,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A local TCP port that was free a moment ago and has no listener now: a teacher URL that
+/// refuses connections.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
 /// Path of the built binary `name` in `target/<profile>/`, beside this test executable's `deps/`.
 ///
 /// # Panics

@@ -9,12 +9,7 @@ async fn alpha_zero_with_every_label_needs_no_teacher() {
     let tmp = TempDir::new("student-alpha0");
     let data = tmp.path().join("data");
     write_synthetic_idx(&data, 200, 50, 10, 2);
-    // A port that was free a moment ago and has no listener now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = distill_tests::closed_port();
     let out = tmp.path().join("out");
     let run = |alpha: &'static str| {
         let (d, o) = (data.display().to_string(), out.display().to_string());

@@ -22,12 +22,7 @@ async fn unreachable_teacher() {
     let tmp = TempDir::new("student-unreachable");
     let data = tmp.path().join("data");
     write_synthetic_idx(&data, 50, 20, 10, 5);
-    // A port that was free a moment ago and has no listener now.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = distill_tests::closed_port();
     let out = tmp.path().join("out");
     let run = student(&[
         "distill",

@@ -1,6 +1,7 @@
 //! Ctrl-C (SIGINT) during training saves a checkpoint at the current batch and exits with 130;
-//! `--resume` then finishes the run, equal to an uninterrupted one (MLP: no dropout, so exact
-//! even when resumed mid-epoch).
+//! SIGTERM (what Kubernetes sends an evicted pod) does the same and exits with 143. `--resume`
+//! then finishes the run, equal to an uninterrupted one (MLP: no dropout, so exact even when
+//! resumed mid-epoch).
 
 use distill_tests::TempDir;
 use distill_tests::trainer::{
@@ -11,7 +12,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
-    let tmp = TempDir::new("student-sigint");
+    interrupt_and_resume("INT", 130, None).await;
+}
+
+#[tokio::test]
+async fn sigterm_saves_a_checkpoint_and_exits_143() {
+    interrupt_and_resume("TERM", 143, Some("SIGTERM: saving a checkpoint")).await;
+}
+
+/// Sends SIG`signal` to a training run just before its first batch, expects exit `code` (and the
+/// log line `log`), then checks that `--resume` ends where an uninterrupted run ends.
+async fn interrupt_and_resume(signal: &str, code: i32, log: Option<&str>) {
+    let tmp = TempDir::new(&format!("student-sig{}", signal.to_lowercase()));
     let data = tmp.path().join("data");
     write_synthetic_idx(&data, 20_000, 100, 10, 7);
     let d = data.display().to_string();
@@ -55,7 +67,7 @@ async fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
-            .args(["-INT", &pid])
+            .args([format!("-{signal}"), pid])
             .status()
             .unwrap()
             .success()
@@ -66,8 +78,11 @@ async fn sigint_saves_a_checkpoint_and_resume_finishes_the_run() {
         rest.push('\n');
     }
     let status = child.wait().await.unwrap();
-    assert_eq!(status.code(), Some(130), "{rest}");
+    assert_eq!(status.code(), Some(code), "{rest}");
     assert!(rest.contains("checkpoint saved"), "{rest}");
+    if let Some(log) = log {
+        assert!(rest.contains(log), "{rest}");
+    }
     let meta = read_json(&stopped.join("checkpoint.json"));
     assert!(
         meta["epoch"].as_u64().unwrap() < 2,
