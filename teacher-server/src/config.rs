@@ -115,7 +115,7 @@ pub enum ModelSource {
         /// The `.pt` file.
         path: PathBuf,
     },
-    /// A checkpoint directory (`checkpoint.json` + `model.safetensors`).
+    /// A checkpoint directory (`checkpoint.json`, the manifest naming its weights file).
     Checkpoint {
         /// The directory.
         dir: PathBuf,
