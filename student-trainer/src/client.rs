@@ -133,6 +133,8 @@ impl From<v1::ModelInfo> for TeacherInfo {
             max_batch_size,
             device,
             max_message_bytes,
+            // TODO(#8): compared between replicas.
+            precision: _,
             instance_id,
         } = m;
         TeacherInfo {

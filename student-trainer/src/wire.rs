@@ -43,6 +43,7 @@ pub(crate) fn request(
         inputs: Some(codec::encode(&rows)?),
         output_dtype: v1::DType::F32 as i32,
         top_k: 0,
+        temperature: 0.0,
     })
 }
 

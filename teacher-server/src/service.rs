@@ -104,6 +104,8 @@ impl Teacher for TeacherService {
             device,
             max_message_bytes: self.max_message_bytes as u64,
             instance_id: self.instance_id.clone(),
+            // TODO(#8): --precision; f32 until then.
+            precision: v1::DType::F32 as i32,
         }))
     }
 
@@ -313,6 +315,8 @@ fn encode(logits: Logits) -> Result<v1::logits_response::Result, Error> {
             indices: Some(codec::encode(&indices)?),
             values: Some(codec::encode(&values)?),
             logsumexp: Some(codec::encode(&logsumexp)?),
+            // TODO(#8): the tail at the request's temperature.
+            tail_logsumexp: None,
         }),
     })
 }

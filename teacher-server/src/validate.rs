@@ -48,6 +48,8 @@ pub(crate) fn validate(
         inputs,
         output_dtype,
         top_k,
+        // TODO(#8): validated and used for SparseLogits.tail_logsumexp.
+        temperature: _,
     } = req;
     let inputs = inputs
         .as_ref()
@@ -171,6 +173,7 @@ mod tests {
             inputs: Some(v1::Tensor { dtype, shape, data }),
             output_dtype: 0,
             top_k: 0,
+            temperature: 0.0,
         }
     }
 

@@ -319,6 +319,7 @@ pub fn request(batch_id: u64, inputs: &Tensor) -> v1::LogitsRequest {
         inputs: Some(to_wire(inputs)),
         output_dtype: v1::DType::F32 as i32,
         top_k: 0,
+        temperature: 0.0,
     }
 }
 
