@@ -92,6 +92,7 @@ impl Teacher for ReversingTeacher {
             device: "cpu".into(),
             max_message_bytes: 0,
             instance_id: String::new(),
+            precision: v1::DType::F32 as i32,
         }))
     }
 
