@@ -328,10 +328,25 @@ fn sync_dir(dir: &Path) -> Result<(), ModelError> {
         .map_err(|source| io_err(dir, source))
 }
 
+/// Replaces `dir/name` with `bytes` atomically: written to a temporary name in `dir`, fsynced,
+/// renamed over `name`, and the directory fsynced. A crash leaves the old file or the new one.
+///
+/// # Errors
+/// [`ModelError::Io`] naming the file.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ModelError> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(|source| io_err(&tmp, source))?;
+    sync_dir(dir)
+}
+
 /// Writes a data file as `STEM.<first 16 hex digits of its SHA-256>.safetensors` via a
 /// temporary name (write, fsync, rename, fsync the directory) and returns its manifest entry.
 /// The name depends on the contents only, so an existing file of that name holds the same bytes.
-fn write_data_file(dir: &Path, stem: &str, bytes: &[u8]) -> Result<FileEntry, ModelError> {
+///
+/// # Errors
+/// [`ModelError::Io`] naming the file.
+pub fn write_data_file(dir: &Path, stem: &str, bytes: &[u8]) -> Result<FileEntry, ModelError> {
     let sha256 = sha256_hex(bytes);
     let name = format!("{stem}.{}.safetensors", &sha256[..16]);
     let tmp = dir.join(format!(".{name}.tmp"));

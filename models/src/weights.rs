@@ -15,7 +15,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
 
 /// Hex SHA-256 of `bytes` (the hash a checkpoint manifest records for each file).
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -84,7 +84,7 @@ impl View for &OwnedView {
 /// # Errors
 /// [`ModelError::Torch`] if a tensor cannot be copied; [`ModelError::Unsupported`] for a kind
 /// safetensors cannot store.
-pub(crate) fn serialize(named: &[(String, Tensor)]) -> Result<Vec<u8>, ModelError> {
+pub fn serialize(named: &[(String, Tensor)]) -> Result<Vec<u8>, ModelError> {
     let views = named
         .iter()
         .map(|(name, t)| {
@@ -117,10 +117,7 @@ fn parse<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>, ModelError
 ///
 /// # Errors
 /// [`ModelError::Checkpoint`] for a malformed file or a dtype libtorch lacks.
-pub(crate) fn tensors_from_bytes(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<(String, Tensor)>, ModelError> {
+pub fn tensors_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
     let file = parse(bytes, path)?;
     let mut out = Vec::with_capacity(file.len());
     for (name, view) in file.tensors() {

@@ -10,6 +10,7 @@
 //! [`report`] the outputs.
 
 pub mod app;
+pub mod cache;
 pub mod cli;
 mod client;
 pub mod config;
