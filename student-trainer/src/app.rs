@@ -8,7 +8,7 @@ use crate::config::{DistillConfig, EvalConfig, EvalTarget, TrainConfig};
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
-use crate::pool::{Expect, Pool, PoolError, PoolOptions};
+use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunTargets};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
 use crate::schedule::{TeacherBatch, run_plan};
 use crate::teacher_eval::{self, TeacherEvalError};
@@ -266,7 +266,6 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             keepalive_interval: std::time::Duration::from_secs(10),
             keepalive_timeout: std::time::Duration::from_secs(10),
         },
-        temperature: cfg.loss.temperature,
         resolve_interval: cfg.resolve_interval,
         ..PoolOptions::default()
     };
@@ -276,6 +275,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         batch_size: tc.batch_size,
     };
     let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
+    pool.check_top_k(cfg.request.top_k)?;
     let refs: Vec<crate::client::TeacherInfo> = pool.references().into_iter().cloned().collect();
     let teacher_name = refs
         .iter()
@@ -312,6 +312,11 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         tc.epochs,
     );
     let inputs = data.train.inputs.shallow_clone();
+    let targets = RunTargets {
+        request: cfg.request,
+        ensemble: cfg.ensemble_mode,
+        seed: tc.seed,
+    };
     let (tx, rx) = mpsc::channel::<TeacherBatch>(cfg.prefetch);
     let job = Job {
         device,
@@ -332,7 +337,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         path: "trainer thread".into(),
         source,
     })?;
-    let (streamed, trained) = tokio::join!(pool.run(plan, inputs, tx), join_trainer(handle));
+    let (streamed, trained) = tokio::join!(pool.run(plan, inputs, targets, tx), join_trainer(handle));
     let (out, stats) = match (trained, streamed) {
         (Ok(out), _) if out.interrupted => return summarise(&spec, &out),
         (Ok(out), Err(e)) if out.teacher_gone => {
@@ -356,7 +361,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let replicas = pool.replica_stats();
     // As many samples per request as every group's teacher accepts (500 at most).
     let eval_batch = teacher_eval::batch_size_for(&pool, 500);
-    let teacher_acc = teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch).await?;
+    let teacher_acc = teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch, cfg.loss.temperature).await?;
     let student_acc = out
         .test
         .clone()
@@ -391,6 +396,10 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         temperature: cfg.loss.temperature,
         alpha: cfg.loss.alpha,
         loss: cfg.loss.kind.to_string(),
+        wire: cfg.request.wire.to_string(),
+        top_k: cfg.request.top_k,
+        sparse_tail: cfg.loss.sparse_tail.to_string(),
+        ensemble_mode: cfg.ensemble_mode.to_string(),
         labels: cfg.labels.to_string(),
         train_samples,
         teacher_url: urls.first().cloned().unwrap_or_default(),
@@ -476,7 +485,7 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
             };
             let mut pool = Pool::connect(groups.clone(), options, expect).await?;
             let batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);
-            let acc = teacher_eval::evaluate_pool(&mut pool, &test, batch_size).await?;
+            let acc = teacher_eval::evaluate_pool(&mut pool, &test, batch_size, 1.0).await?;
             let refs = pool.references();
             let name = refs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>();
             let params = refs

@@ -5,7 +5,9 @@
 //! `--seed`, `--limit`, `--out`, `--resume`) are kept stable: scripts and the README use them.
 //! Parsing only checks syntax; [`crate::config`] validates the values.
 
-use crate::loss::LossKind;
+use crate::ensemble::EnsembleMode;
+use crate::loss::{LossKind, SparseTail};
+use crate::wire::WireDType;
 use crate::optim::OptimizerKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -168,6 +170,25 @@ pub struct DistillArgs {
     /// Soft-target loss.
     #[arg(long, env = "STUDENT_LOSS", value_enum, ignore_case = true, default_value_t = LossKind::Kl)]
     pub loss: LossKind,
+    /// The dtype the teacher's logits travel in (converted to f32 on arrival): f32 (exact), f16
+    /// or bf16 (half the bytes).
+    #[arg(long, env = "STUDENT_WIRE", value_enum, ignore_case = true, default_value_t = WireDType::F32)]
+    pub wire: WireDType,
+    /// Soft targets as the teacher's top K logits of each sample plus the log-sum-exp of the
+    /// rest at temperature T (computed by the teacher from the full row); 0: dense rows. Needs
+    /// --loss kl, and --ensemble-mode sample with several teacher groups.
+    #[arg(long, env = "STUDENT_TOP_K", default_value_t = 0)]
+    pub top_k: u32,
+    /// With --top-k: what the KL does with the teacher's mass outside the top K. bucket: one
+    /// extra outcome against the student's own mass outside the same K classes; uniform: spread
+    /// evenly over the other classes; renorm: dropped, both sides renormalised over the K.
+    #[arg(long, env = "STUDENT_SPARSE_TAIL", value_enum, ignore_case = true, default_value_t = SparseTail::Bucket)]
+    pub sparse_tail: SparseTail,
+    /// With several --teacher-group: mix (every group answers every batch; probabilities mixed)
+    /// or sample (one group per batch, drawn with the group weights from the seed, epoch and
+    /// batch index: one teacher forward per batch).
+    #[arg(long, env = "STUDENT_ENSEMBLE_MODE", value_enum, ignore_case = true, default_value_t = EnsembleMode::Mix)]
+    pub ensemble_mode: EnsembleMode,
     /// Which samples keep their ground-truth labels: all, none (soft targets only, alpha is
     /// then 1), or N (the samples with index < N keep labels and use --alpha; the rest use the
     /// soft term alone, at weight 1).

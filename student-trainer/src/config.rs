@@ -6,7 +6,9 @@
 use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
-use crate::loss::DistillLoss;
+use crate::ensemble::EnsembleMode;
+use crate::loss::{DistillLoss, LossKind};
+use crate::wire::TargetRequest;
 use crate::optim::OptimizerConfig;
 use distill_models::Arch;
 use std::fmt;
@@ -130,8 +132,12 @@ pub struct DistillConfig {
     pub batch_ledger: Option<PathBuf>,
     /// How often `dns://` teachers are resolved again.
     pub resolve_interval: Duration,
-    /// The distillation loss (kind, temperature, alpha).
+    /// The distillation loss (kind, temperature, alpha, sparse tail).
     pub loss: DistillLoss,
+    /// What each request asks for (`--wire`, `--top-k`, at the loss's temperature).
+    pub request: TargetRequest,
+    /// How an ensemble's groups share batches (`--ensemble-mode`).
+    pub ensemble_mode: EnsembleMode,
     /// Which samples keep their labels.
     pub labels: LabelPolicy,
     /// Batches in flight to the teacher (≥ 1).
@@ -408,9 +414,30 @@ impl TryFrom<DistillArgs> for DistillConfig {
         } else {
             a.alpha
         };
+        let groups = teacher_groups(&a.teacher, &a.teacher_group, &a.group_weight)?;
+        if a.top_k > 0 && kind == LossKind::Mse {
+            return Err(invalid(
+                "top-k",
+                format!(
+                    "--loss mse needs every logit, got --top-k {} (use --loss kl, or --top-k 0)",
+                    a.top_k
+                ),
+            ));
+        }
+        if a.top_k > 0 && a.ensemble_mode == EnsembleMode::Mix && groups.len() > 1 {
+            return Err(invalid(
+                "top-k",
+                format!(
+                    "--ensemble-mode mix mixes dense probabilities of every group, got --top-k {} \
+                     with {} teacher groups (use --ensemble-mode sample, or --top-k 0)",
+                    a.top_k,
+                    groups.len()
+                ),
+            ));
+        }
         Ok(DistillConfig {
             train,
-            groups: teacher_groups(&a.teacher, &a.teacher_group, &a.group_weight)?,
+            groups,
             batch_timeout: timeout("batch-timeout", a.batch_timeout)?,
             teacher_wait: timeout("teacher-wait", a.teacher_wait)?,
             batch_ledger: a.batch_ledger,
@@ -419,7 +446,14 @@ impl TryFrom<DistillArgs> for DistillConfig {
                 kind,
                 temperature: a.temperature,
                 alpha,
+                sparse_tail: a.sparse_tail,
             },
+            request: TargetRequest {
+                wire: a.wire,
+                top_k: a.top_k,
+                temperature: a.temperature,
+            },
+            ensemble_mode: a.ensemble_mode,
             labels,
             prefetch: a.prefetch,
             baseline: a.baseline,
@@ -554,6 +588,54 @@ mod tests {
             (Some(500), 3, 7)
         );
         assert!(c.train.resume);
+    }
+
+    #[test]
+    fn soft_target_flags_parse_and_bad_combinations_name_the_flags() {
+        let c = distill(&[
+            "--wire",
+            "bf16",
+            "--top-k",
+            "3",
+            "--sparse-tail",
+            "uniform",
+            "--temperature",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.request,
+            TargetRequest {
+                wire: crate::wire::WireDType::Bf16,
+                top_k: 3,
+                temperature: 2.0
+            }
+        );
+        assert_eq!(c.loss.sparse_tail, crate::loss::SparseTail::Uniform);
+        assert_eq!(c.ensemble_mode, EnsembleMode::Mix);
+        let d = distill(&[]).unwrap();
+        assert_eq!((d.request.wire.to_string(), d.request.top_k), ("f32".into(), 0));
+        assert_eq!(d.loss.sparse_tail.to_string(), "bucket");
+        let e = distill(&["--loss", "mse", "--top-k", "4"]).unwrap_err().to_string();
+        assert!(e.contains("--top-k") && e.contains("--loss mse"), "{e}");
+        let groups = ["--teacher-group", "a=127.0.0.1:1", "--teacher-group", "b=127.0.0.1:2"];
+        let mut two = vec!["distill"];
+        two.extend_from_slice(&groups);
+        two.extend_from_slice(&["--top-k", "2"]);
+        let Command::Distill(args) = parse(&two) else {
+            panic!("distill")
+        };
+        let e = DistillConfig::try_from(args.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("--top-k") && e.contains("--ensemble-mode") && e.contains("2 teacher groups"),
+            "{e}"
+        );
+        let sampled = DistillConfig::try_from(DistillArgs {
+            ensemble_mode: EnsembleMode::Sample,
+            ..args
+        })
+        .unwrap();
+        assert_eq!(sampled.ensemble_mode, EnsembleMode::Sample);
     }
 
     #[test]

@@ -18,7 +18,60 @@
 //! A single group is passed through unchanged (its raw logits), so one teacher behaves exactly as
 //! without ensembles.
 
+use crate::data::{SPLITMIX64_GAMMA, splitmix64_mix};
 use tch::{Kind, Tensor};
+
+/// How the groups of an ensemble answer a batch (`distill --ensemble-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum EnsembleMode {
+    /// Every group answers every batch; their probabilities are mixed ([`mix`]). Needs dense
+    /// targets.
+    #[default]
+    Mix,
+    /// One group per batch, drawn with the group weights ([`sample_group`]): one teacher forward
+    /// per batch instead of one per group (Blakeney et al. 2022 show single-teacher sampling
+    /// keeps the ensemble's benefit). Sparse targets are allowed.
+    Sample,
+}
+
+impl std::fmt::Display for EnsembleMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EnsembleMode::Mix => "mix",
+            EnsembleMode::Sample => "sample",
+        })
+    }
+}
+
+/// The group that answers batch `index` of `epoch` under [`EnsembleMode::Sample`]: group `g`
+/// with probability `weights[g] / Σ weights`, drawn from a SplitMix64 hash of
+/// `(seed, epoch, index)`, so the choice needs no saved state and repeats exactly on resume.
+/// Weights that are all 0 (or none) give group 0.
+pub(crate) fn sample_group(seed: u64, epoch: u64, index: usize, weights: &[f64]) -> usize {
+    let z = splitmix64_mix(
+        seed ^ splitmix64_mix(
+            epoch
+                .wrapping_mul(SPLITMIX64_GAMMA)
+                .wrapping_add(index as u64)
+                .wrapping_add(0x5eed_9a0c),
+        ),
+    );
+    // 53 random bits → a uniform draw in [0, 1).
+    let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+    let total: f64 = weights.iter().sum();
+    if weights.is_empty() || total <= 0.0 || !total.is_finite() {
+        return 0;
+    }
+    let mut acc = 0.0;
+    for (g, w) in weights.iter().enumerate() {
+        acc += w / total;
+        if u < acc {
+            return g;
+        }
+    }
+    // Rounding left u above the last cumulative sum: the last group with weight.
+    weights.iter().rposition(|w| *w > 0.0).unwrap_or(0)
+}
 
 /// Smallest mixture probability kept before taking `log p`.
 pub(crate) const MIN_PROB: f64 = 1e-30;
@@ -37,6 +90,11 @@ pub enum MixError {
     /// A weight that is negative or not finite, or weights summing to 0.
     #[error("ensemble weights {0:?}: each must be ≥ 0 and finite, and their sum > 0")]
     Weights(Vec<f64>),
+    /// Top-k targets of several groups: only dense logits can be mixed.
+    #[error(
+        "cannot mix top-k soft targets of several groups (use --ensemble-mode sample with --top-k)"
+    )]
+    Sparse,
     /// A libtorch failure (e.g. parts of different shapes).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -162,6 +220,27 @@ mod tests {
             mix(&[a.shallow_clone(), a], &[0.0, 0.0], 1.0),
             Err(MixError::Weights(_))
         ));
+    }
+
+    #[test]
+    fn sampled_groups_follow_the_weights_and_repeat() {
+        let weights = [3.0, 1.0];
+        let picks: Vec<usize> = (0..4000)
+            .map(|i| sample_group(7, i / 100, (i % 100) as usize, &weights))
+            .collect();
+        let ones = picks.iter().filter(|&&g| g == 1).count() as f64 / picks.len() as f64;
+        // Binomial(4000, 0.25): standard deviation ≈ 0.0068; 0.05 is over 7 of them.
+        assert!((ones - 0.25).abs() < 0.05, "share of group 1: {ones}");
+        let again: Vec<usize> = (0..4000)
+            .map(|i| sample_group(7, i / 100, (i % 100) as usize, &weights))
+            .collect();
+        assert_eq!(picks, again, "the draw depends on (seed, epoch, index) only");
+        let other_seed: Vec<usize> = (0..4000)
+            .map(|i| sample_group(8, i / 100, (i % 100) as usize, &weights))
+            .collect();
+        assert_ne!(picks, other_seed);
+        assert!((0..100).all(|i| sample_group(1, 0, i, &[0.0, 2.0]) == 1));
+        assert_eq!(sample_group(1, 0, 0, &[0.0, 0.0]), 0);
     }
 
     #[test]

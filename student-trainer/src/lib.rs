@@ -28,8 +28,11 @@ mod progress;
 mod report;
 pub mod schedule;
 pub mod signals;
+pub mod targets;
 mod teacher_eval;
 pub mod trainer;
 mod wire;
 
 pub use app::{AppError, Finished};
+pub use ensemble::EnsembleMode;
+pub use wire::{TargetRequest, WireDType};

@@ -16,6 +16,7 @@
 //! `F.kl_div(..., reduction="batchmean")`, and is computed from log-softmax so that logits of
 //! ±1000 or a teacher probability of exactly 0 give finite values.
 
+use crate::targets::SoftTargets;
 use tch::{Kind, Reduction, Tensor};
 
 /// The soft (teacher-matching) term of the loss.
@@ -36,6 +37,32 @@ impl std::fmt::Display for LossKind {
     }
 }
 
+/// How the sparse KD loss treats the teacher's probability mass outside its top k classes
+/// (the tail, `r = exp(tail_logsumexp − lse_T)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum SparseTail {
+    /// KL over k + 1 outcomes: the k classes and one "rest" outcome, whose student probability
+    /// is the student's own mass outside the same k classes, computed exactly in log space.
+    #[default]
+    Bucket,
+    /// The tail mass spread evenly over the other C − k classes (each `r / (C − k)`); KL over
+    /// all C classes.
+    Uniform,
+    /// The teacher's k probabilities renormalised to sum 1 against the student's log-softmax
+    /// renormalised over the same k classes; the tail is dropped.
+    Renorm,
+}
+
+impl std::fmt::Display for SparseTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SparseTail::Bucket => "bucket",
+            SparseTail::Uniform => "uniform",
+            SparseTail::Renorm => "renorm",
+        })
+    }
+}
+
 /// The distillation loss with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DistillLoss {
@@ -46,6 +73,8 @@ pub struct DistillLoss {
     /// Weight of the soft term for labelled samples, in `[0, 1]`; `1 − alpha` weighs the
     /// cross-entropy. Unlabelled samples always use weight 1.
     pub alpha: f64,
+    /// How sparse (top-k) targets treat the teacher's mass outside the k classes.
+    pub sparse_tail: SparseTail,
 }
 
 /// The loss of one batch.
@@ -82,6 +111,90 @@ fn kl_per_sample(
     terms
         .f_where_scalarother(&positive, 0.0)?
         .f_sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// `Σ_c p_c (log p_c − log q_c)` with terms where `p_c = 0` set to exactly 0 (`0 · log 0 = 0`).
+fn kl_terms(log_p: &Tensor, log_q: &Tensor) -> Result<Tensor, tch::TchError> {
+    let p = log_p.f_exp()?;
+    let positive = p.f_gt(0.0)?;
+    p.f_mul(&log_p.f_sub(log_q)?)?
+        .f_where_scalarother(&positive, 0.0)?
+        .f_sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// The sparse KL per sample at temperature `T`, `f32 [B]` (before `T²`), of the student's logits
+/// `student` (`f32 [B, C]`) against the teacher's top-k: `indices` (`i64 [B, k]`), `values`
+/// (raw logits, `[B, k]`) and `tail` (`f32 [B]`, log-sum-exp of `z / T` over the other classes).
+///
+/// Teacher (Hinton et al. 2015, section 2, at temperature `T`):
+///
+/// ```text
+/// lse_T   = logaddexp(logsumexp_i(v_i / T), tail)
+/// log p_i = v_i / T − lse_T            (i in the top k)
+/// log r   = tail − lse_T               (the mass outside the top k)
+/// ```
+///
+/// Student: `log q = log_softmax(s / T)`; its mass outside the k classes is
+/// `log q_rest = logsumexp_{c ∉ K} log q_c` (masked log-sum-exp, never `1 − Σ q`).
+///
+/// - `Bucket`: `Σ_i p_i (log p_i − log q_i) + r (log r − log q_rest)`;
+/// - `Uniform`: the rest spread as `r / (C − k)` per class:
+///   `Σ_i p_i (log p_i − log q_i) + r (log r − log(C − k)) − r/(C − k) · Σ_{c ∉ K} log q_c`;
+/// - `Renorm`: `Σ_i p̃_i (log p̃_i − log q̃_i)` with `p̃ = softmax(v / T)` and `q̃` the
+///   student's probabilities renormalised over the k classes.
+fn sparse_kl_per_sample(
+    student: &Tensor,
+    indices: &Tensor,
+    values: &Tensor,
+    tail: &Tensor,
+    temperature: f64,
+    mode: SparseTail,
+) -> Result<Tensor, tch::TchError> {
+    let c = student.size()[1];
+    let k = indices.size()[1];
+    let v = values
+        .f_detach()?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(temperature)?;
+    let tail = tail.f_detach()?.f_to_kind(Kind::Float)?;
+    let log_q = student
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let log_q_k = log_q.f_gather(1, indices, false)?;
+    if mode == SparseTail::Renorm {
+        let log_p = v.f_log_softmax(-1, Kind::Float)?;
+        let log_q_renorm = log_q_k.f_log_softmax(-1, Kind::Float)?;
+        return kl_terms(&log_p, &log_q_renorm);
+    }
+    let lse_v = v.f_logsumexp([-1i64].as_slice(), false)?;
+    let lse_t = lse_v.f_logaddexp(&tail)?;
+    let log_p = v.f_sub(&lse_t.f_unsqueeze(-1)?)?;
+    let head = kl_terms(&log_p, &log_q_k)?;
+    if k >= c {
+        // No class outside the top k: the tail mass is 0 and so is its term.
+        return Ok(head);
+    }
+    let log_r = tail.f_sub(&lse_t)?;
+    let r = log_r.f_exp()?;
+    let has_tail = r.f_gt(0.0)?;
+    let rest = match mode {
+        SparseTail::Bucket => {
+            let log_q_rest = log_q
+                .f_scatter_value(1, indices, f64::NEG_INFINITY)?
+                .f_logsumexp([-1i64].as_slice(), false)?;
+            r.f_mul(&log_r.f_sub(&log_q_rest)?)?
+        }
+        SparseTail::Uniform => {
+            let others = (c - k) as f64;
+            let sum_rest = log_q
+                .f_sum_dim_intlist(-1, false, Kind::Float)?
+                .f_sub(&log_q_k.f_sum_dim_intlist(-1, false, Kind::Float)?)?;
+            r.f_mul(&log_r.f_sub_scalar(others.ln())?)?
+                .f_sub(&r.f_div_scalar(others)?.f_mul(&sum_rest)?)?
+        }
+        SparseTail::Renorm => unreachable!("handled above"),
+    };
+    head.f_add(&rest.f_where_scalarother(&has_tail, 0.0)?)
 }
 
 /// `mean_c (s_c − t_c)²` per sample (Ba & Caruana 2014), teacher detached. Returns `f32` `[B]`.
@@ -191,13 +304,86 @@ impl DistillLoss {
                 teacher.size()
             )));
         }
-        let b = size[0];
-        if labels.size() != [b] {
+        self.check_params()?;
+        let soft_i = match self.kind {
+            LossKind::Kl => kl_per_sample(student, teacher, self.temperature)?
+                .f_mul_scalar(self.temperature * self.temperature)?,
+            LossKind::Mse => mse_per_sample(student, teacher)?,
+        };
+        self.weigh(student, soft_i, labels, labelled)
+    }
+
+    /// The loss of one batch against soft targets of either form: dense targets as
+    /// [`DistillLoss::compute`]; sparse (top-k) targets with the same weighting, `T²` and batch
+    /// mean, the soft term being `T² ·` the sparse KL of [`DistillLoss::sparse_tail`]:
+    ///
+    /// ```text
+    /// lse_T   = logaddexp(logsumexp_i(v_i / T), tail)       teacher's row log-sum-exp at T
+    /// log p_i = v_i / T − lse_T,  r = exp(tail − lse_T)     top-k and tail probabilities
+    /// bucket:  Σ_i p_i log(p_i / q_i) + r log(r / q_rest),  q_rest = Σ_{c ∉ K} q_c (log space)
+    /// uniform: Σ_i p_i log(p_i / q_i) + Σ_{c ∉ K} (r/(C−k)) log((r/(C−k)) / q_c)
+    /// renorm:  Σ_i p̃_i log(p̃_i / q̃_i),  p̃ = p / Σ_K p,  q̃ = q / Σ_K q
+    /// ```
+    ///
+    /// with `q = softmax(s / T)` the student's (Hinton et al. 2015, section 2). With k = C every
+    /// variant equals the dense KL.
+    ///
+    /// # Errors
+    /// [`tch::TchError::Shape`] for sparse targets with [`LossKind::Mse`] (it needs every
+    /// logit), shapes that do not fit (`indices`/`values` `[B, k]` with `1 ≤ k ≤ C`, tail
+    /// `[B]`), a bad temperature/alpha; libtorch's errors (e.g. an index outside `0..C`).
+    pub fn compute_targets(
+        &self,
+        student: &Tensor,
+        targets: &SoftTargets,
+        labels: &Tensor,
+        labelled: Option<&Tensor>,
+    ) -> Result<LossParts, tch::TchError> {
+        let (indices, values, tail) = match targets {
+            SoftTargets::Dense(t) => return self.compute(student, t, labels, labelled),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => (indices, values, tail_logsumexp),
+        };
+        if self.kind == LossKind::Mse {
+            return Err(shape_err(
+                "the MSE loss needs dense teacher logits, got top-k targets".into(),
+            ));
+        }
+        let size = student.size();
+        let fits = size.len() == 2
+            && indices.size().len() == 2
+            && indices.size()[0] == size[0]
+            && (1..=size[1]).contains(&indices.size()[1])
+            && values.size() == indices.size()
+            && tail.size() == [size[0]];
+        if !fits {
             return Err(shape_err(format!(
-                "labels must be [{b}], got {:?}",
-                labels.size()
+                "student logits [batch, classes] with top-k indices and values [batch, k] \
+                 (1 ≤ k ≤ classes) and tail [batch] expected, got {:?}, {:?}, {:?}, {:?}",
+                size,
+                indices.size(),
+                values.size(),
+                tail.size()
             )));
         }
+        self.check_params()?;
+        let device = student.device();
+        let soft_i = sparse_kl_per_sample(
+            student,
+            &indices.f_to_device(device)?,
+            &values.f_to_device(device)?,
+            &tail.f_to_device(device)?,
+            self.temperature,
+            self.sparse_tail,
+        )?
+        .f_mul_scalar(self.temperature * self.temperature)?;
+        self.weigh(student, soft_i, labels, labelled)
+    }
+
+    fn check_params(&self) -> Result<(), tch::TchError> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(shape_err(format!(
                 "temperature must be positive, got {}",
@@ -208,6 +394,25 @@ impl DistillLoss {
             return Err(shape_err(format!(
                 "alpha must lie in [0, 1], got {}",
                 self.alpha
+            )));
+        }
+        Ok(())
+    }
+
+    /// Combines the per-sample soft term `soft_i` (`f32 [B]`) with the cross-entropy as
+    /// documented on [`DistillLoss::compute`].
+    fn weigh(
+        &self,
+        student: &Tensor,
+        soft_i: Tensor,
+        labels: &Tensor,
+        labelled: Option<&Tensor>,
+    ) -> Result<LossParts, tch::TchError> {
+        let b = student.size()[0];
+        if labels.size() != [b] {
+            return Err(shape_err(format!(
+                "labels must be [{b}], got {:?}",
+                labels.size()
             )));
         }
         let device = student.device();
@@ -224,11 +429,6 @@ impl DistillLoss {
             None => Tensor::f_ones([b], (Kind::Bool, device))?,
         };
 
-        let soft_i = match self.kind {
-            LossKind::Kl => kl_per_sample(student, teacher, self.temperature)?
-                .f_mul_scalar(self.temperature * self.temperature)?,
-            LossKind::Mse => mse_per_sample(student, teacher)?,
-        };
         // w_i = alpha where labelled, 1 elsewhere.
         let w = Tensor::f_full([b], self.alpha, (Kind::Float, device))?
             .f_where_scalarother(&labelled, 1.0)?;
@@ -355,6 +555,7 @@ mod tests {
                 kind: LossKind::Kl,
                 temperature,
                 alpha,
+                sparse_tail: SparseTail::Bucket,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             close(
@@ -394,6 +595,7 @@ mod tests {
                     kind: LossKind::Mse,
                     temperature,
                     alpha: 1.0,
+                    sparse_tail: SparseTail::Bucket,
                 };
                 let parts = loss.compute(&s, &t, &y, None).unwrap();
                 close(value(&parts.total), want, &format!("{name} mse loss"));
@@ -404,6 +606,7 @@ mod tests {
                 kind: LossKind::Mse,
                 temperature: 4.0,
                 alpha: 0.25,
+                sparse_tail: SparseTail::Bucket,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             let ce = value(&cross_entropy(&s, &y));
@@ -473,6 +676,7 @@ mod tests {
                 kind,
                 temperature: 4.0,
                 alpha: 0.9,
+                sparse_tail: SparseTail::Bucket,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             parts.total.backward();
@@ -494,6 +698,7 @@ mod tests {
             kind: LossKind::Kl,
             temperature: 4.0,
             alpha: 0.9,
+            sparse_tail: SparseTail::Bucket,
         };
         let parts = loss.compute(&s, &t, &y, Some(&mask)).unwrap();
         // Per-row reference.
@@ -532,6 +737,7 @@ mod tests {
             kind: LossKind::Kl,
             temperature: 4.0,
             alpha: 0.9,
+            sparse_tail: SparseTail::Bucket,
         };
         let t4 = Tensor::zeros([2, 4], tch::kind::FLOAT_CPU);
         assert!(loss.compute(&s, &t4, &y, None).is_err());
@@ -546,6 +752,214 @@ mod tests {
         assert!(bad_t.compute(&s, &s, &y, None).is_err());
         let bad_mask = Tensor::ones([3], (Kind::Bool, tch::Device::Cpu));
         assert!(loss.compute(&s, &s, &y, Some(&bad_mask)).is_err());
+    }
+
+    const TAILS: [SparseTail; 3] = [SparseTail::Bucket, SparseTail::Uniform, SparseTail::Renorm];
+
+    /// The top-k targets of dense teacher logits `[B, C]` at temperature `t`, with the tail
+    /// computed in float64 from the full rows (as the teacher-server does in f32).
+    fn top_k(teacher: &Tensor, k: i64, t: f64) -> SoftTargets {
+        let (values, indices) = teacher.topk(k, -1, true, true);
+        let masked = (teacher.to_kind(Kind::Double) / t).scatter_value(1, &indices, f64::NEG_INFINITY);
+        let tail = masked.logsumexp([-1i64].as_slice(), false).to_kind(Kind::Float);
+        SoftTargets::Sparse {
+            indices,
+            values,
+            tail_logsumexp: tail,
+        }
+    }
+
+    fn relative(got: f64, want: f64) -> f64 {
+        (got - want).abs() / want.abs().max(1e-12)
+    }
+
+    #[test]
+    fn with_k_equal_to_the_classes_every_tail_mode_is_the_dense_loss() {
+        tch::manual_seed(3);
+        let s = Tensor::randn([6, 7], tch::kind::FLOAT_CPU) * 2.0;
+        let t = Tensor::randn([6, 7], tch::kind::FLOAT_CPU) * 3.0;
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]);
+        let mask = Tensor::from_slice(&[true, false, true, true, false, true]);
+        for temperature in [1.0, 2.5] {
+            let targets = top_k(&t, 7, temperature);
+            let SoftTargets::Sparse { tail_logsumexp, .. } = &targets else {
+                unreachable!()
+            };
+            assert_eq!(
+                Vec::<f32>::try_from(tail_logsumexp).unwrap(),
+                [f32::NEG_INFINITY; 6]
+            );
+            for sparse_tail in TAILS {
+                let loss = DistillLoss {
+                    kind: LossKind::Kl,
+                    temperature,
+                    alpha: 0.8,
+                    sparse_tail,
+                };
+                for labelled in [None, Some(&mask)] {
+                    let dense = loss.compute(&s, &t, &y, labelled).unwrap();
+                    let sparse = loss.compute_targets(&s, &targets, &y, labelled).unwrap();
+                    let (d, sp) = (value(&dense.total), value(&sparse.total));
+                    assert!(
+                        relative(sp, d) <= 1e-6,
+                        "{sparse_tail} T={temperature}: sparse {sp}, dense {d}"
+                    );
+                    assert!(relative(sparse.soft, dense.soft) <= 1e-6);
+                    assert_eq!(sparse.hard, dense.hard);
+                }
+            }
+        }
+    }
+
+    fn json_rows<T>(v: &Value, f: impl Fn(&Value) -> T) -> Vec<Vec<T>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(&f).collect())
+            .collect()
+    }
+
+    /// The float64 cases of `tests/data/kd_sparse.json`, written by `kd_sparse.py` (plain
+    /// Python, independent of this code).
+    #[test]
+    fn shared_sparse_cases() {
+        let doc: Value = serde_json::from_str(include_str!("../tests/data/kd_sparse.json"))
+            .expect("tests/data/kd_sparse.json is valid JSON");
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 4);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let s = json_tensor(&case["student_logits"]);
+            let b = s.size()[0];
+            let k = case["top_k"].as_i64().unwrap();
+            let indices: Vec<i64> = json_rows(&case["indices"], |x| x.as_i64().unwrap())
+                .concat();
+            let values: Vec<f32> =
+                json_rows(&case["values"], |x| x.as_f64().unwrap() as f32).concat();
+            let tail: Vec<f32> = case["tail_logsumexp"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().map_or(f32::NEG_INFINITY, |v| v as f32))
+                .collect();
+            let targets = SoftTargets::Sparse {
+                indices: Tensor::from_slice(&indices).view([b, k]),
+                values: Tensor::from_slice(&values).view([b, k]),
+                tail_logsumexp: Tensor::from_slice(&tail),
+            };
+            let labels: Vec<i64> = case["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_i64().unwrap())
+                .collect();
+            let y = Tensor::from_slice(&labels);
+            let mask = case.get("labelled").map(|m| {
+                let marks: Vec<bool> = m
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_bool().unwrap())
+                    .collect();
+                Tensor::from_slice(&marks)
+            });
+            for sparse_tail in TAILS {
+                let loss = DistillLoss {
+                    kind: LossKind::Kl,
+                    temperature: case["temperature"].as_f64().unwrap(),
+                    alpha: case["alpha"].as_f64().unwrap(),
+                    sparse_tail,
+                };
+                let parts = loss.compute_targets(&s, &targets, &y, mask.as_ref()).unwrap();
+                let want = &case[sparse_tail.to_string()];
+                close(
+                    value(&parts.total),
+                    want["loss"].as_f64().unwrap(),
+                    &format!("{name} {sparse_tail} loss"),
+                );
+                close(
+                    parts.soft,
+                    want["soft"].as_f64().unwrap(),
+                    &format!("{name} {sparse_tail} soft"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_gradients_reach_the_student_only_and_stay_finite() {
+        tch::manual_seed(5);
+        let t = Tensor::randn([4, 9], tch::kind::FLOAT_CPU) * 3.0;
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+        for k in [3, 9] {
+            for sparse_tail in TAILS {
+                let s = (Tensor::randn([4, 9], tch::kind::FLOAT_CPU) * 2.0).set_requires_grad(true);
+                let SoftTargets::Sparse {
+                    indices,
+                    values,
+                    tail_logsumexp,
+                } = top_k(&t, k, 2.0)
+                else {
+                    unreachable!()
+                };
+                let values = values.set_requires_grad(true);
+                let tail = tail_logsumexp.set_requires_grad(true);
+                let targets = SoftTargets::Sparse {
+                    indices,
+                    values: values.shallow_clone(),
+                    tail_logsumexp: tail.shallow_clone(),
+                };
+                let loss = DistillLoss {
+                    kind: LossKind::Kl,
+                    temperature: 2.0,
+                    alpha: 0.9,
+                    sparse_tail,
+                };
+                let parts = loss.compute_targets(&s, &targets, &y, None).unwrap();
+                parts.total.backward();
+                let g = s.grad();
+                assert_eq!(value(&g.isnan().any()), 0.0, "k {k} {sparse_tail}: NaN gradient");
+                assert!(value(&g.abs().sum(Kind::Float)) > 0.0);
+                for teacher in [values.grad(), tail.grad()] {
+                    assert!(!teacher.defined() || value(&teacher.abs().sum(Kind::Float)) == 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_targets_with_mse_or_bad_shapes_are_errors() {
+        let s = Tensor::zeros([2, 4], tch::kind::FLOAT_CPU);
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let t = top_k(&Tensor::randn([2, 4], tch::kind::FLOAT_CPU), 2, 1.0);
+        let mse = DistillLoss {
+            kind: LossKind::Mse,
+            temperature: 1.0,
+            alpha: 1.0,
+            sparse_tail: SparseTail::Bucket,
+        };
+        let e = mse.compute_targets(&s, &t, &y, None).unwrap_err().to_string();
+        assert!(e.contains("MSE") && e.contains("top-k"), "{e}");
+        let kl = DistillLoss {
+            kind: LossKind::Kl,
+            ..mse
+        };
+        let wide = Tensor::zeros([2, 1], tch::kind::FLOAT_CPU);
+        let e = kl.compute_targets(&wide, &t, &y, None).unwrap_err().to_string();
+        assert!(e.contains("[2, 1]") && e.contains("[2, 2]"), "{e}");
+    }
+
+    #[test]
+    fn sparse_tail_parses() {
+        for (s, want) in [
+            ("bucket", SparseTail::Bucket),
+            ("uniform", SparseTail::Uniform),
+            ("renorm", SparseTail::Renorm),
+        ] {
+            assert_eq!(<SparseTail as clap::ValueEnum>::from_str(s, true).unwrap(), want);
+            assert_eq!(want.to_string(), s);
+        }
+        assert_eq!(SparseTail::default(), SparseTail::Bucket);
     }
 
     #[test]

@@ -44,6 +44,18 @@ pub(crate) struct Report {
     pub alpha: f64,
     /// Soft-target loss (`kl` or `mse`).
     pub loss: String,
+    /// The dtype the teacher's logits travelled in (`f32`, `f16`, `bf16`).
+    #[serde(default)]
+    pub wire: String,
+    /// Top-k of the soft targets (0: dense rows).
+    #[serde(default)]
+    pub top_k: u32,
+    /// Tail treatment of the sparse loss (`bucket`, `uniform`, `renorm`; unused when dense).
+    #[serde(default)]
+    pub sparse_tail: String,
+    /// How an ensemble's groups shared batches (`mix` or `sample`).
+    #[serde(default)]
+    pub ensemble_mode: String,
     /// Label policy (`all`, `none`, or the number of labelled samples).
     pub labels: String,
     /// Training samples per epoch.
@@ -120,6 +132,16 @@ impl Report {
             "distillation           {} epochs, {} samples/epoch, labels {}, loss {} T={} alpha={}",
             self.epochs, self.train_samples, self.labels, self.loss, self.temperature, self.alpha
         );
+        let targets = if self.top_k == 0 {
+            format!("dense {}", self.wire)
+        } else {
+            format!("top-{} {} (tail: {})", self.top_k, self.wire, self.sparse_tail)
+        };
+        let _ = writeln!(
+            s,
+            "soft targets           {targets}, ensemble mode {}",
+            self.ensemble_mode
+        );
         let _ = writeln!(
             s,
             "throughput             {:.0} samples/s; wall time {:.1} s",
@@ -166,6 +188,10 @@ mod tests {
             temperature: 4.0,
             alpha: 0.9,
             loss: "kl".into(),
+            wire: "bf16".into(),
+            top_k: 8,
+            sparse_tail: "bucket".into(),
+            ensemble_mode: "sample".into(),
             labels: "1000".into(),
             train_samples: 60_000,
             teacher_url: "http://127.0.0.1:1".into(),
@@ -188,6 +214,10 @@ mod tests {
             "epochs",
             "temperature",
             "alpha",
+            "wire",
+            "top_k",
+            "sparse_tail",
+            "ensemble_mode",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
@@ -212,6 +242,7 @@ mod tests {
             "87.00 %",
             "11.8x",
             "1199882",
+            "top-8 bf16 (tail: bucket), ensemble mode sample",
         ] {
             assert!(t.contains(needle), "{needle} not in\n{t}");
         }

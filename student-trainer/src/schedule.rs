@@ -7,7 +7,7 @@
 //! before training on it. Resuming needs no RNG state: the position is enough.
 
 use crate::data::{SPLITMIX64_GAMMA, epoch_permutation, splitmix64_mix};
-use tch::Tensor;
+use crate::targets::SoftTargets;
 
 /// One batch of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub fn run_plan(
     })
 }
 
-/// Teacher logits for one scheduled batch, as the client hands them to the training loop.
+/// Teacher soft targets for one scheduled batch, as the client hands them to the training loop.
 #[derive(Debug)]
 pub struct TeacherBatch {
     /// Id of the request on the teacher stream that produced these logits.
@@ -86,12 +86,15 @@ pub struct TeacherBatch {
     pub epoch: u64,
     /// Position of the batch within its epoch.
     pub index: usize,
-    /// Dataset indices of the samples, in the order of the rows of `logits`.
+    /// Dataset indices of the samples, in the order of the rows of `targets`.
     pub indices: Vec<i64>,
-    /// Teacher logits, `f32 [indices.len(), num_classes]`, on the CPU (for an ensemble: the
-    /// mixture's `T · log p`, see [`crate::ensemble::mix`]).
-    pub logits: Tensor,
-    /// URL of the replica that answered (for an ensemble: one per group, joined by `+`).
+    /// The soft targets, one row per sample, on the CPU: dense `f32 [indices.len(),
+    /// num_classes]` logits (for a mixed ensemble: the mixture's `T · log p`, see
+    /// [`crate::ensemble::mix`]) or top-k rows.
+    pub targets: SoftTargets,
+    /// Names of the groups that answered (one when an ensemble samples).
+    pub groups: Vec<String>,
+    /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).
     pub replica: String,
 }
 

@@ -3,7 +3,7 @@
 
 use crate::data::Dataset;
 use crate::eval::Accuracy;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Pool, PoolError, RunTargets};
 use crate::schedule::{TeacherBatch, sequential_plan};
 use tokio::sync::mpsc;
 
@@ -18,9 +18,10 @@ pub enum TeacherEvalError {
     Torch(#[from] tch::TchError),
 }
 
-/// Accuracy of the pool's teacher (the ensemble's mixture, for several groups) on `data`, sent
-/// in order in batches of `batch_size` samples (at least 1; the caller keeps it within the
-/// teachers' maximum batch size).
+/// Accuracy of the pool's teacher (the ensemble's mixture at temperature `temperature`, for
+/// several groups) on `data`, sent in order in batches of `batch_size` samples (at least 1; the
+/// caller keeps it within the teachers' maximum batch size). Always asks for dense `f32` logits,
+/// whatever the training run used.
 ///
 /// # Errors
 /// [`TeacherEvalError::Pool`] from the pool; [`TeacherEvalError::Torch`] while counting.
@@ -28,6 +29,7 @@ pub(crate) async fn evaluate_pool(
     pool: &mut Pool,
     data: &Dataset,
     batch_size: usize,
+    temperature: f64,
 ) -> Result<Accuracy, TeacherEvalError> {
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
@@ -36,11 +38,19 @@ pub(crate) async fn evaluate_pool(
     let count = async {
         while let Some(b) = rx.recv().await {
             let ys = labels.f_index_select(0, &tch::Tensor::from_slice(&b.indices))?;
-            acc.add(&b.logits, &ys)?;
+            let logits = b.targets.as_dense().ok_or_else(|| {
+                tch::TchError::Shape("teacher evaluation needs dense logits".into())
+            })?;
+            acc.add(logits, &ys)?;
         }
         Ok::<(), tch::TchError>(())
     };
-    let (streamed, counted) = tokio::join!(pool.run(plan, data.inputs.shallow_clone(), tx), count);
+    let (streamed, counted) = tokio::join!(pool.run(
+            plan,
+            data.inputs.shallow_clone(),
+            RunTargets::dense_f32(temperature),
+            tx
+        ), count);
     streamed?;
     counted?;
     Ok(acc)

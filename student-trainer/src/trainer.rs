@@ -420,8 +420,8 @@ pub fn run(
                         return Ok(out);
                     };
                     check_pairing(&tb, epoch, planned.index, &planned.indices)?;
-                    answered = Some((tb.batch_id, tb.replica));
-                    Some(tb.logits)
+                    answered = Some((tb.batch_id, tb.replica, tb.groups));
+                    Some(tb.targets)
                 }
             };
             let (xs, ys) = train.try_batch(&planned.indices)?;
@@ -429,9 +429,9 @@ pub fn run(
             let logits = net.forward(&xs, true)?;
             let (total, soft, hard) = match (&objective, teacher_logits) {
                 (Objective::Distill { loss, labels, .. }, Some(t)) => {
-                    let t = t.f_to_device(device)?;
+                    let t = t.to_device(device)?;
                     let mask = label_mask(*labels, &planned.indices, device);
-                    let parts = loss.compute(&logits, &t, &ys, mask.as_ref())?;
+                    let parts = loss.compute_targets(&logits, &t, &ys, mask.as_ref())?;
                     (parts.total, parts.soft, parts.hard)
                 }
                 _ => {
@@ -460,8 +460,8 @@ pub fn run(
             sums.add(planned.indices.len(), value, soft, hard, correct);
             out.samples += planned.indices.len() as u64;
             out.samples_total += planned.indices.len() as u64;
-            if let (Some(ledger), Some((batch_id, replica))) = (ledger.as_mut(), answered) {
-                ledger.record(epoch, planned.index, batch_id, &replica)?;
+            if let (Some(ledger), Some((batch_id, replica, groups))) = (ledger.as_mut(), answered) {
+                ledger.record(epoch, planned.index, batch_id, &replica, &groups)?;
             }
             progress.update(
                 planned.index + 1,
@@ -537,10 +537,10 @@ pub fn check_pairing(
             &indices[..indices.len().min(4)],
             &tb.indices[..tb.indices.len().min(4)]
         )
-    } else if tb.logits.size().first().copied() != Some(indices.len() as i64) {
+    } else if tb.targets.rows() != indices.len() as i64 {
         format!(
-            " ({} logit rows for {} samples)",
-            tb.logits.size()[0],
+            " ({} soft-target rows for {} samples)",
+            tb.targets.rows(),
             indices.len()
         )
     } else {
@@ -588,10 +588,12 @@ impl Ledger {
         index: usize,
         batch_id: u64,
         replica: &str,
+        groups: &[String],
     ) -> Result<(), TrainError> {
         use std::io::Write as _;
         let line = serde_json::json!({
             "epoch": epoch, "index": index, "batch_id": batch_id, "replica": replica,
+            "groups": groups,
         });
         writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
             path: self.path.clone(),
@@ -730,6 +732,7 @@ pub fn has_epochs(dir: &Path, epochs: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::SoftTargets;
 
     fn tb(epoch: u64, index: usize, indices: &[i64]) -> TeacherBatch {
         TeacherBatch {
@@ -737,7 +740,11 @@ mod tests {
             epoch,
             index,
             indices: indices.to_vec(),
-            logits: Tensor::zeros([indices.len() as i64, 3], tch::kind::FLOAT_CPU),
+            targets: SoftTargets::Dense(Tensor::zeros(
+                [indices.len() as i64, 3],
+                tch::kind::FLOAT_CPU,
+            )),
+            groups: Vec::new(),
             replica: String::new(),
         }
     }
@@ -754,7 +761,7 @@ mod tests {
             assert!(e.contains("pairing check failed"), "{why}: {e}");
         }
         let mut short = tb(1, 2, &[4, 5]);
-        short.logits = Tensor::zeros([1, 3], tch::kind::FLOAT_CPU);
+        short.targets = SoftTargets::Dense(Tensor::zeros([1, 3], tch::kind::FLOAT_CPU));
         assert!(check_pairing(&short, 1, 2, &[4, 5]).is_err());
     }
 

@@ -1,10 +1,13 @@
-//! Between wire messages and tensors: the `LogitsRequest` of a planned batch, and the decoding
-//! of a `LogitsResponse` (per-batch errors sorted into retriable and fatal, shape checks).
+//! Between wire messages and tensors: the `LogitsRequest` of a planned batch (with the run's
+//! [`TargetRequest`]: wire dtype, top-k, temperature), and the decoding of a `LogitsResponse`
+//! into [`SoftTargets`] (dense F32/F16/BF16 rows converted to `f32`, or top-k rows with their
+//! tail), per-batch errors sorted into retriable and fatal, shape checks.
 //!
 //! gRPC status codes appear here as [`tonic::Code`] values, never as bare numbers.
 
 use crate::client::ClientError;
 use crate::schedule::PlannedBatch;
+use crate::targets::SoftTargets;
 use distill_proto::codec;
 use distill_proto::v1::{self, LogitsRequest, logits_response};
 use tch::{Kind, Tensor};
@@ -25,8 +28,64 @@ pub(crate) fn is_retriable(code: Code) -> bool {
     RETRIABLE_CODES.contains(&code)
 }
 
+/// The dtype the teacher's logits travel in (`distill --wire`); the student converts them to
+/// `f32` on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum WireDType {
+    /// 4 bytes per logit, exact.
+    #[default]
+    F32,
+    /// IEEE half precision: 2 bytes, about 3 significant digits, largest value 65504.
+    F16,
+    /// bfloat16: 2 bytes, about 2–3 significant digits, the range of f32.
+    Bf16,
+}
+
+impl WireDType {
+    /// The contract's dtype.
+    pub fn proto(self) -> v1::DType {
+        match self {
+            WireDType::F32 => v1::DType::F32,
+            WireDType::F16 => v1::DType::F16,
+            WireDType::Bf16 => v1::DType::Bf16,
+        }
+    }
+}
+
+impl std::fmt::Display for WireDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WireDType::F32 => "f32",
+            WireDType::F16 => "f16",
+            WireDType::Bf16 => "bf16",
+        })
+    }
+}
+
+/// What a run asks the teacher for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TargetRequest {
+    /// The logits' dtype on the wire.
+    pub wire: WireDType,
+    /// `0`: dense rows; `k > 0`: the top k of each row with the tail's log-sum-exp.
+    pub top_k: u32,
+    /// Softmax temperature `T` (> 0) at which the teacher computes the tail of top-k rows.
+    pub temperature: f64,
+}
+
+impl TargetRequest {
+    /// Dense `f32` logits (the tail's temperature is then unused; sent as 1).
+    pub fn dense_f32() -> TargetRequest {
+        TargetRequest {
+            wire: WireDType::F32,
+            top_k: 0,
+            temperature: 1.0,
+        }
+    }
+}
+
 /// The request for one planned batch: the rows of `inputs` (`f32 [N, ...sample_shape]`, CPU)
-/// named by its indices, asking for dense `f32` logits.
+/// named by its indices, asking for the logits `spec` describes.
 ///
 /// # Errors
 /// [`ClientError::Torch`] for indices out of range, [`ClientError::Codec`] if the rows cannot
@@ -35,23 +94,25 @@ pub(crate) fn request(
     inputs: &Tensor,
     b: &PlannedBatch,
     batch_id: u64,
+    spec: &TargetRequest,
 ) -> Result<LogitsRequest, ClientError> {
     let idx = Tensor::from_slice(&b.indices);
     let rows = inputs.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?;
     Ok(LogitsRequest {
         batch_id,
         inputs: Some(codec::encode(&rows)?),
-        output_dtype: v1::DType::F32 as i32,
-        top_k: 0,
-        temperature: 0.0,
+        output_dtype: spec.wire.proto() as i32,
+        top_k: spec.top_k,
+        temperature: spec.temperature as f32,
     })
 }
 
 /// A decoded answer to one request.
 #[derive(Debug)]
 pub(crate) enum Decoded {
-    /// Logits, `f32 [batch, num_logits]`, on the CPU.
-    Logits(Tensor),
+    /// Soft targets on the CPU, every float part `f32`: dense `[batch, num_logits]`, or sparse
+    /// `[batch, top_k]` with a tail `[batch]`.
+    Targets(SoftTargets),
     /// A retriable per-batch error (see [`RETRIABLE_CODES`]).
     Retry {
         /// Its code.
@@ -74,15 +135,19 @@ pub(crate) struct Answering<'a> {
     pub(crate) batch: &'a PlannedBatch,
     /// Logits per sample of the replica's group.
     pub(crate) num_logits: i64,
+    /// The `top_k` requested (0: dense).
+    pub(crate) top_k: u32,
 }
 
-/// Decodes the result of a response to `to`: logits of shape `[batch, num_logits]`, or a
-/// retriable error.
+/// Decodes the result of a response to `to`: dense logits `[batch, num_logits]` (F32, F16 or
+/// BF16 on the wire) or, when top-k was requested, the sparse rows; or a retriable error.
 ///
 /// # Errors
 /// [`ClientError::Batch`] for a non-retriable per-batch error (naming the batch);
-/// [`ClientError::Protocol`] for an empty result, sparse logits (dense were requested) or a
-/// wrong shape; [`ClientError::Codec`] / [`ClientError::Torch`] for undecodable tensors.
+/// [`ClientError::Protocol`] for an empty result, a form other than the one requested (sparse
+/// for dense or dense for sparse), a sparse response without `tail_logsumexp` (a server too old
+/// for sparse soft targets), wrong shapes, dtypes or indices; [`ClientError::Codec`] /
+/// [`ClientError::Torch`] for undecodable tensors.
 pub(crate) fn decode(
     result: Option<logits_response::Result>,
     to: Answering<'_>,
@@ -93,9 +158,86 @@ pub(crate) fn decode(
         seq,
         batch,
         num_logits,
+        top_k,
     } = to;
-    let tensor = match result {
-        Some(logits_response::Result::Logits(t)) => t,
+    let rows = batch.indices.len() as i64;
+    let protocol = |what: String| ClientError::Protocol(format!("{url}: batch_id {wire}: {what}"));
+    match result {
+        Some(logits_response::Result::Logits(t)) => {
+            if top_k > 0 {
+                return Err(protocol(format!(
+                    "dense logits, top-k {top_k} requested (sparse expected)"
+                )));
+            }
+            let logits = decode_float(&t, "logits", &protocol)?;
+            let expected = vec![rows, num_logits];
+            if logits.size() != expected {
+                return Err(protocol(format!(
+                    "logits of shape {:?}, expected {expected:?}",
+                    logits.size()
+                )));
+            }
+            Ok(Decoded::Targets(SoftTargets::Dense(logits)))
+        }
+        Some(logits_response::Result::Sparse(s)) => {
+            if top_k == 0 {
+                return Err(protocol("sparse logits, dense requested".into()));
+            }
+            let v1::SparseLogits {
+                indices,
+                values,
+                logsumexp: _,
+                tail_logsumexp,
+            } = s;
+            let Some(tail) = tail_logsumexp else {
+                return Err(protocol(
+                    "sparse logits without tail_logsumexp: the teacher-server is too old for \
+                     sparse soft targets (upgrade it, or use dense targets: --top-k 0)"
+                        .into(),
+                ));
+            };
+            let (Some(indices), Some(values)) = (indices, values) else {
+                return Err(protocol("sparse logits without indices or values".into()));
+            };
+            let k = i64::from(top_k);
+            let expected = vec![rows, k];
+            if indices.dtype != v1::DType::I64 as i32 {
+                return Err(protocol(format!(
+                    "top-k indices of dtype {}, expected I64",
+                    v1::DType::try_from(indices.dtype)
+                        .map_or_else(|_| indices.dtype.to_string(), |d| d.as_str_name().into())
+                )));
+            }
+            let indices = codec::decode(&indices)?;
+            let values = decode_float(&values, "top-k values", &protocol)?;
+            let tail = decode_float(&tail, "tail_logsumexp", &protocol)?;
+            for (name, got, want) in [
+                ("indices", indices.size(), expected.clone()),
+                ("values", values.size(), expected.clone()),
+                ("tail_logsumexp", tail.size(), vec![rows]),
+            ] {
+                if got != want {
+                    return Err(protocol(format!(
+                        "top-k {name} of shape {got:?}, expected {want:?}"
+                    )));
+                }
+            }
+            if rows > 0 {
+                let lo = indices.f_min()?.f_int64_value(&[])?;
+                let hi = indices.f_max()?.f_int64_value(&[])?;
+                if lo < 0 || hi >= num_logits {
+                    return Err(protocol(format!(
+                        "top-k index {} outside 0..{num_logits}",
+                        if lo < 0 { lo } else { hi }
+                    )));
+                }
+            }
+            Ok(Decoded::Targets(SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp: tail,
+            }))
+        }
         Some(logits_response::Result::Error(e)) => {
             let code = Code::from_i32(e.code);
             if is_retriable(code) {
@@ -104,34 +246,35 @@ pub(crate) fn decode(
                     message: e.message,
                 });
             }
-            return Err(ClientError::Batch {
+            Err(ClientError::Batch {
                 batch_id: seq,
                 epoch: batch.epoch,
                 index: batch.index,
                 code,
                 message: e.message,
-            });
+            })
         }
-        Some(logits_response::Result::Sparse(_)) => {
-            return Err(ClientError::Protocol(format!(
-                "{url}: sparse logits for batch_id {wire}, dense requested"
-            )));
-        }
-        None => {
-            return Err(ClientError::Protocol(format!(
-                "{url}: empty response for batch_id {wire}"
-            )));
-        }
-    };
-    let logits = codec::decode(&tensor)?;
-    let expected = vec![batch.indices.len() as i64, num_logits];
-    if logits.size() != expected {
-        return Err(ClientError::Protocol(format!(
-            "{url}: batch_id {wire}: logits of shape {:?}, expected {expected:?}",
-            logits.size()
+        None => Err(ClientError::Protocol(format!(
+            "{url}: empty response for batch_id {wire}"
+        ))),
+    }
+}
+
+/// Decodes a floating-point tensor (F32, F16 or BF16 on the wire) to `f32`.
+fn decode_float(
+    t: &v1::Tensor,
+    what: &str,
+    protocol: &dyn Fn(String) -> ClientError,
+) -> Result<Tensor, ClientError> {
+    let floating = [v1::DType::F32, v1::DType::F16, v1::DType::Bf16];
+    if !floating.iter().any(|d| *d as i32 == t.dtype) {
+        return Err(protocol(format!(
+            "{what} of dtype {}, expected F32, F16 or BF16",
+            v1::DType::try_from(t.dtype)
+                .map_or_else(|_| t.dtype.to_string(), |d| d.as_str_name().into())
         )));
     }
-    Ok(Decoded::Logits(logits.f_to_kind(Kind::Float)?))
+    Ok(codec::decode(t)?.f_to_kind(Kind::Float)?)
 }
 
 #[cfg(test)]
@@ -153,7 +296,128 @@ mod tests {
             seq: 1,
             batch: b,
             num_logits: 3,
+            top_k: 0,
         }
+    }
+
+    fn to_k(b: &PlannedBatch, top_k: u32) -> Answering<'_> {
+        Answering { top_k, ..to(b) }
+    }
+
+    fn tensor(t: &Tensor, dtype: v1::DType) -> v1::Tensor {
+        codec::encode_as(t, dtype).unwrap()
+    }
+
+    /// A sparse answer for `rows` rows of top-2 over 3 classes.
+    fn sparse(rows: i64, tail: bool) -> v1::SparseLogits {
+        let indices = Tensor::from_slice(&[2i64, 0]).repeat([rows, 1]);
+        let values = Tensor::from_slice(&[3.0f32, 1.0]).repeat([rows, 1]);
+        let lse = Tensor::zeros([rows], (Kind::Float, tch::Device::Cpu));
+        v1::SparseLogits {
+            indices: Some(tensor(&indices, v1::DType::I64)),
+            values: Some(tensor(&values, v1::DType::Bf16)),
+            logsumexp: Some(tensor(&lse, v1::DType::F32)),
+            tail_logsumexp: tail.then(|| tensor(&(lse - 0.5), v1::DType::F32)),
+        }
+    }
+
+    fn message(r: Result<Decoded, ClientError>) -> String {
+        match r {
+            Ok(d) => panic!("expected an error, got {d:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_runs_wire_top_k_and_temperature() {
+        let inputs = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
+        let spec = TargetRequest {
+            wire: WireDType::Bf16,
+            top_k: 3,
+            temperature: 2.5,
+        };
+        let r = request(&inputs, &planned(&[1, 3]), 8, &spec).unwrap();
+        assert_eq!(
+            (r.batch_id, r.output_dtype, r.top_k, r.temperature),
+            (8, v1::DType::Bf16 as i32, 3, 2.5)
+        );
+        let r = request(&inputs, &planned(&[0]), 9, &TargetRequest::dense_f32()).unwrap();
+        assert_eq!((r.output_dtype, r.top_k), (v1::DType::F32 as i32, 0));
+    }
+
+    #[test]
+    fn f16_and_bf16_dense_rows_decode_to_f32() {
+        let b = planned(&[5, 6]);
+        let x = Tensor::from_slice(&[0.5f32, -1.25, 3.0, 8.0, 0.0, -2.0]).reshape([2, 3]);
+        for dtype in [v1::DType::F16, v1::DType::Bf16] {
+            let r = Some(logits_response::Result::Logits(tensor(&x, dtype)));
+            let Decoded::Targets(SoftTargets::Dense(t)) = decode(r, to(&b)).unwrap() else {
+                panic!("not dense")
+            };
+            assert_eq!(t.kind(), Kind::Float);
+            // These values are exact in both formats.
+            assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), [0.5, -1.25, 3.0, 8.0, 0.0, -2.0]);
+        }
+        let ints = Some(logits_response::Result::Logits(tensor(
+            &x.to_kind(Kind::Int64),
+            v1::DType::I64,
+        )));
+        let e = message(decode(ints, to(&b)));
+        assert!(e.contains("expected F32, F16 or BF16") && e.contains("I64"), "{e}");
+    }
+
+    #[test]
+    fn sparse_rows_decode_with_their_tail() {
+        let b = planned(&[5, 6]);
+        let r = Some(logits_response::Result::Sparse(sparse(2, true)));
+        let Decoded::Targets(SoftTargets::Sparse {
+            indices,
+            values,
+            tail_logsumexp,
+        }) = decode(r, to_k(&b, 2)).unwrap()
+        else {
+            panic!("not sparse")
+        };
+        assert_eq!(indices.size(), [2, 2]);
+        assert_eq!(values.kind(), Kind::Float);
+        assert_eq!(Vec::<f32>::try_from(tail_logsumexp).unwrap(), [-0.5, -0.5]);
+    }
+
+    #[test]
+    fn sparse_without_tail_wrong_form_and_bad_shapes_are_refused() {
+        let b = planned(&[5, 6]);
+        let e = message(decode(
+            Some(logits_response::Result::Sparse(sparse(2, false))),
+            to_k(&b, 2),
+        ));
+        assert!(e.contains("too old for sparse soft targets"), "{e}");
+        let e = message(decode(
+            Some(logits_response::Result::Sparse(sparse(2, true))),
+            to(&b),
+        ));
+        assert!(e.contains("sparse logits, dense requested"), "{e}");
+        let e = message(decode(logits(2), to_k(&b, 2)));
+        assert!(e.contains("dense logits, top-k 2 requested"), "{e}");
+        let e = message(decode(
+            Some(logits_response::Result::Sparse(sparse(1, true))),
+            to_k(&b, 2),
+        ));
+        assert!(e.contains("[1, 2]") && e.contains("expected [2, 2]"), "{e}");
+        let e = message(decode(
+            Some(logits_response::Result::Sparse(sparse(2, true))),
+            to_k(&b, 3),
+        ));
+        assert!(e.contains("expected [2, 3]"), "{e}");
+        let mut bad = sparse(2, true);
+        bad.indices = Some(tensor(
+            &Tensor::from_slice(&[3i64, 0, 1, 0]).reshape([2, 2]),
+            v1::DType::I64,
+        ));
+        let e = message(decode(
+            Some(logits_response::Result::Sparse(bad)),
+            to_k(&b, 2),
+        ));
+        assert!(e.contains("index 3 outside 0..3"), "{e}");
     }
 
     fn logits(rows: i64) -> Option<logits_response::Result> {
@@ -171,7 +435,7 @@ mod tests {
     #[test]
     fn logits_of_the_right_shape_decode() {
         let b = planned(&[5, 6]);
-        let Decoded::Logits(t) = decode(logits(2), to(&b)).unwrap() else {
+        let Decoded::Targets(SoftTargets::Dense(t)) = decode(logits(2), to(&b)).unwrap() else {
             panic!("not logits")
         };
         assert_eq!(t.size(), [2, 3]);
@@ -187,13 +451,6 @@ mod tests {
         assert!(
             e.contains("empty response") && e.contains("http://r:1"),
             "{e}"
-        );
-        let sparse = Some(logits_response::Result::Sparse(v1::SparseLogits::default()));
-        assert!(
-            decode(sparse, to(&b))
-                .unwrap_err()
-                .to_string()
-                .contains("sparse")
         );
         let e = decode(error(Code::InvalidArgument), to(&b)).unwrap_err();
         assert!(

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use student_trainer::config::{LabelPolicy, TrainConfig};
 use student_trainer::data::Dataset;
-use student_trainer::loss::{DistillLoss, LossKind};
+use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::optim::OptimizerConfig;
-use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions};
+use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions, RunTargets};
 use student_trainer::schedule::{Position, TeacherBatch, run_plan};
 use student_trainer::trainer::{self, Job, Objective, Start};
 use tch::{Kind, Tensor};
@@ -186,7 +186,12 @@ async fn reversed_answers_reach_the_loop_in_order_with_their_own_logits() {
         got
     };
     let (stats, got) = tokio::join!(
-        pool.run(plan.clone(), data.inputs.shallow_clone(), tx),
+        pool.run(
+            plan.clone(),
+            data.inputs.shallow_clone(),
+            RunTargets::dense_f32(1.0),
+            tx
+        ),
         collect
     );
     let stats = stats.unwrap();
@@ -202,7 +207,8 @@ async fn reversed_answers_reach_the_loop_in_order_with_their_own_logits() {
             (b.epoch, b.index, &b.indices),
             (p.epoch, p.index, &p.indices)
         );
-        let argmax: Vec<i64> = Vec::try_from(b.logits.argmax(-1, false)).unwrap();
+        let logits = b.targets.as_dense().expect("dense logits");
+        let argmax: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).unwrap();
         let expected: Vec<i64> = p.indices.iter().map(|&i| labels[i as usize]).collect();
         assert_eq!(
             argmax, expected,
@@ -262,6 +268,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
                 kind: LossKind::Kl,
                 temperature: 1.0,
                 alpha: 1.0,
+                sparse_tail: SparseTail::Bucket,
             },
             labels: LabelPolicy::None,
             teacher_fingerprint: "00".into(),
@@ -278,7 +285,9 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         stop: Arc::new(AtomicBool::new(false)),
     };
     let handle = trainer::spawn(job, Some(rx)).unwrap();
-    pool.run(plan, inputs, tx).await.unwrap();
+    pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx)
+        .await
+        .unwrap();
     assert!(reversed.load(Ordering::Relaxed) > 0);
     let outcome = tokio::task::spawn_blocking(move || trainer::join(handle))
         .await

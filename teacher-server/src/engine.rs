@@ -23,12 +23,14 @@ use tch::{Kind, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
 /// How a request wants its logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct OutputSpec {
     /// Kind of the logits (and top-k values): `Float`, `Half` or `BFloat16`.
     pub kind: Kind,
     /// `0`: dense logits; `k > 0`: the top k of each row (k ≤ num_logits, checked upstream).
     pub top_k: i64,
+    /// Softmax temperature T (finite, > 0; checked upstream) of the sparse tail's log-sum-exp.
+    pub temperature: f32,
 }
 
 impl Default for OutputSpec {
@@ -36,6 +38,7 @@ impl Default for OutputSpec {
         OutputSpec {
             kind: Kind::Float,
             top_k: 0,
+            temperature: 1.0,
         }
     }
 }
@@ -54,6 +57,10 @@ pub(crate) enum Logits {
         /// `f32 [batch]`: log-sum-exp of each full row (computed from the model's logits before
         /// any cast), so `exp(values - logsumexp)` are the exact top-k probabilities.
         logsumexp: Tensor,
+        /// `f32 [batch]`: log-sum-exp of `z / T` over the entries *not* in the top k (from the
+        /// full f32 row), `-inf` when k = num_logits. The row's log-sum-exp at T is then
+        /// `logaddexp(logsumexp(values / T), tail_logsumexp)`.
+        tail_logsumexp: Tensor,
     },
 }
 
@@ -346,13 +353,24 @@ fn shape_output(logits: &Tensor, spec: OutputSpec) -> Result<Logits, EngineError
     let (values, indices) = full.f_topk(spec.top_k, -1, true, true)?;
     let logsumexp = full.f_logsumexp([-1i64].as_slice(), false)?;
     ensure_fits(&full, &logsumexp, Kind::Float)?;
+    let tail_logsumexp = tail_logsumexp(&full, &indices, spec.temperature)?;
     let cast = values.f_to_kind(spec.kind)?;
     ensure_fits(&values, &cast, spec.kind)?;
     Ok(Logits::Sparse {
         indices: indices.f_to_kind(Kind::Int64)?,
         values: cast,
         logsumexp,
+        tail_logsumexp,
     })
+}
+
+/// `f32 [batch]`: log-sum-exp of `full / t` (`f32 [batch, V]`) over the positions not in
+/// `indices` (`i64 [batch, k]`); `-inf` for a row whose every position is in `indices`.
+fn tail_logsumexp(full: &Tensor, indices: &Tensor, t: f32) -> Result<Tensor, EngineError> {
+    let scaled = full.f_div_scalar(f64::from(t))?;
+    let masked = scaled.f_scatter_value(-1, indices, f64::NEG_INFINITY)?;
+    // logsumexp over an all -inf row is -inf (libtorch guards the max subtraction).
+    Ok(masked.f_logsumexp([-1i64].as_slice(), false)?)
 }
 
 /// Number of NaN or infinite values in `t`.
@@ -397,7 +415,85 @@ mod tests {
     }
 
     fn spec(kind: Kind, top_k: i64) -> OutputSpec {
-        OutputSpec { kind, top_k }
+        OutputSpec {
+            kind,
+            top_k,
+            temperature: 1.0,
+        }
+    }
+
+    /// log-sum-exp in float64 of `row[j] / t` over the positions `j` not in `top`.
+    fn tail64(row: &[f32], top: &[i64], t: f64) -> f64 {
+        let rest: Vec<f64> = (0..row.len())
+            .filter(|j| !top.contains(&(*j as i64)))
+            .map(|j| f64::from(row[j]) / t)
+            .collect();
+        let m = rest.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        m + rest.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    }
+
+    #[test]
+    fn the_tail_is_the_logsumexp_at_t_of_the_entries_not_sent() {
+        let rows: [[f32; 6]; 2] = [
+            [1.5, -2.0, 7.25, 0.5, 3.0, -8.0],
+            [40.0, 39.5, -3.0, 12.0, 0.0, 38.0],
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let x = Tensor::from_slice(&flat).reshape([2, 6]);
+        for t in [1.0f32, 2.5] {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let out = shape_output(
+                    &x,
+                    OutputSpec {
+                        kind,
+                        top_k: 2,
+                        temperature: t,
+                    },
+                )
+                .unwrap();
+                let Logits::Sparse {
+                    indices,
+                    tail_logsumexp,
+                    logsumexp,
+                    ..
+                } = out
+                else {
+                    panic!("expected sparse logits");
+                };
+                assert_eq!(tail_logsumexp.size(), vec![2]);
+                assert_eq!(tail_logsumexp.kind(), Kind::Float);
+                for (b, row) in rows.iter().enumerate() {
+                    let top: Vec<i64> = (0..2)
+                        .map(|j| indices.int64_value(&[b as i64, j]))
+                        .collect();
+                    let want = tail64(row, &top, f64::from(t));
+                    let got = tail_logsumexp.double_value(&[b as i64]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "T {t} row {b}: tail {got}, float64 {want}"
+                    );
+                    // logsumexp keeps its meaning: the raw row at T = 1.
+                    let lse = tail64(row, &[], 1.0);
+                    let got = logsumexp.double_value(&[b as i64]);
+                    assert!((got - lse).abs() <= 1e-5 * lse.abs(), "{got} vs {lse}");
+                }
+            }
+        }
+        let all = shape_output(
+            &x,
+            OutputSpec {
+                kind: Kind::Float,
+                top_k: 6,
+                temperature: 2.0,
+            },
+        )
+        .unwrap();
+        let Logits::Sparse { tail_logsumexp, .. } = all else {
+            panic!("expected sparse logits");
+        };
+        for b in 0..2 {
+            assert_eq!(tail_logsumexp.double_value(&[b]), f64::NEG_INFINITY);
+        }
     }
 
     #[test]

@@ -99,6 +99,12 @@ pub enum InvalidRequest {
         /// The `top_k` received.
         got: u32,
     },
+    /// A `temperature` that is negative, NaN or infinite.
+    #[error("temperature: expected > 0 (or 0 for 1), got {got}")]
+    Temperature {
+        /// The temperature received.
+        got: f32,
+    },
 }
 
 impl InvalidRequest {

@@ -311,12 +311,12 @@ fn encode(logits: Logits) -> Result<v1::logits_response::Result, Error> {
             indices,
             values,
             logsumexp,
+            tail_logsumexp,
         } => v1::logits_response::Result::Sparse(v1::SparseLogits {
             indices: Some(codec::encode(&indices)?),
             values: Some(codec::encode(&values)?),
             logsumexp: Some(codec::encode(&logsumexp)?),
-            // TODO(#8): the tail at the request's temperature.
-            tail_logsumexp: None,
+            tail_logsumexp: Some(codec::encode(&tail_logsumexp)?),
         }),
     })
 }

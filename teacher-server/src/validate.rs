@@ -48,8 +48,7 @@ pub(crate) fn validate(
         inputs,
         output_dtype,
         top_k,
-        // TODO(#8): validated and used for SparseLogits.tail_logsumexp.
-        temperature: _,
+        temperature,
     } = req;
     let inputs = inputs
         .as_ref()
@@ -110,6 +109,12 @@ pub(crate) fn validate(
             got: *top_k,
         });
     }
+    // 0 (unset, as old clients send it) means T = 1.
+    let temperature = match *temperature {
+        0.0 => 1.0,
+        t if t.is_finite() && t > 0.0 => t,
+        t => return Err(InvalidRequest::Temperature { got: t }),
+    };
     let tensor = codec::decode(inputs)?;
     if matches!(
         checked.kind,
@@ -122,6 +127,7 @@ pub(crate) fn validate(
         output: OutputSpec {
             kind,
             top_k: i64::from(*top_k),
+            temperature,
         },
     })
 }
@@ -197,18 +203,21 @@ mod tests {
             v.output,
             OutputSpec {
                 kind: Kind::Float,
-                top_k: 0
+                top_k: 0,
+                temperature: 1.0,
             }
         );
         let mut r = ok(1);
         r.output_dtype = v1::DType::Bf16 as i32;
         r.top_k = 10;
+        r.temperature = 2.5;
         let v = validate(&r, &limits()).unwrap();
         assert_eq!(
             v.output,
             OutputSpec {
                 kind: Kind::BFloat16,
-                top_k: 10
+                top_k: 10,
+                temperature: 2.5,
             }
         );
     }
@@ -283,5 +292,19 @@ mod tests {
             msg.contains("between 1 and 10") && msg.contains("got 11"),
             "{msg}"
         );
+        for (bad, got) in [
+            (-1.0, "got -1"),
+            (f32::NAN, "got NaN"),
+            (f32::INFINITY, "got inf"),
+            (f32::NEG_INFINITY, "got -inf"),
+        ] {
+            let mut r = ok(1);
+            r.temperature = bad;
+            let msg = message(&r);
+            assert!(
+                msg.contains("temperature: expected > 0 (or 0 for 1)") && msg.contains(got),
+                "{msg}"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use student_trainer::pool::Pool;
+use student_trainer::pool::{Pool, RunTargets};
 use student_trainer::schedule::{PlannedBatch, TeacherBatch};
 
 /// The `student-trainer` binary (built by `cargo build --workspace --bins`).
@@ -158,6 +158,26 @@ impl DistillArgs {
     /// `--batch-ledger PATH`.
     pub fn ledger(self, path: &Path) -> DistillArgs {
         self.flag("--batch-ledger", path.display())
+    }
+
+    /// `--wire DTYPE` (`f32`, `f16`, `bf16`).
+    pub fn wire(self, dtype: &str) -> DistillArgs {
+        self.flag("--wire", dtype)
+    }
+
+    /// `--top-k K`.
+    pub fn top_k(self, k: u32) -> DistillArgs {
+        self.flag("--top-k", k)
+    }
+
+    /// `--sparse-tail MODE` (`bucket`, `uniform`, `renorm`).
+    pub fn sparse_tail(self, mode: &str) -> DistillArgs {
+        self.flag("--sparse-tail", mode)
+    }
+
+    /// `--ensemble-mode MODE` (`mix`, `sample`).
+    pub fn ensemble_mode(self, mode: &str) -> DistillArgs {
+        self.flag("--ensemble-mode", mode)
     }
 
     /// `--no-epoch-eval`.
@@ -393,12 +413,13 @@ pub async fn run_once(pool: &mut Pool) -> Vec<String> {
         let mut got = Vec::new();
         while let Some(b) = rx.recv().await {
             assert_eq!(b.index, got.len(), "batches in plan order");
-            assert_eq!(b.logits.size(), [8, 10]);
+            let logits = b.targets.as_dense().expect("dense logits");
+            assert_eq!(logits.size(), [8, 10]);
             got.push(b.replica);
         }
         got
     };
-    let (ran, got) = tokio::join!(pool.run(plan, inputs, tx), collect);
+    let (ran, got) = tokio::join!(pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx), collect);
     ran.expect("pool run");
     assert_eq!(got.len(), 12);
     got

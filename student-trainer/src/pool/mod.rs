@@ -15,8 +15,10 @@
 //! # Model
 //!
 //! - A *group* is a set of replicas of one teacher (same fingerprint); `--teacher URL` (repeated)
-//!   makes one group, `--teacher-group NAME=URL,URL` one group each (an ensemble). Every batch is
-//!   answered by exactly one replica of every group.
+//!   makes one group, `--teacher-group NAME=URL,URL` one group each (an ensemble). With
+//!   [`EnsembleMode::Mix`] every batch is answered by exactly one replica of every group; with
+//!   [`EnsembleMode::Sample`] by one replica of one group, drawn per batch
+//!   ([`crate::ensemble::sample_group`]).
 //! - Each replica has one gRPC channel (HTTP/2 keepalive on) and one `StreamLogits` stream, owned
 //!   by a task that connects, checks, opens the stream and forwards every response to the pool's
 //!   loop through a bounded channel.
@@ -41,9 +43,10 @@ pub use discovery::{Resolver, Resolving, SystemResolver};
 
 use crate::client::{ClientError, ClientOptions, TeacherClient, TeacherInfo, inconsistency};
 use crate::endpoint::{address_url, parse_dns_url};
-use crate::ensemble::{self, MixError};
+use crate::ensemble::{self, EnsembleMode, MixError};
 use crate::schedule::{PlannedBatch, TeacherBatch};
-use crate::wire::{self, Answering, Decoded};
+use crate::targets::SoftTargets;
+use crate::wire::{self, Answering, Decoded, TargetRequest};
 use discovery::DnsSource;
 use distill_proto::v1::{LogitsRequest, LogitsResponse};
 use replica::{Event, ReplicaTask};
@@ -79,8 +82,6 @@ pub struct PoolOptions {
     pub backoff_base: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
-    /// Distillation temperature T (for mixing the groups of an ensemble).
-    pub temperature: f64,
     /// How often `dns://` names are resolved again (replicas added and retired accordingly).
     pub resolve_interval: Duration,
 }
@@ -94,8 +95,33 @@ impl Default for PoolOptions {
             client: ClientOptions::default(),
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
-            temperature: 1.0,
             resolve_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one [`Pool::run`] asks the teachers for, and how an ensemble's groups share batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunTargets {
+    /// Wire dtype, top-k and temperature of every request.
+    pub request: TargetRequest,
+    /// Mix every group's answer, or sample one group per batch.
+    pub ensemble: EnsembleMode,
+    /// The run's seed (drawing the group of a batch under [`EnsembleMode::Sample`]).
+    pub seed: u64,
+}
+
+impl RunTargets {
+    /// Dense `f32` logits from every group, mixed at temperature `temperature` (evaluating the
+    /// teachers).
+    pub fn dense_f32(temperature: f64) -> RunTargets {
+        RunTargets {
+            request: TargetRequest {
+                temperature,
+                ..TargetRequest::dense_f32()
+            },
+            ensemble: EnsembleMode::Mix,
+            seed: 0,
         }
     }
 }
@@ -200,7 +226,9 @@ pub struct Pool {
     expect: Expect,
     groups: Vec<Group>,
     replicas: Vec<Replica>,
-    sched: Scheduler<PlannedBatch, Tensor>,
+    sched: Scheduler<PlannedBatch, SoftTargets>,
+    /// The targets of the current (or last) run.
+    targets: RunTargets,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     resolver: Arc<dyn Resolver>,
@@ -262,6 +290,7 @@ impl Pool {
             groups: Vec::new(),
             replicas: Vec::new(),
             sched,
+            targets: RunTargets::dense_f32(1.0),
             events_tx,
             events_rx,
             resolver,
@@ -504,6 +533,33 @@ impl Pool {
             .collect()
     }
 
+    /// Checks that every group's teacher has at least `top_k` logits (0: dense, always fits).
+    ///
+    /// # Errors
+    /// [`ClientError::Incompatible`] naming the group's reference URL, its number of logits and
+    /// `top_k`.
+    pub fn check_top_k(&self, top_k: u32) -> Result<(), PoolError> {
+        for (g, group) in self.groups.iter().enumerate() {
+            let n = group.reference.num_logits;
+            if i64::from(top_k) > n {
+                let url = self
+                    .sched
+                    .replicas_of(g)
+                    .first()
+                    .map_or_else(String::new, |&r| self.replicas[r].url.clone());
+                return Err(ClientError::Incompatible {
+                    url,
+                    what: "number of logits (--top-k must not exceed it)",
+                    teacher: n.to_string(),
+                    side: "--top-k",
+                    ours: top_k.to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     /// The reference `ModelInfo` of each group, in group order.
     pub fn references(&self) -> Vec<&TeacherInfo> {
         self.groups.iter().map(|g| &g.reference).collect()
@@ -561,7 +617,9 @@ impl Pool {
 
     /// Streams `plan` to the replicas and hands the answered batches to `out` in plan order.
     /// `inputs` is the whole dataset, `f32 [N, ...sample_shape]` on the CPU; each batch sends
-    /// the rows named by its indices. Returns when every batch has been handed over.
+    /// the rows named by its indices, asking for the soft targets `targets` describes (the
+    /// caller checks `top_k` first, [`Pool::check_top_k`]). Returns when every batch has been
+    /// handed over.
     ///
     /// # Errors
     /// [`PoolError::NoTeacher`] after waiting `teacher_wait` without a replica;
@@ -572,11 +630,13 @@ impl Pool {
         &mut self,
         plan: I,
         inputs: Tensor,
+        targets: RunTargets,
         out: mpsc::Sender<TeacherBatch>,
     ) -> Result<RunStats, PoolError>
     where
         I: IntoIterator<Item = PlannedBatch>,
     {
+        self.targets = targets;
         let before = self.sched.counters();
         let mut plan = plan.into_iter();
         let mut run = Run {
@@ -642,26 +702,52 @@ impl Pool {
         }
     }
 
-    /// The batch to hand over for a released entry: the groups' logits mixed.
+    /// The batch to hand over for a released entry: its one group's targets, or the groups'
+    /// dense logits mixed.
     fn finish(
         &self,
-        released: scheduler::Released<PlannedBatch, Tensor>,
+        released: scheduler::Released<PlannedBatch, SoftTargets>,
     ) -> Result<TeacherBatch, PoolError> {
-        let scheduler::Released { seq, batch, parts } = released;
+        let scheduler::Released {
+            seq,
+            batch,
+            groups,
+            parts,
+        } = released;
         let answered_by: Vec<&str> = parts
             .iter()
             .map(|(_, r)| self.replicas[*r].url.as_str())
             .collect();
         let replica = answered_by.join("+");
-        let tensors: Vec<Tensor> = parts.into_iter().map(|(t, _)| t).collect();
-        let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
-        let logits = ensemble::mix(&tensors, &weights, self.options.temperature)?;
+        let mut parts: Vec<SoftTargets> = parts.into_iter().map(|(t, _)| t).collect();
+        let targets = if parts.len() == 1 {
+            parts.pop().ok_or(MixError::Arity {
+                parts: 0,
+                weights: 0,
+            })?
+        } else {
+            let dense: Vec<Tensor> = parts
+                .iter()
+                .map(|p| p.as_dense().map(Tensor::shallow_clone))
+                .collect::<Option<_>>()
+                .ok_or(MixError::Sparse)?;
+            let weights: Vec<f64> = groups.iter().map(|&g| self.groups[g].weight).collect();
+            SoftTargets::Dense(ensemble::mix(
+                &dense,
+                &weights,
+                self.targets.request.temperature,
+            )?)
+        };
         Ok(TeacherBatch {
             batch_id: seq,
             epoch: batch.epoch,
             index: batch.index,
             indices: batch.indices,
-            logits,
+            targets,
+            groups: groups
+                .iter()
+                .map(|&g| self.groups[g].name.clone())
+                .collect(),
             replica,
         })
     }
@@ -670,9 +756,16 @@ impl Pool {
     fn admit(&mut self, run: &mut Run, plan: &mut dyn Iterator<Item = PlannedBatch>) {
         while !run.plan_done && self.sched.window() > 0 {
             match plan.next() {
-                Some(b) => {
-                    self.sched.admit(b);
-                }
+                Some(b) => match self.targets.ensemble {
+                    EnsembleMode::Sample if self.groups.len() > 1 => {
+                        let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
+                        let g = ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
+                        self.sched.admit_to(b, &[g]);
+                    }
+                    _ => {
+                        self.sched.admit(b);
+                    }
+                },
                 None => run.plan_done = true,
             }
         }
@@ -685,7 +778,7 @@ impl Pool {
                 .sched
                 .batch(send.seq)
                 .expect("the scheduler sends pending batches only");
-            let req = wire::request(&run.inputs, batch, send.wire)?;
+            let req = wire::request(&run.inputs, batch, send.wire, &self.targets.request)?;
             let sent = self.replicas[send.replica]
                 .tx
                 .as_ref()
@@ -838,6 +931,7 @@ impl Pool {
         let wire_id = msg.batch_id;
         let url = self.replicas[replica].url.as_str();
         let groups = &self.groups;
+        let top_k = self.targets.request.top_k;
         let result = msg.result;
         let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
             let to = Answering {
@@ -846,9 +940,10 @@ impl Pool {
                 seq: f.seq,
                 batch: f.batch,
                 num_logits: groups[f.group].reference.num_logits,
+                top_k,
             };
             Ok::<_, ClientError>(match wire::decode(result, to)? {
-                Decoded::Logits(t) => Reply::Payload(t),
+                Decoded::Targets(t) => Reply::Payload(t),
                 Decoded::Retry { code, message } => {
                     tracing::warn!(url, ?code, %message, "teacher could not answer a batch now; re-sending it");
                     Reply::Retry

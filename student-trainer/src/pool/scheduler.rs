@@ -11,7 +11,8 @@
 //! # Rules
 //!
 //! - A batch is *admitted* while fewer than `prefetch × min over groups of replicas up` (at least
-//!   `prefetch`) are pending; it gets the next sequence number and is queued once per group.
+//!   `prefetch`) are pending; it gets the next sequence number and is queued once per group it
+//!   is admitted to (every group, or a subset: one group per batch when an ensemble samples).
 //! - A queued part goes to the replica of its group that is up, has fewer than `prefetch` parts
 //!   in flight, and has the fewest in flight; ties go round-robin from the group's cursor. Every
 //!   send gets a fresh wire id, remembered with its replica and the replica's connection
@@ -21,7 +22,8 @@
 //! - A replica that fails (stream broken, send refused, a part unanswered for `batch_timeout`) is
 //!   taken down: its generation changes, its parts in flight are re-queued at the front of their
 //!   group's queue, and it is retried after a backoff delay.
-//! - A batch is released when every group's part has arrived, in sequence order only.
+//! - A batch is released when the parts of every group it was admitted to have arrived, in
+//!   sequence order only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -101,7 +103,19 @@ struct Slot {
 #[derive(Debug)]
 struct Entry<B, P> {
     batch: B,
+    /// One slot per group; `None` until that group's part arrives.
     parts: Vec<Option<(P, ReplicaId)>>,
+    /// The groups the batch was admitted to (by group index).
+    wanted: Vec<bool>,
+}
+
+impl<B, P> Entry<B, P> {
+    fn complete(&self) -> bool {
+        self.parts
+            .iter()
+            .zip(&self.wanted)
+            .all(|(p, w)| !w || p.is_some())
+    }
 }
 
 /// One part to put on the wire: send batch `seq` with request id `wire` to `replica`.
@@ -168,14 +182,16 @@ pub(crate) struct Failed {
     pub(crate) retry_at: Instant,
 }
 
-/// A batch every group has answered, released in sequence order.
+/// A batch every group it was admitted to has answered, released in sequence order.
 #[derive(Debug)]
 pub(crate) struct Released<B, P> {
     /// Its sequence number.
     pub(crate) seq: u64,
     /// The batch.
     pub(crate) batch: B,
-    /// One payload per group, in group order, with the replica that answered it.
+    /// The groups it was admitted to, in group order.
+    pub(crate) groups: Vec<GroupId>,
+    /// One payload per group of `groups`, in the same order, with the replica that answered it.
     pub(crate) parts: Vec<(P, ReplicaId)>,
 }
 
@@ -443,18 +459,36 @@ impl<B, P> Scheduler<B, P> {
 
     /// Admits `batch`: it gets the next sequence number and a part in every group's queue.
     pub(crate) fn admit(&mut self, batch: B) -> u64 {
+        let all: Vec<GroupId> = (0..self.groups.len()).collect();
+        self.admit_to(batch, &all)
+    }
+
+    /// Admits `batch` to the groups `groups` only (indices of existing groups; duplicates and
+    /// unknown indices are ignored): it gets the next sequence number and a part in each of
+    /// their queues, and is released once those parts have arrived. With no valid group it is
+    /// released as soon as its turn comes, with no parts.
+    pub(crate) fn admit_to(&mut self, batch: B, groups: &[GroupId]) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut wanted = vec![false; self.groups.len()];
+        for &g in groups {
+            if let Some(w) = wanted.get_mut(g) {
+                *w = true;
+            }
+        }
+        for (g, w) in self.groups.iter_mut().zip(&wanted) {
+            if *w {
+                g.queue.push_back(seq);
+            }
+        }
         self.pending.insert(
             seq,
             Entry {
                 batch,
                 parts: (0..self.groups.len()).map(|_| None).collect(),
+                wanted,
             },
         );
-        for g in &mut self.groups {
-            g.queue.push_back(seq);
-        }
         seq
     }
 
@@ -570,14 +604,14 @@ impl<B, P> Scheduler<B, P> {
         }
     }
 
-    /// Whether the next batch in sequence has every part.
+    /// Whether the next batch in sequence has the parts of every group it was admitted to.
     pub(crate) fn ready(&self) -> bool {
         self.pending
             .get(&self.next_release)
-            .is_some_and(|e| e.parts.iter().all(Option::is_some))
+            .is_some_and(Entry::complete)
     }
 
-    /// The next batch in sequence, if every group's part has arrived.
+    /// The next batch in sequence, if the parts of its groups have arrived.
     pub(crate) fn release(&mut self) -> Option<Released<B, P>> {
         if !self.ready() {
             return None;
@@ -585,9 +619,13 @@ impl<B, P> Scheduler<B, P> {
         let seq = self.next_release;
         let entry = self.pending.remove(&seq)?;
         self.next_release += 1;
+        let groups = (0..entry.wanted.len())
+            .filter(|&g| entry.wanted[g])
+            .collect();
         Some(Released {
             seq,
             batch: entry.batch,
+            groups,
             parts: entry.parts.into_iter().flatten().collect(),
         })
     }

@@ -254,6 +254,8 @@ struct Sim {
     attempts: Vec<(ReplicaId, u64)>,
     released: Vec<u64>,
     groups: usize,
+    /// The groups each batch is admitted to (`None`: every group, [`Scheduler::admit`]).
+    subsets: Option<Vec<Vec<GroupId>>>,
 }
 
 impl Sim {
@@ -279,12 +281,25 @@ impl Sim {
             attempts,
             released: Vec::new(),
             groups: sizes.len(),
+            subsets: None,
+        }
+    }
+
+    /// The groups batch `b` goes to.
+    fn groups_of(&self, b: u64) -> Vec<GroupId> {
+        match &self.subsets {
+            None => (0..self.groups).collect(),
+            Some(s) => s[b as usize].clone(),
         }
     }
 
     fn pump(&mut self) {
         while self.admitted < self.plan && self.s.window() > 0 {
-            assert_eq!(self.s.admit(self.admitted), self.admitted);
+            let seq = match &self.subsets {
+                None => self.s.admit(self.admitted),
+                Some(s) => self.s.admit_to(self.admitted, &s[self.admitted as usize]),
+            };
+            assert_eq!(seq, self.admitted);
             self.admitted += 1;
         }
         while let Some(x) = self.s.next_send(self.now) {
@@ -336,8 +351,10 @@ impl Sim {
                 "released out of schedule order (or twice)"
             );
             assert_eq!(r.seq, r.batch);
-            assert_eq!(r.parts.len(), self.groups);
-            for (g, (payload, replica)) in r.parts.iter().enumerate() {
+            let groups = self.groups_of(r.batch);
+            assert_eq!(r.groups, groups, "batch {} released with other groups", r.batch);
+            assert_eq!(r.parts.len(), groups.len());
+            for (&g, (payload, replica)) in groups.iter().zip(&r.parts) {
                 assert_eq!(
                     *payload,
                     (r.batch, g),
@@ -438,7 +455,8 @@ impl Sim {
         let answered: u64 = (0..self.s.replica_count())
             .map(|r| self.s.answered(r))
             .sum();
-        assert_eq!(answered, self.plan * self.groups as u64, "answers used");
+        let parts: u64 = (0..self.plan).map(|b| self.groups_of(b).len() as u64).sum();
+        assert_eq!(answered, parts, "answers used");
     }
 }
 
@@ -460,4 +478,52 @@ proptest! {
         }
         sim.drain();
     }
+
+    /// The same when each batch goes to a subset of the groups (one group per batch when an
+    /// ensemble samples, or any subset): released once, in order, with the parts of exactly
+    /// its groups.
+    #[test]
+    fn batches_admitted_to_subsets_are_released_once_in_order_with_their_groups_parts(
+        sizes in prop::collection::vec(1usize..=4, 1..=3),
+        prefetch in 1usize..=4,
+        plan in 1u64..40,
+        masks in prop::collection::vec(any::<u8>(), 40),
+        ops in prop::collection::vec(op(), 0..300),
+    ) {
+        let mut sim = Sim::new(&sizes, prefetch, plan);
+        let n = sizes.len();
+        sim.subsets = Some(
+            masks
+                .iter()
+                .map(|&m| {
+                    let set: Vec<GroupId> = (0..n).filter(|g| m & (1 << g) != 0).collect();
+                    if set.is_empty() { vec![m as usize % n] } else { set }
+                })
+                .collect(),
+        );
+        for op in &ops {
+            sim.step(op);
+        }
+        sim.drain();
+    }
+}
+
+#[test]
+fn a_batch_for_one_group_is_released_without_waiting_for_the_others() {
+    let t0 = Instant::now();
+    let mut s = up(&[1, 1], 2, t0);
+    s.admit_to(10, &[1]);
+    s.admit_to(11, &[0]);
+    let sent = sends(&mut s, t0);
+    assert_eq!(sent.len(), 2);
+    let to_1 = sent.iter().find(|x| x.group == 1).unwrap();
+    assert_eq!((to_1.seq, to_1.replica), (0, 1));
+    let to_0 = sent.iter().find(|x| x.group == 0).unwrap();
+    answer(&mut s, *to_0, t0);
+    assert!(s.release().is_none(), "batch 0 comes first");
+    answer(&mut s, *to_1, t0);
+    let r = s.release().unwrap();
+    assert_eq!((r.batch, r.groups, r.parts), (10, vec![1], vec![((10, 1), 1)]));
+    let r = s.release().unwrap();
+    assert_eq!((r.batch, r.groups, r.parts), (11, vec![0], vec![((11, 0), 0)]));
 }

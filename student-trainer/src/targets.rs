@@ -1,0 +1,220 @@
+//! The soft targets of one batch, as they flow from the teacher pool to the training loop: dense
+//! logit rows, or the top-k of each row with the log-sum-exp of the rest (a compact form that
+//! stays exact at any temperature; see `SparseLogits` in `proto/distill/v1/teacher.proto`).
+//!
+//! One row per sample, so a batch's targets can be cut into rows ([`SoftTargets::select`]) and
+//! put back together ([`SoftTargets::cat`]) whatever their form.
+
+use tch::{Device, Kind, Tensor};
+
+/// Soft targets of `B` samples.
+#[derive(Debug)]
+pub enum SoftTargets {
+    /// Teacher logits, `f32 [B, C]` (for a mixed ensemble: `T · log p`, see
+    /// [`crate::ensemble`]).
+    Dense(Tensor),
+    /// The teacher's top-k logits of each row and the log-sum-exp of the rest at the run's
+    /// temperature `T`.
+    Sparse {
+        /// `i64 [B, k]`: class indices of the k largest logits.
+        indices: Tensor,
+        /// `f32 [B, k]`: the raw logits (not divided by `T`) at `indices`.
+        values: Tensor,
+        /// `f32 [B]`: `log Σ_{c ∉ indices} exp(z_c / T)`; `-inf` when k = C.
+        tail_logsumexp: Tensor,
+    },
+}
+
+impl SoftTargets {
+    /// Number of rows (samples).
+    pub fn rows(&self) -> i64 {
+        let t = match self {
+            SoftTargets::Dense(t) => t,
+            SoftTargets::Sparse { values, .. } => values,
+        };
+        t.size().first().copied().unwrap_or(0)
+    }
+
+    /// Whether these are top-k targets.
+    pub fn is_sparse(&self) -> bool {
+        matches!(self, SoftTargets::Sparse { .. })
+    }
+
+    /// The rows named by `rows` (`i64 [n]`, on the targets' device), in that order.
+    ///
+    /// # Errors
+    /// libtorch's error for an index out of range.
+    pub fn select(&self, rows: &Tensor) -> Result<SoftTargets, tch::TchError> {
+        Ok(match self {
+            SoftTargets::Dense(t) => SoftTargets::Dense(t.f_index_select(0, rows)?),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => SoftTargets::Sparse {
+                indices: indices.f_index_select(0, rows)?,
+                values: values.f_index_select(0, rows)?,
+                tail_logsumexp: tail_logsumexp.f_index_select(0, rows)?,
+            },
+        })
+    }
+
+    /// The rows of `parts`, one after the other. `None` for no parts.
+    ///
+    /// # Errors
+    /// [`tch::TchError::Shape`] when dense and sparse parts are mixed; libtorch's error for
+    /// parts of different widths.
+    pub fn cat(parts: &[SoftTargets]) -> Result<Option<SoftTargets>, tch::TchError> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        if parts.iter().any(|p| p.is_sparse() != first.is_sparse()) {
+            return Err(tch::TchError::Shape(
+                "cannot concatenate dense and sparse soft targets".into(),
+            ));
+        }
+        let cat = |ts: Vec<&Tensor>| Tensor::f_cat(&ts, 0);
+        let mut dense = Vec::new();
+        let (mut indices, mut values, mut tails) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            match p {
+                SoftTargets::Dense(t) => dense.push(t),
+                SoftTargets::Sparse {
+                    indices: i,
+                    values: v,
+                    tail_logsumexp: t,
+                } => {
+                    indices.push(i);
+                    values.push(v);
+                    tails.push(t);
+                }
+            }
+        }
+        Ok(Some(if first.is_sparse() {
+            SoftTargets::Sparse {
+                indices: cat(indices)?,
+                values: cat(values)?,
+                tail_logsumexp: cat(tails)?,
+            }
+        } else {
+            SoftTargets::Dense(cat(dense)?)
+        }))
+    }
+
+    /// The same targets on `device`.
+    ///
+    /// # Errors
+    /// libtorch's error if the copy fails.
+    pub fn to_device(&self, device: Device) -> Result<SoftTargets, tch::TchError> {
+        Ok(match self {
+            SoftTargets::Dense(t) => SoftTargets::Dense(t.f_to_device(device)?),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => SoftTargets::Sparse {
+                indices: indices.f_to_device(device)?,
+                values: values.f_to_device(device)?,
+                tail_logsumexp: tail_logsumexp.f_to_device(device)?,
+            },
+        })
+    }
+
+    /// Dense targets of `f32` logits `[B, C]`.
+    pub fn dense(logits: Tensor) -> SoftTargets {
+        SoftTargets::Dense(logits)
+    }
+
+    /// The dense logits, if these are dense.
+    pub fn as_dense(&self) -> Option<&Tensor> {
+        match self {
+            SoftTargets::Dense(t) => Some(t),
+            SoftTargets::Sparse { .. } => None,
+        }
+    }
+
+    /// A copy sharing storage (tensors are reference-counted).
+    pub fn shallow_clone(&self) -> SoftTargets {
+        match self {
+            SoftTargets::Dense(t) => SoftTargets::Dense(t.shallow_clone()),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => SoftTargets::Sparse {
+                indices: indices.shallow_clone(),
+                values: values.shallow_clone(),
+                tail_logsumexp: tail_logsumexp.shallow_clone(),
+            },
+        }
+    }
+
+    /// Converts every floating part to `f32` (values decoded from f16/bf16).
+    ///
+    /// # Errors
+    /// libtorch's error if a conversion fails.
+    pub fn to_f32(self) -> Result<SoftTargets, tch::TchError> {
+        Ok(match self {
+            SoftTargets::Dense(t) => SoftTargets::Dense(t.f_to_kind(Kind::Float)?),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => SoftTargets::Sparse {
+                indices: indices.f_to_kind(Kind::Int64)?,
+                values: values.f_to_kind(Kind::Float)?,
+                tail_logsumexp: tail_logsumexp.f_to_kind(Kind::Float)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sparse(rows: i64) -> SoftTargets {
+        SoftTargets::Sparse {
+            indices: Tensor::arange(rows * 2, (Kind::Int64, Device::Cpu)).reshape([rows, 2]),
+            values: Tensor::arange(rows * 2, (Kind::Float, Device::Cpu)).reshape([rows, 2]),
+            tail_logsumexp: Tensor::arange(rows, (Kind::Float, Device::Cpu)),
+        }
+    }
+
+    fn flat(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn select_and_cat_act_on_every_part() {
+        let s = sparse(3);
+        let picked = s.select(&Tensor::from_slice(&[2i64, 0])).unwrap();
+        let SoftTargets::Sparse {
+            indices,
+            values,
+            tail_logsumexp,
+        } = &picked
+        else {
+            panic!("sparse stays sparse")
+        };
+        assert_eq!(flat(indices), [4.0, 5.0, 0.0, 1.0]);
+        assert_eq!(flat(values), [4.0, 5.0, 0.0, 1.0]);
+        assert_eq!(flat(tail_logsumexp), [2.0, 0.0]);
+        let joined = SoftTargets::cat(&[picked, sparse(1)]).unwrap().unwrap();
+        assert_eq!(joined.rows(), 3);
+        let SoftTargets::Sparse { tail_logsumexp, .. } = &joined else {
+            panic!("sparse")
+        };
+        assert_eq!(flat(tail_logsumexp), [2.0, 0.0, 0.0]);
+        let d = SoftTargets::dense(Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
+        assert_eq!(
+            SoftTargets::cat(&[d.shallow_clone(), d.shallow_clone()])
+                .unwrap()
+                .unwrap()
+                .rows(),
+            4
+        );
+        assert!(SoftTargets::cat(&[d, sparse(1)]).is_err());
+        assert!(SoftTargets::cat(&[]).unwrap().is_none());
+    }
+}
