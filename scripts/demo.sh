@@ -10,7 +10,8 @@
 #
 # Runs after `make setup` and `cargo build --release --bins`. Tunables (environment):
 #   DEMO_RUNS (runs)  DEMO_TEACHER_EPOCHS (4)  DEMO_BASELINE_EPOCHS (30)  DEMO_DISTILL_EPOCHS (4)
-#   DEMO_THREADS (number of CPUs)  STUDENT_DATA_DIR (data/fashion-mnist)  BIN (target/release)
+#   DEMO_THREADS (number of CPUs)  DEMO_PRECISION (bf16 where the CPU has native bf16, else f32)
+#   STUDENT_DATA_DIR (data/fashion-mnist)  BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,11 +40,17 @@ stamp "1/4 teacher: cnn, $teacher_epochs epochs on 60,000 labelled images -> $ru
 "$bin/student-trainer" train --arch cnn --epochs "$teacher_epochs" --out "$runs/teacher" \
   --resume --threads "$threads" --no-epoch-eval
 
-# 2. Serve it. Its first stdout line is `listening on HOST:PORT`.
-stamp "2/4 starting teacher-server on a free local port"
+# 2. Serve it. Its first stdout line is `listening on HOST:PORT`. A bf16 teacher only where the
+# CPU computes bf16 natively (avx512_bf16 or AMX): on an AVX2-only CPU bf16 is ~10x slower than f32.
+precision=${DEMO_PRECISION:-}
+if [ -z "$precision" ]; then
+  if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then precision=bf16; else precision=f32; fi
+fi
+stamp "2/4 starting teacher-server (--precision $precision) on a free local port"
 server_out="$runs/teacher-server.out" server_log="$runs/teacher-server.log"
 : >"$server_out"
-"$bin/teacher-server" --model "$runs/teacher" --listen 127.0.0.1:0 >"$server_out" 2>"$server_log" &
+"$bin/teacher-server" --model "$runs/teacher" --listen 127.0.0.1:0 --precision "$precision" \
+  >"$server_out" 2>"$server_log" &
 server_pid=$!
 trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true' EXIT
 first=
@@ -70,10 +77,13 @@ rm -rf "$runs/baseline"
 
 # 4. Distillation from the served teacher: all 60,000 images, labels for the first 1,000 only.
 # The teacher's forward passes dominate: give the student one thread, the server the rest.
+# Epoch 1 asks the teacher and fills a logit cache (keyed by the teacher's fingerprint and
+# precision, the wire format and the dataset's hash); epochs 2.. read the cache, not the teacher.
+# Dense soft targets in f16 keep the distilled accuracy of dense f32 (10 classes: 20 bytes/sample).
 stamp "4/4 distill: mlp from $teacher, $distill_epochs epochs, labels for $labelled images -> $runs/distilled"
 rm -rf "$runs/distilled"
 "$bin/student-trainer" distill --teacher "$teacher" --arch mlp --labels "$labelled" \
   --epochs "$distill_epochs" --out "$runs/distilled" --baseline "$runs/baseline" --threads 1 \
-  --no-epoch-eval
+  --no-epoch-eval --wire f16 --logit-cache "$runs/logit-cache"
 
 stamp "done: report in $runs/distilled/report.json; total $(( $(date +%s) - t_start )) s"

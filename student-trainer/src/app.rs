@@ -1,18 +1,22 @@
-//! The three commands, wired from validated configs: `train`, `distill`, `eval`.
+//! The commands, wired from validated configs: `train`, `distill`, `capture`, `eval`.
 //!
 //! Each loads the data, checks the device (and the teacher), runs the training loop on its own
 //! thread ([`crate::trainer`]) and prints its results on stdout; logs go to stderr.
 
+use crate::cache::{CacheError, CacheKey, DEFAULT_SHARD_SAMPLES, LogitCache, dataset_sha256};
+use crate::capture::CaptureError;
+use crate::client::TeacherInfo;
 use crate::client::{ClientError, ClientOptions};
-use crate::config::{DistillConfig, EvalConfig, EvalTarget, TrainConfig};
+use crate::config::{CaptureConfig, DistillConfig, EvalConfig, EvalTarget, TrainConfig};
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
-use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunTargets};
+use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunStats, RunTargets};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
 use crate::schedule::{TeacherBatch, run_plan};
 use crate::teacher_eval::{self, TeacherEvalError};
-use crate::trainer::{self, Job, Objective, Outcome, Start, TrainError};
+use crate::trainer::{self, CachePlan, Job, Objective, Outcome, Start, TrainError};
+use crate::wire::TargetRequest;
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +68,12 @@ pub enum AppError {
     /// Evaluating the teacher failed.
     #[error("{0}")]
     TeacherEval(#[from] TeacherEvalError),
+    /// The logit cache could not be used.
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    /// Capturing soft targets failed.
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
     /// No teacher replica was reachable for `--teacher-wait`; a checkpoint was saved.
     #[error(
         "{cause}; checkpoint saved in {}: run the same command with --resume to carry on (with a teacher replica back)",
@@ -194,6 +204,7 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         start,
         stop,
         config: cfg.clone(),
+        cache: None,
     };
     let handle = trainer::spawn(job, None).map_err(|source| AppError::Io {
         path: "trainer thread".into(),
@@ -257,60 +268,106 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit)?;
     let spec = spec_for(&tc.arch, &data);
-    let options = PoolOptions {
-        prefetch: cfg.prefetch,
-        batch_timeout: cfg.batch_timeout,
-        teacher_wait: cfg.teacher_wait,
-        client: ClientOptions {
-            connect_timeout: cfg.connect_timeout,
-            keepalive_interval: std::time::Duration::from_secs(10),
-            keepalive_timeout: std::time::Duration::from_secs(10),
-        },
-        resolve_interval: cfg.resolve_interval,
-        ..PoolOptions::default()
+    // The teachers: none when a complete logit cache stands in for them.
+    let mut pool = if cfg.groups.is_empty() {
+        None
+    } else {
+        let options = PoolOptions {
+            prefetch: cfg.prefetch,
+            batch_timeout: cfg.batch_timeout,
+            teacher_wait: cfg.teacher_wait,
+            client: ClientOptions {
+                connect_timeout: cfg.connect_timeout,
+                keepalive_interval: std::time::Duration::from_secs(10),
+                keepalive_timeout: std::time::Duration::from_secs(10),
+            },
+            resolve_interval: cfg.resolve_interval,
+            ..PoolOptions::default()
+        };
+        let expect = Expect {
+            sample_shape: spec.input_shape.clone(),
+            num_classes: spec.num_classes,
+            batch_size: tc.batch_size,
+        };
+        let pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
+        pool.check_top_k(cfg.request.top_k)?;
+        Some(pool)
     };
-    let expect = Expect {
-        sample_shape: spec.input_shape.clone(),
-        num_classes: spec.num_classes,
-        batch_size: tc.batch_size,
+    let refs: Vec<TeacherInfo> = pool
+        .as_ref()
+        .map(|p| p.references().into_iter().cloned().collect())
+        .unwrap_or_default();
+    let start = Start::for_run(tc, &spec, data.train.len())?;
+    let cache = match &cfg.logit_cache {
+        Some(dir) => Some(open_cache(
+            dir,
+            &cfg,
+            refs.first(),
+            &data.train,
+            spec.num_classes,
+        )?),
+        None => None,
     };
-    let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
-    pool.check_top_k(cfg.request.top_k)?;
-    let refs: Vec<crate::client::TeacherInfo> = pool.references().into_iter().cloned().collect();
-    let teacher_name = refs
-        .iter()
-        .map(|i| i.name.as_str())
-        .collect::<Vec<_>>()
-        .join("+");
-    let fingerprint = refs
-        .iter()
-        .map(|i| i.fingerprint.as_str())
-        .collect::<Vec<_>>()
-        .join("+");
-    let t_params = refs
-        .iter()
-        .map(info_params)
-        .try_fold(0i64, |acc, p| p.map(|p| acc + p));
+    let join = |f: &dyn Fn(&TeacherInfo) -> String| -> String {
+        refs.iter().map(f).collect::<Vec<_>>().join("+")
+    };
+    let (teacher_name, fingerprint, precision) = match (&cache, refs.is_empty()) {
+        (Some(c), true) => {
+            let key = c.key();
+            let short = &key.teacher_fingerprint[..key.teacher_fingerprint.len().min(12)];
+            (
+                format!("cached teacher {short}"),
+                key.teacher_fingerprint.clone(),
+                key.teacher_precision.clone(),
+            )
+        }
+        _ => (
+            join(&|i| i.name.clone()),
+            join(&|i| i.fingerprint.clone()),
+            join(&|i| teacher_precision(i).to_string()),
+        ),
+    };
+    let t_params = if refs.is_empty() {
+        None
+    } else {
+        refs.iter()
+            .map(info_params)
+            .try_fold(0i64, |acc, p| p.map(|p| acc + p))
+    };
     let student_params = params_of(&spec)?;
     let urls: Vec<String> = cfg.groups.iter().flat_map(|g| g.urls.clone()).collect();
+    let source = match (&cfg.logit_cache, urls.is_empty()) {
+        (Some(dir), true) => format!("the logit cache {}", dir.display()),
+        (Some(dir), false) => format!("{} (logit cache {})", urls.join(", "), dir.display()),
+        (None, _) => urls.join(", "),
+    };
     outln!(
         "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
         spec.arch,
         student_params,
         teacher_name,
         t_params.map_or_else(|| "?".into(), |p| p.to_string()),
-        urls.join(", "),
+        source,
         data.train.len()
     )?;
     let train_samples = data.train.len() as u64;
-    let start = Start::for_run(tc, &spec, data.train.len())?;
+    // Epochs before `teacher_end` ask the teacher; the rest read the cache.
+    let teacher_end = match &cache {
+        Some(c) => CachePlan::first_cached_epoch(c.is_complete(), start.position).min(tc.epochs),
+        None => tc.epochs,
+    };
+    if pool.is_none() && teacher_end > start.position.epoch {
+        // open_cache refused an incomplete cache without a teacher.
+        unreachable!("a run without a teacher has a complete cache");
+    }
     let plan = run_plan(
         tc.seed,
         data.train.len(),
         tc.batch_size,
         start.position,
-        tc.epochs,
+        teacher_end,
     );
+    let cache_dir = cache.as_ref().map(|c| c.dir().display().to_string());
     let inputs = data.train.inputs.shallow_clone();
     let targets = RunTargets {
         request: cfg.request,
@@ -332,12 +389,23 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         start,
         stop,
         config: tc.clone(),
+        cache: cache.map(|cache| CachePlan {
+            cache,
+            from_epoch: teacher_end,
+        }),
     };
-    let handle = trainer::spawn(job, Some(rx)).map_err(|source| AppError::Io {
-        path: "trainer thread".into(),
-        source,
-    })?;
-    let (streamed, trained) = tokio::join!(pool.run(plan, inputs, targets, tx), join_trainer(handle));
+    let handle =
+        trainer::spawn(job, pool.is_some().then_some(rx)).map_err(|source| AppError::Io {
+            path: "trainer thread".into(),
+            source,
+        })?;
+    let streamed = async {
+        match pool.as_mut() {
+            Some(pool) => pool.run(plan, inputs, targets, tx).await,
+            None => Ok(RunStats::default()),
+        }
+    };
+    let (streamed, trained) = tokio::join!(streamed, join_trainer(handle));
     let (out, stats) = match (trained, streamed) {
         (Ok(out), _) if out.interrupted => return summarise(&spec, &out),
         (Ok(out), Err(e)) if out.teacher_gone => {
@@ -358,10 +426,18 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         (_, Err(e)) => return Err(e.into()),
     };
     summarise(&spec, &out)?;
-    let replicas = pool.replica_stats();
-    // As many samples per request as every group's teacher accepts (500 at most).
-    let eval_batch = teacher_eval::batch_size_for(&pool, 500);
-    let teacher_acc = teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch, cfg.loss.temperature).await?;
+    let (teacher_acc, replicas) = match pool.as_mut() {
+        Some(pool) => {
+            let replicas = pool.replica_stats();
+            // As many samples per request as every group's teacher accepts (500 at most).
+            let eval_batch = teacher_eval::batch_size_for(pool, 500);
+            let acc =
+                teacher_eval::evaluate_pool(pool, &data.test, eval_batch, cfg.loss.temperature)
+                    .await?;
+            (Some(acc), replicas)
+        }
+        None => (None, Vec::new()),
+    };
     let student_acc = out
         .test
         .clone()
@@ -370,21 +446,28 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         Some(dir) => Some(evaluate_checkpoint(dir, &data.test, device)?),
         None => None,
     };
+    let cache_bytes_per_sample = match &cfg.logit_cache {
+        Some(dir) => Some(LogitCache::open(dir)?.bytes_per_sample()),
+        None => None,
+    };
     let report = Report {
         teacher: ModelSummary {
-            accuracy: teacher_acc.fraction(),
+            accuracy: teacher_acc.as_ref().map(Accuracy::fraction),
             params: t_params,
             name: teacher_name,
-            per_class: teacher_acc.per_class_fractions(),
+            per_class: teacher_acc
+                .as_ref()
+                .map(Accuracy::per_class_fractions)
+                .unwrap_or_default(),
         },
         student: ModelSummary {
-            accuracy: student_acc.fraction(),
+            accuracy: Some(student_acc.fraction()),
             params: Some(out.params),
             name: spec.arch.to_string(),
             per_class: student_acc.per_class_fractions(),
         },
         baseline: baseline.map(|(acc, params, name)| ModelSummary {
-            accuracy: acc.fraction(),
+            accuracy: Some(acc.fraction()),
             params: Some(params),
             name,
             per_class: acc.per_class_fractions(),
@@ -414,6 +497,12 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
                 batches_answered: r.answered,
             })
             .collect(),
+        teacher_precision: precision,
+        logit_cache: cache_dir,
+        cached_epochs: out.cached_epochs,
+        cache_bytes_per_sample,
+        trainer_waited_s: out.waited_s,
+        teacher_backpressure_s: stats.backpressure_s,
     };
     outln!("\n{}", report.table())?;
     let path = report.write(&tc.out).map_err(|source| AppError::Io {
@@ -422,6 +511,166 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     })?;
     outln!("report written to {}", path.display())?;
     Ok(Finished::Done)
+}
+
+/// The precision a teacher computes in, as `--precision` spells it.
+fn teacher_precision(info: &TeacherInfo) -> &'static str {
+    // TODO(#8): from ModelInfo.precision once the server reports it.
+    let _ = info;
+    "f32"
+}
+
+/// The cache key of `request`'s soft targets of `teacher` for `train`.
+fn cache_key(
+    request: &TargetRequest,
+    teacher: &TeacherInfo,
+    train: &Dataset,
+) -> Result<CacheKey, AppError> {
+    Ok(CacheKey {
+        teacher_fingerprint: teacher.fingerprint.clone(),
+        teacher_precision: teacher_precision(teacher).to_string(),
+        wire: request.wire.to_string(),
+        top_k: request.top_k,
+        temperature: (request.top_k > 0).then_some(request.temperature),
+        num_logits: teacher.num_logits,
+        dataset_sha256: dataset_sha256(&train.inputs)?,
+        samples: train.len(),
+    })
+}
+
+/// Opens (or creates) the logit cache of a `distill` run. With a teacher (`teacher`, the
+/// group's reference) the key comes from it and the run's flags; without one the cache must be
+/// complete and is checked against the flags and the data only.
+///
+/// # Errors
+/// [`AppError::Cache`] for a cache of another key, an incomplete cache without a teacher, or an
+/// unreadable one.
+fn open_cache(
+    dir: &Path,
+    cfg: &DistillConfig,
+    teacher: Option<&TeacherInfo>,
+    train: &Dataset,
+    num_classes: i64,
+) -> Result<LogitCache, AppError> {
+    match teacher {
+        Some(info) => {
+            let key = cache_key(&cfg.request, info, train)?;
+            Ok(LogitCache::open_or_create(dir, key, DEFAULT_SHARD_SAMPLES)?)
+        }
+        None => {
+            if !LogitCache::exists(dir) {
+                return Err(AppError::Mismatch(format!(
+                    "--logit-cache {}: no cache there, and no --teacher to fill one (capture one \
+                     with `student-trainer capture`, or add --teacher URL)",
+                    dir.display()
+                )));
+            }
+            let cache = LogitCache::open(dir)?;
+            let stored = cache.key().clone();
+            let run = CacheKey {
+                teacher_fingerprint: stored.teacher_fingerprint.clone(),
+                teacher_precision: stored.teacher_precision.clone(),
+                wire: cfg.request.wire.to_string(),
+                top_k: cfg.request.top_k,
+                temperature: (cfg.request.top_k > 0).then_some(cfg.request.temperature),
+                num_logits: num_classes,
+                dataset_sha256: dataset_sha256(&train.inputs)?,
+                samples: train.len(),
+            };
+            cache.check_key(&run)?;
+            if !cache.is_complete() {
+                let missing = cache.missing_shards();
+                return Err(CacheError::Incomplete {
+                    dir: dir.to_path_buf(),
+                    missing: missing.len(),
+                    total: cache.shard_count(),
+                    first: missing[0],
+                }
+                .into());
+            }
+            Ok(cache)
+        }
+    }
+}
+
+/// `capture`: a teacher's soft targets for the training split into a logit cache; prints what
+/// was captured.
+///
+/// # Errors
+/// Any [`AppError`]; shards written before a failure are kept (run again to resume).
+pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    let t0 = Instant::now();
+    let data = load_data(&cfg.data_dir, cfg.limit)?;
+    let options = PoolOptions {
+        prefetch: cfg.prefetch,
+        batch_timeout: cfg.batch_timeout,
+        teacher_wait: cfg.teacher_wait,
+        client: ClientOptions {
+            connect_timeout: cfg.connect_timeout,
+            ..ClientOptions::default()
+        },
+        ..PoolOptions::default()
+    };
+    let expect = Expect {
+        sample_shape: data.train.sample_shape(),
+        num_classes: data.train.num_classes.max(data.test.num_classes),
+        batch_size: 1,
+    };
+    let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
+    pool.check_top_k(cfg.request.top_k)?;
+    let info = pool.references()[0].clone();
+    let key = cache_key(&cfg.request, &info, &data.train)?;
+    let cache = LogitCache::open_or_create(&cfg.out, key, cfg.shard_samples)?;
+    let batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);
+    outln!(
+        "capturing {} soft targets of teacher {} ({}) for {} samples into {} ({} of {} shards \
+         to go)",
+        if cfg.request.top_k == 0 {
+            format!("dense {}", cfg.request.wire)
+        } else {
+            format!("top-{} {}", cfg.request.top_k, cfg.request.wire)
+        },
+        info.name,
+        &info.fingerprint[..info.fingerprint.len().min(12)],
+        data.train.len(),
+        cfg.out.display(),
+        cache.missing_shards().len(),
+        cache.shard_count()
+    )?;
+    let targets = RunTargets {
+        request: cfg.request,
+        ensemble: crate::ensemble::EnsembleMode::Mix,
+        seed: 0,
+    };
+    let done = crate::capture::capture(
+        &mut pool,
+        cache,
+        data.train.inputs.shallow_clone(),
+        targets,
+        batch_size,
+        stop,
+    )
+    .await?;
+    outln!(
+        "{} samples captured in {:.1} s; {} shard(s) written, {} of {} in the cache{}; {:.1} \
+         bytes/sample",
+        done.samples,
+        t0.elapsed().as_secs_f64(),
+        done.shards_written,
+        done.present,
+        done.shards,
+        if done.complete {
+            ", complete"
+        } else {
+            ", incomplete: run again to resume"
+        },
+        done.bytes_per_sample
+    )?;
+    Ok(if done.interrupted {
+        Finished::Interrupted
+    } else {
+        Finished::Done
+    })
 }
 
 /// Test accuracy, parameter count and architecture name of the checkpoint in `dir`.

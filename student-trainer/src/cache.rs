@@ -29,6 +29,7 @@
 //! naming it, never silent zeros. A cache whose key differs from the run's is refused with a
 //! message naming every field that differs.
 
+use crate::targets::SoftTargets;
 use distill_models::ModelError;
 use distill_models::checkpoint::{FileEntry, replace_file, write_data_file};
 use distill_models::weights::{serialize, sha256_hex, tensors_from_bytes};
@@ -215,43 +216,6 @@ pub fn dataset_sha256(inputs: &Tensor) -> Result<String, tch::TchError> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Soft targets of some samples as the cache stores them (CPU tensors, rows in sample order).
-#[derive(Debug)]
-pub struct CachedRows {
-    /// Dense logits `[n, num_logits]` or the top-k raw logits `[n, k]`, in the wire dtype.
-    pub values: Tensor,
-    /// Sparse targets only: class indices, `i64 [n, k]`.
-    pub indices: Option<Tensor>,
-    /// Sparse targets only: log-sum-exp of `z/T` outside the top-k, `f32 [n]`.
-    pub tail_logsumexp: Option<Tensor>,
-}
-
-impl CachedRows {
-    /// Rows `idx` (`i64`, positions into these rows).
-    ///
-    /// # Errors
-    /// A libtorch failure (an index out of range).
-    pub fn select(&self, idx: &Tensor) -> Result<CachedRows, tch::TchError> {
-        Ok(CachedRows {
-            values: self.values.f_index_select(0, idx)?,
-            indices: self
-                .indices
-                .as_ref()
-                .map(|t| t.f_index_select(0, idx))
-                .transpose()?,
-            tail_logsumexp: self
-                .tail_logsumexp
-                .as_ref()
-                .map(|t| t.f_index_select(0, idx))
-                .transpose()?,
-        })
-    }
-
-    fn rows(&self) -> i64 {
-        self.values.size().first().copied().unwrap_or(0)
-    }
-}
-
 /// `cache.json` as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
@@ -274,7 +238,8 @@ pub struct LogitCache {
 
 #[derive(Debug)]
 struct Filling {
-    rows: CachedRows,
+    /// The shard's rows so far (`f32` values; zeros where not yet received).
+    rows: SoftTargets,
     have: Vec<bool>,
     count: usize,
 }
@@ -431,29 +396,50 @@ impl LogitCache {
         }
     }
 
-    /// Checks that `rows` fit the key: `values` in the wire dtype, `[n, width]`; for sparse
-    /// keys `indices` `[n, k]` and `tail_logsumexp` `[n]`; for dense keys neither.
-    fn check_rows(&self, rows: &CachedRows, n: i64) -> Result<(), CacheError> {
+    /// Checks that `rows` fit the key: `n` rows of width `num_logits` (dense keys) or `top_k`
+    /// (sparse keys, with indices `[n, k]` and `tail_logsumexp` `[n]`).
+    fn check_rows(&self, rows: &SoftTargets, n: i64) -> Result<(), CacheError> {
         let key = &self.manifest.key;
         let want = [n, key.width()];
-        if rows.values.size() != want || rows.values.kind() != self.kind {
-            return Err(CacheError::Rows(format!(
-                "values of {:?} {:?}, expected {:?} {want:?}",
-                rows.values.kind(),
-                rows.values.size(),
-                self.kind
-            )));
-        }
-        match (key.top_k, &rows.indices, &rows.tail_logsumexp) {
-            (0, None, None) => Ok(()),
-            (0, _, _) => Err(CacheError::Rows(
-                "sparse rows (indices, tail) for a dense cache".into(),
+        match (key.top_k, rows) {
+            (0, SoftTargets::Dense(v)) if v.size() == want => Ok(()),
+            (0, SoftTargets::Dense(v)) => Err(CacheError::Rows(format!(
+                "dense values {:?}, expected {want:?}",
+                v.size()
+            ))),
+            (0, SoftTargets::Sparse { .. }) => Err(CacheError::Rows(
+                "sparse (top-k) targets for a dense cache".into(),
             )),
-            (_, Some(i), Some(t)) if i.size() == want && t.size() == [n] => Ok(()),
-            (_, i, t) => Err(CacheError::Rows(format!(
-                "sparse rows need indices {want:?} and tail_logsumexp [{n}], got {:?} and {:?}",
-                i.as_ref().map(Tensor::size),
-                t.as_ref().map(Tensor::size)
+            (_, SoftTargets::Dense(_)) => Err(CacheError::Rows(format!(
+                "dense targets for a top-{} cache",
+                key.top_k
+            ))),
+            (
+                _,
+                SoftTargets::Sparse {
+                    indices,
+                    values,
+                    tail_logsumexp,
+                },
+            ) if values.size() == want
+                && indices.size() == want
+                && tail_logsumexp.size() == [n] =>
+            {
+                Ok(())
+            }
+            (
+                _,
+                SoftTargets::Sparse {
+                    indices,
+                    values,
+                    tail_logsumexp,
+                },
+            ) => Err(CacheError::Rows(format!(
+                "sparse targets need values and indices {want:?} and tail_logsumexp [{n}], got \
+                 {:?}, {:?} and {:?}",
+                values.size(),
+                indices.size(),
+                tail_logsumexp.size()
             ))),
         }
     }
@@ -463,7 +449,7 @@ impl LogitCache {
     ///
     /// # Errors
     /// [`CacheError::Rows`] for rows that do not fit; [`CacheError::Io`].
-    pub fn write_shard(&mut self, s: usize, rows: &CachedRows) -> Result<(), CacheError> {
+    pub fn write_shard(&mut self, s: usize, rows: &SoftTargets) -> Result<(), CacheError> {
         let range = self.shard_range(s);
         if s >= self.shard_count() {
             return Err(CacheError::Rows(format!(
@@ -472,11 +458,21 @@ impl LogitCache {
             )));
         }
         self.check_rows(rows, range.len() as i64)?;
-        let mut named = vec![("values".to_string(), rows.values.shallow_clone())];
-        if let (Some(i), Some(t)) = (&rows.indices, &rows.tail_logsumexp) {
-            named.push(("indices".into(), i.f_to_kind(Kind::Int)?));
-            named.push(("tail_logsumexp".into(), t.f_to_kind(Kind::Float)?));
-        }
+        let named = match rows {
+            SoftTargets::Dense(v) => vec![("values".to_string(), v.f_to_kind(self.kind)?)],
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => vec![
+                ("values".to_string(), values.f_to_kind(self.kind)?),
+                ("indices".into(), indices.f_to_kind(Kind::Int)?),
+                (
+                    "tail_logsumexp".into(),
+                    tail_logsumexp.f_to_kind(Kind::Float)?,
+                ),
+            ],
+        };
         let bytes = serialize(&named)?;
         let entry = write_data_file(&self.dir, &format!("shard-{s:05}"), &bytes)?;
         self.manifest.shards.insert(s, entry);
@@ -491,13 +487,15 @@ impl LogitCache {
 
     /// Adds the targets of samples `indices` (any order; rows of `rows` in the same order) to
     /// the shards being filled, and writes every shard that becomes complete. Samples whose shard
-    /// is already written are ignored. For online filling during the first epoch.
+    /// is already written are ignored. For online filling during the first epoch; the rows of
+    /// incomplete shards are held in memory.
     ///
     /// # Errors
     /// [`CacheError::Rows`] for rows that do not fit or an index outside the dataset;
     /// [`CacheError::Io`] from writing a shard.
-    pub fn put(&mut self, indices: &[i64], rows: &CachedRows) -> Result<(), CacheError> {
+    pub fn put(&mut self, indices: &[i64], rows: &SoftTargets) -> Result<(), CacheError> {
         self.check_rows(rows, indices.len() as i64)?;
+        let rows = rows.to_device(Device::Cpu)?;
         let samples = self.manifest.key.samples;
         let size = self.manifest.shard_samples;
         let mut by_shard: BTreeMap<usize, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
@@ -518,41 +516,53 @@ impl LogitCache {
         }
         for (s, (pos, local)) in by_shard {
             let n = self.shard_range(s).len() as i64;
-            let key = &self.manifest.key;
-            let kind = self.kind;
-            let width = key.width();
-            let sparse = key.top_k > 0;
+            let width = self.manifest.key.width();
+            let sparse = self.manifest.key.top_k > 0;
             let fill = match self.filling.entry(s) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    let opts = |k| (k, Device::Cpu);
+                    let zeros = |shape: &[i64], kind| Tensor::f_zeros(shape, (kind, Device::Cpu));
+                    let rows = if sparse {
+                        SoftTargets::Sparse {
+                            indices: zeros(&[n, width], Kind::Int64)?,
+                            values: zeros(&[n, width], Kind::Float)?,
+                            tail_logsumexp: zeros(&[n], Kind::Float)?,
+                        }
+                    } else {
+                        SoftTargets::Dense(zeros(&[n, width], Kind::Float)?)
+                    };
                     v.insert(Filling {
-                        rows: CachedRows {
-                            values: Tensor::f_zeros([n, width], opts(kind))?,
-                            indices: sparse
-                                .then(|| Tensor::f_zeros([n, width], opts(Kind::Int64)))
-                                .transpose()?,
-                            tail_logsumexp: sparse
-                                .then(|| Tensor::f_zeros([n], opts(Kind::Float)))
-                                .transpose()?,
-                        },
+                        rows,
                         have: vec![false; n as usize],
                         count: 0,
                     })
                 }
             };
-            let src = Tensor::from_slice(&pos);
+            let part = rows.select(&Tensor::from_slice(&pos))?;
             let dst = Tensor::from_slice(&local);
-            let part = rows.select(&src)?;
-            fill.rows.values = fill.rows.values.f_index_copy(0, &dst, &part.values)?;
-            if let (Some(a), Some(b)) = (fill.rows.indices.as_mut(), part.indices.as_ref()) {
-                *a = a.f_index_copy(0, &dst, &b.f_to_kind(Kind::Int64)?)?;
-            }
-            if let (Some(a), Some(b)) = (
-                fill.rows.tail_logsumexp.as_mut(),
-                part.tail_logsumexp.as_ref(),
-            ) {
-                *a = a.f_index_copy(0, &dst, &b.f_to_kind(Kind::Float)?)?;
+            let copy = |into: &mut Tensor, from: &Tensor| -> Result<(), tch::TchError> {
+                *into = into.f_index_copy(0, &dst, &from.f_to_kind(into.kind())?)?;
+                Ok(())
+            };
+            match (&mut fill.rows, &part) {
+                (SoftTargets::Dense(a), SoftTargets::Dense(b)) => copy(a, b)?,
+                (
+                    SoftTargets::Sparse {
+                        indices: ai,
+                        values: av,
+                        tail_logsumexp: at,
+                    },
+                    SoftTargets::Sparse {
+                        indices: bi,
+                        values: bv,
+                        tail_logsumexp: bt,
+                    },
+                ) => {
+                    copy(ai, bi)?;
+                    copy(av, bv)?;
+                    copy(at, bt)?;
+                }
+                _ => unreachable!("check_rows accepted rows of the cache's form"),
             }
             for &l in &local {
                 let slot = &mut fill.have[l as usize];
@@ -569,12 +579,13 @@ impl LogitCache {
         Ok(())
     }
 
-    /// Reads and verifies every shard and returns the targets of all samples, in sample order.
+    /// Reads and verifies every shard and returns the targets of all samples, in sample order,
+    /// with `f32` values (converted from the stored wire dtype) on the CPU.
     ///
     /// # Errors
     /// [`CacheError::Incomplete`] when shards are missing; [`CacheError::Shard`] naming a shard
     /// that is missing on disk, truncated, altered or malformed.
-    pub fn load_all(&self) -> Result<CachedRows, CacheError> {
+    pub fn load_all(&self) -> Result<SoftTargets, CacheError> {
         let missing = self.missing_shards();
         if let Some(&first) = missing.first() {
             return Err(CacheError::Incomplete {
@@ -584,30 +595,17 @@ impl LogitCache {
                 first,
             });
         }
-        let mut parts = Vec::with_capacity(self.shard_count());
-        for s in 0..self.shard_count() {
-            parts.push(self.load_shard(s)?);
+        let parts = (0..self.shard_count())
+            .map(|s| self.load_shard(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        match SoftTargets::cat(&parts)? {
+            Some(all) => Ok(all),
+            None => Err(CacheError::Rows("the cache holds no samples".into())),
         }
-        let cat =
-            |f: &dyn Fn(&CachedRows) -> Option<&Tensor>| -> Result<Option<Tensor>, CacheError> {
-                let ts: Option<Vec<&Tensor>> = parts.iter().map(f).collect();
-                Ok(match ts {
-                    Some(ts) if !ts.is_empty() => Some(Tensor::f_cat(&ts, 0)?),
-                    _ => None,
-                })
-            };
-        let values = cat(&|r| Some(&r.values))?.unwrap_or_else(|| {
-            Tensor::zeros([0, self.manifest.key.width()], (self.kind, Device::Cpu))
-        });
-        Ok(CachedRows {
-            values,
-            indices: cat(&|r| r.indices.as_ref())?,
-            tail_logsumexp: cat(&|r| r.tail_logsumexp.as_ref())?,
-        })
     }
 
     /// Reads and verifies shard `s`.
-    fn load_shard(&self, s: usize) -> Result<CachedRows, CacheError> {
+    fn load_shard(&self, s: usize) -> Result<SoftTargets, CacheError> {
         let entry = &self.manifest.shards[&s];
         let bad = |reason: String| CacheError::Shard {
             dir: self.dir.clone(),
@@ -634,22 +632,33 @@ impl LogitCache {
             .map_err(|e| bad(e.to_string()))?
             .into_iter()
             .collect();
-        let n = self.shard_range(s).len() as i64;
-        let rows = CachedRows {
-            values: named
-                .remove("values")
-                .ok_or_else(|| bad("no `values` tensor".into()))?,
-            indices: named
-                .remove("indices")
-                .map(|t| t.f_to_kind(Kind::Int64))
-                .transpose()?,
-            tail_logsumexp: named.remove("tail_logsumexp"),
+        let mut take = |name: &str, kind: Kind| -> Result<Tensor, CacheError> {
+            let t = named
+                .remove(name)
+                .ok_or_else(|| bad(format!("no `{name}` tensor")))?;
+            if t.kind() != kind {
+                return Err(bad(format!(
+                    "`{name}` is {:?}, expected {kind:?}",
+                    t.kind()
+                )));
+            }
+            Ok(t)
+        };
+        let values = take("values", self.kind)?.f_to_kind(Kind::Float)?;
+        let rows = if self.manifest.key.top_k > 0 {
+            SoftTargets::Sparse {
+                indices: take("indices", Kind::Int)?.f_to_kind(Kind::Int64)?,
+                values,
+                tail_logsumexp: take("tail_logsumexp", Kind::Float)?,
+            }
+        } else {
+            SoftTargets::Dense(values)
         };
         if let Some(extra) = named.keys().next() {
             return Err(bad(format!("unexpected tensor `{extra}`")));
         }
+        let n = self.shard_range(s).len() as i64;
         self.check_rows(&rows, n).map_err(|e| bad(e.to_string()))?;
-        debug_assert_eq!(rows.rows(), n);
         Ok(rows)
     }
 }
@@ -677,17 +686,31 @@ mod tests {
         }
     }
 
-    /// Sparse rows of samples `idx`: values and tail derived from the sample number, so any
-    /// mix-up of rows shows.
-    fn rows_of(idx: &[i64], k: i64) -> CachedRows {
+    /// Sparse rows of samples `idx`: values (exact in bf16) and tail derived from the sample
+    /// number, so any mix-up of rows shows.
+    fn rows_of(idx: &[i64], k: i64) -> SoftTargets {
         let i = Tensor::from_slice(idx).to_kind(Kind::Float).unsqueeze(1);
         let cols = Tensor::arange(k, (Kind::Float, Device::Cpu)).unsqueeze(0);
-        CachedRows {
-            values: (&i * 10.0 - &cols).to_kind(Kind::BFloat16),
-            indices: Some(
-                (Tensor::from_slice(idx).unsqueeze(1) + cols.to_kind(Kind::Int64)).remainder(10),
+        SoftTargets::Sparse {
+            values: &i * 2.0 - &cols,
+            indices: (Tensor::from_slice(idx).unsqueeze(1) + cols.to_kind(Kind::Int64))
+                .remainder(10),
+            tail_logsumexp: Tensor::from_slice(idx).to_kind(Kind::Float) * 0.5,
+        }
+    }
+
+    fn parts(t: &SoftTargets) -> (Tensor, Tensor, Tensor) {
+        match t {
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => (
+                indices.shallow_clone(),
+                values.shallow_clone(),
+                tail_logsumexp.shallow_clone(),
             ),
-            tail_logsumexp: Some(Tensor::from_slice(idx).to_kind(Kind::Float) * 0.5),
+            SoftTargets::Dense(_) => panic!("dense"),
         }
     }
 
@@ -704,15 +727,10 @@ mod tests {
         }
         assert!(c.is_complete());
         let again = LogitCache::open_or_create(&dir, key(3, n), 4).unwrap();
-        let all = again.load_all().unwrap();
-        let want = rows_of(&(0..n as i64).collect::<Vec<_>>(), 3);
-        assert!(all.values.equal(&want.values));
-        assert!(all.indices.unwrap().equal(&want.indices.unwrap()));
-        assert!(
-            all.tail_logsumexp
-                .unwrap()
-                .equal(&want.tail_logsumexp.unwrap())
-        );
+        let (i, v, t) = parts(&again.load_all().unwrap());
+        let (wi, wv, wt) = parts(&rows_of(&(0..n as i64).collect::<Vec<_>>(), 3));
+        assert!(i.equal(&wi) && v.equal(&wv) && t.equal(&wt));
+        assert_eq!(v.kind(), Kind::Float);
         assert!(again.bytes_per_sample() > 0.0);
     }
 
@@ -741,6 +759,7 @@ mod tests {
         let e = c.load_all().unwrap_err().to_string();
         assert!(e.contains("incomplete") && e.contains("shard 1"), "{e}");
         c.write_shard(1, &rows_of(&[4, 5, 6, 7], 3)).unwrap();
+        c.load_all().unwrap();
         let file = c.manifest.shards[&1].name.clone();
         let path = dir.join(&file);
         let bytes = std::fs::read(&path).unwrap();
@@ -759,43 +778,35 @@ mod tests {
     fn rows_that_do_not_fit_the_key_are_refused() {
         let dir = tmp("rows");
         let mut c = LogitCache::open_or_create(&dir, key(3, 8), 4).unwrap();
-        let mut r = rows_of(&[0, 1], 3);
-        r.values = r.values.to_kind(Kind::Float);
-        assert!(
-            c.put(&[0, 1], &r)
-                .unwrap_err()
-                .to_string()
-                .contains("values")
-        );
-        let r = CachedRows {
-            tail_logsumexp: None,
-            ..rows_of(&[0, 1], 3)
-        };
-        assert!(c.put(&[0, 1], &r).is_err());
+        let e = c
+            .put(
+                &[0, 1],
+                &SoftTargets::Dense(Tensor::zeros([2, 10], (Kind::Float, Device::Cpu))),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dense targets for a top-3 cache"), "{e}");
+        assert!(c.put(&[0, 1], &rows_of(&[0, 1], 4)).is_err());
         assert!(c.put(&[8], &rows_of(&[8], 3)).is_err());
+        assert!(c.put(&[0, 1], &rows_of(&[0, 1], 3)).is_ok());
     }
 
     #[test]
-    fn dense_caches_store_whole_rows() {
+    fn dense_caches_store_whole_rows_in_the_wire_dtype() {
         let dir = tmp("dense");
         let mut k = key(0, 5);
-        k.wire = "f32".into();
+        k.wire = "f16".into();
         let mut c = LogitCache::open_or_create(&dir, k, 8).unwrap();
         let v = Tensor::randn([5, 10], (Kind::Float, Device::Cpu));
-        c.put(
-            &[4, 3, 2, 1, 0],
-            &CachedRows {
-                values: v.flip([0]),
-                indices: None,
-                tail_logsumexp: None,
-            },
-        )
-        .unwrap();
-        let all = c.load_all().unwrap();
-        assert!(all.values.equal(&v));
-        assert!(all.indices.is_none());
-        // 5 rows of 10 f32 = 200 bytes of data plus the safetensors header.
-        assert!(c.bytes_per_sample() >= 40.0);
+        c.put(&[4, 3, 2, 1, 0], &SoftTargets::Dense(v.flip([0])))
+            .unwrap();
+        let SoftTargets::Dense(all) = c.load_all().unwrap() else {
+            panic!("sparse")
+        };
+        assert!(all.equal(&v.to_kind(Kind::Half).to_kind(Kind::Float)));
+        // 5 rows of 10 f16 = 100 bytes of data, plus the safetensors header.
+        let per = c.bytes_per_sample();
+        assert!((20.0..60.0).contains(&per), "{per}");
     }
 
     #[test]

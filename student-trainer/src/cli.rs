@@ -1,4 +1,4 @@
-//! Command line: `student-trainer train | distill | eval`.
+//! Command line: `student-trainer train | distill | capture | eval`.
 //!
 //! Every flag has an environment-variable equivalent (`STUDENT_…`); the names of the common flags
 //! (`--device`, `--arch`, `--data-dir`, `--epochs`, `--batch-size`, `--lr`, `--optimizer`,
@@ -7,8 +7,8 @@
 
 use crate::ensemble::EnsembleMode;
 use crate::loss::{LossKind, SparseTail};
-use crate::wire::WireDType;
 use crate::optim::OptimizerKind;
+use crate::wire::WireDType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -50,8 +50,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Ordinary supervised training on labels (for the teacher, and the no-distillation baseline).
     Train(TrainArgs),
-    /// Online distillation: train a student on the logits a teacher-server streams back.
+    /// Online distillation: train a student on the logits a teacher-server streams back (or on
+    /// a logit cache).
     Distill(DistillArgs),
+    /// Capture a teacher's soft targets for a whole dataset into a logit cache, offline.
+    Capture(CaptureArgs),
     /// Accuracy (overall and per class) of a checkpoint, or of a remote teacher, on the test split.
     Eval(EvalArgs),
 }
@@ -131,7 +134,7 @@ pub struct DistillArgs {
         long,
         env = "STUDENT_TEACHER",
         value_delimiter = ',',
-        required_unless_present = "teacher_group"
+        required_unless_present_any = ["teacher_group", "logit_cache"]
     )]
     pub teacher: Vec<String>,
     /// An ensemble member: `NAME=URL,URL,...`, the replicas of one teacher (repeat the flag for
@@ -201,6 +204,61 @@ pub struct DistillArgs {
     /// A checkpoint of the same student trained without distillation, evaluated for the report.
     #[arg(long, env = "STUDENT_BASELINE")]
     pub baseline: Option<PathBuf>,
+    /// Seconds to wait for the teacher's connection before giving up.
+    #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// A logit cache directory. With --teacher: the first epoch asks the teacher and fills the
+    /// cache (in the --wire/--top-k format), later epochs read it without calling the teacher.
+    /// Without --teacher: every epoch reads a complete cache (from `student-trainer capture`
+    /// or an earlier run). A cache whose teacher, precision, wire format, top-k, temperature or
+    /// dataset differs from this run's is refused. Needs a single teacher (no --teacher-group).
+    #[arg(long, env = "STUDENT_LOGIT_CACHE")]
+    pub logit_cache: Option<PathBuf>,
+}
+
+/// `capture` flags.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// URL of a teacher-server replica (repeat the flag, or give a comma-separated list, for
+    /// several replicas of one teacher; dns://NAME:PORT for every address of NAME). Batches are
+    /// balanced over the replicas and a failed replica's batches move to the others.
+    #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',', required = true)]
+    pub teacher: Vec<String>,
+    /// Dataset: a directory of IDX files or an .npz file; its training split is captured.
+    #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
+    pub data_dir: PathBuf,
+    /// Capture only the first N training samples (must match the students' --limit).
+    #[arg(long, env = "STUDENT_LIMIT")]
+    pub limit: Option<usize>,
+    /// The logit cache directory to write (created; an interrupted capture is resumed).
+    #[arg(long, env = "STUDENT_CACHE_OUT")]
+    pub out: PathBuf,
+    /// The dtype the logits travel in and are stored in: f32, f16 or bf16.
+    #[arg(long, env = "STUDENT_WIRE", value_enum, ignore_case = true, default_value_t = WireDType::F32)]
+    pub wire: WireDType,
+    /// Store the top K logits of each sample with the log-sum-exp of the rest at --temperature;
+    /// 0: dense rows.
+    #[arg(long, env = "STUDENT_TOP_K", default_value_t = 0)]
+    pub top_k: u32,
+    /// Temperature T of the tail's log-sum-exp (top-k only; students must distill at this T).
+    #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
+    pub temperature: f64,
+    /// Samples per request (capped by the teacher's max batch size).
+    #[arg(long, env = "STUDENT_BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// Samples per shard file.
+    #[arg(long, env = "STUDENT_SHARD_SAMPLES", default_value_t = crate::cache::DEFAULT_SHARD_SAMPLES)]
+    pub shard_samples: usize,
+    /// Batches in flight per replica.
+    #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
+    pub prefetch: usize,
+    /// Seconds a batch may go unanswered before its replica counts as failed.
+    #[arg(long, env = "STUDENT_BATCH_TIMEOUT", default_value_t = 30.0)]
+    pub batch_timeout: f64,
+    /// Seconds to wait with no replica reachable before giving up (shards written so far are
+    /// kept; run the command again to resume).
+    #[arg(long, env = "STUDENT_TEACHER_WAIT", default_value_t = 300.0)]
+    pub teacher_wait: f64,
     /// Seconds to wait for the teacher's connection before giving up.
     #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
     pub connect_timeout: f64,

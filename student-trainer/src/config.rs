@@ -3,13 +3,13 @@
 //! Validation here is pure (no file system, no network, no CUDA query), so it is unit-tested on
 //! any machine; the data directory, the teacher and the device are checked when a command starts.
 
-use crate::cli::{CommonArgs, DistillArgs, EvalArgs, TrainArgs};
+use crate::cli::{CaptureArgs, CommonArgs, DistillArgs, EvalArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::ensemble::EnsembleMode;
 use crate::loss::{DistillLoss, LossKind};
-use crate::wire::TargetRequest;
 use crate::optim::OptimizerConfig;
+use crate::wire::TargetRequest;
 use distill_models::Arch;
 use std::fmt;
 use std::path::PathBuf;
@@ -144,6 +144,35 @@ pub struct DistillConfig {
     pub prefetch: usize,
     /// Baseline checkpoint to evaluate for the report.
     pub baseline: Option<PathBuf>,
+    /// How long to wait for the teacher's connection.
+    pub connect_timeout: Duration,
+    /// The logit cache directory (`--logit-cache`).
+    pub logit_cache: Option<PathBuf>,
+}
+
+/// Settings of `capture`.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// The teacher's replicas (one group).
+    pub groups: Vec<GroupSpec>,
+    /// IDX directory or .npz file (its training split is captured).
+    pub data_dir: PathBuf,
+    /// Capture the first N training samples only.
+    pub limit: Option<usize>,
+    /// The cache directory.
+    pub out: PathBuf,
+    /// What each request asks for (wire dtype, top-k, temperature).
+    pub request: TargetRequest,
+    /// Samples per request (≥ 1).
+    pub batch_size: usize,
+    /// Samples per shard (≥ 1).
+    pub shard_samples: usize,
+    /// Batches in flight per replica (≥ 1).
+    pub prefetch: usize,
+    /// A batch unanswered this long moves to another replica.
+    pub batch_timeout: Duration,
+    /// Longest wait with no replica reachable.
+    pub teacher_wait: Duration,
     /// How long to wait for the teacher's connection.
     pub connect_timeout: Duration,
 }
@@ -414,7 +443,22 @@ impl TryFrom<DistillArgs> for DistillConfig {
         } else {
             a.alpha
         };
-        let groups = teacher_groups(&a.teacher, &a.teacher_group, &a.group_weight)?;
+        let groups = if a.teacher.is_empty() && a.teacher_group.is_empty() {
+            // --logit-cache alone (clap requires one of the three).
+            Vec::new()
+        } else {
+            teacher_groups(&a.teacher, &a.teacher_group, &a.group_weight)?
+        };
+        if a.logit_cache.is_some() && groups.len() > 1 {
+            return Err(invalid(
+                "logit-cache",
+                format!(
+                    "a logit cache holds the soft targets of one teacher, got {} teacher groups \
+                     (use one --teacher, or no --logit-cache)",
+                    groups.len()
+                ),
+            ));
+        }
         if a.top_k > 0 && kind == LossKind::Mse {
             return Err(invalid(
                 "top-k",
@@ -457,6 +501,46 @@ impl TryFrom<DistillArgs> for DistillConfig {
             labels,
             prefetch: a.prefetch,
             baseline: a.baseline,
+            connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
+            logit_cache: a.logit_cache,
+        })
+    }
+}
+
+impl TryFrom<CaptureArgs> for CaptureConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: CaptureArgs) -> Result<Self, ConfigError> {
+        if !(a.temperature.is_finite() && a.temperature > 0.0) {
+            return Err(invalid(
+                "temperature",
+                format!("{} is not positive", a.temperature),
+            ));
+        }
+        for (flag, v) in [
+            ("batch-size", a.batch_size),
+            ("shard-samples", a.shard_samples),
+            ("prefetch", a.prefetch),
+        ] {
+            if v == 0 {
+                return Err(invalid(flag, "must be at least 1"));
+            }
+        }
+        Ok(CaptureConfig {
+            groups: teacher_groups(&a.teacher, &[], &[])?,
+            data_dir: a.data_dir,
+            limit: a.limit,
+            out: a.out,
+            request: TargetRequest {
+                wire: a.wire,
+                top_k: a.top_k,
+                temperature: a.temperature,
+            },
+            batch_size: a.batch_size,
+            shard_samples: a.shard_samples,
+            prefetch: a.prefetch,
+            batch_timeout: timeout("batch-timeout", a.batch_timeout)?,
+            teacher_wait: timeout("teacher-wait", a.teacher_wait)?,
             connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
         })
     }
@@ -614,20 +698,34 @@ mod tests {
         assert_eq!(c.loss.sparse_tail, crate::loss::SparseTail::Uniform);
         assert_eq!(c.ensemble_mode, EnsembleMode::Mix);
         let d = distill(&[]).unwrap();
-        assert_eq!((d.request.wire.to_string(), d.request.top_k), ("f32".into(), 0));
+        assert_eq!(
+            (d.request.wire.to_string(), d.request.top_k),
+            ("f32".into(), 0)
+        );
         assert_eq!(d.loss.sparse_tail.to_string(), "bucket");
-        let e = distill(&["--loss", "mse", "--top-k", "4"]).unwrap_err().to_string();
+        let e = distill(&["--loss", "mse", "--top-k", "4"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--top-k") && e.contains("--loss mse"), "{e}");
-        let groups = ["--teacher-group", "a=127.0.0.1:1", "--teacher-group", "b=127.0.0.1:2"];
+        let groups = [
+            "--teacher-group",
+            "a=127.0.0.1:1",
+            "--teacher-group",
+            "b=127.0.0.1:2",
+        ];
         let mut two = vec!["distill"];
         two.extend_from_slice(&groups);
         two.extend_from_slice(&["--top-k", "2"]);
         let Command::Distill(args) = parse(&two) else {
             panic!("distill")
         };
-        let e = DistillConfig::try_from(args.clone()).unwrap_err().to_string();
+        let e = DistillConfig::try_from(args.clone())
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("--top-k") && e.contains("--ensemble-mode") && e.contains("2 teacher groups"),
+            e.contains("--top-k")
+                && e.contains("--ensemble-mode")
+                && e.contains("2 teacher groups"),
             "{e}"
         );
         let sampled = DistillConfig::try_from(DistillArgs {

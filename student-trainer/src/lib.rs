@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod capture;
 pub mod cli;
 mod client;
 pub mod config;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use student_trainer::cli::{Cli, Command, LogFormat};
-use student_trainer::config::{DistillConfig, EvalConfig, TrainConfig};
+use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, TrainConfig};
 use student_trainer::signals::{ShutdownSignals, StopSignal};
 use student_trainer::{AppError, Finished, app};
 use tracing_subscriber::EnvFilter;
@@ -72,7 +72,10 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
         .build()
         .context("cannot start the async runtime")?;
     let stop = Arc::new(AtomicBool::new(false));
-    if matches!(command, Command::Train(_) | Command::Distill(_)) {
+    if matches!(
+        command,
+        Command::Train(_) | Command::Distill(_) | Command::Capture(_)
+    ) {
         let mut signals = {
             let _rt = rt.enter();
             ShutdownSignals::install().context("cannot listen for Ctrl-C and SIGTERM")?
@@ -99,6 +102,7 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
         Ok(match command {
             Command::Train(a) => app::train(TrainConfig::try_from(a)?, stop).await?,
             Command::Distill(a) => app::distill(DistillConfig::try_from(a)?, stop).await?,
+            Command::Capture(a) => app::capture(CaptureConfig::try_from(a)?, stop).await?,
             Command::Eval(a) => {
                 app::eval(EvalConfig::try_from(a)?).await?;
                 Finished::Done

@@ -10,8 +10,9 @@ pub(crate) const REPORT_FILE: &str = "report.json";
 /// One model in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ModelSummary {
-    /// Test-split accuracy, a fraction in [0, 1].
-    pub accuracy: f64,
+    /// Test-split accuracy, a fraction in [0, 1] (`None` when not evaluated: the teacher of a
+    /// run that read every soft target from a logit cache, with no `--teacher`).
+    pub accuracy: Option<f64>,
     /// Trainable parameters (`None` when unknown, e.g. a TorchScript teacher).
     pub params: Option<i64>,
     /// Architecture or model name.
@@ -24,7 +25,7 @@ pub(crate) struct ModelSummary {
 /// The report of a distillation run (`report.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Report {
-    /// The teacher, evaluated through its server.
+    /// The teacher, evaluated through its server (not evaluated without `--teacher`).
     pub teacher: ModelSummary,
     /// The distilled student.
     pub student: ModelSummary,
@@ -74,6 +75,26 @@ pub(crate) struct Report {
     /// Every teacher replica of the run, with the batches it answered.
     #[serde(default)]
     pub replicas: Vec<ReplicaSummary>,
+    /// The dtype the teacher computed in (`teacher-server --precision`; for an ensemble, the
+    /// groups' joined by `+`).
+    #[serde(default)]
+    pub teacher_precision: String,
+    /// The logit cache directory (`--logit-cache`), or null.
+    #[serde(default)]
+    pub logit_cache: Option<String>,
+    /// Epochs (of this process) whose soft targets came from the logit cache.
+    #[serde(default)]
+    pub cached_epochs: u64,
+    /// Bytes per sample of the logit cache's shards on disk, or null without a cache.
+    #[serde(default)]
+    pub cache_bytes_per_sample: Option<f64>,
+    /// Seconds the optimizer waited for soft targets (blocked on the teacher stream).
+    #[serde(default)]
+    pub trainer_waited_s: f64,
+    /// Seconds batches ready to be sent waited for a free prefetch slot at the teachers (all
+    /// replicas had `--prefetch` batches outstanding): the teachers were the bottleneck.
+    #[serde(default)]
+    pub teacher_backpressure_s: f64,
 }
 
 /// One teacher replica in the report.
@@ -107,11 +128,14 @@ impl Report {
             "model", "accuracy", "params"
         );
         let mut row = |label: &str, m: &ModelSummary| {
+            let accuracy = m
+                .accuracy
+                .map_or_else(|| "n/a".to_string(), |a| format!("{:.2} %", 100.0 * a));
             let _ = writeln!(
                 s,
-                "{:<22} {:>8.2} % {:>12}  {}",
+                "{:<22} {:>10} {:>12}  {}",
                 label,
-                100.0 * m.accuracy,
+                accuracy,
                 params(m.params),
                 m.name
             );
@@ -135,12 +159,30 @@ impl Report {
         let targets = if self.top_k == 0 {
             format!("dense {}", self.wire)
         } else {
-            format!("top-{} {} (tail: {})", self.top_k, self.wire, self.sparse_tail)
+            format!(
+                "top-{} {} (tail: {})",
+                self.top_k, self.wire, self.sparse_tail
+            )
         };
         let _ = writeln!(
             s,
-            "soft targets           {targets}, ensemble mode {}",
-            self.ensemble_mode
+            "soft targets           {targets}, ensemble mode {}, teacher precision {}",
+            self.ensemble_mode, self.teacher_precision
+        );
+        if let Some(dir) = &self.logit_cache {
+            let _ = writeln!(
+                s,
+                "logit cache            {dir}: {} of {} epochs read from it, {:.1} bytes/sample",
+                self.cached_epochs,
+                self.epochs,
+                self.cache_bytes_per_sample.unwrap_or(0.0)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "waiting                trainer waited {:.1} s for soft targets; ready batches waited \
+             {:.1} s for a prefetch slot",
+            self.trainer_waited_s, self.teacher_backpressure_s
         );
         let _ = writeln!(
             s,
@@ -169,7 +211,7 @@ mod tests {
 
     fn summary(accuracy: f64, params: Option<i64>, name: &str) -> ModelSummary {
         ModelSummary {
-            accuracy,
+            accuracy: Some(accuracy),
             params,
             name: name.into(),
             per_class: vec![accuracy; 10],
@@ -199,6 +241,12 @@ mod tests {
             samples_trained: 0,
             batches_resent: 0,
             replicas: Vec::new(),
+            teacher_precision: "f32".into(),
+            logit_cache: Some("runs/cache".into()),
+            cached_epochs: 2,
+            cache_bytes_per_sample: Some(92.5),
+            trainer_waited_s: 1.5,
+            teacher_backpressure_s: 0.25,
         }
     }
 
@@ -218,6 +266,12 @@ mod tests {
             "top_k",
             "sparse_tail",
             "ensemble_mode",
+            "teacher_precision",
+            "logit_cache",
+            "cached_epochs",
+            "cache_bytes_per_sample",
+            "trainer_waited_s",
+            "teacher_backpressure_s",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
@@ -242,10 +296,17 @@ mod tests {
             "87.00 %",
             "11.8x",
             "1199882",
-            "top-8 bf16 (tail: bucket), ensemble mode sample",
+            "top-8 bf16 (tail: bucket), ensemble mode sample, teacher precision f32",
+            "logit cache            runs/cache: 2 of 3 epochs read from it, 92.5 bytes/sample",
+            "trainer waited 1.5 s",
         ] {
             assert!(t.contains(needle), "{needle} not in\n{t}");
         }
+        let mut cached_only = report(None);
+        cached_only.teacher.accuracy = None;
+        assert!(cached_only.table().contains("n/a"));
+        let v = serde_json::to_value(&cached_only).unwrap();
+        assert!(v["teacher"]["accuracy"].is_null());
         assert!(!report(None).table().contains("baseline"));
     }
 

@@ -96,6 +96,9 @@ pub enum TrainError {
     /// The training thread panicked.
     #[error("the training thread panicked: {0}")]
     Panic(String),
+    /// The logit cache could not be read or written.
+    #[error("{0}")]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 /// What the loop optimises.
@@ -232,6 +235,32 @@ impl Start {
     }
 }
 
+/// How a distillation run uses a logit cache (`--logit-cache`).
+#[derive(Debug)]
+pub struct CachePlan {
+    /// The cache. While it is incomplete, every batch received from the teacher is added to it
+    /// (shards are written as they complete).
+    pub cache: crate::cache::LogitCache,
+    /// From this epoch on, soft targets come from the cache (read and verified once), not from
+    /// the teacher channel.
+    pub from_epoch: u64,
+}
+
+impl CachePlan {
+    /// The first epoch that can read a cache whose completeness is `complete` now, for a run
+    /// starting at `start`: `start.epoch` for a complete cache; otherwise the epoch after the
+    /// first one streamed from its first batch (which sees every sample once and so completes
+    /// the cache): `start.epoch + 1` from an epoch boundary, `start.epoch + 2` after a mid-epoch
+    /// resume (the shards being filled were in memory only).
+    pub fn first_cached_epoch(complete: bool, start: Position) -> u64 {
+        match (complete, start.batch) {
+            (true, _) => start.epoch,
+            (false, 0) => start.epoch + 1,
+            (false, _) => start.epoch + 2,
+        }
+    }
+}
+
 /// Everything one run of the loop needs. Moved onto the training thread.
 #[derive(Debug)]
 pub struct Job {
@@ -251,6 +280,8 @@ pub struct Job {
     pub start: Start,
     /// Raised by Ctrl-C or SIGTERM: save a checkpoint and return.
     pub stop: Arc<AtomicBool>,
+    /// The logit cache of a `distill` run, if any.
+    pub cache: Option<CachePlan>,
 }
 
 /// The result of a run.
@@ -279,6 +310,11 @@ pub struct Outcome {
     pub test: Option<Accuracy>,
     /// The checkpoint directory.
     pub checkpoint: PathBuf,
+    /// Seconds the loop waited for soft targets from the teacher channel (time blocked in the
+    /// receive; 0 when the targets were ready, and for cached epochs).
+    pub waited_s: f64,
+    /// Epochs (in this process) whose soft targets came from the logit cache.
+    pub cached_epochs: u64,
 }
 
 /// Starts `job` on a thread named `trainer`; `teacher` is the receiving end of the client's
@@ -319,6 +355,7 @@ pub fn run(
         test,
         start,
         stop,
+        mut cache,
     } = job;
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
@@ -381,7 +418,11 @@ pub fn run(
         last: None,
         test: None,
         checkpoint: cfg.out.clone(),
+        waited_s: 0.0,
+        cached_epochs: 0,
     };
+    // Every sample's soft targets, once the run reads them from the cache.
+    let mut cached: Option<crate::targets::SoftTargets> = None;
     let mut step = start.step;
     for epoch in start.position.epoch..cfg.epochs {
         let skip = if epoch == start.position.epoch {
@@ -397,6 +438,21 @@ pub fn run(
             batches_per_epoch(n, cfg.batch_size),
             skip,
         );
+        if let Some(plan) = cache.as_ref().filter(|p| epoch >= p.from_epoch)
+            && cached.is_none()
+        {
+            let t = Instant::now();
+            cached = Some(plan.cache.load_all()?);
+            tracing::info!(
+                epoch, cache = %plan.cache.dir().display(),
+                bytes_per_sample = format!("{:.1}", plan.cache.bytes_per_sample()),
+                load_s = format!("{:.2}", t.elapsed().as_secs_f64()),
+                "soft targets from the logit cache from here on (no teacher calls)"
+            );
+        }
+        if cached.is_some() {
+            out.cached_epochs += 1;
+        }
         let mut sums = Sums::default();
         let t0 = Instant::now();
         for planned in plan.into_iter().skip(skip) {
@@ -408,10 +464,14 @@ pub fn run(
                 return Ok(out);
             }
             let mut answered = None;
-            let teacher_logits = match teacher.as_mut() {
-                None => None,
-                Some(rx) => {
-                    let Some(tb) = rx.blocking_recv() else {
+            let teacher_logits = match (cached.as_ref(), teacher.as_mut()) {
+                (Some(all), _) => Some(all.select(&Tensor::from_slice(&planned.indices))?),
+                (None, None) => None,
+                (None, Some(rx)) => {
+                    let waiting = Instant::now();
+                    let received = rx.blocking_recv();
+                    out.waited_s += waiting.elapsed().as_secs_f64();
+                    let Some(tb) = received else {
                         // The stream ended early: keep what was trained, then report it.
                         progress.abandon();
                         ctx.save_partial(&opt, &sums, (epoch, planned.index), step, t0, &mut out)?;
@@ -420,6 +480,11 @@ pub fn run(
                         return Ok(out);
                     };
                     check_pairing(&tb, epoch, planned.index, &planned.indices)?;
+                    if let Some(plan) = cache.as_mut()
+                        && !plan.cache.is_complete()
+                    {
+                        plan.cache.put(&tb.indices, &tb.targets)?;
+                    }
                     answered = Some((tb.batch_id, tb.replica, tb.groups));
                     Some(tb.targets)
                 }

@@ -283,6 +283,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
             samples_trained: 0,
         },
         stop: Arc::new(AtomicBool::new(false)),
+        cache: None,
     };
     let handle = trainer::spawn(job, Some(rx)).unwrap();
     pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx)

@@ -171,6 +171,10 @@ pub struct RunStats {
     pub resent: u64,
     /// Answers discarded because their batch had been re-sent elsewhere.
     pub late_discarded: u64,
+    /// Seconds the plan's next batch waited to be admitted because every prefetch slot was
+    /// taken by batches the teachers had not answered yet (the consumer had nothing to take):
+    /// time the teachers were the bottleneck.
+    pub backpressure_s: f64,
 }
 
 /// Per-replica counters, for the report.
@@ -245,6 +249,24 @@ struct Run {
     batches: u64,
     samples: u64,
     last_wait_log: Option<Instant>,
+    /// Since when the next batch has waited for a prefetch slot (see
+    /// [`RunStats::backpressure_s`]).
+    blocked_since: Option<Instant>,
+    backpressure_s: f64,
+}
+
+impl Run {
+    /// Accounts backpressure at `now`: `blocked` whether a batch is waiting for a slot.
+    fn backpressure(&mut self, blocked: bool, now: Instant) {
+        match (blocked, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(now),
+            (false, Some(since)) => {
+                self.backpressure_s += now.saturating_duration_since(since).as_secs_f64();
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Pool {
@@ -645,8 +667,11 @@ impl Pool {
             batches: 0,
             samples: 0,
             last_wait_log: None,
+            blocked_since: None,
+            backpressure_s: 0.0,
         };
         let result = self.drive(&mut run, &mut plan, &out).await;
+        run.backpressure(false, Instant::now());
         // Forget what is still in flight (an aborted run): answers to it will be discarded.
         self.sched.abandon();
         let after = self.sched.counters();
@@ -655,6 +680,7 @@ impl Pool {
             samples: run.samples,
             resent: after.resent - before.resent,
             late_discarded: after.late_discarded - before.late_discarded,
+            backpressure_s: run.backpressure_s,
         };
         tracing::debug!(?stats, "pool run done");
         result.map(|()| stats)
@@ -670,6 +696,10 @@ impl Pool {
             let now = Instant::now();
             self.housekeeping(now);
             self.admit(run, plan);
+            run.backpressure(
+                !run.plan_done && self.sched.window() == 0 && !self.sched.ready(),
+                now,
+            );
             self.assign(run, now)?;
             if run.plan_done && self.sched.is_idle() {
                 return Ok(());
@@ -759,7 +789,8 @@ impl Pool {
                 Some(b) => match self.targets.ensemble {
                     EnsembleMode::Sample if self.groups.len() > 1 => {
                         let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
-                        let g = ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
+                        let g =
+                            ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
                         self.sched.admit_to(b, &[g]);
                     }
                     _ => {
