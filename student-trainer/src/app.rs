@@ -337,7 +337,8 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         path: "trainer thread".into(),
         source,
     })?;
-    let (streamed, trained) = tokio::join!(pool.run(plan, inputs, targets, tx), join_trainer(handle));
+    let (streamed, trained) =
+        tokio::join!(pool.run(plan, inputs, targets, tx), join_trainer(handle));
     let (out, stats) = match (trained, streamed) {
         (Ok(out), _) if out.interrupted => return summarise(&spec, &out),
         (Ok(out), Err(e)) if out.teacher_gone => {
@@ -361,7 +362,9 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let replicas = pool.replica_stats();
     // As many samples per request as every group's teacher accepts (500 at most).
     let eval_batch = teacher_eval::batch_size_for(&pool, 500);
-    let teacher_acc = teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch, cfg.loss.temperature).await?;
+    let teacher_acc =
+        teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch, cfg.loss.temperature)
+            .await?;
     let student_acc = out
         .test
         .clone()

@@ -7,8 +7,8 @@
 
 use crate::ensemble::EnsembleMode;
 use crate::loss::{LossKind, SparseTail};
-use crate::wire::WireDType;
 use crate::optim::OptimizerKind;
+use crate::wire::WireDType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 

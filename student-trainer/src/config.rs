@@ -8,8 +8,8 @@ use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::ensemble::EnsembleMode;
 use crate::loss::{DistillLoss, LossKind};
-use crate::wire::TargetRequest;
 use crate::optim::OptimizerConfig;
+use crate::wire::TargetRequest;
 use distill_models::Arch;
 use std::fmt;
 use std::path::PathBuf;
@@ -614,20 +614,34 @@ mod tests {
         assert_eq!(c.loss.sparse_tail, crate::loss::SparseTail::Uniform);
         assert_eq!(c.ensemble_mode, EnsembleMode::Mix);
         let d = distill(&[]).unwrap();
-        assert_eq!((d.request.wire.to_string(), d.request.top_k), ("f32".into(), 0));
+        assert_eq!(
+            (d.request.wire.to_string(), d.request.top_k),
+            ("f32".into(), 0)
+        );
         assert_eq!(d.loss.sparse_tail.to_string(), "bucket");
-        let e = distill(&["--loss", "mse", "--top-k", "4"]).unwrap_err().to_string();
+        let e = distill(&["--loss", "mse", "--top-k", "4"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--top-k") && e.contains("--loss mse"), "{e}");
-        let groups = ["--teacher-group", "a=127.0.0.1:1", "--teacher-group", "b=127.0.0.1:2"];
+        let groups = [
+            "--teacher-group",
+            "a=127.0.0.1:1",
+            "--teacher-group",
+            "b=127.0.0.1:2",
+        ];
         let mut two = vec!["distill"];
         two.extend_from_slice(&groups);
         two.extend_from_slice(&["--top-k", "2"]);
         let Command::Distill(args) = parse(&two) else {
             panic!("distill")
         };
-        let e = DistillConfig::try_from(args.clone()).unwrap_err().to_string();
+        let e = DistillConfig::try_from(args.clone())
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("--top-k") && e.contains("--ensemble-mode") && e.contains("2 teacher groups"),
+            e.contains("--top-k")
+                && e.contains("--ensemble-mode")
+                && e.contains("2 teacher groups"),
             "{e}"
         );
         let sampled = DistillConfig::try_from(DistillArgs {

@@ -234,7 +234,10 @@ mod tests {
         let again: Vec<usize> = (0..4000)
             .map(|i| sample_group(7, i / 100, (i % 100) as usize, &weights))
             .collect();
-        assert_eq!(picks, again, "the draw depends on (seed, epoch, index) only");
+        assert_eq!(
+            picks, again,
+            "the draw depends on (seed, epoch, index) only"
+        );
         let other_seed: Vec<usize> = (0..4000)
             .map(|i| sample_group(8, i / 100, (i % 100) as usize, &weights))
             .collect();

@@ -760,8 +760,11 @@ mod tests {
     /// computed in float64 from the full rows (as the teacher-server does in f32).
     fn top_k(teacher: &Tensor, k: i64, t: f64) -> SoftTargets {
         let (values, indices) = teacher.topk(k, -1, true, true);
-        let masked = (teacher.to_kind(Kind::Double) / t).scatter_value(1, &indices, f64::NEG_INFINITY);
-        let tail = masked.logsumexp([-1i64].as_slice(), false).to_kind(Kind::Float);
+        let masked =
+            (teacher.to_kind(Kind::Double) / t).scatter_value(1, &indices, f64::NEG_INFINITY);
+        let tail = masked
+            .logsumexp([-1i64].as_slice(), false)
+            .to_kind(Kind::Float);
         SoftTargets::Sparse {
             indices,
             values,
@@ -832,8 +835,7 @@ mod tests {
             let s = json_tensor(&case["student_logits"]);
             let b = s.size()[0];
             let k = case["top_k"].as_i64().unwrap();
-            let indices: Vec<i64> = json_rows(&case["indices"], |x| x.as_i64().unwrap())
-                .concat();
+            let indices: Vec<i64> = json_rows(&case["indices"], |x| x.as_i64().unwrap()).concat();
             let values: Vec<f32> =
                 json_rows(&case["values"], |x| x.as_f64().unwrap() as f32).concat();
             let tail: Vec<f32> = case["tail_logsumexp"]
@@ -870,7 +872,9 @@ mod tests {
                     alpha: case["alpha"].as_f64().unwrap(),
                     sparse_tail,
                 };
-                let parts = loss.compute_targets(&s, &targets, &y, mask.as_ref()).unwrap();
+                let parts = loss
+                    .compute_targets(&s, &targets, &y, mask.as_ref())
+                    .unwrap();
                 let want = &case[sparse_tail.to_string()];
                 close(
                     value(&parts.total),
@@ -918,7 +922,11 @@ mod tests {
                 let parts = loss.compute_targets(&s, &targets, &y, None).unwrap();
                 parts.total.backward();
                 let g = s.grad();
-                assert_eq!(value(&g.isnan().any()), 0.0, "k {k} {sparse_tail}: NaN gradient");
+                assert_eq!(
+                    value(&g.isnan().any()),
+                    0.0,
+                    "k {k} {sparse_tail}: NaN gradient"
+                );
                 assert!(value(&g.abs().sum(Kind::Float)) > 0.0);
                 for teacher in [values.grad(), tail.grad()] {
                     assert!(!teacher.defined() || value(&teacher.abs().sum(Kind::Float)) == 0.0);
@@ -938,14 +946,20 @@ mod tests {
             alpha: 1.0,
             sparse_tail: SparseTail::Bucket,
         };
-        let e = mse.compute_targets(&s, &t, &y, None).unwrap_err().to_string();
+        let e = mse
+            .compute_targets(&s, &t, &y, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MSE") && e.contains("top-k"), "{e}");
         let kl = DistillLoss {
             kind: LossKind::Kl,
             ..mse
         };
         let wide = Tensor::zeros([2, 1], tch::kind::FLOAT_CPU);
-        let e = kl.compute_targets(&wide, &t, &y, None).unwrap_err().to_string();
+        let e = kl
+            .compute_targets(&wide, &t, &y, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[2, 1]") && e.contains("[2, 2]"), "{e}");
     }
 
@@ -956,7 +970,10 @@ mod tests {
             ("uniform", SparseTail::Uniform),
             ("renorm", SparseTail::Renorm),
         ] {
-            assert_eq!(<SparseTail as clap::ValueEnum>::from_str(s, true).unwrap(), want);
+            assert_eq!(
+                <SparseTail as clap::ValueEnum>::from_str(s, true).unwrap(),
+                want
+            );
             assert_eq!(want.to_string(), s);
         }
         assert_eq!(SparseTail::default(), SparseTail::Bucket);

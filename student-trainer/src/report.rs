@@ -135,7 +135,10 @@ impl Report {
         let targets = if self.top_k == 0 {
             format!("dense {}", self.wire)
         } else {
-            format!("top-{} {} (tail: {})", self.top_k, self.wire, self.sparse_tail)
+            format!(
+                "top-{} {} (tail: {})",
+                self.top_k, self.wire, self.sparse_tail
+            )
         };
         let _ = writeln!(
             s,

@@ -45,12 +45,15 @@ pub(crate) async fn evaluate_pool(
         }
         Ok::<(), tch::TchError>(())
     };
-    let (streamed, counted) = tokio::join!(pool.run(
+    let (streamed, counted) = tokio::join!(
+        pool.run(
             plan,
             data.inputs.shallow_clone(),
             RunTargets::dense_f32(temperature),
             tx
-        ), count);
+        ),
+        count
+    );
     streamed?;
     counted?;
     Ok(acc)

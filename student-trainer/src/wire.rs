@@ -356,14 +356,20 @@ mod tests {
             };
             assert_eq!(t.kind(), Kind::Float);
             // These values are exact in both formats.
-            assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), [0.5, -1.25, 3.0, 8.0, 0.0, -2.0]);
+            assert_eq!(
+                Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(),
+                [0.5, -1.25, 3.0, 8.0, 0.0, -2.0]
+            );
         }
         let ints = Some(logits_response::Result::Logits(tensor(
             &x.to_kind(Kind::Int64),
             v1::DType::I64,
         )));
         let e = message(decode(ints, to(&b)));
-        assert!(e.contains("expected F32, F16 or BF16") && e.contains("I64"), "{e}");
+        assert!(
+            e.contains("expected F32, F16 or BF16") && e.contains("I64"),
+            "{e}"
+        );
     }
 
     #[test]

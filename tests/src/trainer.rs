@@ -419,7 +419,10 @@ pub async fn run_once(pool: &mut Pool) -> Vec<String> {
         }
         got
     };
-    let (ran, got) = tokio::join!(pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx), collect);
+    let (ran, got) = tokio::join!(
+        pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx),
+        collect
+    );
     ran.expect("pool run");
     assert_eq!(got.len(), 12);
     got

@@ -101,7 +101,10 @@ async fn sampled_ensembles_send_each_batch_to_one_group_chosen_by_the_seed() {
     let b = TeacherProcess::start(&two, &[] as &[&str]).await;
     let mut runs = Vec::new();
     for name in ["first", "again"] {
-        let (out, ledger) = (tmp.path().join(name), tmp.path().join(format!("{name}.ledger")));
+        let (out, ledger) = (
+            tmp.path().join(name),
+            tmp.path().join(format!("{name}.ledger")),
+        );
         let args = DistillArgs::new(&data, &out)
             .teacher_group("a", &[a.url()])
             .teacher_group("b", &[b.url()])
@@ -127,11 +130,18 @@ async fn sampled_ensembles_send_each_batch_to_one_group_chosen_by_the_seed() {
                 let replica = l["replica"].as_str().unwrap();
                 let url = if g == "a" { a.url() } else { b.url() };
                 assert_eq!(replica, url, "batch answered by its group's replica: {l}");
-                (l["epoch"].as_u64().unwrap(), l["index"].as_u64().unwrap(), g)
+                (
+                    l["epoch"].as_u64().unwrap(),
+                    l["index"].as_u64().unwrap(),
+                    g,
+                )
             })
             .collect();
         let count = |g: &str| picks.iter().filter(|p| p.2 == g).count();
-        assert!(count("a") > 0 && count("b") > 0, "both groups used: {picks:?}");
+        assert!(
+            count("a") > 0 && count("b") > 0,
+            "both groups used: {picks:?}"
+        );
         let r = read_json(&out.join("report.json"));
         assert_eq!(r["ensemble_mode"], "sample");
         let answered: u64 = r["replicas"]
@@ -163,7 +173,14 @@ async fn bad_soft_target_flags_fail_at_start_naming_them() {
             .no_epoch_eval()
     };
 
-    let run = student(&base().teacher(server.url()).flag("--loss", "mse").top_k(3).build()).await;
+    let run = student(
+        &base()
+            .teacher(server.url())
+            .flag("--loss", "mse")
+            .top_k(3)
+            .build(),
+    )
+    .await;
     let e = one_error(&run);
     assert!(e.contains("--top-k") && e.contains("--loss mse"), "{e}");
 

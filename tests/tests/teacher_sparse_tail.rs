@@ -32,7 +32,10 @@ fn sparse(resp: &v1::LogitsResponse) -> (Tensor, Tensor, Tensor, Tensor) {
                 get(&s.tail_logsumexp, "tail_logsumexp"),
             )
         }
-        other => panic!("batch {}: expected sparse logits, got {other:?}", resp.batch_id),
+        other => panic!(
+            "batch {}: expected sparse logits, got {other:?}",
+            resp.batch_id
+        ),
     }
 }
 
@@ -91,12 +94,17 @@ async fn the_tail_agrees_with_the_dense_row_and_bad_temperatures_are_refused_per
             resp.batch_id
         );
         // logsumexp keeps its meaning: the raw row at T = 1.
-        let raw = full.to_kind(Kind::Double).logsumexp([-1i64].as_slice(), false);
+        let raw = full
+            .to_kind(Kind::Double)
+            .logsumexp([-1i64].as_slice(), false);
         assert!(max_abs_diff(&raw, &logsumexp) < 1e-4);
     }
     // An old client's temperature 0 is T = 1: the same tail as an explicit 1.
     assert!(max_abs_diff(&sparse(&r[3]).3, &sparse(&r[1]).3) < 1e-5);
-    assert!(max_abs_diff(&sparse(&r[2]).3, &sparse(&r[1]).3) > 1e-3, "T must matter");
+    assert!(
+        max_abs_diff(&sparse(&r[2]).3, &sparse(&r[1]).3) > 1e-3,
+        "T must matter"
+    );
     for (resp, got) in [(&r[4], "got -1"), (&r[5], "got NaN"), (&r[6], "got inf")] {
         match &resp.result {
             Some(v1::logits_response::Result::Error(e)) => {

@@ -759,7 +759,8 @@ impl Pool {
                 Some(b) => match self.targets.ensemble {
                     EnsembleMode::Sample if self.groups.len() > 1 => {
                         let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
-                        let g = ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
+                        let g =
+                            ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
                         self.sched.admit_to(b, &[g]);
                     }
                     _ => {

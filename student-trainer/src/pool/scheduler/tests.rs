@@ -352,7 +352,11 @@ impl Sim {
             );
             assert_eq!(r.seq, r.batch);
             let groups = self.groups_of(r.batch);
-            assert_eq!(r.groups, groups, "batch {} released with other groups", r.batch);
+            assert_eq!(
+                r.groups, groups,
+                "batch {} released with other groups",
+                r.batch
+            );
             assert_eq!(r.parts.len(), groups.len());
             for (&g, (payload, replica)) in groups.iter().zip(&r.parts) {
                 assert_eq!(
@@ -523,7 +527,13 @@ fn a_batch_for_one_group_is_released_without_waiting_for_the_others() {
     assert!(s.release().is_none(), "batch 0 comes first");
     answer(&mut s, *to_1, t0);
     let r = s.release().unwrap();
-    assert_eq!((r.batch, r.groups, r.parts), (10, vec![1], vec![((10, 1), 1)]));
+    assert_eq!(
+        (r.batch, r.groups, r.parts),
+        (10, vec![1], vec![((10, 1), 1)])
+    );
     let r = s.release().unwrap();
-    assert_eq!((r.batch, r.groups, r.parts), (11, vec![0], vec![((11, 0), 0)]));
+    assert_eq!(
+        (r.batch, r.groups, r.parts),
+        (11, vec![0], vec![((11, 0), 0)])
+    );
 }
