@@ -5,7 +5,7 @@
 //! One row per sample, so a batch's targets can be cut into rows ([`SoftTargets::select`]) and
 //! put back together ([`SoftTargets::cat`]) whatever their form.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Soft targets of `B` samples.
 #[derive(Debug)]
@@ -148,30 +148,12 @@ impl SoftTargets {
             },
         }
     }
-
-    /// Converts every floating part to `f32` (values decoded from f16/bf16).
-    ///
-    /// # Errors
-    /// libtorch's error if a conversion fails.
-    pub fn to_f32(self) -> Result<SoftTargets, tch::TchError> {
-        Ok(match self {
-            SoftTargets::Dense(t) => SoftTargets::Dense(t.f_to_kind(Kind::Float)?),
-            SoftTargets::Sparse {
-                indices,
-                values,
-                tail_logsumexp,
-            } => SoftTargets::Sparse {
-                indices: indices.f_to_kind(Kind::Int64)?,
-                values: values.f_to_kind(Kind::Float)?,
-                tail_logsumexp: tail_logsumexp.f_to_kind(Kind::Float)?,
-            },
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn sparse(rows: i64) -> SoftTargets {
         SoftTargets::Sparse {
