@@ -426,7 +426,6 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         (_, Err(e)) => return Err(e.into()),
     };
     summarise(&spec, &out)?;
-<<<<<<< HEAD
     let (teacher_acc, replicas) = match pool.as_mut() {
         Some(pool) => {
             let replicas = pool.replica_stats();
@@ -439,14 +438,6 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         }
         None => (None, Vec::new()),
     };
-=======
-    let replicas = pool.replica_stats();
-    // As many samples per request as every group's teacher accepts (500 at most).
-    let eval_batch = teacher_eval::batch_size_for(&pool, 500);
-    let teacher_acc =
-        teacher_eval::evaluate_pool(&mut pool, &data.test, eval_batch, cfg.loss.temperature)
-            .await?;
->>>>>>> issue8-targets
     let student_acc = out
         .test
         .clone()
