@@ -47,7 +47,9 @@ impl CpuInfo {
         let field = |names: &[&str]| {
             text.lines().find_map(|line| {
                 let (key, value) = line.split_once(':')?;
-                names.contains(&key.trim()).then(|| value.trim().to_string())
+                names
+                    .contains(&key.trim())
+                    .then(|| value.trim().to_string())
             })
         };
         CpuInfo {
@@ -112,7 +114,10 @@ mod tests {
             c.flags.iter().map(String::as_str).collect::<Vec<_>>(),
             ["avx", "avx2", "fma", "fpu", "sse2"]
         );
-        assert!(c.has("avx2") && !c.has("amx_bf16"), "second processor ignored");
+        assert!(
+            c.has("avx2") && !c.has("amx_bf16"),
+            "second processor ignored"
+        );
         assert_eq!(CpuInfo::parse(""), CpuInfo::default());
         let arm = CpuInfo::parse("Features\t: fp asimd bf16\n");
         assert!(arm.has("bf16") && arm.model_name.is_empty());

@@ -522,7 +522,10 @@ mod tests {
             "{why}"
         );
         let why = inconsistency(&bf16, &info()).unwrap();
-        assert!(why.contains("precision f32") && why.contains("group's bf16"), "{why}");
+        assert!(
+            why.contains("precision f32") && why.contains("group's bf16"),
+            "{why}"
+        );
         assert_eq!(inconsistency(&bf16, &bf16.clone()), None);
     }
 

@@ -76,9 +76,9 @@ pub fn load(
     precision: Precision,
 ) -> Result<Box<dyn TeacherModel>, LoadError> {
     let model: Box<dyn TeacherModel> = match source {
-        ModelSource::TorchScript { path } => Box::new(TorchScriptModel::load(
-            path, spec, device, precision,
-        )?),
+        ModelSource::TorchScript { path } => {
+            Box::new(TorchScriptModel::load(path, spec, device, precision)?)
+        }
         ModelSource::Checkpoint { dir } => {
             let ck = Checkpoint::open(dir)?;
             let (vs, net) = ck.load_network(device)?;
@@ -216,7 +216,12 @@ impl TorchScriptModel {
                 module.to(device, precision.kind(), false);
                 Ok(())
             })
-            .map_err(|e| LoadError(format!("{}: converting to {precision}: {e}", path.display())))?;
+            .map_err(|e| {
+                LoadError(format!(
+                    "{}: converting to {precision}: {e}",
+                    path.display()
+                ))
+            })?;
         }
         Ok(TorchScriptModel {
             module,
@@ -338,7 +343,11 @@ mod tests {
         ] {
             let x = input_in(f.shallow_clone(), p).unwrap();
             assert_eq!(x.kind(), kind);
-            assert_eq!(max_abs_diff(&x, &f), 0.0, "these values are exact in {kind:?}");
+            assert_eq!(
+                max_abs_diff(&x, &f),
+                0.0,
+                "these values are exact in {kind:?}"
+            );
         }
         // Token ids beyond bf16's 8 significant bits would be rounded if converted.
         let ids = Tensor::from_slice(&[0i64, 257, 1 << 40]);
@@ -355,9 +364,17 @@ mod tests {
     #[test]
     fn reduced_precision_logits_come_back_as_f32() {
         let y = Tensor::from_slice(&[1.5f32, -2.0]).to_kind(Kind::BFloat16);
-        assert_eq!(logits_out(y.shallow_clone(), Precision::Bf16).unwrap().kind(), Kind::Float);
+        assert_eq!(
+            logits_out(y.shallow_clone(), Precision::Bf16)
+                .unwrap()
+                .kind(),
+            Kind::Float
+        );
         // An f32 model's own choice of kind is left to the output path, as before.
-        assert_eq!(logits_out(y, Precision::F32).unwrap().kind(), Kind::BFloat16);
+        assert_eq!(
+            logits_out(y, Precision::F32).unwrap().kind(),
+            Kind::BFloat16
+        );
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -375,9 +392,14 @@ mod tests {
     impl TeacherModel for Broken {
         fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
             if self.fail {
-                return Err(EngineError::Torch("expected BFloat16 but found Float".into()));
+                return Err(EngineError::Torch(
+                    "expected BFloat16 but found Float".into(),
+                ));
             }
-            Ok(Tensor::f_zeros([x.size()[0], 3], (Kind::Float, Device::Cpu))?)
+            Ok(Tensor::f_zeros(
+                [x.size()[0], 3],
+                (Kind::Float, Device::Cpu),
+            )?)
         }
 
         fn info(&self) -> ModelDescription {
@@ -432,6 +454,9 @@ mod tests {
         assert_eq!(yb.kind(), Kind::Float);
         // 0.1·i has no exact bf16 value: the bf16 logits differ, within a few percent.
         let d = max_abs_diff(&yf, &yb);
-        assert!(d > 0.0 && d < 0.05 * yf.abs().max().double_value(&[]), "{d}");
+        assert!(
+            d > 0.0 && d < 0.05 * yf.abs().max().double_value(&[]),
+            "{d}"
+        );
     }
 }

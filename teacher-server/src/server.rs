@@ -211,7 +211,10 @@ mod tests {
         let w = precision_warning(Device::Cpu, Precision::F16, &avx2).unwrap();
         assert!(w.contains("avx512_fp16, amx_fp16"), "{w}");
         assert_eq!(precision_warning(Device::Cpu, Precision::F32, &avx2), None);
-        assert_eq!(precision_warning(Device::Cuda(0), Precision::Bf16, &avx2), None);
+        assert_eq!(
+            precision_warning(Device::Cuda(0), Precision::Bf16, &avx2),
+            None
+        );
         let amx = CpuInfo::parse("flags : avx2 amx_bf16\n");
         assert_eq!(precision_warning(Device::Cpu, Precision::Bf16, &amx), None);
         let unknown = precision_warning(Device::Cpu, Precision::Bf16, &CpuInfo::default()).unwrap();

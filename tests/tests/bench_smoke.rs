@@ -45,15 +45,25 @@ fn quick_bench_writes_every_row() {
     for row in json["rows"].as_array().unwrap() {
         let median = row["median"].as_f64().expect("median");
         assert!(median > 0.0, "{row}");
-        assert_eq!(row["rounds"].as_array().map(Vec::len), Some(1), "--quick: one round");
-        assert!(stdout.contains(&format!("`{}`", row["id"].as_str().unwrap())), "{stdout}");
+        assert_eq!(
+            row["rounds"].as_array().map(Vec::len),
+            Some(1),
+            "--quick: one round"
+        );
+        assert!(
+            stdout.contains(&format!("`{}`", row["id"].as_str().unwrap())),
+            "{stdout}"
+        );
     }
     assert_eq!(json["ratios"].as_array().map(Vec::len), Some(3), "{json}");
     let cpu = &json["cpu"];
     assert!(cpu["cores"].as_u64().is_some_and(|c| c >= 1), "{cpu}");
     let this = distill_models::CpuInfo::read();
     assert_eq!(cpu["model_name"], this.model_name.as_str());
-    assert_eq!(cpu["flags"].as_array().map(Vec::len), Some(this.flags.len()));
+    assert_eq!(
+        cpu["flags"].as_array().map(Vec::len),
+        Some(this.flags.len())
+    );
     assert_eq!(cpu["native_bf16"], this.native_bf16());
     assert!(stdout.contains("| ratio |"), "{stdout}");
 }

@@ -41,7 +41,10 @@ async fn builtin_teacher_in_bf16_and_f16_reports_it_and_stays_close_to_f32() {
     assert_eq!(f32_info.precision, v1::DType::F32 as i32);
     assert_eq!(f32_info.fingerprint, ck.meta.fingerprint);
     // The warning (if any) comes before this line on stderr.
-    f32_server.logs.wait_for("precision=f32", STARTUP_TIMEOUT).await;
+    f32_server
+        .logs
+        .wait_for("precision=f32", STARTUP_TIMEOUT)
+        .await;
     let x = random_inputs(16, &SHAPE);
     let (want, _) = f32_server.logits(&x).await;
     drop(f32_server);
@@ -95,7 +98,9 @@ async fn reduced_precision_on_a_cpu_without_native_support_warns_at_start() {
         .wait_for("teacher-server serving", STARTUP_TIMEOUT)
         .await;
     let cpu = distill_models::CpuInfo::read();
-    let warned = server.logs.contains("will likely be slower than with --precision f32");
+    let warned = server
+        .logs
+        .contains("will likely be slower than with --precision f32");
     assert_eq!(
         warned,
         !cpu.native_bf16(),
@@ -127,9 +132,15 @@ async fn torchscript_teacher_in_bf16() {
     let server = TeacherProcess::start(&fx.teacher, &["--precision", "bf16"]).await;
     let info = server.info().await;
     assert_eq!(info.precision, v1::DType::Bf16 as i32);
-    assert_eq!(info.fingerprint, f32_fp, "fingerprint of the source weights");
+    assert_eq!(
+        info.fingerprint, f32_fp,
+        "fingerprint of the source weights"
+    );
     let (got, _) = server.logits(&x).await;
     let diff = max_abs_diff(&got, &want);
     let bound = 12.0 * 2f64.powi(-8) * max_abs(&want).max(1.0);
-    assert!(diff <= bound && diff > 0.0, "max |diff| = {diff}, bound {bound}");
+    assert!(
+        diff <= bound && diff > 0.0,
+        "max |diff| = {diff}, bound {bound}"
+    );
 }

@@ -248,10 +248,7 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         rows.push(Row {
             id: s.id.clone(),
             group: "raw_forward",
-            label: format!(
-                "in-process cnn forward, {}, batch {}",
-                s.precision, s.batch
-            ),
+            label: format!("in-process cnn forward, {}, batch {}", s.precision, s.batch),
             unit: "samples/s",
             median: median(&v),
             rounds: v,
@@ -349,8 +346,7 @@ async fn streams_throughput(
             tokio::time::sleep(poll).await;
         }
         let (t0, n0) = (Instant::now(), answered.load(Ordering::Relaxed));
-        while answered.load(Ordering::Relaxed) - n0 < cycle
-            || t0.elapsed().as_secs_f64() < seconds
+        while answered.load(Ordering::Relaxed) - n0 < cycle || t0.elapsed().as_secs_f64() < seconds
         {
             tokio::time::sleep(poll).await;
         }
@@ -395,7 +391,8 @@ async fn start_server(ctx: &Ctx, extra: &[&str]) -> Server {
 /// (defaults) and without (`--max-batch-size 16`). Both servers run side by side (idle while
 /// the other is measured), measured in alternating rounds.
 async fn server_streams(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
-    let modes: [(&str, &[&str]); 2] = [("batched", &[]), ("unbatched", &["--max-batch-size", "16"])];
+    let modes: [(&str, &[&str]); 2] =
+        [("batched", &[]), ("unbatched", &["--max-batch-size", "16"])];
     let mut settings = Vec::new();
     let mut servers = Vec::new();
     for (mode, flags) in modes {
