@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build test demo soak fmt lint ci clean-runs
+.PHONY: setup build test demo soak bench fmt lint ci clean-runs
 
 ## setup: libtorch (PyPI torch==2.11.0 into ~/.cache/distill) and Fashion-MNIST into data/
 setup:
@@ -33,6 +33,15 @@ SOAK_ARGS ?=
 soak: setup
 	$(CARGO) build --profile $(SOAK_PROFILE) -p teacher-server -p distill-tests --bins
 	RUST_LOG=info target/$(if $(filter dev,$(SOAK_PROFILE)),debug,$(SOAK_PROFILE))/soak $(SOAK_ARGS)
+
+## bench: teacher throughput on this machine, not a test (in-process cnn forward f32/bf16;
+## teacher-server over loopback, 1/4/16 streams of batch 16, with and without dynamic batching;
+## alternating rounds, medians). Prints a markdown table, writes runs/bench/bench.json with the
+## CPU's model, flags and cores. About a minute on 2 cores. Options in BENCH_ARGS (e.g. --quick).
+BENCH_ARGS ?=
+bench: setup
+	$(CARGO) build --release -p teacher-server -p distill-tests --bins
+	target/release/bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

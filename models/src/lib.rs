@@ -9,12 +9,14 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod cpu;
 pub mod device;
 pub mod fingerprint;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec, Network};
 pub use checkpoint::{Checkpoint, CheckpointMeta};
+pub use cpu::CpuInfo;
 pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
 pub use weights::load_safetensors;

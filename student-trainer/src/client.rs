@@ -118,6 +118,9 @@ pub struct TeacherInfo {
     /// Random id of the serving process (hex; empty from servers that predate it): two URLs
     /// with the same id reach one server.
     pub instance_id: String,
+    /// Precision of the teacher's forward pass (`teacher-server --precision`): `F32`, `Bf16`
+    /// or `F16`; `F32` from servers that predate the field (they send `DTYPE_UNSPECIFIED`).
+    pub precision: v1::DType,
 }
 
 impl From<v1::ModelInfo> for TeacherInfo {
@@ -133,8 +136,7 @@ impl From<v1::ModelInfo> for TeacherInfo {
             max_batch_size,
             device,
             max_message_bytes,
-            // TODO(#8): compared between replicas.
-            precision: _,
+            precision,
             instance_id,
         } = m;
         TeacherInfo {
@@ -148,6 +150,13 @@ impl From<v1::ModelInfo> for TeacherInfo {
             device,
             max_message_bytes,
             instance_id,
+            // Servers before issue 8 ran f32 only and leave the field unset.
+            precision: match v1::DType::try_from(precision) {
+                Ok(v1::DType::DtypeUnspecified) => v1::DType::F32,
+                Ok(d) => d,
+                // A number this client does not know: kept distinct from every known one.
+                Err(_) => v1::DType::DtypeUnspecified,
+            },
         }
     }
 }
@@ -210,7 +219,8 @@ impl TeacherInfo {
 
 /// The first difference between a replica's `ModelInfo` (`got`) and its group's reference that
 /// makes the replica unfit to stand in for it, if any: the weights fingerprint, the input shape
-/// and dtype, the number of logits. The message names both fingerprints.
+/// and dtype, the number of logits, the precision of the forward pass (a bf16 replica's logits
+/// differ from an f32 one's in the third significant digit). The message names both values.
 ///
 /// Not compared, by design: the name and version (labels), and what differs per process or
 /// machine (`max_batch_size`, `device`, `max_message_bytes`, `instance_id`).
@@ -227,6 +237,7 @@ pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Optio
         device: _,
         max_message_bytes: _,
         instance_id: _,
+        precision,
     } = got;
     if *fingerprint != reference.fingerprint {
         return Some(format!(
@@ -249,7 +260,23 @@ pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Optio
             reference.num_logits, reference.fingerprint
         ));
     }
+    if *precision != reference.precision {
+        return Some(format!(
+            "precision {} differs from the group's {} (teacher-server --precision; same fingerprint {fingerprint})",
+            precision_name(*precision),
+            precision_name(reference.precision)
+        ));
+    }
     None
+}
+
+/// `f32`, `bf16`, ... as `--precision` spells it; `unknown` for a dtype number this client does
+/// not know.
+fn precision_name(d: v1::DType) -> &'static str {
+    match d {
+        v1::DType::DtypeUnspecified => "unknown",
+        d => codec::dtype_name(d),
+    }
 }
 
 /// Connection settings.
@@ -426,6 +453,7 @@ mod tests {
             device: "cpu".into(),
             max_message_bytes: 0,
             instance_id: String::new(),
+            precision: v1::DType::F32,
         }
     }
 
@@ -480,5 +508,56 @@ mod tests {
             ..fp("aa")
         };
         assert_eq!(inconsistency(&fp("aa"), &other), None);
+    }
+
+    #[test]
+    fn a_replica_of_another_precision_is_refused_naming_both() {
+        let bf16 = TeacherInfo {
+            precision: v1::DType::Bf16,
+            ..info()
+        };
+        let why = inconsistency(&info(), &bf16).unwrap();
+        assert!(
+            why.contains("precision bf16") && why.contains("group's f32"),
+            "{why}"
+        );
+        let why = inconsistency(&bf16, &info()).unwrap();
+        assert!(
+            why.contains("precision f32") && why.contains("group's bf16"),
+            "{why}"
+        );
+        assert_eq!(inconsistency(&bf16, &bf16.clone()), None);
+    }
+
+    #[test]
+    fn precision_from_model_info_defaults_to_f32_for_old_servers() {
+        let wire = |precision: i32| v1::ModelInfo {
+            precision,
+            ..v1::ModelInfo::default()
+        };
+        let old = TeacherInfo::from(wire(v1::DType::DtypeUnspecified as i32));
+        assert_eq!(old.precision, v1::DType::F32);
+        assert_eq!(inconsistency(&info(), &old.clone().with_basics()), None);
+        assert_eq!(
+            TeacherInfo::from(wire(v1::DType::Bf16 as i32)).precision,
+            v1::DType::Bf16
+        );
+        assert_eq!(
+            TeacherInfo::from(wire(v1::DType::F16 as i32)).precision,
+            v1::DType::F16
+        );
+        let future = TeacherInfo::from(wire(99));
+        let why = inconsistency(&info(), &future.with_basics()).unwrap();
+        assert!(why.contains("precision unknown"), "{why}");
+    }
+
+    impl TeacherInfo {
+        /// This info with [`info()`]'s fingerprint, shapes and logits, keeping its precision.
+        fn with_basics(self) -> TeacherInfo {
+            TeacherInfo {
+                precision: self.precision,
+                ..info()
+            }
+        }
     }
 }

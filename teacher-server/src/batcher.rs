@@ -255,6 +255,7 @@ mod tests {
                 input_dtype: Kind::Float,
                 num_logits: 2,
                 device: "cpu".into(),
+                precision: crate::config::Precision::F32,
             }
         }
     }

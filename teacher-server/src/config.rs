@@ -96,6 +96,60 @@ pub struct Args {
     /// Seconds to finish in-flight batches after SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "TEACHER_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
+
+    /// Precision of the forward pass: the weights and floating-point inputs are converted to it
+    /// (integer inputs are not); logits come back as f32. bf16/f16 pay only on a GPU or a CPU
+    /// with native support (avx512_bf16/amx_bf16, avx512_fp16/amx_fp16); elsewhere they are
+    /// slower than f32, and the server warns at start.
+    #[arg(long, env = "TEACHER_PRECISION", value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+/// Precision of the teacher's forward pass (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats: the weights as trained.
+    #[default]
+    F32,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa: f32's range, ~3 significant digits).
+    Bf16,
+    /// IEEE half (5-bit exponent, 10-bit mantissa: values up to 65504).
+    F16,
+}
+
+impl Precision {
+    /// The libtorch kind: `Float`, `BFloat16` or `Half`.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F16 => Kind::Half,
+        }
+    }
+
+    /// The wire `DType` reported in `ModelInfo.precision`.
+    pub fn dtype(self) -> distill_proto::v1::DType {
+        match self {
+            Precision::F32 => distill_proto::v1::DType::F32,
+            Precision::Bf16 => distill_proto::v1::DType::Bf16,
+            Precision::F16 => distill_proto::v1::DType::F16,
+        }
+    }
+
+    /// The flag's spelling: `f32`, `bf16` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Log output format.
@@ -192,6 +246,8 @@ pub struct Config {
     pub threads: Option<i32>,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Precision of the forward pass.
+    pub precision: Precision,
 }
 
 /// Sidecar `FILE.json` next to a TorchScript file.
@@ -411,6 +467,7 @@ impl TryFrom<Args> for Config {
             log_format: a.log_format,
             threads: a.threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+            precision: a.precision,
         })
     }
 }
@@ -475,6 +532,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.device, DeviceChoice::Cuda(1));
+        assert_eq!(c.precision, Precision::F32, "f32 by default");
+        for (flag, want) in [
+            ("bf16", Precision::Bf16),
+            ("f16", Precision::F16),
+            ("f32", Precision::F32),
+        ] {
+            let c = args(&["--model", p.to_str().unwrap(), "--precision", flag]).unwrap();
+            assert_eq!(c.precision, want);
+            assert_eq!(want.to_string(), flag);
+        }
     }
 
     #[test]
@@ -496,6 +563,13 @@ mod tests {
         );
         assert!(with(&["--max-batch-size", "0"]).contains("expected >= 1"));
         assert!(with(&["--input-dtype", "f8"]).contains("unknown dtype"));
+        let e = Args::try_parse_from(["teacher-server", "--model", m, "--precision", "fp8"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fp8") && e.contains("f32") && e.contains("bf16") && e.contains("f16"),
+            "{e}"
+        );
         assert!(with(&["--max-message-bytes", "10"]).contains("expected at least"));
         assert!(with(&["--listen", "nonsense"]).contains("--listen"));
         assert!(with(&["--arch", "cnn"]).contains("not to TorchScript"));

@@ -4,7 +4,7 @@
 //! Models are built and used on the engine thread only (see [`crate::engine`]): `tch::Tensor` is
 //! `Send` but not `Sync`, and grad mode is thread-local.
 
-use crate::config::{ModelSource, ModelSpec};
+use crate::config::{ModelSource, ModelSpec, Precision};
 use crate::error::EngineError;
 use distill_models::{ArchSpec, Checkpoint, Network, checkpoint::sorted_variables, fingerprint};
 use std::path::Path;
@@ -28,7 +28,8 @@ pub struct ModelDescription {
     pub name: String,
     /// Checkpoint epoch/step, or the TorchScript file's modification time (Unix seconds).
     pub version: String,
-    /// Hex SHA-256 of the weights as loaded (see [`distill_models::fingerprint()`]).
+    /// Hex SHA-256 of the weights as loaded, before any `--precision` conversion (see
+    /// [`distill_models::fingerprint()`]): the same for every precision of the same weights.
     pub fingerprint: String,
     /// Per-sample input shape (no batch dimension).
     pub input_shape: Vec<i64>,
@@ -38,6 +39,8 @@ pub struct ModelDescription {
     pub num_logits: i64,
     /// Device the model runs on, e.g. `cpu` or `cuda:0`.
     pub device: String,
+    /// Precision of the forward pass (weights and floating-point inputs).
+    pub precision: Precision,
 }
 
 /// A teacher: maps inputs to logits. Implementations move inputs to their device and return
@@ -56,22 +59,31 @@ pub trait TeacherModel {
 
 pub use distill_models::device::device_name;
 
-/// Loads the model described by `source` and `spec` onto `device`. Call on the engine thread.
+/// Loads the model described by `source` and `spec` onto `device`, converted to `precision`
+/// (fingerprinted before the conversion). Call on the engine thread.
+///
+/// With a precision other than f32, one forward pass of a zero sample checks at load time that
+/// the model runs in it (a TorchScript module may create f32 tensors of its own and fail on
+/// mixed kinds).
 ///
 /// # Errors
-/// [`LoadError`] if the file is missing, malformed, or does not fit the architecture.
+/// [`LoadError`] if the file is missing, malformed, or does not fit the architecture, or if the
+/// model does not run in `precision`.
 pub fn load(
     source: &ModelSource,
     spec: &ModelSpec,
     device: Device,
+    precision: Precision,
 ) -> Result<Box<dyn TeacherModel>, LoadError> {
-    Ok(match source {
-        ModelSource::TorchScript { path } => Box::new(TorchScriptModel::load(path, spec, device)?),
+    let model: Box<dyn TeacherModel> = match source {
+        ModelSource::TorchScript { path } => {
+            Box::new(TorchScriptModel::load(path, spec, device, precision)?)
+        }
         ModelSource::Checkpoint { dir } => {
             let ck = Checkpoint::open(dir)?;
             let (vs, net) = ck.load_network(device)?;
             let version = format!("epoch {} step {}", ck.meta.epoch, ck.meta.step);
-            Box::new(ArchModel::new(vs, net, version)?)
+            Box::new(ArchModel::new(vs, net, version, precision)?)
         }
         ModelSource::Safetensors { path, arch } => {
             let arch_spec = ArchSpec {
@@ -82,9 +94,64 @@ pub fn load(
             let vs = nn::VarStore::new(device);
             let net = Network::new(&vs.root(), &arch_spec)?;
             distill_models::load_safetensors(&vs, &arch.to_string(), path)?;
-            Box::new(ArchModel::new(vs, net, mtime_version(path))?)
+            Box::new(ArchModel::new(vs, net, mtime_version(path), precision)?)
         }
-    })
+    };
+    if precision != Precision::F32 {
+        check_runs_in(model.as_ref(), spec, precision)?;
+    }
+    Ok(model)
+}
+
+/// One forward pass of a zero sample, which must succeed and give logits `[1, num_logits]`.
+fn check_runs_in(
+    model: &dyn TeacherModel,
+    spec: &ModelSpec,
+    precision: Precision,
+) -> Result<(), LoadError> {
+    let fail = |why: String| {
+        LoadError(format!(
+            "--precision {precision}: a forward pass of one zero sample failed: {why}"
+        ))
+    };
+    let mut shape = vec![1];
+    shape.extend_from_slice(&spec.input_shape);
+    let x = Tensor::f_zeros(shape.as_slice(), (spec.input_dtype, Device::Cpu))
+        .map_err(|e| fail(e.to_string()))?;
+    let y = model.forward(&x).map_err(|e| fail(e.to_string()))?;
+    if y.size() != [1, spec.num_logits] {
+        return Err(fail(format!(
+            "expected logits [1, {}], got {:?}",
+            spec.num_logits,
+            y.size()
+        )));
+    }
+    Ok(())
+}
+
+/// `x` in the kind the model runs in: floating-point inputs converted to `precision`, integer
+/// (and boolean) inputs unchanged (token ids, class indices, raw bytes stay exact).
+///
+/// # Errors
+/// [`EngineError::Torch`] on a libtorch failure.
+pub fn input_in(x: Tensor, precision: Precision) -> Result<Tensor, EngineError> {
+    let kind = precision.kind();
+    if x.is_floating_point() && x.kind() != kind {
+        Ok(x.f_to_kind(kind)?)
+    } else {
+        Ok(x)
+    }
+}
+
+/// Logits `y` as f32 for the output post-processing (range checks, top-k, log-sum-exp): a
+/// reduced-precision model's logits are widened (exactly), f32 passes through. Only a model
+/// run in f32 may return another floating kind (a TorchScript module's own choice), kept as is.
+fn logits_out(y: Tensor, precision: Precision) -> Result<Tensor, EngineError> {
+    if precision != Precision::F32 && y.kind() != Kind::Float {
+        Ok(y.f_to_kind(Kind::Float)?)
+    } else {
+        Ok(y)
+    }
 }
 
 fn mtime_version(path: &Path) -> String {
@@ -111,15 +178,23 @@ fn no_panic<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineEr
 pub struct TorchScriptModel {
     module: CModule,
     device: Device,
+    precision: Precision,
     info: ModelDescription,
 }
 
 impl TorchScriptModel {
-    /// Loads `path` onto `device`, switches it to eval mode, and fingerprints its parameters.
+    /// Loads `path` onto `device`, switches it to eval mode, fingerprints its parameters, and
+    /// converts the module to `precision` (libtorch's `Module::to(device, dtype)`, which
+    /// converts its parameters and buffers).
     ///
     /// # Errors
-    /// [`LoadError`] if libtorch cannot load the file.
-    pub fn load(path: &Path, spec: &ModelSpec, device: Device) -> Result<Self, LoadError> {
+    /// [`LoadError`] if libtorch cannot load the file or convert the module.
+    pub fn load(
+        path: &Path,
+        spec: &ModelSpec,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
         let torch = |what: &str, e: tch::TchError| {
             LoadError(format!(
                 "{}: {what}: {}",
@@ -134,9 +209,24 @@ impl TorchScriptModel {
             .named_parameters()
             .map_err(|e| torch("reading parameters", e))?;
         let fp = fingerprint(&params).map_err(|e| torch("fingerprinting", e))?;
+        drop(params);
+        if precision != Precision::F32 {
+            // `CModule::to` panics on a libtorch error.
+            no_panic(|| {
+                module.to(device, precision.kind(), false);
+                Ok(())
+            })
+            .map_err(|e| {
+                LoadError(format!(
+                    "{}: converting to {precision}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
         Ok(TorchScriptModel {
             module,
             device,
+            precision,
             info: ModelDescription {
                 name: file_stem(path),
                 version: mtime_version(path),
@@ -145,6 +235,7 @@ impl TorchScriptModel {
                 input_dtype: spec.input_dtype,
                 num_logits: spec.num_logits,
                 device: device_name(device),
+                precision,
             },
         })
     }
@@ -153,9 +244,9 @@ impl TorchScriptModel {
 impl TeacherModel for TorchScriptModel {
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         no_panic(|| {
-            let x = x.f_to_device(self.device)?;
+            let x = input_in(x.f_to_device(self.device)?, self.precision)?;
             let y = self.module.forward_ts(&[x])?;
-            Ok(y.f_to_device(Device::Cpu)?)
+            logits_out(y.f_to_device(Device::Cpu)?, self.precision)
         })
     }
 
@@ -171,17 +262,35 @@ pub struct ArchModel {
     _vs: nn::VarStore,
     net: Network,
     device: Device,
+    precision: Precision,
     info: ModelDescription,
 }
 
 impl ArchModel {
-    /// Wraps a network whose weights live in `vs`; fingerprints the weights as loaded.
+    /// Wraps a network whose weights live in `vs`: fingerprints the weights as loaded, then
+    /// converts them to `precision` (`VarStore::bfloat16` / `half`, which convert only
+    /// floating-point variables).
     ///
     /// # Errors
-    /// [`LoadError`] if the weights cannot be read back for the fingerprint.
-    pub fn new(vs: nn::VarStore, net: Network, version: String) -> Result<Self, LoadError> {
+    /// [`LoadError`] if the weights cannot be read back for the fingerprint or converted.
+    pub fn new(
+        mut vs: nn::VarStore,
+        net: Network,
+        version: String,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
         let fp = fingerprint(&sorted_variables(&vs))
             .map_err(|e| LoadError(format!("fingerprinting weights: {e}")))?;
+        // `VarStore`'s conversions panic on a libtorch error.
+        no_panic(|| {
+            match precision {
+                Precision::F32 => {}
+                Precision::Bf16 => vs.bfloat16(),
+                Precision::F16 => vs.half(),
+            }
+            Ok(())
+        })
+        .map_err(|e| LoadError(format!("converting the weights to {precision}: {e}")))?;
         let spec = net.spec().clone();
         let device = vs.device();
         Ok(ArchModel {
@@ -193,10 +302,12 @@ impl ArchModel {
                 input_dtype: Kind::Float,
                 num_logits: spec.num_classes,
                 device: device_name(device),
+                precision,
             },
             _vs: vs,
             net,
             device,
+            precision,
         })
     }
 }
@@ -204,16 +315,148 @@ impl ArchModel {
 impl TeacherModel for ArchModel {
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         no_panic(|| {
-            let x = x.f_to_device(self.device)?;
+            let x = input_in(x.f_to_device(self.device)?, self.precision)?;
             let y = self
                 .net
                 .forward(&x, false)
                 .map_err(|e| EngineError::Torch(e.to_string()))?;
-            Ok(y.f_to_device(Device::Cpu)?)
+            logits_out(y.f_to_device(Device::Cpu)?, self.precision)
         })
     }
 
     fn info(&self) -> ModelDescription {
         self.info.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floating_inputs_take_the_precision_and_integer_inputs_stay_exact() {
+        let f = Tensor::from_slice(&[1.0f32, 2.5, -3.0]);
+        for (p, kind) in [
+            (Precision::Bf16, Kind::BFloat16),
+            (Precision::F16, Kind::Half),
+            (Precision::F32, Kind::Float),
+        ] {
+            let x = input_in(f.shallow_clone(), p).unwrap();
+            assert_eq!(x.kind(), kind);
+            assert_eq!(
+                max_abs_diff(&x, &f),
+                0.0,
+                "these values are exact in {kind:?}"
+            );
+        }
+        // Token ids beyond bf16's 8 significant bits would be rounded if converted.
+        let ids = Tensor::from_slice(&[0i64, 257, 1 << 40]);
+        let bytes = Tensor::from_slice(&[0u8, 255]);
+        for t in [ids, bytes] {
+            for p in [Precision::Bf16, Precision::F16] {
+                let x = input_in(t.shallow_clone(), p).unwrap();
+                assert_eq!(x.kind(), t.kind());
+                assert!(x.equal(&t));
+            }
+        }
+    }
+
+    #[test]
+    fn reduced_precision_logits_come_back_as_f32() {
+        let y = Tensor::from_slice(&[1.5f32, -2.0]).to_kind(Kind::BFloat16);
+        assert_eq!(
+            logits_out(y.shallow_clone(), Precision::Bf16)
+                .unwrap()
+                .kind(),
+            Kind::Float
+        );
+        // An f32 model's own choice of kind is left to the output path, as before.
+        assert_eq!(
+            logits_out(y, Precision::F32).unwrap().kind(),
+            Kind::BFloat16
+        );
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+    }
+
+    /// A model whose forward pass fails, or gives the wrong shape.
+    struct Broken {
+        fail: bool,
+    }
+
+    impl TeacherModel for Broken {
+        fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+            if self.fail {
+                return Err(EngineError::Torch(
+                    "expected BFloat16 but found Float".into(),
+                ));
+            }
+            Ok(Tensor::f_zeros(
+                [x.size()[0], 3],
+                (Kind::Float, Device::Cpu),
+            )?)
+        }
+
+        fn info(&self) -> ModelDescription {
+            unreachable!("not called by check_runs_in")
+        }
+    }
+
+    #[test]
+    fn a_model_that_does_not_run_in_the_precision_fails_at_load() {
+        let spec = ModelSpec {
+            input_shape: vec![2],
+            input_dtype: Kind::Float,
+            num_logits: 4,
+        };
+        let e = check_runs_in(&Broken { fail: true }, &spec, Precision::Bf16).unwrap_err();
+        assert!(
+            e.to_string().contains("--precision bf16") && e.to_string().contains("found Float"),
+            "{e}"
+        );
+        let e = check_runs_in(&Broken { fail: false }, &spec, Precision::F16).unwrap_err();
+        assert!(
+            e.to_string().contains("expected logits [1, 4], got [1, 3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_builtin_network_in_bf16_keeps_the_source_fingerprint() {
+        let spec = ArchSpec {
+            arch: "mlp:4".parse().unwrap(),
+            input_shape: vec![3],
+            num_classes: 2,
+        };
+        let build = |p| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = Network::new(&vs.root(), &spec).unwrap();
+            tch::no_grad(|| {
+                let mut vars: Vec<_> = vs.variables().into_iter().collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                for (i, (_, mut t)) in vars.into_iter().enumerate() {
+                    let _ = t.fill_(0.1 * (i + 1) as f64);
+                }
+            });
+            ArchModel::new(vs, net, "v".into(), p).unwrap()
+        };
+        let (f, b) = (build(Precision::F32), build(Precision::Bf16));
+        assert_eq!(f.info().fingerprint, b.info().fingerprint);
+        assert_eq!(b.info().precision, Precision::Bf16);
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).reshape([1, 3]);
+        let _g = tch::no_grad_guard();
+        let (yf, yb) = (f.forward(&x).unwrap(), b.forward(&x).unwrap());
+        assert_eq!(yb.kind(), Kind::Float);
+        // 0.1·i has no exact bf16 value: the bf16 logits differ, within a few percent.
+        let d = max_abs_diff(&yf, &yb);
+        assert!(
+            d > 0.0 && d < 0.05 * yf.abs().max().double_value(&[]),
+            "{d}"
+        );
     }
 }

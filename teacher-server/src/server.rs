@@ -1,14 +1,16 @@
 //! Wires the pieces together and serves until shutdown.
 
 use crate::batcher::Batcher;
-use crate::config::Config;
+use crate::config::{Config, Precision};
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
 use crate::model::{self, TeacherModel};
 use crate::service::{ServiceSettings, TeacherService};
+use distill_models::CpuInfo;
 use distill_proto::v1::teacher_server::TeacherServer;
 use std::future::Future;
 use std::time::Duration;
+use tch::Device;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -58,9 +60,12 @@ where
         .device
         .resolve()
         .map_err(|e| Error::Config(format!("--device: {e}")))?;
-    let (source, spec) = (config.source.clone(), config.spec.clone());
+    if let Some(warning) = precision_warning(device, config.precision, &CpuInfo::read()) {
+        tracing::warn!("{warning}");
+    }
+    let (source, spec, precision) = (config.source.clone(), config.spec.clone(), config.precision);
     let engine = Engine::start(
-        move || model::load(&source, &spec, device).map(wrap),
+        move || model::load(&source, &spec, device, precision).map(wrap),
         EngineSettings {
             threads: config.threads,
         },
@@ -105,6 +110,7 @@ where
         version = %info.version,
         fingerprint = %info.fingerprint,
         device = %info.device,
+        precision = %info.precision,
         input_shape = ?info.input_shape,
         input_dtype = ?info.input_dtype,
         num_logits = info.num_logits,
@@ -161,9 +167,57 @@ where
     served
 }
 
+/// The start-up warning for a reduced `precision` on a CPU `device` without native support for
+/// it (see [`CpuInfo::missing_for`]), naming the missing flags; `None` on a GPU, for f32, or
+/// where the CPU has the support.
+fn precision_warning(device: Device, precision: Precision, cpu: &CpuInfo) -> Option<String> {
+    if device != Device::Cpu {
+        return None;
+    }
+    let missing = cpu.missing_for(precision.kind())?;
+    let model = if cpu.model_name.is_empty() {
+        "this CPU".to_string()
+    } else {
+        format!("this CPU ({})", cpu.model_name)
+    };
+    Some(format!(
+        "--precision {precision}: {model} has none of {} (native {precision} matrix products), so the forward pass will likely be slower than with --precision f32",
+        missing.join(", ")
+    ))
+}
+
 /// The reflection services' builder: this crate's contract and `grpc.health.v1`.
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distill_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduced_precision_on_a_cpu_without_support_warns_naming_the_flags() {
+        let avx2 = CpuInfo::parse("model name : AMD EPYC\nflags : avx avx2 fma\n");
+        let w = precision_warning(Device::Cpu, Precision::Bf16, &avx2).unwrap();
+        assert!(
+            w.contains("--precision bf16")
+                && w.contains("AMD EPYC")
+                && w.contains("avx512_bf16, amx_bf16")
+                && w.contains("slower"),
+            "{w}"
+        );
+        let w = precision_warning(Device::Cpu, Precision::F16, &avx2).unwrap();
+        assert!(w.contains("avx512_fp16, amx_fp16"), "{w}");
+        assert_eq!(precision_warning(Device::Cpu, Precision::F32, &avx2), None);
+        assert_eq!(
+            precision_warning(Device::Cuda(0), Precision::Bf16, &avx2),
+            None
+        );
+        let amx = CpuInfo::parse("flags : avx2 amx_bf16\n");
+        assert_eq!(precision_warning(Device::Cpu, Precision::Bf16, &amx), None);
+        let unknown = precision_warning(Device::Cpu, Precision::Bf16, &CpuInfo::default()).unwrap();
+        assert!(unknown.contains("this CPU has none of"), "{unknown}");
+    }
 }

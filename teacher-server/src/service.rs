@@ -92,6 +92,7 @@ impl Teacher for TeacherService {
             input_dtype: _,
             num_logits,
             device,
+            precision,
         } = self.info.clone();
         Ok(Response::new(v1::ModelInfo {
             name,
@@ -104,8 +105,7 @@ impl Teacher for TeacherService {
             device,
             max_message_bytes: self.max_message_bytes as u64,
             instance_id: self.instance_id.clone(),
-            // TODO(#8): --precision; f32 until then.
-            precision: v1::DType::F32 as i32,
+            precision: precision.dtype() as i32,
         }))
     }
 
