@@ -513,11 +513,9 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     Ok(Finished::Done)
 }
 
-/// The precision a teacher computes in, as `--precision` spells it.
+/// The precision a teacher computes in, as `--precision` spells it (`f32`, `bf16`, `f16`).
 fn teacher_precision(info: &TeacherInfo) -> &'static str {
-    // TODO(#8): from ModelInfo.precision once the server reports it.
-    let _ = info;
-    "f32"
+    distill_proto::codec::dtype_name(info.precision)
 }
 
 /// The cache key of `request`'s soft targets of `teacher` for `train`.
