@@ -34,13 +34,17 @@ soak: setup
 	$(CARGO) build --profile $(SOAK_PROFILE) -p teacher-server -p distill-tests --bins
 	RUST_LOG=info target/$(if $(filter dev,$(SOAK_PROFILE)),debug,$(SOAK_PROFILE))/soak $(SOAK_ARGS)
 
-## bench: teacher throughput on this machine, not a test (in-process cnn forward f32/bf16;
-## teacher-server over loopback, 1/4/16 streams of batch 16, with and without dynamic batching;
-## alternating rounds, medians). Prints a markdown table, writes runs/bench/bench.json with the
-## CPU's model, flags and cores. About a minute on 2 cores. Options in BENCH_ARGS (e.g. --quick).
+## bench: distillation throughput on this machine, not a test (issue 8): in-process cnn forward
+## f32/bf16; teacher-server over loopback, 1/4/16 streams of batch 16, with and without dynamic
+## batching; one epoch of online distillation (12,000 Fashion-MNIST samples) against the PyTorch
+## reference loop scripts/reference/kd_pytorch.py and the same loop in process; wire bytes per
+## sample and KD-loss error (dense f32/f16/bf16, top-k 8/32; 10 and 32,000 logits); cached
+## against online epochs. Alternating rounds, medians. Prints markdown tables, writes
+## runs/bench/bench.json with the CPU's model, flags and cores. About 4 minutes on 2 idle
+## cores. Options in BENCH_ARGS (e.g. --quick, --only distill_,cache_, --limit N).
 BENCH_ARGS ?=
 bench: setup
-	$(CARGO) build --release -p teacher-server -p distill-tests --bins
+	$(CARGO) build --release -p teacher-server -p student-trainer -p distill-tests --bins
 	target/release/bench $(BENCH_ARGS)
 
 fmt:

@@ -1,6 +1,8 @@
-//! `bench --quick` (the skeleton of `make bench`) runs end to end and writes `bench.json` with
-//! every row, the ratios between them, and the CPU's description. Numbers are not checked: this
-//! is a smoke test of the benchmark, not a timing test.
+//! `bench --quick` (`make bench` in a few seconds: one short round, rows 3 and 5 on 256 samples
+//! of a small synthetic dataset, without the PyTorch reference and the in-process loop) runs end to end and writes `bench.json` with every
+//! row, the ratios between them with their targets, and the CPU's description. Timings are not
+//! checked (a smoke test of the benchmark, not a timing test); the deterministic rows are: the
+//! wire sizes against the byte counts of the encoding, and exact dense f32 against itself.
 
 use distill_tests::*;
 
@@ -36,26 +38,105 @@ fn quick_bench_writes_every_row() {
             want.push(format!("raw_forward_{p}_b{b}"));
         }
     }
+    want.extend([
+        "teacher_kd_error_bf16".into(),
+        "teacher_kd_error_f16".into(),
+    ]);
     for mode in ["batched", "unbatched"] {
         for s in [1, 4, 16] {
             want.push(format!("server_{mode}_s{s}"));
         }
     }
+    want.extend(
+        [
+            "distill_remote_s1_tdefault",
+            "cache_online_epoch",
+            "cache_cached_epochs",
+            "cache_bytes_per_sample",
+        ]
+        .map(String::from),
+    );
+    for (c, ks) in [("10", &[0, 8][..]), ("32k", &[0, 8, 32][..])] {
+        for k in ks {
+            let wires: &[&str] = if *k == 0 {
+                &["f32", "f16", "bf16"]
+            } else {
+                &["f32", "bf16"]
+            };
+            let form = if *k == 0 {
+                "dense".into()
+            } else {
+                format!("top{k}")
+            };
+            for w in wires {
+                want.push(format!("wire_c{c}_{form}_{w}"));
+                want.push(format!("wire_c{c}_{form}_{w}_kd_error"));
+            }
+        }
+    }
     assert_eq!(ids, want, "rows in order");
+    let row = |id: &str| -> &serde_json::Value {
+        json["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+    };
     for row in json["rows"].as_array().unwrap() {
+        let id = row["id"].as_str().unwrap();
         let median = row["median"].as_f64().expect("median");
-        assert!(median > 0.0, "{row}");
+        if id.ends_with("_kd_error") {
+            assert!(median.is_finite() && median >= 0.0, "{row}");
+        } else {
+            assert!(median > 0.0, "{row}");
+        }
         assert_eq!(
             row["rounds"].as_array().map(Vec::len),
             Some(1),
             "--quick: one round"
         );
+        if !id.starts_with("wire_") {
+            assert!(stdout.contains(&format!("`{id}`")), "{stdout}");
+        }
+    }
+    // Dense f32 is the reference of the KD-loss errors: exactly 0 against itself.
+    assert_eq!(row("wire_c32k_dense_f32_kd_error")["median"], 0.0);
+    // Dense rows: 4 or 2 bytes per logit plus a few bytes of framing (shape, dtype, timing),
+    // spread over the batch of 128.
+    for (id, per_logit, logits) in [
+        ("wire_c32k_dense_f32", 4.0, 32_000.0),
+        ("wire_c32k_dense_bf16", 2.0, 32_000.0),
+        ("wire_c10_dense_f16", 2.0, 10.0),
+    ] {
+        let bytes = row(id)["median"].as_f64().unwrap();
+        let payload = per_logit * logits;
         assert!(
-            stdout.contains(&format!("`{}`", row["id"].as_str().unwrap())),
-            "{stdout}"
+            bytes >= payload && bytes < payload + 1.0,
+            "{id}: {bytes} bytes/sample for a payload of {payload}"
         );
     }
-    assert_eq!(json["ratios"].as_array().map(Vec::len), Some(3), "{json}");
+    // Top-k 32 in bf16: 32 × (2-byte value + 8-byte I64 index) + 2 × 4-byte F32 log-sum-exps.
+    let topk = row("wire_c32k_top32_bf16")["median"].as_f64().unwrap();
+    assert!(
+        (328.0..329.5).contains(&topk),
+        "top-32 bf16: {topk} bytes/sample"
+    );
+    let names: Vec<&str> = json["ratios"]
+        .as_array()
+        .expect("ratios")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 7, "{json}");
+    for r in json["ratios"].as_array().unwrap() {
+        assert!(r["value"].as_f64().is_some_and(f64::is_finite), "{r}");
+    }
+    assert!(
+        stdout.contains("| `LogitsResponse` (batch 128) |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("PyTorch reference row"), "{stdout}");
     let cpu = &json["cpu"];
     assert!(cpu["cores"].as_u64().is_some_and(|c| c >= 1), "{cpu}");
     let this = distill_models::CpuInfo::read();

@@ -15,14 +15,36 @@
 //!    `--in-flight` requests of batch 16 outstanding), with dynamic batching (the defaults) and
 //!    without it (`--max-batch-size 16`: every forward pass is one request).
 //!
-//! It prints a markdown table (rows, then the ratios the issue sets targets for) and writes
-//! `bench.json` (`--out`) with every round, the CPU's model name, flags and core count.
+//! Also `teacher_kd_error`: the KD loss (T = 4) of a fixed student against the same teacher's
+//! logits computed in bf16 and f16, relative to f32 (same inputs, row 1's teacher).
+//!
+//! 3. `distill`: one epoch of online distillation on Fashion-MNIST (`--limit` samples, batch
+//!    128, MLP-128 student, row 1's CNN teacher) with the release `teacher-server` and
+//!    `student-trainer distill` on loopback (samples/s from `report.json`; student `--threads
+//!    1` with the server's default threads, and with `--threads 1` on both, to measure the
+//!    split of the 2 cores), against the PyTorch reference loop `scripts/reference/
+//!    kd_pytorch.py` (its `student[kd] samples_per_s`) and against the same loop in this
+//!    process (`tch`: teacher forward under `no_grad`, student step with Adam and
+//!    `student_trainer::loss`).
+//! 4. `wire`: bytes per sample of `LogitsResponse` messages built as teacher-server builds them
+//!    (dense f32/f16/bf16, top-k 8 and 32 in f32 and bf16) for 10 classes and for a synthetic
+//!    32,000-logit teacher, and the relative KD-loss error of each against dense f32 after the
+//!    student's decoding. In-process, no server.
+//! 5. `cache`: `distill --logit-cache DIR --epochs 3` (row 3's setup): epoch 1 online, epochs
+//!    2-3 from the cache (samples/s from `metrics.jsonl`), and the cache's bytes per sample.
+//!
+//! It prints markdown tables (rows, the wire sizes, then the ratios the issue sets targets for,
+//! each with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
+//! model name, flags and core count.
 
 use clap::Parser;
 use distill_models::CpuInfo;
+use distill_proto::codec;
+use distill_tests::trainer::DistillArgs;
 use distill_tests::{
     Server, TEACHER_SERVICE, TeacherClient, TempDir, fresh_checkpoint, random_inputs, request, v1,
 };
+use prost::Message;
 use serde::Serialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -30,6 +52,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
+use student_trainer::targets::SoftTargets;
+use tch::{Kind, Tensor};
 use teacher_server::config::{ModelSource, ModelSpec, Precision};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,7 +63,8 @@ use tokio_stream::wrappers::ReceiverStream;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "bench",
-    about = "Teacher throughput on this machine: in-process forward and teacher-server over loopback."
+    about = "Distillation throughput on this machine: teacher forward, teacher-server over loopback, \
+             online distillation against PyTorch, wire sizes, the logit cache."
 )]
 struct Cli {
     /// Where to write the results as JSON.
@@ -62,6 +88,17 @@ struct Cli {
     /// Only the rows whose id starts with one of these (comma-separated), e.g. `raw_forward`.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Training samples of the distillation rows 3 and 5 (the first N of Fashion-MNIST; default
+    /// 12000, 256 with `--quick`).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The `student-trainer` binary (default: the one beside this program).
+    #[arg(long)]
+    student: Option<PathBuf>,
+    /// The Fashion-MNIST directory (IDX files; `make setup` downloads it). Not used by
+    /// `--quick`, which writes a small synthetic dataset.
+    #[arg(long, default_value = "data/fashion-mnist")]
+    data_dir: PathBuf,
 }
 
 /// Settings every row reads.
@@ -76,6 +113,16 @@ struct Ctx {
     warmup: bool,
     /// A checkpoint of the demo's CNN teacher (random weights).
     teacher: PathBuf,
+    /// `student-trainer`.
+    student: PathBuf,
+    /// Fashion-MNIST (IDX files).
+    data: PathBuf,
+    /// Training samples of rows 3 and 5.
+    limit: usize,
+    /// `--quick`: rows 3 and 5 without the alternative thread split.
+    quick: bool,
+    /// Scratch space for the runs of rows 3 and 5.
+    scratch: PathBuf,
 }
 
 impl Ctx {
@@ -109,14 +156,26 @@ struct Row {
     params: serde_json::Value,
 }
 
-/// A ratio of two rows' medians, with the issue's target.
+/// A ratio of two rows' medians (or one row's median), with the issue's target.
 #[derive(Debug, Clone, Serialize)]
 struct Ratio {
     name: &'static str,
     numerator: &'static str,
-    denominator: &'static str,
+    /// `None`: the value is the numerator's median itself.
+    denominator: Option<&'static str>,
     value: f64,
     target: &'static str,
+    /// Whether the target is met (`None`: no target that applies to this machine).
+    met: Option<bool>,
+}
+
+/// A target: the value must be at least (`Ge`) or at most (`Le`) the bound.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Ge(f64),
+    Le(f64),
+    /// Informational: no target applies on a CPU (e.g. one that needs native bf16).
+    None,
 }
 
 /// What `bench.json` holds.
@@ -132,6 +191,8 @@ struct Report {
     cpu: CpuReport,
     rows: Vec<Row>,
     ratios: Vec<Ratio>,
+    /// What was skipped and why.
+    notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,27 +204,87 @@ struct CpuReport {
     flags: Vec<String>,
 }
 
-/// The ratios reported when both of their rows were measured: (name, numerator, denominator,
-/// target from issue 8).
-const RATIOS: &[(&str, &str, &str, &str)] = &[
-    (
-        "server at 16 streams ÷ raw forward (f32, batch 256)",
-        "server_batched_s16",
-        "raw_forward_f32_b256",
-        ">= 0.9",
-    ),
-    (
-        "server at 16 streams, batched ÷ unbatched",
-        "server_batched_s16",
-        "server_unbatched_s16",
-        ">= 1.3 on CPU, >= 3 on a GPU",
-    ),
-    (
-        "raw forward bf16 ÷ f32 (batch 256)",
-        "raw_forward_bf16_b256",
-        "raw_forward_f32_b256",
-        "~2 with native bf16; < 1 without",
-    ),
+/// One entry of [`RATIOS`].
+struct RatioSpec {
+    name: &'static str,
+    numerator: &'static str,
+    denominator: Option<&'static str>,
+    target: &'static str,
+    bound: Bound,
+}
+
+/// The ratios reported when their rows were measured, with the targets of issue 8.
+const RATIOS: &[RatioSpec] = &[
+    RatioSpec {
+        name: "online distill (f32 teacher, student 1 thread + server default) ÷ PyTorch in-process loop",
+        numerator: "distill_remote_s1_tdefault",
+        denominator: Some("distill_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "online distill (f32 teacher, student 1 thread + server 1 thread) ÷ PyTorch in-process loop",
+        numerator: "distill_remote_s1_t1",
+        denominator: Some("distill_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "in-process tch loop (this binary) ÷ PyTorch in-process loop",
+        numerator: "distill_inprocess",
+        denominator: Some("distill_pytorch"),
+        target: "(reference)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "server at 16 streams ÷ raw forward (f32, batch 256)",
+        numerator: "server_batched_s16",
+        denominator: Some("raw_forward_f32_b256"),
+        target: ">= 0.9",
+        bound: Bound::Ge(0.9),
+    },
+    RatioSpec {
+        name: "server at 16 streams, batched ÷ unbatched",
+        numerator: "server_batched_s16",
+        denominator: Some("server_unbatched_s16"),
+        target: ">= 1.3 on CPU (>= 3 on a GPU)",
+        bound: Bound::Ge(1.3),
+    },
+    RatioSpec {
+        name: "raw forward bf16 ÷ f32 (batch 256)",
+        numerator: "raw_forward_bf16_b256",
+        denominator: Some("raw_forward_f32_b256"),
+        target: "~2 with native bf16; < 1 without (bf16 online distill >= 1.8 × PyTorch needs native bf16 or a GPU)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "cached epochs ÷ online epoch",
+        numerator: "cache_cached_epochs",
+        denominator: Some("cache_online_epoch"),
+        target: ">= 10",
+        bound: Bound::Ge(10.0),
+    },
+    RatioSpec {
+        name: "top-k 32 of 32k in bf16 ÷ dense f32 bytes",
+        numerator: "wire_c32k_top32_bf16",
+        denominator: Some("wire_c32k_dense_f32"),
+        target: "<= 0.01",
+        bound: Bound::Le(0.01),
+    },
+    RatioSpec {
+        name: "relative KD-loss error, dense bf16 wire (32k logits)",
+        numerator: "wire_c32k_dense_bf16_kd_error",
+        denominator: None,
+        target: "<= 1e-3",
+        bound: Bound::Le(1e-3),
+    },
+    RatioSpec {
+        name: "relative KD-loss error, dense bf16 wire (10 classes)",
+        numerator: "wire_c10_dense_bf16_kd_error",
+        denominator: None,
+        target: "<= 1e-3",
+        bound: Bound::Le(1e-3),
+    },
 ];
 
 fn median(v: &[f64]) -> f64 {
@@ -446,25 +567,678 @@ async fn server_streams(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
+/// Temperature of the KD losses measured here (the student's default `--temperature`).
+const KD_T: f64 = 4.0;
+
+/// The KD loss of the issue (`T² · KL` at [`KD_T`], alpha 1, `bucket` tail for top-k).
+fn kd_loss() -> DistillLoss {
+    DistillLoss {
+        kind: LossKind::Kl,
+        temperature: KD_T,
+        alpha: 1.0,
+        sparse_tail: SparseTail::Bucket,
+    }
+}
+
+/// The KD loss of `student` (`f32 [B, C]`) against `targets`, as a number.
+fn kd_value(student: &Tensor, targets: &SoftTargets) -> Result<f64, String> {
+    let labels = Tensor::zeros([student.size()[0]], (Kind::Int64, tch::Device::Cpu));
+    kd_loss()
+        .compute_targets(student, targets, &labels, None)
+        .and_then(|p| p.total.f_double_value(&[]))
+        .map_err(|e| format!("KD loss: {e}"))
+}
+
+/// A row measured once (no rounds to alternate: a deterministic quantity).
+fn single(
+    id: String,
+    group: &'static str,
+    label: String,
+    unit: &'static str,
+    value: f64,
+    params: serde_json::Value,
+) -> Row {
+    Row {
+        id,
+        group,
+        label,
+        unit,
+        median: value,
+        rounds: vec![value],
+        params,
+    }
+}
+
+/// The KD-loss difference a bf16 (and f16) teacher causes: row 1's teacher loaded in f32, bf16
+/// and f16 through the server's loader, the same 128 inputs, the KD loss at T = 4 of a fixed
+/// student (logits N(0, 1)) against each; relative to f32.
+fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    let _no_grad = tch::no_grad_guard();
+    let spec = ModelSpec {
+        input_shape: INPUT_SHAPE.to_vec(),
+        input_dtype: Kind::Float,
+        num_logits: NUM_LOGITS,
+    };
+    let source = ModelSource::Checkpoint {
+        dir: ctx.teacher.clone(),
+    };
+    tch::manual_seed(41);
+    let x = random_inputs(128, &INPUT_SHAPE);
+    let student = Tensor::randn([128, NUM_LOGITS], (Kind::Float, tch::Device::Cpu));
+    let logits = |precision: Precision| -> Result<Tensor, String> {
+        let model = teacher_server::model::load(&source, &spec, tch::Device::Cpu, precision)
+            .map_err(|e| e.to_string())?;
+        let out = model.forward(&x).map_err(|e| e.to_string())?;
+        out.f_to_kind(Kind::Float).map_err(|e| e.to_string())
+    };
+    let reference = logits(Precision::F32)?;
+    let l32 = kd_value(&student, &SoftTargets::Dense(reference.shallow_clone()))?;
+    for precision in [Precision::Bf16, Precision::F16] {
+        let id = format!("teacher_kd_error_{precision}");
+        if !ctx.wanted(&id) {
+            continue;
+        }
+        let t = logits(precision)?;
+        let l = kd_value(&student, &SoftTargets::Dense(t.shallow_clone()))?;
+        let max_logit_diff = distill_tests::max_abs_diff(&t, &reference);
+        rows.push(single(
+            id,
+            "teacher_kd_error",
+            format!("KD loss (T = 4) with a {precision} teacher, |L − L_f32| / L_f32"),
+            "relative",
+            (l - l32).abs() / l32,
+            serde_json::json!({
+                "precision": precision.name(),
+                "kd_loss": l,
+                "kd_loss_f32": l32,
+                "max_abs_logit_diff": max_logit_diff,
+                "samples": 128,
+            }),
+        ));
+    }
+    Ok(())
+}
+
+/// `"10"` or `"32k"`: the class count in row ids.
+fn class_tag(classes: i64) -> String {
+    if classes >= 1000 && classes % 1000 == 0 {
+        format!("{}k", classes / 1000)
+    } else {
+        classes.to_string()
+    }
+}
+
+/// The `LogitsResponse` teacher-server sends for `logits` (`f32 [B, V]`) asked for in `wire`
+/// with `top_k` (0: dense) at temperature `t` (see `shape_output` in teacher-server's engine
+/// and `SparseLogits` in the .proto).
+fn wire_response(
+    logits: &Tensor,
+    wire: v1::DType,
+    top_k: i64,
+    t: f64,
+) -> Result<v1::LogitsResponse, String> {
+    let result = if top_k == 0 {
+        v1::logits_response::Result::Logits(
+            codec::encode_as(logits, wire).map_err(|e| e.to_string())?,
+        )
+    } else {
+        let (values, indices) = logits.topk(top_k, -1, true, true);
+        let logsumexp = logits.logsumexp([-1i64].as_slice(), false);
+        let tail = logits
+            .f_div_scalar(t)
+            .and_then(|s| s.f_scatter_value(-1, &indices, f64::NEG_INFINITY))
+            .and_then(|m| m.f_logsumexp([-1i64].as_slice(), false))
+            .map_err(|e| e.to_string())?;
+        let enc = |t: &Tensor| codec::encode(t).map_err(|e| e.to_string());
+        v1::logits_response::Result::Sparse(v1::SparseLogits {
+            indices: Some(enc(&indices)?),
+            values: Some(codec::encode_as(&values, wire).map_err(|e| e.to_string())?),
+            logsumexp: Some(enc(&logsumexp)?),
+            tail_logsumexp: Some(enc(&tail)?),
+        })
+    };
+    let b = logits.size()[0] as u32;
+    Ok(v1::LogitsResponse {
+        batch_id: 1234,
+        result: Some(result),
+        timing: Some(v1::Timing {
+            queue_us: 250,
+            compute_us: 8000,
+            merged_batch_size: b,
+            merged_requests: 1,
+            ..Default::default()
+        }),
+    })
+}
+
+/// The soft targets the student decodes from `resp` (f16/bf16 converted to f32).
+fn wire_targets(resp: &v1::LogitsResponse) -> Result<SoftTargets, String> {
+    let dec = |t: &Option<v1::Tensor>| -> Result<Tensor, String> {
+        let t = t.as_ref().ok_or("missing tensor")?;
+        codec::decode(t).map_err(|e| e.to_string())
+    };
+    let float = |t: Tensor| t.f_to_kind(Kind::Float).map_err(|e| e.to_string());
+    match &resp.result {
+        Some(v1::logits_response::Result::Logits(t)) => Ok(SoftTargets::Dense(float(
+            codec::decode(t).map_err(|e| e.to_string())?,
+        )?)),
+        Some(v1::logits_response::Result::Sparse(s)) => Ok(SoftTargets::Sparse {
+            indices: dec(&s.indices)?,
+            values: float(dec(&s.values)?)?,
+            tail_logsumexp: float(dec(&s.tail_logsumexp)?)?,
+        }),
+        _ => Err("no logits in the response".into()),
+    }
+}
+
+/// Row 4: bytes per sample of `LogitsResponse` (batch 128) for dense f32/f16/bf16 and top-k 8
+/// and 32 in f32 and bf16, for 10 classes and for 32,000; teacher logits N(0, 3²), a fixed
+/// student `teacher + N(0, 1)` (a student that has partly learned: small KD losses make the
+/// relative error harder to meet), KD loss at T = 4 (`bucket` tail) after the student's
+/// decoding, relative to dense f32.
+fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    let _no_grad = tch::no_grad_guard();
+    const BATCH: i64 = 128;
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    let variants: [(i64, v1::DType); 7] = [
+        (0, v1::DType::F32),
+        (0, v1::DType::F16),
+        (0, v1::DType::Bf16),
+        (8, v1::DType::F32),
+        (8, v1::DType::Bf16),
+        (32, v1::DType::F32),
+        (32, v1::DType::Bf16),
+    ];
+    for classes in [NUM_LOGITS, 32_000] {
+        tch::manual_seed(classes);
+        let teacher = Tensor::randn([BATCH, classes], cpu) * 3.0;
+        let student = &teacher + Tensor::randn([BATCH, classes], cpu);
+        let reference = kd_value(&student, &SoftTargets::Dense(teacher.shallow_clone()))?;
+        for (k, wire) in variants {
+            if k > classes {
+                continue;
+            }
+            let name = codec::dtype_name(wire);
+            let form = if k == 0 {
+                "dense".to_string()
+            } else {
+                format!("top{k}")
+            };
+            let id = format!("wire_c{}_{form}_{name}", class_tag(classes));
+            if !ctx.wanted(&id) {
+                continue;
+            }
+            let resp = wire_response(&teacher, wire, k, KD_T)?;
+            let bytes = resp.encoded_len() as f64 / BATCH as f64;
+            let l = kd_value(&student, &wire_targets(&resp)?)?;
+            let err = (l - reference).abs() / reference;
+            let what = if k == 0 {
+                format!("dense {name}")
+            } else {
+                format!("top-{k} {name} + tail")
+            };
+            let params = serde_json::json!({
+                "classes": classes,
+                "top_k": k,
+                "wire": name,
+                "batch": BATCH,
+                "kd_loss": l,
+                "kd_loss_dense_f32": reference,
+                "kd_loss_rel_error": err,
+                "temperature": KD_T,
+                "sparse_tail": "bucket",
+            });
+            rows.push(single(
+                id.clone(),
+                "wire_bytes",
+                format!("{classes} logits, {what}"),
+                "bytes/sample",
+                bytes,
+                params.clone(),
+            ));
+            rows.push(single(
+                format!("{id}_kd_error"),
+                "wire_kd_error",
+                format!("{classes} logits, {what}: KD-loss |L − L_f32| / L_f32"),
+                "relative",
+                err,
+                params,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Output of one `student-trainer distill` run.
+struct DistillRun {
+    report: serde_json::Value,
+    metrics: Vec<serde_json::Value>,
+}
+
+/// Runs `student-trainer distill` (row 3's setup: `--arch mlp`, batch 128, `--limit`, no
+/// per-epoch evaluation) with `extra` flags into a fresh `out`.
+async fn distill_run(ctx: &Ctx, out: &Path, extra: &[String]) -> Result<DistillRun, String> {
+    let _ = std::fs::remove_dir_all(out);
+    let args = DistillArgs::new(&ctx.data, out)
+        .arch("mlp")
+        .batch_size(128)
+        .flag("--limit", ctx.limit)
+        .no_epoch_eval()
+        .build();
+    let run = tokio::process::Command::new(&ctx.student)
+        .args(args)
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", ctx.student.display()))?;
+    if !run.status.success() {
+        let err = String::from_utf8_lossy(&run.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        return Err(format!(
+            "student-trainer distill {extra:?} failed ({}): {}",
+            run.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .map_err(|e| format!("{}: {e}", out.join(name).display()))
+    };
+    let report = serde_json::from_str(&read("report.json")?).map_err(|e| e.to_string())?;
+    let metrics = read("metrics.jsonl")?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok(DistillRun { report, metrics })
+}
+
+/// `student[kd] ... samples_per_s=N` of the PyTorch reference loop (one epoch, `--limit`).
+async fn pytorch_run(ctx: &Ctx) -> Result<f64, String> {
+    let script = distill_tests::workspace_root().join("scripts/reference/kd_pytorch.py");
+    let mut cmd = tokio::process::Command::from(distill_tests::python());
+    let run = cmd
+        .arg(&script)
+        .args([
+            "--teacher-epochs",
+            "0",
+            "--student-epochs",
+            "1",
+            "--bs",
+            "128",
+        ])
+        .arg("--limit")
+        .arg(ctx.limit.to_string())
+        .env("FASHION_MNIST_DIR", &ctx.data)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    if !run.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            script.display(),
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("student[kd]"))
+        .flat_map(str::split_whitespace)
+        .find_map(|w| w.strip_prefix("samples_per_s="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no `student[kd] ... samples_per_s=N` line in:\n{stdout}"))
+}
+
+/// The loop of `kd_pytorch.py` in this process with `tch`: the row-1 teacher's forward under
+/// `no_grad`, an MLP-128 student step with Adam (lr 1e-3) and the KD loss of
+/// `student_trainer::loss` (T = 4, alpha 0.9); samples/s over one epoch of `--limit` samples.
+fn inprocess_run(ctx: &Ctx, threads: i32) -> Result<f64, String> {
+    use student_trainer::data::{Split, load};
+    use student_trainer::optim::{Optimizer, OptimizerConfig};
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    tch::set_num_threads(threads);
+    let data = load(&ctx.data, Split::Train)
+        .map_err(|e| err(&e))?
+        .limit(ctx.limit);
+    let spec = ModelSpec {
+        input_shape: INPUT_SHAPE.to_vec(),
+        input_dtype: Kind::Float,
+        num_logits: NUM_LOGITS,
+    };
+    let teacher = teacher_server::model::load(
+        &ModelSource::Checkpoint {
+            dir: ctx.teacher.clone(),
+        },
+        &spec,
+        tch::Device::Cpu,
+        Precision::F32,
+    )
+    .map_err(|e| err(&e))?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let student = distill_models::Network::new(
+        &vs.root(),
+        &distill_models::ArchSpec {
+            arch: distill_models::Arch::Mlp { hidden: vec![128] },
+            input_shape: INPUT_SHAPE.to_vec(),
+            num_classes: NUM_LOGITS,
+        },
+    )
+    .map_err(|e| err(&e))?;
+    let mut opt =
+        Optimizer::for_var_store(OptimizerConfig::adam(1e-3), &vs).map_err(|e| err(&e))?;
+    let loss = DistillLoss {
+        alpha: 0.9,
+        ..kd_loss()
+    };
+    let order = student_trainer::data::epoch_permutation(0, 1, data.len());
+    let start = Instant::now();
+    let mut samples = 0usize;
+    for idx in order.chunks(128) {
+        let (x, y) = data.try_batch(idx).map_err(|e| err(&e))?;
+        let t = {
+            let _no_grad = tch::no_grad_guard();
+            teacher.forward(&x).map_err(|e| err(&e))?
+        };
+        opt.zero_grad();
+        let s = student.forward(&x, true).map_err(|e| err(&e))?;
+        let parts = loss.compute(&s, &t, &y, None).map_err(|e| err(&e))?;
+        parts.total.f_backward().map_err(|e| err(&e))?;
+        opt.step().map_err(|e| err(&e))?;
+        samples += idx.len();
+    }
+    Ok(samples as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Rows 3 and 5: online distillation against PyTorch and the in-process loop, and the logit
+/// cache, with teacher-server processes started here (default threads, and `--threads 1`).
+async fn distill_rows(
+    ctx: &Ctx,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let want3 = [
+        "distill_remote_s1_tdefault",
+        "distill_remote_s1_t1",
+        "distill_pytorch",
+        "distill_inprocess",
+    ]
+    .iter()
+    .any(|id| ctx.wanted(id));
+    let want5 = ctx.wanted("cache_");
+    if !want3 && !want5 {
+        return Ok(());
+    }
+    if !ctx.data.join("train-images-idx3-ubyte.gz").is_file()
+        && !ctx.data.join("train-images-idx3-ubyte").is_file()
+    {
+        return Err(format!(
+            "{} holds no Fashion-MNIST: run `make setup` first",
+            ctx.data.display()
+        ));
+    }
+    if !ctx.student.is_file() {
+        return Err(format!(
+            "{} is missing: build it first (`cargo build --release --bins`; `make bench` does)",
+            ctx.student.display()
+        ));
+    }
+    let server = start_server(ctx, &[]).await;
+    let url = server.url();
+    let out = ctx.scratch.join("student");
+    let student_flags = |url: &str, threads: usize| -> Vec<String> {
+        vec![
+            "--teacher".into(),
+            url.into(),
+            "--threads".into(),
+            threads.to_string(),
+            "--epochs".into(),
+            "1".into(),
+        ]
+    };
+    if want3 {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Kind3 {
+            Remote { one_thread_server: bool },
+            PyTorch,
+            InProcess,
+        }
+        let mut settings: Vec<(&str, Kind3)> = vec![(
+            "distill_remote_s1_tdefault",
+            Kind3::Remote {
+                one_thread_server: false,
+            },
+        )];
+        if !ctx.quick {
+            settings.push((
+                "distill_remote_s1_t1",
+                Kind3::Remote {
+                    one_thread_server: true,
+                },
+            ));
+        }
+        if ctx.quick {
+            notes.push(
+                "--quick runs rows 3 and 5 on a small synthetic dataset (512 training, 128 test \
+                 samples) and skips the PyTorch reference (its start-up alone takes ~15 s) and \
+                 the in-process loop"
+                    .into(),
+            );
+        } else if distill_tests::torch_pythonpath().is_some() {
+            settings.push(("distill_pytorch", Kind3::PyTorch));
+        } else {
+            notes.push(
+                "no PyTorch found beside libtorch (`make setup` installs it): the PyTorch \
+                 reference row was skipped"
+                    .into(),
+            );
+        }
+        if !ctx.quick {
+            settings.push(("distill_inprocess", Kind3::InProcess));
+        }
+        settings.retain(|(id, _)| ctx.wanted(id));
+        let one_thread = if settings.iter().any(|(_, k)| {
+            *k == Kind3::Remote {
+                one_thread_server: true,
+            }
+        }) {
+            Some(start_server(ctx, &["--threads", "1"]).await)
+        } else {
+            None
+        };
+        let mut values = vec![Vec::new(); settings.len()];
+        let mut extras = vec![Vec::new(); settings.len()];
+        for _ in 0..ctx.rounds {
+            for ((_, kind), (v, extra)) in settings.iter().zip(values.iter_mut().zip(&mut extras)) {
+                let value = match kind {
+                    Kind3::Remote { one_thread_server } => {
+                        let url = match (&one_thread, one_thread_server) {
+                            (Some(s), true) => s.url(),
+                            _ => url.clone(),
+                        };
+                        let run = distill_run(ctx, &out, &student_flags(&url, 1)).await?;
+                        let r = &run.report;
+                        extra.push(serde_json::json!({
+                            "trainer_waited_s": r["trainer_waited_s"],
+                            "teacher_backpressure_s": r["teacher_backpressure_s"],
+                            "wall_s": r["wall_s"],
+                        }));
+                        r["samples_per_s"]
+                            .as_f64()
+                            .ok_or("report.json has no samples_per_s")?
+                    }
+                    Kind3::PyTorch => pytorch_run(ctx).await?,
+                    Kind3::InProcess => {
+                        let threads = tch::get_num_threads();
+                        let v = tokio::task::block_in_place(|| inprocess_run(ctx, 2));
+                        tch::set_num_threads(threads);
+                        v?
+                    }
+                };
+                v.push(value);
+            }
+        }
+        for ((id, kind), (v, extra)) in settings.into_iter().zip(values.into_iter().zip(extras)) {
+            let (label, params) = match kind {
+                Kind3::Remote { one_thread_server } => (
+                    format!(
+                        "online distill, teacher-server over loopback (student 1 thread, server {})",
+                        if one_thread_server { "1 thread" } else { "default threads" }
+                    ),
+                    serde_json::json!({
+                        "student_threads": 1,
+                        "server_threads": if one_thread_server { serde_json::json!(1) } else { serde_json::json!("default") },
+                        "per_round": extra,
+                    }),
+                ),
+                Kind3::PyTorch => (
+                    "PyTorch reference loop, teacher in process (scripts/reference/kd_pytorch.py, 2 threads)".into(),
+                    serde_json::json!({"threads": 2}),
+                ),
+                Kind3::InProcess => (
+                    "same loop in this binary (tch, teacher in process, 2 threads)".into(),
+                    serde_json::json!({"threads": 2}),
+                ),
+            };
+            let mut params = params;
+            params["samples"] = ctx.limit.into();
+            params["batch"] = 128.into();
+            params["epochs"] = 1.into();
+            rows.push(Row {
+                id: id.into(),
+                group: "distill",
+                label: format!("{label}, 1 epoch of {} samples", ctx.limit),
+                unit: "samples/s",
+                median: median(&v),
+                rounds: v,
+                params,
+            });
+        }
+    }
+    if want5 {
+        let cache = ctx.scratch.join("cache");
+        let (mut online, mut cached, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ctx.rounds {
+            let _ = std::fs::remove_dir_all(&cache);
+            let mut flags = student_flags(&url, 1);
+            flags.truncate(4);
+            flags.extend([
+                "--epochs".into(),
+                "3".into(),
+                "--logit-cache".into(),
+                cache.display().to_string(),
+            ]);
+            let run = distill_run(ctx, &out, &flags).await?;
+            let epoch_rate = |pred: &dyn Fn(u64) -> bool| -> Vec<f64> {
+                run.metrics
+                    .iter()
+                    .filter(|m| m["epoch"].as_u64().is_some_and(pred))
+                    .filter_map(|m| m["samples_per_s"].as_f64())
+                    .collect()
+            };
+            let first = epoch_rate(&|e| e == 1);
+            let later = epoch_rate(&|e| e >= 2);
+            if first.len() != 1 || later.len() != 2 {
+                return Err(format!(
+                    "metrics.jsonl: expected epochs 1-3 with samples_per_s, got {:?}",
+                    run.metrics
+                ));
+            }
+            online.push(first[0]);
+            cached.push(later.iter().sum::<f64>() / later.len() as f64);
+            bytes.push(
+                run.report["cache_bytes_per_sample"]
+                    .as_f64()
+                    .ok_or("report.json has no cache_bytes_per_sample")?,
+            );
+        }
+        let params =
+            serde_json::json!({"samples": ctx.limit, "batch": 128, "wire": "f32", "top_k": 0});
+        for (id, label, unit, v) in [
+            (
+                "cache_online_epoch",
+                "distill --logit-cache, epoch 1 (online, fills the cache)",
+                "samples/s",
+                online,
+            ),
+            (
+                "cache_cached_epochs",
+                "distill --logit-cache, epochs 2-3 (from the cache; mean of the two)",
+                "samples/s",
+                cached,
+            ),
+            (
+                "cache_bytes_per_sample",
+                "logit cache size (dense f32, 10 classes)",
+                "bytes/sample",
+                bytes,
+            ),
+        ] {
+            if ctx.wanted(id) {
+                rows.push(Row {
+                    id: id.into(),
+                    group: "cache",
+                    label: label.into(),
+                    unit,
+                    median: median(&v),
+                    rounds: v,
+                    params: params.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn ratios(rows: &[Row]) -> Vec<Ratio> {
     let get = |id: &str| rows.iter().find(|r| r.id == id).map(|r| r.median);
     RATIOS
         .iter()
-        .filter_map(|&(name, numerator, denominator, target)| {
+        .filter_map(|r| {
+            let value = match r.denominator {
+                Some(d) => get(r.numerator)? / get(d)?,
+                None => get(r.numerator)?,
+            };
             Some(Ratio {
-                name,
-                numerator,
-                denominator,
-                value: get(numerator)? / get(denominator)?,
-                target,
+                name: r.name,
+                numerator: r.numerator,
+                denominator: r.denominator,
+                value,
+                target: r.target,
+                met: match r.bound {
+                    Bound::Ge(b) => Some(value >= b),
+                    Bound::Le(b) => Some(value <= b),
+                    Bound::None => None,
+                },
             })
         })
         .collect()
 }
 
+/// A value in its unit's precision.
+fn show(v: f64, unit: &str) -> String {
+    match unit {
+        "samples/s" => format!("{v:.0}"),
+        "bytes/sample" => format!("{v:.1}"),
+        _ if v == 0.0 => "0".into(),
+        _ if v.abs() < 0.01 => format!("{v:.2e}"),
+        _ => format!("{v:.4}"),
+    }
+}
+
+/// Groups shown in the wire table instead of the main one.
+const WIRE_GROUPS: [&str; 2] = ["wire_bytes", "wire_kd_error"];
+
 fn markdown(report: &Report) -> String {
     let mut s = format!(
-        "CPU: {} ({} cores; native bf16: {}, native f16: {}); {} round(s) of {:.1} s per setting, medians\n\n",
+        "CPU: {} ({} cores; native bf16: {}, native f16: {}); {} round(s) of {:.1} s per setting \
+         (rows 1-2), medians\n\n",
         if report.cpu.model_name.is_empty() {
             "unknown"
         } else {
@@ -477,22 +1251,70 @@ fn markdown(report: &Report) -> String {
         report.seconds_per_measurement
     );
     s.push_str("| row | setting | median | rounds |\n|---|---|---:|---|\n");
-    for r in &report.rows {
-        let rounds: Vec<String> = r.rounds.iter().map(|v| format!("{v:.0}")).collect();
+    for r in report
+        .rows
+        .iter()
+        .filter(|r| !WIRE_GROUPS.contains(&r.group))
+    {
+        let rounds: Vec<String> = r.rounds.iter().map(|v| show(*v, r.unit)).collect();
         s.push_str(&format!(
-            "| `{}` | {} | {:.0} {} | {} |\n",
+            "| `{}` | {} | {} {} | {} |\n",
             r.id,
             r.label,
-            r.median,
+            show(r.median, r.unit),
             r.unit,
             rounds.join(", ")
         ));
     }
-    if !report.ratios.is_empty() {
-        s.push_str("\n| ratio | value | target |\n|---|---:|---|\n");
-        for r in &report.ratios {
-            s.push_str(&format!("| {} | {:.2} | {} |\n", r.name, r.value, r.target));
+    let wire: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| r.group == "wire_bytes")
+        .collect();
+    if !wire.is_empty() {
+        s.push_str(
+            "\n| `LogitsResponse` (batch 128) | bytes/sample | ÷ dense f32 | KD-loss rel. error vs dense f32 |\n\
+             |---|---:|---:|---:|\n",
+        );
+        for r in wire {
+            let classes = r.params["classes"].as_i64().unwrap_or(0);
+            let dense = report
+                .rows
+                .iter()
+                .find(|d| d.id == format!("wire_c{}_dense_f32", class_tag(classes)))
+                .map_or(f64::NAN, |d| d.median);
+            let err = report
+                .rows
+                .iter()
+                .find(|e| e.id == format!("{}_kd_error", r.id))
+                .map_or(f64::NAN, |e| e.median);
+            s.push_str(&format!(
+                "| {} | {:.1} | {} | {} |\n",
+                r.label,
+                r.median,
+                show(r.median / dense, ""),
+                show(err, "")
+            ));
         }
+    }
+    if !report.ratios.is_empty() {
+        s.push_str("\n| ratio | value | target | met |\n|---|---:|---|---|\n");
+        for r in &report.ratios {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                r.name,
+                show(r.value, ""),
+                r.target,
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "n/a",
+                }
+            ));
+        }
+    }
+    for n in &report.notes {
+        s.push_str(&format!("\nNote: {n}\n"));
     }
     s
 }
@@ -513,10 +1335,14 @@ fn run(cli: Cli) -> Result<Report, String> {
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let server = cli.server.clone().unwrap_or_else(|| {
+    let beside = |name: &str| {
         let exe = std::env::current_exe().expect("path of this program");
-        exe.with_file_name(format!("teacher-server{}", std::env::consts::EXE_SUFFIX))
-    });
+        exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+    };
+    let server = cli
+        .server
+        .clone()
+        .unwrap_or_else(|| beside("teacher-server"));
     if !server.is_file() {
         return Err(format!(
             "{} is missing: build it first (`cargo build --release --bins`; `make bench` does)",
@@ -524,7 +1350,19 @@ fn run(cli: Cli) -> Result<Report, String> {
         ));
     }
     let tmp = TempDir::new("bench");
-    fresh_checkpoint(tmp.path(), "cnn", &INPUT_SHAPE, NUM_LOGITS);
+    let teacher = tmp.path().join("teacher");
+    fresh_checkpoint(&teacher, "cnn", &INPUT_SHAPE, NUM_LOGITS);
+    let data = if cli.quick {
+        // A small synthetic dataset in the Fashion-MNIST layout: the student's report evaluates
+        // the teacher on the whole test split, 10,000 CNN forwards of Fashion-MNIST.
+        let dir = tmp.path().join("synthetic");
+        distill_tests::trainer::write_synthetic_idx(&dir, 512, 128, NUM_LOGITS as u8, 8);
+        dir
+    } else if cli.data_dir.is_relative() && !cli.data_dir.exists() {
+        distill_tests::workspace_root().join(&cli.data_dir)
+    } else {
+        cli.data_dir.clone()
+    };
     let ctx = Ctx {
         rounds: cli.rounds.unwrap_or(if cli.quick { 1 } else { 3 }).max(1),
         seconds: cli.seconds.unwrap_or(if cli.quick { 0.2 } else { 1.5 }),
@@ -532,15 +1370,38 @@ fn run(cli: Cli) -> Result<Report, String> {
         in_flight: cli.in_flight,
         only: cli.only.clone(),
         warmup: !cli.quick,
-        teacher: tmp.path().to_path_buf(),
+        teacher,
+        student: cli
+            .student
+            .clone()
+            .unwrap_or_else(|| beside("student-trainer")),
+        data: std::path::absolute(&data).unwrap_or(data),
+        limit: cli.limit.unwrap_or(if cli.quick { 256 } else { 12_000 }),
+        quick: cli.quick,
+        scratch: tmp.path().to_path_buf(),
     };
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    // Progress on stderr (the table goes to stdout).
+    let step =
+        |what: &str, t: Instant| eprintln!("bench: {what} ({:.1} s)", t.elapsed().as_secs_f64());
+    let t = Instant::now();
     raw_forward(&ctx, &mut rows)?;
+    teacher_kd_error(&ctx, &mut rows)?;
+    step("row 1, in-process forward", t);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the tokio runtime: {e}"))?;
+    let t = Instant::now();
     runtime.block_on(server_streams(&ctx, &mut rows))?;
+    step("row 2, teacher-server streams", t);
+    let t = Instant::now();
+    runtime.block_on(distill_rows(&ctx, &mut rows, &mut notes))?;
+    step("rows 3 and 5, distillation and the logit cache", t);
+    let t = Instant::now();
+    wire_bytes(&ctx, &mut rows)?;
+    step("row 4, wire sizes", t);
     let cpu = CpuInfo::read();
     Ok(Report {
         started_unix_s,
@@ -550,6 +1411,7 @@ fn run(cli: Cli) -> Result<Report, String> {
         seconds_per_measurement: ctx.seconds,
         ratios: ratios(&rows),
         rows,
+        notes,
         cpu: CpuReport {
             model_name: cpu.model_name.clone(),
             cores: cpu.cores,
