@@ -772,6 +772,18 @@ fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
             let bytes = resp.encoded_len() as f64 / BATCH as f64;
             let l = kd_value(&student, &wire_targets(&resp)?)?;
             let err = (l - reference).abs() / reference;
+            // Mean teacher probability mass at T inside the k classes (1 for dense).
+            let mass = if k == 0 {
+                1.0
+            } else {
+                let scaled = teacher.f_div_scalar(KD_T).map_err(|e| e.to_string())?;
+                let lse = scaled.logsumexp([-1i64].as_slice(), false);
+                let (top, _) = scaled.topk(k, -1, true, true);
+                (top.logsumexp([-1i64].as_slice(), false) - lse)
+                    .exp()
+                    .mean(Kind::Double)
+                    .double_value(&[])
+            };
             let what = if k == 0 {
                 format!("dense {name}")
             } else {
@@ -785,6 +797,7 @@ fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
                 "kd_loss": l,
                 "kd_loss_dense_f32": reference,
                 "kd_loss_rel_error": err,
+                "teacher_mass_in_k": mass,
                 "temperature": KD_T,
                 "sparse_tail": "bucket",
             });
@@ -1273,8 +1286,8 @@ fn markdown(report: &Report) -> String {
         .collect();
     if !wire.is_empty() {
         s.push_str(
-            "\n| `LogitsResponse` (batch 128) | bytes/sample | ÷ dense f32 | KD-loss rel. error vs dense f32 |\n\
-             |---|---:|---:|---:|\n",
+            "\n| `LogitsResponse` (batch 128) | bytes/sample | ÷ dense f32 | KD-loss rel. error vs dense f32 | teacher mass in the k at T = 4 |\n\
+             |---|---:|---:|---:|---:|\n",
         );
         for r in wire {
             let classes = r.params["classes"].as_i64().unwrap_or(0);
@@ -1289,11 +1302,15 @@ fn markdown(report: &Report) -> String {
                 .find(|e| e.id == format!("{}_kd_error", r.id))
                 .map_or(f64::NAN, |e| e.median);
             s.push_str(&format!(
-                "| {} | {:.1} | {} | {} |\n",
+                "| {} | {:.1} | {} | {} | {} |\n",
                 r.label,
                 r.median,
                 show(r.median / dense, ""),
-                show(err, "")
+                show(err, ""),
+                show(
+                    r.params["teacher_mass_in_k"].as_f64().unwrap_or(f64::NAN),
+                    ""
+                )
             ));
         }
     }
