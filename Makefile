@@ -40,7 +40,7 @@ soak: setup
 ## reference loop scripts/reference/kd_pytorch.py and the same loop in process; wire bytes per
 ## sample and KD-loss error (dense f32/f16/bf16, top-k 8/32; 10 and 32,000 logits); cached
 ## against online epochs. Alternating rounds, medians. Prints markdown tables, writes
-## runs/bench/bench.json with the CPU's model, flags and cores. About 4 minutes on 2 idle
+## runs/bench/bench.json with the CPU's model, flags and cores. About 5 minutes on 2 idle
 ## cores. Options in BENCH_ARGS (e.g. --quick, --only distill_,cache_, --limit N).
 BENCH_ARGS ?=
 bench: setup

@@ -644,7 +644,7 @@ fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         rows.push(single(
             id,
             "teacher_kd_error",
-            format!("KD loss (T = 4) with a {precision} teacher, |L − L_f32| / L_f32"),
+            format!("KD loss (T = 4) of a {precision} teacher: relative difference to f32"),
             "relative",
             (l - l32).abs() / l32,
             serde_json::json!({
@@ -812,7 +812,7 @@ fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
             rows.push(single(
                 format!("{id}_kd_error"),
                 "wire_kd_error",
-                format!("{classes} logits, {what}: KD-loss |L − L_f32| / L_f32"),
+                format!("{classes} logits, {what}: KD-loss relative difference to dense f32"),
                 "relative",
                 err,
                 params,
@@ -984,7 +984,13 @@ async fn distill_rows(
     ]
     .iter()
     .any(|id| ctx.wanted(id));
-    let want5 = ctx.wanted("cache_");
+    let want5 = [
+        "cache_online_epoch",
+        "cache_cached_epochs",
+        "cache_bytes_per_sample",
+    ]
+    .iter()
+    .any(|id| ctx.wanted(id));
     if !want3 && !want5 {
         return Ok(());
     }
