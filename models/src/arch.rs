@@ -1,6 +1,6 @@
 //! Built-in architectures.
 //!
-//! - `cnn`: the teacher of the reference PyTorch loop (`shared/reference/kd_pytorch.py`): two 3×3
+//! - `cnn`: the teacher of the reference PyTorch loop (`scripts/reference/kd_pytorch.py`): two 3×3
 //!   convolutions (32 and 64 channels), 2×2 max-pool, dropout 0.25, a 128-unit fully connected
 //!   layer, dropout, and the output layer: 1,199,882 parameters for `[1, 28, 28]` inputs and 10
 //!   classes.

@@ -4,7 +4,8 @@ The anchor a user would pick instead of the project: same teacher/student shapes
 teacher in the same process. Prints accuracies and distillation throughput.
 Usage: python kd_pytorch.py [--teacher-epochs N] [--student-epochs N] [--hidden H] [--threads N] [--limit N]
 
-A copy of ../shared/reference/kd_pytorch.py for `make bench` (tests/src/bin/bench.rs). One change:
+The project's own copy of the plain-PyTorch reference loop, run by `make bench`
+(tests/src/bin/bench.rs); nothing outside the clone is read. One change from the original:
 `--limit N` trains on the first N training samples only (as `student-trainer --limit N`); without
 it the script is unchanged.
 """

@@ -43,7 +43,7 @@ pub struct Normalization {
 
 impl Normalization {
     /// Fashion-MNIST training-set statistics (mean 0.2860, std 0.3530), as in the reference
-    /// PyTorch loop (`shared/reference/kd_pytorch.py`).
+    /// PyTorch loop (`scripts/reference/kd_pytorch.py`).
     pub const FASHION_MNIST: Normalization = Normalization {
         mean: 0.2860,
         std: 0.3530,

@@ -36,6 +36,22 @@ impl Run {
             .collect()
     }
 
+    /// The one `error: …` line of a run that failed cleanly: exit status 1, no panic, exactly
+    /// one error line (panics with both streams otherwise).
+    pub fn one_error(&self) -> String {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        let errors = self.error_lines();
+        assert_eq!(errors.len(), 1, "expected one error line:\n{}", self.stderr);
+        errors[0].to_string()
+    }
+
     /// Panics with both streams unless the run succeeded.
     pub fn expect_ok(self, what: &str) -> Run {
         assert!(

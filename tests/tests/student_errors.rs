@@ -3,20 +3,6 @@
 use distill_tests::trainer::{Run, student, write_synthetic_idx};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
-fn one_error(run: &Run) -> String {
-    assert_eq!(
-        run.code,
-        Some(1),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
-    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    let errors = run.error_lines();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{}", run.stderr);
-    errors[0].to_string()
-}
-
 #[tokio::test]
 async fn unreachable_teacher() {
     let tmp = TempDir::new("student-unreachable");
@@ -36,7 +22,7 @@ async fn unreachable_teacher() {
         "5",
     ])
     .await;
-    let e = one_error(&run);
+    let e = run.one_error();
     assert!(
         e.contains("cannot reach the teacher") && e.contains(&port.to_string()),
         "{e}"
@@ -63,7 +49,7 @@ async fn teacher_with_a_different_number_of_classes() {
         &out.display().to_string(),
     ])
     .await;
-    let e = one_error(&run);
+    let e = run.one_error();
     assert!(
         e.contains("number of classes") && e.contains("teacher has 5") && e.contains("has 10"),
         "{e}"
@@ -92,7 +78,7 @@ async fn missing_data_dir() {
         ],
         vec!["eval", "--teacher", "http://127.0.0.1:9", "--data-dir", &m],
     ] {
-        let e = one_error(&student(&args).await);
+        let e = student(&args).await.one_error();
         assert!(e.contains("not found") && e.contains(&m), "{args:?}: {e}");
     }
     assert!(!std::path::Path::new("unused-out").exists());

@@ -13,20 +13,6 @@ use std::path::Path;
 const TRAIN: usize = 600;
 const BATCH: usize = 50;
 
-fn one_error(run: &Run) -> String {
-    assert_eq!(
-        run.code,
-        Some(1),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
-    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    let errors = run.error_lines();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{}", run.stderr);
-    errors[0].to_string()
-}
-
 fn base(data: &Path, out: &Path) -> DistillArgs {
     DistillArgs::new(data, out)
         .arch("mlp:16")
@@ -109,7 +95,7 @@ async fn epoch_one_fills_the_cache_and_a_cache_alone_trains_the_same_student() {
         .wire("bf16")
         .flag("--logit-cache", cache.display())
         .build();
-    let e = one_error(&student(&args).await);
+    let e = student(&args).await.one_error();
     assert!(
         e.contains("--wire: cache has f16, this run has bf16"),
         "{e}"
@@ -120,7 +106,7 @@ async fn epoch_one_fills_the_cache_and_a_cache_alone_trains_the_same_student() {
         .wire("f16")
         .flag("--logit-cache", cache.display())
         .build();
-    let e = one_error(&student(&args).await);
+    let e = student(&args).await.one_error();
     assert!(e.contains("dataset sha256"), "{e}");
 
     // A damaged shard: an error naming it, never silent zeros.
@@ -132,7 +118,7 @@ async fn epoch_one_fills_the_cache_and_a_cache_alone_trains_the_same_student() {
         .wire("f16")
         .flag("--logit-cache", cache.display())
         .build();
-    let e = one_error(&student(&args).await);
+    let e = student(&args).await.one_error();
     assert!(e.contains(&shard) && e.contains("truncated"), "{e}");
 }
 
@@ -217,7 +203,7 @@ async fn capture_fills_a_sparse_cache_offline_and_resumes_an_interrupted_one() {
         .flag("--temperature", 4)
         .flag("--logit-cache", cache.display())
         .build();
-    let e = one_error(&student(&args).await);
+    let e = student(&args).await.one_error();
     assert!(
         e.contains("temperature: cache has 2, this run has 4"),
         "{e}"
@@ -229,7 +215,7 @@ async fn capture_fills_a_sparse_cache_offline_and_resumes_an_interrupted_one() {
         .teacher_group("b", &[server.url()])
         .flag("--logit-cache", cache.display())
         .build();
-    let e = one_error(&student(&args).await);
+    let e = student(&args).await.one_error();
     assert!(
         e.contains("--logit-cache") && e.contains("2 teacher groups"),
         "{e}"

@@ -9,20 +9,6 @@ use distill_tests::trainer::{
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
-fn one_error(run: &Run) -> String {
-    assert_eq!(
-        run.code,
-        Some(1),
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
-    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    let errors = run.error_lines();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{}", run.stderr);
-    errors[0].to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bf16_top_3_targets_train_a_student_that_learns() {
     let tmp = TempDir::new("student-sparse");
@@ -181,7 +167,7 @@ async fn bad_soft_target_flags_fail_at_start_naming_them() {
             .build(),
     )
     .await;
-    let e = one_error(&run);
+    let e = run.one_error();
     assert!(e.contains("--top-k") && e.contains("--loss mse"), "{e}");
 
     let run = student(
@@ -192,14 +178,14 @@ async fn bad_soft_target_flags_fail_at_start_naming_them() {
             .build(),
     )
     .await;
-    let e = one_error(&run);
+    let e = run.one_error();
     assert!(
         e.contains("--top-k") && e.contains("--ensemble-mode") && e.contains("2 teacher groups"),
         "{e}"
     );
 
     let run = student(&base().teacher(server.url()).top_k(11).build()).await;
-    let e = one_error(&run);
+    let e = run.one_error();
     assert!(
         e.contains("teacher has 10") && e.contains("--top-k has 11"),
         "{e}"
