@@ -1,6 +1,6 @@
 //! Clear failures: each exits non-zero with exactly one `error:` line, before any training.
 
-use distill_tests::trainer::{Run, student, write_synthetic_idx};
+use distill_tests::trainer::{student, write_synthetic_idx};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
 #[tokio::test]

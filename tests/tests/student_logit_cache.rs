@@ -4,9 +4,7 @@
 //! resumes an interrupted one; a cache of other settings, or a damaged shard, is refused by name.
 
 use distill_models::Checkpoint;
-use distill_tests::trainer::{
-    DistillArgs, Run, read_json, read_ledger, student, write_synthetic_idx,
-};
+use distill_tests::trainer::{DistillArgs, read_json, read_ledger, student, write_synthetic_idx};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! start, naming the flags.
 
 use distill_tests::trainer::{
-    DistillArgs, Run, assert_exactly_once, read_json, read_ledger, read_metrics, student,
+    DistillArgs, assert_exactly_once, read_json, read_ledger, read_metrics, student,
     write_synthetic_idx,
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
