@@ -11,6 +11,7 @@ use crate::config::{CaptureConfig, DistillConfig, EvalConfig, EvalTarget, TrainC
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
+use crate::monitoring::StudentMetrics;
 use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunStats, RunTargets};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
 use crate::schedule::{TeacherBatch, run_plan};
@@ -18,6 +19,7 @@ use crate::teacher_eval::{self, TeacherEvalError};
 use crate::trainer::{self, CachePlan, Job, Objective, Outcome, Start, TrainError};
 use crate::wire::TargetRequest;
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
+use distill_telemetry::MetricsServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -62,6 +64,9 @@ pub enum AppError {
     /// tools do (checkpoints are written before anything is printed about them).
     #[error("stdout is closed")]
     StdoutClosed,
+    /// The `--metrics-listen` endpoint could not start.
+    #[error("--metrics-listen: {0}")]
+    Metrics(String),
     /// The teacher pool failed (no replica reachable, fatal per-batch error, ...).
     #[error("{0}")]
     Pool(#[from] PoolError),
@@ -172,6 +177,28 @@ pub fn params_of(spec: &ArchSpec) -> Result<i64, ModelError> {
     Ok(distill_models::arch::param_count(&vs))
 }
 
+/// Starts the `--metrics-listen` endpoint of `cfg`, if asked: the metrics the run keeps up to
+/// date, and the endpoint's handle (it stops when dropped, at the end of the run).
+///
+/// # Errors
+/// [`AppError::Metrics`] if the address cannot be bound.
+async fn start_monitoring(
+    cfg: &TrainConfig,
+) -> Result<(Option<StudentMetrics>, Option<MetricsServer>), AppError> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok((None, None));
+    };
+    let metrics = StudentMetrics::new().map_err(|e| AppError::Metrics(e.to_string()))?;
+    let server = MetricsServer::start(
+        addr,
+        metrics.registry.clone(),
+        distill_telemetry::always_ready(),
+    )
+    .await
+    .map_err(|e| AppError::Metrics(e.to_string()))?;
+    Ok((Some(metrics), Some(server)))
+}
+
 async fn join_trainer(
     handle: std::thread::JoinHandle<Result<Outcome, TrainError>>,
 ) -> Result<Outcome, TrainError> {
@@ -195,6 +222,7 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         data.train.len()
     )?;
     let start = Start::for_run(&cfg, &spec, data.train.len())?;
+    let (metrics, _endpoint) = start_monitoring(&cfg).await?;
     let job = Job {
         device,
         spec: spec.clone(),
@@ -205,6 +233,7 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         stop,
         config: cfg.clone(),
         cache: None,
+        metrics,
     };
     let handle = trainer::spawn(job, None).map_err(|source| AppError::Io {
         path: "trainer thread".into(),
@@ -268,6 +297,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit)?;
     let spec = spec_for(&tc.arch, &data);
+    let (metrics, _endpoint) = start_monitoring(tc).await?;
     // The teachers: none when a complete logit cache stands in for them.
     let mut pool = if cfg.groups.is_empty() {
         None
@@ -282,6 +312,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
                 keepalive_timeout: std::time::Duration::from_secs(10),
             },
             resolve_interval: cfg.resolve_interval,
+            metrics: metrics.clone(),
             ..PoolOptions::default()
         };
         let expect = Expect {
@@ -393,6 +424,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             cache,
             from_epoch: teacher_end,
         }),
+        metrics,
     };
     let handle =
         trainer::spawn(job, pool.is_some().then_some(rx)).map_err(|source| AppError::Io {

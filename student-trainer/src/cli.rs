@@ -109,6 +109,12 @@ pub struct CommonArgs {
     /// Skip the test-split evaluation at the end of each epoch.
     #[arg(long, env = "STUDENT_NO_EPOCH_EVAL")]
     pub no_epoch_eval: bool,
+    /// Serve Prometheus metrics (`/metrics`: samples trained, epoch, step, loss, waits, and per
+    /// teacher replica in-flight batches, latency, answers, re-sends, state) and `/readyz` over
+    /// plain HTTP on this `HOST:PORT` while the run lasts; port 0 picks a free port (logged).
+    /// Off by default.
+    #[arg(long, env = "STUDENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// `train` flags.

@@ -333,6 +333,7 @@ impl TeacherClient {
         url: &str,
         options: &ClientOptions,
     ) -> Result<TeacherClient, ClientError> {
+        let started = tokio::time::Instant::now();
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| ClientError::Url {
                 url: url.to_string(),
@@ -353,11 +354,8 @@ impl TeacherClient {
         let mut grpc = Grpc::new(channel.clone())
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
-        let info: TeacherInfo = grpc
-            .get_model_info(GetModelInfoRequest {})
-            .await
-            .map_err(|s| rpc_error(url, "GetModelInfo", s))?
-            .into_inner()
+        let info: TeacherInfo = model_info_when_ready(&mut grpc, url, started, options)
+            .await?
             .into();
         if info.max_message_bytes as usize > DEFAULT_MAX_MESSAGE_BYTES {
             let n = info.max_message_bytes as usize;
@@ -421,6 +419,54 @@ impl TeacherClient {
         &self.info
     }
 }
+
+/// `GetModelInfo`, retried while the server answers `UNAVAILABLE` (a teacher-server still
+/// loading its model answers so at once, with a `grpc-retry-pushback-ms` hint) until
+/// `options.connect_timeout` has passed since `started`. The waits follow the server's hint
+/// (100 ms to 2 s; 200 ms without one).
+///
+/// # Errors
+/// [`ClientError::Unreachable`] once the time is up (or for any other `UNAVAILABLE`),
+/// [`ClientError::Rpc`] for any other failure.
+async fn model_info_when_ready(
+    grpc: &mut Grpc<Channel>,
+    url: &str,
+    started: tokio::time::Instant,
+    options: &ClientOptions,
+) -> Result<v1::ModelInfo, ClientError> {
+    let deadline = started + options.connect_timeout;
+    let mut logged = false;
+    loop {
+        let status = match grpc.get_model_info(GetModelInfoRequest {}).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(status) => status,
+        };
+        let now = tokio::time::Instant::now();
+        if status.code() != tonic::Code::Unavailable || now >= deadline {
+            return Err(rpc_error(url, "GetModelInfo", status));
+        }
+        let hint = status
+            .metadata()
+            .get(RETRY_PUSHBACK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::from_millis(200), Duration::from_millis)
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        if !logged {
+            logged = true;
+            tracing::info!(
+                %url, reason = status.message(),
+                connect_timeout_s = options.connect_timeout.as_secs_f64(),
+                "teacher not ready yet; retrying GetModelInfo until --connect-timeout"
+            );
+        }
+        // A back-off the server asked for, bounded by the connect timeout.
+        tokio::time::sleep_until((now + hint).min(deadline)).await;
+    }
+}
+
+/// gRPC metadata key of the server's retry hint, in milliseconds (gRPC A6 "pushback").
+const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 pub(crate) fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
     if s.code() == tonic::Code::Unavailable {

@@ -12,6 +12,7 @@ use crate::optim::OptimizerConfig;
 use crate::wire::TargetRequest;
 use distill_models::Arch;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -114,6 +115,8 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Evaluate on the test split after each epoch.
     pub epoch_eval: bool,
+    /// Where to serve Prometheus metrics and `/readyz` (`--metrics-listen`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Settings of `distill`.
@@ -406,6 +409,24 @@ impl TryFrom<CommonArgs> for TrainConfig {
             resume: a.resume,
             threads: threads(a.threads)?,
             epoch_eval: !a.no_epoch_eval,
+            metrics_listen: a
+                .metrics_listen
+                .as_deref()
+                .map(|m| {
+                    use std::net::ToSocketAddrs;
+                    m.to_socket_addrs()
+                        .map_err(|e| {
+                            invalid(
+                                "metrics-listen",
+                                format!("expected HOST:PORT, got {m:?}: {e}"),
+                            )
+                        })?
+                        .next()
+                        .ok_or_else(|| {
+                            invalid("metrics-listen", format!("{m:?} resolves to no address"))
+                        })
+                })
+                .transpose()?,
         })
     }
 }

@@ -23,6 +23,7 @@ mod ensemble;
 mod eval;
 pub mod loss;
 mod metrics;
+pub mod monitoring;
 pub mod optim;
 pub mod pool;
 mod progress;

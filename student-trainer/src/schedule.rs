@@ -96,6 +96,9 @@ pub struct TeacherBatch {
     pub groups: Vec<String>,
     /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).
     pub replica: String,
+    /// The batch's `batch` span, opened at its first send; the training loop enters it for the
+    /// step that uses these targets, and it closes when the batch is dropped after that step.
+    pub span: tracing::Span,
 }
 
 /// The seed of libtorch's generator for an epoch (dropout masks): a fixed mix of the run seed and

@@ -22,6 +22,7 @@ use crate::data::Dataset;
 use crate::eval::{self, Accuracy};
 use crate::loss::{self, DistillLoss};
 use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::monitoring::StudentMetrics;
 use crate::optim::{OptimError, Optimizer, trainable_parameters};
 use crate::progress::Progress;
 use crate::schedule::{Position, TeacherBatch, batches_per_epoch, epoch_plan, epoch_seed};
@@ -282,6 +283,8 @@ pub struct Job {
     pub stop: Arc<AtomicBool>,
     /// The logit cache of a `distill` run, if any.
     pub cache: Option<CachePlan>,
+    /// Prometheus metrics to keep up to date (samples, epoch, step, loss, waits), if served.
+    pub metrics: Option<StudentMetrics>,
 }
 
 /// The result of a run.
@@ -356,6 +359,7 @@ pub fn run(
         start,
         stop,
         mut cache,
+        metrics: metrics_live,
     } = job;
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
@@ -464,13 +468,20 @@ pub fn run(
                 return Ok(out);
             }
             let mut answered = None;
+            // The batch's span (from its first send to the end of this step), when it came from
+            // the teachers.
+            let mut span = tracing::Span::none();
             let teacher_logits = match (cached.as_ref(), teacher.as_mut()) {
                 (Some(all), _) => Some(all.select(&Tensor::from_slice(&planned.indices))?),
                 (None, None) => None,
                 (None, Some(rx)) => {
                     let waiting = Instant::now();
                     let received = rx.blocking_recv();
-                    out.waited_s += waiting.elapsed().as_secs_f64();
+                    let waited = waiting.elapsed();
+                    out.waited_s += waited.as_secs_f64();
+                    if let Some(m) = &metrics_live {
+                        m.waited_for_targets(waited);
+                    }
                     let Some(tb) = received else {
                         // The stream ended early: keep what was trained, then report it.
                         progress.abandon();
@@ -486,9 +497,12 @@ pub fn run(
                         plan.cache.put(&tb.indices, &tb.targets)?;
                     }
                     answered = Some((tb.batch_id, tb.replica, tb.groups));
+                    span = tb.span;
                     Some(tb.targets)
                 }
             };
+            let step_span = span.clone();
+            let _in_batch = step_span.enter();
             let (xs, ys) = train.try_batch(&planned.indices)?;
             let (xs, ys) = (xs.f_to_device(device)?, ys.f_to_device(device)?);
             let logits = net.forward(&xs, true)?;
@@ -517,6 +531,10 @@ pub fn run(
             total.f_backward()?;
             opt.step()?;
             step += 1;
+            if let Some(m) = &metrics_live {
+                m.trained(epoch, step, planned.indices.len(), value);
+            }
+            tracing::trace!(step, loss = value, "trained");
             let correct = logits
                 .f_argmax(-1, false)?
                 .f_eq_tensor(&ys)?
@@ -811,6 +829,7 @@ mod tests {
             )),
             groups: Vec::new(),
             replica: String::new(),
+            span: tracing::Span::none(),
         }
     }
 

@@ -243,6 +243,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         resume: false,
         threads: Some(1),
         epoch_eval: false,
+        metrics_listen: None,
     };
     let spec = distill_models::ArchSpec {
         arch: cfg.arch.clone(),
@@ -284,6 +285,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         },
         stop: Arc::new(AtomicBool::new(false)),
         cache: None,
+        metrics: None,
     };
     let handle = trainer::spawn(job, Some(rx)).unwrap();
     pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx)

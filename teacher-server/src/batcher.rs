@@ -12,6 +12,7 @@
 use crate::config::BatchConfig;
 use crate::engine::{Job, MergedBatch};
 use crate::error::Error;
+use distill_telemetry::prometheus::IntGauge;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tch::Kind;
@@ -32,10 +33,12 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Starts the actor on the current tokio runtime. It feeds `engine` (the capacity-1 channel of
     /// [`crate::engine::Engine`]) and stops waiting for batches to fill once `draining` is `true`.
+    /// `depth`, if given, tracks the requests waiting (`teacher_queue_depth`).
     pub(crate) fn spawn(
         config: BatchConfig,
         engine: mpsc::Sender<MergedBatch>,
         draining: watch::Receiver<bool>,
+        depth: Option<IntGauge>,
     ) -> (Batcher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let capacity = config.queue_capacity;
@@ -45,6 +48,7 @@ impl Batcher {
             draining,
             queue: VecDeque::new(),
             open: true,
+            depth,
         };
         let handle = tokio::spawn(actor.run(engine));
         (Batcher { tx, capacity }, handle)
@@ -89,6 +93,8 @@ struct Actor {
     queue: VecDeque<Job>,
     /// Whether `rx` can still deliver jobs.
     open: bool,
+    /// `teacher_queue_depth`, set whenever a job is taken or a batch is cut.
+    depth: Option<IntGauge>,
 }
 
 impl Actor {
@@ -124,6 +130,7 @@ impl Actor {
             if let Some(batch) = self.cut() {
                 permit.send(batch);
             }
+            self.report_depth();
         }
     }
 
@@ -137,6 +144,14 @@ impl Actor {
         match job {
             Some(job) => self.queue.push_back(job),
             None => self.open = false,
+        }
+        self.report_depth();
+    }
+
+    /// Sets `teacher_queue_depth` to the requests waiting here and in the channel.
+    fn report_depth(&self) {
+        if let Some(depth) = &self.depth {
+            depth.set((self.queue.len() + self.rx.len()) as i64);
         }
     }
 
@@ -291,7 +306,7 @@ mod tests {
             max_batch_delay: delay,
             queue_capacity: 16,
         };
-        let (batcher, _) = Batcher::spawn(config, engine.tx.clone(), drain_rx);
+        let (batcher, _) = Batcher::spawn(config, engine.tx.clone(), drain_rx, None);
         Rig {
             batcher,
             passes,
@@ -310,6 +325,7 @@ mod tests {
             output: OutputSpec::default(),
             arrived: std::time::Instant::now(),
             reply: tx,
+            span: tracing::Span::none(),
         };
         (job, rx)
     }

@@ -85,6 +85,13 @@ pub struct Args {
     #[arg(long, env = "TEACHER_STREAM_WINDOW", default_value_t = 64)]
     pub stream_window: usize,
 
+    /// Serve Prometheus metrics (`/metrics`) and plain-HTTP readiness (`/readyz`: 200 once the
+    /// model is loaded and warmed up, 503 while loading or draining) on this `HOST:PORT`; port 0
+    /// picks a free port, reported on stdout as `metrics on http://HOST:PORT` after the
+    /// `listening on` line. Off by default.
+    #[arg(long, env = "TEACHER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// Log format on stderr: `text` or `json` (level from `RUST_LOG`, default `info`).
     #[arg(long, env = "TEACHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -240,6 +247,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Batches one stream may have in flight before the server stops reading it.
     pub stream_window: usize,
+    /// Address of the metrics and readiness endpoint (`--metrics-listen`), if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format.
     pub log_format: LogFormat,
     /// libtorch intra-op threads, if set.
@@ -266,11 +275,11 @@ pub fn sidecar_path(model: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr, Error> {
+fn parse_listen(flag: &str, s: &str) -> Result<SocketAddr, Error> {
     s.to_socket_addrs()
-        .map_err(|e| Error::Config(format!("--listen: expected HOST:PORT, got {s:?}: {e}")))?
+        .map_err(|e| Error::Config(format!("{flag}: expected HOST:PORT, got {s:?}: {e}")))?
         .next()
-        .ok_or_else(|| Error::Config(format!("--listen: {s:?} resolves to no address")))
+        .ok_or_else(|| Error::Config(format!("{flag}: {s:?} resolves to no address")))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
@@ -456,7 +465,7 @@ impl TryFrom<Args> for Config {
                 .device
                 .parse()
                 .map_err(|e: DeviceError| Error::Config(format!("--device: {e}")))?,
-            listen: parse_listen(&a.listen)?,
+            listen: parse_listen("--listen", &a.listen)?,
             batching: BatchConfig {
                 max_batch_size,
                 max_batch_delay: Duration::from_micros(a.max_batch_delay_us),
@@ -464,6 +473,11 @@ impl TryFrom<Args> for Config {
             },
             max_message_bytes,
             stream_window: a.stream_window,
+            metrics_listen: a
+                .metrics_listen
+                .as_deref()
+                .map(|m| parse_listen("--metrics-listen", m))
+                .transpose()?,
             log_format: a.log_format,
             threads: a.threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),

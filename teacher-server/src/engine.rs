@@ -15,6 +15,7 @@
 //! exit) under a running forward pass. The engine knows nothing of gRPC.
 
 use crate::error::EngineError;
+use crate::metrics::ServerMetrics;
 use crate::model::{LoadError, ModelDescription, TeacherModel};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +65,17 @@ pub(crate) enum Logits {
     },
 }
 
+impl Logits {
+    /// Samples (rows) in these logits.
+    pub(crate) fn samples(&self) -> u64 {
+        let t = match self {
+            Logits::Dense(t) => t,
+            Logits::Sparse { values, .. } => values,
+        };
+        t.size().first().map_or(0, |&n| n.max(0) as u64)
+    }
+}
+
 /// Where the time of one request went, and what it was merged with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct BatchTiming {
@@ -100,6 +112,8 @@ pub(crate) struct Job {
     pub arrived: Instant,
     /// Where the answer goes; closed when the stream has gone away (the job is then dropped).
     pub reply: oneshot::Sender<JobResult>,
+    /// The request's `batch` span: the forward pass that runs it `follows_from` it.
+    pub span: tracing::Span,
 }
 
 impl Job {
@@ -135,6 +149,8 @@ pub enum StartError {
 pub(crate) struct EngineSettings {
     /// libtorch intra-op threads (`None`: libtorch's default).
     pub threads: Option<i32>,
+    /// Where forward passes are counted (batch size, compute and queue time).
+    pub metrics: Option<ServerMetrics>,
 }
 
 /// Handle to the running engine thread.
@@ -197,7 +213,7 @@ impl Engine {
                         );
                         continue;
                     }
-                    run_batch(model.as_ref(), num_logits, batch);
+                    run_batch(model.as_ref(), num_logits, batch, settings.metrics.as_ref());
                 }
                 tracing::debug!("engine thread exiting");
             })
@@ -250,7 +266,12 @@ fn micros(d: std::time::Duration) -> u64 {
 }
 
 /// Runs one merged batch and answers each of its requests.
-fn run_batch(model: &(impl TeacherModel + ?Sized), num_logits: i64, batch: MergedBatch) {
+fn run_batch(
+    model: &(impl TeacherModel + ?Sized),
+    num_logits: i64,
+    batch: MergedBatch,
+    metrics: Option<&ServerMetrics>,
+) {
     let mut jobs = batch.jobs;
     jobs.retain(|j| !j.reply.is_closed());
     if jobs.is_empty() {
@@ -259,8 +280,24 @@ fn run_batch(model: &(impl TeacherModel + ?Sized), num_logits: i64, batch: Merge
     let start = Instant::now();
     let sizes: Vec<i64> = jobs.iter().map(|j| j.samples() as i64).collect();
     let total: i64 = sizes.iter().sum();
+    let span = tracing::info_span!(
+        "forward_pass",
+        merged_batch_size = total,
+        merged_requests = jobs.len()
+    );
+    for job in &jobs {
+        span.follows_from(&job.span);
+    }
+    let _entered = span.enter();
     let result = forward_split(model, num_logits, &jobs, &sizes, total);
-    let compute_us = micros(start.elapsed());
+    let compute = start.elapsed();
+    let compute_us = micros(compute);
+    if let Some(m) = metrics {
+        m.forward_pass(total, compute);
+        for job in &jobs {
+            m.queued(start.saturating_duration_since(job.arrived));
+        }
+    }
     tracing::debug!(
         merged_batch_size = total,
         merged_requests = jobs.len(),

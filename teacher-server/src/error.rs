@@ -15,6 +15,9 @@ use tonic::Code;
 /// <https://github.com/grpc/proposal/blob/master/A6-client-retries.md#pushback>.
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
+/// The retry hint of a call made while the model loads ([`Error::NotReady`]).
+pub const NOT_READY_RETRY: Duration = Duration::from_millis(200);
+
 /// Why a request (one batch) was rejected before it reached the model. Every message names what
 /// was expected and what was received.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -210,6 +213,12 @@ pub enum Error {
     /// The server is draining and takes no new batches.
     #[error("teacher-server is shutting down: send this batch to another replica")]
     ShuttingDown,
+    /// The model is still loading (or warming up): the call was made too early.
+    #[error(
+        "teacher-server is not ready: the model is still loading; retry after {} ms",
+        NOT_READY_RETRY.as_millis()
+    )]
+    NotReady,
     /// The model or libtorch failed on a batch.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -251,7 +260,7 @@ impl Error {
         match self {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::Overloaded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::NotReady => Code::Unavailable,
             Error::Engine(EngineError::OutOfRange { .. }) => Code::OutOfRange,
             Error::Engine(_)
             | Error::Encode(_)
@@ -289,8 +298,13 @@ pub fn read_failure(status: tonic::Status, limit: usize) -> tonic::Status {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let mut status = tonic::Status::new(e.code(), e.to_string());
-        if let Error::Overloaded { retry_after, .. } = &e
-            && let Ok(v) = retry_after.as_millis().to_string().parse()
+        let retry_after = match &e {
+            Error::Overloaded { retry_after, .. } => Some(*retry_after),
+            Error::NotReady => Some(NOT_READY_RETRY),
+            _ => None,
+        };
+        if let Some(after) = retry_after
+            && let Ok(v) = after.as_millis().to_string().parse()
         {
             status.metadata_mut().insert(RETRY_PUSHBACK_HEADER, v);
         }
@@ -332,6 +346,14 @@ mod tests {
         assert_eq!(
             tonic::Status::from(Error::ShuttingDown).code(),
             Code::Unavailable
+        );
+        let early = tonic::Status::from(Error::NotReady);
+        assert_eq!(early.code(), Code::Unavailable);
+        assert_eq!(early.metadata().get(RETRY_PUSHBACK_HEADER).unwrap(), "200");
+        assert!(
+            early.message().contains("still loading"),
+            "{}",
+            early.message()
         );
         assert_eq!(
             tonic::Status::from(Error::from(EngineError::Stopped)).code(),

@@ -10,6 +10,7 @@ mod batcher;
 pub mod config;
 mod engine;
 pub mod error;
+mod metrics;
 pub mod model;
 mod server;
 mod service;
@@ -67,13 +68,19 @@ where
     server::run_with(config, listener, shutdown, wrap).await
 }
 
-/// Prints `listening on ADDR` on stdout. A closed stdout (`teacher-server | head -n 0`, a
-/// supervisor that closed the pipe) is logged and otherwise ignored: the address is also in the
-/// startup log, and the server keeps serving.
+/// Prints `listening on ADDR` on stdout, at bind, before the model is loaded (scripts and tests
+/// parse it; readiness is health's and `/readyz`'s job).
 fn announce(addr: SocketAddr) {
+    announce_line(&format!("listening on {addr}"));
+}
+
+/// Prints one line on stdout. A closed stdout (`teacher-server | head -n 0`, a supervisor that
+/// closed the pipe) is logged and otherwise ignored: the line's content is also in the log, and
+/// the server keeps serving.
+pub(crate) fn announce_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "listening on {addr}").and_then(|()| stdout.flush()) {
-        tracing::warn!(error = %e, %addr, "cannot print `listening on` to stdout; serving anyway");
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(error = %e, line, "cannot print to stdout; serving anyway");
     }
 }
 

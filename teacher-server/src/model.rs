@@ -62,9 +62,10 @@ pub use distill_models::device::device_name;
 /// Loads the model described by `source` and `spec` onto `device`, converted to `precision`
 /// (fingerprinted before the conversion). Call on the engine thread.
 ///
-/// With a precision other than f32, one forward pass of a zero sample checks at load time that
-/// the model runs in it (a TorchScript module may create f32 tensors of its own and fail on
-/// mixed kinds).
+/// A warm-up forward pass of a batch of 2 zero samples then checks that the model runs, in
+/// `precision` (a TorchScript module may create f32 tensors of its own and fail on mixed kinds),
+/// and gives logits `[2, num_logits]`; it also pays libtorch's first-call costs before the server
+/// reports ready.
 ///
 /// # Errors
 /// [`LoadError`] if the file is missing, malformed, or does not fit the architecture, or if the
@@ -97,31 +98,34 @@ pub fn load(
             Box::new(ArchModel::new(vs, net, mtime_version(path), precision)?)
         }
     };
-    if precision != Precision::F32 {
-        check_runs_in(model.as_ref(), spec, precision)?;
-    }
+    warm_up(model.as_ref(), spec, precision)?;
     Ok(model)
 }
 
-/// One forward pass of a zero sample, which must succeed and give logits `[1, num_logits]`.
-fn check_runs_in(
+/// Samples in the warm-up batch: 2, so that the batch dimension is told apart from a per-sample
+/// dimension of size 1.
+const WARM_UP_BATCH: i64 = 2;
+
+/// One forward pass of [`WARM_UP_BATCH`] zero samples, which must succeed and give logits
+/// `[WARM_UP_BATCH, num_logits]`.
+fn warm_up(
     model: &dyn TeacherModel,
     spec: &ModelSpec,
     precision: Precision,
 ) -> Result<(), LoadError> {
     let fail = |why: String| {
         LoadError(format!(
-            "--precision {precision}: a forward pass of one zero sample failed: {why}"
+            "warm-up at load (--precision {precision}): a forward pass of {WARM_UP_BATCH} zero samples failed: {why}"
         ))
     };
-    let mut shape = vec![1];
+    let mut shape = vec![WARM_UP_BATCH];
     shape.extend_from_slice(&spec.input_shape);
     let x = Tensor::f_zeros(shape.as_slice(), (spec.input_dtype, Device::Cpu))
         .map_err(|e| fail(e.to_string()))?;
     let y = model.forward(&x).map_err(|e| fail(e.to_string()))?;
-    if y.size() != [1, spec.num_logits] {
+    if y.size() != [WARM_UP_BATCH, spec.num_logits] {
         return Err(fail(format!(
-            "expected logits [1, {}], got {:?}",
+            "expected logits [{WARM_UP_BATCH}, {}], got {:?}",
             spec.num_logits,
             y.size()
         )));
@@ -403,7 +407,7 @@ mod tests {
         }
 
         fn info(&self) -> ModelDescription {
-            unreachable!("not called by check_runs_in")
+            unreachable!("not called by warm_up")
         }
     }
 
@@ -414,14 +418,14 @@ mod tests {
             input_dtype: Kind::Float,
             num_logits: 4,
         };
-        let e = check_runs_in(&Broken { fail: true }, &spec, Precision::Bf16).unwrap_err();
+        let e = warm_up(&Broken { fail: true }, &spec, Precision::Bf16).unwrap_err();
         assert!(
             e.to_string().contains("--precision bf16") && e.to_string().contains("found Float"),
             "{e}"
         );
-        let e = check_runs_in(&Broken { fail: false }, &spec, Precision::F16).unwrap_err();
+        let e = warm_up(&Broken { fail: false }, &spec, Precision::F16).unwrap_err();
         assert!(
-            e.to_string().contains("expected logits [1, 4], got [1, 3]"),
+            e.to_string().contains("expected logits [2, 4], got [2, 3]"),
             "{e}"
         );
     }

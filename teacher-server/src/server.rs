@@ -4,15 +4,18 @@ use crate::batcher::Batcher;
 use crate::config::{Config, Precision};
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
+use crate::metrics::{Phase, ServerMetrics};
 use crate::model::{self, TeacherModel};
-use crate::service::{ServiceSettings, TeacherService};
+use crate::service::{ServiceSettings, ServingModel, TeacherService};
 use distill_models::CpuInfo;
 use distill_proto::v1::teacher_server::TeacherServer;
+use distill_telemetry::{MetricsServer, Readiness};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tch::Device;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic::transport::server::TcpIncoming;
 
 /// Interval of HTTP/2 keepalive pings to idle clients.
@@ -20,16 +23,22 @@ pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a keepalive ping may go unanswered before the connection is closed.
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Loads the model, then serves `distill.v1.Teacher`, `grpc.health.v1.Health` and gRPC
-/// reflection (`grpc.reflection.v1` and `v1alpha`) on `listener` until `shutdown` completes. Then
-/// it stops accepting connections, lets every stream answer the batches it has read (bounded by
-/// `config.shutdown_grace`), stops the engine thread once it has left its current forward pass,
-/// and returns. It never returns while the engine thread is inside libtorch, so the process may
-/// exit as soon as it returns.
+/// Serves `distill.v1.Teacher`, `grpc.health.v1.Health` and gRPC reflection (`grpc.reflection.v1`
+/// and `v1alpha`) on `listener` at once, while the model loads; the Teacher calls get
+/// `UNAVAILABLE` with a retry hint and health reports `NOT_SERVING` until the model is loaded and
+/// a warm-up forward pass has run, then `SERVING`. With `config.metrics_listen`, Prometheus
+/// metrics and `/readyz` are served there too (see [`distill_telemetry`]).
+///
+/// On `shutdown` health turns `NOT_SERVING`, the server stops accepting connections, lets every
+/// stream answer the batches it has read (bounded by `config.shutdown_grace`), stops the engine
+/// thread once it has left its current forward pass, and returns. It never returns while the
+/// engine thread is inside libtorch (a shutdown during the load waits for the load to end), so
+/// the process may exit as soon as it returns.
 ///
 /// # Errors
 /// [`Error::Load`] or [`Error::Start`] if the model cannot be loaded, [`Error::Config`] for an
-/// unusable device, [`Error::Transport`] if serving fails.
+/// unusable device, [`Error::Io`] if the metrics address cannot be bound, [`Error::Transport`]
+/// if serving fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -39,7 +48,8 @@ pub async fn run(
 }
 
 /// [`run`], serving `wrap(model)` instead of the loaded model: the hook for test binaries that
-/// inject faults (e.g. a model that stops answering). `wrap` runs on the engine thread.
+/// inject faults (e.g. a model that stops answering, or loads slowly). `wrap` runs on the engine
+/// thread, after the model's own warm-up pass and before the server reports ready.
 ///
 /// # Errors
 /// As [`run`].
@@ -63,37 +73,45 @@ where
     if let Some(warning) = precision_warning(device, config.precision, &CpuInfo::read()) {
         tracing::warn!("{warning}");
     }
-    let (source, spec, precision) = (config.source.clone(), config.spec.clone(), config.precision);
-    let engine = Engine::start(
-        move || model::load(&source, &spec, device, precision).map(wrap),
-        EngineSettings {
-            threads: config.threads,
-        },
-    )
-    .await?;
-    let (engine_tx, info, engine_thread) = engine.into_parts();
-    if info.input_shape != config.spec.input_shape || info.num_logits != config.spec.num_logits {
-        return Err(Error::Config(format!(
-            "the model takes {:?} inputs and gives {} logits; the configuration says {:?} and {}",
-            info.input_shape, info.num_logits, config.spec.input_shape, config.spec.num_logits
-        )));
-    }
+    let metrics = ServerMetrics::new(config.batching.max_batch_size)
+        .map_err(|e| Error::Config(format!("registering the metrics: {e}")))?;
+    let phase = Arc::new(Mutex::new(Phase::Loading));
+    let set_phase = {
+        let (phase, metrics) = (phase.clone(), metrics.clone());
+        move |p: Phase| {
+            *phase.lock().unwrap_or_else(|e| e.into_inner()) = p;
+            metrics.set_phase(p);
+        }
+    };
+    let _metrics_server = match config.metrics_listen {
+        Some(at) => {
+            let phase = phase.clone();
+            let readiness: Readiness =
+                Arc::new(
+                    move || match *phase.lock().unwrap_or_else(|e| e.into_inner()) {
+                        Phase::Serving => Ok(()),
+                        Phase::Loading => Err("loading the model".into()),
+                        Phase::Draining => Err("draining (shutting down)".into()),
+                    },
+                );
+            let server = MetricsServer::start(at, metrics.registry.clone(), readiness)
+                .await
+                .map_err(|source| Error::Io {
+                    context: "starting the metrics endpoint".into(),
+                    source,
+                })?;
+            crate::announce_line(&format!("metrics on http://{}", server.addr()));
+            Some(server)
+        }
+        None => None,
+    };
+
     let (drain_tx, drain_rx) = watch::channel(false);
-    let drain_tx = std::sync::Arc::new(drain_tx);
-    let (batcher, batcher_task) =
-        Batcher::spawn(config.batching.clone(), engine_tx, drain_rx.clone());
-    let service = TeacherService::new(
-        info.clone(),
-        ServiceSettings {
-            max_batch_size: config.batching.max_batch_size,
-            max_message_bytes: config.max_message_bytes,
-            stream_window: config.stream_window,
-        },
-        batcher,
-        drain_rx.clone(),
-    )?;
+    let service = TeacherService::new(drain_rx.clone(), metrics.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TeacherServer<TeacherService>>().await;
+    health
+        .set_not_serving::<TeacherServer<TeacherService>>()
+        .await;
     // Both versions: grpcurl and current clients speak v1, Python's grpcio-reflection, older
     // grpcurl, Postman and Evans speak v1alpha.
     let reflection_error = |e| Error::Config(format!("building the reflection service: {e}"));
@@ -101,10 +119,110 @@ where
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
-    let teacher = TeacherServer::new(service)
+    let teacher = TeacherServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
+    // Serving starts now; `stop` ends it (on the shutdown signal, or when the load fails).
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let signal = {
+        let health = health.clone();
+        let set_phase = set_phase.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = stop_rx => {}
+            }
+            tracing::info!("shutting down: answering in-flight batches");
+            set_phase(Phase::Draining);
+            health
+                .set_not_serving::<TeacherServer<TeacherService>>()
+                .await;
+            drain_tx.send_replace(true);
+        }
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(teacher)
+            .serve_with_incoming_shutdown(incoming, signal),
+    );
+    tracing::info!(%addr, model = ?config.source, "loading the model (not serving until it is loaded and warmed up)");
+
+    let (source, spec, precision) = (config.source.clone(), config.spec.clone(), config.precision);
+    let loaded = Engine::start(
+        move || model::load(&source, &spec, device, precision).map(wrap),
+        EngineSettings {
+            threads: config.threads,
+            metrics: Some(metrics.clone()),
+        },
+    )
+    .await;
+    let engine = match loaded {
+        Ok(engine) => engine,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = serve.await;
+            return Err(e.into());
+        }
+    };
+    let (engine_tx, info, engine_thread) = engine.into_parts();
+    let mut batcher_task = None;
+    let ready = if info.input_shape != config.spec.input_shape
+        || info.num_logits != config.spec.num_logits
+    {
+        Err(Error::Config(format!(
+            "the model takes {:?} inputs and gives {} logits; the configuration says {:?} and {}",
+            info.input_shape, info.num_logits, config.spec.input_shape, config.spec.num_logits
+        )))
+    } else {
+        let (batcher, task) = Batcher::spawn(
+            config.batching.clone(),
+            engine_tx,
+            drain_rx.clone(),
+            Some(metrics.queue_depth.clone()),
+        );
+        batcher_task = Some(task);
+        ServingModel::new(
+            info.clone(),
+            ServiceSettings {
+                max_batch_size: config.batching.max_batch_size,
+                max_message_bytes: config.max_message_bytes,
+                stream_window: config.stream_window,
+            },
+            batcher,
+        )
+    };
+    let ready = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = serve.await;
+            if let Some(task) = batcher_task {
+                task.abort();
+            }
+            engine_thread.stop_and_join().await;
+            return Err(e);
+        }
+    };
+    service.set_ready(ready);
+    metrics.set_model([
+        &info.name,
+        &info.version,
+        &info.fingerprint,
+        &info.device,
+        &info.precision.to_string(),
+    ]);
+    // A shutdown that came during the load has already set draining: stay NOT_SERVING.
+    if !*drain_rx.borrow() {
+        set_phase(Phase::Serving);
+        health.set_serving::<TeacherServer<TeacherService>>().await;
+    }
     tracing::info!(
         model = %info.name,
         version = %info.version,
@@ -121,28 +239,6 @@ where
         "teacher-server serving"
     );
 
-    let signal = {
-        let health = health.clone();
-        let drain_tx = drain_tx.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: answering in-flight batches");
-            health
-                .set_not_serving::<TeacherServer<TeacherService>>()
-                .await;
-            drain_tx.send_replace(true);
-        }
-    };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(teacher)
-        .serve_with_incoming_shutdown(incoming, signal);
-
     let grace = config.shutdown_grace;
     let mut drained = drain_rx.clone();
     let deadline = async move {
@@ -150,17 +246,23 @@ where
         tokio::time::sleep(grace).await;
     };
     let served = tokio::select! {
-        served = serve => served.map_err(Error::from),
+        served = serve => match served {
+            Ok(r) => r.map_err(Error::from),
+            Err(e) => Err(Error::Config(format!("the gRPC server task failed: {e}"))),
+        },
         () = deadline => {
             tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over: closing open streams");
             Ok(())
         }
     };
+    drop(stop_tx);
     // Whatever is still queued is dropped (every stream that finished was answered in full), and
     // the engine thread is joined: it is inside at most one forward pass, and libtorch's exit-time
     // teardown must not run under it.
-    batcher_task.abort();
-    let _ = batcher_task.await;
+    if let Some(task) = batcher_task {
+        task.abort();
+        let _ = task.await;
+    }
     tracing::debug!("waiting for the engine thread to finish its forward pass");
     engine_thread.stop_and_join().await;
     tracing::info!("teacher-server stopped");

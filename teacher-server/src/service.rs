@@ -10,33 +10,45 @@
 use crate::batcher::Batcher;
 use crate::engine::{BatchTiming, Job, JobResult, Logits};
 use crate::error::{EngineError, Error, read_failure};
+use crate::metrics::ServerMetrics;
 use crate::model::ModelDescription;
 use crate::validate::{Limits, validate};
 use distill_proto::codec;
 use distill_proto::v1::{self, teacher_server::Teacher};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the client to read.
 const RESPONSE_BUFFER: usize = 16;
 
-/// State shared by every call of the service.
+/// The `distill.v1.Teacher` service. It answers from the moment the server binds: until the
+/// model is loaded and warmed up ([`TeacherService::set_ready`]), both RPCs fail with
+/// `UNAVAILABLE` and a retry hint instead of waiting.
 #[derive(Debug, Clone)]
 pub(crate) struct TeacherService {
+    ready: Arc<OnceLock<Arc<ServingModel>>>,
+    /// Random id of this server process (`ModelInfo.instance_id`), drawn once in [`TeacherService::new`].
+    instance_id: String,
+    draining: watch::Receiver<bool>,
+    metrics: ServerMetrics,
+}
+
+/// What the service needs once the model is loaded.
+#[derive(Debug)]
+pub(crate) struct ServingModel {
     info: ModelDescription,
     limits: Limits,
     max_message_bytes: usize,
-    /// Random id of this server process (`ModelInfo.instance_id`), drawn once in [`TeacherService::new`].
-    instance_id: String,
     stream_window: usize,
     batcher: Batcher,
-    draining: watch::Receiver<bool>,
 }
 
-/// Settings of [`TeacherService`].
+/// Settings of [`ServingModel`].
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceSettings {
     /// `--max-batch-size`.
@@ -47,8 +59,8 @@ pub(crate) struct ServiceSettings {
     pub stream_window: usize,
 }
 
-impl TeacherService {
-    /// A service for the model `info`, feeding `batcher`; `draining` turns `true` on shutdown.
+impl ServingModel {
+    /// The loaded model `info`, fed through `batcher`.
     ///
     /// # Errors
     /// [`Error::Config`] if the model's input kind has no wire `DType`.
@@ -56,7 +68,6 @@ impl TeacherService {
         info: ModelDescription,
         settings: ServiceSettings,
         batcher: Batcher,
-        draining: watch::Receiver<bool>,
     ) -> Result<Self, Error> {
         let input_dtype = codec::dtype_of(info.input_dtype)
             .map_err(|e| Error::Config(format!("the model's input dtype cannot be served: {e}")))?;
@@ -66,15 +77,44 @@ impl TeacherService {
             num_logits: info.num_logits,
             max_batch_size: settings.max_batch_size,
         };
-        Ok(TeacherService {
+        Ok(ServingModel {
             info,
             limits,
             max_message_bytes: settings.max_message_bytes,
-            instance_id: format!("{:032x}", rand::random::<u128>()),
             stream_window: settings.stream_window.max(1),
             batcher,
-            draining,
         })
+    }
+}
+
+impl TeacherService {
+    /// A service with no model yet; `draining` turns `true` on shutdown.
+    pub(crate) fn new(draining: watch::Receiver<bool>, metrics: ServerMetrics) -> Self {
+        TeacherService {
+            ready: Arc::new(OnceLock::new()),
+            instance_id: format!("{:032x}", rand::random::<u128>()),
+            draining,
+            metrics,
+        }
+    }
+
+    /// Starts serving `model` (once; a second call is ignored).
+    pub(crate) fn set_ready(&self, model: ServingModel) {
+        let _ = self.ready.set(Arc::new(model));
+    }
+
+    /// The loaded model, or [`Error::NotReady`] (counted) while it loads.
+    fn model(&self) -> Result<Arc<ServingModel>, Status> {
+        match self.ready.get() {
+            Some(m) => Ok(m.clone()),
+            None => Err(self.failed(Error::NotReady)),
+        }
+    }
+
+    /// `e` as the status of a failed call, counted in `teacher_errors_total`.
+    fn failed(&self, e: Error) -> Status {
+        self.metrics.error(e.code());
+        e.into()
     }
 }
 
@@ -84,6 +124,7 @@ impl Teacher for TeacherService {
         &self,
         _request: Request<v1::GetModelInfoRequest>,
     ) -> Result<Response<v1::ModelInfo>, Status> {
+        let model = self.model()?;
         let ModelDescription {
             name,
             version,
@@ -93,17 +134,17 @@ impl Teacher for TeacherService {
             num_logits,
             device,
             precision,
-        } = self.info.clone();
+        } = model.info.clone();
         Ok(Response::new(v1::ModelInfo {
             name,
             version,
             fingerprint,
-            input_dtype: self.limits.input_dtype as i32,
+            input_dtype: model.limits.input_dtype as i32,
             input_shape,
             num_logits,
-            max_batch_size: u32::try_from(self.limits.max_batch_size).unwrap_or(u32::MAX),
+            max_batch_size: u32::try_from(model.limits.max_batch_size).unwrap_or(u32::MAX),
             device,
-            max_message_bytes: self.max_message_bytes as u64,
+            max_message_bytes: model.max_message_bytes as u64,
             instance_id: self.instance_id.clone(),
             precision: precision.dtype() as i32,
         }))
@@ -115,21 +156,25 @@ impl Teacher for TeacherService {
         &self,
         request: Request<Streaming<v1::LogitsRequest>>,
     ) -> Result<Response<Self::StreamLogitsStream>, Status> {
+        let model = self.model()?;
         if *self.draining.borrow() {
-            return Err(Error::ShuttingDown.into());
+            return Err(self.failed(Error::ShuttingDown));
         }
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let stream = StreamTask {
-            service: self.clone(),
+            model,
+            draining: self.draining.clone(),
+            metrics: self.metrics.clone(),
             inbound: request.into_inner(),
             out: tx,
             jobs: JoinSet::new(),
             answered: 0,
         };
-        tokio::spawn(stream.run(peer));
+        let span = tracing::info_span!("stream", %peer);
+        tokio::spawn(stream.run().instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -139,7 +184,9 @@ type Done = (u64, Result<JobResult, oneshot::error::RecvError>);
 
 /// One `StreamLogits` call.
 struct StreamTask {
-    service: TeacherService,
+    model: Arc<ServingModel>,
+    draining: watch::Receiver<bool>,
+    metrics: ServerMetrics,
     inbound: Streaming<v1::LogitsRequest>,
     out: mpsc::Sender<Result<v1::LogitsResponse, Status>>,
     /// Batches submitted and not yet answered; dropping the set drops their receivers, so the
@@ -161,9 +208,11 @@ enum End {
 }
 
 impl StreamTask {
-    async fn run(mut self, peer: String) {
-        tracing::debug!(%peer, "stream opened");
+    async fn run(mut self) {
+        tracing::debug!("stream opened");
+        self.metrics.streams_open.inc();
         let end = self.serve().await;
+        self.metrics.streams_open.dec();
         let (how, last) = match end {
             End::Finished => ("finished", None),
             End::Draining => ("shutting down", Some(Status::from(Error::ShuttingDown))),
@@ -171,20 +220,21 @@ impl StreamTask {
             End::Gone => ("client gone", None),
         };
         if let Some(status) = last {
+            self.metrics.error(status.code());
             let _ = self.out.send(Err(status)).await;
         }
-        tracing::debug!(%peer, answered = self.answered, how, "stream closed");
+        tracing::debug!(answered = self.answered, how, "stream closed");
     }
 
     async fn serve(&mut self) -> End {
-        let mut draining = self.service.draining.clone();
+        let mut draining = self.draining.clone();
         let mut reading = true;
         let mut end = End::Finished;
         loop {
             if !reading && self.jobs.is_empty() {
                 return end;
             }
-            let room = self.jobs.len() < self.service.stream_window;
+            let room = self.jobs.len() < self.model.stream_window;
             tokio::select! {
                 biased;
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
@@ -213,7 +263,7 @@ impl StreamTask {
                     Err(status) => {
                         tracing::debug!(%status, "reading the stream failed");
                         reading = false;
-                        end = End::Failed(read_failure(status, self.service.max_message_bytes));
+                        end = End::Failed(read_failure(status, self.model.max_message_bytes));
                     }
                 },
                 _ = self.out.closed() => return End::Gone,
@@ -225,10 +275,13 @@ impl StreamTask {
     fn submit(&mut self, req: v1::LogitsRequest) -> Option<v1::LogitsResponse> {
         let arrived = Instant::now();
         let batch_id = req.batch_id;
-        let valid = match validate(&req, &self.service.limits) {
+        let span = tracing::info_span!("batch", batch_id, samples = tracing::field::Empty);
+        let _entered = span.enter();
+        let valid = match validate(&req, &self.model.limits) {
             Ok(v) => v,
             Err(e) => return Some(self.error_response(batch_id, &Error::from(e))),
         };
+        span.record("samples", valid.inputs.size().first().copied().unwrap_or(0));
         drop(req);
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -236,11 +289,14 @@ impl StreamTask {
             output: valid.output,
             arrived,
             reply,
+            span: span.clone(),
         };
-        if let Err(e) = self.service.batcher.submit(job) {
+        if let Err(e) = self.model.batcher.submit(job) {
             return Some(self.error_response(batch_id, &e));
         }
-        self.jobs.spawn(async move { (batch_id, rx.await) });
+        drop(_entered);
+        self.jobs
+            .spawn(async move { (batch_id, rx.await) }.instrument(span));
         None
     }
 
@@ -254,6 +310,7 @@ impl StreamTask {
     }
 
     fn error_response(&self, batch_id: u64, e: &Error) -> v1::LogitsResponse {
+        self.metrics.error(e.code());
         v1::LogitsResponse {
             batch_id,
             result: Some(v1::logits_response::Result::Error(e.to_wire())),
@@ -271,12 +328,17 @@ impl StreamTask {
             Ok(Err(e)) => return self.error_response(batch_id, &Error::from(e)),
             Err(_) => return self.error_response(batch_id, &Error::from(EngineError::Stopped)),
         };
+        let samples = output.logits.samples();
         match encode(output.logits) {
-            Ok(result) => v1::LogitsResponse {
-                batch_id,
-                result: Some(result),
-                timing: Some(timing(output.timing, self.depth())),
-            },
+            Ok(result) => {
+                self.metrics.requests.inc();
+                self.metrics.samples.inc_by(samples);
+                v1::LogitsResponse {
+                    batch_id,
+                    result: Some(result),
+                    timing: Some(timing(output.timing, self.depth())),
+                }
+            }
             Err(e) => self.error_response(batch_id, &e),
         }
     }

@@ -722,3 +722,77 @@ impl LogitsStream {
         }
     }
 }
+
+/// `GET path` over plain HTTP/1.1 to `addr` (the `--metrics-listen` endpoint): the status code
+/// and the body.
+///
+/// # Panics
+/// If the connection or the read fails, or the answer is not HTTP.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send the request");
+    let mut raw = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw)
+        .await
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Scrapes `http://addr/metrics` and parses it with a Prometheus text-format parser.
+///
+/// # Panics
+/// If the scrape fails or does not parse.
+pub async fn scrape(addr: SocketAddr) -> Scrape {
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    Scrape(prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+/// A parsed `/metrics` answer.
+#[derive(Debug)]
+pub struct Scrape(pub prometheus_parse::Scrape);
+
+impl Scrape {
+    /// The value of the sample `name` whose labels include `labels` (counter, gauge or untyped;
+    /// a histogram's `_count` and `_sum` are their own samples); `None` if absent.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match &s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+                Value::Histogram(_) | Value::Summary(_) => None,
+            })
+    }
+
+    /// The number of observations of histogram `name` with `labels`; `None` if absent.
+    pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        use prometheus_parse::Value;
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match &s.value {
+                Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+                _ => None,
+            })
+    }
+}

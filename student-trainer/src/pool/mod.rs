@@ -44,6 +44,7 @@ pub use discovery::{Resolver, Resolving, SystemResolver};
 use crate::client::{ClientError, ClientOptions, TeacherClient, TeacherInfo, inconsistency};
 use crate::endpoint::{address_url, parse_dns_url};
 use crate::ensemble::{self, EnsembleMode, MixError};
+use crate::monitoring::StudentMetrics;
 use crate::schedule::{PlannedBatch, TeacherBatch};
 use crate::targets::SoftTargets;
 use crate::wire::{self, Answering, Decoded, TargetRequest};
@@ -51,6 +52,7 @@ use discovery::DnsSource;
 use distill_proto::v1::{LogitsRequest, LogitsResponse};
 use replica::{Event, ReplicaTask};
 use scheduler::{Answered, Failed, ReplicaId, ReplicaState, Reply, Scheduler, SchedulerConfig};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +86,9 @@ pub struct PoolOptions {
     pub backoff_max: Duration,
     /// How often `dns://` names are resolved again (replicas added and retired accordingly).
     pub resolve_interval: Duration,
+    /// Prometheus metrics to keep up to date (per-replica state, latency, answers, re-sends;
+    /// prefetch-slot waits), if served.
+    pub metrics: Option<StudentMetrics>,
 }
 
 impl Default for PoolOptions {
@@ -96,6 +101,7 @@ impl Default for PoolOptions {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             resolve_interval: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -253,15 +259,22 @@ struct Run {
     /// [`RunStats::backpressure_s`]).
     blocked_since: Option<Instant>,
     backpressure_s: f64,
+    /// The `batch` span of each batch in flight (by schedule sequence number), from its first
+    /// send until the training step that uses it (the span travels in [`TeacherBatch::span`]).
+    spans: HashMap<u64, tracing::Span>,
 }
 
 impl Run {
     /// Accounts backpressure at `now`: `blocked` whether a batch is waiting for a slot.
-    fn backpressure(&mut self, blocked: bool, now: Instant) {
+    fn backpressure(&mut self, blocked: bool, now: Instant, metrics: Option<&StudentMetrics>) {
         match (blocked, self.blocked_since) {
             (true, None) => self.blocked_since = Some(now),
             (false, Some(since)) => {
-                self.backpressure_s += now.saturating_duration_since(since).as_secs_f64();
+                let waited = now.saturating_duration_since(since).as_secs_f64();
+                self.backpressure_s += waited;
+                if let Some(m) = metrics {
+                    m.waited_for_prefetch_slot(waited);
+                }
                 self.blocked_since = None;
             }
             _ => {}
@@ -605,6 +618,27 @@ impl Pool {
             .collect()
     }
 
+    /// Sets the per-replica gauges (batches in flight, state) of the metrics, if any. Aliases
+    /// (URLs that reach another replica's server) are left out.
+    fn export_replicas(&self) {
+        let Some(m) = &self.options.metrics else {
+            return;
+        };
+        for (r, rep) in self.replicas.iter().enumerate() {
+            if rep.alias_of.is_some() {
+                continue;
+            }
+            let state = match self.sched.state(r) {
+                ReplicaState::Connecting => "connecting",
+                ReplicaState::Up => "up",
+                ReplicaState::Down { .. } => "down",
+                ReplicaState::Retired => "retired",
+            };
+            let group = &self.groups[self.sched.group_of(r)].name;
+            m.replica(group, &rep.url, self.sched.in_flight(r), state);
+        }
+    }
+
     /// Starts the task owning replica `r`'s connection and stream (reusing `client` if given),
     /// as a new connection generation.
     fn start_replica(&mut self, r: ReplicaId, client: Option<TeacherClient>) {
@@ -669,9 +703,11 @@ impl Pool {
             last_wait_log: None,
             blocked_since: None,
             backpressure_s: 0.0,
+            spans: HashMap::new(),
         };
         let result = self.drive(&mut run, &mut plan, &out).await;
-        run.backpressure(false, Instant::now());
+        run.backpressure(false, Instant::now(), self.options.metrics.as_ref());
+        self.export_replicas();
         // Forget what is still in flight (an aborted run): answers to it will be discarded.
         self.sched.abandon();
         let after = self.sched.counters();
@@ -699,8 +735,10 @@ impl Pool {
             run.backpressure(
                 !run.plan_done && self.sched.window() == 0 && !self.sched.ready(),
                 now,
+                self.options.metrics.as_ref(),
             );
             self.assign(run, now)?;
+            self.export_replicas();
             if run.plan_done && self.sched.is_idle() {
                 return Ok(());
             }
@@ -720,7 +758,8 @@ impl Pool {
                 permit = out.reserve(), if ready => {
                     let permit = permit.map_err(|_| ClientError::ConsumerGone)?;
                     if let Some(released) = self.sched.release() {
-                        let batch = self.finish(released)?;
+                        let span = run.spans.remove(&released.seq).unwrap_or_else(tracing::Span::none);
+                        let batch = self.finish(released, span)?;
                         run.batches += 1;
                         run.samples += batch.indices.len() as u64;
                         permit.send(batch);
@@ -737,6 +776,7 @@ impl Pool {
     fn finish(
         &self,
         released: scheduler::Released<PlannedBatch, SoftTargets>,
+        span: tracing::Span,
     ) -> Result<TeacherBatch, PoolError> {
         let scheduler::Released {
             seq,
@@ -779,6 +819,7 @@ impl Pool {
                 .map(|&g| self.groups[g].name.clone())
                 .collect(),
             replica,
+            span,
         })
     }
 
@@ -803,12 +844,23 @@ impl Pool {
     }
 
     /// Puts every part the scheduler assigns on its replica's stream.
-    fn assign(&mut self, run: &Run, now: Instant) -> Result<(), PoolError> {
+    fn assign(&mut self, run: &mut Run, now: Instant) -> Result<(), PoolError> {
         while let Some(send) = self.sched.next_send(now) {
             let batch = self
                 .sched
                 .batch(send.seq)
                 .expect("the scheduler sends pending batches only");
+            let url = self.replicas[send.replica].url.as_str();
+            let span = run.spans.entry(send.seq).or_insert_with(|| {
+                tracing::info_span!(
+                    "batch",
+                    epoch = batch.epoch,
+                    index = batch.index,
+                    seq = send.seq,
+                    samples = batch.indices.len()
+                )
+            });
+            span.in_scope(|| tracing::debug!(wire = send.wire, replica = url, "sent"));
             let req = wire::request(&run.inputs, batch, send.wire, &self.targets.request)?;
             let sent = self.replicas[send.replica]
                 .tx
@@ -887,6 +939,10 @@ impl Pool {
 
     fn log_failed(&self, r: ReplicaId, f: Failed, reason: &str, now: Instant) {
         let rep = &self.replicas[r];
+        if let Some(m) = &self.options.metrics {
+            let group = &self.groups[self.sched.group_of(r)].name;
+            m.resent(group, &rep.url, f.requeued as u64);
+        }
         let retry_in_ms = f.retry_at.saturating_duration_since(now).as_millis() as u64;
         if f.was_up || f.requeued > 0 {
             tracing::warn!(
@@ -986,8 +1042,17 @@ impl Pool {
             Answered::Late => {
                 tracing::debug!(url = %rep.url, wire = wire_id, "late or unknown answer discarded");
             }
-            Answered::Requeued { .. } => {}
+            Answered::Requeued { .. } => {
+                if let Some(m) = &self.options.metrics {
+                    let group = &self.groups[self.sched.group_of(replica)].name;
+                    m.resent(group, &rep.url, 1);
+                }
+            }
             Answered::Used { latency, .. } => {
+                if let Some(m) = &self.options.metrics {
+                    let group = &self.groups[self.sched.group_of(replica)].name;
+                    m.answered(group, &rep.url, latency);
+                }
                 let latency_ms = latency.as_secs_f64() * 1e3;
                 rep.latency_ms = if rep.latency_ms == 0.0 {
                     latency_ms

@@ -7,11 +7,19 @@
 //! The count is of forward passes, over all streams: run it with `--max-batch-size` equal to the
 //! client's batch size so that no two batches merge and one pass is one batch. On SIGINT/SIGTERM
 //! the stalled pass is released (its batch fails) and the server shuts down as usual.
+//!
+//! Two more switches make the server's lifecycle observable: `--hold-load-until FILE` keeps the
+//! model "loading" (the engine thread waits after the real load and warm-up) until FILE exists,
+//! and `--release-stall-on FILE` releases the stalled pass when FILE appears instead of at
+//! shutdown, so a test can watch the server drain. Both poll the file every 5 ms on the engine
+//! thread (the test process has no other way to signal it).
 
 use clap::Parser;
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
+use std::time::Duration;
 use tch::Tensor;
 use teacher_server::error::EngineError;
 use teacher_server::model::ModelDescription;
@@ -25,9 +33,15 @@ use teacher_server::{Args, TeacherModel};
     args_override_self = true
 )]
 struct Cli {
-    /// Forward passes answered before the model hangs (over all streams).
-    #[arg(long)]
+    /// Forward passes answered before the model hangs (over all streams); default: never.
+    #[arg(long, default_value_t = u64::MAX)]
     stall_after: u64,
+    /// Report the model loaded only once this file exists.
+    #[arg(long)]
+    hold_load_until: Option<PathBuf>,
+    /// Release the stalled pass when this file exists (instead of at shutdown).
+    #[arg(long)]
+    release_stall_on: Option<PathBuf>,
     #[command(flatten)]
     server: Args,
 }
@@ -39,6 +53,7 @@ struct Stalling {
     after: u64,
     passes: Cell<u64>,
     release: mpsc::Receiver<()>,
+    release_on: Option<PathBuf>,
 }
 
 impl TeacherModel for Stalling {
@@ -52,13 +67,25 @@ impl TeacherModel for Stalling {
             pass,
             "stalling: this forward pass never returns before shutdown"
         );
-        // Nothing is ever sent: this returns only when shutdown drops the sender.
-        let _ = self.release.recv();
+        match &self.release_on {
+            Some(file) => wait_for_file(file),
+            // Nothing is ever sent: this returns only when shutdown drops the sender.
+            None => {
+                let _ = self.release.recv();
+            }
+        }
         Err(EngineError::Stopped)
     }
 
     fn info(&self) -> ModelDescription {
         self.inner.info()
+    }
+}
+
+/// Blocks the calling (engine) thread until `file` exists.
+fn wait_for_file(file: &Path) {
+    while !file.exists() {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -70,13 +97,18 @@ async fn main() -> ExitCode {
         teacher_server::shutdown_signal().await;
         drop(release_tx);
     };
-    let after = cli.stall_after;
+    let (after, hold, release_on) = (cli.stall_after, cli.hold_load_until, cli.release_stall_on);
     let served = teacher_server::serve(cli.server, shutdown, move |inner| {
+        if let Some(file) = &hold {
+            tracing::info!(file = %file.display(), "holding the load until the file exists");
+            wait_for_file(file);
+        }
         Box::new(Stalling {
             inner,
             after,
             passes: Cell::new(0),
             release,
+            release_on,
         })
     })
     .await;
