@@ -6,7 +6,8 @@
 #   3. train the MLP student on 1,000 labelled images only (the baseline);
 #   4. distill the same MLP from the served teacher on all 60,000 images, with labels for only
 #      those 1,000 (soft targets alone for the rest), and print the report;
-#   5. stop the server.
+#   5. draw both students' training curves into runs/report.png (`student-trainer plot`);
+#   6. stop the server.
 #
 # Runs after `make setup` and `cargo build --release --bins`. Tunables (environment):
 #   DEMO_RUNS (runs)  DEMO_TEACHER_EPOCHS (4)  DEMO_BASELINE_EPOCHS (30)  DEMO_DISTILL_EPOCHS (4)
@@ -36,7 +37,7 @@ stamp() { echo "demo: [$(( $(date +%s) - t_start )) s] $*"; }
 
 # 1. Teacher. --resume makes this step idempotent: a checkpoint already at the target epoch is
 # reused as is, an interrupted one is continued.
-stamp "1/4 teacher: cnn, $teacher_epochs epochs on 60,000 labelled images -> $runs/teacher"
+stamp "1/5 teacher: cnn, $teacher_epochs epochs on 60,000 labelled images -> $runs/teacher"
 "$bin/student-trainer" train --arch cnn --epochs "$teacher_epochs" --out "$runs/teacher" \
   --resume --threads "$threads" --no-epoch-eval
 
@@ -46,7 +47,7 @@ precision=${DEMO_PRECISION:-}
 if [ -z "$precision" ]; then
   if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then precision=bf16; else precision=f32; fi
 fi
-stamp "2/4 starting teacher-server (--precision $precision) on a free local port"
+stamp "2/5 starting teacher-server (--precision $precision) on a free local port"
 server_out="$runs/teacher-server.out" server_log="$runs/teacher-server.log"
 : >"$server_out"
 "$bin/teacher-server" --model "$runs/teacher" --listen 127.0.0.1:0 --precision "$precision" \
@@ -70,20 +71,25 @@ teacher="http://$addr"
 stamp "teacher-server listening on $addr (log: $server_log)"
 
 # 3. Baseline: the student on the 1,000 labelled images alone.
-stamp "3/4 baseline: mlp on $labelled labelled images, $baseline_epochs epochs -> $runs/baseline"
+stamp "3/5 baseline: mlp on $labelled labelled images, $baseline_epochs epochs -> $runs/baseline"
 rm -rf "$runs/baseline"
 "$bin/student-trainer" train --arch mlp --limit "$labelled" --epochs "$baseline_epochs" \
-  --out "$runs/baseline" --threads "$threads" --no-epoch-eval
+  --out "$runs/baseline" --threads "$threads"
 
 # 4. Distillation from the served teacher: all 60,000 images, labels for the first 1,000 only.
 # The teacher's forward passes dominate: give the student one thread, the server the rest.
 # Epoch 1 asks the teacher and fills a logit cache (keyed by the teacher's fingerprint and
 # precision, the wire format and the dataset's hash); epochs 2.. read the cache, not the teacher.
 # Dense soft targets in f16 keep the distilled accuracy of dense f32 (10 classes: 20 bytes/sample).
-stamp "4/4 distill: mlp from $teacher, $distill_epochs epochs, labels for $labelled images -> $runs/distilled"
+stamp "4/5 distill: mlp from $teacher, $distill_epochs epochs, labels for $labelled images -> $runs/distilled"
 rm -rf "$runs/distilled"
 "$bin/student-trainer" distill --teacher "$teacher" --arch mlp --labels "$labelled" \
   --epochs "$distill_epochs" --out "$runs/distilled" --baseline "$runs/baseline" --threads 1 \
-  --no-epoch-eval --wire f16 --logit-cache "$runs/logit-cache"
+  --wire f16 --logit-cache "$runs/logit-cache"
 
-stamp "done: report in $runs/distilled/report.json; total $(( $(date +%s) - t_start )) s"
+# 5. The students' training curves (both evaluate the test split after every epoch for it: a
+# second or two for the MLP): loss, test accuracy, samples/s, final accuracies with the teacher's.
+stamp "5/5 plot: training curves of $runs/baseline and $runs/distilled -> $runs/report.png"
+"$bin/student-trainer" plot "$runs/baseline" "$runs/distilled" --output "$runs/report.png"
+
+stamp "done: report in $runs/distilled/report.json, curves in $runs/report.png; total $(( $(date +%s) - t_start )) s"

@@ -1,4 +1,4 @@
-//! The commands, wired from validated configs: `train`, `distill`, `capture`, `eval`.
+//! The commands, wired from validated configs: `train`, `distill`, `capture`, `eval`, `plot`.
 //!
 //! Each loads the data, checks the device (and the teacher), runs the training loop on its own
 //! thread ([`crate::trainer`]) and prints its results on stdout; logs go to stderr.
@@ -7,11 +7,14 @@ use crate::cache::{CacheError, CacheKey, DEFAULT_SHARD_SAMPLES, LogitCache, data
 use crate::capture::CaptureError;
 use crate::client::TeacherInfo;
 use crate::client::{ClientError, ClientOptions};
-use crate::config::{CaptureConfig, DistillConfig, EvalConfig, EvalTarget, TrainConfig};
+use crate::config::{
+    CaptureConfig, DistillConfig, EvalConfig, EvalTarget, PlotConfig, TrainConfig,
+};
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
 use crate::eval::{self, Accuracy};
 use crate::monitoring::StudentMetrics;
+use crate::plot::PlotError;
 use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunStats, RunTargets};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
 use crate::schedule::{TeacherBatch, run_plan};
@@ -79,6 +82,9 @@ pub enum AppError {
     /// Capturing soft targets failed.
     #[error("{0}")]
     Capture(#[from] CaptureError),
+    /// A run directory could not be plotted, or the PNG not written.
+    #[error("{0}")]
+    Plot(#[from] PlotError),
     /// No teacher replica was reachable for `--teacher-wait`; a checkpoint was saved.
     #[error(
         "{cause}; checkpoint saved in {}: run the same command with --resume to carry on (with a teacher replica back)",
@@ -795,4 +801,24 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
         ))?;
     }
     Ok(())
+}
+
+/// `plot`: draws the training curves of the run directories into a PNG and prints its path.
+///
+/// # Errors
+/// [`AppError::Plot`] for a run directory that cannot be read (naming the file and what was
+/// expected) or an output that cannot be written; [`AppError::StdoutClosed`].
+pub fn plot(cfg: PlotConfig) -> Result<(), AppError> {
+    let runs = crate::plot::plot(&cfg.runs, &cfg.output, cfg.width, cfg.height)?;
+    let names: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} ({} epochs)", r.label(), r.epochs()))
+        .collect();
+    outln!(
+        "plot written to {} ({}x{} pixels): {}",
+        cfg.output.display(),
+        cfg.width,
+        cfg.height,
+        names.join(", ")
+    )
 }

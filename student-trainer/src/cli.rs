@@ -1,4 +1,4 @@
-//! Command line: `student-trainer train | distill | capture | eval`.
+//! Command line: `student-trainer train | distill | capture | eval | plot`.
 //!
 //! Every flag has an environment-variable equivalent (`STUDENT_…`); the names of the common flags
 //! (`--device`, `--arch`, `--data-dir`, `--epochs`, `--batch-size`, `--lr`, `--optimizer`,
@@ -57,6 +57,9 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Accuracy (overall and per class) of a checkpoint, or of a remote teacher, on the test split.
     Eval(EvalArgs),
+    /// Training curves of run directories as a PNG: loss, test accuracy and samples/s per epoch,
+    /// and the final test accuracy of each run (and of the teacher, from report.json).
+    Plot(PlotArgs),
 }
 
 /// Flags shared by `train` and `distill`.
@@ -305,4 +308,23 @@ pub struct EvalArgs {
     /// Seconds to wait for the teacher's connection before giving up.
     #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
     pub connect_timeout: f64,
+}
+
+/// `plot` flags.
+#[derive(Debug, Clone, Args)]
+pub struct PlotArgs {
+    /// Run directories (the --out of `train` or `distill`), each holding metrics.jsonl (one JSON
+    /// line per epoch) and, after `distill`, report.json. Several are overlaid, one colour each,
+    /// named by their directory: e.g. runs/baseline runs/distilled.
+    #[arg(value_name = "RUN_DIR", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The PNG file to write (replaced if it exists; its directory must exist).
+    #[arg(short, long, env = "STUDENT_PLOT_OUTPUT", default_value = "curves.png")]
+    pub output: PathBuf,
+    /// Image width in pixels.
+    #[arg(long, env = "STUDENT_PLOT_WIDTH", default_value_t = crate::plot::DEFAULT_WIDTH)]
+    pub width: u32,
+    /// Image height in pixels.
+    #[arg(long, env = "STUDENT_PLOT_HEIGHT", default_value_t = crate::plot::DEFAULT_HEIGHT)]
+    pub height: u32,
 }

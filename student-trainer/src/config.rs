@@ -3,7 +3,7 @@
 //! Validation here is pure (no file system, no network, no CUDA query), so it is unit-tested on
 //! any machine; the data directory, the teacher and the device are checked when a command starts.
 
-use crate::cli::{CaptureArgs, CommonArgs, DistillArgs, EvalArgs, TrainArgs};
+use crate::cli::{CaptureArgs, CommonArgs, DistillArgs, EvalArgs, PlotArgs, TrainArgs};
 use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::ensemble::EnsembleMode;
@@ -596,6 +596,54 @@ impl TryFrom<EvalArgs> for EvalConfig {
     }
 }
 
+/// Settings of `plot`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlotConfig {
+    /// The run directories, in legend order (at least one).
+    pub runs: Vec<PathBuf>,
+    /// The PNG file to write (ends in `.png`).
+    pub output: PathBuf,
+    /// Image width in pixels, in [[`crate::plot::MIN_SIDE`], [`crate::plot::MAX_SIDE`]].
+    pub width: u32,
+    /// Image height in pixels, in the same range.
+    pub height: u32,
+}
+
+impl TryFrom<PlotArgs> for PlotConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: PlotArgs) -> Result<Self, ConfigError> {
+        use crate::plot::{MAX_SIDE, MIN_SIDE};
+        if a.runs.is_empty() {
+            return Err(invalid("runs", "give at least one run directory"));
+        }
+        let is_png = a
+            .output
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        if !is_png {
+            return Err(invalid(
+                "output",
+                format!("{}: expected a .png file name", a.output.display()),
+            ));
+        }
+        for (flag, v) in [("width", a.width), ("height", a.height)] {
+            if !(MIN_SIDE..=MAX_SIDE).contains(&v) {
+                return Err(invalid(
+                    flag,
+                    format!("{v} pixels: expected {MIN_SIDE} to {MAX_SIDE}"),
+                ));
+            }
+        }
+        Ok(PlotConfig {
+            runs: a.runs,
+            output: a.output,
+            width: a.width,
+            height: a.height,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -915,5 +963,43 @@ mod tests {
         };
         let e = EvalConfig::try_from(a).unwrap_err().to_string();
         assert!(e.contains("dns://NAME:PORT"), "{e}");
+    }
+
+    fn plot(args: &[&str]) -> Result<PlotConfig, ConfigError> {
+        let mut v = vec!["plot"];
+        v.extend_from_slice(args);
+        match parse(&v) {
+            Command::Plot(a) => PlotConfig::try_from(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plot_takes_run_dirs_a_png_and_a_bounded_size() {
+        let c = plot(&["runs/baseline", "runs/distilled", "-o", "runs/report.png"]).unwrap();
+        assert_eq!(
+            c.runs,
+            [
+                PathBuf::from("runs/baseline"),
+                PathBuf::from("runs/distilled")
+            ]
+        );
+        assert_eq!(c.output, PathBuf::from("runs/report.png"));
+        assert_eq!(
+            (c.width, c.height),
+            (crate::plot::DEFAULT_WIDTH, crate::plot::DEFAULT_HEIGHT)
+        );
+        let c = plot(&[
+            "r", "--output", "x.PNG", "--width", "640", "--height", "480",
+        ])
+        .unwrap();
+        assert_eq!((c.width, c.height), (640, 480));
+        let e = plot(&["r", "-o", "curves.jpg"]).unwrap_err().to_string();
+        assert!(e.contains("--output") && e.contains(".png"), "{e}");
+        let e = plot(&["r", "--width", "10"]).unwrap_err().to_string();
+        assert!(e.contains("--width: 10 pixels"), "{e}");
+        let e = plot(&["r", "--height", "100000"]).unwrap_err().to_string();
+        assert!(e.contains("--height"), "{e}");
+        assert!(Cli::try_parse_from(["student-trainer", "plot"]).is_err());
     }
 }

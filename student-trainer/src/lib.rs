@@ -7,7 +7,7 @@
 //! that see gRPC types; [`ensemble`] mixes several teachers), and run the loop of [`trainer`] on
 //! its own thread over the batch [`schedule`]; [`loss`] and [`optim`] are the maths, [`eval`]
 //! (local, no network), [`teacher_eval`] (through the pool), [`metrics`], [`progress`] and
-//! [`report`] the outputs.
+//! [`report`] the outputs; [`plot`] draws the training curves of finished runs.
 
 pub mod app;
 pub mod cache;
@@ -25,6 +25,7 @@ pub mod loss;
 mod metrics;
 pub mod monitoring;
 pub mod optim;
+pub mod plot;
 pub mod pool;
 mod progress;
 mod report;

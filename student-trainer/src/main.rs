@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use student_trainer::cli::{Cli, Command, LogFormat};
-use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, TrainConfig};
+use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, PlotConfig, TrainConfig};
 use student_trainer::signals::{ShutdownSignals, StopSignal};
 use student_trainer::{AppError, Finished, app};
 use tracing_subscriber::EnvFilter;
@@ -105,6 +105,10 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
             Command::Capture(a) => app::capture(CaptureConfig::try_from(a)?, stop).await?,
             Command::Eval(a) => {
                 app::eval(EvalConfig::try_from(a)?).await?;
+                Finished::Done
+            }
+            Command::Plot(a) => {
+                app::plot(PlotConfig::try_from(a)?)?;
                 Finished::Done
             }
         })
