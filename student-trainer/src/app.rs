@@ -28,6 +28,9 @@ use tokio::sync::mpsc;
 /// Errors of a command, each with the one message the user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// A flag's file (TLS certificate, key, token file) cannot be used.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     /// The dataset could not be loaded.
     #[error("{0}")]
     Data(#[from] DataError),
@@ -280,6 +283,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
                 connect_timeout: cfg.connect_timeout,
                 keepalive_interval: std::time::Duration::from_secs(10),
                 keepalive_timeout: std::time::Duration::from_secs(10),
+                security: cfg.connection.load()?,
             },
             resolve_interval: cfg.resolve_interval,
             ..PoolOptions::default()
@@ -605,6 +609,7 @@ pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finish
         teacher_wait: cfg.teacher_wait,
         client: ClientOptions {
             connect_timeout: cfg.connect_timeout,
+            security: cfg.connection.load()?,
             ..ClientOptions::default()
         },
         ..PoolOptions::default()
@@ -721,6 +726,7 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
             let options = PoolOptions {
                 client: ClientOptions {
                     connect_timeout: cfg.connect_timeout,
+                    security: cfg.connection.load()?,
                     ..ClientOptions::default()
                 },
                 ..PoolOptions::default()

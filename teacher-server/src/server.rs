@@ -5,6 +5,7 @@ use crate::config::{Config, Precision};
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
 use crate::model::{self, TeacherModel};
+use crate::security::{self, Auth};
 use crate::service::{ServiceSettings, TeacherService};
 use distill_models::CpuInfo;
 use distill_proto::v1::teacher_server::TeacherServer;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tch::Device;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 /// Interval of HTTP/2 keepalive pings to idle clients.
@@ -101,9 +103,15 @@ where
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
-    let teacher = TeacherServer::new(service)
+    let mut teacher = TeacherServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    for encoding in security::ACCEPTED_COMPRESSIONS {
+        teacher = teacher.accept_compressed(encoding);
+    }
+    for &encoding in &config.send_compression {
+        teacher = teacher.send_compressed(encoding);
+    }
 
     tracing::info!(
         model = %info.name,
@@ -134,13 +142,15 @@ where
         }
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = tonic::transport::Server::builder()
+    // Tokens guard the teacher and reflection; health stays open to probes.
+    let auth = Auth::new(&config.auth_tokens);
+    let serve = server_builder(&config)?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(teacher)
+        .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+        .add_service(InterceptedService::new(teacher, auth))
         .serve_with_incoming_shutdown(incoming, signal);
 
     let grace = config.shutdown_grace;
@@ -184,6 +194,16 @@ fn precision_warning(device: Device, precision: Precision, cpu: &CpuInfo) -> Opt
         "--precision {precision}: {model} has none of {} (native {precision} matrix products), so the forward pass will likely be slower than with --precision f32",
         missing.join(", ")
     ))
+}
+
+/// The transport's builder: with `--tls-cert`, serving TLS (and mutual TLS with
+/// `--tls-client-ca`).
+fn server_builder(config: &Config) -> Result<tonic::transport::Server, Error> {
+    let builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => Ok(builder.tls_config(tls.server_config())?),
+        None => Ok(builder),
+    }
 }
 
 /// The reflection services' builder: this crate's contract and `grpc.health.v1`.
