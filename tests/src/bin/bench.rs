@@ -909,8 +909,11 @@ fn compression(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Resul
             payloads.push((
                 "images_u8",
                 format!(
-                    "request, {BATCH} u8 images 1×28×28 of {}",
-                    ctx.data.display()
+                    "request, {BATCH} u8 images 1×28×28 ({})",
+                    ctx.data.file_name().map_or_else(
+                        || ctx.data.display().to_string(),
+                        |n| n.to_string_lossy().into_owned()
+                    )
                 ),
                 req.encode_to_vec(),
             ));
