@@ -298,6 +298,9 @@ mod tests {
             ..ConnectionConfig::default()
         };
         let e = cfg.load().unwrap_err().to_string();
-        assert!(e.contains("--auth-token-file /nonexistent/token"), "{e}");
+        assert!(
+            e.contains("--auth-token-file") && e.contains("/nonexistent/token"),
+            "{e}"
+        );
     }
 }
