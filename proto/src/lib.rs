@@ -1,8 +1,9 @@
 //! The `distill.v1` wire contract: generated gRPC types for the `Teacher` service, and the codec
-//! between wire [`v1::Tensor`]s and `tch::Tensor`s.
+//! between wire [`v1::Tensor`]s and `tch::Tensor`s; the bearer tokens both sides share ([`auth`]).
 //!
 //! Generated code lives in `OUT_DIR`; this crate only re-exports it.
 
+pub mod auth;
 pub mod codec;
 
 /// Generated types of package `distill.v1` (see `proto/distill/v1/teacher.proto`).

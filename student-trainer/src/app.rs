@@ -33,6 +33,9 @@ use tokio::sync::mpsc;
 /// Errors of a command, each with the one message the user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// A flag's file (TLS certificate, key, token file) cannot be used.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     /// The dataset could not be loaded.
     #[error("{0}")]
     Data(#[from] DataError),
@@ -316,6 +319,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
                 connect_timeout: cfg.connect_timeout,
                 keepalive_interval: std::time::Duration::from_secs(10),
                 keepalive_timeout: std::time::Duration::from_secs(10),
+                security: cfg.connection.load()?,
             },
             resolve_interval: cfg.resolve_interval,
             metrics: metrics.clone(),
@@ -643,6 +647,7 @@ pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finish
         teacher_wait: cfg.teacher_wait,
         client: ClientOptions {
             connect_timeout: cfg.connect_timeout,
+            security: cfg.connection.load()?,
             ..ClientOptions::default()
         },
         ..PoolOptions::default()
@@ -759,6 +764,7 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
             let options = PoolOptions {
                 client: ClientOptions {
                     connect_timeout: cfg.connect_timeout,
+                    security: cfg.connection.load()?,
                     ..ClientOptions::default()
                 },
                 ..PoolOptions::default()

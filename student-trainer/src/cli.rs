@@ -223,6 +223,9 @@ pub struct DistillArgs {
     /// dataset differs from this run's is refused. Needs a single teacher (no --teacher-group).
     #[arg(long, env = "STUDENT_LOGIT_CACHE")]
     pub logit_cache: Option<PathBuf>,
+    /// TLS, bearer token and compression of the teacher connections.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// `capture` flags.
@@ -271,6 +274,9 @@ pub struct CaptureArgs {
     /// Seconds to wait for the teacher's connection before giving up.
     #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// TLS, bearer token and compression of the teacher connections.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// `eval` flags.
@@ -308,6 +314,73 @@ pub struct EvalArgs {
     /// Seconds to wait for the teacher's connection before giving up.
     #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// TLS, bearer token and compression of the teacher connections.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// How the teacher connections are secured and compressed: TLS, bearer token, compression.
+/// Shared by `distill`, `capture` and `eval --teacher`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectionArgs {
+    /// CA certificate(s) (PEM) that the teachers' certificates must chain to; turns on TLS
+    /// (`dns://` replicas are then reached over https). `https://` URLs without it use the
+    /// system's roots.
+    #[arg(long, env = "STUDENT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for teachers that require mutual TLS; needs --tls-key.
+    #[arg(long, env = "STUDENT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "STUDENT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the teachers' certificate is checked against, instead of each URL's host: the
+    /// service name for `dns://` replicas (whose pod addresses are not in the certificate).
+    #[arg(long, env = "STUDENT_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// File holding the bearer token sent to the teachers (`authorization: Bearer TOKEN`; one
+    /// line). The token can also come from the STUDENT_AUTH_TOKEN environment variable.
+    #[arg(long, env = "STUDENT_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
+    /// The bearer token itself. Prefer the environment variable or --auth-token-file: a value
+    /// on the command line is visible to other users (`ps`).
+    #[arg(long, env = "STUDENT_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<TokenArg>,
+    /// Compression of the requests sent to the teachers (and asked for the answers): none, gzip
+    /// or zstd.
+    #[arg(long, env = "STUDENT_COMPRESSION", value_enum, ignore_case = true, default_value_t = Compression::None)]
+    pub compression: Compression,
+}
+
+/// `--compression`: how messages to and from the teachers are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Compression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip (any gRPC implementation understands it).
+    Gzip,
+    /// zstd (faster than gzip at a similar ratio; tonic servers).
+    Zstd,
+}
+
+/// The raw value of `--auth-token` / `STUDENT_AUTH_TOKEN`: any string (so that clap never quotes
+/// it in a parse error), with a redacting `Debug`; [`crate::config`] checks it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TokenArg(pub String);
+
+impl std::fmt::Debug for TokenArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenArg(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for TokenArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(TokenArg(s.to_string()))
+    }
 }
 
 /// `plot` flags.

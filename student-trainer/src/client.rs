@@ -4,6 +4,8 @@
 //! Streaming batches over those streams, with failover, is [`crate::pool`]'s job; turning wire
 //! messages into tensors is [`crate::wire`]'s.
 
+use crate::security::ClientSecurity;
+use distill_proto::auth;
 use distill_proto::codec;
 use distill_proto::v1::{
     self, GetModelInfoRequest, LogitsRequest, LogitsResponse, teacher_client::TeacherClient as Grpc,
@@ -11,7 +13,8 @@ use distill_proto::v1::{
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The gRPC service name the teacher's health service reports on.
 pub(crate) const TEACHER_SERVICE: &str = "distill.v1.Teacher";
@@ -48,6 +51,22 @@ pub enum ClientError {
         /// The gRPC status code.
         code: tonic::Code,
         /// The status message.
+        message: String,
+    },
+    /// The teacher refused our credentials (`UNAUTHENTICATED` or `PERMISSION_DENIED`): the
+    /// replica counts as refused, not as a transient failure.
+    #[error(
+        "teacher at {url} refused the credentials: {rpc}: {}: {message}: check --auth-token-file / STUDENT_AUTH_TOKEN against the teacher's --auth-token-file",
+        code_name(*code)
+    )]
+    Refused {
+        /// The teacher's URL.
+        url: String,
+        /// Which RPC.
+        rpc: &'static str,
+        /// `Unauthenticated` or `PermissionDenied`.
+        code: tonic::Code,
+        /// The teacher's message.
         message: String,
     },
     /// The teacher does not fit the data or the student.
@@ -288,6 +307,8 @@ pub struct ClientOptions {
     pub keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered before the connection is dropped.
     pub keepalive_timeout: Duration,
+    /// TLS, bearer token and compression (default: plain text, none, none).
+    pub security: ClientSecurity,
 }
 
 impl Default for ClientOptions {
@@ -296,6 +317,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(20),
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -307,6 +329,21 @@ pub(crate) struct TeacherClient {
     channel: Channel,
     grpc: Grpc<Channel>,
     info: TeacherInfo,
+    security: ClientSecurity,
+}
+
+/// `message` as a request carrying `authorization: Bearer TOKEN` when there is a token (the
+/// metadata value is marked sensitive: HTTP/2 never indexes it).
+fn authorize<T>(security: &ClientSecurity, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(token) = &security.token {
+        // Tokens are visible ASCII (checked when read), so this always parses.
+        if let Ok(mut value) = token.bearer().parse::<MetadataValue<Ascii>>() {
+            value.set_sensitive(true);
+            req.metadata_mut().insert(auth::AUTHORIZATION, value);
+        }
+    }
+    req
 }
 
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
@@ -334,27 +371,46 @@ impl TeacherClient {
         options: &ClientOptions,
     ) -> Result<TeacherClient, ClientError> {
         let started = tokio::time::Instant::now();
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::Url {
-                url: url.to_string(),
-                reason: error_chain(&e),
-            })?
+        let bad_url = |reason: String| ClientError::Url {
+            url: url.to_string(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| bad_url(error_chain(&e)))?
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable {
+        let security = &options.security;
+        if url.starts_with("https://") {
+            let tls = security
+                .tls
+                .clone()
+                .unwrap_or_else(|| ClientTlsConfig::new().with_native_roots());
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| bad_url(error_chain(&e)))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            let reason = error_chain(&e);
+            let hint = if reason.contains("certificate") || reason.contains("Certificate") {
+                " (TLS: check --tls-ca, --tls-server-name, and --tls-cert/--tls-key for mutual TLS)"
+            } else {
+                ""
+            };
+            ClientError::Unreachable {
                 url: url.to_string(),
-                reason: error_chain(&e),
-            })?;
+                reason: format!("{reason}{hint}"),
+            }
+        })?;
         let mut grpc = Grpc::new(channel.clone())
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
-        let info: TeacherInfo = model_info_when_ready(&mut grpc, url, started, options)
+        if let Some(c) = security.compression {
+            grpc = grpc.send_compressed(c).accept_compressed(c);
+        }
+        let info: TeacherInfo = model_info_when_ready(&mut grpc, url, started, options, security)
             .await?
             .into();
         if info.max_message_bytes as usize > DEFAULT_MAX_MESSAGE_BYTES {
@@ -368,6 +424,7 @@ impl TeacherClient {
             channel,
             grpc,
             info,
+            security: security.clone(),
         })
     }
 
@@ -403,7 +460,7 @@ impl TeacherClient {
     ) -> Result<tonic::Streaming<LogitsResponse>, ClientError> {
         let mut grpc = self.grpc.clone();
         Ok(grpc
-            .stream_logits(ReceiverStream::new(requests))
+            .stream_logits(authorize(&self.security, ReceiverStream::new(requests)))
             .await
             .map_err(|s| rpc_error(&self.url, "StreamLogits", s))?
             .into_inner())
@@ -433,11 +490,15 @@ async fn model_info_when_ready(
     url: &str,
     started: tokio::time::Instant,
     options: &ClientOptions,
+    security: &ClientSecurity,
 ) -> Result<v1::ModelInfo, ClientError> {
     let deadline = started + options.connect_timeout;
     let mut logged = false;
     loop {
-        let status = match grpc.get_model_info(GetModelInfoRequest {}).await {
+        let status = match grpc
+            .get_model_info(authorize(security, GetModelInfoRequest {}))
+            .await
+        {
             Ok(r) => return Ok(r.into_inner()),
             Err(status) => status,
         };
@@ -468,7 +529,39 @@ async fn model_info_when_ready(
 /// gRPC metadata key of the server's retry hint, in milliseconds (gRPC A6 "pushback").
 const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
+/// The gRPC spelling of the codes an auth refusal carries (`UNAUTHENTICATED`, ...).
+fn code_name(code: tonic::Code) -> String {
+    match code {
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED".into(),
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl ClientError {
+    /// Whether the teacher refused our credentials ([`ClientError::Refused`]).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Refused { .. })
+    }
+}
+
+/// Whether a status refuses our credentials.
+pub(crate) fn is_auth_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
 pub(crate) fn rpc_error(url: &str, rpc: &'static str, s: tonic::Status) -> ClientError {
+    if is_auth_refusal(s.code()) {
+        return ClientError::Refused {
+            url: url.to_string(),
+            rpc,
+            code: s.code(),
+            message: s.message().to_string(),
+        };
+    }
     if s.code() == tonic::Code::Unavailable {
         return ClientError::Unreachable {
             url: url.to_string(),

@@ -9,6 +9,7 @@ use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::ensemble::EnsembleMode;
 use crate::loss::{DistillLoss, LossKind};
 use crate::optim::OptimizerConfig;
+use crate::security::ConnectionConfig;
 use crate::wire::TargetRequest;
 use distill_models::Arch;
 use std::fmt;
@@ -151,6 +152,8 @@ pub struct DistillConfig {
     pub connect_timeout: Duration,
     /// The logit cache directory (`--logit-cache`).
     pub logit_cache: Option<PathBuf>,
+    /// TLS, bearer token and compression of the teacher connections.
+    pub connection: ConnectionConfig,
 }
 
 /// Settings of `capture`.
@@ -178,6 +181,8 @@ pub struct CaptureConfig {
     pub teacher_wait: Duration,
     /// How long to wait for the teacher's connection.
     pub connect_timeout: Duration,
+    /// TLS, bearer token and compression of the teacher connections.
+    pub connection: ConnectionConfig,
 }
 
 impl DistillConfig {
@@ -217,6 +222,8 @@ pub struct EvalConfig {
     pub threads: Option<usize>,
     /// How long to wait for the teacher's connection.
     pub connect_timeout: Duration,
+    /// TLS, bearer token and compression of the teacher connections.
+    pub connection: ConnectionConfig,
 }
 
 /// Adds `http://` to a bare `host:port` and checks the result looks like a URL.
@@ -332,6 +339,13 @@ pub fn teacher_groups(
         return Err(invalid("group-weight", "the weights sum to 0"));
     }
     Ok(out)
+}
+
+/// Every replica URL of `groups`.
+fn group_urls(groups: &[GroupSpec]) -> impl Iterator<Item = &str> {
+    groups
+        .iter()
+        .flat_map(|g| g.urls.iter().map(String::as_str))
 }
 
 fn timeout(flag: &'static str, seconds: f64) -> Result<Duration, ConfigError> {
@@ -502,7 +516,6 @@ impl TryFrom<DistillArgs> for DistillConfig {
         }
         Ok(DistillConfig {
             train,
-            groups,
             batch_timeout: timeout("batch-timeout", a.batch_timeout)?,
             teacher_wait: timeout("teacher-wait", a.teacher_wait)?,
             batch_ledger: a.batch_ledger,
@@ -524,6 +537,8 @@ impl TryFrom<DistillArgs> for DistillConfig {
             baseline: a.baseline,
             connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
             logit_cache: a.logit_cache,
+            connection: ConnectionConfig::from_args(a.connection, group_urls(&groups))?,
+            groups,
         })
     }
 }
@@ -547,8 +562,10 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
                 return Err(invalid(flag, "must be at least 1"));
             }
         }
+        let groups = teacher_groups(&a.teacher, &[], &[])?;
         Ok(CaptureConfig {
-            groups: teacher_groups(&a.teacher, &[], &[])?,
+            connection: ConnectionConfig::from_args(a.connection, group_urls(&groups))?,
+            groups,
             data_dir: a.data_dir,
             limit: a.limit,
             out: a.out,
@@ -584,7 +601,14 @@ impl TryFrom<EvalArgs> for EvalConfig {
         if a.batch_size == 0 {
             return Err(invalid("batch-size", "must be at least 1"));
         }
+        let connection = match &target {
+            EvalTarget::Teachers(groups) => {
+                ConnectionConfig::from_args(a.connection, group_urls(groups))?
+            }
+            EvalTarget::Checkpoint(_) => ConnectionConfig::default(),
+        };
         Ok(EvalConfig {
+            connection,
             target,
             data_dir: a.data_dir,
             device: a.device.parse()?,

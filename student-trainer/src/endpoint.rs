@@ -27,9 +27,12 @@ pub(crate) fn parse_dns_url(url: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port.parse().ok()?))
 }
 
-/// The replica URL of one resolved address: `http://IP:PORT` (`http://[IPv6]:PORT`).
-pub(crate) fn address_url(addr: &SocketAddr) -> String {
-    format!("http://{addr}")
+/// The replica URL of one resolved address: `http://IP:PORT` (`http://[IPv6]:PORT`), or
+/// `https://` when the connections use TLS (the certificate is then checked against
+/// `--tls-server-name`, as the pods' addresses are not in it).
+pub(crate) fn address_url(addr: &SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 #[cfg(test)]
@@ -50,6 +53,7 @@ mod tests {
             assert_eq!(parse_dns_url(bad), None, "{bad}");
         }
         let v6: SocketAddr = "[::1]:7".parse().unwrap();
-        assert_eq!(address_url(&v6), "http://[::1]:7");
+        assert_eq!(address_url(&v6, false), "http://[::1]:7");
+        assert_eq!(address_url(&v6, true), "https://[::1]:7");
     }
 }

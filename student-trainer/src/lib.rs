@@ -30,6 +30,7 @@ pub mod pool;
 mod progress;
 mod report;
 pub mod schedule;
+pub mod security;
 pub mod signals;
 pub mod targets;
 mod teacher_eval;

@@ -6,15 +6,18 @@
 //! TorchScript sidecar `FILE.json`, or a checkpoint's `checkpoint.json`.
 
 use crate::error::Error;
+use crate::security::{self, TlsSettings};
 pub use distill_models::device::DeviceChoice;
 use distill_models::device::DeviceError;
 use distill_models::{Arch, Checkpoint};
+use distill_proto::auth::Token;
 use distill_proto::codec;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tch::Kind;
+use tonic::codec::CompressionEncoding;
 
 /// tonic's default message limit (4 MiB): the floor of the computed `--max-message-bytes`.
 pub const MIN_DEFAULT_MESSAGE_BYTES: usize = 4 << 20;
@@ -110,6 +113,39 @@ pub struct Args {
     /// slower than f32, and the server warns at start.
     #[arg(long, env = "TEACHER_PRECISION", value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+
+    /// TLS certificate chain (PEM, leaf first) to serve with; needs --tls-key. Without it the
+    /// server speaks plain text (and warns when listening beyond loopback).
+    #[arg(long, env = "TEACHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert; checked against the certificate at start.
+    #[arg(long, env = "TEACHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) that clients must present a certificate from: turns on mutual
+    /// TLS (clients without such a certificate are refused at the handshake). Needs --tls-cert.
+    #[arg(long, env = "TEACHER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens, one per line (blank lines and `#` comments skipped): calls to
+    /// distill.v1.Teacher and reflection must carry `authorization: Bearer TOKEN` with one of
+    /// them, or get UNAUTHENTICATED. Health stays open. Several lines allow rotation.
+    #[arg(long, env = "TEACHER_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Compressions the server may answer with, comma-separated (gzip, deflate, zstd, or none),
+    /// used when a client lists one in `grpc-accept-encoding`. Requests compressed with any of
+    /// gzip, deflate and zstd are always accepted. Default zstd only: Python grpcio lists
+    /// deflate and gzip on every call, compression or not, so enabling them compresses every
+    /// grpcio client's logits (server CPU for little gain on floats).
+    #[arg(
+        long,
+        env = "TEACHER_SEND_COMPRESSION",
+        value_delimiter = ',',
+        default_value = "zstd"
+    )]
+    pub send_compression: Vec<String>,
 }
 
 /// Precision of the teacher's forward pass (`--precision`).
@@ -257,6 +293,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Precision of the forward pass.
     pub precision: Precision,
+    /// TLS material (`--tls-cert`, `--tls-key`, `--tls-client-ca`), read and checked; `None`:
+    /// plain text.
+    pub tls: Option<TlsSettings>,
+    /// Accepted bearer tokens (`--auth-token-file`); empty: no token check.
+    pub auth_tokens: Vec<Token>,
+    /// Compressions responses may use (`--send-compression`).
+    pub send_compression: Vec<CompressionEncoding>,
 }
 
 /// Sidecar `FILE.json` next to a TorchScript file.
@@ -458,6 +501,35 @@ impl TryFrom<Args> for Config {
             Some(n) => n,
             None => needed.saturating_mul(2).max(MIN_DEFAULT_MESSAGE_BYTES),
         };
+        let tls = match (&a.tls_cert, &a.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsSettings::load(cert, key, a.tls_client_ca.as_deref())?)
+            }
+            (None, None) if a.tls_client_ca.is_some() => {
+                return Err(Error::Config(
+                    "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key".into(),
+                ));
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "--tls-cert and --tls-key: expected both or neither, got one".into(),
+                ));
+            }
+        };
+        let auth_tokens = match &a.auth_token_file {
+            Some(path) => security::load_tokens(path)?,
+            None => Vec::new(),
+        };
+        let mut send_compression = Vec::new();
+        for item in &a.send_compression {
+            if let Some(c) = security::parse_compression(item)
+                .map_err(|e| Error::Config(format!("--send-compression: {e}")))?
+                && !send_compression.contains(&c)
+            {
+                send_compression.push(c);
+            }
+        }
         Ok(Config {
             source,
             spec,
@@ -482,6 +554,9 @@ impl TryFrom<Args> for Config {
             threads: a.threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
             precision: a.precision,
+            tls,
+            auth_tokens,
+            send_compression,
         })
     }
 }

@@ -12,6 +12,7 @@ mod engine;
 pub mod error;
 mod metrics;
 pub mod model;
+pub mod security;
 mod server;
 mod service;
 mod validate;
@@ -54,6 +55,9 @@ where
         LogFormat::Json => logs.json().try_init(),
     };
     let config = Config::try_from(args)?;
+    if let Some(warning) = plain_text_warning(&config) {
+        tracing::warn!("{warning}");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
@@ -66,6 +70,24 @@ where
     })?;
     announce(addr);
     server::run_with(config, listener, shutdown, wrap).await
+}
+
+/// The start-up warning for plain text beyond loopback: anyone on the network can read the
+/// inputs and logits (and any bearer token). `None` with TLS or on a loopback address.
+fn plain_text_warning(config: &Config) -> Option<String> {
+    if config.tls.is_some() || config.listen.ip().is_loopback() {
+        return None;
+    }
+    let tokens = if config.auth_tokens.is_empty() {
+        ""
+    } else {
+        ", bearer tokens included"
+    };
+    Some(format!(
+        "listening on {} without TLS: requests and logits travel in plain text{tokens}; \
+         give --tls-cert and --tls-key to encrypt",
+        config.listen
+    ))
 }
 
 /// Prints `listening on ADDR` on stdout, at bind, before the model is loaded (scripts and tests

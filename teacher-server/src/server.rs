@@ -6,6 +6,7 @@ use crate::engine::{Engine, EngineSettings};
 use crate::error::Error;
 use crate::metrics::{Phase, ServerMetrics};
 use crate::model::{self, TeacherModel};
+use crate::security::{self, Auth};
 use crate::service::{ServiceSettings, ServingModel, TeacherService};
 use distill_models::CpuInfo;
 use distill_proto::v1::teacher_server::TeacherServer;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tch::Device;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 /// Interval of HTTP/2 keepalive pings to idle clients.
@@ -119,9 +121,15 @@ where
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
-    let teacher = TeacherServer::new(service.clone())
+    let mut teacher = TeacherServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    for encoding in security::ACCEPTED_COMPRESSIONS {
+        teacher = teacher.accept_compressed(encoding);
+    }
+    for &encoding in &config.send_compression {
+        teacher = teacher.send_compressed(encoding);
+    }
 
     // Serving starts now; `stop` ends it (on the shutdown signal, or when the load fails).
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -142,14 +150,16 @@ where
         }
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Tokens guard the teacher and reflection; health stays open to probes.
+    let auth = Auth::new(&config.auth_tokens);
     let serve = tokio::spawn(
-        tonic::transport::Server::builder()
+        server_builder(&config)?
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(teacher)
+            .add_service(InterceptedService::new(reflection_v1, auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, auth.clone()))
+            .add_service(InterceptedService::new(teacher, auth))
             .serve_with_incoming_shutdown(incoming, signal),
     );
     tracing::info!(%addr, model = ?config.source, "loading the model (not serving until it is loaded and warmed up)");
@@ -286,6 +296,16 @@ fn precision_warning(device: Device, precision: Precision, cpu: &CpuInfo) -> Opt
         "--precision {precision}: {model} has none of {} (native {precision} matrix products), so the forward pass will likely be slower than with --precision f32",
         missing.join(", ")
     ))
+}
+
+/// The transport's builder: with `--tls-cert`, serving TLS (and mutual TLS with
+/// `--tls-client-ca`).
+fn server_builder(config: &Config) -> Result<tonic::transport::Server, Error> {
+    let builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => Ok(builder.tls_config(tls.server_config())?),
+        None => Ok(builder),
+    }
 }
 
 /// The reflection services' builder: this crate's contract and `grpc.health.v1`.

@@ -32,6 +32,11 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--log-format", "TEACHER_LOG_FORMAT"),
         ("--threads", "TEACHER_THREADS"),
         ("--shutdown-grace-s", "TEACHER_SHUTDOWN_GRACE_S"),
+        ("--tls-cert", "TEACHER_TLS_CERT"),
+        ("--tls-key", "TEACHER_TLS_KEY"),
+        ("--tls-client-ca", "TEACHER_TLS_CLIENT_CA"),
+        ("--auth-token-file", "TEACHER_AUTH_TOKEN_FILE"),
+        ("--send-compression", "TEACHER_SEND_COMPRESSION"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");

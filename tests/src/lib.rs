@@ -31,7 +31,7 @@ use tch::{Device, Tensor, nn};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub use distill_proto::v1;
 /// The generated `Teacher` client.
@@ -409,6 +409,8 @@ pub struct Server {
     /// Its stdout (after the first line) and stderr.
     pub logs: Logs,
     name: String,
+    /// The client TLS settings it is reached with (`None`: plain text).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Server {
@@ -468,12 +470,30 @@ impl Server {
             addr,
             logs,
             name,
+            tls: None,
         }
     }
 
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT`, or `https://HOST:PORT` for a server reached over TLS (see
+    /// [`Server::use_tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Reaches the server over TLS with `tls` from now on ([`Server::url`], [`Server::channel`],
+    /// [`Server::wait_healthy`]).
+    pub fn use_tls(&mut self, tls: ClientTlsConfig) {
+        self.tls = Some(tls);
+    }
+
+    /// An endpoint for [`Server::url`], with the TLS settings if any.
+    fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(self.url())?;
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()),
+            None => Ok(endpoint),
+        }
     }
 
     /// Its process id.
@@ -483,7 +503,7 @@ impl Server {
 
     /// A fresh connection (each call opens its own HTTP/2 connection).
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
+        self.endpoint()
             .expect("valid url")
             .connect_timeout(Duration::from_secs(5))
             .connect()
@@ -535,7 +555,8 @@ impl Server {
                 );
             }
             let attempt = async {
-                let channel = Endpoint::from_shared(self.url())
+                let channel = self
+                    .endpoint()
                     .map_err(|e| e.to_string())?
                     .connect()
                     .await
@@ -618,6 +639,25 @@ impl TeacherProcess {
         model: &Path,
         extra: &[S],
     ) -> TeacherProcess {
+        Self::start_reached(name, model, extra, None).await
+    }
+
+    /// [`TeacherProcess::start`] for a server with `--tls-cert` etc. in `extra`, reached (health
+    /// check included) over TLS with `tls`.
+    pub async fn start_tls<S: AsRef<OsStr>>(
+        model: &Path,
+        extra: &[S],
+        tls: ClientTlsConfig,
+    ) -> TeacherProcess {
+        Self::start_reached("teacher-server", model, extra, Some(tls)).await
+    }
+
+    async fn start_reached<S: AsRef<OsStr>>(
+        name: &str,
+        model: &Path,
+        extra: &[S],
+        tls: Option<ClientTlsConfig>,
+    ) -> TeacherProcess {
         let mut args: Vec<&OsStr> = vec![
             OsStr::new("--model"),
             model.as_os_str(),
@@ -628,6 +668,7 @@ impl TeacherProcess {
         ];
         args.extend(extra.iter().map(AsRef::as_ref));
         let mut server = Server::spawn(&binary(name), args).await;
+        server.tls = tls;
         server.wait_healthy(TEACHER_SERVICE).await;
         TeacherProcess { server }
     }

@@ -73,8 +73,18 @@ pub async fn student<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
 
 /// [`student`] with the log filter `RUST_LOG=filter` (e.g. `info`).
 pub async fn student_logging<S: AsRef<std::ffi::OsStr>>(args: &[S], filter: &str) -> Run {
+    student_env(args, filter, &[]).await
+}
+
+/// [`student_logging`] with extra environment variables (e.g. `STUDENT_AUTH_TOKEN`).
+pub async fn student_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    filter: &str,
+    env: &[(&str, &str)],
+) -> Run {
     let out: Output = tokio::process::Command::new(student_trainer_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("STUDENT_DEVICE", "cpu")
         .env("STUDENT_THREADS", "1")
         .env("RUST_LOG", filter)

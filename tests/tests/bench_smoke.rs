@@ -74,6 +74,13 @@ fn quick_bench_writes_every_row() {
             }
         }
     }
+    for payload in ["images_u8", "logits_f32"] {
+        want.push(format!("compression_{payload}_none"));
+        for c in ["gzip", "deflate", "zstd"] {
+            want.push(format!("compression_{payload}_{c}"));
+            want.push(format!("compression_{payload}_{c}_rate"));
+        }
+    }
     assert_eq!(ids, want, "rows in order");
     let row = |id: &str| -> &serde_json::Value {
         json["rows"]
@@ -96,7 +103,7 @@ fn quick_bench_writes_every_row() {
             Some(1),
             "--quick: one round"
         );
-        if !id.starts_with("wire_") {
+        if !id.starts_with("wire_") && !id.starts_with("compression_") {
             assert!(stdout.contains(&format!("`{id}`")), "{stdout}");
         }
     }
@@ -147,4 +154,19 @@ fn quick_bench_writes_every_row() {
     );
     assert_eq!(cpu["native_bf16"], this.native_bf16());
     assert!(stdout.contains("| ratio |"), "{stdout}");
+    // Row 6: u8 images compress (the synthetic images' background is low noise), f32 logits
+    // hardly do; every compression shows in its table.
+    assert!(
+        stdout.contains("| gRPC compression (batch 128) |"),
+        "{stdout}"
+    );
+    let bytes = |id: &str| row(id)["median"].as_f64().unwrap();
+    assert!(
+        bytes("compression_images_u8_zstd") < bytes("compression_images_u8_none"),
+        "{stdout}"
+    );
+    assert!(
+        bytes("compression_logits_f32_gzip") > 0.5 * bytes("compression_logits_f32_none"),
+        "{stdout}"
+    );
 }

@@ -28,6 +28,9 @@
 //!   `GetModelInfo` must match it ([`crate::client::inconsistency`]), or it is refused with a log
 //!   line naming both fingerprints. URLs that reach the same server process (same non-empty
 //!   `instance_id`) count as one replica.
+//! - Credentials: a replica that answers `UNAUTHENTICATED` or `PERMISSION_DENIED` is refused
+//!   like an inconsistent one (an error log line naming the token flags), not counted as a
+//!   transient failure; a group none of whose replicas accepts the token fails at connect.
 //! - Recovery: a failed or refused replica is retried with exponential backoff and jitter; it
 //!   rejoins after its health check reports `SERVING` and its fingerprint matches.
 //! - Outage: while some group has work and no replica up, the pool waits, logging every
@@ -355,7 +358,9 @@ impl Pool {
                             reason: format!("resolving {host}: {e}"),
                         }
                     })?;
-                    let mut addrs: Vec<String> = addrs.iter().map(address_url).collect();
+                    let tls = self.options.client.security.tls();
+                    let mut addrs: Vec<String> =
+                        addrs.iter().map(|a| address_url(a, tls)).collect();
                     addrs.sort();
                     addrs.dedup();
                     tracing::info!(%url, addresses = ?addrs, "resolved");
@@ -401,7 +406,16 @@ impl Pool {
             .find_map(|r| r.as_ref().ok())
             .map(|c| (c.url().to_string(), c.info().clone()));
         let Some((ref_url, reference)) = reference else {
-            let first = results.into_iter().flatten().find_map(Result::err);
+            // A refusal of our credentials explains more than an unreachable replica.
+            let mut errors: Vec<ClientError> = results
+                .into_iter()
+                .flatten()
+                .filter_map(Result::err)
+                .collect();
+            let first = match errors.iter().position(ClientError::is_refusal) {
+                Some(i) => Some(errors.swap_remove(i)),
+                None => errors.into_iter().next(),
+            };
             return Err(first
                 .unwrap_or_else(|| ClientError::Unreachable {
                     url: spec.urls.join(","),
@@ -449,6 +463,10 @@ impl Pool {
                             self.sched.fail(r, now);
                         }
                     }
+                }
+                Some(Err(e)) if e.is_refusal() => {
+                    tracing::error!(group = %spec.name, %url, "teacher replica refused: {e}");
+                    self.sched.fail(r, now);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(group = %spec.name, %url, error = %e, "teacher replica unreachable; retrying in the background");
@@ -1087,7 +1105,8 @@ impl Pool {
                 return;
             }
         };
-        let current: Vec<String> = addrs.iter().map(address_url).collect();
+        let tls = self.options.client.security.tls();
+        let current: Vec<String> = addrs.iter().map(|a| address_url(a, tls)).collect();
         for url in &current {
             let known = self.sched.replicas_of(g).iter().any(|&r| {
                 self.replicas[r].url == *url

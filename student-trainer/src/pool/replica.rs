@@ -2,7 +2,9 @@
 //! health check, consistency check, open the `StreamLogits` stream, then forward every response
 //! to the pool's loop as an [`Event`].
 
-use crate::client::{ClientOptions, TeacherClient, TeacherInfo, inconsistency};
+use crate::client::{
+    ClientOptions, TeacherClient, TeacherInfo, inconsistency, is_auth_refusal, rpc_error,
+};
 use distill_proto::v1::{LogitsRequest, LogitsResponse};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -25,7 +27,7 @@ pub(crate) enum Event {
         replica: usize,
         generation: u64,
         reason: String,
-        /// Refused by the consistency check (logged as an error).
+        /// Refused by the consistency check or for its credentials (logged as an error).
         refused: bool,
     },
     /// One response, with its arrival time.
@@ -80,7 +82,8 @@ impl ReplicaTask {
         let mut stream = match client.open_stream(rx).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = self.events.send(failed(e.to_string(), false)).await;
+                let refused = e.is_refusal();
+                let _ = self.events.send(failed(e.to_string(), refused)).await;
                 return;
             }
         };
@@ -93,6 +96,7 @@ impl ReplicaTask {
         if self.events.send(up).await.is_err() {
             return;
         }
+        let mut refused = false;
         let reason = loop {
             match stream.message().await {
                 Ok(Some(msg)) => {
@@ -107,15 +111,19 @@ impl ReplicaTask {
                     }
                 }
                 Ok(None) => break "the teacher ended the stream".to_string(),
+                Err(s) if is_auth_refusal(s.code()) => {
+                    refused = true;
+                    break rpc_error(client.url(), "StreamLogits", s).to_string();
+                }
                 Err(s) => break format!("stream broke: {:?}: {}", s.code(), s.message()),
             }
         };
-        let _ = self.events.send(failed(reason, false)).await;
+        let _ = self.events.send(failed(reason, refused)).await;
     }
 }
 
 /// Connects to `url`, checks its health and its consistency with `reference`. The error is the
-/// reason and whether it is a refusal (inconsistent replica).
+/// reason and whether it is a refusal (inconsistent replica, or credentials refused).
 async fn connect_checked(
     url: &str,
     options: &ClientOptions,
@@ -123,7 +131,7 @@ async fn connect_checked(
 ) -> Result<TeacherClient, (String, bool)> {
     let c = TeacherClient::connect(url, options)
         .await
-        .map_err(|e| (e.to_string(), false))?;
+        .map_err(|e| (e.to_string(), e.is_refusal()))?;
     match c.serving().await {
         Ok(true) => {}
         Ok(false) => return Err(("health check: not serving".into(), false)),

@@ -33,6 +33,12 @@
 //! 5. `cache`: `distill --logit-cache DIR --epochs 3` (row 3's setup): epoch 1 online, epochs
 //!    2-3 from the cache (samples/s from `metrics.jsonl`), and the cache's bytes per sample.
 //!
+//! 6. `compression`: what each gRPC compression (gzip and deflate at level 6 and zstd at its
+//!    default level, as tonic compresses) does to a message of 128 u8 Fashion-MNIST images (a
+//!    `LogitsRequest`) and of 128 dense f32 logits rows (a `LogitsResponse`, row 4's 10-class
+//!    logits): bytes per sample on the wire, and samples/s through compression and
+//!    decompression on one thread. In-process, no server.
+//!
 //! It prints markdown tables (rows, the wire sizes, then the ratios the issue sets targets for,
 //! each with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
 //! model name, flags and core count.
@@ -822,6 +828,162 @@ fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
+/// The first `n` training images of the IDX dataset in `dir` (`train-images-idx3-ubyte`, raw
+/// or `.gz`), as `u8 [n, 1, 28, 28]`.
+fn idx_images(dir: &Path, n: usize) -> Result<Tensor, String> {
+    use std::io::Read;
+    let raw = dir.join("train-images-idx3-ubyte");
+    let gz = dir.join("train-images-idx3-ubyte.gz");
+    let mut bytes = Vec::new();
+    if raw.is_file() {
+        bytes = std::fs::read(&raw).map_err(|e| format!("{}: {e}", raw.display()))?;
+    } else {
+        flate2::read::GzDecoder::new(
+            std::fs::File::open(&gz).map_err(|e| format!("{}: {e}", gz.display()))?,
+        )
+        .take((16 + n * 784) as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", gz.display()))?;
+    }
+    let pixels = bytes
+        .get(16..16 + n * 784)
+        .ok_or_else(|| format!("{}: fewer than {n} images", dir.display()))?;
+    Ok(Tensor::from_slice(pixels).view([n as i64, 1, 28, 28]))
+}
+
+/// The compressions of row 6, as tonic applies them.
+const COMPRESSIONS: [&str; 4] = ["none", "gzip", "deflate", "zstd"];
+
+/// `bytes` compressed with `name` (see [`COMPRESSIONS`]), and decompressed again (checked).
+fn round_trip(name: &str, bytes: &[u8]) -> Result<usize, String> {
+    use std::io::Read;
+    let err = |e: std::io::Error| format!("{name}: {e}");
+    let level = flate2::Compression::new(6);
+    let (packed, unpacked) = match name {
+        "none" => return Ok(bytes.len()),
+        "gzip" => {
+            let mut z = Vec::new();
+            flate2::read::GzEncoder::new(bytes, level)
+                .read_to_end(&mut z)
+                .map_err(err)?;
+            let mut back = Vec::with_capacity(bytes.len());
+            flate2::read::GzDecoder::new(z.as_slice())
+                .read_to_end(&mut back)
+                .map_err(err)?;
+            (z.len(), back)
+        }
+        "deflate" => {
+            let mut z = Vec::new();
+            flate2::read::ZlibEncoder::new(bytes, level)
+                .read_to_end(&mut z)
+                .map_err(err)?;
+            let mut back = Vec::with_capacity(bytes.len());
+            flate2::read::ZlibDecoder::new(z.as_slice())
+                .read_to_end(&mut back)
+                .map_err(err)?;
+            (z.len(), back)
+        }
+        "zstd" => {
+            let z = zstd::encode_all(bytes, zstd::DEFAULT_COMPRESSION_LEVEL).map_err(err)?;
+            let back = zstd::decode_all(z.as_slice()).map_err(err)?;
+            (z.len(), back)
+        }
+        other => return Err(format!("unknown compression {other}")),
+    };
+    if unpacked != bytes {
+        return Err(format!("{name}: the round trip changed the message"));
+    }
+    Ok(packed)
+}
+
+/// Row 6: bytes per sample and samples/s (compress + decompress, one thread) of each
+/// compression, for a request of 128 u8 images and a response of 128 dense f32 logits rows;
+/// the compressions measured in alternating rounds.
+fn compression(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<(), String> {
+    const BATCH: i64 = 128;
+    let mut payloads: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    match idx_images(&ctx.data, BATCH as usize) {
+        Ok(images) => {
+            let mut req = request(0, &images);
+            req.output_dtype = v1::DType::F32 as i32;
+            payloads.push((
+                "images_u8",
+                format!(
+                    "request, {BATCH} u8 images 1×28×28 ({})",
+                    ctx.data.file_name().map_or_else(
+                        || ctx.data.display().to_string(),
+                        |n| n.to_string_lossy().into_owned()
+                    )
+                ),
+                req.encode_to_vec(),
+            ));
+        }
+        Err(e) => notes.push(format!("row 6 skips the u8 images: {e}")),
+    }
+    tch::manual_seed(NUM_LOGITS);
+    let logits = Tensor::randn([BATCH, NUM_LOGITS], (Kind::Float, tch::Device::Cpu)) * 3.0;
+    payloads.push((
+        "logits_f32",
+        format!("response, {BATCH} × {NUM_LOGITS} dense f32 logits"),
+        wire_response(&logits, v1::DType::F32, 0, KD_T)?.encode_to_vec(),
+    ));
+    for (payload, what, bytes) in payloads {
+        let settings: Vec<(String, &str)> = COMPRESSIONS
+            .iter()
+            .map(|c| (format!("compression_{payload}_{c}"), *c))
+            .filter(|(id, _)| ctx.wanted(id))
+            .collect();
+        let mut rates = vec![Vec::new(); settings.len()];
+        let mut sizes = vec![0usize; settings.len()];
+        for _ in 0..ctx.rounds {
+            for ((_, c), (rate, size)) in settings.iter().zip(rates.iter_mut().zip(&mut sizes)) {
+                if *c == "none" {
+                    *size = bytes.len();
+                    continue;
+                }
+                let start = Instant::now();
+                let mut passes = 0u64;
+                while passes == 0 || start.elapsed().as_secs_f64() < ctx.seconds / 4.0 {
+                    *size = round_trip(c, &bytes)?;
+                    passes += 1;
+                }
+                rate.push(passes as f64 * BATCH as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        for ((id, c), (v, size)) in settings.into_iter().zip(rates.into_iter().zip(sizes)) {
+            let params = serde_json::json!({
+                "payload": payload,
+                "compression": c,
+                "batch": BATCH,
+                "message_bytes": bytes.len(),
+                "compressed_bytes": size,
+                "level": match c { "gzip" | "deflate" => "6", "zstd" => "3 (default)", _ => "-" },
+            });
+            rows.push(single(
+                id.clone(),
+                "compression_bytes",
+                format!("{what}, {c}"),
+                "bytes/sample",
+                size as f64 / BATCH as f64,
+                params.clone(),
+            ));
+            if c == "none" {
+                continue;
+            }
+            rows.push(Row {
+                id: format!("{id}_rate"),
+                group: "compression_rate",
+                label: format!("{what}, {c}: compress + decompress, 1 thread"),
+                unit: "samples/s",
+                median: median(&v),
+                rounds: v,
+                params,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Output of one `student-trainer distill` run.
 struct DistillRun {
     report: serde_json::Value,
@@ -1251,8 +1413,13 @@ fn show(v: f64, unit: &str) -> String {
     }
 }
 
-/// Groups shown in the wire table instead of the main one.
-const WIRE_GROUPS: [&str; 2] = ["wire_bytes", "wire_kd_error"];
+/// Groups shown in the wire and compression tables instead of the main one.
+const WIRE_GROUPS: [&str; 4] = [
+    "wire_bytes",
+    "wire_kd_error",
+    "compression_bytes",
+    "compression_rate",
+];
 
 fn markdown(report: &Report) -> String {
     let mut s = format!(
@@ -1317,6 +1484,39 @@ fn markdown(report: &Report) -> String {
                     r.params["teacher_mass_in_k"].as_f64().unwrap_or(f64::NAN),
                     ""
                 )
+            ));
+        }
+    }
+    let compressed: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| r.group == "compression_bytes")
+        .collect();
+    if !compressed.is_empty() {
+        s.push_str(
+            "\n| gRPC compression (batch 128) | bytes/sample | ÷ none | samples/s (compress + decompress, 1 thread) |\n\
+             |---|---:|---:|---:|\n",
+        );
+        for r in compressed {
+            let none = report
+                .rows
+                .iter()
+                .find(|d| {
+                    d.group == "compression_bytes"
+                        && d.params["payload"] == r.params["payload"]
+                        && d.params["compression"] == "none"
+                })
+                .map_or(f64::NAN, |d| d.median);
+            let rate = report
+                .rows
+                .iter()
+                .find(|e| e.id == format!("{}_rate", r.id))
+                .map_or("-".to_string(), |e| show(e.median, e.unit));
+            s.push_str(&format!(
+                "| {} | {:.1} | {} | {rate} |\n",
+                r.label,
+                r.median,
+                show(r.median / none, ""),
             ));
         }
     }
@@ -1425,6 +1625,9 @@ fn run(cli: Cli) -> Result<Report, String> {
     let t = Instant::now();
     wire_bytes(&ctx, &mut rows)?;
     step("row 4, wire sizes", t);
+    let t = Instant::now();
+    compression(&ctx, &mut rows, &mut notes)?;
+    step("row 6, gRPC compression", t);
     let cpu = CpuInfo::read();
     Ok(Report {
         started_unix_s,

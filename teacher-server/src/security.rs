@@ -1,0 +1,275 @@
+//! TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`), bearer tokens (`--auth-token-file`) and
+//! the compressions the server speaks.
+//!
+//! Files are read and checked when the configuration is built ([`TlsSettings::load`],
+//! [`load_tokens`]), so a wrong path, a key that does not belong to the certificate, or an
+//! empty token file stops the server at start with an error naming the file. [`Auth`] is the
+//! interceptor in front of `distill.v1.Teacher` and reflection; health stays open to probes.
+
+use crate::error::Error;
+use distill_proto::auth::{self, Token};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// The server's TLS material, read and checked at start.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// `--tls-cert`: the certificate chain (PEM), leaf first.
+    pub cert_path: PathBuf,
+    /// `--tls-key`: the leaf's private key (PEM).
+    pub key_path: PathBuf,
+    /// `--tls-client-ca`: the CA that client certificates must chain to (mTLS), if any.
+    pub client_ca_path: Option<PathBuf>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("client_ca_path", &self.client_ca_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::Config(format!(
+            "{flag} {}: cannot read the file: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Every certificate of a PEM file; an error naming the file when there is none.
+fn certificates(
+    flag: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Config(format!(
+                "{flag} {}: expected PEM certificates, got unreadable PEM: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "{flag} {}: expected at least one `-----BEGIN CERTIFICATE-----` block, found none",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+impl TlsSettings {
+    /// Reads the certificate chain, the key and the client CA, and checks that the key belongs
+    /// to the chain's first certificate (rustls would only notice at the first handshake).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file that cannot be read or parsed, or both files when the
+    /// key does not match the certificate.
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsSettings, Error> {
+        let cert_pem = read("--tls-cert", cert)?;
+        let key_pem = read("--tls-key", key)?;
+        let chain = certificates("--tls-cert", cert, &cert_pem)?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            Error::Config(format!(
+                "--tls-key {}: expected a PEM private key (PKCS#8, PKCS#1 or SEC1), got: {e}",
+                key.display()
+            ))
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+            Error::Config(format!(
+                "--tls-key {} does not fit the certificate in --tls-cert {}: {e}",
+                key.display(),
+                cert.display()
+            ))
+        })?;
+        let client_ca_pem = match client_ca {
+            Some(ca) => {
+                let pem = read("--tls-client-ca", ca)?;
+                certificates("--tls-client-ca", ca, &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(TlsSettings {
+            cert_path: cert.to_path_buf(),
+            key_path: key.to_path_buf(),
+            client_ca_path: client_ca.map(Path::to_path_buf),
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
+
+    /// tonic's server TLS configuration: this identity, and with a client CA, client
+    /// certificates required (mTLS).
+    pub fn server_config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// Reads `--auth-token-file`: one or more tokens, one per line.
+///
+/// # Errors
+/// [`Error::Config`] naming the file when it cannot be read, holds no token, or a line is not a
+/// token (the token itself is never quoted).
+pub fn load_tokens(path: &Path) -> Result<Vec<Token>, Error> {
+    auth::read_token_file("--auth-token-file", path).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The bearer-token check in front of `distill.v1.Teacher` and reflection: with tokens, a call
+/// without `authorization: Bearer TOKEN` for one of them gets `UNAUTHENTICATED`; without
+/// tokens, every call passes. Tokens are compared as SHA-256 digests in constant time, against
+/// every token (no early exit).
+#[derive(Clone, Default)]
+pub struct Auth {
+    digests: Arc<[[u8; 32]]>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("tokens", &self.digests.len())
+            .finish()
+    }
+}
+
+impl Auth {
+    /// A check accepting any of `tokens` (none: no check).
+    pub fn new(tokens: &[Token]) -> Auth {
+        Auth {
+            digests: tokens
+                .iter()
+                .map(|t| Sha256::digest(t.expose().as_bytes()).into())
+                .collect(),
+        }
+    }
+
+    /// Whether `presented` is one of the tokens.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |any, d| {
+                any | d[..].ct_eq(&digest[..])
+            })
+            .into()
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.digests.is_empty() {
+            return Ok(req);
+        }
+        let Some(value) = req.metadata().get(auth::AUTHORIZATION) else {
+            return Err(Status::unauthenticated(
+                "missing `authorization: Bearer TOKEN` metadata (teacher-server --auth-token-file is set)",
+            ));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(auth::BEARER.as_bytes())
+            .ok_or_else(|| {
+                Status::unauthenticated("`authorization` metadata: expected `Bearer TOKEN`")
+            })?;
+        if self.accepts(presented) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "the bearer token is not one of teacher-server's --auth-token-file tokens",
+            ))
+        }
+    }
+}
+
+/// The compressions the server decodes in requests: all of gzip, deflate and zstd.
+pub const ACCEPTED_COMPRESSIONS: [CompressionEncoding; 3] = [
+    CompressionEncoding::Gzip,
+    CompressionEncoding::Deflate,
+    CompressionEncoding::Zstd,
+];
+
+/// Parses a `--send-compression` item: `gzip`, `deflate`, `zstd`, or `none` (nothing).
+///
+/// # Errors
+/// The message names the accepted values and the value given.
+pub fn parse_compression(s: &str) -> Result<Option<CompressionEncoding>, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "gzip" => Ok(Some(CompressionEncoding::Gzip)),
+        "deflate" => Ok(Some(CompressionEncoding::Deflate)),
+        "zstd" => Ok(Some(CompressionEncoding::Zstd)),
+        "none" | "identity" => Ok(None),
+        other => Err(format!(
+            "expected gzip, deflate, zstd or none, got {other:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    fn call(auth: &mut Auth, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut()
+                .insert(auth::AUTHORIZATION, h.parse().unwrap());
+        }
+        auth.call(req).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_printed() {
+        let tokens: Vec<Token> = ["alpha-1", "beta-2"].map(|t| t.parse().unwrap()).to_vec();
+        let mut auth = Auth::new(&tokens);
+        assert_eq!(call(&mut auth, Some("Bearer alpha-1")), Ok(()));
+        assert_eq!(call(&mut auth, Some("Bearer beta-2")), Ok(()));
+        for bad in [None, Some("Bearer alpha"), Some("alpha-1"), Some("Bearer ")] {
+            assert_eq!(
+                call(&mut auth, bad),
+                Err(tonic::Code::Unauthenticated),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(call(&mut Auth::new(&[]), None), Ok(()));
+        let shown = format!("{auth:?} {tokens:?}");
+        assert!(
+            !shown.contains("alpha") && !shown.contains("beta"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn compression_names_parse() {
+        assert_eq!(
+            parse_compression("GZIP"),
+            Ok(Some(CompressionEncoding::Gzip))
+        );
+        assert_eq!(parse_compression("none"), Ok(None));
+        assert!(parse_compression("br").unwrap_err().contains("\"br\""));
+    }
+}
