@@ -4,7 +4,7 @@
 //! | metric | type | what |
 //! |---|---|---|
 //! | `student_samples_trained_total` | counter | samples trained on by this process |
-//! | `student_epoch` | gauge | current epoch (0-based, as in `metrics.jsonl`) |
+//! | `student_epoch` | gauge | epoch in progress, from 1 (as `metrics.jsonl` and the logs count) |
 //! | `student_step` | gauge | optimizer steps taken, over the whole run |
 //! | `student_loss` | gauge | training loss of the last step |
 //! | `student_soft_target_wait_seconds_total` | counter | time the training loop waited for soft targets (s) |
@@ -64,7 +64,7 @@ impl StudentMetrics {
             ))?),
             epoch: register!(IntGauge::with_opts(Opts::new(
                 "student_epoch",
-                "Current epoch (0-based, as in metrics.jsonl)."
+                "Epoch in progress, from 1 (as metrics.jsonl and the logs count)."
             ))?),
             step: register!(IntGauge::with_opts(Opts::new(
                 "student_step",
@@ -122,7 +122,8 @@ impl StudentMetrics {
         })
     }
 
-    /// One optimizer step of `samples` samples at `epoch`, `step` (after it), with `loss`.
+    /// One optimizer step of `samples` samples in `epoch` (from 1), `step` (after it), with
+    /// `loss`.
     pub fn trained(&self, epoch: u64, step: u64, samples: usize, loss: f64) {
         self.samples.inc_by(samples as u64);
         self.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));

@@ -532,7 +532,7 @@ pub fn run(
             opt.step()?;
             step += 1;
             if let Some(m) = &metrics_live {
-                m.trained(epoch, step, planned.indices.len(), value);
+                m.trained(epoch + 1, step, planned.indices.len(), value);
             }
             tracing::trace!(step, loss = value, "trained");
             let correct = logits

@@ -155,7 +155,7 @@ async fn a_loading_teacher_is_not_ready_then_serves_is_scraped_and_drains() {
     })
     .await;
     assert_eq!(st.value("student_step", &[]), Some(2.0));
-    assert_eq!(st.value("student_epoch", &[]), Some(0.0));
+    assert_eq!(st.value("student_epoch", &[]), Some(1.0));
     assert!(st.value("student_loss", &[]).is_some_and(f64::is_finite));
     assert_eq!(
         st.value("student_replica_batches_answered_total", &replica),
