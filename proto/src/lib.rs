@@ -16,3 +16,8 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("distill_descriptor");
 
 pub use codec::CodecError;
+
+/// gRPC metadata key of a server's retry hint in milliseconds (gRPC A6 "pushback",
+/// <https://github.com/grpc/proposal/blob/master/A6-client-retries.md#pushback>): sent by
+/// `teacher-server` on overload and while loading, honoured by `student-trainer`.
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";

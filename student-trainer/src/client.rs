@@ -508,7 +508,7 @@ async fn model_info_when_ready(
         }
         let hint = status
             .metadata()
-            .get(RETRY_PUSHBACK_HEADER)
+            .get(distill_proto::RETRY_PUSHBACK_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(Duration::from_millis(200), Duration::from_millis)
@@ -525,9 +525,6 @@ async fn model_info_when_ready(
         tokio::time::sleep_until((now + hint).min(deadline)).await;
     }
 }
-
-/// gRPC metadata key of the server's retry hint, in milliseconds (gRPC A6 "pushback").
-const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 /// The gRPC spelling of the codes an auth refusal carries (`UNAUTHENTICATED`, ...).
 fn code_name(code: tonic::Code) -> String {

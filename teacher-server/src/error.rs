@@ -11,9 +11,7 @@ use distill_proto::{CodecError, v1};
 use std::time::Duration;
 use tonic::Code;
 
-/// gRPC metadata key with the standard retry pushback hint (milliseconds), see
-/// <https://github.com/grpc/proposal/blob/master/A6-client-retries.md#pushback>.
-pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+pub use distill_proto::RETRY_PUSHBACK_HEADER;
 
 /// The retry hint of a call made while the model loads ([`Error::NotReady`]).
 pub const NOT_READY_RETRY: Duration = Duration::from_millis(200);

@@ -812,28 +812,26 @@ impl Scrape {
     /// a histogram's `_count` and `_sum` are their own samples); `None` if absent.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         use prometheus_parse::Value;
-        self.0
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .and_then(|s| match &s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
-                Value::Histogram(_) | Value::Summary(_) => None,
-            })
+        match &self.sample(name, labels)?.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
+            Value::Histogram(_) | Value::Summary(_) => None,
+        }
     }
 
     /// The number of observations of histogram `name` with `labels`; `None` if absent.
     pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        use prometheus_parse::Value;
+        match &self.sample(name, labels)?.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map(|b| b.count),
+            _ => None,
+        }
+    }
+
+    /// The first sample `name` whose labels include `labels`.
+    fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<&prometheus_parse::Sample> {
         self.0
             .samples
             .iter()
             .filter(|s| s.metric == name)
             .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .and_then(|s| match &s.value {
-                Value::Histogram(buckets) => buckets.last().map(|b| b.count),
-                _ => None,
-            })
     }
 }

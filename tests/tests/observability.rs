@@ -102,7 +102,10 @@ async fn a_loading_teacher_is_not_ready_then_serves_is_scraped_and_drains() {
     assert_eq!(early.code(), tonic::Code::Unavailable, "{early:?}");
     assert!(early.message().contains("still loading"), "{early:?}");
     assert!(
-        early.metadata().get("grpc-retry-pushback-ms").is_some(),
+        early
+            .metadata()
+            .get(distill_proto::RETRY_PUSHBACK_HEADER)
+            .is_some(),
         "{early:?}"
     );
     let (_tx, rx) = tokio::sync::mpsc::channel::<v1::LogitsRequest>(1);
