@@ -6,10 +6,17 @@ its dropout switchable by ``eval()``), together with a sidecar ``FILE.json``::
 
     {"input_shape": [1, 28, 28], "input_dtype": "f32", "num_logits": 10}
 
+A small causal language model (the family of scripts/reference/kd_lm_pytorch.py) is exported
+the same way, with the signature of a Hugging Face causal LM wrapped to return its logits alone::
+
+    forward(input_ids: i64 [batch, seq], attention_mask: i64 [batch, seq]) -> f32 [batch, seq, vocab]
+    {"input_shape": [16], "input_dtype": "i64", "num_logits": 64, "sequence_model": true,
+     "tokenizer": "lm_tokenizer.json"}
+
 Usage:
     export_teacher.py --out teacher.pt [--seed 0] [--train-mode]
     export_teacher.py --out-dir DIR    # teacher.pt, teacher_train.pt (training mode, dropout),
-                                       # teacher_other.pt (other weights)
+                                       # teacher_other.pt (other weights), lm.pt (causal LM)
 
 Run with the project's torch: PYTHONPATH=$HOME/.cache/distill/torch-2.11.0 python3 ...
 """
@@ -41,6 +48,55 @@ class SmallCnn(nn.Module):
         return self.fc(self.drop(torch.flatten(x, 1)))
 
 
+LM_VOCAB, LM_MAX_LEN, LM_LAYERS, LM_D, LM_HEADS = 64, 16, 2, 32, 4
+
+
+class CausalLm(nn.Module):
+    """The reference loop's decoder: token + learned position embeddings, pre-norm
+    TransformerEncoderLayers (GELU, ffn 4d, no dropout) under a causal mask, a final LayerNorm,
+    and an output layer tied to the token embedding."""
+
+    def __init__(self, vocab: int, layers: int, d: int, heads: int, max_len: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(max_len, d)
+        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        s = input_ids.shape[1]
+        x = self.tok(input_ids) + self.pos(torch.arange(s, device=input_ids.device))[None]
+        causal = torch.ones(s, s, dtype=torch.bool, device=input_ids.device).triu(1)
+        pad = attention_mask == 0
+        x = self.blocks(x, mask=causal, src_key_padding_mask=pad, is_causal=True)
+        return self.norm(x) @ self.tok.weight.T
+
+
+def export_lm(path: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = CausalLm(LM_VOCAB, LM_LAYERS, LM_D, LM_HEADS, LM_MAX_LEN).eval()
+    # Larger weights than the N(0, 0.02) start, so that the logits differ visibly between tokens.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    scripted = torch.jit.script(model)
+    tmp = path + ".tmp"
+    torch.jit.save(scripted, tmp)
+    os.replace(tmp, path)
+    folder = os.path.dirname(path) or "."
+    with open(os.path.join(folder, "lm_tokenizer.json"), "w") as f:
+        json.dump({"model": {"type": "test", "vocab": LM_VOCAB}}, f)
+    sidecar = {"input_shape": [LM_MAX_LEN], "input_dtype": "i64", "num_logits": LM_VOCAB,
+               "sequence_model": True, "tokenizer": "lm_tokenizer.json"}
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(sidecar, f)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
 def export(path: str, seed: int, train_mode: bool) -> None:
     torch.manual_seed(seed)
     model = SmallCnn()
@@ -70,6 +126,7 @@ def main() -> None:
     export(os.path.join(a.out_dir, "teacher.pt"), 0, False)
     export(os.path.join(a.out_dir, "teacher_train.pt"), 0, True)
     export(os.path.join(a.out_dir, "teacher_other.pt"), 1, False)
+    export_lm(os.path.join(a.out_dir, "lm.pt"), 0)
 
 
 if __name__ == "__main__":

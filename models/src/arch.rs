@@ -6,11 +6,15 @@
 //!   classes.
 //! - `mlp` / `mlp:H1,H2,...`: a multi-layer perceptron with ReLU between layers, default one
 //!   hidden layer of 128: 101,770 parameters for 784 inputs and 10 classes.
+//! - `lm` / `lm:layers=L,d=D,heads=H`: a decoder-only transformer language model (see
+//!   [`crate::lm`]); its input shape is `[max_seq_len]` (token ids, `i64`), its classes the
+//!   vocabulary, and its logits `[batch, seq, vocab]`.
 //!
 //! Variable names match the reference PyTorch modules (`c1`, `c2`, `f1`, `f2`, ...), so
 //! `state_dict()` keys line up.
 
 use crate::ModelError;
+use crate::lm::{Lm, LmConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -28,17 +32,57 @@ pub enum Arch {
         /// Widths of the hidden layers, input side first.
         hidden: Vec<i64>,
     },
+    /// A decoder-only transformer language model (inputs: token ids `[max_seq_len]`).
+    Lm(LmConfig),
+}
+
+impl Arch {
+    /// Whether this is a sequence model: inputs are token ids `i64 [batch, seq]` (any
+    /// `1 ≤ seq ≤ input_shape[0]`) and logits are per position, `[batch, seq, num_classes]`.
+    pub fn is_sequence_model(&self) -> bool {
+        matches!(self, Arch::Lm(_))
+    }
+
+    /// The input dtype the network takes: `Int64` token ids for a sequence model, `Float`
+    /// otherwise.
+    pub fn input_kind(&self) -> tch::Kind {
+        if self.is_sequence_model() {
+            tch::Kind::Int64
+        } else {
+            tch::Kind::Float
+        }
+    }
+}
+
+/// Parses the parameters of `lm:layers=L,d=D,heads=H` (each optional, defaults of
+/// [`LmConfig::DEFAULT`]).
+fn parse_lm(params: &str) -> Option<LmConfig> {
+    let mut cfg = LmConfig::DEFAULT;
+    for item in params.split(',') {
+        let (key, value) = item.trim().split_once('=')?;
+        let value = value.trim().parse::<i64>().ok().filter(|v| *v > 0)?;
+        match key.trim() {
+            "layers" => cfg.layers = value,
+            "d" => cfg.d = value,
+            "heads" => cfg.heads = value,
+            _ => return None,
+        }
+    }
+    (cfg.d % cfg.heads == 0).then_some(cfg)
 }
 
 impl FromStr for Arch {
     type Err = ModelError;
 
-    /// Parses `cnn`, `mlp` (one hidden layer of 128) or `mlp:256,128`.
+    /// Parses `cnn`, `mlp` (one hidden layer of 128), `mlp:256,128`, `lm` (2 layers, d = 128,
+    /// 4 heads) or `lm:layers=4,d=256,heads=4` (d a multiple of heads).
     fn from_str(s: &str) -> Result<Self, ModelError> {
         let bad = || ModelError::UnknownArch { got: s.to_string() };
         match s.split_once(':') {
             None if s == "cnn" => Ok(Arch::Cnn),
             None if s == "mlp" => Ok(Arch::Mlp { hidden: vec![128] }),
+            None if s == "lm" => Ok(Arch::Lm(LmConfig::DEFAULT)),
+            Some(("lm", params)) => parse_lm(params).map(Arch::Lm).ok_or_else(bad),
             Some(("mlp", sizes)) => {
                 let hidden = sizes
                     .split(',')
@@ -61,6 +105,7 @@ impl fmt::Display for Arch {
                 let h: Vec<String> = hidden.iter().map(i64::to_string).collect();
                 write!(f, "mlp:{}", h.join(","))
             }
+            Arch::Lm(c) => write!(f, "lm:layers={},d={},heads={}", c.layers, c.d, c.heads),
         }
     }
 }
@@ -76,11 +121,20 @@ pub struct ArchSpec {
     pub num_classes: i64,
 }
 
-/// A built network: `forward_t` maps `f32 [batch, ...input_shape]` to logits
-/// `f32 [batch, num_classes]`. Its weights live in the `nn::VarStore` it was built in.
+/// A built network: [`Network::forward`] maps `f32 [batch, ...input_shape]` to logits
+/// `f32 [batch, num_classes]` (a sequence model: `i64 [batch, seq]` token ids to
+/// `f32 [batch, seq, num_classes]`). Its weights live in the `nn::VarStore` it was built in.
 pub struct Network {
     spec: ArchSpec,
-    seq: nn::SequentialT,
+    body: Body,
+}
+
+/// The layers of a [`Network`].
+enum Body {
+    /// Feed-forward classifiers (`cnn`, `mlp`).
+    Seq(nn::SequentialT),
+    /// The language model.
+    Lm(Lm),
 }
 
 impl fmt::Debug for Network {
@@ -96,13 +150,23 @@ impl Network {
     /// # Errors
     /// [`ModelError::InputShape`] if the architecture cannot take `spec.input_shape`.
     pub fn new(path: &nn::Path<'_>, spec: &ArchSpec) -> Result<Network, ModelError> {
-        let seq = match &spec.arch {
-            Arch::Cnn => cnn(path, spec)?,
-            Arch::Mlp { hidden } => mlp(path, spec, hidden)?,
+        let body = match &spec.arch {
+            Arch::Cnn => Body::Seq(cnn(path, spec)?),
+            Arch::Mlp { hidden } => Body::Seq(mlp(path, spec, hidden)?),
+            Arch::Lm(cfg) => {
+                let [max_len] = spec.input_shape[..] else {
+                    return Err(ModelError::InputShape {
+                        arch: spec.arch.to_string(),
+                        expected: "[max_seq_len]".into(),
+                        got: spec.input_shape.clone(),
+                    });
+                };
+                Body::Lm(Lm::new(path, *cfg, spec.num_classes, max_len)?)
+            }
         };
         Ok(Network {
             spec: spec.clone(),
-            seq,
+            body,
         })
     }
 
@@ -112,11 +176,39 @@ impl Network {
     }
 
     /// Logits `f32 [batch, num_classes]` of inputs `f32 [batch, ...input_shape]`; dropout is
-    /// active only when `train` is true.
+    /// active only when `train` is true. A sequence model maps token ids `i64 [batch, seq]`
+    /// (`1 ≤ seq ≤ input_shape[0]`) to `f32 [batch, seq, num_classes]`, every token real.
     ///
     /// # Errors
     /// A libtorch error (e.g. a shape mismatch) instead of a panic.
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.forward_masked(xs, None, train)
+    }
+
+    /// [`Network::forward`] with an attention mask for a sequence model: `mask` is `[batch,
+    /// seq]` (nonzero = real token, padding on the right); a real position's logits do not
+    /// depend on padded ones. Feed-forward networks take no mask.
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for a mask given to a feed-forward network or of the wrong
+    /// shape, and the errors of [`Network::forward`].
+    pub fn forward_masked(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let seq = match &self.body {
+            Body::Lm(lm) => return lm.forward(xs, mask),
+            Body::Seq(seq) => seq,
+        };
+        if let Some(m) = mask {
+            return Err(ModelError::InputShape {
+                arch: self.spec.arch.to_string(),
+                expected: "no attention mask (not a sequence model)".into(),
+                got: m.size(),
+            });
+        }
         // SequentialT::forward_t panics on a bad shape; catch that as an error at the boundary.
         let expected: Vec<i64> = std::iter::once(-1)
             .chain(self.spec.input_shape.iter().copied())
@@ -129,7 +221,7 @@ impl Network {
                 got,
             });
         }
-        Ok(self.seq.forward_t(xs, train))
+        Ok(seq.forward_t(xs, train))
     }
 }
 
@@ -250,5 +342,115 @@ mod tests {
             net.forward(&Tensor::zeros([3, 28, 28], tch::kind::FLOAT_CPU), false)
                 .is_err()
         );
+    }
+
+    fn lm_spec(arch: &str, max_len: i64, vocab: i64) -> ArchSpec {
+        ArchSpec {
+            arch: arch.parse().unwrap(),
+            input_shape: vec![max_len],
+            num_classes: vocab,
+        }
+    }
+
+    #[test]
+    fn lm_names_parse_with_defaults_and_round_trip() {
+        assert_eq!("lm".parse::<Arch>().unwrap(), Arch::Lm(LmConfig::DEFAULT));
+        let a: Arch = "lm:layers=4,d=256,heads=4".parse().unwrap();
+        assert_eq!(
+            a,
+            Arch::Lm(LmConfig {
+                layers: 4,
+                d: 256,
+                heads: 4
+            })
+        );
+        assert_eq!(a.to_string().parse::<Arch>().unwrap(), a);
+        assert!(a.is_sequence_model() && a.input_kind() == tch::Kind::Int64);
+        assert_eq!(
+            "lm:d=64".parse::<Arch>().unwrap().to_string(),
+            "lm:layers=2,d=64,heads=4"
+        );
+        for bad in [
+            "lm:",
+            "lm:d=0",
+            "lm:d=66,heads=4",
+            "lm:depth=2",
+            "lm:layers",
+        ] {
+            assert!(bad.parse::<Arch>().is_err(), "{bad}");
+        }
+        let e = "lm:x=1".parse::<Arch>().unwrap_err().to_string();
+        assert!(e.contains("lm:layers=L,d=D,heads=H"), "{e}");
+    }
+
+    #[test]
+    fn lm_parameter_count_is_the_reference_formula() {
+        // Per block (PyTorch's TransformerEncoderLayer, ffn 4d): attention 4d² + 4d, ffn
+        // 8d² + 5d, two LayerNorms 4d; embeddings (V + S)·d; final LayerNorm 2d; tied output.
+        let (l, d, v, s) = (3i64, 32i64, 50i64, 16i64);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        Network::new(&vs.root(), &lm_spec("lm:layers=3,d=32,heads=4", s, v)).unwrap();
+        assert_eq!(
+            param_count(&vs),
+            (v + s) * d + l * (12 * d * d + 13 * d) + 2 * d
+        );
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        for want in [
+            "tok.weight",
+            "pos.weight",
+            "blocks.layers.2.self_attn.in_proj_weight",
+            "blocks.layers.0.self_attn.out_proj.bias",
+            "blocks.layers.1.linear2.weight",
+            "blocks.layers.0.norm1.weight",
+            "norm.bias",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lm_is_causal_and_right_padding_never_changes_real_positions() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Network::new(&vs.root(), &lm_spec("lm:layers=2,d=16,heads=2", 8, 20)).unwrap();
+        let _g = tch::no_grad_guard();
+        let ids = Tensor::from_slice(&[3i64, 7, 1, 19, 4]).view([1, 5]);
+        let alone = net.forward(&ids, false).unwrap();
+        assert_eq!(alone.size(), vec![1, 5, 20]);
+        // Causal: changing the last token leaves the earlier positions alone.
+        let changed = Tensor::from_slice(&[3i64, 7, 1, 19, 0]).view([1, 5]);
+        let y = net.forward(&changed, false).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(diff(&y.narrow(1, 0, 4), &alone.narrow(1, 0, 4)) < 1e-6);
+        assert!(diff(&y.narrow(1, 4, 1), &alone.narrow(1, 4, 1)) > 1e-4);
+        // Padded to 8 with garbage ids and a mask, beside a full-length row.
+        let padded = Tensor::from_slice(&[3i64, 7, 1, 19, 4, 11, 12, 13, 5, 5, 5, 5, 5, 5, 5, 5])
+            .view([2, 8]);
+        let mask =
+            Tensor::from_slice(&[1u8, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]).view([2, 8]);
+        let y = net.forward_masked(&padded, Some(&mask), false).unwrap();
+        assert!(y.isfinite().all().int64_value(&[]) == 1);
+        assert!(diff(&y.narrow(0, 0, 1).narrow(1, 0, 5), &alone) < 1e-5);
+        // A hole in the mask hides that token from later positions.
+        let holed = Tensor::from_slice(&[1u8, 1, 0, 1, 1]).view([1, 5]);
+        let y = net.forward_masked(&ids, Some(&holed), false).unwrap();
+        assert!(diff(&y.narrow(1, 3, 2), &alone.narrow(1, 3, 2)) > 1e-4);
+        // Errors: too long, wrong rank, mask of another shape, mask on an MLP.
+        let long = Tensor::zeros([1, 9], (tch::Kind::Int64, tch::Device::Cpu));
+        let e = net.forward(&long, false).unwrap_err().to_string();
+        assert!(e.contains("seq <= 8") && e.contains("[1, 9]"), "{e}");
+        assert!(net.forward(&ids.view([5]), false).is_err());
+        let e = net
+            .forward_masked(&ids, Some(&mask), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[1, 5]") && e.contains("[2, 8]"), "{e}");
+        let mvs = nn::VarStore::new(tch::Device::Cpu);
+        let mlp = Network::new(&mvs.root(), &spec("mlp")).unwrap();
+        let x = Tensor::zeros([1, 1, 28, 28], tch::kind::FLOAT_CPU);
+        assert!(mlp.forward_masked(&x, Some(&mask), false).is_err());
     }
 }

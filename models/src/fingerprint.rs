@@ -3,6 +3,18 @@
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
+/// Hex SHA-256 of a file's bytes: the fingerprint of a tokenizer file (`tokenizer.json`), as
+/// `ModelInfo.tokenizer_fingerprint` carries it; `sha256sum FILE` prints the same.
+///
+/// # Errors
+/// The I/O error of reading the file.
+pub fn file_fingerprint(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut file, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// Hex SHA-256 of named weights as loaded: for each tensor, in name order, its name, dtype,
 /// shape and little-endian bytes (row-major, copied to CPU). Two replicas report the same
 /// fingerprint iff they hold bit-identical weights under the same names.

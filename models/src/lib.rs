@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod device;
 pub mod fingerprint;
+pub mod lm;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec, Network};
@@ -19,13 +20,16 @@ pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use cpu::CpuInfo;
 pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
+pub use lm::LmConfig;
 pub use weights::load_safetensors;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// An architecture name that is not one of the built-in ones.
-    #[error("unknown architecture {got:?}: expected one of `cnn`, `mlp`, `mlp:H1,H2,...`")]
+    #[error(
+        "unknown architecture {got:?}: expected one of `cnn`, `mlp`, `mlp:H1,H2,...`, `lm`, `lm:layers=L,d=D,heads=H`"
+    )]
     UnknownArch {
         /// The name that was given.
         got: String,

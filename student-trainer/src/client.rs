@@ -140,6 +140,12 @@ pub struct TeacherInfo {
     /// Precision of the teacher's forward pass (`teacher-server --precision`): `F32`, `Bf16`
     /// or `F16`; `F32` from servers that predate the field (they send `DTYPE_UNSPECIFIED`).
     pub precision: v1::DType,
+    /// A sequence model (causal LM): token ids `i64 [batch, seq]` in, logits per position out.
+    pub sequence_model: bool,
+    /// A sequence model's longest sequence (0 otherwise).
+    pub max_seq_len: i64,
+    /// Hex SHA-256 of the teacher's tokenizer file (empty: not announced).
+    pub tokenizer_fingerprint: String,
 }
 
 impl From<v1::ModelInfo> for TeacherInfo {
@@ -157,6 +163,9 @@ impl From<v1::ModelInfo> for TeacherInfo {
             max_message_bytes,
             precision,
             instance_id,
+            sequence_model,
+            max_seq_len,
+            tokenizer_fingerprint,
         } = m;
         TeacherInfo {
             name,
@@ -176,6 +185,9 @@ impl From<v1::ModelInfo> for TeacherInfo {
                 // A number this client does not know: kept distinct from every known one.
                 Err(_) => v1::DType::DtypeUnspecified,
             },
+            sequence_model,
+            max_seq_len,
+            tokenizer_fingerprint,
         }
     }
 }
@@ -257,6 +269,9 @@ pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Optio
         max_message_bytes: _,
         instance_id: _,
         precision,
+        sequence_model,
+        max_seq_len,
+        tokenizer_fingerprint,
     } = got;
     if *fingerprint != reference.fingerprint {
         return Some(format!(
@@ -284,6 +299,18 @@ pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Optio
             "precision {} differs from the group's {} (teacher-server --precision; same fingerprint {fingerprint})",
             precision_name(*precision),
             precision_name(reference.precision)
+        ));
+    }
+    if (*sequence_model, *max_seq_len) != (reference.sequence_model, reference.max_seq_len) {
+        return Some(format!(
+            "sequence model {sequence_model} (max_seq_len {max_seq_len}) differs from the group's {} ({})",
+            reference.sequence_model, reference.max_seq_len
+        ));
+    }
+    if *tokenizer_fingerprint != reference.tokenizer_fingerprint {
+        return Some(format!(
+            "tokenizer fingerprint {tokenizer_fingerprint:?} differs from the group's {:?}",
+            reference.tokenizer_fingerprint
         ));
     }
     None
@@ -590,6 +617,9 @@ mod tests {
             max_message_bytes: 0,
             instance_id: String::new(),
             precision: v1::DType::F32,
+            sequence_model: false,
+            max_seq_len: 0,
+            tokenizer_fingerprint: String::new(),
         }
     }
 

@@ -104,6 +104,7 @@ pub(crate) fn request(
         output_dtype: spec.wire.proto() as i32,
         top_k: spec.top_k,
         temperature: spec.temperature as f32,
+        attention_mask: None,
     })
 }
 

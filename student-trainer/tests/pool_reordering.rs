@@ -93,6 +93,7 @@ impl Teacher for ReversingTeacher {
             max_message_bytes: 0,
             instance_id: String::new(),
             precision: v1::DType::F32 as i32,
+            ..ModelInfo::default()
         }))
     }
 

@@ -70,7 +70,8 @@ impl Batcher {
     }
 }
 
-/// Jobs merge only when their inputs agree on kind and per-sample shape.
+/// Jobs merge only when their inputs agree on kind and per-sample shape; sequences of any
+/// length merge (the engine pads them to the longest).
 #[derive(Debug, Clone, PartialEq)]
 struct Key {
     kind: Kind,
@@ -81,7 +82,11 @@ fn key(job: &Job) -> Key {
     let size = job.inputs.size();
     Key {
         kind: job.inputs.kind(),
-        sample_shape: size.get(1..).unwrap_or_default().to_vec(),
+        sample_shape: if job.sequence {
+            Vec::new()
+        } else {
+            size.get(1..).unwrap_or_default().to_vec()
+        },
     }
 }
 
@@ -271,6 +276,7 @@ mod tests {
                 num_logits: 2,
                 device: "cpu".into(),
                 precision: crate::config::Precision::F32,
+                sequence: None,
             }
         }
     }
@@ -322,6 +328,8 @@ mod tests {
         let inputs = Tensor::full([n, width], v, (Kind::Float, tch::Device::Cpu));
         let job = Job {
             inputs,
+            mask: None,
+            sequence: false,
             output: OutputSpec::default(),
             arrived: std::time::Instant::now(),
             reply: tx,

@@ -51,9 +51,24 @@ pub struct Args {
     #[arg(long, env = "TEACHER_INPUT_DTYPE")]
     pub input_dtype: Option<String>,
 
-    /// Number of logits per sample (size of the model's last output dimension).
+    /// Number of logits per sample (size of the model's last output dimension; a sequence
+    /// model's vocabulary size).
     #[arg(long, env = "TEACHER_NUM_LOGITS")]
     pub num_logits: Option<i64>,
+
+    /// The TorchScript module is a causal language model: called as `forward(input_ids,
+    /// attention_mask)` (both i64 [batch, seq]) and returning logits [batch, seq, vocab];
+    /// `--input-shape` is then `MAX_SEQ_LEN` and `--input-dtype` i64. Also `"sequence_model":
+    /// true` in the sidecar. Built-in `lm:...` checkpoints are sequence models by themselves.
+    #[arg(long, env = "TEACHER_SEQUENCE_MODEL")]
+    pub sequence_model: bool,
+
+    /// Tokenizer file of a sequence model (e.g. `tokenizer.json`): its SHA-256 goes into
+    /// `ModelInfo.tokenizer_fingerprint`, so that a student with another tokenizer is refused.
+    /// Default: the sidecar's `"tokenizer"` (relative to the sidecar), or `tokenizer.json` in a
+    /// checkpoint directory.
+    #[arg(long, env = "TEACHER_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
 
     /// Device: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "TEACHER_DEVICE", default_value = "auto")]
@@ -233,14 +248,45 @@ pub struct ModelSpec {
     pub input_shape: Vec<i64>,
     /// Input dtype: one of the kinds the wire carries (f32, f16, bf16, f64, u8, i32, i64).
     pub input_dtype: Kind,
-    /// Logits per sample.
+    /// Logits per sample (per position of a sequence model: the vocabulary size).
     pub num_logits: i64,
+    /// `Some` for a sequence model (a causal LM): `input_shape` is `[max_seq_len]`, the input
+    /// dtype i64 token ids, and logits are `[batch, seq, num_logits]`.
+    pub sequence: Option<SequenceSpec>,
 }
 
+/// What a sequence model (a causal language model) adds to its [`ModelSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceSpec {
+    /// Longest sequence accepted, in tokens (= `input_shape[0]`).
+    pub max_seq_len: i64,
+    /// Hex SHA-256 of the tokenizer file's bytes; empty when none was given.
+    pub tokenizer_fingerprint: String,
+}
+
+/// Top-k per position that the default `--max-message-bytes` of a sequence model makes room
+/// for (dense logits of a large vocabulary are refused per batch with a hint to use top-k).
+pub const SEQUENCE_DEFAULT_TOP_K: usize = 64;
+
 impl ModelSpec {
-    /// Bytes of one sample's input.
+    /// Bytes of one sample's input (a sequence model: a full-length sequence and its i64 mask).
     pub fn sample_bytes(&self) -> usize {
-        self.input_shape.iter().product::<i64>() as usize * self.input_dtype.elt_size_in_bytes()
+        let input = self.input_shape.iter().product::<i64>() as usize
+            * self.input_dtype.elt_size_in_bytes();
+        match &self.sequence {
+            Some(s) => input + s.max_seq_len as usize * 8,
+            None => input,
+        }
+    }
+
+    /// Bytes of one sample's largest default response: f32 logits, or for a sequence model
+    /// [`SEQUENCE_DEFAULT_TOP_K`] f32 values and i64 indices per position plus two f32
+    /// log-sum-exps.
+    pub fn response_bytes(&self) -> usize {
+        match &self.sequence {
+            Some(s) => s.max_seq_len as usize * (SEQUENCE_DEFAULT_TOP_K * 12 + 8),
+            None => self.num_logits as usize * 4,
+        }
     }
 }
 
@@ -309,6 +355,11 @@ struct Sidecar {
     input_shape: Option<Vec<i64>>,
     input_dtype: Option<String>,
     num_logits: Option<i64>,
+    /// A causal LM called as `forward(input_ids, attention_mask)`.
+    #[serde(default)]
+    sequence_model: bool,
+    /// The tokenizer file, relative to the sidecar's folder.
+    tokenizer: Option<PathBuf>,
 }
 
 /// Path of the sidecar JSON of a TorchScript file: `FILE.json` (e.g. `teacher.pt.json`).
@@ -349,7 +400,7 @@ impl TryFrom<Args> for Config {
                 a.model.display()
             )));
         }
-        let (source, shape, dtype, logits) = if a.model.is_dir() {
+        let (source, shape, dtype, logits, sequence, tokenizer) = if a.model.is_dir() {
             if !Checkpoint::exists(&a.model) {
                 return Err(Error::Config(format!(
                     "--model {}: a directory must be a checkpoint holding checkpoint.json",
@@ -366,13 +417,16 @@ impl TryFrom<Args> for Config {
                 )));
             }
             let spec = ck.meta.arch;
+            let tokenizer = a.model.join("tokenizer.json");
             (
                 ModelSource::Checkpoint {
                     dir: a.model.clone(),
                 },
                 Some(spec.input_shape),
-                Some(Kind::Float),
+                Some(spec.arch.input_kind()),
                 Some(spec.num_classes),
+                spec.arch.is_sequence_model(),
+                tokenizer.is_file().then_some(tokenizer),
             )
         } else {
             let sidecar_file = sidecar_path(&a.model);
@@ -421,9 +475,33 @@ impl TryFrom<Args> for Config {
                 input_shape: None,
                 input_dtype: None,
                 num_logits: None,
+                sequence_model: false,
+                tokenizer: None,
             });
-            (source, side.input_shape, side_dtype, side.num_logits)
+            let sequence = match &source {
+                ModelSource::Safetensors { arch, .. } => arch.is_sequence_model(),
+                _ => side.sequence_model,
+            };
+            let tokenizer = side.tokenizer.map(|t| {
+                sidecar_file
+                    .parent()
+                    .map_or_else(|| t.clone(), |dir| dir.join(&t))
+            });
+            let dtype = match &source {
+                ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
+                _ => side_dtype,
+            };
+            (
+                source,
+                side.input_shape,
+                dtype,
+                side.num_logits,
+                sequence,
+                tokenizer,
+            )
         };
+        let sequence = sequence || a.sequence_model;
+        let tokenizer = a.tokenizer.clone().or(tokenizer);
         let input_shape = a.input_shape.clone().or(shape).ok_or_else(|| {
             Error::Config(format!(
                 "--input-shape is required for {} (no sidecar {} found)",
@@ -438,7 +516,10 @@ impl TryFrom<Args> for Config {
                 sidecar_path(&a.model).display()
             ))
         })?;
-        let input_dtype = flag_dtype.or(dtype).unwrap_or(Kind::Float);
+        let input_dtype =
+            flag_dtype
+                .or(dtype)
+                .unwrap_or(if sequence { Kind::Int64 } else { Kind::Float });
         if input_shape.is_empty()
             || input_shape.len() >= codec::MAX_RANK
             || input_shape.iter().any(|&d| d < 1)
@@ -453,16 +534,56 @@ impl TryFrom<Args> for Config {
                 "--num-logits: expected >= 1, got {num_logits}"
             )));
         }
-        if !matches!(source, ModelSource::TorchScript { .. }) && input_dtype != Kind::Float {
+        let builtin = match &source {
+            ModelSource::TorchScript { .. } => None,
+            ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
+            ModelSource::Checkpoint { .. } => dtype,
+        };
+        if let Some(kind) = builtin
+            && input_dtype != kind
+        {
             return Err(Error::Config(format!(
-                "--input-dtype: built-in architectures take f32, got {}",
+                "--input-dtype: this built-in architecture takes {}, got {}",
+                kind_name(kind),
                 kind_name(input_dtype)
             )));
         }
+        let sequence = if sequence {
+            if input_shape.len() != 1 || input_dtype != Kind::Int64 {
+                return Err(Error::Config(format!(
+                    "a sequence model takes i64 token ids of input shape [max_seq_len], got {} {input_shape:?}",
+                    kind_name(input_dtype)
+                )));
+            }
+            let tokenizer_fingerprint = match &tokenizer {
+                Some(path) => {
+                    distill_models::fingerprint::file_fingerprint(path).map_err(|source| {
+                        Error::Io {
+                            context: format!("reading the tokenizer {}", path.display()),
+                            source,
+                        }
+                    })?
+                }
+                None => String::new(),
+            };
+            Some(SequenceSpec {
+                max_seq_len: input_shape[0],
+                tokenizer_fingerprint,
+            })
+        } else {
+            if let Some(t) = &a.tokenizer {
+                return Err(Error::Config(format!(
+                    "--tokenizer {}: only sequence models have a tokenizer (see --sequence-model)",
+                    t.display()
+                )));
+            }
+            None
+        };
         let spec = ModelSpec {
             input_shape,
             input_dtype,
             num_logits,
+            sequence,
         };
         if a.max_batch_size == 0 {
             return Err(Error::Config(
@@ -482,13 +603,10 @@ impl TryFrom<Args> for Config {
             )));
         }
         let max_batch_size = a.max_batch_size as usize;
-        // One full request and one full response (f32 logits, the widest output), plus protobuf
-        // framing.
+        // One full request and one full response (f32 logits, the widest output; top-k for a
+        // sequence model), plus protobuf framing.
         let needed = max_batch_size
-            .saturating_mul(
-                spec.sample_bytes()
-                    .saturating_add(spec.num_logits as usize * 4),
-            )
+            .saturating_mul(spec.sample_bytes().saturating_add(spec.response_bytes()))
             .saturating_add(64 << 10);
         let max_message_bytes = match a.max_message_bytes {
             Some(n) if n < needed => {

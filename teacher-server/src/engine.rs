@@ -66,6 +66,29 @@ pub(crate) enum Logits {
 }
 
 impl Logits {
+    /// The same logits on the CPU (the engine shapes them on the model's device first, so only
+    /// the reduced form crosses to the host).
+    ///
+    /// # Errors
+    /// [`EngineError::Torch`] if a copy fails.
+    pub(crate) fn to_cpu(self) -> Result<Logits, EngineError> {
+        let cpu = |t: Tensor| t.f_to_device(tch::Device::Cpu);
+        Ok(match self {
+            Logits::Dense(t) => Logits::Dense(cpu(t)?),
+            Logits::Sparse {
+                indices,
+                values,
+                logsumexp,
+                tail_logsumexp,
+            } => Logits::Sparse {
+                indices: cpu(indices)?,
+                values: cpu(values)?,
+                logsumexp: cpu(logsumexp)?,
+                tail_logsumexp: cpu(tail_logsumexp)?,
+            },
+        })
+    }
+
     /// Samples (rows) in these logits.
     pub(crate) fn samples(&self) -> u64 {
         let t = match self {
@@ -104,8 +127,14 @@ pub(crate) type JobResult = Result<JobOutput, EngineError>;
 /// One request's inputs on their way to the model.
 #[derive(Debug)]
 pub(crate) struct Job {
-    /// Inputs `[batch, ...input_shape]` on the CPU, validated.
+    /// Inputs `[batch, ...input_shape]` on the CPU, validated (a sequence model: `i64 [batch,
+    /// seq]` token ids).
     pub inputs: Tensor,
+    /// A sequence model's attention mask, `i64 [batch, seq]` (1 = real token); `None`: all real.
+    pub mask: Option<Tensor>,
+    /// Whether this is a sequence model's job: it merges with sequences of other lengths, padded
+    /// on the right to the longest (padding never changes a real position's logits).
+    pub sequence: bool,
     /// How the logits are wanted.
     pub output: OutputSpec,
     /// When the request arrived at the server.
@@ -123,7 +152,8 @@ impl Job {
     }
 }
 
-/// Requests merged into one forward pass (same per-sample shape and kind).
+/// Requests merged into one forward pass (same per-sample shape and kind; sequences of any
+/// length).
 #[derive(Debug)]
 pub(crate) struct MergedBatch {
     /// The requests, in queue order.
@@ -314,8 +344,9 @@ fn run_batch(
         Ok(parts) => {
             let timings: Vec<BatchTiming> = jobs.iter().map(timing).collect();
             for ((job, part), timing) in jobs.into_iter().zip(parts).zip(timings) {
-                let out =
-                    shape_output(&part, job.output).map(|logits| JobOutput { logits, timing });
+                let out = shape_output(&part, job.output)
+                    .and_then(Logits::to_cpu)
+                    .map(|logits| JobOutput { logits, timing });
                 match &out {
                     Err(e @ EngineError::NonFinite { .. }) => {
                         tracing::warn!(error = %e, "request refused");
@@ -342,6 +373,9 @@ fn forward_split(
     sizes: &[i64],
     total: i64,
 ) -> Result<Vec<Tensor>, EngineError> {
+    if jobs.first().is_some_and(|j| j.sequence) {
+        return forward_sequences(model, num_logits, jobs, sizes, total);
+    }
     let x = if jobs.len() == 1 {
         jobs[0].inputs.shallow_clone()
     } else {
@@ -352,8 +386,7 @@ fn forward_split(
     let got = y.size();
     if got != [total, num_logits] {
         return Err(EngineError::OutputShape {
-            batch: total,
-            num_logits,
+            expected: vec![total, num_logits],
             got,
         });
     }
@@ -362,6 +395,81 @@ fn forward_split(
     } else {
         Ok(y.f_split_with_sizes(sizes, 0)?)
     }
+}
+
+/// [`forward_split`] for a sequence model: the jobs' token ids (`i64 [b_j, s_j]`) are padded on
+/// the right to the longest `s_max` (id 0, mask 0) and run as one `[total, s_max]` batch with
+/// their attention masks; each job gets back `[b_j, s_j, V]`, with the positions its own mask
+/// marks as padding set to 0 (their values are unspecified by the contract, and whatever the
+/// model put there, NaN included, must not reach the client or the output checks). A batch whose
+/// sequences are all real and of one length runs without a mask.
+fn forward_sequences(
+    model: &(impl TeacherModel + ?Sized),
+    num_logits: i64,
+    jobs: &[Job],
+    sizes: &[i64],
+    total: i64,
+) -> Result<Vec<Tensor>, EngineError> {
+    let lens: Vec<i64> = jobs
+        .iter()
+        .map(|j| j.inputs.size().get(1).copied().unwrap_or(0))
+        .collect();
+    let s_max = lens.iter().copied().max().unwrap_or(0);
+    let masked = jobs.iter().any(|j| j.mask.is_some()) || lens.iter().any(|&l| l != s_max);
+    let pad = |t: &Tensor, len: i64| -> Result<Tensor, tch::TchError> {
+        if len == s_max {
+            Ok(t.shallow_clone())
+        } else {
+            t.f_constant_pad_nd([0, s_max - len])
+        }
+    };
+    let mut inputs = Vec::with_capacity(jobs.len());
+    let mut masks = Vec::with_capacity(jobs.len());
+    for (job, &len) in jobs.iter().zip(&lens) {
+        inputs.push(pad(&job.inputs, len)?);
+        if masked {
+            let m = match &job.mask {
+                Some(m) => m.shallow_clone(),
+                None => job.inputs.f_ones_like()?.f_to_kind(Kind::Int64)?,
+            };
+            masks.push(pad(&m, len)?);
+        }
+    }
+    let x = Tensor::f_cat(&inputs, 0)?;
+    let mask = if masked {
+        Some(Tensor::f_cat(&masks, 0)?)
+    } else {
+        None
+    };
+    let y = model.forward_masked(&x, mask.as_ref())?;
+    let expected = vec![total, s_max, num_logits];
+    if y.size() != expected {
+        return Err(EngineError::OutputShape {
+            expected,
+            got: y.size(),
+        });
+    }
+    let parts = if jobs.len() == 1 {
+        vec![y]
+    } else {
+        y.f_split_with_sizes(sizes, 0)?
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for ((part, job), &len) in parts.into_iter().zip(jobs).zip(&lens) {
+        let part = if len == s_max {
+            part
+        } else {
+            part.f_narrow(1, 0, len)?
+        };
+        out.push(match &job.mask {
+            Some(m) => {
+                let padding = m.f_eq(0)?.f_unsqueeze(-1)?.f_to_device(part.device())?;
+                part.f_masked_fill(&padding, 0.0)?
+            }
+            None => part,
+        });
+    }
+    Ok(out)
 }
 
 /// Casts (dense) or reduces to top-k (sparse) one request's logits `[batch, num_logits]`.

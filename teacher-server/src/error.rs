@@ -106,6 +106,78 @@ pub enum InvalidRequest {
         /// The temperature received.
         got: f32,
     },
+    /// A sequence longer than the model's `max_seq_len` (or of length 0).
+    #[error(
+        "inputs sequence length: expected between 1 and {max} tokens, got {got} (shape {shape:?})"
+    )]
+    SequenceLength {
+        /// The model's `max_seq_len`.
+        max: i64,
+        /// The length received.
+        got: i64,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// Token ids outside the vocabulary `0..vocab`.
+    #[error(
+        "inputs: expected token ids in 0..{vocab}, got {count} outside it (first: {value} at batch row {row}, position {position})"
+    )]
+    TokenId {
+        /// The vocabulary size (`num_logits`).
+        vocab: i64,
+        /// How many ids are out of range.
+        count: i64,
+        /// The first offending id (row-major order).
+        value: i64,
+        /// Its row in the batch.
+        row: i64,
+        /// Its position in the sequence.
+        position: i64,
+    },
+    /// An `attention_mask` sent to a model that is not a sequence model.
+    #[error("attention_mask: expected none (the model is not a sequence model), got shape {got:?}")]
+    MaskForClassifier {
+        /// The mask's shape.
+        got: Vec<i64>,
+    },
+    /// An `attention_mask` of a dtype other than U8 or I64.
+    #[error("attention_mask dtype: expected U8 or I64, got {got}")]
+    MaskDType {
+        /// The dtype received (wire name or raw number).
+        got: String,
+    },
+    /// An `attention_mask` whose shape is not the inputs' `[batch, seq]`.
+    #[error("attention_mask shape: expected the inputs' shape {expected:?}, got {got:?}")]
+    MaskShape {
+        /// The inputs' shape.
+        expected: Vec<i64>,
+        /// The mask's shape.
+        got: Vec<i64>,
+    },
+    /// An `attention_mask` value other than 0 or 1.
+    #[error(
+        "attention_mask: expected 0 (padding) or 1 (real token), got {value} at batch row {row}, position {position}"
+    )]
+    MaskValue {
+        /// The first bad value.
+        value: i64,
+        /// Its row.
+        row: i64,
+        /// Its position.
+        position: i64,
+    },
+    /// A response that would not fit the message limit (dense logits of a large vocabulary).
+    #[error(
+        "response too large: {what} would take {bytes} bytes, above the message limit of {limit} bytes: request top_k (e.g. 32) instead of dense logits, or send fewer samples"
+    )]
+    ResponseTooLarge {
+        /// What would be sent, e.g. `dense F32 logits [16, 256, 152064]`.
+        what: String,
+        /// Its size in bytes.
+        bytes: u64,
+        /// `ModelInfo.max_message_bytes`.
+        limit: u64,
+    },
 }
 
 impl InvalidRequest {
@@ -133,12 +205,10 @@ pub enum EngineError {
     #[error("libtorch: {0}")]
     Torch(String),
     /// The model returned logits of an unexpected shape.
-    #[error("model output: expected shape [{batch}, {num_logits}], got {got:?}")]
+    #[error("model output: expected shape {expected:?}, got {got:?}")]
     OutputShape {
-        /// Samples in the forward pass.
-        batch: i64,
-        /// The model's number of logits.
-        num_logits: i64,
+        /// `[batch, num_logits]`, or `[batch, seq, num_logits]` for a sequence model.
+        expected: Vec<i64>,
         /// The shape returned.
         got: Vec<i64>,
     },

@@ -4,7 +4,7 @@
 //! Models are built and used on the engine thread only (see [`crate::engine`]): `tch::Tensor` is
 //! `Send` but not `Sync`, and grad mode is thread-local.
 
-use crate::config::{ModelSource, ModelSpec, Precision};
+use crate::config::{ModelSource, ModelSpec, Precision, SequenceSpec};
 use crate::error::EngineError;
 use distill_models::{ArchSpec, Checkpoint, Network, checkpoint::sorted_variables, fingerprint};
 use std::path::Path;
@@ -41,17 +41,38 @@ pub struct ModelDescription {
     pub device: String,
     /// Precision of the forward pass (weights and floating-point inputs).
     pub precision: Precision,
+    /// For a sequence model (a causal LM): its longest sequence and tokenizer fingerprint.
+    pub sequence: Option<SequenceSpec>,
 }
 
 /// A teacher: maps inputs to logits. Implementations move inputs to their device and return
-/// logits on the CPU.
+/// the logits there: the engine reduces them (top-k, log-sum-exp, casts) on the device and copies
+/// only the result to the host.
 pub trait TeacherModel {
-    /// Logits `[batch, num_logits]` (CPU, any float kind) of inputs `[batch, ...input_shape]`
-    /// (CPU, the model's input dtype), in eval mode. Called under `tch::no_grad_guard`.
+    /// Logits `[batch, num_logits]` (on the model's device, any float kind; `f32` unless the
+    /// model is run in f32 and chooses another kind) of inputs `[batch, ...input_shape]` (CPU,
+    /// the model's input dtype), in eval mode. A sequence model maps token ids `i64 [batch, seq]`
+    /// to `[batch, seq, num_logits]`. Called under `tch::no_grad_guard`.
     ///
     /// # Errors
     /// [`EngineError`] on any libtorch failure; never panics on bad data.
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError>;
+
+    /// [`TeacherModel::forward`] of a sequence model with its attention mask (`[batch, seq]`,
+    /// CPU, `i64`: 1 = real token, 0 = padding on the right). The default, for models without
+    /// masks, runs [`TeacherModel::forward`] when `mask` is `None` and refuses a mask.
+    ///
+    /// # Errors
+    /// As [`TeacherModel::forward`]; [`EngineError::Torch`] for a mask given to a model that
+    /// takes none.
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
+        match mask {
+            None => self.forward(x),
+            Some(_) => Err(EngineError::Torch(
+                "this model takes no attention mask".into(),
+            )),
+        }
+    }
 
     /// What the model is.
     fn info(&self) -> ModelDescription;
@@ -84,7 +105,13 @@ pub fn load(
             let ck = Checkpoint::open(dir)?;
             let (vs, net) = ck.load_network(device)?;
             let version = format!("epoch {} step {}", ck.meta.epoch, ck.meta.step);
-            Box::new(ArchModel::new(vs, net, version, precision)?)
+            Box::new(ArchModel::new(
+                vs,
+                net,
+                version,
+                precision,
+                spec.sequence.clone(),
+            )?)
         }
         ModelSource::Safetensors { path, arch } => {
             let arch_spec = ArchSpec {
@@ -95,7 +122,13 @@ pub fn load(
             let vs = nn::VarStore::new(device);
             let net = Network::new(&vs.root(), &arch_spec)?;
             distill_models::load_safetensors(&vs, &arch.to_string(), path)?;
-            Box::new(ArchModel::new(vs, net, mtime_version(path), precision)?)
+            Box::new(ArchModel::new(
+                vs,
+                net,
+                mtime_version(path),
+                precision,
+                spec.sequence.clone(),
+            )?)
         }
     };
     warm_up(model.as_ref(), spec, precision)?;
@@ -106,8 +139,12 @@ pub fn load(
 /// dimension of size 1.
 const WARM_UP_BATCH: i64 = 2;
 
+/// Tokens per sequence in the warm-up batch of a sequence model (at most its `max_seq_len`).
+const WARM_UP_SEQ_LEN: i64 = 8;
+
 /// One forward pass of [`WARM_UP_BATCH`] zero samples, which must succeed and give logits
-/// `[WARM_UP_BATCH, num_logits]`.
+/// `[WARM_UP_BATCH, num_logits]` (a sequence model: [`WARM_UP_SEQ_LEN`] tokens with a full mask,
+/// giving `[WARM_UP_BATCH, seq, num_logits]`).
 fn warm_up(
     model: &dyn TeacherModel,
     spec: &ModelSpec,
@@ -118,15 +155,36 @@ fn warm_up(
             "warm-up at load (--precision {precision}): a forward pass of {WARM_UP_BATCH} zero samples failed: {why}"
         ))
     };
-    let mut shape = vec![WARM_UP_BATCH];
-    shape.extend_from_slice(&spec.input_shape);
+    let (shape, expected) = match &spec.sequence {
+        // A short sequence with a full mask.
+        Some(seq) => {
+            let len = seq.max_seq_len.min(WARM_UP_SEQ_LEN);
+            (
+                vec![WARM_UP_BATCH, len],
+                vec![WARM_UP_BATCH, len, spec.num_logits],
+            )
+        }
+        None => {
+            let mut shape = vec![WARM_UP_BATCH];
+            shape.extend_from_slice(&spec.input_shape);
+            (shape, vec![WARM_UP_BATCH, spec.num_logits])
+        }
+    };
     let x = Tensor::f_zeros(shape.as_slice(), (spec.input_dtype, Device::Cpu))
         .map_err(|e| fail(e.to_string()))?;
-    let y = model.forward(&x).map_err(|e| fail(e.to_string()))?;
-    if y.size() != [WARM_UP_BATCH, spec.num_logits] {
+    let mask = match &spec.sequence {
+        Some(_) => Some(
+            Tensor::f_ones(shape.as_slice(), (Kind::Int64, Device::Cpu))
+                .map_err(|e| fail(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let y = model
+        .forward_masked(&x, mask.as_ref())
+        .map_err(|e| fail(e.to_string()))?;
+    if y.size() != expected {
         return Err(fail(format!(
-            "expected logits [{WARM_UP_BATCH}, {}], got {:?}",
-            spec.num_logits,
+            "expected logits {expected:?}, got {:?}",
             y.size()
         )));
     }
@@ -240,6 +298,7 @@ impl TorchScriptModel {
                 num_logits: spec.num_logits,
                 device: device_name(device),
                 precision,
+                sequence: spec.sequence.clone(),
             },
         })
     }
@@ -247,10 +306,29 @@ impl TorchScriptModel {
 
 impl TeacherModel for TorchScriptModel {
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_masked(x, None)
+    }
+
+    /// A sequence model's module is called as `forward(input_ids, attention_mask)`, both `i64
+    /// [batch, seq]` (a full mask when none was sent), as Hugging Face models are; any other
+    /// module as `forward(inputs)`.
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
         no_panic(|| {
             let x = input_in(x.f_to_device(self.device)?, self.precision)?;
-            let y = self.module.forward_ts(&[x])?;
-            logits_out(y.f_to_device(Device::Cpu)?, self.precision)
+            let y = if self.info.sequence.is_some() {
+                let mask = match mask {
+                    Some(m) => m.f_to_kind(Kind::Int64)?.f_to_device(self.device)?,
+                    None => x.f_ones_like()?.f_to_kind(Kind::Int64)?,
+                };
+                self.module.forward_ts(&[x, mask])?
+            } else if mask.is_some() {
+                return Err(EngineError::Torch(
+                    "this model takes no attention mask".into(),
+                ));
+            } else {
+                self.module.forward_ts(&[x])?
+            };
+            logits_out(y, self.precision)
         })
     }
 
@@ -271,7 +349,8 @@ pub struct ArchModel {
 }
 
 impl ArchModel {
-    /// Wraps a network whose weights live in `vs`: fingerprints the weights as loaded, then
+    /// Wraps a network whose weights live in `vs` (`sequence`: what a language model adds to its
+    /// description, its tokenizer fingerprint): fingerprints the weights as loaded, then
     /// converts them to `precision` (`VarStore::bfloat16` / `half`, which convert only
     /// floating-point variables).
     ///
@@ -282,6 +361,7 @@ impl ArchModel {
         net: Network,
         version: String,
         precision: Precision,
+        sequence: Option<SequenceSpec>,
     ) -> Result<Self, LoadError> {
         let fp = fingerprint(&sorted_variables(&vs))
             .map_err(|e| LoadError(format!("fingerprinting weights: {e}")))?;
@@ -302,8 +382,14 @@ impl ArchModel {
                 name: spec.arch.to_string(),
                 version,
                 fingerprint: fp,
+                input_dtype: spec.arch.input_kind(),
+                sequence: spec.arch.is_sequence_model().then(|| SequenceSpec {
+                    max_seq_len: spec.input_shape.first().copied().unwrap_or(0),
+                    tokenizer_fingerprint: sequence
+                        .map(|s| s.tokenizer_fingerprint)
+                        .unwrap_or_default(),
+                }),
                 input_shape: spec.input_shape,
-                input_dtype: Kind::Float,
                 num_logits: spec.num_classes,
                 device: device_name(device),
                 precision,
@@ -318,13 +404,18 @@ impl ArchModel {
 
 impl TeacherModel for ArchModel {
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_masked(x, None)
+    }
+
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
         no_panic(|| {
             let x = input_in(x.f_to_device(self.device)?, self.precision)?;
+            let mask = mask.map(|m| m.f_to_device(self.device)).transpose()?;
             let y = self
                 .net
-                .forward(&x, false)
+                .forward_masked(&x, mask.as_ref(), false)
                 .map_err(|e| EngineError::Torch(e.to_string()))?;
-            logits_out(y.f_to_device(Device::Cpu)?, self.precision)
+            logits_out(y, self.precision)
         })
     }
 
@@ -417,6 +508,7 @@ mod tests {
             input_shape: vec![2],
             input_dtype: Kind::Float,
             num_logits: 4,
+            sequence: None,
         };
         let e = warm_up(&Broken { fail: true }, &spec, Precision::Bf16).unwrap_err();
         assert!(
@@ -447,7 +539,7 @@ mod tests {
                     let _ = t.fill_(0.1 * (i + 1) as f64);
                 }
             });
-            ArchModel::new(vs, net, "v".into(), p).unwrap()
+            ArchModel::new(vs, net, "v".into(), p, None).unwrap()
         };
         let (f, b) = (build(Precision::F32), build(Precision::Bf16));
         assert_eq!(f.info().fingerprint, b.info().fingerprint);

@@ -76,6 +76,8 @@ impl ServingModel {
             input_dtype,
             num_logits: info.num_logits,
             max_batch_size: settings.max_batch_size,
+            max_seq_len: info.sequence.as_ref().map(|s| s.max_seq_len),
+            max_message_bytes: settings.max_message_bytes as u64,
         };
         Ok(ServingModel {
             info,
@@ -134,6 +136,7 @@ impl Teacher for TeacherService {
             num_logits,
             device,
             precision,
+            sequence,
         } = model.info.clone();
         Ok(Response::new(v1::ModelInfo {
             name,
@@ -147,6 +150,11 @@ impl Teacher for TeacherService {
             max_message_bytes: model.max_message_bytes as u64,
             instance_id: self.instance_id.clone(),
             precision: precision.dtype() as i32,
+            sequence_model: sequence.is_some(),
+            max_seq_len: sequence.as_ref().map_or(0, |s| s.max_seq_len),
+            tokenizer_fingerprint: sequence
+                .map(|s| s.tokenizer_fingerprint)
+                .unwrap_or_default(),
         }))
     }
 
@@ -285,7 +293,9 @@ impl StreamTask {
         drop(req);
         let (reply, rx) = oneshot::channel();
         let job = Job {
+            sequence: self.model.limits.max_seq_len.is_some(),
             inputs: valid.inputs,
+            mask: valid.mask,
             output: valid.output,
             arrived,
             reply,

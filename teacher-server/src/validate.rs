@@ -21,13 +21,21 @@ pub(crate) struct Limits {
     pub num_logits: i64,
     /// `--max-batch-size`.
     pub max_batch_size: usize,
+    /// A sequence model's `max_seq_len` (`input_shape` is then `[max_seq_len]` and any length
+    /// up to it is accepted); `None` for a classifier.
+    pub max_seq_len: Option<i64>,
+    /// `--max-message-bytes`: the largest response that may be sent.
+    pub max_message_bytes: u64,
 }
 
 /// A request that passed validation.
 #[derive(Debug)]
 pub(crate) struct ValidRequest {
-    /// Inputs `[batch, ...input_shape]`, CPU, the model's input dtype, all finite.
+    /// Inputs `[batch, ...input_shape]`, CPU, the model's input dtype, all finite (a sequence
+    /// model: `i64 [batch, seq]`, every id in `0..num_logits`).
     pub inputs: Tensor,
+    /// A sequence model's attention mask, `i64 [batch, seq]` of 0 and 1; `None`: all real.
+    pub mask: Option<Tensor>,
     /// How the logits are wanted.
     pub output: OutputSpec,
 }
@@ -36,8 +44,10 @@ pub(crate) struct ValidRequest {
 ///
 /// # Errors
 /// The first [`InvalidRequest`] found: missing inputs, dtype, tensor consistency (negative or
-/// absurd dimensions, data length), rank, per-sample shape, empty or oversized batch, output
-/// dtype, `top_k`, non-finite values.
+/// absurd dimensions, data length), rank, per-sample shape (a sequence model: sequence length),
+/// empty or oversized batch, output dtype, `top_k`, a response over the message limit,
+/// non-finite values, token ids outside the vocabulary, and the attention mask's dtype, shape
+/// and values.
 pub(crate) fn validate(
     req: &v1::LogitsRequest,
     limits: &Limits,
@@ -49,6 +59,7 @@ pub(crate) fn validate(
         output_dtype,
         top_k,
         temperature,
+        attention_mask,
     } = req;
     let inputs = inputs
         .as_ref()
@@ -72,7 +83,15 @@ pub(crate) fn validate(
             shape,
         });
     }
-    if shape[1..] != limits.input_shape[..] {
+    if let Some(max) = limits.max_seq_len {
+        if !(1..=max).contains(&shape[1]) {
+            return Err(InvalidRequest::SequenceLength {
+                max,
+                got: shape[1],
+                shape,
+            });
+        }
+    } else if shape[1..] != limits.input_shape[..] {
         return Err(InvalidRequest::SampleShape {
             expected: limits.input_shape.clone(),
             got: shape[1..].to_vec(),
@@ -115,6 +134,7 @@ pub(crate) fn validate(
         t if t.is_finite() && t > 0.0 => t,
         t => return Err(InvalidRequest::Temperature { got: t }),
     };
+    check_response_size(&shape, limits, kind, i64::from(*top_k))?;
     let tensor = codec::decode(inputs)?;
     if matches!(
         checked.kind,
@@ -122,14 +142,161 @@ pub(crate) fn validate(
     ) {
         check_finite(&tensor)?;
     }
+    let mask = match (attention_mask, limits.max_seq_len) {
+        (None, _) => None,
+        (Some(m), None) => {
+            return Err(InvalidRequest::MaskForClassifier {
+                got: m.shape.clone(),
+            });
+        }
+        (Some(m), Some(_)) => Some(decode_mask(m, &shape)?),
+    };
+    if limits.max_seq_len.is_some() {
+        check_token_ids(&tensor, limits.num_logits)?;
+    }
     Ok(ValidRequest {
         inputs: tensor,
+        mask,
         output: OutputSpec {
             kind,
             top_k: i64::from(*top_k),
             temperature,
         },
     })
+}
+
+/// Rejects a request whose response (dense logits, or top-k with its log-sum-exps) would not
+/// fit `limits.max_message_bytes`.
+fn check_response_size(
+    shape: &[i64],
+    limits: &Limits,
+    kind: Kind,
+    top_k: i64,
+) -> Result<(), InvalidRequest> {
+    // Rows of logits: samples, times positions for a sequence model.
+    let rows: u64 = match limits.max_seq_len {
+        Some(_) => shape.iter().take(2).map(|&d| d.max(0) as u64).product(),
+        None => shape.first().map_or(0, |&d| d.max(0) as u64),
+    };
+    let elt = kind.elt_size_in_bytes() as u64;
+    let (bytes, what) = if top_k == 0 {
+        (
+            rows.saturating_mul(limits.num_logits as u64)
+                .saturating_mul(elt),
+            "dense",
+        )
+    } else {
+        // Indices (i64) and values per entry, two f32 log-sum-exps per row.
+        (
+            rows.saturating_mul((top_k as u64).saturating_mul(8 + elt).saturating_add(8)),
+            "top-k",
+        )
+    };
+    // Protobuf framing and the timing, generously.
+    let bytes = bytes.saturating_add(1024);
+    if bytes <= limits.max_message_bytes {
+        return Ok(());
+    }
+    let mut dims: Vec<i64> = match limits.max_seq_len {
+        Some(_) => shape.iter().take(2).copied().collect(),
+        None => shape.iter().take(1).copied().collect(),
+    };
+    dims.push(if top_k == 0 { limits.num_logits } else { top_k });
+    Err(InvalidRequest::ResponseTooLarge {
+        what: format!(
+            "{what} {} logits {dims:?}",
+            codec::dtype_of(kind).map_or("?", |d| d.as_str_name())
+        ),
+        bytes,
+        limit: limits.max_message_bytes,
+    })
+}
+
+/// The attention mask of a sequence batch of shape `shape` (`[batch, seq]`): U8 or I64, that
+/// shape, values 0 or 1; returned as `i64`.
+fn decode_mask(m: &v1::Tensor, shape: &[i64]) -> Result<Tensor, InvalidRequest> {
+    if m.dtype != v1::DType::U8 as i32 && m.dtype != v1::DType::I64 as i32 {
+        return Err(InvalidRequest::MaskDType {
+            got: InvalidRequest::dtype_label(m.dtype),
+        });
+    }
+    let checked =
+        codec::check(m).map_err(|e| InvalidRequest::Tensor(format!("attention_mask: {e}")))?;
+    if checked.shape != shape {
+        return Err(InvalidRequest::MaskShape {
+            expected: shape.to_vec(),
+            got: checked.shape,
+        });
+    }
+    let torch = |e: tch::TchError| {
+        InvalidRequest::Tensor(format!(
+            "attention_mask: {}",
+            distill_models::torch_message(&e)
+        ))
+    };
+    let mask = codec::decode(m)
+        .map_err(|e| InvalidRequest::Tensor(format!("attention_mask: {e}")))?
+        .f_to_kind(Kind::Int64)
+        .map_err(torch)?;
+    let bad = mask
+        .f_ne(0)
+        .and_then(|nz| nz.f_logical_and(&mask.f_ne(1)?))
+        .map_err(torch)?;
+    if let Some((row, position, flat)) = first_true(&bad, shape[1]).map_err(torch)? {
+        let value = mask
+            .f_flatten(0, -1)
+            .and_then(|f| f.f_int64_value(&[flat]))
+            .map_err(torch)?;
+        return Err(InvalidRequest::MaskValue {
+            value,
+            row,
+            position,
+        });
+    }
+    Ok(mask)
+}
+
+/// Rejects token ids outside `0..vocab`, naming the first (row-major).
+fn check_token_ids(ids: &Tensor, vocab: i64) -> Result<(), InvalidRequest> {
+    let torch = |e: tch::TchError| {
+        InvalidRequest::Tensor(format!(
+            "checking token ids: {}",
+            distill_models::torch_message(&e)
+        ))
+    };
+    let bad = ids
+        .f_lt(0)
+        .and_then(|lo| lo.f_logical_or(&ids.f_ge(vocab)?))
+        .map_err(torch)?;
+    let seq = ids.size().get(1).copied().unwrap_or(1);
+    let Some((row, position, flat)) = first_true(&bad, seq).map_err(torch)? else {
+        return Ok(());
+    };
+    let count = bad
+        .f_sum(Kind::Int64)
+        .and_then(|c| c.f_int64_value(&[]))
+        .map_err(torch)?;
+    let value = ids
+        .f_flatten(0, -1)
+        .and_then(|f| f.f_int64_value(&[flat]))
+        .map_err(torch)?;
+    Err(InvalidRequest::TokenId {
+        vocab,
+        count,
+        value,
+        row,
+        position,
+    })
+}
+
+/// `(row, position, flat index)` of the first true element of a bool `[batch, seq]` tensor.
+fn first_true(bad: &Tensor, seq: i64) -> Result<Option<(i64, i64, i64)>, tch::TchError> {
+    let flat = bad.f_flatten(0, -1)?.f_to_kind(Kind::Int8)?;
+    if flat.numel() == 0 || flat.f_max()?.f_int64_value(&[])? == 0 {
+        return Ok(None);
+    }
+    let i = flat.f_argmax(0, false)?.f_int64_value(&[])?;
+    Ok(Some((i / seq.max(1), i % seq.max(1), i)))
 }
 
 /// Rejects NaN and ±Inf.
@@ -170,7 +337,122 @@ mod tests {
             input_dtype: v1::DType::F32,
             num_logits: 10,
             max_batch_size: 8,
+            max_seq_len: None,
+            max_message_bytes: 4 << 20,
         }
+    }
+
+    /// A sequence model: vocabulary 50, sequences up to 6 tokens, 4 KiB messages.
+    fn lm_limits() -> Limits {
+        Limits {
+            input_shape: vec![6],
+            input_dtype: v1::DType::I64,
+            num_logits: 50,
+            max_batch_size: 8,
+            max_seq_len: Some(6),
+            max_message_bytes: 4096,
+        }
+    }
+
+    fn ids(shape: Vec<i64>, values: &[i64]) -> v1::Tensor {
+        v1::Tensor {
+            dtype: v1::DType::I64 as i32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    fn lm_request(inputs: v1::Tensor, mask: Option<v1::Tensor>, top_k: u32) -> v1::LogitsRequest {
+        v1::LogitsRequest {
+            batch_id: 1,
+            inputs: Some(inputs),
+            output_dtype: 0,
+            top_k,
+            temperature: 0.0,
+            attention_mask: mask,
+        }
+    }
+
+    #[test]
+    fn sequence_batches_of_any_length_with_masks_are_accepted() {
+        let l = lm_limits();
+        // Two sequences of 3 tokens, the second padded after 2; dense logits 2·3·50·4 = 1200 B
+        // (+ 1 KiB for framing).
+        let mask = v1::Tensor {
+            dtype: v1::DType::U8 as i32,
+            shape: vec![2, 3],
+            data: vec![1, 1, 1, 1, 1, 0],
+        };
+        let v = validate(
+            &lm_request(ids(vec![2, 3], &[1, 2, 3, 4, 5, 0]), Some(mask), 0),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(v.inputs.size(), vec![2, 3]);
+        let m = v.mask.unwrap();
+        assert_eq!(m.kind(), Kind::Int64);
+        assert_eq!(
+            Vec::<i64>::try_from(m.flatten(0, -1)).unwrap(),
+            [1, 1, 1, 1, 1, 0]
+        );
+        let v = validate(&lm_request(ids(vec![1, 6], &[49; 6]), None, 4), &l).unwrap();
+        assert!(v.mask.is_none());
+    }
+
+    #[test]
+    fn sequence_errors_name_the_position_and_what_was_expected() {
+        let l = lm_limits();
+        let msg = |r: v1::LogitsRequest| validate(&r, &l).unwrap_err().to_string();
+        let e = msg(lm_request(ids(vec![1, 7], &[0; 7]), None, 4));
+        assert!(
+            e.contains("between 1 and 6 tokens") && e.contains("got 7"),
+            "{e}"
+        );
+        let e = msg(lm_request(ids(vec![2, 3], &[1, 2, 3, 4, 50, 60]), None, 4));
+        assert!(
+            e.contains("token ids in 0..50")
+                && e.contains("got 2 outside")
+                && e.contains("first: 50 at batch row 1, position 1"),
+            "{e}"
+        );
+        let e = msg(lm_request(ids(vec![1, 2], &[-1, 0]), None, 4));
+        assert!(e.contains("first: -1 at batch row 0, position 0"), "{e}");
+        let e = msg(lm_request(
+            ids(vec![1, 2], &[1, 2]),
+            Some(ids(vec![2, 1], &[1, 1])),
+            4,
+        ));
+        assert!(
+            e.contains("expected the inputs' shape [1, 2], got [2, 1]"),
+            "{e}"
+        );
+        let f32_mask = v1::Tensor {
+            dtype: v1::DType::F32 as i32,
+            shape: vec![1, 2],
+            data: vec![0; 8],
+        };
+        let e = msg(lm_request(ids(vec![1, 2], &[1, 2]), Some(f32_mask), 4));
+        assert!(e.contains("expected U8 or I64, got F32"), "{e}");
+        let e = msg(lm_request(
+            ids(vec![1, 2], &[1, 2]),
+            Some(ids(vec![1, 2], &[1, 2])),
+            4,
+        ));
+        assert!(e.contains("got 2 at batch row 0, position 1"), "{e}");
+        // Dense: 4 · 6 · 50 · 4 = 4800 B > 4096; top-k 4 (4 · 6 · (4 · 12 + 8) B) fits.
+        let e = msg(lm_request(ids(vec![4, 6], &[0; 24]), None, 0));
+        assert!(
+            e.contains("dense F32 logits [4, 6, 50]")
+                && e.contains("above the message limit of 4096 bytes")
+                && e.contains("request top_k"),
+            "{e}"
+        );
+        validate(&lm_request(ids(vec![4, 6], &[0; 24]), None, 4), &l).unwrap();
+        // A mask sent to a classifier.
+        let mut r = ok(1);
+        r.attention_mask = Some(ids(vec![1, 16], &[1; 16]));
+        let e = validate(&r, &limits()).unwrap_err().to_string();
+        assert!(e.contains("not a sequence model"), "{e}");
     }
 
     fn request(dtype: i32, shape: Vec<i64>, data: Vec<u8>) -> v1::LogitsRequest {
@@ -180,6 +462,7 @@ mod tests {
             output_dtype: 0,
             top_k: 0,
             temperature: 0.0,
+            attention_mask: None,
         }
     }
 

@@ -125,7 +125,7 @@ pub fn python() -> std::process::Command {
 }
 
 /// TorchScript teachers made by `scripts/export_teacher.py` (small CNNs, f32 `[1, 28, 28]`
-/// inputs, 10 logits, each with its sidecar `FILE.json`).
+/// inputs, 10 logits, and a small causal LM, each with its sidecar `FILE.json`).
 #[derive(Debug, Clone)]
 pub struct Fixtures {
     /// Folder holding them.
@@ -136,6 +136,10 @@ pub struct Fixtures {
     pub teacher_train: PathBuf,
     /// Other weights (seed 1).
     pub teacher_other: PathBuf,
+    /// A small causal LM (`forward(input_ids, attention_mask)`, vocabulary 64, sequences up to
+    /// 16 tokens; 2 pre-norm blocks of width 32 with 4 heads, the built-in `lm` family), with a
+    /// sidecar naming `lm_tokenizer.json` beside it as its tokenizer.
+    pub lm: PathBuf,
 }
 
 /// The TorchScript fixtures, exported once per version of the export script: cached in
@@ -157,6 +161,7 @@ pub fn fixtures() -> &'static Fixtures {
             teacher: dir.join("teacher.pt"),
             teacher_train: dir.join("teacher_train.pt"),
             teacher_other: dir.join("teacher_other.pt"),
+            lm: dir.join("lm.pt"),
             dir: dir.clone(),
         };
         if dir.join(".complete").is_file() {
@@ -320,6 +325,7 @@ pub fn request(batch_id: u64, inputs: &Tensor) -> v1::LogitsRequest {
         output_dtype: v1::DType::F32 as i32,
         top_k: 0,
         temperature: 0.0,
+        attention_mask: None,
     }
 }
 

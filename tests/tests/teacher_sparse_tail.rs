@@ -16,6 +16,7 @@ fn req(batch_id: u64, x: &Tensor, top_k: u32, temperature: f32) -> v1::LogitsReq
         output_dtype: DType::F32 as i32,
         top_k,
         temperature,
+        attention_mask: None,
     }
 }
 

@@ -327,6 +327,7 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         input_shape: INPUT_SHAPE.to_vec(),
         input_dtype: tch::Kind::Float,
         num_logits: NUM_LOGITS,
+        sequence: None,
     };
     let source = ModelSource::Checkpoint {
         dir: ctx.teacher.clone(),
@@ -624,6 +625,7 @@ fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         input_shape: INPUT_SHAPE.to_vec(),
         input_dtype: Kind::Float,
         num_logits: NUM_LOGITS,
+        sequence: None,
     };
     let source = ModelSource::Checkpoint {
         dir: ctx.teacher.clone(),
@@ -1086,6 +1088,7 @@ fn inprocess_run(ctx: &Ctx, threads: i32) -> Result<f64, String> {
         input_shape: INPUT_SHAPE.to_vec(),
         input_dtype: Kind::Float,
         num_logits: NUM_LOGITS,
+        sequence: None,
     };
     let teacher = teacher_server::model::load(
         &ModelSource::Checkpoint {
