@@ -329,6 +329,8 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             sample_shape: spec.input_shape.clone(),
             num_classes: spec.num_classes,
             batch_size: tc.batch_size,
+            tokens: data.train.is_tokens(),
+            tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
         };
         let pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
         pool.check_top_k(cfg.request.top_k)?;
@@ -566,6 +568,12 @@ fn cache_key(
     teacher: &TeacherInfo,
     train: &Dataset,
 ) -> Result<CacheKey, AppError> {
+    if train.is_tokens() {
+        return Err(AppError::Mismatch(
+            "--logit-cache / capture: the logit cache holds one row of soft targets per sample              and does not take per-position (language-model) targets yet; run without it"
+                .into(),
+        ));
+    }
     Ok(CacheKey {
         teacher_fingerprint: teacher.fingerprint.clone(),
         teacher_precision: teacher_precision(teacher).to_string(),
@@ -592,6 +600,14 @@ fn open_cache(
     train: &Dataset,
     num_classes: i64,
 ) -> Result<LogitCache, AppError> {
+    if train.is_tokens() {
+        // The same refusal as cache_key's, before a cache without a teacher is opened.
+        cache_key(
+            &cfg.request,
+            &TeacherInfo::from(distill_proto::v1::ModelInfo::default()),
+            train,
+        )?;
+    }
     match teacher {
         Some(info) => {
             let key = cache_key(&cfg.request, info, train)?;
@@ -656,6 +672,8 @@ pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finish
         sample_shape: data.train.sample_shape(),
         num_classes: data.train.num_classes.max(data.test.num_classes),
         batch_size: 1,
+        tokens: data.train.is_tokens(),
+        tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
     };
     let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
     pool.check_top_k(cfg.request.top_k)?;
@@ -773,6 +791,8 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
                 sample_shape: test.sample_shape(),
                 num_classes: test.num_classes,
                 batch_size: 1,
+                tokens: test.is_tokens(),
+                tokenizer_fingerprint: test.tokenizer_fingerprint.clone(),
             };
             let mut pool = Pool::connect(groups.clone(), options, expect).await?;
             let batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);

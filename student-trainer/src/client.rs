@@ -193,18 +193,14 @@ impl From<v1::ModelInfo> for TeacherInfo {
 }
 
 impl TeacherInfo {
-    /// Checks the teacher against our data and student, before any training: input dtype (the
-    /// data is `f32`), per-sample input shape, and number of logits = classes.
+    /// Checks the teacher against our data and student, before any training: input dtype and
+    /// per-sample shape (the data is `f32`; token sequences `i64 [S]` need a sequence model
+    /// taking S tokens), number of logits = classes (a language model's vocabulary), the batch
+    /// size, and for token data the tokenizer (both fingerprints known and different: refused).
     ///
     /// # Errors
     /// [`ClientError::Incompatible`] naming the first mismatch, with both values.
-    pub fn check(
-        &self,
-        url: &str,
-        sample_shape: &[i64],
-        num_classes: i64,
-        batch_size: usize,
-    ) -> Result<(), ClientError> {
+    pub fn check(&self, url: &str, expect: &crate::pool::Expect) -> Result<(), ClientError> {
         let bad = |what, teacher: String, side, ours: String| ClientError::Incompatible {
             url: url.to_string(),
             what,
@@ -212,36 +208,86 @@ impl TeacherInfo {
             side,
             ours,
         };
-        if self.input_dtype != v1::DType::F32 {
+        let sample_shape = expect.sample_shape.as_slice();
+        if expect.tokens {
+            if !self.sequence_model {
+                return Err(bad(
+                    "kind of model",
+                    format!(
+                        "a classifier of {:?} {} inputs",
+                        self.input_shape,
+                        codec::dtype_name(self.input_dtype)
+                    ),
+                    "the data",
+                    format!("token sequences {sample_shape:?} (a sequence model is needed)"),
+                ));
+            }
+            let seq = sample_shape.first().copied().unwrap_or(0);
+            if seq > self.max_seq_len {
+                return Err(bad(
+                    "longest sequence (max_seq_len)",
+                    self.max_seq_len.to_string(),
+                    "the data's sequence length",
+                    seq.to_string(),
+                ));
+            }
+            if let Some(ours) = &expect.tokenizer_fingerprint
+                && !self.tokenizer_fingerprint.is_empty()
+                && *ours != self.tokenizer_fingerprint
+            {
+                return Err(bad(
+                    "tokenizer fingerprint (SHA-256 of tokenizer.json)",
+                    self.tokenizer_fingerprint.clone(),
+                    "the data's tokenizer",
+                    ours.clone(),
+                ));
+            }
+        } else if self.sequence_model {
             return Err(bad(
-                "input dtype",
-                codec::dtype_name(self.input_dtype).into(),
+                "kind of model",
+                format!(
+                    "a sequence model (token ids up to {} long)",
+                    self.max_seq_len
+                ),
                 "the data",
-                "f32".into(),
+                format!("{sample_shape:?} f32 samples (a classifier is needed)"),
             ));
+        } else {
+            if self.input_dtype != v1::DType::F32 {
+                return Err(bad(
+                    "input dtype",
+                    codec::dtype_name(self.input_dtype).into(),
+                    "the data",
+                    "f32".into(),
+                ));
+            }
+            if self.input_shape != sample_shape {
+                return Err(bad(
+                    "per-sample input shape",
+                    format!("{:?}", self.input_shape),
+                    "the data",
+                    format!("{sample_shape:?}"),
+                ));
+            }
         }
-        if self.input_shape != sample_shape {
+        if self.num_logits != expect.num_classes {
             return Err(bad(
-                "per-sample input shape",
-                format!("{:?}", self.input_shape),
-                "the data",
-                format!("{sample_shape:?}"),
-            ));
-        }
-        if self.num_logits != num_classes {
-            return Err(bad(
-                "number of classes (logits)",
+                if expect.tokens {
+                    "vocabulary size (logits)"
+                } else {
+                    "number of classes (logits)"
+                },
                 self.num_logits.to_string(),
                 "the data and student",
-                num_classes.to_string(),
+                expect.num_classes.to_string(),
             ));
         }
-        if self.max_batch_size > 0 && batch_size > self.max_batch_size as usize {
+        if self.max_batch_size > 0 && expect.batch_size > self.max_batch_size as usize {
             return Err(bad(
                 "maximum batch size",
                 self.max_batch_size.to_string(),
                 "--batch-size",
-                batch_size.to_string(),
+                expect.batch_size.to_string(),
             ));
         }
         Ok(())
@@ -623,23 +669,93 @@ mod tests {
         }
     }
 
+    fn expect(sample_shape: &[i64], num_classes: i64, batch_size: usize) -> crate::pool::Expect {
+        crate::pool::Expect {
+            sample_shape: sample_shape.to_vec(),
+            num_classes,
+            batch_size,
+            tokens: false,
+            tokenizer_fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn a_language_model_checks_kind_length_vocabulary_and_tokenizer() {
+        let lm = TeacherInfo {
+            input_dtype: v1::DType::I64,
+            input_shape: vec![256],
+            num_logits: 8192,
+            sequence_model: true,
+            max_seq_len: 256,
+            tokenizer_fingerprint: "aa".into(),
+            ..info()
+        };
+        let tokens = |seq: i64, vocab: i64, tok: Option<&str>| crate::pool::Expect {
+            tokens: true,
+            tokenizer_fingerprint: tok.map(str::to_string),
+            ..expect(&[seq], vocab, 16)
+        };
+        lm.check("u", &tokens(128, 8192, Some("aa"))).unwrap();
+        lm.check("u", &tokens(256, 8192, None)).unwrap();
+        let e = lm
+            .check("u", &tokens(128, 8192, Some("bb")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokenizer") && e.contains("aa") && e.contains("bb"),
+            "{e}"
+        );
+        let e = lm
+            .check("u", &tokens(257, 8192, None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_seq_len") && e.contains("257"), "{e}");
+        let e = lm
+            .check("u", &tokens(128, 4096, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vocabulary") && e.contains("8192") && e.contains("4096"),
+            "{e}"
+        );
+        let e = info()
+            .check("u", &tokens(128, 10, None))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a sequence model is needed"), "{e}");
+        let e = lm
+            .check("u", &expect(&[256], 8192, 16))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a classifier is needed"), "{e}");
+    }
+
     #[test]
     fn model_info_check_names_the_mismatch() {
         let i = info();
-        i.check("u", &[1, 28, 28], 10, 128).unwrap();
-        let e = i.check("u", &[1, 28, 28], 5, 128).unwrap_err().to_string();
+        i.check("u", &expect(&[1, 28, 28], 10, 128)).unwrap();
+        let e = i
+            .check("u", &expect(&[1, 28, 28], 5, 128))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("number of classes") && e.contains("10") && e.contains('5'),
             "{e}"
         );
-        let e = i.check("u", &[784], 10, 128).unwrap_err().to_string();
+        let e = i
+            .check("u", &expect(&[784], 10, 128))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("input shape"), "{e}");
-        let e = i.check("u", &[1, 28, 28], 10, 512).unwrap_err().to_string();
+        let e = i
+            .check("u", &expect(&[1, 28, 28], 10, 512))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch size"), "{e}");
         let mut f16 = info();
         f16.input_dtype = v1::DType::F16;
         assert!(
-            f16.check("u", &[1, 28, 28], 10, 1)
+            f16.check("u", &expect(&[1, 28, 28], 10, 1))
                 .unwrap_err()
                 .to_string()
                 .contains("dtype")

@@ -152,15 +152,26 @@ pub enum DataError {
     },
 }
 
-/// An in-memory labelled dataset.
+/// The label of a position without a next token to predict (padding, the end of a text), as
+/// PyTorch's `ignore_index`: such positions count in no loss and no accuracy.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// An in-memory labelled dataset: images with class labels, or token sequences with their next
+/// tokens (a language-model dataset).
 #[derive(Debug)]
 pub struct Dataset {
-    /// Inputs, `f32` `[N, ...sample_shape]` (`[N, 1, 28, 28]` for Fashion-MNIST), normalised.
+    /// Inputs, `f32` `[N, ...sample_shape]` (`[N, 1, 28, 28]` for Fashion-MNIST), normalised;
+    /// or token ids `i64 [N, S]` for a language-model dataset.
     pub inputs: Tensor,
-    /// Class labels, `i64` `[N]`, in `0..num_classes`.
+    /// Class labels, `i64` `[N]`, in `0..num_classes`; for token sequences `i64 [N, S]`, the
+    /// next token of each position or [`IGNORE_INDEX`].
     pub labels: Tensor,
-    /// Number of classes: the largest label + 1 (10 for Fashion-MNIST).
+    /// Number of classes: the largest label + 1 (10 for Fashion-MNIST); the vocabulary size for
+    /// token sequences.
     pub num_classes: i64,
+    /// Hex SHA-256 of the tokenizer the token ids come from, when known (a student refuses a
+    /// teacher with another tokenizer).
+    pub tokenizer_fingerprint: Option<String>,
     /// Normalisation applied to raw bytes, `None` when the inputs were taken as they were
     /// (floating-point NPZ arrays). Store it with a checkpoint.
     pub normalization: Option<Normalization>,
@@ -177,9 +188,15 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// Shape of one input sample, e.g. `[1, 28, 28]`.
+    /// Shape of one input sample, e.g. `[1, 28, 28]` (`[S]` for token sequences).
     pub fn sample_shape(&self) -> Vec<i64> {
         self.inputs.size().into_iter().skip(1).collect()
+    }
+
+    /// Whether this is a language-model dataset: integer token ids `[N, S]` with labels per
+    /// position.
+    pub fn is_tokens(&self) -> bool {
+        self.inputs.kind() == Kind::Int64 && self.inputs.dim() == 2 && self.labels.dim() == 2
     }
 
     /// The first `min(n, N)` samples (views sharing storage with `self`); `num_classes` and
@@ -190,6 +207,7 @@ impl Dataset {
             inputs: self.inputs.narrow(0, 0, n),
             labels: self.labels.narrow(0, 0, n),
             num_classes: self.num_classes,
+            tokenizer_fingerprint: self.tokenizer_fingerprint.clone(),
             normalization: self.normalization,
         }
     }
@@ -315,6 +333,7 @@ pub fn load_idx_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
         inputs,
         labels,
         num_classes,
+        tokenizer_fingerprint: None,
         normalization: Some(norm),
     })
 }
@@ -411,6 +430,10 @@ fn read_idx(path: &Path, magic: u32) -> Result<Idx, DataError> {
 /// [`Normalization::FASHION_MNIST`]; floating-point inputs are taken as they are (converted to
 /// `f32`). `num_classes` = max label + 1.
 ///
+/// A language-model dataset holds token ids: `inputs` `int32/int64 [N, S]`, `labels` of the
+/// same shape (the next token of each position, or [`IGNORE_INDEX`]), and optionally a scalar
+/// `vocab_size` (otherwise the largest id + 1).
+///
 /// # Errors
 /// [`DataError::MissingFile`], [`DataError::MissingArray`], [`DataError::CountMismatch`],
 /// [`DataError::Invalid`] (non-integer or negative labels, other input dtypes, rank 0 arrays),
@@ -442,6 +465,13 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
     };
     let inputs = take("inputs")?;
     let labels = take("labels")?;
+    if matches!(inputs.kind(), Kind::Int | Kind::Int64) {
+        let vocab = take("vocab_size").ok();
+        return token_dataset(inputs, labels, vocab).map_err(|e| match e {
+            TokenDataError::Invalid(reason) => invalid(reason),
+            TokenDataError::Torch(source) => torch_err(source),
+        });
+    }
     if inputs.dim() == 0 || labels.dim() != 1 {
         return Err(invalid(format!(
             "`inputs` must be [N, ...] and `labels` [N]; got shapes {:?} and {:?}",
@@ -497,8 +527,120 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
         inputs,
         labels,
         num_classes,
+        tokenizer_fingerprint: None,
         normalization,
     })
+}
+
+/// Why token arrays do not make a language-model dataset.
+#[derive(Debug)]
+enum TokenDataError {
+    Invalid(String),
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for TokenDataError {
+    fn from(e: tch::TchError) -> Self {
+        TokenDataError::Torch(e)
+    }
+}
+
+/// A language-model dataset of token ids `inputs` `[N, S]` and next-token `labels` `[N, S]`
+/// ([`IGNORE_INDEX`] where there is none), vocabulary `vocab` (a scalar; default: largest id +
+/// 1).
+fn token_dataset(
+    inputs: Tensor,
+    labels: Tensor,
+    vocab: Option<Tensor>,
+) -> Result<Dataset, TokenDataError> {
+    let invalid = |r: String| TokenDataError::Invalid(r);
+    if inputs.dim() != 2 || labels.size() != inputs.size() {
+        return Err(invalid(format!(
+            "token `inputs` must be [N, S] and `labels` the same shape; got {:?} and {:?}",
+            inputs.size(),
+            labels.size()
+        )));
+    }
+    let inputs = inputs.f_to_kind(Kind::Int64)?;
+    let labels = labels.f_to_kind(Kind::Int64)?;
+    let max_id = |t: &Tensor| -> Result<i64, TokenDataError> {
+        Ok(if t.numel() == 0 {
+            -1
+        } else {
+            t.f_max()?.f_int64_value(&[])?
+        })
+    };
+    let vocab = match vocab {
+        Some(v) => v
+            .f_to_kind(Kind::Int64)?
+            .f_flatten(0, -1)?
+            .f_int64_value(&[0])?,
+        None => max_id(&inputs)?.max(max_id(&labels)?) + 1,
+    };
+    let labels_ok = labels
+        .f_eq(IGNORE_INDEX)?
+        .f_logical_or(&labels.f_ge(0)?.f_logical_and(&labels.f_lt(vocab)?)?)?;
+    let inputs_ok = inputs.f_ge(0)?.f_logical_and(&inputs.f_lt(vocab)?)?;
+    if inputs.numel() > 0
+        && (inputs_ok.f_all()?.f_int64_value(&[])? == 0
+            || labels_ok.f_all()?.f_int64_value(&[])? == 0)
+    {
+        return Err(invalid(format!(
+            "token ids must be in 0..{vocab} (labels also {IGNORE_INDEX}), got ids from {} to {}",
+            inputs
+                .f_min()?
+                .f_int64_value(&[])?
+                .min(labels.f_min()?.f_int64_value(&[])?),
+            max_id(&inputs)?.max(max_id(&labels)?)
+        )));
+    }
+    Ok(Dataset {
+        inputs,
+        labels,
+        num_classes: vocab,
+        tokenizer_fingerprint: None,
+        normalization: None,
+    })
+}
+
+/// A language-model dataset from packed token ids: `inputs` and `labels` row-major `[n, seq]`
+/// (`labels` the next token of each position, or [`IGNORE_INDEX`]), vocabulary `vocab`, from the
+/// tokenizer whose file has SHA-256 `tokenizer_fingerprint`.
+///
+/// # Errors
+/// [`DataError::Invalid`] (naming `source`) for lengths that are not `n · seq` or ids outside
+/// the vocabulary.
+pub fn token_dataset_from_ids(
+    source: &Path,
+    inputs: &[i64],
+    labels: &[i64],
+    seq: i64,
+    vocab: i64,
+    tokenizer_fingerprint: Option<String>,
+) -> Result<Dataset, DataError> {
+    let invalid = |reason: String| DataError::Invalid {
+        path: source.to_path_buf(),
+        reason,
+    };
+    if seq < 1 || inputs.len() != labels.len() || inputs.len() as i64 % seq != 0 {
+        return Err(invalid(format!(
+            "expected inputs and labels of n · {seq} token ids each, got {} and {}",
+            inputs.len(),
+            labels.len()
+        )));
+    }
+    let n = inputs.len() as i64 / seq;
+    let t = |v: &[i64]| Tensor::from_slice(v).view([n, seq]);
+    let mut d =
+        token_dataset(t(inputs), t(labels), Some(Tensor::from(vocab))).map_err(|e| match e {
+            TokenDataError::Invalid(r) => invalid(r),
+            TokenDataError::Torch(e) => DataError::Torch {
+                path: source.to_path_buf(),
+                source: e,
+            },
+        })?;
+    d.tokenizer_fingerprint = tokenizer_fingerprint;
+    Ok(d)
 }
 
 /// The order in which to visit `n` samples in `epoch`: a permutation of `0..n`, a pure function

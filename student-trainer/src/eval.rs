@@ -15,8 +15,13 @@ pub struct Accuracy {
     pub correct: u64,
     /// Samples evaluated.
     pub total: u64,
-    /// Per class `c`: `(correct, total)` among samples labelled `c`.
+    /// Per class `c`: `(correct, total)` among samples labelled `c` (empty for a language
+    /// model: its classes are the vocabulary).
     pub per_class: Vec<(u64, u64)>,
+    /// A language model: the summed negative log-likelihood (nats) of the `total` real tokens'
+    /// next tokens, from which [`Accuracy::perplexity`] follows; `None` for a classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll: Option<f64>,
 }
 
 impl Accuracy {
@@ -26,7 +31,59 @@ impl Accuracy {
             correct: 0,
             total: 0,
             per_class: vec![(0, 0); num_classes.max(0) as usize],
+            nll: None,
         }
+    }
+
+    /// Empty counts for a language model's next-token predictions.
+    pub fn tokens() -> Accuracy {
+        Accuracy {
+            correct: 0,
+            total: 0,
+            per_class: Vec::new(),
+            nll: Some(0.0),
+        }
+    }
+
+    /// A language model's perplexity `exp(nll / total)` over the evaluated tokens (Jelinek et
+    /// al. 1977; the exponential of the mean next-token cross-entropy in nats); `None` for a
+    /// classifier or when nothing was evaluated.
+    pub fn perplexity(&self) -> Option<f64> {
+        self.nll
+            .filter(|_| self.total > 0)
+            .map(|nll| (nll / self.total as f64).exp())
+    }
+
+    /// Adds a batch of next-token predictions: `logits` `[B, S, V]` against `labels` `i64
+    /// [B, S]`; positions labelled [`crate::data::IGNORE_INDEX`] are skipped. Counts top-1 hits
+    /// and sums the negative log-likelihood.
+    ///
+    /// # Errors
+    /// Libtorch errors (e.g. mismatched shapes).
+    pub fn add_tokens(&mut self, logits: &Tensor, labels: &Tensor) -> Result<(), tch::TchError> {
+        let v = logits.size().last().copied().unwrap_or(0);
+        let flat = logits.f_reshape([-1, v])?.f_to_kind(Kind::Float)?;
+        let labels = labels.f_reshape([-1])?.f_to_device(flat.device())?;
+        let real = labels.f_ne(crate::data::IGNORE_INDEX)?;
+        let nll = flat
+            .f_cross_entropy_loss::<Tensor>(
+                &labels,
+                None,
+                tch::Reduction::Sum,
+                crate::data::IGNORE_INDEX,
+                0.0,
+            )?
+            .f_double_value(&[])?;
+        let hits = flat
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&labels)?
+            .f_logical_and(&real)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
+        self.correct += hits as u64;
+        self.total += real.f_sum(Kind::Int64)?.f_int64_value(&[])? as u64;
+        self.nll = Some(self.nll.unwrap_or(0.0) + nll);
+        Ok(())
     }
 
     /// Fraction correct, in [0, 1] (0 when nothing was evaluated).
@@ -106,7 +163,8 @@ impl Accuracy {
     }
 }
 
-/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of `batch_size`.
+/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of `batch_size`; for a
+/// language-model dataset, next-token top-1 accuracy over the real positions and perplexity.
 ///
 /// # Errors
 /// Model or libtorch errors.
@@ -117,7 +175,12 @@ pub(crate) fn evaluate(
     batch_size: usize,
 ) -> Result<Accuracy, distill_models::ModelError> {
     let _guard = tch::no_grad_guard();
-    let mut acc = Accuracy::new(data.num_classes);
+    let tokens = data.is_tokens();
+    let mut acc = if tokens {
+        Accuracy::tokens()
+    } else {
+        Accuracy::new(data.num_classes)
+    };
     let n = data.len() as i64;
     let bs = batch_size.max(1) as i64;
     let mut start = 0;
@@ -126,7 +189,11 @@ pub(crate) fn evaluate(
         let xs = data.inputs.f_narrow(0, start, len)?.f_to_device(device)?;
         let ys = data.labels.f_narrow(0, start, len)?;
         let logits = net.forward(&xs, false)?;
-        acc.add(&logits, &ys)?;
+        if tokens {
+            acc.add_tokens(&logits, &ys)?;
+        } else {
+            acc.add(&logits, &ys)?;
+        }
         start += len;
     }
     Ok(acc)
@@ -149,5 +216,22 @@ mod tests {
         let t = a.table("x");
         assert!(t.contains("75.00 %") && t.contains("66.67 %"), "{t}");
         assert_eq!(a.to_json()["accuracy"], 0.75);
+    }
+
+    #[test]
+    fn next_token_accuracy_and_perplexity_skip_ignored_positions() {
+        // [1, 3, 2]: position 0 predicts class 0 (p = e/(e+1)), position 1 class 1 (label 0:
+        // wrong, p = 1/(e+1)), position 2 is ignored (its logits are garbage).
+        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, f32::NAN, 5.0]).reshape([1, 3, 2]);
+        let labels = Tensor::from_slice(&[0i64, 0, crate::data::IGNORE_INDEX]).reshape([1, 3]);
+        let mut a = Accuracy::tokens();
+        a.add_tokens(&logits, &labels).unwrap();
+        assert_eq!((a.correct, a.total), (1, 2));
+        let e = std::f64::consts::E;
+        let nll = -(e / (e + 1.0)).ln() - (1.0 / (e + 1.0)).ln();
+        assert!((a.nll.unwrap() - nll).abs() < 1e-5, "{:?} vs {nll}", a.nll);
+        let ppl = (nll / 2.0).exp();
+        assert!((a.perplexity().unwrap() - ppl).abs() < 1e-4);
+        assert_eq!(Accuracy::new(3).perplexity(), None);
     }
 }

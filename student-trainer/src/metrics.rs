@@ -31,6 +31,16 @@ pub struct EpochMetrics {
     pub samples_per_s: f64,
     /// Wall time of the epoch's training (seconds).
     pub wall_s: f64,
+    /// A language model: real tokens trained on in this epoch (positions with a next token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// A language model: training throughput in real tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// A language model: test-split perplexity after the epoch (`train_accuracy` and
+    /// `test_accuracy` are then next-token top-1 accuracies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_perplexity: Option<f64>,
 }
 
 /// An append-only `metrics.jsonl`.
@@ -94,6 +104,9 @@ mod tests {
             test_accuracy: Some(0.79),
             samples_per_s: 1e4,
             wall_s: 0.128,
+            tokens: None,
+            tokens_per_s: None,
+            test_perplexity: None,
         };
         MetricsLog::open(&dir).unwrap().append(&m).unwrap();
         let mut m2 = m.clone();

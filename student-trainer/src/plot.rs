@@ -717,6 +717,9 @@ mod tests {
             test_accuracy,
             samples_per_s: 1000.0 * epoch as f64,
             wall_s: 1.0,
+            tokens: None,
+            tokens_per_s: None,
+            test_perplexity: None,
         }
     }
 

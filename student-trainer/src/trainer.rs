@@ -386,6 +386,7 @@ pub fn run(
         opt.load_state(state)?;
     }
     let n = train.len();
+    let tokens = train.is_tokens();
     let mut metrics = MetricsLog::open(&cfg.out).map_err(|source| TrainError::Io {
         path: cfg.out.join(crate::metrics::METRICS_FILE),
         source,
@@ -457,7 +458,7 @@ pub fn run(
         if cached.is_some() {
             out.cached_epochs += 1;
         }
-        let mut sums = Sums::default();
+        let mut sums = Sums::for_tokens(tokens);
         let t0 = Instant::now();
         for planned in plan.into_iter().skip(skip) {
             if stop.load(Ordering::SeqCst) {
@@ -510,11 +511,21 @@ pub fn run(
                 (Objective::Distill { loss, labels, .. }, Some(t)) => {
                     let t = t.to_device(device)?;
                     let mask = label_mask(*labels, &planned.indices, device);
-                    let parts = loss.compute_targets(&logits, &t, &ys, mask.as_ref())?;
+                    let parts = if tokens {
+                        token_loss(loss, &logits, &t, &ys, mask.as_ref())?
+                    } else {
+                        loss.compute_targets(&logits, &t, &ys, mask.as_ref())?
+                    };
                     (parts.total, parts.soft, parts.hard)
                 }
                 _ => {
-                    let ce = loss::f_cross_entropy(&logits, &ys)?;
+                    let ce = if tokens {
+                        // Mean over the real positions (IGNORE_INDEX labels skipped).
+                        let v = logits.size().last().copied().unwrap_or(0);
+                        loss::f_cross_entropy(&logits.f_reshape([-1, v])?, &ys.f_reshape([-1])?)?
+                    } else {
+                        loss::f_cross_entropy(&logits, &ys)?
+                    };
                     let v = ce.double_value(&[]);
                     (ce, 0.0, v)
                 }
@@ -540,7 +551,16 @@ pub fn run(
                 .f_eq_tensor(&ys)?
                 .f_sum(Kind::Int64)?
                 .int64_value(&[]);
-            sums.add(planned.indices.len(), value, soft, hard, correct);
+            // What the loss and accuracy average over: samples, or a language model's real
+            // tokens (an IGNORE_INDEX label never equals an argmax, so `correct` needs no mask).
+            let units = if tokens {
+                ys.f_ne(crate::data::IGNORE_INDEX)?
+                    .f_sum(Kind::Int64)?
+                    .int64_value(&[]) as usize
+            } else {
+                planned.indices.len()
+            };
+            sums.add(planned.indices.len(), units, value, soft, hard, correct);
             out.samples += planned.indices.len() as u64;
             out.samples_total += planned.indices.len() as u64;
             if let (Some(ledger), Some((batch_id, replica, groups))) = (ledger.as_mut(), answered) {
@@ -590,6 +610,59 @@ pub fn run(
         out.test = Some(eval::evaluate(&net, test, device, 1000)?);
     }
     Ok(out)
+}
+
+/// The token-level distillation loss of a language model's batch: per real position (label not
+/// [`crate::data::IGNORE_INDEX`]) the loss of [`DistillLoss::compute_targets`] on that
+/// position's logits `[V]` and soft targets, summed over the real positions and divided by
+/// their number (padding and positions without a next token count nowhere, whatever their
+/// targets hold). `student` is `[B, S, V]`, `targets` per position (`[B, S, …]`), `labels`
+/// `i64 [B, S]`, `labelled` `bool [B]` (a sequence's label policy applies to all its tokens).
+///
+/// # Errors
+/// [`tch::TchError`] for mismatched shapes, or a batch without a real token.
+pub fn token_loss(
+    loss: &DistillLoss,
+    student: &Tensor,
+    targets: &crate::targets::SoftTargets,
+    labels: &Tensor,
+    labelled: Option<&Tensor>,
+) -> Result<loss::LossParts, tch::TchError> {
+    let size = student.size();
+    let [b, s, v] = size[..] else {
+        return Err(tch::TchError::Shape(format!(
+            "token loss: student logits must be [batch, seq, vocab], got {size:?}"
+        )));
+    };
+    if labels.size() != [b, s] {
+        return Err(tch::TchError::Shape(format!(
+            "token loss: labels must be [{b}, {s}], got {:?}",
+            labels.size()
+        )));
+    }
+    let flat_labels = labels.f_reshape([-1])?;
+    let real = flat_labels
+        .f_ne(crate::data::IGNORE_INDEX)?
+        .f_nonzero()?
+        .f_reshape([-1])?;
+    if real.numel() == 0 {
+        return Err(tch::TchError::Shape(
+            "token loss: the batch has no real token (every label is the ignore index)".into(),
+        ));
+    }
+    let rows = student.f_reshape([-1, v])?.f_index_select(0, &real)?;
+    let t = targets.flatten_positions()?.select(&real)?;
+    let ys = flat_labels.f_index_select(0, &real)?;
+    let mask = match labelled {
+        Some(m) => Some(
+            m.f_unsqueeze(1)?
+                .f_expand([b, s], false)?
+                .f_reshape([-1])?
+                .f_index_select(0, &real)?,
+        ),
+        None => None,
+    };
+    loss.compute_targets(&rows, &t, &ys, mask.as_ref())
 }
 
 /// The `labelled` mask of a batch: `bool [B]` on `device`, or `None` when every sample is
@@ -765,10 +838,13 @@ impl Ctx<'_> {
     }
 }
 
-/// Running sums of one epoch.
+/// Running sums of one epoch. Losses and accuracy average over units: samples, or a language
+/// model's real tokens (`tokens` set).
 #[derive(Default)]
 struct Sums {
     samples: usize,
+    units: usize,
+    tokens: bool,
     loss: f64,
     soft: f64,
     hard: f64,
@@ -776,9 +852,18 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, b: usize, loss: f64, soft: f64, hard: f64, correct: i64) {
-        let w = b as f64;
+    /// Sums of a language model's epoch (units are tokens).
+    fn for_tokens(tokens: bool) -> Sums {
+        Sums {
+            tokens,
+            ..Sums::default()
+        }
+    }
+
+    fn add(&mut self, b: usize, units: usize, loss: f64, soft: f64, hard: f64, correct: i64) {
+        let w = units as f64;
         self.samples += b;
+        self.units += units;
         self.loss += loss * w;
         self.soft += soft * w;
         self.hard += hard * w;
@@ -786,13 +871,16 @@ impl Sums {
     }
 
     fn mean_loss(&self) -> f64 {
-        self.loss / (self.samples.max(1) as f64)
+        self.loss / (self.units.max(1) as f64)
     }
 
     fn metrics(&self, epoch: u64, step: u64, t0: Instant, test: Option<&Accuracy>) -> EpochMetrics {
-        let n = self.samples.max(1) as f64;
+        let n = self.units.max(1) as f64;
         let wall = t0.elapsed().as_secs_f64();
         EpochMetrics {
+            tokens: self.tokens.then_some(self.units as u64),
+            tokens_per_s: self.tokens.then(|| self.units as f64 / wall.max(1e-9)),
+            test_perplexity: test.and_then(Accuracy::perplexity),
             epoch: epoch + 1,
             step,
             samples: self.samples as u64,

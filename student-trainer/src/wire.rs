@@ -84,8 +84,8 @@ impl TargetRequest {
     }
 }
 
-/// The request for one planned batch: the rows of `inputs` (`f32 [N, ...sample_shape]`, CPU)
-/// named by its indices, asking for the logits `spec` describes.
+/// The request for one planned batch: the rows of `inputs` (`f32 [N, ...sample_shape]`, or token
+/// ids `i64 [N, S]`, CPU) named by its indices, asking for the logits `spec` describes.
 ///
 /// # Errors
 /// [`ClientError::Torch`] for indices out of range, [`ClientError::Codec`] if the rows cannot
@@ -97,7 +97,13 @@ pub(crate) fn request(
     spec: &TargetRequest,
 ) -> Result<LogitsRequest, ClientError> {
     let idx = Tensor::from_slice(&b.indices);
-    let rows = inputs.f_index_select(0, &idx)?.f_to_kind(Kind::Float)?;
+    let rows = inputs.f_index_select(0, &idx)?;
+    // Images travel as f32; token ids keep their integer kind.
+    let rows = if rows.is_floating_point() {
+        rows.f_to_kind(Kind::Float)?
+    } else {
+        rows
+    };
     Ok(LogitsRequest {
         batch_id,
         inputs: Some(codec::encode(&rows)?),
@@ -134,8 +140,10 @@ pub(crate) struct Answering<'a> {
     pub(crate) seq: u64,
     /// The batch.
     pub(crate) batch: &'a PlannedBatch,
-    /// Logits per sample of the replica's group.
+    /// Logits per sample (per position) of the replica's group.
     pub(crate) num_logits: i64,
+    /// `Some(S)` when the logits come per position of sequences of `S` tokens.
+    pub(crate) positions: Option<i64>,
     /// The `top_k` requested (0: dense).
     pub(crate) top_k: u32,
 }
@@ -159,9 +167,14 @@ pub(crate) fn decode(
         seq,
         batch,
         num_logits,
+        positions,
         top_k,
     } = to;
-    let rows = batch.indices.len() as i64;
+    // The leading dimensions of every part: [batch] or [batch, S].
+    let mut lead = vec![batch.indices.len() as i64];
+    lead.extend(positions);
+    let with = |last: i64| -> Vec<i64> { lead.iter().copied().chain([last]).collect() };
+    let rows = lead[0];
     let protocol = |what: String| ClientError::Protocol(format!("{url}: batch_id {wire}: {what}"));
     match result {
         Some(logits_response::Result::Logits(t)) => {
@@ -171,7 +184,7 @@ pub(crate) fn decode(
                 )));
             }
             let logits = decode_float(&t, "logits", &protocol)?;
-            let expected = vec![rows, num_logits];
+            let expected = with(num_logits);
             if logits.size() != expected {
                 return Err(protocol(format!(
                     "logits of shape {:?}, expected {expected:?}",
@@ -200,8 +213,7 @@ pub(crate) fn decode(
             let (Some(indices), Some(values)) = (indices, values) else {
                 return Err(protocol("sparse logits without indices or values".into()));
             };
-            let k = i64::from(top_k);
-            let expected = vec![rows, k];
+            let expected = with(i64::from(top_k));
             if indices.dtype != v1::DType::I64 as i32 {
                 return Err(protocol(format!(
                     "top-k indices of dtype {}, expected I64",
@@ -215,7 +227,7 @@ pub(crate) fn decode(
             for (name, got, want) in [
                 ("indices", indices.size(), expected.clone()),
                 ("values", values.size(), expected.clone()),
-                ("tail_logsumexp", tail.size(), vec![rows]),
+                ("tail_logsumexp", tail.size(), lead.clone()),
             ] {
                 if got != want {
                     return Err(protocol(format!(
@@ -297,6 +309,7 @@ mod tests {
             seq: 1,
             batch: b,
             num_logits: 3,
+            positions: None,
             top_k: 0,
         }
     }

@@ -44,6 +44,7 @@ fn dataset() -> Dataset {
         labels: Tensor::from_slice(&labels),
         num_classes: CLASSES,
         normalization: None,
+        tokenizer_fingerprint: None,
     }
 }
 
@@ -160,6 +161,8 @@ async fn pool(url: &str, batch_size: usize) -> Pool {
             sample_shape: vec![1, 28, 28],
             num_classes: CLASSES,
             batch_size,
+            tokens: false,
+            tokenizer_fingerprint: None,
         },
     )
     .await

@@ -138,12 +138,26 @@ impl RunTargets {
 /// What every group's teacher must fit: the data and the student.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expect {
-    /// Per-sample input shape of the data.
+    /// Per-sample input shape of the data (`[S]` for token sequences).
     pub sample_shape: Vec<i64>,
-    /// Number of classes of the data and the student.
+    /// Number of classes of the data and the student (a language model's vocabulary size).
     pub num_classes: i64,
     /// Samples per batch.
     pub batch_size: usize,
+    /// The data is token sequences (`i64 [N, S]`): the teachers must be sequence models
+    /// taking `S` tokens, and their logits come per position.
+    pub tokens: bool,
+    /// Hex SHA-256 of the data's tokenizer file, when known: a teacher announcing another one is
+    /// refused.
+    pub tokenizer_fingerprint: Option<String>,
+}
+
+impl Expect {
+    /// Positions per sample in the teachers' logits: `Some(S)` for token sequences.
+    pub(crate) fn positions(&self) -> Option<i64> {
+        self.tokens
+            .then(|| self.sample_shape.first().copied().unwrap_or(0))
+    }
 }
 
 /// Why the pool cannot serve batches.
@@ -423,8 +437,7 @@ impl Pool {
                 })
                 .into());
         };
-        let e = &self.expect;
-        reference.check(&ref_url, &e.sample_shape, e.num_classes, e.batch_size)?;
+        reference.check(&ref_url, &self.expect)?;
         tracing::info!(
             group = %spec.name, url = %ref_url, name = %reference.name,
             fingerprint = %reference.fingerprint, device = %reference.device,
@@ -1036,6 +1049,7 @@ impl Pool {
         let wire_id = msg.batch_id;
         let url = self.replicas[replica].url.as_str();
         let groups = &self.groups;
+        let positions = self.expect.positions();
         let top_k = self.targets.request.top_k;
         let result = msg.result;
         let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
@@ -1045,6 +1059,7 @@ impl Pool {
                 seq: f.seq,
                 batch: f.batch,
                 num_logits: groups[f.group].reference.num_logits,
+                positions,
                 top_k,
             };
             Ok::<_, ClientError>(match wire::decode(result, to)? {
