@@ -127,7 +127,7 @@ pub(crate) fn decode_b64_number(s: &str) -> Option<usize> {
 }
 
 /// A dictd entry as plain text: paragraphs (separated by blank lines) become one line each, their
-/// lines trimmed and joined with a space; lines that are only a source tag in brackets
+/// words joined by single spaces (the indentation and the column padding of quotations go); lines that are only a source tag in brackets
 /// (`[1913 Webster]`, `[WordNet 1.5 +PJC]`) are dropped, and so is the U+FFFD that replaces
 /// bytes that were not UTF-8. The headword line with its pronunciation (`Serpolet
 /// \Ser"po*let\, n.`) is kept as it is.
@@ -145,10 +145,12 @@ pub fn entry_to_text(entry: &str) -> String {
         if line.starts_with('[') && line.ends_with(']') && !line[1..].contains('[') {
             continue;
         }
-        if !current.is_empty() {
-            current.push(' ');
+        for word in line.split_whitespace() {
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.extend(word.chars().filter(|&c| c != char::REPLACEMENT_CHARACTER));
         }
-        current.extend(line.chars().filter(|&c| c != char::REPLACEMENT_CHARACTER));
     }
     if !current.is_empty() {
         paragraphs.push(current);
@@ -226,10 +228,10 @@ mod tests {
 
     #[test]
     fn entry_text_joins_lines_and_drops_source_tags() {
-        let entry = "Serpolet \\Ser\"po*let\\, n. [F.] (Bot.)\n   Wild thyme.\n   [1913 Webster]\n\n   Syn: thyme,\n        creeping thyme\n        [WordNet 1.5 +PJC]\n";
+        let entry = "Serpolet \\Ser\"po*let\\, n. [F.] (Bot.)\n   Wild thyme, to be hoped\n      for.          --Locke.\n   [1913 Webster]\n\n   Syn: thyme,\n        creeping thyme\n        [WordNet 1.5 +PJC]\n";
         assert_eq!(
             entry_to_text(entry),
-            "Serpolet \\Ser\"po*let\\, n. [F.] (Bot.) Wild thyme.\nSyn: thyme, creeping thyme"
+            "Serpolet \\Ser\"po*let\\, n. [F.] (Bot.) Wild thyme, to be hoped for. --Locke.\nSyn: thyme, creeping thyme"
         );
     }
 

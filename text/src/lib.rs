@@ -42,7 +42,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Whether document `index` (0-based, in corpus order) belongs to the held-out test split:
 /// `index % TEST_EVERY == 0`. Fixed and seed-independent.
 pub fn is_test_document(index: usize) -> bool {
-    index % TEST_EVERY == 0
+    index.is_multiple_of(TEST_EVERY)
 }
 
 /// Splits documents into `(train, test)` by [`is_test_document`], keeping their order.

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn python_tokenizers_loads_the_rust_tokenizer_and_encodes_the_same_ids() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("text/ is in the workspace");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("text/ is in the workspace");
     let pylib = root.join(".pytokenizers");
     assert!(
         pylib.join("tokenizers").is_dir(),

@@ -36,7 +36,7 @@ pub fn sentences(seed: u64, n: usize) -> Vec<String> {
                         .collect();
                     match rng.random_range(0..20) {
                         0 => w = w.to_uppercase(),
-                        1 => w.push_str("\u{e9}"),
+                        1 => w.push('\u{e9}'),
                         2 => w = format!("{}", rng.random_range(0..2000)),
                         3 => w.push(','),
                         _ => {}
