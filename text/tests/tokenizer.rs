@@ -161,3 +161,20 @@ fn unreadable_or_invalid_tokenizer_files_are_errors_naming_the_path() {
     assert!(err.ends_with("it has no special token <|pad|>"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn saving_where_no_directory_can_be_made_is_a_write_error() {
+    let dir = common::temp_dir("tok-write");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let path = file.join("tokenizer.json");
+    let t = BpeTokenizer::train(common::sentences(9, 100).iter(), 300).unwrap();
+    let err = t.save(&path).unwrap_err();
+    assert!(matches!(err, TextError::Write { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot write {}: ", path.display())),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
