@@ -8,7 +8,8 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: setup build test demo soak bench fmt lint ci clean-runs
 
-## setup: libtorch (PyPI torch==2.11.0 into ~/.cache/distill) and Fashion-MNIST into data/
+## setup: libtorch (PyPI torch==2.11.0) and Python tokenizers into ~/.cache/distill; Fashion-MNIST
+## and GCIDE (Debian packages) into data/
 setup:
 	@bash scripts/setup.sh
 

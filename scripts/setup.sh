@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Project set-up: libtorch (from PyPI's torch wheel) into one cache folder outside the clone,
-# and Fashion-MNIST into the project's data dir. Idempotent: each step is skipped when done.
+# Project set-up: libtorch (from PyPI's torch wheel) and Python's tokenizers into one cache folder
+# outside the clone, and Fashion-MNIST and GCIDE (Debian packages) into the project's data dir.
+# Idempotent: each step is skipped when done.
 #
 # Environment:
 #   DISTILL_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/distill)
@@ -48,3 +49,43 @@ else
   rm -rf "$tmp"
   echo "setup: Fashion-MNIST unpacked into $data"
 fi
+
+# GCIDE (the Collaborative International Dictionary of English, GPL), the language-model corpus:
+# the system copy under /usr/share/dictd if installed, else Debian's dict-gcide unpacked into
+# data/gcide (no root). Its gcide.dict.dz is dictzip, which reads as gzip.
+data="$here/data/gcide"
+sys=/usr/share/dictd
+if [ -f "$data/gcide.dict.dz" ] && [ -f "$data/gcide.index" ]; then
+  echo "setup: GCIDE already in $data"
+elif [ -f "$sys/gcide.dict.dz" ] && [ -f "$sys/gcide.index" ]; then
+  mkdir -p "$data"; ln -sfn "$sys/gcide.dict.dz" "$data/gcide.dict.dz"; ln -sfn "$sys/gcide.index" "$data/gcide.index"
+  echo "setup: GCIDE linked from $sys"
+else
+  echo "setup: fetching Debian package dict-gcide"
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download dict-gcide 2>/dev/null || { apt-get update -qq >/dev/null 2>&1 || true; apt-get download dict-gcide; }; } )
+  dpkg -x "$tmp"/dict-gcide_*.deb "$tmp/root"
+  mkdir -p "$data"
+  cp "$tmp/root$sys/gcide.dict.dz" "$tmp/root$sys/gcide.index" "$data/"
+  rm -rf "$tmp"
+  echo "setup: GCIDE unpacked into $data"
+fi
+
+# Python's tokenizers (the same 0.23 family as the Rust crate) into the cache next to torch, for
+# the test that loads the Rust-trained tokenizer.json in Python; `.pytokenizers` links to it.
+# --no-deps: Tokenizer.from_file needs none of its dependencies (huggingface_hub is for downloads).
+PY_TOKENIZERS_VERSION=0.23.2
+tokdir="$cache/py-tokenizers-$PY_TOKENIZERS_VERSION"
+if [ -f "$tokdir/.complete" ]; then
+  echo "setup: Python tokenizers $PY_TOKENIZERS_VERSION already in $tokdir"
+else
+  echo "setup: installing Python tokenizers==$PY_TOKENIZERS_VERSION into $tokdir"
+  rm -rf "$tokdir.partial"
+  mkdir -p "$cache"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-deps \
+    --target "$tokdir.partial" "tokenizers==$PY_TOKENIZERS_VERSION"
+  rm -rf "$tokdir"
+  mv "$tokdir.partial" "$tokdir"
+  touch "$tokdir/.complete"
+fi
+[ "$(readlink "$here/.pytokenizers" 2>/dev/null)" = "$tokdir" ] || ln -sfn "$tokdir" "$here/.pytokenizers"
