@@ -8,7 +8,7 @@ use crate::capture::CaptureError;
 use crate::client::TeacherInfo;
 use crate::client::{ClientError, ClientOptions};
 use crate::config::{
-    CaptureConfig, DistillConfig, EvalConfig, EvalTarget, PlotConfig, TrainConfig,
+    CaptureConfig, DistillConfig, EvalConfig, EvalTarget, PlotConfig, TextOptions, TrainConfig,
 };
 use crate::data::{self, DataError, Dataset, Split};
 use crate::device::DeviceError;
@@ -85,6 +85,9 @@ pub enum AppError {
     /// Capturing soft targets failed.
     #[error("{0}")]
     Capture(#[from] CaptureError),
+    /// A text corpus could not be read, tokenized or packed.
+    #[error("{0}")]
+    Text(#[from] distill_text::TextError),
     /// A run directory could not be plotted, or the PNG not written.
     #[error("{0}")]
     Plot(#[from] PlotError),
@@ -138,21 +141,63 @@ pub enum Finished {
 struct Data {
     train: Dataset,
     test: Dataset,
+    /// The tokenizer file of a text corpus.
+    tokenizer: Option<PathBuf>,
 }
 
-fn load_data(dir: &Path, limit: Option<usize>) -> Result<Data, AppError> {
+/// Whether `dir` is a text corpus directory (it holds the GCIDE's `gcide.dict.dz`).
+fn is_text_corpus(dir: &Path) -> bool {
+    dir.join("gcide.dict.dz").is_file()
+}
+
+/// Tokenizes (training the BPE tokenizer the first time) and packs the text corpus in `dir`
+/// with `text`'s settings: both splits as language-model datasets, and the tokenizer file.
+fn load_text(dir: &Path, text: TextOptions) -> Result<(Dataset, Dataset, PathBuf), AppError> {
+    let t = Instant::now();
+    let bpe_dir = dir.join(format!("bpe-{}", text.vocab_size));
+    let p = distill_text::prepare(dir, &bpe_dir, text.vocab_size, text.seq_len)?;
+    let seq = p.seq_len as i64;
+    let vocab = p.vocab_size as i64;
+    let split = |packed: &distill_text::Packed| {
+        data::token_dataset_from_ids(
+            dir,
+            &packed.inputs,
+            &packed.labels,
+            seq,
+            vocab,
+            Some(p.fingerprint.clone()),
+        )
+    };
+    let (train, test) = (split(&p.train)?, split(&p.test)?);
+    tracing::info!(
+        corpus = %dir.display(), tokenizer = %p.tokenizer_path.display(),
+        fingerprint = %p.fingerprint, vocab, seq, trained_tokenizer = p.trained_tokenizer,
+        load_s = format!("{:.1}", t.elapsed().as_secs_f64()), "text corpus tokenized and packed"
+    );
+    Ok((train, test, p.tokenizer_path))
+}
+
+fn load_data(dir: &Path, limit: Option<usize>, text: TextOptions) -> Result<Data, AppError> {
     if !dir.exists() {
         return Err(DataError::MissingFile {
             path: dir.to_path_buf(),
         }
         .into());
     }
-    let train = data::load(dir, Split::Train)?;
+    let (train, test, tokenizer) = if is_text_corpus(dir) {
+        let (train, test, tok) = load_text(dir, text)?;
+        (train, test, Some(tok))
+    } else {
+        (
+            data::load(dir, Split::Train)?,
+            data::load(dir, Split::Test)?,
+            None,
+        )
+    };
     let train = match limit {
         Some(n) => train.limit(n),
         None => train,
     };
-    let test = data::load(dir, Split::Test)?;
     if train.sample_shape() != test.sample_shape() {
         return Err(AppError::Mismatch(format!(
             "{}: train samples have shape {:?}, test samples {:?}",
@@ -165,7 +210,34 @@ fn load_data(dir: &Path, limit: Option<usize>) -> Result<Data, AppError> {
         data = %dir.display(), train = train.len(), test = test.len(),
         shape = ?train.sample_shape(), classes = train.num_classes, "data loaded"
     );
-    Ok(Data { train, test })
+    Ok(Data {
+        train,
+        test,
+        tokenizer,
+    })
+}
+
+/// Copies a text corpus's tokenizer into the run directory `out` as `tokenizer.json` (written
+/// atomically), so that `teacher-server --model OUT` announces its fingerprint.
+fn keep_tokenizer(data: &Data, out: &Path) -> Result<(), AppError> {
+    let Some(src) = &data.tokenizer else {
+        return Ok(());
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AppError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let bytes = std::fs::read(src).map_err(io(src))?;
+    let dst = out.join("tokenizer.json");
+    let tmp = out.join(".tokenizer.json.tmp");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io(&dst))
 }
 
 fn spec_for(arch: &Arch, data: &Data) -> ArchSpec {
@@ -222,7 +294,8 @@ async fn join_trainer(
 /// Any [`AppError`].
 pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let device = cfg.device.resolve()?;
-    let data = load_data(&cfg.data_dir, cfg.limit)?;
+    let data = load_data(&cfg.data_dir, cfg.limit, cfg.text)?;
+    keep_tokenizer(&data, &cfg.out)?;
     let spec = spec_for(&cfg.arch, &data);
     let params = params_of(&spec)?;
     outln!(
@@ -304,7 +377,8 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let t0 = Instant::now();
     let tc = &cfg.train;
     let device = tc.device.resolve()?;
-    let data = load_data(&tc.data_dir, tc.limit)?;
+    let data = load_data(&tc.data_dir, tc.limit, tc.text)?;
+    keep_tokenizer(&data, &tc.out)?;
     let spec = spec_for(&tc.arch, &data);
     let (metrics, _endpoint) = start_monitoring(tc).await?;
     // The teachers: none when a complete logit cache stands in for them.
@@ -471,6 +545,9 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     };
     summarise(&spec, &out)?;
     let (teacher_acc, replicas) = match pool.as_mut() {
+        // A language model's teacher is evaluated on its checkpoint (`eval --checkpoint`): its
+        // perplexity needs full logits at every position, never top-k.
+        Some(pool) if data.test.is_tokens() => (None, pool.replica_stats()),
         Some(pool) => {
             let replicas = pool.replica_stats();
             // As many samples per request as every group's teacher accepts (500 at most).
@@ -503,18 +580,21 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
                 .as_ref()
                 .map(Accuracy::per_class_fractions)
                 .unwrap_or_default(),
+            perplexity: teacher_acc.as_ref().and_then(Accuracy::perplexity),
         },
         student: ModelSummary {
             accuracy: Some(student_acc.fraction()),
             params: Some(out.params),
             name: spec.arch.to_string(),
             per_class: student_acc.per_class_fractions(),
+            perplexity: student_acc.perplexity(),
         },
         baseline: baseline.map(|(acc, params, name)| ModelSummary {
             accuracy: Some(acc.fraction()),
             params: Some(params),
             name,
             per_class: acc.per_class_fractions(),
+            perplexity: acc.perplexity(),
         }),
         compression: Report::compression_of(t_params, Some(out.params)),
         samples_per_s: out.samples as f64 / out.train_s.max(1e-9),
@@ -656,7 +736,7 @@ fn open_cache(
 /// Any [`AppError`]; shards written before a failure are kept (run again to resume).
 pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let t0 = Instant::now();
-    let data = load_data(&cfg.data_dir, cfg.limit)?;
+    let data = load_data(&cfg.data_dir, cfg.limit, TextOptions::default())?;
     let options = PoolOptions {
         prefetch: cfg.prefetch,
         batch_timeout: cfg.batch_timeout,
@@ -767,7 +847,24 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
     if !cfg.data_dir.exists() {
         return Err(DataError::MissingFile { path: cfg.data_dir }.into());
     }
-    let test = data::load(&cfg.data_dir, Split::Test)?;
+    let test = if is_text_corpus(&cfg.data_dir) {
+        // The sequence length and vocabulary are the checkpoint's.
+        let EvalTarget::Checkpoint(dir) = &cfg.target else {
+            return Err(AppError::Mismatch(
+                "eval of a language model runs on its checkpoint (--checkpoint DIR): a remote \
+                 teacher's perplexity needs its full logits at every position"
+                    .into(),
+            ));
+        };
+        let arch = Checkpoint::open(dir)?.meta.arch;
+        let text = TextOptions {
+            seq_len: arch.input_shape.first().copied().unwrap_or(0).max(2) as usize,
+            vocab_size: arch.num_classes.max(0) as usize,
+        };
+        load_text(&cfg.data_dir, text)?.1
+    } else {
+        data::load(&cfg.data_dir, Split::Test)?
+    };
     let (title, acc, params) = match &cfg.target {
         EvalTarget::Checkpoint(dir) => {
             let device = cfg.device.resolve()?;
@@ -819,7 +916,17 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
         let mut v = acc.to_json();
         v["params"] = serde_json::json!(params);
         v["model"] = serde_json::json!(title);
+        if let Some(ppl) = acc.perplexity() {
+            v["perplexity"] = serde_json::json!(ppl);
+            v["tokens"] = serde_json::json!(acc.total);
+        }
         outln!("{v}")?;
+    } else if let Some(ppl) = acc.perplexity() {
+        outln!(
+            "test split of {title}: perplexity {ppl:.2}, next-token top-1 accuracy {:.2} % over {} tokens",
+            100.0 * acc.fraction(),
+            acc.total
+        )?;
     } else {
         write_stdout(format_args!(
             "{}",

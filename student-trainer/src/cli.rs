@@ -68,13 +68,25 @@ pub struct CommonArgs {
     /// Device of the network being trained: auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Architecture: cnn, mlp (one hidden layer of 128), or mlp:H1,H2,...
+    /// Architecture: cnn, mlp (one hidden layer of 128), mlp:H1,H2,..., or a decoder-only
+    /// language model lm:layers=L,d=D,heads=H (default lm:layers=2,d=128,heads=4).
     #[arg(long, env = "STUDENT_ARCH", default_value = "mlp")]
     pub arch: String,
-    /// Dataset: a directory of IDX files (Fashion-MNIST layout, .gz or raw) or an .npz file with
-    /// `inputs`/`labels` arrays.
+    /// Dataset: a directory of IDX files (Fashion-MNIST layout, .gz or raw), an .npz file with
+    /// `inputs`/`labels` arrays (int `inputs [N, S]` with next-token `labels [N, S]` for a
+    /// language model), or a text corpus directory holding the GCIDE dictionary
+    /// (`gcide.dict.dz`, `make setup` puts it in data/gcide): it is tokenized with a byte-level
+    /// BPE tokenizer (trained once, kept in DIR/bpe-VOCAB/tokenizer.json) and packed into
+    /// sequences of --seq-len tokens, every 20th dictionary entry held out for the test split.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
+    /// Text corpus: tokens per training sequence.
+    #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
+    pub seq_len: usize,
+    /// Text corpus: vocabulary size of the BPE tokenizer (258 to 65536; its first two ids are
+    /// <|endoftext|> and <|pad|>).
+    #[arg(long, env = "STUDENT_VOCAB_SIZE", default_value_t = distill_text::DEFAULT_VOCAB_SIZE)]
+    pub vocab_size: usize,
     /// Total number of epochs (with --resume: the epoch count to reach, not extra epochs).
     #[arg(long, env = "STUDENT_EPOCHS", default_value_t = 5)]
     pub epochs: u64,
@@ -186,11 +198,12 @@ pub struct DistillArgs {
     /// or bf16 (half the bytes).
     #[arg(long, env = "STUDENT_WIRE", value_enum, ignore_case = true, default_value_t = WireDType::F32)]
     pub wire: WireDType,
-    /// Soft targets as the teacher's top K logits of each sample plus the log-sum-exp of the
-    /// rest at temperature T (computed by the teacher from the full row); 0: dense rows. Needs
-    /// --loss kl, and --ensemble-mode sample with several teacher groups.
-    #[arg(long, env = "STUDENT_TOP_K", default_value_t = 0)]
-    pub top_k: u32,
+    /// Soft targets as the teacher's top K logits of each sample (of each position, for a
+    /// language model) plus the log-sum-exp of the rest at temperature T (computed by the
+    /// teacher from the full row); 0: dense rows. Default 0, and 32 for a language model (--arch
+    /// lm...). Needs --loss kl, and --ensemble-mode sample with several teacher groups.
+    #[arg(long, env = "STUDENT_TOP_K")]
+    pub top_k: Option<u32>,
     /// With --top-k: what the KL does with the teacher's mass outside the top K. bucket: one
     /// extra outcome against the student's own mass outside the same K classes; uniform: spread
     /// evenly over the other classes; renorm: dropped, both sides renormalised over the K.

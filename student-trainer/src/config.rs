@@ -96,8 +96,10 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// Architecture of the trained network.
     pub arch: Arch,
-    /// IDX directory or .npz file.
+    /// IDX directory, .npz file, or text corpus directory.
     pub data_dir: PathBuf,
+    /// How a text corpus becomes sequences (`--seq-len`, `--vocab-size`).
+    pub text: TextOptions,
     /// Total epochs to reach (≥ 1).
     pub epochs: u64,
     /// Samples per optimizer step (≥ 1).
@@ -118,6 +120,24 @@ pub struct TrainConfig {
     pub epoch_eval: bool,
     /// Where to serve Prometheus metrics and `/readyz` (`--metrics-listen`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How a text corpus is tokenized and packed (only used when `--data-dir` is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Tokens per sequence (≥ 2).
+    pub seq_len: usize,
+    /// Vocabulary size of the BPE tokenizer, in `MIN_VOCAB_SIZE..=65536`.
+    pub vocab_size: usize,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        TextOptions {
+            seq_len: 128,
+            vocab_size: distill_text::DEFAULT_VOCAB_SIZE,
+        }
+    }
 }
 
 /// Settings of `distill`.
@@ -402,10 +422,33 @@ impl TryFrom<CommonArgs> for TrainConfig {
         if a.limit == Some(0) {
             return Err(invalid("limit", "must be at least 1 sample"));
         }
+        if a.seq_len < 2 {
+            return Err(invalid(
+                "seq-len",
+                format!(
+                    "{} is not a sequence length of at least 2 tokens",
+                    a.seq_len
+                ),
+            ));
+        }
+        if !(distill_text::MIN_VOCAB_SIZE..=65536).contains(&a.vocab_size) {
+            return Err(invalid(
+                "vocab-size",
+                format!(
+                    "expected {} to 65536 tokens, got {}",
+                    distill_text::MIN_VOCAB_SIZE,
+                    a.vocab_size
+                ),
+            ));
+        }
         Ok(TrainConfig {
             device: a.device.parse()?,
             arch,
             data_dir: a.data_dir,
+            text: TextOptions {
+                seq_len: a.seq_len,
+                vocab_size: a.vocab_size,
+            },
             epochs: a.epochs,
             batch_size: a.batch_size,
             optimizer: OptimizerConfig {
@@ -458,6 +501,13 @@ impl TryFrom<DistillArgs> for DistillConfig {
 
     fn try_from(a: DistillArgs) -> Result<Self, ConfigError> {
         let train = TrainConfig::try_from(a.common)?;
+        // Top-32 per position by default for a language model: dense rows of a vocabulary of
+        // thousands per token would dwarf the inputs (issue 10).
+        let top_k = a.top_k.unwrap_or(if train.arch.is_sequence_model() {
+            32
+        } else {
+            0
+        });
         if !(a.temperature.is_finite() && a.temperature > 0.0) {
             return Err(invalid(
                 "temperature",
@@ -494,22 +544,20 @@ impl TryFrom<DistillArgs> for DistillConfig {
                 ),
             ));
         }
-        if a.top_k > 0 && kind == LossKind::Mse {
+        if top_k > 0 && kind == LossKind::Mse {
             return Err(invalid(
                 "top-k",
                 format!(
-                    "--loss mse needs every logit, got --top-k {} (use --loss kl, or --top-k 0)",
-                    a.top_k
+                    "--loss mse needs every logit, got --top-k {top_k} (use --loss kl, or --top-k 0)"
                 ),
             ));
         }
-        if a.top_k > 0 && a.ensemble_mode == EnsembleMode::Mix && groups.len() > 1 {
+        if top_k > 0 && a.ensemble_mode == EnsembleMode::Mix && groups.len() > 1 {
             return Err(invalid(
                 "top-k",
                 format!(
-                    "--ensemble-mode mix mixes dense probabilities of every group, got --top-k {} \
+                    "--ensemble-mode mix mixes dense probabilities of every group, got --top-k {top_k} \
                      with {} teacher groups (use --ensemble-mode sample, or --top-k 0)",
-                    a.top_k,
                     groups.len()
                 ),
             ));
@@ -528,7 +576,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
             },
             request: TargetRequest {
                 wire: a.wire,
-                top_k: a.top_k,
+                top_k,
                 temperature: a.temperature,
             },
             ensemble_mode: a.ensemble_mode,

@@ -17,9 +17,12 @@ pub(crate) struct ModelSummary {
     pub params: Option<i64>,
     /// Architecture or model name.
     pub name: String,
-    /// Per-class test accuracy, fractions in [0, 1].
+    /// Per-class test accuracy, fractions in [0, 1] (empty for a language model).
     #[serde(default)]
     pub per_class: Vec<f64>,
+    /// A language model's test perplexity (`accuracy` is then next-token top-1 accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
 }
 
 /// The report of a distillation run (`report.json`).
@@ -131,6 +134,10 @@ impl Report {
             let accuracy = m
                 .accuracy
                 .map_or_else(|| "n/a".to_string(), |a| format!("{:.2} %", 100.0 * a));
+            let accuracy = match m.perplexity {
+                Some(p) => format!("{accuracy} ppl {p:.2}"),
+                None => accuracy,
+            };
             let _ = writeln!(
                 s,
                 "{:<22} {:>10} {:>12}  {}",
@@ -215,6 +222,7 @@ mod tests {
             params,
             name: name.into(),
             per_class: vec![accuracy; 10],
+            perplexity: None,
         }
     }
 

@@ -453,3 +453,119 @@ pub async fn run_once(pool: &mut Pool) -> Vec<String> {
     assert_eq!(got.len(), 12);
     got
 }
+
+/// Writes a small synthetic English-like dictionary in the GCIDE's dictd layout
+/// (`gcide.dict.dz`: the entries gzip'ed; `gcide.index`: `HEADWORD\tOFFSET\tLENGTH` with dictd's
+/// base-64 numbers) into `dir`, so that `student-trainer --data-dir DIR` reads it as a text
+/// corpus. `entries` entries of 20 to 60 words drawn from a fixed word list by a generator
+/// seeded with `seed`: another seed gives another corpus (and another BPE tokenizer).
+pub fn write_synthetic_corpus(dir: &Path, entries: usize, seed: u64) {
+    use std::io::Write as _;
+    const WORDS: &[&str] = &[
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "in",
+        "that",
+        "is",
+        "for",
+        "it",
+        "as",
+        "with",
+        "be",
+        "by",
+        "on",
+        "not",
+        "or",
+        "which",
+        "from",
+        "at",
+        "plant",
+        "animal",
+        "small",
+        "large",
+        "water",
+        "used",
+        "having",
+        "kind",
+        "form",
+        "made",
+        "part",
+        "body",
+        "any",
+        "one",
+        "state",
+        "act",
+        "quality",
+        "color",
+        "genus",
+        "family",
+        "species",
+        "tree",
+        "bird",
+        "fish",
+        "stone",
+        "metal",
+        "light",
+        "sound",
+        "hard",
+        "soft",
+        "long",
+        "short",
+        "white",
+        "black",
+        "red",
+        "green",
+        "old",
+        "new",
+        "formerly",
+        "especially",
+    ];
+    std::fs::create_dir_all(dir).expect("create corpus dir");
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: usize| {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        ((rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize) % n
+    };
+    let b64 = |mut n: usize| {
+        const DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        loop {
+            out.push(DIGITS[n % 64]);
+            n /= 64;
+            if n == 0 {
+                break;
+            }
+        }
+        out.reverse();
+        String::from_utf8(out).expect("ascii")
+    };
+    let mut text = Vec::<u8>::new();
+    let mut index = Vec::new();
+    for i in 0..entries {
+        let head = format!("{}{i}", WORDS[next(WORDS.len())]);
+        let words: Vec<&str> = (0..20 + next(41))
+            .map(|_| WORDS[next(WORDS.len())])
+            .collect();
+        let body = format!(
+            "{head} \\{head}\\, n.\n   {}.\n   [1913 Webster]\n\n",
+            words.join(" ")
+        );
+        index.push(format!(
+            "{head}\t{}\t{}\n",
+            b64(text.len()),
+            b64(body.len())
+        ));
+        text.extend_from_slice(body.as_bytes());
+    }
+    index.sort();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&text).expect("gzip corpus");
+    std::fs::write(dir.join("gcide.dict.dz"), gz.finish().expect("gzip corpus"))
+        .expect("write gcide.dict.dz");
+    std::fs::write(dir.join("gcide.index"), index.concat()).expect("write gcide.index");
+}
