@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build test demo soak bench fmt lint ci clean-runs
+.PHONY: setup build test demo demo-lm soak bench fmt lint ci clean-runs
 
 ## setup: libtorch (PyPI torch==2.11.0) and Python tokenizers into ~/.cache/distill; Fashion-MNIST
 ## and GCIDE (Debian packages) into data/
@@ -25,6 +25,11 @@ test: setup
 ## demo: the main job, end to end, on real data
 demo: build
 	bash scripts/demo.sh
+
+## demo-lm: token-level distillation of a language model on the GCIDE dictionary (under 15
+## minutes on 2 cores after setup and the build)
+demo-lm: build
+	bash scripts/demo-lm.sh
 
 ## soak: teacher-server's resident memory under load, not a test (32 streams of batch 8 for
 ## 10 minutes, RSS every 10 s; fails above 5 % growth over the second half). Two cores busy.

@@ -81,6 +81,11 @@ fn quick_bench_writes_every_row() {
             want.push(format!("compression_{payload}_{c}_rate"));
         }
     }
+    for vocab in [8192, 152064] {
+        want.push(format!("lm_wire_v{vocab}_dense_f32"));
+        want.push(format!("lm_wire_v{vocab}_top32_bf16"));
+    }
+    want.push("lm_distill_remote".into());
     assert_eq!(ids, want, "rows in order");
     let row = |id: &str| -> &serde_json::Value {
         json["rows"]
@@ -129,13 +134,19 @@ fn quick_bench_writes_every_row() {
         (328.0..329.5).contains(&topk),
         "top-32 bf16: {topk} bytes/sample"
     );
+    // Per token, top-32 bf16: the same 328 bytes as per sample above; dense f32 at 8,192: 4 bytes
+    // per logit. Framing spread over 64 positions.
+    let per_token = row("lm_wire_v8192_top32_bf16")["median"].as_f64().unwrap();
+    assert!((328.0..330.0).contains(&per_token), "{per_token}");
+    let dense = row("lm_wire_v8192_dense_f32")["median"].as_f64().unwrap();
+    assert!((32768.0..32770.0).contains(&dense), "{dense}");
     let names: Vec<&str> = json["ratios"]
         .as_array()
         .expect("ratios")
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 7, "{json}");
+    assert_eq!(names.len(), 9, "{json}");
     for r in json["ratios"].as_array().unwrap() {
         assert!(r["value"].as_f64().is_some_and(f64::is_finite), "{r}");
     }

@@ -39,6 +39,15 @@
 //!    logits): bytes per sample on the wire, and samples/s through compression and
 //!    decompression on one thread. In-process, no server.
 //!
+//! 7. `lm`: token-level distillation of a causal LM (issue 10). Bytes per token of a
+//!    `LogitsResponse` for 64 positions, top-32 in bf16 with the tail against dense f32, at a
+//!    vocabulary of 8,192 and a synthetic 152,064 (in-process). And tokens/s of one run of
+//!    `student-trainer distill` (student `lm:layers=2,d=128,heads=4`, batch 16, sequences of 128,
+//!    top-32, `--lm-sequences` random sequences) from the release `teacher-server` serving
+//!    `lm:layers=4,d=256,heads=4` (random weights) on loopback, against the PyTorch reference
+//!    loop `scripts/reference/kd_lm_pytorch.py --synthetic` with the same sizes and steps (its
+//!    `kd: ... tokens_per_s`).
+//!
 //! It prints markdown tables (rows, the wire sizes, then the ratios the issue sets targets for,
 //! each with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
 //! model name, flags and core count.
@@ -101,6 +110,10 @@ struct Cli {
     /// The `student-trainer` binary (default: the one beside this program).
     #[arg(long)]
     student: Option<PathBuf>,
+    /// Training sequences (of 128 tokens) of the language-model rows (default 320 = 20 steps of
+    /// 16; 32 with `--quick`).
+    #[arg(long)]
+    lm_sequences: Option<usize>,
     /// The Fashion-MNIST directory (IDX files; `make setup` downloads it). Not used by
     /// `--quick`, which writes a small synthetic dataset.
     #[arg(long, default_value = "data/fashion-mnist")]
@@ -125,6 +138,8 @@ struct Ctx {
     data: PathBuf,
     /// Training samples of rows 3 and 5.
     limit: usize,
+    /// Training sequences of the language-model distillation row.
+    lm_sequences: usize,
     /// `--quick`: rows 3 and 5 without the alternative thread split.
     quick: bool,
     /// Scratch space for the runs of rows 3 and 5.
@@ -219,8 +234,29 @@ struct RatioSpec {
     bound: Bound,
 }
 
-/// The ratios reported when their rows were measured, with the targets of issue 8.
+/// The ratios reported when their rows were measured, with the targets of issues 8 and 10.
 const RATIOS: &[RatioSpec] = &[
+    RatioSpec {
+        name: "LM distill tokens/s: remote teacher ÷ PyTorch in-process loop (same sizes)",
+        numerator: "lm_distill_remote",
+        denominator: Some("lm_distill_pytorch"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "LM wire: top-32 bf16 ÷ dense f32 bytes per token, vocab 8,192",
+        numerator: "lm_wire_v8192_top32_bf16",
+        denominator: Some("lm_wire_v8192_dense_f32"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "LM wire: top-32 bf16 ÷ dense f32 bytes per token, vocab 152,064",
+        numerator: "lm_wire_v152064_top32_bf16",
+        denominator: Some("lm_wire_v152064_dense_f32"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
     RatioSpec {
         name: "online distill (f32 teacher, student 1 thread + server default) ÷ PyTorch in-process loop",
         numerator: "distill_remote_s1_tdefault",
@@ -827,6 +863,198 @@ fn wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Row 7a: bytes per token of the `LogitsResponse` of 64 positions (`[1, 64, V]`, logits
+/// N(0, 3²)) as dense f32 and as top-32 bf16 with the tail, at V = 8,192 and 152,064.
+fn lm_wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    let _no_grad = tch::no_grad_guard();
+    const POSITIONS: i64 = 64;
+    for vocab in [8_192i64, 152_064] {
+        tch::manual_seed(vocab);
+        let logits = Tensor::randn([1, POSITIONS, vocab], (Kind::Float, tch::Device::Cpu)) * 3.0;
+        for (k, wire) in [(0, v1::DType::F32), (32, v1::DType::Bf16)] {
+            let form = if k == 0 {
+                "dense".to_string()
+            } else {
+                format!("top{k}")
+            };
+            let name = codec::dtype_name(wire);
+            let id = format!("lm_wire_v{vocab}_{form}_{name}");
+            if !ctx.wanted(&id) {
+                continue;
+            }
+            let resp = wire_response(&logits, wire, k, 2.0)?;
+            let bytes = resp.encoded_len() as f64 / POSITIONS as f64;
+            rows.push(single(
+                id,
+                "lm_wire_bytes",
+                format!("vocab {vocab}, {form} {name}"),
+                "bytes/token",
+                bytes,
+                serde_json::json!({"vocab": vocab, "top_k": k, "wire": name, "positions": POSITIONS}),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Row 7b: LM distillation tokens/s, the served teacher against the PyTorch reference loop.
+async fn lm_distill(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> Result<(), String> {
+    const SEQ: i64 = 128;
+    const VOCAB: i64 = 8_192;
+    const BATCH: usize = 16;
+    let wanted = |id: &str| ctx.wanted(id);
+    if !wanted("lm_distill_remote") && !wanted("lm_distill_pytorch") {
+        return Ok(());
+    }
+    let n = ctx.lm_sequences.max(BATCH) as i64;
+    let steps = n as usize / BATCH;
+    let params = serde_json::json!({
+        "teacher": "lm:layers=4,d=256,heads=4", "student": "lm:layers=2,d=128,heads=4",
+        "seq": SEQ, "vocab": VOCAB, "batch": BATCH, "steps": steps, "top_k": 32,
+        "temperature": 2.0, "alpha": 0.5,
+    });
+    if wanted("lm_distill_remote") {
+        let dir = ctx.scratch.join("lm");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let teacher = dir.join("teacher");
+        fresh_checkpoint(&teacher, "lm:layers=4,d=256,heads=4", &[SEQ], VOCAB);
+        // Random token ids; labels the next token (the loss's value does not matter here).
+        tch::manual_seed(7);
+        let ids = Tensor::randint(VOCAB, [n, SEQ + 1], (Kind::Int64, tch::Device::Cpu));
+        let data = dir.join("tokens.npz");
+        let test = dir.join("tokens_test.npz");
+        for path in [&data, &test] {
+            Tensor::write_npz(
+                &[
+                    ("inputs", ids.narrow(1, 0, SEQ)),
+                    ("labels", ids.narrow(1, 1, SEQ)),
+                    ("vocab_size", Tensor::from(VOCAB)),
+                ],
+                path,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        let server = Server::spawn(
+            &ctx.server,
+            [
+                OsString::from("--model"),
+                teacher.into_os_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+        )
+        .await;
+        let out = dir.join("student");
+        let args = DistillArgs::new(&data, &out)
+            .teacher(server.url())
+            .arch("lm:layers=2,d=128,heads=4")
+            .batch_size(BATCH)
+            .top_k(32)
+            .flag("--temperature", 2)
+            .flag("--alpha", 0.5)
+            .flag("--threads", 1)
+            .no_epoch_eval()
+            .build();
+        let run = tokio::process::Command::new(&ctx.student)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("running {}: {e}", ctx.student.display()))?;
+        if !run.status.success() {
+            return Err(format!(
+                "student-trainer distill (LM) failed ({}): {}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        let line = std::fs::read_to_string(out.join("metrics.jsonl")).map_err(|e| e.to_string())?;
+        let m: serde_json::Value = line
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .ok_or("no metrics line")?;
+        let tps = m["tokens_per_s"]
+            .as_f64()
+            .ok_or("no tokens_per_s in metrics.jsonl")?;
+        rows.push(single(
+            "lm_distill_remote".into(),
+            "lm_distill",
+            "LM distill, teacher-server on loopback (student 1 thread, server default)".into(),
+            "tokens/s",
+            tps,
+            params.clone(),
+        ));
+    }
+    if wanted("lm_distill_pytorch") && !ctx.quick {
+        let script = distill_tests::workspace_root().join("scripts/reference/kd_lm_pytorch.py");
+        let mut cmd = tokio::process::Command::from(distill_tests::python());
+        let run = cmd
+            .arg(&script)
+            .args([
+                "--synthetic",
+                "--vocab",
+                "8192",
+                "--seq",
+                "128",
+                "--bs",
+                "16",
+            ])
+            .args([
+                "--teacher",
+                "4,256,4",
+                "--student",
+                "2,128,4",
+                "--top-k",
+                "32",
+                "--T",
+                "2",
+            ])
+            .args(["--alpha", "0.5", "--threads", "2"])
+            .arg("--steps")
+            .arg(steps.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let tps: f64 = stdout
+            .lines()
+            .filter(|l| l.starts_with("kd:"))
+            .flat_map(str::split_whitespace)
+            .find_map(|w| w.strip_prefix("tokens_per_s="))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "{}: no `kd: ... tokens_per_s=N` line ({}): {}",
+                    script.display(),
+                    run.status,
+                    String::from_utf8_lossy(&run.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                )
+            })?;
+        rows.push(single(
+            "lm_distill_pytorch".into(),
+            "lm_distill",
+            "LM distill, PyTorch reference loop in process (2 threads)".into(),
+            "tokens/s",
+            tps,
+            params,
+        ));
+    }
+    notes.push(format!(
+        "row 7: one LM distillation run each ({steps} steps of {BATCH} x {SEQ} tokens), not \
+         alternating rounds: both sides use both cores"
+    ));
     Ok(())
 }
 
@@ -1603,6 +1831,7 @@ fn run(cli: Cli) -> Result<Report, String> {
             .unwrap_or_else(|| beside("student-trainer")),
         data: std::path::absolute(&data).unwrap_or(data),
         limit: cli.limit.unwrap_or(if cli.quick { 256 } else { 12_000 }),
+        lm_sequences: cli.lm_sequences.unwrap_or(if cli.quick { 32 } else { 320 }),
         quick: cli.quick,
         scratch: tmp.path().to_path_buf(),
     };
@@ -1631,6 +1860,10 @@ fn run(cli: Cli) -> Result<Report, String> {
     let t = Instant::now();
     compression(&ctx, &mut rows, &mut notes)?;
     step("row 6, gRPC compression", t);
+    let t = Instant::now();
+    lm_wire_bytes(&ctx, &mut rows)?;
+    runtime.block_on(lm_distill(&ctx, &mut rows, &mut notes))?;
+    step("row 7, language models", t);
     let cpu = CpuInfo::read();
     Ok(Report {
         started_unix_s,

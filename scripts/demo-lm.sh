@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make demo-lm`: token-level knowledge distillation of a language model across two processes,
+# on a real English corpus (the GCIDE dictionary, Debian's dict-gcide, fetched by `make setup`).
+#
+#   1. tokenize: a byte-level BPE tokenizer (8,192 tokens) trained once on the corpus's training
+#      split, the text packed into sequences of 128 tokens (every 20th entry held out);
+#   2. the teacher: a 4-block, d=256 decoder trained on the next-token labels (reused from
+#      runs/lm-teacher when already trained);
+#   3. serve it with teacher-server on a free local port;
+#   4. the baseline: a 2-block, d=128 student on the next-token labels alone;
+#   5. the same student distilled from the served teacher (top-32 per position with the tail's
+#      log-sum-exp, T = 2, alpha = 0.5), with the same token budget;
+#   6. a table of perplexity, next-token top-1 accuracy, parameters and tokens/s.
+#
+# Runs after `make setup` and `cargo build --release --bins`. Tunables (environment):
+#   DEMO_RUNS (runs)  DEMO_LM_SEQUENCES (training sequences, 1536)  DEMO_LM_TEACHER_EPOCHS (2)
+#   DEMO_LM_EPOCHS (student epochs, 2)  DEMO_THREADS (number of CPUs)  LM_DATA_DIR (data/gcide)
+#   BIN (target/release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${BIN:-target/release}
+runs=${DEMO_RUNS:-runs}
+data=${LM_DATA_DIR:-data/gcide}
+sequences=${DEMO_LM_SEQUENCES:-1536}
+teacher_epochs=${DEMO_LM_TEACHER_EPOCHS:-2}
+epochs=${DEMO_LM_EPOCHS:-2}
+threads=${DEMO_THREADS:-$(nproc)}
+teacher_arch=lm:layers=4,d=256,heads=4
+student_arch=lm:layers=2,d=128,heads=4
+common=(--data-dir "$data" --seq-len 128 --vocab-size 8192 --limit "$sequences" --batch-size 16
+        --device cpu)
+
+for b in student-trainer teacher-server; do
+  [ -x "$bin/$b" ] || { echo "demo-lm: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
+done
+[ -f "$data/gcide.dict.dz" ] || { echo "demo-lm: no corpus at $data: run 'make setup' first" >&2; exit 1; }
+mkdir -p "$runs"
+export RUST_LOG=${RUST_LOG:-info}
+t_start=$(date +%s)
+stamp() { echo "demo-lm: [$(( $(date +%s) - t_start )) s] $*"; }
+
+# 1 + 2. Teacher (the first run also trains the tokenizer and packs the corpus, about a minute).
+# --resume makes this step idempotent: a checkpoint already at the target epoch is reused.
+stamp "1-2/6 teacher: $teacher_arch, $teacher_epochs epochs on $sequences sequences of 128 tokens -> $runs/lm-teacher"
+"$bin/student-trainer" train --arch "$teacher_arch" "${common[@]}" --epochs "$teacher_epochs" \
+  --lr 1e-3 --out "$runs/lm-teacher" --resume --threads "$threads" --no-epoch-eval
+
+# 3. Serve it. Its first stdout line is `listening on HOST:PORT`.
+stamp "3/6 starting teacher-server on a free local port"
+server_out="$runs/lm-teacher-server.out" server_log="$runs/lm-teacher-server.log"
+: >"$server_out"
+"$bin/teacher-server" --model "$runs/lm-teacher" --listen 127.0.0.1:0 --max-batch-size 64 \
+  >"$server_out" 2>"$server_log" &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true' EXIT
+first=
+for _ in $(seq 600); do
+  first=$(head -n 1 "$server_out")
+  [[ $first == "listening on "* ]] && break
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "demo-lm: teacher-server exited; its log ($server_log):" >&2
+    cat "$server_log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[[ $first == "listening on "* ]] || { echo "demo-lm: teacher-server did not report its address in 60 s" >&2; exit 1; }
+teacher="http://${first#listening on }"
+stamp "teacher-server listening at $teacher (log: $server_log)"
+
+# 4. Baseline: the student on the next-token labels alone.
+stamp "4/6 baseline: $student_arch, $epochs epochs, labels only -> $runs/lm-baseline"
+rm -rf "$runs/lm-baseline"
+"$bin/student-trainer" train --arch "$student_arch" "${common[@]}" --epochs "$epochs" \
+  --lr 2e-3 --out "$runs/lm-baseline" --threads "$threads"
+
+# 5. Distillation: the same student, the same sequences and epochs, with the teacher's top-32
+# per position. The teacher's forward passes share the CPU with the student.
+stamp "5/6 distill: $student_arch from $teacher, $epochs epochs, top-32 at T=2 -> $runs/lm-distilled"
+rm -rf "$runs/lm-distilled"
+"$bin/student-trainer" distill --teacher "$teacher" --arch "$student_arch" "${common[@]}" \
+  --epochs "$epochs" --lr 2e-3 --top-k 32 --temperature 2 --alpha 0.5 --wire bf16 \
+  --out "$runs/lm-distilled" --threads "$(( threads > 1 ? threads / 2 : 1 ))"
+
+# 6. The table: perplexity and top-1 accuracy on the held-out split, from each checkpoint.
+stamp "6/6 evaluating the three checkpoints on the held-out split"
+for run in lm-teacher lm-baseline lm-distilled; do
+  "$bin/student-trainer" eval --checkpoint "$runs/$run" --data-dir "$data" --json \
+    --threads "$threads" >"$runs/$run/eval.json"
+done
+python3 - "$runs" <<'EOF'
+import json, sys
+runs = sys.argv[1]
+print()
+print(f"{'model':<13} {'arch':<28} {'params':>10} {'perplexity':>11} {'top-1':>8} {'train tokens/s':>15}")
+for name, run in [("teacher", "lm-teacher"), ("baseline", "lm-baseline"), ("distilled", "lm-distilled")]:
+    ev = json.load(open(f"{runs}/{run}/eval.json"))
+    lines = [json.loads(l) for l in open(f"{runs}/{run}/metrics.jsonl") if l.strip()]
+    tps = sum(l.get("tokens", 0) for l in lines) / max(1e-9, sum(l["wall_s"] for l in lines))
+    arch = ev["model"].split("(")[1].split(",")[0]
+    print(f"{name:<13} {arch:<28} {ev['params']:>10} {ev['perplexity']:>11.2f} "
+          f"{100 * ev['accuracy']:>7.2f}% {tps:>15.0f}")
+print()
+EOF
+stamp "done: report in $runs/lm-distilled/report.json; total $(( $(date +%s) - t_start )) s"
