@@ -154,6 +154,10 @@ pub struct ResumeState {
     /// Samples trained on so far, over every process of the run (resumes included).
     #[serde(default)]
     pub samples_trained: u64,
+    /// Optimizer steps of the whole run (epochs × batches per epoch), over which the
+    /// learning-rate schedule runs; absent from checkpoints saved before schedules existed.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
 }
 
 /// Where a run starts: fresh, or from the checkpoint in `--out`.
@@ -216,6 +220,17 @@ impl Start {
                  (same --limit and --batch-size needed)",
                 state.train_samples, state.batch_size, train_samples, cfg.batch_size
             )));
+        }
+        let total_steps = cfg.epochs * batches_per_epoch(train_samples, cfg.batch_size) as u64;
+        let changes = crate::lr_schedule::check_resume(
+            &state.optimizer,
+            state.total_steps,
+            &cfg.optimizer,
+            total_steps,
+        )
+        .map_err(bad)?;
+        for change in changes {
+            tracing::warn!("{change}");
         }
         if state.seed != cfg.seed {
             tracing::warn!(
@@ -428,6 +443,7 @@ pub fn run(
     // Every sample's soft targets, once the run reads them from the cache.
     let mut cached: Option<crate::targets::SoftTargets> = None;
     let mut step = start.step;
+    let total_steps = cfg.epochs * batches_per_epoch(n, cfg.batch_size) as u64;
     for epoch in start.position.epoch..cfg.epochs {
         let skip = if epoch == start.position.epoch {
             start.position.batch
@@ -529,12 +545,18 @@ pub fn run(
             }
             opt.zero_grad();
             total.f_backward()?;
-            opt.step()?;
+            let stats = opt.step_scheduled(total_steps)?;
             step += 1;
             if let Some(m) = &metrics_live {
                 m.trained(epoch + 1, step, planned.indices.len(), value);
             }
-            tracing::trace!(step, loss = value, "trained");
+            tracing::trace!(
+                step,
+                loss = value,
+                lr = stats.lr,
+                grad_norm = stats.grad_norm,
+                "trained"
+            );
             let correct = logits
                 .f_argmax(-1, false)?
                 .f_eq_tensor(&ys)?
@@ -736,8 +758,15 @@ impl Ctx<'_> {
             } => (
                 Some(teacher_fingerprint.clone()),
                 Some(format!(
-                    "{} T={} alpha={} labels={labels}",
-                    loss.kind, loss.temperature, loss.alpha
+                    "{} T={} alpha={} labels={labels}{}",
+                    loss.kind,
+                    loss.temperature,
+                    loss.alpha,
+                    if loss.kind == crate::loss::LossKind::Jsd {
+                        format!(" beta={}", loss.jsd_beta)
+                    } else {
+                        String::new()
+                    }
                 )),
             ),
         };
@@ -751,6 +780,9 @@ impl Ctx<'_> {
             teacher_fingerprint,
             loss,
             samples_trained,
+            total_steps: Some(
+                self.cfg.epochs * batches_per_epoch(self.train_samples, self.cfg.batch_size) as u64,
+            ),
         };
         let meta = CheckpointMeta {
             arch: self.spec.clone(),
