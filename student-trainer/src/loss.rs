@@ -42,13 +42,12 @@
 //!
 //! The endpoints are refused (`β` must lie in the open interval): at exactly `β = 0` / `β = 1`
 //! TRL switches to the unscaled forward / reverse KL, a jump from the formula's limit 0; those
-//! are `--loss kl` / `--loss rkl` here. The other convention in use (TRL before v0.16, and the
-//! form ms-swift's GKD loss discusses) mixes `m = β·q + (1 − β)·p` with the same weights on the
-//! two KLs, i.e. `D'(β) = (1 − β')·KL(p ‖ m) + β'·KL(q ‖ m)` with `β' = 1 − β` and `m` the
-//! paper's mixture at `β'`: continuous at the ends, it tends to the unscaled reverse KL as
-//! `β → 0` and to the unscaled forward KL as `β → 1`. Its `β` is not a reparametrisation of
-//! the paper's (the weights of the two KLs are swapped), so a value tuned there does not carry
-//! over.
+//! are `--loss kl` / `--loss rkl` here. The other convention in use (TRL before v0.16) mixes
+//! `m = β·q + (1 − β)·p` with the same weights on the two KLs, `β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)`;
+//! with `β' = 1 − β` that is `(1 − β')·KL(p ‖ m) + β'·KL(q ‖ m)`, `m` the paper's mixture at
+//! `β'`. Continuous at the ends, it tends to the unscaled reverse KL as `β → 0` and to the
+//! unscaled forward KL as `β → 1`. Its `β` is not a reparametrisation of the paper's (the
+//! weights of the two KLs are swapped), so a value tuned there does not carry over.
 //!
 //! # Sequences (token-level distillation)
 //!
@@ -242,7 +241,8 @@ fn dense_divergence_per_sample(
 }
 
 /// The sparse `loss.kind` ([`LossKind::Rkl`] or [`LossKind::Jsd`]) per sample, `f32 [B]`
-/// (before `T²`), with `loss.sparse_tail`'s support, the same as as the sparse KL of [`sparse_kl_per_sample`] (whose notation this uses):
+/// (before `T²`), on the support of `loss.sparse_tail`, the same as the sparse KL's of
+/// [`sparse_kl_per_sample`] (whose notation this uses):
 ///
 /// - `Bucket`: the k + 1 outcomes `(p_1..p_k, r)` against `(q_1..q_k, q_rest)`;
 /// - `Uniform`: all C classes, the teacher's tail spread as `r / (C − k)` per class, against the
