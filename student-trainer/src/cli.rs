@@ -7,6 +7,7 @@
 
 use crate::ensemble::EnsembleMode;
 use crate::loss::{LossKind, SparseTail};
+use crate::lr_schedule::LrScheduleKind;
 use crate::optim::OptimizerKind;
 use crate::wire::WireDType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -93,18 +94,36 @@ pub struct CommonArgs {
     /// Samples per optimizer step.
     #[arg(long, env = "STUDENT_BATCH_SIZE", default_value_t = 128)]
     pub batch_size: usize,
-    /// Learning rate.
+    /// Learning rate (with --lr-schedule: the peak, reached after the warm-up).
     #[arg(long, env = "STUDENT_LR", default_value_t = 1e-3)]
     pub lr: f64,
-    /// Optimizer.
+    /// Optimizer: adam (torch.optim.Adam), adamw (torch.optim.AdamW: decoupled weight decay)
+    /// or sgd (torch.optim.SGD).
     #[arg(long, env = "STUDENT_OPTIMIZER", value_enum, ignore_case = true, default_value_t = OptimizerKind::Adam)]
     pub optimizer: OptimizerKind,
-    /// Momentum of SGD (ignored by Adam).
+    /// Momentum of SGD (ignored by Adam and AdamW).
     #[arg(long, env = "STUDENT_MOMENTUM", default_value_t = 0.9)]
     pub momentum: f64,
-    /// L2 weight decay added to the gradients.
-    #[arg(long, env = "STUDENT_WEIGHT_DECAY", default_value_t = 0.0)]
-    pub weight_decay: f64,
+    /// Weight decay. adam and sgd: an L2 penalty added to the gradients (default 0). adamw:
+    /// decoupled, every weight shrinks by lr × this before each update (default 0.01, as
+    /// torch.optim.AdamW).
+    #[arg(long, env = "STUDENT_WEIGHT_DECAY")]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule over the run's optimizer steps (epochs × batches per epoch):
+    /// constant, or cosine (decays from --lr to --min-lr at the end of the run), both after
+    /// --warmup-steps of linear warm-up from 0 (as Hugging Face transformers' schedules).
+    #[arg(long, env = "STUDENT_LR_SCHEDULE", value_enum, ignore_case = true, default_value_t = LrScheduleKind::Constant)]
+    pub lr_schedule: LrScheduleKind,
+    /// Optimizer steps of linear learning-rate warm-up from 0 to --lr.
+    #[arg(long, env = "STUDENT_WARMUP_STEPS", default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// The learning rate the cosine schedule ends at (needs --lr-schedule cosine).
+    #[arg(long, env = "STUDENT_MIN_LR", default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Clip the gradients to this total L2 norm before each step
+    /// (torch.nn.utils.clip_grad_norm_); off by default. A NaN or infinite norm stops the run.
+    #[arg(long, env = "STUDENT_CLIP_GRAD_NORM")]
+    pub clip_grad_norm: Option<f64>,
     /// Seed of weight initialisation, shuffling and dropout; the same seed gives the same run.
     #[arg(long, env = "STUDENT_SEED", default_value_t = 0)]
     pub seed: u64,
@@ -191,9 +210,16 @@ pub struct DistillArgs {
     /// teacher: distill then trains on the labels alone without contacting it, and warns.
     #[arg(long, env = "STUDENT_ALPHA", default_value_t = 0.9)]
     pub alpha: f64,
-    /// Soft-target loss.
+    /// Soft-target loss, each at temperature T and scaled by T²: kl (forward KL(teacher ‖
+    /// student)), rkl (reverse KL(student ‖ teacher)), jsd (the generalized Jensen–Shannon
+    /// divergence of GKD at --jsd-beta) or mse (on raw logits).
     #[arg(long, env = "STUDENT_LOSS", value_enum, ignore_case = true, default_value_t = LossKind::Kl)]
     pub loss: LossKind,
+    /// β of --loss jsd, in (0, 1) (default 0.5): β·KL(p ‖ m) + (1 − β)·KL(q ‖ m) with
+    /// m = β·p + (1 − β)·q, p the teacher and q the student (the GKD paper's convention; as β → 0
+    /// it tends to β × the forward KL, as β → 1 to (1 − β) × the reverse KL).
+    #[arg(long, env = "STUDENT_JSD_BETA")]
+    pub jsd_beta: Option<f64>,
     /// The dtype the teacher's logits travel in (converted to f32 on arrival): f32 (exact), f16
     /// or bf16 (half the bytes).
     #[arg(long, env = "STUDENT_WIRE", value_enum, ignore_case = true, default_value_t = WireDType::F32)]
@@ -201,12 +227,14 @@ pub struct DistillArgs {
     /// Soft targets as the teacher's top K logits of each sample (of each position, for a
     /// language model) plus the log-sum-exp of the rest at temperature T (computed by the
     /// teacher from the full row); 0: dense rows. Default 0, and 32 for a language model (--arch
-    /// lm...). Needs --loss kl, and --ensemble-mode sample with several teacher groups.
+    /// lm...). Needs --loss kl, rkl or jsd, and --ensemble-mode sample with several teacher
+    /// groups.
     #[arg(long, env = "STUDENT_TOP_K")]
     pub top_k: Option<u32>,
-    /// With --top-k: what the KL does with the teacher's mass outside the top K. bucket: one
-    /// extra outcome against the student's own mass outside the same K classes; uniform: spread
-    /// evenly over the other classes; renorm: dropped, both sides renormalised over the K.
+    /// With --top-k: what the divergence does with the teacher's mass outside the top K.
+    /// bucket: one extra outcome against the student's own mass outside the same K classes;
+    /// uniform: spread evenly over the other classes; renorm: dropped, both sides renormalised
+    /// over the K.
     #[arg(long, env = "STUDENT_SPARSE_TAIL", value_enum, ignore_case = true, default_value_t = SparseTail::Bucket)]
     pub sparse_tail: SparseTail,
     /// With several --teacher-group: mix (every group answers every batch; probabilities mixed)

@@ -7,7 +7,8 @@ use crate::cli::{CaptureArgs, CommonArgs, DistillArgs, EvalArgs, PlotArgs, Train
 use crate::device::{DeviceChoice, DeviceError};
 use crate::endpoint::{GroupSpec, parse_dns_url};
 use crate::ensemble::EnsembleMode;
-use crate::loss::{DistillLoss, LossKind};
+use crate::loss::{DEFAULT_JSD_BETA, DistillLoss, LossKind, check_jsd_beta};
+use crate::lr_schedule::LrSchedule;
 use crate::optim::OptimizerConfig;
 use crate::security::ConnectionConfig;
 use crate::wire::TargetRequest;
@@ -104,7 +105,7 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Samples per optimizer step (≥ 1).
     pub batch_size: usize,
-    /// Optimizer and its hyper-parameters.
+    /// Optimizer and its hyper-parameters, learning-rate schedule and gradient clipping.
     pub optimizer: OptimizerConfig,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
@@ -412,13 +413,33 @@ impl TryFrom<CommonArgs> for TrainConfig {
                 format!("{} is not in [0, 1)", a.momentum),
             ));
         }
-        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        let kind = a.optimizer;
+        // Unset: PyTorch's default for the optimizer (AdamW 0.01, Adam and SGD 0).
+        let weight_decay = a
+            .weight_decay
+            .unwrap_or_else(|| kind.default_weight_decay());
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
             return Err(invalid(
                 "weight-decay",
-                format!("{} is negative", a.weight_decay),
+                format!("{weight_decay} is not a weight decay ≥ 0"),
             ));
         }
-        let kind = a.optimizer;
+        let schedule = LrSchedule {
+            kind: a.lr_schedule,
+            warmup_steps: a.warmup_steps,
+            min_lr: a.min_lr,
+        };
+        schedule
+            .validate(a.lr)
+            .map_err(|reason| invalid("min-lr", reason))?;
+        if let Some(max) = a.clip_grad_norm
+            && !(max.is_finite() && max > 0.0)
+        {
+            return Err(invalid(
+                "clip-grad-norm",
+                format!("{max} is not a positive gradient norm"),
+            ));
+        }
         if a.limit == Some(0) {
             return Err(invalid("limit", "must be at least 1 sample"));
         }
@@ -457,8 +478,10 @@ impl TryFrom<CommonArgs> for TrainConfig {
                 beta1: 0.9,
                 beta2: 0.999,
                 eps: 1e-8,
-                weight_decay: a.weight_decay,
+                weight_decay,
                 momentum: a.momentum,
+                schedule,
+                clip_grad_norm: a.clip_grad_norm,
             },
             seed: a.seed,
             limit: a.limit,
@@ -518,6 +541,20 @@ impl TryFrom<DistillArgs> for DistillConfig {
             return Err(invalid("alpha", format!("{} is not in [0, 1]", a.alpha)));
         }
         let kind = a.loss;
+        let jsd_beta = match (kind, a.jsd_beta) {
+            (LossKind::Jsd, beta) => {
+                let beta = beta.unwrap_or(DEFAULT_JSD_BETA);
+                check_jsd_beta(beta).map_err(|reason| invalid("jsd-beta", reason))?;
+                beta
+            }
+            (_, None) => DEFAULT_JSD_BETA,
+            (other, Some(beta)) => {
+                return Err(invalid(
+                    "jsd-beta",
+                    format!("{beta} given, but only --loss jsd uses it (got --loss {other})"),
+                ));
+            }
+        };
         let labels: LabelPolicy = a.labels.parse().map_err(|e: String| invalid("labels", e))?;
         if a.prefetch == 0 {
             return Err(invalid("prefetch", "must be at least 1 batch"));
@@ -548,7 +585,8 @@ impl TryFrom<DistillArgs> for DistillConfig {
             return Err(invalid(
                 "top-k",
                 format!(
-                    "--loss mse needs every logit, got --top-k {top_k} (use --loss kl, or --top-k 0)"
+                    "--loss mse needs every logit, got --top-k {top_k} (use --loss kl, rkl or jsd, \
+                     or --top-k 0)"
                 ),
             ));
         }
@@ -573,6 +611,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
                 temperature: a.temperature,
                 alpha,
                 sparse_tail: a.sparse_tail,
+                jsd_beta,
             },
             request: TargetRequest {
                 wire: a.wire,
@@ -878,6 +917,86 @@ mod tests {
     }
 
     #[test]
+    fn optimizer_schedule_and_clipping_flags() {
+        use crate::lr_schedule::LrScheduleKind;
+        let t = train(&[
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "3e-4",
+            "--lr-schedule",
+            "cosine",
+            "--warmup-steps",
+            "100",
+            "--min-lr",
+            "3e-5",
+            "--clip-grad-norm",
+            "1.0",
+        ])
+        .unwrap();
+        let o = t.optimizer;
+        assert_eq!(o.kind, OptimizerKind::AdamW);
+        // AdamW's weight decay defaults to PyTorch's 0.01.
+        assert_eq!((o.lr, o.weight_decay), (3e-4, 0.01));
+        assert_eq!(
+            o.schedule,
+            LrSchedule {
+                kind: LrScheduleKind::Cosine,
+                warmup_steps: 100,
+                min_lr: 3e-5
+            }
+        );
+        assert_eq!(o.clip_grad_norm, Some(1.0));
+        assert!(o.validate().is_ok());
+        // An explicit --weight-decay wins; Adam and SGD default to 0.
+        let t = train(&["--optimizer", "adamw", "--weight-decay", "0"]).unwrap();
+        assert_eq!(t.optimizer.weight_decay, 0.0);
+        let t = train(&["--optimizer", "adam", "--weight-decay", "0.1"]).unwrap();
+        assert_eq!(t.optimizer.weight_decay, 0.1);
+        for opt in ["adam", "sgd"] {
+            assert_eq!(
+                train(&["--optimizer", opt]).unwrap().optimizer.weight_decay,
+                0.0
+            );
+        }
+        // Defaults: constant rate, no warm-up, no clipping.
+        let d = train(&[]).unwrap().optimizer;
+        assert_eq!(
+            (d.schedule, d.clip_grad_norm),
+            (LrSchedule::default(), None)
+        );
+        // A constant schedule with warm-up.
+        let w = train(&["--warmup-steps", "10"]).unwrap().optimizer.schedule;
+        assert_eq!((w.kind, w.warmup_steps), (LrScheduleKind::Constant, 10));
+    }
+
+    #[test]
+    fn rkl_and_jsd_losses_parse_with_beta() {
+        let c = distill(&["--loss", "rkl", "--top-k", "8"]).unwrap();
+        assert_eq!((c.loss.kind, c.request.top_k), (LossKind::Rkl, 8));
+        let c = distill(&["--loss", "jsd"]).unwrap();
+        assert_eq!((c.loss.kind, c.loss.jsd_beta), (LossKind::Jsd, 0.5));
+        let c = distill(&["--loss", "jsd", "--jsd-beta", "0.1", "--top-k", "4"]).unwrap();
+        assert_eq!(c.loss.jsd_beta, 0.1);
+        for beta in ["0", "1", "1.5", "-0.2", "nan"] {
+            let e = distill(&["--loss", "jsd", &format!("--jsd-beta={beta}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("--jsd-beta: ") && e.contains("0 < beta < 1"),
+                "{beta}: {e}"
+            );
+        }
+        let e = distill(&["--loss", "kl", "--jsd-beta", "0.3"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--jsd-beta: ") && e.contains("--loss jsd") && e.contains("--loss kl"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn only_alpha_zero_with_every_label_needs_no_teacher() {
         assert!(!distill(&["--alpha", "0"]).unwrap().needs_teacher());
         assert!(distill(&["--alpha", "0.1"]).unwrap().needs_teacher());
@@ -927,6 +1046,13 @@ mod tests {
             (&["--connect-timeout", "0"], "--connect-timeout"),
             (&["--batch-timeout", "0"], "--batch-timeout"),
             (&["--teacher-wait", "0"], "--teacher-wait"),
+            (&["--weight-decay=-1"], "--weight-decay"),
+            (&["--min-lr=-1", "--lr-schedule", "cosine"], "--min-lr"),
+            (&["--min-lr", "1", "--lr-schedule", "cosine"], "--min-lr"),
+            (&["--min-lr", "1e-5"], "--min-lr"),
+            (&["--clip-grad-norm", "0"], "--clip-grad-norm"),
+            (&["--clip-grad-norm=-1"], "--clip-grad-norm"),
+            (&["--clip-grad-norm", "inf"], "--clip-grad-norm"),
         ];
         for (args, flag) in cases {
             let err = distill(args).unwrap_err().to_string();
@@ -937,11 +1063,19 @@ mod tests {
         for args in [
             ["distill", "--teacher", "h:1", "--loss", "hinge"],
             ["train", "--optimizer", "lbfgs", "--lr", "1"],
+            ["train", "--lr-schedule", "linear", "--lr", "1"],
         ] {
             let mut v = vec!["student-trainer"];
             v.extend_from_slice(&args);
             let e = Cli::try_parse_from(v).unwrap_err().to_string();
             assert!(e.contains("possible values"), "{args:?}: {e}");
+        }
+        // A negative or fractional warm-up is refused by clap, naming the flag.
+        for bad in ["--warmup-steps=-5", "--warmup-steps=1.5"] {
+            let e = Cli::try_parse_from(["student-trainer", "train", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--warmup-steps"), "{bad}: {e}");
         }
         let Command::Distill(a) = parse(&["distill", "--teacher", "ftp://x"]) else {
             panic!()

@@ -5,9 +5,9 @@
 //! [`app`] (the commands), which load [`data`], talk to the teacher replicas through [`pool`]
 //! (its `scheduler` decides, its shell talks), [`client`] and [`wire`] (the only modules
 //! that see gRPC types; [`ensemble`] mixes several teachers), and run the loop of [`trainer`] on
-//! its own thread over the batch [`schedule`]; [`loss`] and [`optim`] are the maths, [`eval`]
-//! (local, no network), [`teacher_eval`] (through the pool), [`metrics`], [`progress`] and
-//! [`report`] the outputs; [`plot`] draws the training curves of finished runs.
+//! its own thread over the batch [`schedule`]; [`loss`], [`optim`] and [`lr_schedule`] are the
+//! maths, [`eval`] (local, no network), [`teacher_eval`] (through the pool), [`metrics`],
+//! [`progress`] and [`report`] the outputs; [`plot`] draws the training curves of finished runs.
 
 pub mod app;
 pub mod cache;
@@ -22,6 +22,7 @@ pub use distill_models::device;
 mod ensemble;
 mod eval;
 pub mod loss;
+pub mod lr_schedule;
 mod metrics;
 pub mod monitoring;
 pub mod optim;

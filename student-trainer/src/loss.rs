@@ -15,6 +15,48 @@
 //! KL uses batch-mean reduction (sum over classes, mean over samples), as PyTorch's
 //! `F.kl_div(..., reduction="batchmean")`, and is computed from log-softmax so that logits of
 //! ±1000 or a teacher probability of exactly 0 give finite values.
+//!
+//! # Divergences (`--loss`)
+//!
+//! With `p = softmax(t/T)` the teacher's and `q = softmax(s/T)` the student's distribution, the
+//! soft term of a sample (or token) is `T² · D` with
+//!
+//! ```text
+//! kl:   D = KL(p ‖ q) = Σ_c p_c log(p_c / q_c)             forward KL (Hinton et al. 2015)
+//! rkl:  D = KL(q ‖ p) = Σ_c q_c log(q_c / p_c)             reverse KL
+//! jsd:  D = β · KL(p ‖ m) + (1 − β) · KL(q ‖ m),  m = β·p + (1 − β)·q,   0 < β < 1
+//! ```
+//!
+//! `jsd` is the generalized Jensen–Shannon divergence `D_JSD(β)(P ‖ Q)` of GKD (Agarwal et al.
+//! 2024, "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
+//! arXiv:2306.13649; TRL's `generalized_jsd_loss` cites it as Eq. (1)) with `P = p` the teacher
+//! and `Q = q` the student, as GKD writes `D(p_T ‖ p_S)`. `β` (`--jsd-beta`) follows the
+//! paper's convention, which TRL's `GKDTrainer` also computes for `0 < β < 1` since v0.16
+//! (huggingface/trl PR #3043):
+//!
+//! - `β → 0`: `m → q` and `D = β · KL(p ‖ q) + O(β²)`: the forward KL scaled by `β`
+//!   (`D/β → KL(p ‖ q)`), so the loss itself vanishes;
+//! - `β → 1`: `m → p` and `D = (1 − β) · KL(q ‖ p) + O((1 − β)²)`: the reverse KL scaled by
+//!   `1 − β`, vanishing as well;
+//! - `β = 0.5`: the symmetric Jensen–Shannon divergence (at most `ln 2`).
+//!
+//! The endpoints are refused (`β` must lie in the open interval): at exactly `β = 0` / `β = 1`
+//! TRL switches to the unscaled forward / reverse KL, a jump from the formula's limit 0; those
+//! are `--loss kl` / `--loss rkl` here. The other convention in use (TRL before v0.16) mixes
+//! `m = β·q + (1 − β)·p` with the same weights on the two KLs, `β·KL(p ‖ m) + (1 − β)·KL(q ‖ m)`;
+//! with `β' = 1 − β` that is `(1 − β')·KL(p ‖ m) + β'·KL(q ‖ m)`, `m` the paper's mixture at
+//! `β'`. Continuous at the ends, it tends to the unscaled reverse KL as `β → 0` and to the
+//! unscaled forward KL as `β → 1`. Its `β` is not a reparametrisation of the paper's (the
+//! weights of the two KLs are swapped), so a value tuned there does not carry over.
+//!
+//! # Sequences (token-level distillation)
+//!
+//! For a language model the logits are `[B, S, V]` and the labels `i64 [B, S]`, the next token
+//! of each position or [`IGNORE_INDEX`] (`-100`, PyTorch's `ignore_index`) where there is none
+//! (padding, the last position). The loss is the per-token loss above summed over the real
+//! tokens and divided by their number; ignored positions are dropped before anything is
+//! computed, so whatever they hold (NaN or infinite teacher values, out-of-range indices)
+//! reaches neither the loss nor the gradients.
 
 use crate::targets::SoftTargets;
 use tch::{Kind, Reduction, Tensor};
@@ -22,8 +64,13 @@ use tch::{Kind, Reduction, Tensor};
 /// The soft (teacher-matching) term of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum LossKind {
-    /// `T² · KL(softmax(t/T) ‖ softmax(s/T))` (Hinton et al. 2015, section 2).
+    /// `T² · KL(softmax(t/T) ‖ softmax(s/T))`, the forward KL (Hinton et al. 2015, section 2).
     Kl,
+    /// `T² · KL(softmax(s/T) ‖ softmax(t/T))`, the reverse KL.
+    Rkl,
+    /// `T² ·` the generalized Jensen–Shannon divergence of GKD (Agarwal et al. 2024) at
+    /// [`DistillLoss::jsd_beta`]; formula and convention in the [module documentation](self).
+    Jsd,
     /// `mean_c (s_c − t_c)²` on raw logits (Ba & Caruana 2014); the temperature is not used.
     Mse,
 }
@@ -32,6 +79,8 @@ impl std::fmt::Display for LossKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             LossKind::Kl => "kl",
+            LossKind::Rkl => "rkl",
+            LossKind::Jsd => "jsd",
             LossKind::Mse => "mse",
         })
     }
@@ -75,7 +124,17 @@ pub struct DistillLoss {
     pub alpha: f64,
     /// How sparse (top-k) targets treat the teacher's mass outside the k classes.
     pub sparse_tail: SparseTail,
+    /// `β` of [`LossKind::Jsd`], in `(0, 1)` (the paper's convention, see the
+    /// [module documentation](self)); unused by the other kinds.
+    pub jsd_beta: f64,
 }
+
+/// The label of a sequence position that has no next token (padding, the last position),
+/// PyTorch's `ignore_index`: the position is left out of the loss.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// The default `--jsd-beta`, TRL's `GKDConfig.beta` default: the symmetric JSD.
+pub const DEFAULT_JSD_BETA: f64 = 0.5;
 
 /// The loss of one batch.
 #[derive(Debug)]
@@ -87,6 +146,9 @@ pub struct LossParts {
     pub soft: f64,
     /// Mean cross-entropy over the labelled samples (0 when none is labelled), for logging.
     pub hard: f64,
+    /// The rows the means are over: the samples of `[B, C]` logits (`B`), the real tokens
+    /// (label ≠ [`IGNORE_INDEX`]) of `[B, S, V]` logits.
+    pub tokens: i64,
 }
 
 /// `KL(softmax(t/T) ‖ softmax(s/T))` per sample: `Σ_c p_c (log p_c − log q_c)` with
@@ -120,6 +182,131 @@ fn kl_terms(log_p: &Tensor, log_q: &Tensor) -> Result<Tensor, tch::TchError> {
     p.f_mul(&log_p.f_sub(log_q)?)?
         .f_where_scalarother(&positive, 0.0)?
         .f_sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// `KL(a ‖ b) = Σ_c a_c (log a_c − log b_c)` per row of log-probabilities over the same support
+/// (last dimension), `f32`. Where `a_c = 0` the term is exactly 0, in the value and in the
+/// gradients: the log-ratio is masked before the product, so `0 · ∞` never appears even where
+/// `b_c = 0` too. Where `a_c > 0 = b_c` the value is `+∞`, as the divergence is.
+fn kl_rows(log_a: &Tensor, log_b: &Tensor) -> Result<Tensor, tch::TchError> {
+    let a = log_a.f_exp()?;
+    let positive = a.f_gt(0.0)?;
+    let ratio = log_a.f_sub(log_b)?.f_where_scalarother(&positive, 0.0)?;
+    a.f_mul(&ratio)?.f_sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// `D(p ‖ q)` per row for the divergence `kind` (see the [module documentation](self)), from the
+/// teacher's log-probabilities `log_p` and the student's `log_q` over the same support.
+fn divergence_rows(
+    kind: LossKind,
+    beta: f64,
+    log_p: &Tensor,
+    log_q: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    match kind {
+        LossKind::Kl => kl_rows(log_p, log_q),
+        LossKind::Rkl => kl_rows(log_q, log_p),
+        LossKind::Jsd => {
+            // log m = logaddexp(log p + log β, log q + log(1 − β)).
+            let log_m = log_p
+                .f_add_scalar(beta.ln())?
+                .f_logaddexp(&log_q.f_add_scalar((-beta).ln_1p())?)?;
+            kl_rows(log_p, &log_m)?
+                .f_mul_scalar(beta)?
+                .f_add(&kl_rows(log_q, &log_m)?.f_mul_scalar(1.0 - beta)?)
+        }
+        LossKind::Mse => Err(shape_err(
+            "the MSE loss is not a divergence between distributions".into(),
+        )),
+    }
+}
+
+/// `D(softmax(t/T) ‖ softmax(s/T))` per sample for `loss.kind` ([`LossKind::Rkl`] or
+/// [`LossKind::Jsd`]) on dense logits `[B, C]`, teacher detached. Returns `f32 [B]` (before
+/// `T²`).
+fn dense_divergence_per_sample(
+    loss: &DistillLoss,
+    student: &Tensor,
+    teacher: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    let (kind, beta, temperature) = (loss.kind, loss.jsd_beta, loss.temperature);
+    let log_p = teacher
+        .f_detach()?
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let log_q = student
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    divergence_rows(kind, beta, &log_p, &log_q)
+}
+
+/// The sparse `loss.kind` ([`LossKind::Rkl`] or [`LossKind::Jsd`]) per sample, `f32 [B]`
+/// (before `T²`), on the support of `loss.sparse_tail`, the same as the sparse KL's of
+/// [`sparse_kl_per_sample`] (whose notation this uses):
+///
+/// - `Bucket`: the k + 1 outcomes `(p_1..p_k, r)` against `(q_1..q_k, q_rest)`;
+/// - `Uniform`: all C classes, the teacher's tail spread as `r / (C − k)` per class, against the
+///   student's full `q`;
+/// - `Renorm`: the k classes, `p̃ = softmax(v / T)` against `q̃`, the student renormalised over
+///   them.
+///
+/// With k = C every mode is the dense divergence. A tail of `-inf` with k < C (the teacher puts
+/// no mass outside its top k) makes the reverse KL infinite, as it is: the student always keeps
+/// some mass there.
+fn sparse_divergence_per_sample(
+    loss: &DistillLoss,
+    student: &Tensor,
+    indices: &Tensor,
+    values: &Tensor,
+    tail: &Tensor,
+) -> Result<Tensor, tch::TchError> {
+    let (kind, beta, temperature, mode) =
+        (loss.kind, loss.jsd_beta, loss.temperature, loss.sparse_tail);
+    let (n, c) = (student.size()[0], student.size()[1]);
+    let k = indices.size()[1];
+    let v = values
+        .f_detach()?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(temperature)?;
+    let tail = tail.f_detach()?.f_to_kind(Kind::Float)?;
+    let log_q = student
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let log_q_k = log_q.f_gather(1, indices, false)?;
+    if mode == SparseTail::Renorm {
+        let log_p = v.f_log_softmax(-1, Kind::Float)?;
+        let log_q_renorm = log_q_k.f_log_softmax(-1, Kind::Float)?;
+        return divergence_rows(kind, beta, &log_p, &log_q_renorm);
+    }
+    let lse_t = v
+        .f_logsumexp([-1i64].as_slice(), false)?
+        .f_logaddexp(&tail)?;
+    let log_p_k = v.f_sub(&lse_t.f_unsqueeze(-1)?)?;
+    if k >= c {
+        // No class outside the top k: the k classes are the whole support.
+        return divergence_rows(kind, beta, &log_p_k, &log_q_k);
+    }
+    let log_r = tail.f_sub(&lse_t)?;
+    match mode {
+        SparseTail::Bucket => {
+            let log_q_rest = log_q
+                .f_scatter_value(1, indices, f64::NEG_INFINITY)?
+                .f_logsumexp([-1i64].as_slice(), false)?;
+            let log_p = Tensor::f_cat(&[log_p_k, log_r.f_unsqueeze(-1)?], -1)?;
+            let log_q = Tensor::f_cat(&[log_q_k, log_q_rest.f_unsqueeze(-1)?], -1)?;
+            divergence_rows(kind, beta, &log_p, &log_q)
+        }
+        SparseTail::Uniform => {
+            let log_p = log_r
+                .f_sub_scalar(((c - k) as f64).ln())?
+                .f_unsqueeze(-1)?
+                .f_repeat([1, c])?
+                .f_scatter(1, indices, &log_p_k)?;
+            debug_assert_eq!(log_p.size(), [n, c]);
+            divergence_rows(kind, beta, &log_p, &log_q)
+        }
+        SparseTail::Renorm => unreachable!("handled above"),
+    }
 }
 
 /// The sparse KL per sample at temperature `T`, `f32 [B]` (before `T²`), of the student's logits
@@ -279,16 +466,20 @@ impl DistillLoss {
     /// When every sample is labelled this is `alpha · T² · KL_batchmean + (1 − alpha) · CE`.
     /// A term whose weight is 0 is left out entirely (not multiplied by 0), so an infinite CE on
     /// an unlabelled sample cannot turn the loss into NaN; labels of unlabelled samples are
-    /// ignored and may hold any value.
+    /// ignored and may hold any value. [`LossKind::Rkl`] and [`LossKind::Jsd`] replace the KL
+    /// as in the [module documentation](self), with the same `T²`.
     ///
     /// - `student`: logits `[B, C]`, `f32`, carrying gradients;
     /// - `teacher`: logits `[B, C]` (detached here; gradients never reach it);
     /// - `labels`: `i64` `[B]`, in `0..C` where labelled;
     /// - `labelled`: `bool` `[B]`, `None` meaning every sample is labelled.
     ///
+    /// Sequences: with `student` and `teacher` `[B, S, V]` and `labels` `i64 [B, S]` this is the
+    /// token-level loss of [`DistillLoss::compute_targets`].
+    ///
     /// # Errors
-    /// [`tch::TchError::Shape`] for mismatched shapes or a bad temperature/alpha, and libtorch's
-    /// error for a label outside `0..C`.
+    /// [`tch::TchError::Shape`] for mismatched shapes or a bad temperature/alpha/beta, and
+    /// libtorch's error for a label outside `0..C`.
     pub fn compute(
         &self,
         student: &Tensor,
@@ -296,6 +487,10 @@ impl DistillLoss {
         labels: &Tensor,
         labelled: Option<&Tensor>,
     ) -> Result<LossParts, tch::TchError> {
+        if student.dim() == 3 {
+            let targets = SoftTargets::Dense(teacher.shallow_clone());
+            return self.compute_sequence(student, &targets, labels, labelled);
+        }
         let size = student.size();
         if size.len() != 2 || teacher.size() != size {
             return Err(shape_err(format!(
@@ -307,6 +502,8 @@ impl DistillLoss {
         self.check_params()?;
         let soft_i = match self.kind {
             LossKind::Kl => kl_per_sample(student, teacher, self.temperature)?
+                .f_mul_scalar(self.temperature * self.temperature)?,
+            LossKind::Rkl | LossKind::Jsd => dense_divergence_per_sample(self, student, teacher)?
                 .f_mul_scalar(self.temperature * self.temperature)?,
             LossKind::Mse => mse_per_sample(student, teacher)?,
         };
@@ -326,12 +523,35 @@ impl DistillLoss {
     /// ```
     ///
     /// with `q = softmax(s / T)` the student's (Hinton et al. 2015, section 2). With k = C every
-    /// variant equals the dense KL.
+    /// variant equals the dense KL. [`LossKind::Rkl`] and [`LossKind::Jsd`] use the same
+    /// supports (k + 1 outcomes for `bucket`, all C classes for `uniform`, the k classes
+    /// renormalised for `renorm`) with their divergence in place of the KL; with k = C they
+    /// equal their dense loss.
+    ///
+    /// # Sequences
+    ///
+    /// With `student` logits `[B, S, V]`, targets dense `[B, S, V]` or sparse (`indices` and
+    /// `values` `[B, S, k]`, tail `[B, S]`), `labels` `i64 [B, S]` and `labelled` `bool [B]`
+    /// (per sequence) or `[B, S]` (per token) or `None`, the loss is token-level:
+    ///
+    /// ```text
+    /// R    = {(b, s) : labels[b, s] ≠ -100}                    the real tokens
+    /// loss = (1/|R|) Σ_{(b,s) ∈ R} [ w · soft_bs + (1 − w) · CE_bs ]
+    /// ```
+    ///
+    /// with `soft_bs`, `CE_bs` and `w` (alpha, or 1 where not labelled) exactly as a sample of
+    /// the `[B, C]` case (`CE_bs = −log softmax(s_bs)[labels[b, s]]`): the real tokens are
+    /// gathered into rows and the `[B, C]` loss is taken over them. Ignored positions are left
+    /// out before anything is computed, so they may hold anything (NaN or infinite teacher
+    /// values, out-of-range indices) and get exactly zero gradient. A batch without a real token
+    /// gives a loss of exactly 0 (still differentiable: every gradient 0), `soft = hard = 0` and
+    /// [`LossParts::tokens`] 0, never NaN; the caller may skip its step.
     ///
     /// # Errors
     /// [`tch::TchError::Shape`] for sparse targets with [`LossKind::Mse`] (it needs every
     /// logit), shapes that do not fit (`indices`/`values` `[B, k]` with `1 ≤ k ≤ C`, tail
-    /// `[B]`), a bad temperature/alpha; libtorch's errors (e.g. an index outside `0..C`).
+    /// `[B]`; or their sequence forms), a bad temperature/alpha/beta; libtorch's errors (e.g. a
+    /// label or an index outside `0..C` at a real position).
     pub fn compute_targets(
         &self,
         student: &Tensor,
@@ -339,6 +559,9 @@ impl DistillLoss {
         labels: &Tensor,
         labelled: Option<&Tensor>,
     ) -> Result<LossParts, tch::TchError> {
+        if student.dim() == 3 {
+            return self.compute_sequence(student, targets, labels, labelled);
+        }
         let (indices, values, tail) = match targets {
             SoftTargets::Dense(t) => return self.compute(student, t, labels, labelled),
             SoftTargets::Sparse {
@@ -371,16 +594,142 @@ impl DistillLoss {
         }
         self.check_params()?;
         let device = student.device();
-        let soft_i = sparse_kl_per_sample(
-            student,
-            &indices.f_to_device(device)?,
-            &values.f_to_device(device)?,
-            &tail.f_to_device(device)?,
-            self.temperature,
-            self.sparse_tail,
-        )?
+        let (indices, values, tail) = (
+            indices.f_to_device(device)?,
+            values.f_to_device(device)?,
+            tail.f_to_device(device)?,
+        );
+        let soft_i = match self.kind {
+            LossKind::Kl => sparse_kl_per_sample(
+                student,
+                &indices,
+                &values,
+                &tail,
+                self.temperature,
+                self.sparse_tail,
+            )?,
+            _ => sparse_divergence_per_sample(self, student, &indices, &values, &tail)?,
+        }
         .f_mul_scalar(self.temperature * self.temperature)?;
         self.weigh(student, soft_i, labels, labelled)
+    }
+
+    /// The token-level loss of a sequence batch (`student` `[B, S, V]`), as documented on
+    /// [`DistillLoss::compute_targets`].
+    fn compute_sequence(
+        &self,
+        student: &Tensor,
+        targets: &SoftTargets,
+        labels: &Tensor,
+        labelled: Option<&Tensor>,
+    ) -> Result<LossParts, tch::TchError> {
+        let size = student.size();
+        let (b, s, v) = (size[0], size[1], size[2]);
+        if labels.size() != [b, s] {
+            return Err(shape_err(format!(
+                "labels must be [batch, seq] = [{b}, {s}] for student logits {size:?}, got {:?}",
+                labels.size()
+            )));
+        }
+        match targets {
+            SoftTargets::Dense(t) if t.size() != size => {
+                return Err(shape_err(format!(
+                    "student and teacher logits must both be [batch, seq, vocab], got {size:?} \
+                     and {:?}",
+                    t.size()
+                )));
+            }
+            SoftTargets::Dense(_) => {}
+            SoftTargets::Sparse { .. } if self.kind == LossKind::Mse => {
+                return Err(shape_err(
+                    "the MSE loss needs dense teacher logits, got top-k targets".into(),
+                ));
+            }
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => {
+                let i = indices.size();
+                let fits = i.len() == 3
+                    && i[..2] == [b, s]
+                    && (1..=v).contains(&i[2])
+                    && values.size() == i
+                    && tail_logsumexp.size() == [b, s];
+                if !fits {
+                    return Err(shape_err(format!(
+                        "student logits [batch, seq, vocab] with top-k indices and values \
+                         [batch, seq, k] (1 ≤ k ≤ vocab) and tail [batch, seq] expected, got \
+                         {size:?}, {i:?}, {:?}, {:?}",
+                        values.size(),
+                        tail_logsumexp.size()
+                    )));
+                }
+            }
+        }
+        let labelled = match labelled {
+            None => None,
+            Some(m) if m.size() == [b] => Some(
+                m.f_to_kind(Kind::Bool)?
+                    .f_unsqueeze(1)?
+                    .f_expand([b, s], false)?,
+            ),
+            Some(m) if m.size() == [b, s] => Some(m.f_to_kind(Kind::Bool)?),
+            Some(m) => {
+                return Err(shape_err(format!(
+                    "labelled mask must be [{b}] (per sequence) or [{b}, {s}] (per token), got \
+                     {:?}",
+                    m.size()
+                )));
+            }
+        };
+        self.check_params()?;
+        // Flat indices (b·S + s) of the real tokens, in order.
+        let rows = labels
+            .f_reshape([-1])?
+            .f_ne(IGNORE_INDEX)?
+            .f_nonzero()?
+            .f_reshape([-1])?;
+        let tokens = rows.size()[0];
+        if tokens == 0 {
+            // An empty sum: exactly 0, attached to the graph so that backward works (and gives
+            // zero gradients).
+            let total = student
+                .f_reshape([-1])?
+                .f_narrow(0, 0, 0)?
+                .f_sum(Kind::Float)?;
+            return Ok(LossParts {
+                total,
+                soft: 0.0,
+                hard: 0.0,
+                tokens: 0,
+            });
+        }
+        let pick = |t: &Tensor| -> Result<Tensor, tch::TchError> {
+            t.f_flatten(0, 1)?
+                .f_index_select(0, &rows.f_to_device(t.device())?)
+        };
+        let rows_targets = match targets {
+            SoftTargets::Dense(t) => SoftTargets::Dense(pick(t)?),
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => SoftTargets::Sparse {
+                indices: pick(indices)?,
+                values: pick(values)?,
+                tail_logsumexp: pick(tail_logsumexp)?,
+            },
+        };
+        let labelled = labelled.as_ref().map(pick).transpose()?;
+        let mut parts = self.compute_targets(
+            &pick(student)?,
+            &rows_targets,
+            &pick(labels)?,
+            labelled.as_ref(),
+        )?;
+        parts.tokens = tokens;
+        Ok(parts)
     }
 
     fn check_params(&self) -> Result<(), tch::TchError> {
@@ -395,6 +744,9 @@ impl DistillLoss {
                 "alpha must lie in [0, 1], got {}",
                 self.alpha
             )));
+        }
+        if self.kind == LossKind::Jsd {
+            check_jsd_beta(self.jsd_beta).map_err(shape_err)?;
         }
         Ok(())
     }
@@ -470,7 +822,28 @@ impl DistillLoss {
             };
             Ok((soft, hard))
         })?;
-        Ok(LossParts { total, soft, hard })
+        Ok(LossParts {
+            total,
+            soft,
+            hard,
+            tokens: b,
+        })
+    }
+}
+
+/// Checks `β` of [`LossKind::Jsd`]: it must lie in the open interval `(0, 1)`.
+///
+/// # Errors
+/// A one-line message saying what the endpoints would mean and which `--loss` to use instead.
+pub fn check_jsd_beta(beta: f64) -> Result<(), String> {
+    if beta > 0.0 && beta < 1.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the generalized JSD needs 0 < beta < 1, got {beta} (as beta → 0 it tends to \
+             beta · forward KL and as beta → 1 to (1 − beta) · reverse KL, both vanishing; for the \
+             unscaled divergences use --loss kl or --loss rkl)"
+        ))
     }
 }
 
@@ -556,6 +929,7 @@ mod tests {
                 temperature,
                 alpha,
                 sparse_tail: SparseTail::Bucket,
+                jsd_beta: DEFAULT_JSD_BETA,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             close(
@@ -596,6 +970,7 @@ mod tests {
                     temperature,
                     alpha: 1.0,
                     sparse_tail: SparseTail::Bucket,
+                    jsd_beta: DEFAULT_JSD_BETA,
                 };
                 let parts = loss.compute(&s, &t, &y, None).unwrap();
                 close(value(&parts.total), want, &format!("{name} mse loss"));
@@ -607,6 +982,7 @@ mod tests {
                 temperature: 4.0,
                 alpha: 0.25,
                 sparse_tail: SparseTail::Bucket,
+                jsd_beta: DEFAULT_JSD_BETA,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             let ce = value(&cross_entropy(&s, &y));
@@ -677,6 +1053,7 @@ mod tests {
                 temperature: 4.0,
                 alpha: 0.9,
                 sparse_tail: SparseTail::Bucket,
+                jsd_beta: DEFAULT_JSD_BETA,
             };
             let parts = loss.compute(&s, &t, &y, None).unwrap();
             parts.total.backward();
@@ -699,6 +1076,7 @@ mod tests {
             temperature: 4.0,
             alpha: 0.9,
             sparse_tail: SparseTail::Bucket,
+            jsd_beta: DEFAULT_JSD_BETA,
         };
         let parts = loss.compute(&s, &t, &y, Some(&mask)).unwrap();
         // Per-row reference.
@@ -738,6 +1116,7 @@ mod tests {
             temperature: 4.0,
             alpha: 0.9,
             sparse_tail: SparseTail::Bucket,
+            jsd_beta: DEFAULT_JSD_BETA,
         };
         let t4 = Tensor::zeros([2, 4], tch::kind::FLOAT_CPU);
         assert!(loss.compute(&s, &t4, &y, None).is_err());
@@ -798,6 +1177,7 @@ mod tests {
                     temperature,
                     alpha: 0.8,
                     sparse_tail,
+                    jsd_beta: DEFAULT_JSD_BETA,
                 };
                 for labelled in [None, Some(&mask)] {
                     let dense = loss.compute(&s, &t, &y, labelled).unwrap();
@@ -871,6 +1251,7 @@ mod tests {
                     temperature: case["temperature"].as_f64().unwrap(),
                     alpha: case["alpha"].as_f64().unwrap(),
                     sparse_tail,
+                    jsd_beta: DEFAULT_JSD_BETA,
                 };
                 let parts = loss
                     .compute_targets(&s, &targets, &y, mask.as_ref())
@@ -895,8 +1276,12 @@ mod tests {
         tch::manual_seed(5);
         let t = Tensor::randn([4, 9], tch::kind::FLOAT_CPU) * 3.0;
         let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
-        for k in [3, 9] {
-            for sparse_tail in TAILS {
+        for (k, kind, sparse_tail) in [3, 9]
+            .into_iter()
+            .flat_map(|k| DIVERGENCES.map(|kind| (k, kind)))
+            .flat_map(|(k, kind)| TAILS.map(|tail| (k, kind, tail)))
+        {
+            {
                 let s = (Tensor::randn([4, 9], tch::kind::FLOAT_CPU) * 2.0).set_requires_grad(true);
                 let SoftTargets::Sparse {
                     indices,
@@ -914,18 +1299,19 @@ mod tests {
                     tail_logsumexp: tail.shallow_clone(),
                 };
                 let loss = DistillLoss {
-                    kind: LossKind::Kl,
+                    kind,
                     temperature: 2.0,
                     alpha: 0.9,
                     sparse_tail,
+                    jsd_beta: DEFAULT_JSD_BETA,
                 };
                 let parts = loss.compute_targets(&s, &targets, &y, None).unwrap();
                 parts.total.backward();
                 let g = s.grad();
                 assert_eq!(
-                    value(&g.isnan().any()),
+                    value(&g.isfinite().logical_not().any()),
                     0.0,
-                    "k {k} {sparse_tail}: NaN gradient"
+                    "k {k} {kind} {sparse_tail}: non-finite gradient"
                 );
                 assert!(value(&g.abs().sum(Kind::Float)) > 0.0);
                 for teacher in [values.grad(), tail.grad()] {
@@ -945,6 +1331,7 @@ mod tests {
             temperature: 1.0,
             alpha: 1.0,
             sparse_tail: SparseTail::Bucket,
+            jsd_beta: DEFAULT_JSD_BETA,
         };
         let e = mse
             .compute_targets(&s, &t, &y, None)
@@ -983,11 +1370,604 @@ mod tests {
     fn loss_kind_parses() {
         use clap::ValueEnum;
         assert_eq!(LossKind::from_str("kl", true).unwrap(), LossKind::Kl);
+        assert_eq!(LossKind::from_str("rkl", true).unwrap(), LossKind::Rkl);
+        assert_eq!(LossKind::from_str("JSD", true).unwrap(), LossKind::Jsd);
         assert_eq!(LossKind::from_str("MSE", true).unwrap(), LossKind::Mse);
         assert!(LossKind::from_str("l1", true).is_err());
         for kind in LossKind::value_variants() {
             let name = kind.to_possible_value().unwrap().get_name().to_string();
             assert_eq!(kind.to_string(), name);
         }
+    }
+
+    const DIVERGENCES: [LossKind; 3] = [LossKind::Kl, LossKind::Rkl, LossKind::Jsd];
+
+    fn loss_of(kind: LossKind, temperature: f64, alpha: f64) -> DistillLoss {
+        DistillLoss {
+            kind,
+            temperature,
+            alpha,
+            sparse_tail: SparseTail::Bucket,
+            jsd_beta: DEFAULT_JSD_BETA,
+        }
+    }
+
+    fn max_abs(t: &Tensor) -> f64 {
+        value(&t.abs().max())
+    }
+
+    fn all_finite(t: &Tensor) -> bool {
+        value(&t.isfinite().all()) == 1.0
+    }
+
+    /// A [1, 3, 3] sequence whose last position is padding (label -100) holding NaN and
+    /// infinite teacher values; T = 2, alpha = 0.5. At T = 2:
+    ///
+    /// - token 0: student [0, 0, 0] → q = (1/3, 1/3, 1/3); teacher [2 ln 2, 0, 0] →
+    ///   p = (1/2, 1/4, 1/4); label 0, CE = −log(1/3) = ln 3.
+    /// - token 1: student [2 ln 4, 0, 0] → q = (2/3, 1/6, 1/6) (at T = 1: (16, 1, 1)/18);
+    ///   teacher [0, 0, 0] → p = (1/3, 1/3, 1/3); label 1, CE = −log(1/18) = ln 18.
+    #[test]
+    fn masked_token_kd_by_hand() {
+        let ln = f64::ln;
+        let (l2, l4) = ((2.0f32).ln(), (4.0f32).ln());
+        let student = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 2.0 * l4, 0.0, 0.0, 7.0, -3.0, 5.0])
+            .view([1, 3, 3]);
+        let teacher = Tensor::from_slice(&[
+            2.0 * l2,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ])
+        .view([1, 3, 3]);
+        let labels = Tensor::from_slice(&[0i64, 1, -100]).view([1, 3]);
+        // The same teacher as top-2 + tail (bucket): the tail at T = 2 is the log-sum-exp of one
+        // teacher logit 0, i.e. 0; the padded position holds out-of-range indices and NaN.
+        let sparse = SoftTargets::Sparse {
+            indices: Tensor::from_slice(&[0i64, 1, 0, 1, 99, -5]).view([1, 3, 2]),
+            values: Tensor::from_slice(&[2.0 * l2, 0.0, 0.0, 0.0, f32::NAN, f32::NAN])
+                .view([1, 3, 2]),
+            tail_logsumexp: Tensor::from_slice(&[0.0f32, 0.0, f32::INFINITY]).view([1, 3]),
+        };
+        // D(p ‖ q) of each real token, by hand.
+        let kl = [0.5 * ln(9.0 / 8.0), ln(2.0) / 3.0];
+        let rkl = [
+            ln(2.0 / 3.0) / 3.0 + 2.0 / 3.0 * ln(4.0 / 3.0),
+            ln(2.0) / 3.0,
+        ];
+        // β = ½: token 0, m = (5/12, 7/24, 7/24); token 1, m = (1/2, 1/4, 1/4).
+        let jsd = [
+            0.5 * (0.5 * ln(6.0 / 5.0) + 0.5 * ln(6.0 / 7.0))
+                + 0.5 * (ln(4.0 / 5.0) / 3.0 + 2.0 / 3.0 * ln(8.0 / 7.0)),
+            ln(2.0 / 3.0) / 3.0 + 2.0 / 3.0 * ln(4.0 / 3.0),
+        ];
+        let ce = [ln(3.0), ln(18.0)];
+        for (kind, d) in [
+            (LossKind::Kl, kl),
+            (LossKind::Rkl, rkl),
+            (LossKind::Jsd, jsd),
+        ] {
+            let loss = loss_of(kind, 2.0, 0.5);
+            // Per token ½·T²·D + ½·CE, over the 2 real tokens.
+            let want = ((0.5 * 4.0 * d[0] + 0.5 * ce[0]) + (0.5 * 4.0 * d[1] + 0.5 * ce[1])) / 2.0;
+            for targets in [
+                SoftTargets::Dense(teacher.shallow_clone()),
+                sparse.shallow_clone(),
+            ] {
+                let s = student.copy().set_requires_grad(true);
+                let parts = loss.compute_targets(&s, &targets, &labels, None).unwrap();
+                close(value(&parts.total), want, &format!("{kind} loss"));
+                close(
+                    parts.soft,
+                    4.0 * (d[0] + d[1]) / 2.0,
+                    &format!("{kind} soft"),
+                );
+                close(parts.hard, (ce[0] + ce[1]) / 2.0, &format!("{kind} hard"));
+                assert_eq!(parts.tokens, 2);
+                parts.total.backward();
+                let g = s.grad();
+                assert!(all_finite(&g), "{kind}: {g:?}");
+                assert_eq!(max_abs(&g.select(1, 2)), 0.0, "{kind}: padded gradient");
+                assert!(max_abs(&g.select(1, 0)) > 0.0 && max_abs(&g.select(1, 1)) > 0.0);
+            }
+        }
+    }
+
+    /// Sparse top-k targets of dense logits `[B, S, V]` (flattened through [`top_k`]).
+    fn top_k_seq(teacher: &Tensor, k: i64, t: f64) -> SoftTargets {
+        let size = teacher.size();
+        let SoftTargets::Sparse {
+            indices,
+            values,
+            tail_logsumexp,
+        } = top_k(&teacher.flatten(0, 1), k, t)
+        else {
+            unreachable!()
+        };
+        SoftTargets::Sparse {
+            indices: indices.view([size[0], size[1], k]),
+            values: values.view([size[0], size[1], k]),
+            tail_logsumexp: tail_logsumexp.view([size[0], size[1]]),
+        }
+    }
+
+    /// `rows` real positions, then `pad` padded ones whose teacher values are `garbage` and
+    /// whose student logits are large (or NaN); returns (student, teacher, labels) of one
+    /// sequence, `[len, V]`, `[len, V]`, `[len]`.
+    fn padded(
+        s: &Tensor,
+        t: &Tensor,
+        y: &Tensor,
+        pad: i64,
+        garbage: f64,
+    ) -> (Tensor, Tensor, Tensor) {
+        let v = s.size()[1];
+        let s_pad = Tensor::full([pad, v], garbage, tch::kind::FLOAT_CPU);
+        let t_pad = Tensor::full([pad, v], garbage, tch::kind::FLOAT_CPU);
+        let y_pad = Tensor::full([pad], IGNORE_INDEX, (Kind::Int64, tch::Device::Cpu));
+        (
+            Tensor::cat(&[s, &s_pad], 0),
+            Tensor::cat(&[t, &t_pad], 0),
+            Tensor::cat(&[y, &y_pad], 0),
+        )
+    }
+
+    /// Sequence X (4 real tokens) and Y (6) in a batch of length 6 and in one of length 9 with
+    /// other garbage: the same loss and the same gradients, zero gradients on padding, and the
+    /// same value as the `[B, C]` loss over the 10 real rows.
+    #[test]
+    fn padding_and_garbage_change_neither_loss_nor_gradients() {
+        tch::manual_seed(21);
+        let v = 7;
+        let (sx, tx) = (
+            Tensor::randn([4, v], tch::kind::FLOAT_CPU) * 2.0,
+            Tensor::randn([4, v], tch::kind::FLOAT_CPU) * 3.0,
+        );
+        let (sy, ty) = (
+            Tensor::randn([6, v], tch::kind::FLOAT_CPU) * 2.0,
+            Tensor::randn([6, v], tch::kind::FLOAT_CPU) * 3.0,
+        );
+        let yx = Tensor::from_slice(&[0i64, 3, 6, 2]);
+        let yy = Tensor::from_slice(&[1i64, 1, 5, 4, 0, 6]);
+        let batch = |pad_x: i64, pad_y: i64, garbage: f64| {
+            let (s0, t0, y0) = padded(&sx, &tx, &yx, pad_x, garbage);
+            let (s1, t1, y1) = padded(&sy, &ty, &yy, pad_y, garbage);
+            (
+                Tensor::stack(&[s0, s1], 0),
+                Tensor::stack(&[t0, t1], 0),
+                Tensor::stack(&[y0, y1], 0),
+            )
+        };
+        let short = batch(2, 0, 1e4);
+        let long = batch(5, 3, f64::NAN);
+        let rows_s = Tensor::cat(&[&sx, &sy], 0);
+        let rows_t = Tensor::cat(&[&tx, &ty], 0);
+        let rows_y = Tensor::cat(&[&yx, &yy], 0);
+        let mut cases: Vec<(DistillLoss, Option<i64>)> = Vec::new();
+        for kind in DIVERGENCES {
+            for sparse_tail in TAILS {
+                cases.push((
+                    DistillLoss {
+                        sparse_tail,
+                        jsd_beta: 0.3,
+                        ..loss_of(kind, 2.0, 0.7)
+                    },
+                    Some(3),
+                ));
+            }
+            cases.push((loss_of(kind, 2.0, 0.7), None));
+        }
+        cases.push((loss_of(LossKind::Mse, 1.0, 0.7), None));
+        for (loss, k) in cases {
+            let what = format!("{} {} k={k:?}", loss.kind, loss.sparse_tail);
+            let targets = |t: &Tensor| match k {
+                Some(k) => {
+                    let mut sparse = top_k_seq(&t.nan_to_num(0.0, None, None), k, 2.0);
+                    // Garbage in the padded positions of the sparse targets too.
+                    if let SoftTargets::Sparse {
+                        indices,
+                        values,
+                        tail_logsumexp,
+                    } = &mut sparse
+                    {
+                        let pad = t
+                            .select(2, 0)
+                            .isfinite()
+                            .logical_not()
+                            .logical_or(&t.select(2, 0).abs().ge(1e4));
+                        *indices = indices.masked_fill(&pad.unsqueeze(-1), 1000);
+                        *values = values.masked_fill(&pad.unsqueeze(-1), f64::NAN);
+                        *tail_logsumexp = tail_logsumexp.masked_fill(&pad, f64::INFINITY);
+                    }
+                    sparse
+                }
+                None => SoftTargets::Dense(t.shallow_clone()),
+            };
+            let run = |(s, t, y): &(Tensor, Tensor, Tensor)| {
+                let s = s.copy().set_requires_grad(true);
+                let parts = loss.compute_targets(&s, &targets(t), y, None).unwrap();
+                parts.total.backward();
+                (parts, s.grad())
+            };
+            let (a, ga) = run(&short);
+            let (b, gb) = run(&long);
+            assert_eq!((a.tokens, b.tokens), (10, 10), "{what}");
+            let (va, vb) = (value(&a.total), value(&b.total));
+            assert!(
+                va.is_finite() && (va - vb).abs() <= 1e-6 * va.abs(),
+                "{what}: {va} vs {vb}"
+            );
+            assert!((a.soft - b.soft).abs() <= 1e-6 * a.soft.abs(), "{what}");
+            assert!((a.hard - b.hard).abs() <= 1e-6 * a.hard.abs(), "{what}");
+            // The same gradients on the real tokens, exactly zero on padding.
+            assert!(
+                all_finite(&ga) && all_finite(&gb),
+                "{what}: non-finite gradient"
+            );
+            let real =
+                |g: &Tensor| Tensor::cat(&[g.get(0).narrow(0, 0, 4), g.get(1).narrow(0, 0, 6)], 0);
+            let d = max_abs(&(real(&ga) - real(&gb)));
+            assert!(d <= 1e-7, "{what}: gradients differ by {d}");
+            assert!(max_abs(&real(&ga)) > 0.0, "{what}");
+            assert_eq!(max_abs(&ga.get(0).narrow(0, 4, 2)), 0.0, "{what}");
+            assert_eq!(max_abs(&gb.get(0).narrow(0, 4, 5)), 0.0, "{what}");
+            assert_eq!(max_abs(&gb.get(1).narrow(0, 6, 3)), 0.0, "{what}");
+            // The [B, C] loss over the real rows.
+            let rows_targets = match k {
+                Some(k) => top_k(&rows_t, k, 2.0),
+                None => SoftTargets::Dense(rows_t.shallow_clone()),
+            };
+            let flat = loss
+                .compute_targets(&rows_s, &rows_targets, &rows_y, None)
+                .unwrap();
+            let vf = value(&flat.total);
+            assert!(
+                (va - vf).abs() <= 1e-6 * vf.abs(),
+                "{what}: {va} vs rows {vf}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_without_real_tokens_has_zero_loss() {
+        let s = Tensor::randn([2, 3, 5], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let t = Tensor::full([2, 3, 5], f64::NAN, tch::kind::FLOAT_CPU);
+        let y = Tensor::full([2, 3], IGNORE_INDEX, (Kind::Int64, tch::Device::Cpu));
+        for kind in [LossKind::Kl, LossKind::Rkl, LossKind::Jsd, LossKind::Mse] {
+            let parts = loss_of(kind, 2.0, 0.5).compute(&s, &t, &y, None).unwrap();
+            assert_eq!(value(&parts.total), 0.0, "{kind}");
+            assert_eq!((parts.soft, parts.hard, parts.tokens), (0.0, 0.0, 0));
+            parts.total.backward();
+            assert_eq!(max_abs(&s.grad()), 0.0, "{kind}");
+            assert!(all_finite(&s.grad()));
+        }
+    }
+
+    #[test]
+    fn labelled_per_sequence_equals_labelled_per_token() {
+        tch::manual_seed(4);
+        let s = Tensor::randn([2, 3, 5], tch::kind::FLOAT_CPU);
+        let t = Tensor::randn([2, 3, 5], tch::kind::FLOAT_CPU);
+        let y = Tensor::from_slice(&[1i64, 2, -100, 0, 4, 3]).view([2, 3]);
+        let loss = loss_of(LossKind::Kl, 2.0, 0.6);
+        let per_seq = Tensor::from_slice(&[true, false]);
+        let per_token = Tensor::from_slice(&[true, true, true, false, false, false]).view([2, 3]);
+        let a = loss.compute(&s, &t, &y, Some(&per_seq)).unwrap();
+        let b = loss.compute(&s, &t, &y, Some(&per_token)).unwrap();
+        assert_eq!(value(&a.total), value(&b.total));
+        // Per token by hand: the first sequence's 2 real tokens at alpha, the second's 3 at 1.
+        let mut want = 0.0;
+        let mut ce = 0.0;
+        for (bi, si, w) in [
+            (0, 0, 0.6),
+            (0, 1, 0.6),
+            (1, 0, 1.0),
+            (1, 1, 1.0),
+            (1, 2, 1.0),
+        ] {
+            let row = |x: &Tensor| x.get(bi).narrow(0, si, 1);
+            let label = y.get(bi).narrow(0, si, 1);
+            let soft = 4.0 * value(&kl_batchmean(&row(&s), &row(&t), 2.0));
+            let h = value(&cross_entropy(&row(&s), &label));
+            if w < 1.0 {
+                ce += h / 2.0;
+            }
+            want += (w * soft + (1.0 - w) * h) / 5.0;
+        }
+        close(value(&a.total), want, "per-sequence labelled");
+        close(a.hard, ce, "hard over labelled tokens");
+        assert_eq!(a.tokens, 5);
+        let bad = Tensor::from_slice(&[true, false, true]);
+        let e = loss
+            .compute(&s, &t, &y, Some(&bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[2]") && e.contains("[2, 3]") && e.contains("[3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn with_k_equal_to_the_vocabulary_rkl_and_jsd_are_their_dense_loss() {
+        tch::manual_seed(8);
+        let s2 = Tensor::randn([5, 6], tch::kind::FLOAT_CPU) * 2.0;
+        let t2 = Tensor::randn([5, 6], tch::kind::FLOAT_CPU) * 3.0;
+        let y2 = Tensor::from_slice(&[0i64, 1, 2, 3, 4]);
+        let s3 = Tensor::randn([2, 4, 6], tch::kind::FLOAT_CPU) * 2.0;
+        let t3 = Tensor::randn([2, 4, 6], tch::kind::FLOAT_CPU) * 3.0;
+        let y3 = Tensor::from_slice(&[0i64, 5, 2, -100, 1, 1, -100, -100]).view([2, 4]);
+        for kind in DIVERGENCES {
+            for sparse_tail in TAILS {
+                for beta in [0.1, 0.5, 0.9] {
+                    let loss = DistillLoss {
+                        sparse_tail,
+                        jsd_beta: beta,
+                        ..loss_of(kind, 1.5, 0.8)
+                    };
+                    let what = format!("{kind} {sparse_tail} beta={beta}");
+                    let dense = loss.compute(&s2, &t2, &y2, None).unwrap();
+                    let sparse = loss
+                        .compute_targets(&s2, &top_k(&t2, 6, 1.5), &y2, None)
+                        .unwrap();
+                    assert!(
+                        relative(value(&sparse.total), value(&dense.total)) <= 1e-6,
+                        "{what}: {} vs {}",
+                        value(&sparse.total),
+                        value(&dense.total)
+                    );
+                    let dense = loss.compute(&s3, &t3, &y3, None).unwrap();
+                    let sparse = loss
+                        .compute_targets(&s3, &top_k_seq(&t3, 6, 1.5), &y3, None)
+                        .unwrap();
+                    assert!(
+                        relative(value(&sparse.total), value(&dense.total)) <= 1e-6,
+                        "{what} (sequences)"
+                    );
+                    assert!(relative(sparse.soft, dense.soft) <= 1e-6, "{what}");
+                    assert_eq!(sparse.tokens, 5);
+                }
+            }
+        }
+    }
+
+    /// Float64 references, in plain Rust (no libtorch).
+    fn softmax64(x: &[f64], t: f64) -> Vec<f64> {
+        let m = x.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b)) / t;
+        let e: Vec<f64> = x.iter().map(|v| (v / t - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|v| v / z).collect()
+    }
+
+    fn kl64(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .filter(|(a, _)| **a > 0.0)
+            .map(|(a, b)| a * (a / b).ln())
+            .sum()
+    }
+
+    fn divergence64(kind: LossKind, beta: f64, p: &[f64], q: &[f64]) -> f64 {
+        match kind {
+            LossKind::Kl => kl64(p, q),
+            LossKind::Rkl => kl64(q, p),
+            LossKind::Jsd => {
+                let m: Vec<f64> = p
+                    .iter()
+                    .zip(q)
+                    .map(|(p, q)| beta * p + (1.0 - beta) * q)
+                    .collect();
+                beta * kl64(p, &m) + (1.0 - beta) * kl64(q, &m)
+            }
+            LossKind::Mse => unreachable!(),
+        }
+    }
+
+    /// The teacher's and the student's distributions on the support of `mode` (dense: `None`)
+    /// for one row, with the teacher's top `k` found by sorting.
+    fn supports64(
+        mode: Option<SparseTail>,
+        s: &[f64],
+        t: &[f64],
+        k: usize,
+        temp: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (p, q) = (softmax64(t, temp), softmax64(s, temp));
+        let Some(mode) = mode else { return (p, q) };
+        let mut order: Vec<usize> = (0..t.len()).collect();
+        order.sort_by(|a, b| t[*b].total_cmp(&t[*a]));
+        let (top, rest) = order.split_at(k);
+        let r: f64 = rest.iter().map(|c| p[*c]).sum();
+        let q_rest: f64 = rest.iter().map(|c| q[*c]).sum();
+        let pk: Vec<f64> = top.iter().map(|c| p[*c]).collect();
+        let qk: Vec<f64> = top.iter().map(|c| q[*c]).collect();
+        match mode {
+            SparseTail::Bucket => (
+                pk.iter().copied().chain([r]).collect(),
+                qk.iter().copied().chain([q_rest]).collect(),
+            ),
+            SparseTail::Uniform => {
+                let mut full = vec![r / rest.len() as f64; t.len()];
+                for (i, c) in top.iter().enumerate() {
+                    full[*c] = pk[i];
+                }
+                (full, q)
+            }
+            SparseTail::Renorm => {
+                let (zp, zq): (f64, f64) = (pk.iter().sum(), qk.iter().sum());
+                (
+                    pk.iter().map(|x| x / zp).collect(),
+                    qk.iter().map(|x| x / zq).collect(),
+                )
+            }
+        }
+    }
+
+    fn rows64(t: &Tensor) -> Vec<Vec<f64>> {
+        let t = t.to_kind(Kind::Double);
+        (0..t.size()[0])
+            .map(|i| Vec::<f64>::try_from(&t.get(i)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rkl_and_jsd_match_a_float64_reference() {
+        tch::manual_seed(13);
+        let (b, c, k, temp) = (6, 9, 3usize, 2.0);
+        let s = Tensor::randn([b, c], tch::kind::FLOAT_CPU) * 2.0;
+        let t = Tensor::randn([b, c], tch::kind::FLOAT_CPU) * 3.0;
+        let y = Tensor::zeros([b], (Kind::Int64, tch::Device::Cpu));
+        let (s64, t64) = (rows64(&s), rows64(&t));
+        let modes = [
+            None,
+            Some(SparseTail::Bucket),
+            Some(SparseTail::Uniform),
+            Some(SparseTail::Renorm),
+        ];
+        for kind in DIVERGENCES {
+            for beta in [0.01, 0.3, 0.5, 0.99] {
+                for mode in modes {
+                    let loss = DistillLoss {
+                        sparse_tail: mode.unwrap_or_default(),
+                        jsd_beta: beta,
+                        ..loss_of(kind, temp, 1.0)
+                    };
+                    let targets = match mode {
+                        Some(_) => top_k(&t, k as i64, temp),
+                        None => SoftTargets::Dense(t.shallow_clone()),
+                    };
+                    let got = loss.compute_targets(&s, &targets, &y, None).unwrap();
+                    let want = (0..b as usize)
+                        .map(|i| {
+                            let (p, q) = supports64(mode, &s64[i], &t64[i], k, temp);
+                            temp * temp * divergence64(kind, beta, &p, &q)
+                        })
+                        .sum::<f64>()
+                        / b as f64;
+                    let what = format!("{kind} beta={beta} {mode:?}");
+                    assert!(
+                        (got.soft - want).abs() <= 2e-5 * want + 1e-6,
+                        "{what}: {} vs {want}",
+                        got.soft
+                    );
+                    close(value(&got.total), got.soft, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jsd_tends_to_scaled_forward_and_reverse_kl() {
+        tch::manual_seed(17);
+        let s = Tensor::randn([6, 9], tch::kind::FLOAT_CPU) * 2.0;
+        let t = Tensor::randn([6, 9], tch::kind::FLOAT_CPU) * 2.0;
+        let y = Tensor::zeros([6], (Kind::Int64, tch::Device::Cpu));
+        let soft = |kind, beta| {
+            DistillLoss {
+                jsd_beta: beta,
+                ..loss_of(kind, 1.5, 1.0)
+            }
+            .compute(&s, &t, &y, None)
+            .unwrap()
+            .soft
+        };
+        let (kl, rkl) = (soft(LossKind::Kl, 0.5), soft(LossKind::Rkl, 0.5));
+        assert!(relative(kl, rkl) > 0.01, "the test needs asymmetric pairs");
+        // β → 0: D/β → KL(p ‖ q); β → 1: D/(1 − β) → KL(q ‖ p). The error is O(β) (resp.
+        // O(1 − β)) plus f32 rounding.
+        let eps = 1e-3;
+        assert!(relative(soft(LossKind::Jsd, eps) / eps, kl) < 1e-2);
+        assert!(relative(soft(LossKind::Jsd, 1.0 - eps) / eps, rkl) < 1e-2);
+        // ... and it is a limit: not the case at β = 0.2.
+        assert!(relative(soft(LossKind::Jsd, 0.2) / 0.2, kl) > 2e-2);
+        // The same limits of the float64 reference, much closer.
+        let (p, q) = (
+            softmax64(&[1.0, -0.5, 2.0, 0.0], 1.0),
+            softmax64(&[0.3, 0.2, -1.0, 1.5], 1.0),
+        );
+        let jsd = |beta| divergence64(LossKind::Jsd, beta, &p, &q);
+        assert!(relative(jsd(1e-6) / 1e-6, kl64(&p, &q)) < 1e-5);
+        assert!(relative(jsd(1.0 - 1e-6) / 1e-6, kl64(&q, &p)) < 1e-5);
+        // β = ½ is the symmetric JSD, at most ln 2.
+        assert!((jsd(0.5) - divergence64(LossKind::Jsd, 0.5, &q, &p)).abs() < 1e-15);
+        assert!(jsd(0.5) < 2f64.ln());
+    }
+
+    #[test]
+    fn bad_beta_and_sequence_shapes_are_errors() {
+        let s = Tensor::zeros([2, 3], tch::kind::FLOAT_CPU);
+        let y = Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu));
+        for beta in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
+            let loss = DistillLoss {
+                jsd_beta: beta,
+                ..loss_of(LossKind::Jsd, 1.0, 0.5)
+            };
+            let e = loss.compute(&s, &s, &y, None).unwrap_err().to_string();
+            assert!(
+                e.contains("0 < beta < 1") && e.contains("--loss rkl"),
+                "{e}"
+            );
+            // Only jsd reads beta.
+            let kl = DistillLoss {
+                kind: LossKind::Kl,
+                ..loss
+            };
+            assert!(kl.compute(&s, &s, &y, None).is_ok());
+        }
+        assert!(check_jsd_beta(0.5).is_ok());
+
+        let loss = loss_of(LossKind::Kl, 1.0, 0.5);
+        let s3 = Tensor::zeros([2, 4, 5], tch::kind::FLOAT_CPU);
+        let y3 = Tensor::zeros([2, 4], (Kind::Int64, tch::Device::Cpu));
+        let e = loss
+            .compute(
+                &s3,
+                &Tensor::zeros([2, 4, 6], tch::kind::FLOAT_CPU),
+                &y3,
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[2, 4, 5]") && e.contains("[2, 4, 6]"), "{e}");
+        let e = loss
+            .compute(
+                &s3,
+                &s3,
+                &Tensor::zeros([2, 3], (Kind::Int64, tch::Device::Cpu)),
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[2, 4]") && e.contains("[2, 3]"), "{e}");
+        let sparse = |k: i64, tail: &[i64]| SoftTargets::Sparse {
+            indices: Tensor::zeros([2, 4, k], (Kind::Int64, tch::Device::Cpu)),
+            values: Tensor::zeros([2, 4, k], tch::kind::FLOAT_CPU),
+            tail_logsumexp: Tensor::zeros(tail, tch::kind::FLOAT_CPU),
+        };
+        assert!(
+            loss.compute_targets(&s3, &sparse(2, &[2, 4]), &y3, None)
+                .is_ok()
+        );
+        for bad in [sparse(6, &[2, 4]), sparse(2, &[8]), sparse(0, &[2, 4])] {
+            let e = loss
+                .compute_targets(&s3, &bad, &y3, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("[batch, seq, k]"), "{e}");
+        }
+        let mse = loss_of(LossKind::Mse, 1.0, 0.5);
+        let e = mse
+            .compute_targets(&s3, &sparse(2, &[2, 4]), &y3, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MSE"), "{e}");
+        // A label outside the vocabulary at a real position is libtorch's error.
+        let y_bad = Tensor::from_slice(&[0i64, 9, 0, 0, 0, 0, 0, 0]).view([2, 4]);
+        assert!(loss.compute(&s3, &s3, &y_bad, None).is_err());
     }
 }

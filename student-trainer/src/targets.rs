@@ -101,37 +101,6 @@ impl SoftTargets {
         }))
     }
 
-    /// Per-position targets of `B` sequences of `S` tokens (dense `[B, S, C]`, sparse `[B, S,
-    /// k]` with a tail `[B, S]`) as `B·S` rows, sequence-major; 2-D targets come back unchanged.
-    ///
-    /// # Errors
-    /// libtorch's error if a reshape fails.
-    pub fn flatten_positions(&self) -> Result<SoftTargets, tch::TchError> {
-        let rows = |t: &Tensor| -> Result<Tensor, tch::TchError> {
-            let size = t.size();
-            match size.len() {
-                3 => t.f_reshape([-1, size[2]]),
-                _ => Ok(t.shallow_clone()),
-            }
-        };
-        Ok(match self {
-            SoftTargets::Dense(t) => SoftTargets::Dense(rows(t)?),
-            SoftTargets::Sparse {
-                indices,
-                values,
-                tail_logsumexp,
-            } => SoftTargets::Sparse {
-                indices: rows(indices)?,
-                values: rows(values)?,
-                tail_logsumexp: if tail_logsumexp.dim() == 2 {
-                    tail_logsumexp.f_reshape([-1])?
-                } else {
-                    tail_logsumexp.shallow_clone()
-                },
-            },
-        })
-    }
-
     /// The same targets on `device`.
     ///
     /// # Errors

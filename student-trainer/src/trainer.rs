@@ -154,6 +154,10 @@ pub struct ResumeState {
     /// Samples trained on so far, over every process of the run (resumes included).
     #[serde(default)]
     pub samples_trained: u64,
+    /// Optimizer steps of the whole run (epochs × batches per epoch), over which the
+    /// learning-rate schedule runs; absent from checkpoints saved before schedules existed.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
 }
 
 /// Where a run starts: fresh, or from the checkpoint in `--out`.
@@ -216,6 +220,17 @@ impl Start {
                  (same --limit and --batch-size needed)",
                 state.train_samples, state.batch_size, train_samples, cfg.batch_size
             )));
+        }
+        let total_steps = cfg.epochs * batches_per_epoch(train_samples, cfg.batch_size) as u64;
+        let changes = crate::lr_schedule::check_resume(
+            &state.optimizer,
+            state.total_steps,
+            &cfg.optimizer,
+            total_steps,
+        )
+        .map_err(bad)?;
+        for change in changes {
+            tracing::warn!("{change}");
         }
         if state.seed != cfg.seed {
             tracing::warn!(
@@ -429,6 +444,7 @@ pub fn run(
     // Every sample's soft targets, once the run reads them from the cache.
     let mut cached: Option<crate::targets::SoftTargets> = None;
     let mut step = start.step;
+    let total_steps = cfg.epochs * batches_per_epoch(n, cfg.batch_size) as u64;
     for epoch in start.position.epoch..cfg.epochs {
         let skip = if epoch == start.position.epoch {
             start.position.batch
@@ -511,11 +527,8 @@ pub fn run(
                 (Objective::Distill { loss, labels, .. }, Some(t)) => {
                     let t = t.to_device(device)?;
                     let mask = label_mask(*labels, &planned.indices, device);
-                    let parts = if tokens {
-                        token_loss(loss, &logits, &t, &ys, mask.as_ref())?
-                    } else {
-                        loss.compute_targets(&logits, &t, &ys, mask.as_ref())?
-                    };
+                    // A language model's [B, S, V] logits: the loss over its real tokens.
+                    let parts = loss.compute_targets(&logits, &t, &ys, mask.as_ref())?;
                     (parts.total, parts.soft, parts.hard)
                 }
                 _ => {
@@ -540,12 +553,18 @@ pub fn run(
             }
             opt.zero_grad();
             total.f_backward()?;
-            opt.step()?;
+            let stats = opt.step_scheduled(total_steps)?;
             step += 1;
             if let Some(m) = &metrics_live {
                 m.trained(epoch + 1, step, planned.indices.len(), value);
             }
-            tracing::trace!(step, loss = value, "trained");
+            tracing::trace!(
+                step,
+                loss = value,
+                lr = stats.lr,
+                grad_norm = stats.grad_norm,
+                "trained"
+            );
             let correct = logits
                 .f_argmax(-1, false)?
                 .f_eq_tensor(&ys)?
@@ -610,59 +629,6 @@ pub fn run(
         out.test = Some(eval::evaluate(&net, test, device, 1000)?);
     }
     Ok(out)
-}
-
-/// The token-level distillation loss of a language model's batch: per real position (label not
-/// [`crate::data::IGNORE_INDEX`]) the loss of [`DistillLoss::compute_targets`] on that
-/// position's logits `[V]` and soft targets, summed over the real positions and divided by
-/// their number (padding and positions without a next token count nowhere, whatever their
-/// targets hold). `student` is `[B, S, V]`, `targets` per position (`[B, S, …]`), `labels`
-/// `i64 [B, S]`, `labelled` `bool [B]` (a sequence's label policy applies to all its tokens).
-///
-/// # Errors
-/// [`tch::TchError`] for mismatched shapes, or a batch without a real token.
-pub fn token_loss(
-    loss: &DistillLoss,
-    student: &Tensor,
-    targets: &crate::targets::SoftTargets,
-    labels: &Tensor,
-    labelled: Option<&Tensor>,
-) -> Result<loss::LossParts, tch::TchError> {
-    let size = student.size();
-    let [b, s, v] = size[..] else {
-        return Err(tch::TchError::Shape(format!(
-            "token loss: student logits must be [batch, seq, vocab], got {size:?}"
-        )));
-    };
-    if labels.size() != [b, s] {
-        return Err(tch::TchError::Shape(format!(
-            "token loss: labels must be [{b}, {s}], got {:?}",
-            labels.size()
-        )));
-    }
-    let flat_labels = labels.f_reshape([-1])?;
-    let real = flat_labels
-        .f_ne(crate::data::IGNORE_INDEX)?
-        .f_nonzero()?
-        .f_reshape([-1])?;
-    if real.numel() == 0 {
-        return Err(tch::TchError::Shape(
-            "token loss: the batch has no real token (every label is the ignore index)".into(),
-        ));
-    }
-    let rows = student.f_reshape([-1, v])?.f_index_select(0, &real)?;
-    let t = targets.flatten_positions()?.select(&real)?;
-    let ys = flat_labels.f_index_select(0, &real)?;
-    let mask = match labelled {
-        Some(m) => Some(
-            m.f_unsqueeze(1)?
-                .f_expand([b, s], false)?
-                .f_reshape([-1])?
-                .f_index_select(0, &real)?,
-        ),
-        None => None,
-    };
-    loss.compute_targets(&rows, &t, &ys, mask.as_ref())
 }
 
 /// The `labelled` mask of a batch: `bool [B]` on `device`, or `None` when every sample is
@@ -809,8 +775,15 @@ impl Ctx<'_> {
             } => (
                 Some(teacher_fingerprint.clone()),
                 Some(format!(
-                    "{} T={} alpha={} labels={labels}",
-                    loss.kind, loss.temperature, loss.alpha
+                    "{} T={} alpha={} labels={labels}{}",
+                    loss.kind,
+                    loss.temperature,
+                    loss.alpha,
+                    if loss.kind == crate::loss::LossKind::Jsd {
+                        format!(" beta={}", loss.jsd_beta)
+                    } else {
+                        String::new()
+                    }
                 )),
             ),
         };
@@ -824,6 +797,9 @@ impl Ctx<'_> {
             teacher_fingerprint,
             loss,
             samples_trained,
+            total_steps: Some(
+                self.cfg.epochs * batches_per_epoch(self.train_samples, self.cfg.batch_size) as u64,
+            ),
         };
         let meta = CheckpointMeta {
             arch: self.spec.clone(),

@@ -274,6 +274,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
                 temperature: 1.0,
                 alpha: 1.0,
                 sparse_tail: SparseTail::Bucket,
+                jsd_beta: student_trainer::loss::DEFAULT_JSD_BETA,
             },
             labels: LabelPolicy::None,
             teacher_fingerprint: "00".into(),

@@ -620,6 +620,7 @@ fn kd_loss() -> DistillLoss {
         temperature: KD_T,
         alpha: 1.0,
         sparse_tail: SparseTail::Bucket,
+        jsd_beta: student_trainer::loss::DEFAULT_JSD_BETA,
     }
 }
 
