@@ -10,10 +10,11 @@
 #   4. the baseline: a 2-block, d=128 student on the next-token labels alone;
 #   5. the same student distilled from the served teacher (top-32 per position with the tail's
 #      log-sum-exp, T = 2, alpha = 0.5), with the same token budget;
-#   6. a table of perplexity, next-token top-1 accuracy, parameters and tokens/s.
+#   6. a table of perplexity and next-token top-1 accuracy on the held-out split (evaluated after
+#      each run's last epoch), parameters and training tokens/s.
 #
 # Runs after `make setup` and `cargo build --release --bins`. Tunables (environment):
-#   DEMO_RUNS (runs)  DEMO_LM_SEQUENCES (training sequences, 1536)  DEMO_LM_TEACHER_EPOCHS (2)
+#   DEMO_RUNS (runs)  DEMO_LM_SEQUENCES (training sequences, 1024)  DEMO_LM_TEACHER_EPOCHS (2)
 #   DEMO_LM_EPOCHS (student epochs, 2)  DEMO_THREADS (number of CPUs)  LM_DATA_DIR (data/gcide)
 #   BIN (target/release)
 set -euo pipefail
@@ -22,14 +23,15 @@ cd "$(dirname "$0")/.."
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
 data=${LM_DATA_DIR:-data/gcide}
-sequences=${DEMO_LM_SEQUENCES:-1536}
+sequences=${DEMO_LM_SEQUENCES:-1024}
 teacher_epochs=${DEMO_LM_TEACHER_EPOCHS:-2}
 epochs=${DEMO_LM_EPOCHS:-2}
 threads=${DEMO_THREADS:-$(nproc)}
 teacher_arch=lm:layers=4,d=256,heads=4
 student_arch=lm:layers=2,d=128,heads=4
 common=(--data-dir "$data" --seq-len 128 --vocab-size 8192 --limit "$sequences" --batch-size 16
-        --device cpu)
+        --device cpu --optimizer adamw --lr-schedule cosine --warmup-steps 20 --clip-grad-norm 1
+        --no-epoch-eval)
 
 for b in student-trainer teacher-server; do
   [ -x "$bin/$b" ] || { echo "demo-lm: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
@@ -40,11 +42,13 @@ export RUST_LOG=${RUST_LOG:-info}
 t_start=$(date +%s)
 stamp() { echo "demo-lm: [$(( $(date +%s) - t_start )) s] $*"; }
 
+# Every run: AdamW, linear warm-up then cosine decay, gradient norm clipped at 1; the held-out
+# split is evaluated after the last epoch only. `train` prints the parameter count.
 # 1 + 2. Teacher (the first run also trains the tokenizer and packs the corpus, about a minute).
 # --resume makes this step idempotent: a checkpoint already at the target epoch is reused.
 stamp "1-2/6 teacher: $teacher_arch, $teacher_epochs epochs on $sequences sequences of 128 tokens -> $runs/lm-teacher"
 "$bin/student-trainer" train --arch "$teacher_arch" "${common[@]}" --epochs "$teacher_epochs" \
-  --lr 1e-3 --out "$runs/lm-teacher" --resume --threads "$threads" --no-epoch-eval
+  --lr 1e-3 --out "$runs/lm-teacher" --resume --threads "$threads" | tee "$runs/lm-teacher.out"
 
 # 3. Serve it. Its first stdout line is `listening on HOST:PORT`.
 stamp "3/6 starting teacher-server on a free local port"
@@ -73,7 +77,7 @@ stamp "teacher-server listening at $teacher (log: $server_log)"
 stamp "4/6 baseline: $student_arch, $epochs epochs, labels only -> $runs/lm-baseline"
 rm -rf "$runs/lm-baseline"
 "$bin/student-trainer" train --arch "$student_arch" "${common[@]}" --epochs "$epochs" \
-  --lr 2e-3 --out "$runs/lm-baseline" --threads "$threads"
+  --lr 2e-3 --out "$runs/lm-baseline" --threads "$threads" | tee "$runs/lm-baseline.out"
 
 # 5. Distillation: the same student, the same sequences and epochs, with the teacher's top-32
 # per position. The teacher's forward passes share the CPU with the student.
@@ -81,26 +85,26 @@ stamp "5/6 distill: $student_arch from $teacher, $epochs epochs, top-32 at T=2 -
 rm -rf "$runs/lm-distilled"
 "$bin/student-trainer" distill --teacher "$teacher" --arch "$student_arch" "${common[@]}" \
   --epochs "$epochs" --lr 2e-3 --top-k 32 --temperature 2 --alpha 0.5 --wire bf16 \
-  --out "$runs/lm-distilled" --threads "$(( threads > 1 ? threads / 2 : 1 ))"
+  --out "$runs/lm-distilled" --threads "$(( threads > 1 ? threads / 2 : 1 ))" \
+  | tee "$runs/lm-distilled.out"
 
-# 6. The table: perplexity and top-1 accuracy on the held-out split, from each checkpoint.
-stamp "6/6 evaluating the three checkpoints on the held-out split"
-for run in lm-teacher lm-baseline lm-distilled; do
-  "$bin/student-trainer" eval --checkpoint "$runs/$run" --data-dir "$data" --json \
-    --threads "$threads" >"$runs/$run/eval.json"
-done
+# 6. The table, from each run's metrics.jsonl (its last epoch's held-out evaluation and
+# training throughput) and the parameter counts the commands printed.
+stamp "6/6 results"
 python3 - "$runs" <<'EOF'
-import json, sys
+import json, re, sys
 runs = sys.argv[1]
 print()
-print(f"{'model':<13} {'arch':<28} {'params':>10} {'perplexity':>11} {'top-1':>8} {'train tokens/s':>15}")
+print(f"{'model':<10} {'arch':<26} {'params':>10} {'perplexity':>11} {'top-1':>8} {'train tokens/s':>15}")
 for name, run in [("teacher", "lm-teacher"), ("baseline", "lm-baseline"), ("distilled", "lm-distilled")]:
-    ev = json.load(open(f"{runs}/{run}/eval.json"))
     lines = [json.loads(l) for l in open(f"{runs}/{run}/metrics.jsonl") if l.strip()]
+    last = lines[-1]
     tps = sum(l.get("tokens", 0) for l in lines) / max(1e-9, sum(l["wall_s"] for l in lines))
-    arch = ev["model"].split("(")[1].split(",")[0]
-    print(f"{name:<13} {arch:<28} {ev['params']:>10} {ev['perplexity']:>11.2f} "
-          f"{100 * ev['accuracy']:>7.2f}% {tps:>15.0f}")
+    out = open(f"{runs}/{run}.out").read()
+    m = re.search(r"(lm:\S+) \((\d+) parameters\)", out)
+    arch, params = (m.group(1), m.group(2)) if m else ("?", "?")
+    print(f"{name:<10} {arch:<26} {params:>10} {last['test_perplexity']:>11.2f} "
+          f"{100 * last['test_accuracy']:>7.2f}% {tps:>15.0f}")
 print()
 EOF
 stamp "done: report in $runs/lm-distilled/report.json; total $(( $(date +%s) - t_start )) s"

@@ -133,8 +133,8 @@ pub struct Network {
 enum Body {
     /// Feed-forward classifiers (`cnn`, `mlp`).
     Seq(nn::SequentialT),
-    /// The language model.
-    Lm(Lm),
+    /// The language model (boxed: its layers are many times the size of a `SequentialT`).
+    Lm(Box<Lm>),
 }
 
 impl fmt::Debug for Network {
@@ -161,7 +161,7 @@ impl Network {
                         got: spec.input_shape.clone(),
                     });
                 };
-                Body::Lm(Lm::new(path, *cfg, spec.num_classes, max_len)?)
+                Body::Lm(Box::new(Lm::new(path, *cfg, spec.num_classes, max_len)?))
             }
         };
         Ok(Network {

@@ -238,6 +238,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         device: student_trainer::device::DeviceChoice::Cpu,
         arch: "mlp:256".parse().unwrap(),
         data_dir: "unused".into(),
+        text: student_trainer::config::TextOptions::default(),
         epochs,
         batch_size: 50,
         optimizer: OptimizerConfig::adam(3e-3),

@@ -71,7 +71,7 @@ impl Logits {
     ///
     /// # Errors
     /// [`EngineError::Torch`] if a copy fails.
-    pub(crate) fn to_cpu(self) -> Result<Logits, EngineError> {
+    pub(crate) fn into_cpu(self) -> Result<Logits, EngineError> {
         let cpu = |t: Tensor| t.f_to_device(tch::Device::Cpu);
         Ok(match self {
             Logits::Dense(t) => Logits::Dense(cpu(t)?),
@@ -345,7 +345,7 @@ fn run_batch(
             let timings: Vec<BatchTiming> = jobs.iter().map(timing).collect();
             for ((job, part), timing) in jobs.into_iter().zip(parts).zip(timings) {
                 let out = shape_output(&part, job.output)
-                    .and_then(Logits::to_cpu)
+                    .and_then(Logits::into_cpu)
                     .map(|logits| JobOutput { logits, timing });
                 match &out {
                     Err(e @ EngineError::NonFinite { .. }) => {

@@ -50,6 +50,8 @@ async fn dns_names_find_every_replica_and_follow_changes() {
         sample_shape: vec![1, 28, 28],
         num_classes: 10,
         batch_size: 8,
+        tokens: false,
+        tokenizer_fingerprint: None,
     };
     let mut pool = Pool::connect_with(
         vec![GroupSpec {

@@ -30,6 +30,8 @@ async fn a_restarted_replica_rejoins_and_receives_work() {
             sample_shape: vec![1, 28, 28],
             num_classes: 10,
             batch_size: 8,
+            tokens: false,
+            tokenizer_fingerprint: None,
         },
     )
     .await
