@@ -648,12 +648,6 @@ fn cache_key(
     teacher: &TeacherInfo,
     train: &Dataset,
 ) -> Result<CacheKey, AppError> {
-    if train.is_tokens() {
-        return Err(AppError::Mismatch(
-            "--logit-cache / capture: the logit cache holds one row of soft targets per sample              and does not take per-position (language-model) targets yet; run without it"
-                .into(),
-        ));
-    }
     Ok(CacheKey {
         teacher_fingerprint: teacher.fingerprint.clone(),
         teacher_precision: teacher_precision(teacher).to_string(),
@@ -663,6 +657,12 @@ fn cache_key(
         num_logits: teacher.num_logits,
         dataset_sha256: dataset_sha256(&train.inputs)?,
         samples: train.len(),
+        positions: if train.is_tokens() {
+            train.sample_shape().first().copied().unwrap_or(0)
+        } else {
+            0
+        },
+        tokenizer_fingerprint: train.tokenizer_fingerprint.clone().unwrap_or_default(),
     })
 }
 
@@ -712,6 +712,12 @@ fn open_cache(
                 num_logits: num_classes,
                 dataset_sha256: dataset_sha256(&train.inputs)?,
                 samples: train.len(),
+                positions: if train.is_tokens() {
+                    train.sample_shape().first().copied().unwrap_or(0)
+                } else {
+                    0
+                },
+                tokenizer_fingerprint: train.tokenizer_fingerprint.clone().unwrap_or_default(),
             };
             cache.check_key(&run)?;
             if !cache.is_complete() {

@@ -124,9 +124,33 @@ pub struct CacheKey {
     pub dataset_sha256: String,
     /// Samples in the dataset.
     pub samples: usize,
+    /// Positions per sample for a language model's per-token targets (the sequence length S:
+    /// rows are `[S, width]`, tails `[S]`); 0 for one row per sample. Absent (0) in caches
+    /// written before language models.
+    #[serde(default)]
+    pub positions: i64,
+    /// Hex SHA-256 of the tokenizer of a language model's data; empty otherwise.
+    #[serde(default)]
+    pub tokenizer_fingerprint: String,
 }
 
 impl CacheKey {
+    /// Shape of the values (and indices) of `n` samples: `[n, width]`, or `[n, S, width]`.
+    fn rows_shape(&self, n: i64) -> Vec<i64> {
+        let mut shape = self.tail_shape(n);
+        shape.push(self.width());
+        shape
+    }
+
+    /// Shape of the tails of `n` samples: `[n]`, or `[n, S]`.
+    fn tail_shape(&self, n: i64) -> Vec<i64> {
+        let mut shape = vec![n];
+        if self.positions > 0 {
+            shape.push(self.positions);
+        }
+        shape
+    }
+
     /// The wire dtype as a libtorch kind.
     fn kind(&self) -> Result<Kind, CacheError> {
         match self.wire.as_str() {
@@ -184,6 +208,16 @@ impl CacheKey {
             "dataset samples",
             self.samples.to_string(),
             run.samples.to_string(),
+        );
+        cmp(
+            "sequence length (positions per sample)",
+            self.positions.to_string(),
+            run.positions.to_string(),
+        );
+        cmp(
+            "tokenizer fingerprint",
+            format!("{:?}", self.tokenizer_fingerprint),
+            format!("{:?}", run.tokenizer_fingerprint),
         );
         out
     }
@@ -400,7 +434,8 @@ impl LogitCache {
     /// (sparse keys, with indices `[n, k]` and `tail_logsumexp` `[n]`).
     fn check_rows(&self, rows: &SoftTargets, n: i64) -> Result<(), CacheError> {
         let key = &self.manifest.key;
-        let want = [n, key.width()];
+        let want = key.rows_shape(n);
+        let tail = key.tail_shape(n);
         match (key.top_k, rows) {
             (0, SoftTargets::Dense(v)) if v.size() == want => Ok(()),
             (0, SoftTargets::Dense(v)) => Err(CacheError::Rows(format!(
@@ -423,7 +458,7 @@ impl LogitCache {
                 },
             ) if values.size() == want
                 && indices.size() == want
-                && tail_logsumexp.size() == [n] =>
+                && tail_logsumexp.size() == tail =>
             {
                 Ok(())
             }
@@ -435,8 +470,8 @@ impl LogitCache {
                     tail_logsumexp,
                 },
             ) => Err(CacheError::Rows(format!(
-                "sparse targets need values and indices {want:?} and tail_logsumexp [{n}], got \
-                 {:?}, {:?} and {:?}",
+                "sparse targets need values and indices {want:?} and tail_logsumexp {tail:?}, \
+                 got {:?}, {:?} and {:?}",
                 values.size(),
                 indices.size(),
                 tail_logsumexp.size()
@@ -516,7 +551,10 @@ impl LogitCache {
         }
         for (s, (pos, local)) in by_shard {
             let n = self.shard_range(s).len() as i64;
-            let width = self.manifest.key.width();
+            let (shape, tail) = (
+                self.manifest.key.rows_shape(n),
+                self.manifest.key.tail_shape(n),
+            );
             let sparse = self.manifest.key.top_k > 0;
             let fill = match self.filling.entry(s) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -524,12 +562,12 @@ impl LogitCache {
                     let zeros = |shape: &[i64], kind| Tensor::f_zeros(shape, (kind, Device::Cpu));
                     let rows = if sparse {
                         SoftTargets::Sparse {
-                            indices: zeros(&[n, width], Kind::Int64)?,
-                            values: zeros(&[n, width], Kind::Float)?,
-                            tail_logsumexp: zeros(&[n], Kind::Float)?,
+                            indices: zeros(&shape, Kind::Int64)?,
+                            values: zeros(&shape, Kind::Float)?,
+                            tail_logsumexp: zeros(&tail, Kind::Float)?,
                         }
                     } else {
-                        SoftTargets::Dense(zeros(&[n, width], Kind::Float)?)
+                        SoftTargets::Dense(zeros(&shape, Kind::Float)?)
                     };
                     v.insert(Filling {
                         rows,
@@ -683,6 +721,8 @@ mod tests {
             num_logits: 10,
             dataset_sha256: "cd".repeat(32),
             samples,
+            positions: 0,
+            tokenizer_fingerprint: String::new(),
         }
     }
 
@@ -818,5 +858,73 @@ mod tests {
         let b = a.copy();
         let _ = b.get(3).get(5).fill_(0.5);
         assert_ne!(h, dataset_sha256(&b).unwrap());
+    }
+
+    #[test]
+    fn per_position_targets_round_trip_and_keys_name_sequence_length_and_tokenizer() {
+        let dir = tmp("positions");
+        let mut k = key(3, 6);
+        k.positions = 4;
+        k.tokenizer_fingerprint = "ee".repeat(32);
+        k.wire = "f32".into();
+        let mut cache = LogitCache::open_or_create(&dir, k.clone(), 3).unwrap();
+        // Sample i, position p, column c: value 100 i + 10 p + c; tail i + p / 10.
+        let rows = |idx: &[i64]| {
+            let i = Tensor::from_slice(idx)
+                .to_kind(Kind::Float)
+                .view([-1, 1, 1]);
+            let p = Tensor::arange(4, (Kind::Float, Device::Cpu)).view([1, 4, 1]);
+            let c = Tensor::arange(3, (Kind::Float, Device::Cpu)).view([1, 1, 3]);
+            let values = &i * 100.0 + &p * 10.0 + &c;
+            SoftTargets::Sparse {
+                indices: values.to_kind(Kind::Int64).remainder(10),
+                tail_logsumexp: (&i + &p / 10.0).squeeze_dim(-1),
+                values,
+            }
+        };
+        cache.put(&[5, 0, 3], &rows(&[5, 0, 3])).unwrap();
+        cache.put(&[1, 4, 2], &rows(&[1, 4, 2])).unwrap();
+        let all = cache.load_all().unwrap();
+        let want = rows(&[0, 1, 2, 3, 4, 5]);
+        match (&all, &want) {
+            (
+                SoftTargets::Sparse {
+                    indices,
+                    values,
+                    tail_logsumexp,
+                },
+                SoftTargets::Sparse {
+                    indices: wi,
+                    values: wv,
+                    tail_logsumexp: wt,
+                },
+            ) => {
+                assert_eq!(values.size(), vec![6, 4, 3]);
+                assert!(values.equal(wv) && indices.equal(wi) && tail_logsumexp.equal(wt));
+            }
+            _ => panic!("expected sparse targets"),
+        }
+        // Rows of one row per sample do not fit a per-position cache.
+        let flat = rows_of(&[0], 3);
+        assert!(
+            cache
+                .put(&[0], &flat)
+                .unwrap_err()
+                .to_string()
+                .contains("[1, 4, 3]")
+        );
+        let mut other = k.clone();
+        other.positions = 8;
+        other.tokenizer_fingerprint = "ff".repeat(32);
+        let why = LogitCache::open(&dir)
+            .unwrap()
+            .check_key(&other)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("sequence length") && why.contains("tokenizer fingerprint"),
+            "{why}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

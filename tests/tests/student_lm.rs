@@ -161,6 +161,41 @@ async fn a_language_model_is_distilled_token_by_token_through_a_failover() {
         done.stderr
     );
 
+    // The logit cache holds per-position targets: epoch 1 from the teacher fills it, epoch 2
+    // reads it; the same tokens are trained, and a cache of another sequence length is refused.
+    let cached_out = tmp.path().join("cached");
+    let cache_dir = tmp.path().join("logit-cache");
+    let mut args = DistillArgs::new(&corpus, &cached_out)
+        .teachers(&urls[1..])
+        .arch("lm:layers=1,d=16,heads=2")
+        .epochs(2)
+        .batch_size(BATCH)
+        .top_k(8)
+        .no_epoch_eval()
+        .build();
+    args.extend(["--seq-len", SEQ, "--vocab-size", VOCAB, "--logit-cache"].map(String::from));
+    args.push(cache_dir.to_str().unwrap().to_string());
+    let run = student(&args).await.expect_ok("distill with a logit cache");
+    let report = read_json(&cached_out.join("report.json"));
+    assert_eq!(
+        report["cached_epochs"].as_u64(),
+        Some(1),
+        "{report}\n{}",
+        run.stderr
+    );
+    for m in read_metrics(&cached_out) {
+        assert_eq!(m["tokens"].as_u64(), Some(tokens), "{m}");
+    }
+    let mut args = DistillArgs::new(&corpus, &tmp.path().join("cached-32"))
+        .arch("lm:layers=1,d=16,heads=2")
+        .epochs(1)
+        .top_k(8)
+        .build();
+    args.extend(["--seq-len", "32", "--vocab-size", VOCAB, "--logit-cache"].map(String::from));
+    args.push(cache_dir.to_str().unwrap().to_string());
+    let e = student(&args).await.one_error();
+    assert!(e.contains("sequence length"), "{e}");
+
     // Another corpus, hence another tokenizer: refused at start, naming both fingerprints.
     let other = tmp.path().join("other-corpus");
     write_synthetic_corpus(&other, 400, 2);
