@@ -854,18 +854,16 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
         return Err(DataError::MissingFile { path: cfg.data_dir }.into());
     }
     let test = if is_text_corpus(&cfg.data_dir) {
-        // The sequence length and vocabulary are the checkpoint's.
-        let EvalTarget::Checkpoint(dir) = &cfg.target else {
-            return Err(AppError::Mismatch(
-                "eval of a language model runs on its checkpoint (--checkpoint DIR): a remote \
-                 teacher's perplexity needs its full logits at every position"
-                    .into(),
-            ));
-        };
-        let arch = Checkpoint::open(dir)?.meta.arch;
-        let text = TextOptions {
-            seq_len: arch.input_shape.first().copied().unwrap_or(0).max(2) as usize,
-            vocab_size: arch.num_classes.max(0) as usize,
+        // A checkpoint's own sequence length and vocabulary; the flags' for a served teacher.
+        let text = match &cfg.target {
+            EvalTarget::Checkpoint(dir) => {
+                let arch = Checkpoint::open(dir)?.meta.arch;
+                TextOptions {
+                    seq_len: arch.input_shape.first().copied().unwrap_or(0).max(2) as usize,
+                    vocab_size: arch.num_classes.max(0) as usize,
+                }
+            }
+            EvalTarget::Teachers(_) => cfg.text,
         };
         load_text(&cfg.data_dir, text)?.1
     } else {
@@ -898,7 +896,15 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
                 tokenizer_fingerprint: test.tokenizer_fingerprint.clone(),
             };
             let mut pool = Pool::connect(groups.clone(), options, expect).await?;
-            let batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);
+            let mut batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);
+            if test.is_tokens() {
+                // Dense f32 logits at every position (perplexity needs the full rows): as many
+                // sequences per request as fit the teacher's message limit.
+                batch_size = batch_size.min(teacher_eval::sequences_per_message(
+                    &pool,
+                    test.sample_shape().first().copied().unwrap_or(1),
+                ));
+            }
             let acc = teacher_eval::evaluate_pool(&mut pool, &test, batch_size, 1.0).await?;
             let refs = pool.references();
             let name = refs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>();

@@ -337,9 +337,18 @@ pub struct EvalArgs {
     /// failed replica's batches move to the others, as in distill.
     #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',')]
     pub teacher: Vec<String>,
-    /// Dataset directory (IDX) or .npz file; its test split is evaluated.
+    /// Dataset directory (IDX), .npz file, or text corpus directory; its test split is
+    /// evaluated (a language model: perplexity and next-token top-1 accuracy).
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
+    /// Text corpus with --teacher: tokens per sequence (a checkpoint's own length is used with
+    /// --checkpoint).
+    #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
+    pub seq_len: usize,
+    /// Text corpus with --teacher: vocabulary size of the BPE tokenizer (a checkpoint's own with
+    /// --checkpoint).
+    #[arg(long, env = "STUDENT_VOCAB_SIZE", default_value_t = distill_text::DEFAULT_VOCAB_SIZE)]
+    pub vocab_size: usize,
     /// Device of the checkpoint's network: auto, cpu, cuda, cuda:N.
     #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
     pub device: String,

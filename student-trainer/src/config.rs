@@ -231,8 +231,10 @@ pub enum EvalTarget {
 pub struct EvalConfig {
     /// What to evaluate.
     pub target: EvalTarget,
-    /// IDX directory or .npz file (its test split is used).
+    /// IDX directory, .npz file or text corpus (its test split is used).
     pub data_dir: PathBuf,
+    /// How a text corpus is packed for `--teacher` (a checkpoint uses its own).
+    pub text: TextOptions,
     /// Device of a checkpoint's network.
     pub device: DeviceChoice,
     /// Samples per forward pass (≥ 1).
@@ -698,6 +700,10 @@ impl TryFrom<EvalArgs> for EvalConfig {
             connection,
             target,
             data_dir: a.data_dir,
+            text: TextOptions {
+                seq_len: a.seq_len,
+                vocab_size: a.vocab_size,
+            },
             device: a.device.parse()?,
             batch_size: a.batch_size,
             json: a.json,

@@ -19,7 +19,8 @@ pub enum TeacherEvalError {
 }
 
 /// Accuracy of the pool's teacher (the ensemble's mixture at temperature `temperature`, for
-/// several groups) on `data`, sent in order in batches of `batch_size` samples (at least 1; the
+/// several groups) on `data` (a language-model dataset: next-token top-1 accuracy and
+/// perplexity from the full logits at every position), sent in order in batches of `batch_size` samples (at least 1; the
 /// caller keeps it within the teachers' maximum batch size). Always asks for dense `f32` logits,
 /// whatever the training run used.
 ///
@@ -34,14 +35,23 @@ pub(crate) async fn evaluate_pool(
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
     let labels = data.labels.shallow_clone();
-    let mut acc = Accuracy::new(data.num_classes);
+    let tokens = data.is_tokens();
+    let mut acc = if tokens {
+        Accuracy::tokens()
+    } else {
+        Accuracy::new(data.num_classes)
+    };
     let count = async {
         while let Some(b) = rx.recv().await {
             let ys = labels.f_index_select(0, &tch::Tensor::from_slice(&b.indices))?;
             let logits = b.targets.as_dense().ok_or_else(|| {
                 tch::TchError::Shape("teacher evaluation needs dense logits".into())
             })?;
-            acc.add(logits, &ys)?;
+            if tokens {
+                acc.add_tokens(logits, &ys)?;
+            } else {
+                acc.add(logits, &ys)?;
+            }
         }
         Ok::<(), tch::TchError>(())
     };
@@ -57,6 +67,25 @@ pub(crate) async fn evaluate_pool(
     streamed?;
     counted?;
     Ok(acc)
+}
+
+/// Sequences of `seq` positions whose dense f32 logits fit every group's message limit (with
+/// 10 % headroom; 4 MiB when a teacher does not announce one), at least 1.
+pub(crate) fn sequences_per_message(pool: &Pool, seq: i64) -> usize {
+    pool.references()
+        .iter()
+        .map(|i| {
+            let limit = if i.max_message_bytes > 0 {
+                i.max_message_bytes
+            } else {
+                4 << 20
+            };
+            let per_sequence = (seq.max(1) * i.num_logits.max(1) * 4) as u64;
+            (limit * 9 / 10 / per_sequence) as usize
+        })
+        .min()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The largest batch every group's reference teacher accepts, at most `wanted` (and at least 1).

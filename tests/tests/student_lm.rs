@@ -196,6 +196,24 @@ async fn a_language_model_is_distilled_token_by_token_through_a_failover() {
     let e = student(&args).await.one_error();
     assert!(e.contains("sequence length"), "{e}");
 
+    // The served teacher's perplexity from its full logits equals its checkpoint's.
+    let out = command("student-trainer")
+        .args(["eval", "--teacher", urls[1].as_str(), "--json"])
+        .args(text_flags(&corpus))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let served_ppl = v["perplexity"].as_f64().unwrap();
+    assert!(
+        (served_ppl - eval_ppl).abs() <= 1e-3 * eval_ppl,
+        "served {served_ppl} vs checkpoint {eval_ppl}"
+    );
+
     // Another corpus, hence another tokenizer: refused at start, naming both fingerprints.
     let other = tmp.path().join("other-corpus");
     write_synthetic_corpus(&other, 400, 2);
