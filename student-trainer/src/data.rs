@@ -153,8 +153,9 @@ pub enum DataError {
 }
 
 /// The label of a position without a next token to predict (padding, the end of a text), as
-/// PyTorch's `ignore_index`: such positions count in no loss and no accuracy.
-pub const IGNORE_INDEX: i64 = -100;
+/// PyTorch's `ignore_index` (-100): such positions count in no loss and no accuracy. The one
+/// definition is the packer's, which writes these labels.
+pub use distill_text::IGNORE_INDEX;
 
 /// An in-memory labelled dataset: images with class labels, or token sequences with their next
 /// tokens (a language-model dataset).

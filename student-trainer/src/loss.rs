@@ -130,8 +130,8 @@ pub struct DistillLoss {
 }
 
 /// The label of a sequence position that has no next token (padding, the last position),
-/// PyTorch's `ignore_index`: the position is left out of the loss.
-pub const IGNORE_INDEX: i64 = -100;
+/// PyTorch's `ignore_index`: the position is left out of the loss (the data's constant).
+pub use crate::data::IGNORE_INDEX;
 
 /// The default `--jsd-beta`, TRL's `GKDConfig.beta` default: the symmetric JSD.
 pub const DEFAULT_JSD_BETA: f64 = 0.5;

@@ -376,13 +376,8 @@ fn forward_split(
     if jobs.first().is_some_and(|j| j.sequence) {
         return forward_sequences(model, num_logits, jobs, sizes, total);
     }
-    let x = if jobs.len() == 1 {
-        jobs[0].inputs.shallow_clone()
-    } else {
-        let inputs: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs).collect();
-        Tensor::f_cat(&inputs, 0)?
-    };
-    let y = model.forward(&x)?;
+    let inputs: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs).collect();
+    let y = model.forward(&cat_rows(&inputs)?)?;
     let got = y.size();
     if got != [total, num_logits] {
         return Err(EngineError::OutputShape {
@@ -390,7 +385,20 @@ fn forward_split(
             got,
         });
     }
-    if jobs.len() == 1 {
+    split_rows(y, sizes)
+}
+
+/// The parts concatenated along the batch dimension; a single part is shared, not copied.
+fn cat_rows(parts: &[&Tensor]) -> Result<Tensor, tch::TchError> {
+    match parts {
+        [one] => Ok(one.shallow_clone()),
+        _ => Tensor::f_cat(parts, 0),
+    }
+}
+
+/// `y`'s rows cut back into parts of `sizes` rows (a view; `y` itself for a single part).
+fn split_rows(y: Tensor, sizes: &[i64]) -> Result<Vec<Tensor>, EngineError> {
+    if sizes.len() == 1 {
         Ok(vec![y])
     } else {
         Ok(y.f_split_with_sizes(sizes, 0)?)
@@ -435,9 +443,9 @@ fn forward_sequences(
             masks.push(pad(&m, len)?);
         }
     }
-    let x = Tensor::f_cat(&inputs, 0)?;
+    let x = cat_rows(&inputs.iter().collect::<Vec<_>>())?;
     let mask = if masked {
-        Some(Tensor::f_cat(&masks, 0)?)
+        Some(cat_rows(&masks.iter().collect::<Vec<_>>())?)
     } else {
         None
     };
@@ -449,11 +457,7 @@ fn forward_sequences(
             got: y.size(),
         });
     }
-    let parts = if jobs.len() == 1 {
-        vec![y]
-    } else {
-        y.f_split_with_sizes(sizes, 0)?
-    };
+    let parts = split_rows(y, sizes)?;
     let mut out = Vec::with_capacity(parts.len());
     for ((part, job), &len) in parts.into_iter().zip(jobs).zip(&lens) {
         let part = if len == s_max {
