@@ -34,6 +34,22 @@ fn text_flags(data: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// `student-trainer eval --json` with `flags`: the perplexity it reports.
+fn eval_perplexity<S: AsRef<std::ffi::OsStr>>(flags: &[S]) -> f64 {
+    let out = command("student-trainer")
+        .args(["eval", "--json"])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["perplexity"].as_f64().expect("perplexity in eval --json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_language_model_is_distilled_token_by_token_through_a_failover() {
     let tmp = TempDir::new("student-lm");
@@ -82,23 +98,14 @@ async fn a_language_model_is_distilled_token_by_token_through_a_failover() {
 
     // `eval` of the checkpoint reports the same perplexity on the held-out split (sequence
     // length and vocabulary from the checkpoint).
-    let out = command("student-trainer")
-        .args([
-            "eval",
-            "--checkpoint",
-            teacher_dir.to_str().unwrap(),
-            "--json",
-        ])
-        .args(["--data-dir", corpus.to_str().unwrap(), "--device", "cpu"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let eval_ppl = v["perplexity"].as_f64().unwrap();
+    let eval_ppl = eval_perplexity(&[
+        "--checkpoint",
+        teacher_dir.to_str().unwrap(),
+        "--data-dir",
+        corpus.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
     assert!(
         (eval_ppl - ppl).abs() <= 1e-3 * ppl,
         "eval {eval_ppl} vs training's {ppl}"
@@ -197,18 +204,9 @@ async fn a_language_model_is_distilled_token_by_token_through_a_failover() {
     assert!(e.contains("sequence length"), "{e}");
 
     // The served teacher's perplexity from its full logits equals its checkpoint's.
-    let out = command("student-trainer")
-        .args(["eval", "--teacher", urls[1].as_str(), "--json"])
-        .args(text_flags(&corpus))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let served_ppl = v["perplexity"].as_f64().unwrap();
+    let mut flags = vec!["--teacher".to_string(), urls[1].clone()];
+    flags.extend(text_flags(&corpus));
+    let served_ppl = eval_perplexity(&flags);
     assert!(
         (served_ppl - eval_ppl).abs() <= 1e-3 * eval_ppl,
         "served {served_ppl} vs checkpoint {eval_ppl}"
