@@ -13,16 +13,28 @@ the same way, with the signature of a Hugging Face causal LM wrapped to return i
     {"input_shape": [16], "input_dtype": "i64", "num_logits": 64, "sequence_model": true,
      "tokenizer": "lm_tokenizer.json"}
 
+Teachers with several outputs, as distillation code often writes them (a ``Linear(784, 64)``
+feature layer with a ReLU and a ``Linear(64, 10)`` head; same weights in each file), and two that
+a server must refuse at load::
+
+    multi_tuple.pt      forward(x) -> (head(f), f)
+    multi_dict.pt       forward(x) -> {"logits": head(f), "features": f}
+    multi_batchless.pt  forward(x) -> (head(f), f.mean(0))     # [64]: no batch dimension
+    multi_int.pt        forward(x) -> (head(f), x.size(0))     # not a tensor
+
 Usage:
     export_teacher.py --out teacher.pt [--seed 0] [--train-mode]
     export_teacher.py --out-dir DIR    # teacher.pt, teacher_train.pt (training mode, dropout),
-                                       # teacher_other.pt (other weights), lm.pt (causal LM)
+                                       # teacher_other.pt (other weights), lm.pt (causal LM),
+                                       # multi_*.pt (several outputs)
 
 Run with the project's torch: PYTHONPATH=$HOME/.cache/distill/torch-2.11.0 python3 ...
 """
 import argparse
 import json
 import os
+
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -46,6 +58,53 @@ class SmallCnn(nn.Module):
         x = torch.max_pool2d(torch.relu(self.c1(x)), 2)
         x = torch.max_pool2d(torch.relu(self.c2(x)), 2)
         return self.fc(self.drop(torch.flatten(x, 1)))
+
+
+class TupleTeacher(nn.Module):
+    """Features f = relu(Linear(784 -> 64)(flatten(x))), logits Linear(64 -> 10)(f)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feature = nn.Linear(784, 64)
+        self.head = nn.Linear(64, NUM_LOGITS)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.feature(torch.flatten(x, 1)))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.head(f), f
+
+
+class DictTeacher(TupleTeacher):
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        f = self.features(x)
+        return {"logits": self.head(f), "features": f}
+
+
+class BatchlessTeacher(TupleTeacher):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.head(f), f.mean(0)
+
+
+class IntTeacher(TupleTeacher):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:  # type: ignore[override]
+        f = self.features(x)
+        return self.head(f), x.size(0)
+
+
+def export_multi(folder: str) -> None:
+    for name, cls in [("multi_tuple", TupleTeacher), ("multi_dict", DictTeacher),
+                      ("multi_batchless", BatchlessTeacher), ("multi_int", IntTeacher)]:
+        torch.manual_seed(0)
+        path = os.path.join(folder, name + ".pt")
+        torch.jit.save(torch.jit.script(cls().eval()), path + ".tmp")
+        os.replace(path + ".tmp", path)
+        sidecar = {"input_shape": INPUT_SHAPE, "input_dtype": "f32", "num_logits": NUM_LOGITS}
+        with open(path + ".json.tmp", "w") as f:
+            json.dump(sidecar, f)
+        os.replace(path + ".json.tmp", path + ".json")
 
 
 LM_VOCAB, LM_MAX_LEN, LM_LAYERS, LM_D, LM_HEADS = 64, 16, 2, 32, 4
@@ -127,6 +186,7 @@ def main() -> None:
     export(os.path.join(a.out_dir, "teacher_train.pt"), 0, True)
     export(os.path.join(a.out_dir, "teacher_other.pt"), 1, False)
     export_lm(os.path.join(a.out_dir, "lm.pt"), 0)
+    export_multi(a.out_dir)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@
 //!
 //! Variable names match the reference PyTorch modules (`c1`, `c2`, `f1`, `f2`, ...), so
 //! `state_dict()` keys line up.
+//!
+//! The feed-forward networks name their hidden layers ([`Network::layers`]), the cut points a
+//! teacher serves as named outputs and a student can be hinted at (FitNets, Romero et al. 2015):
+//! `cnn` has `conv` (the last conv block after its pool, `[64, 12, 12]` for 28×28 inputs) and
+//! `features` (the 128-unit layer after its ReLU, the penultimate features); `mlp:H1,...,Hn` has
+//! `h1` ... `hn` (each hidden layer after its ReLU). The logits are `logits`.
 
 use crate::ModelError;
 use crate::lm::{Lm, LmConfig};
@@ -129,10 +135,30 @@ pub struct Network {
     body: Body,
 }
 
+/// Name of a built-in network's logits among its [`Network::layers`].
+pub const LOGITS_LAYER: &str = "logits";
+
+/// A named hidden layer of a built-in network (see [`Network::layers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// Its name, e.g. `features`.
+    pub name: String,
+    /// Its per-sample output shape (no batch dimension), e.g. `[128]` or `[64, 12, 12]`.
+    pub shape: Vec<i64>,
+}
+
+/// One stage of a feed-forward network: the layers from the previous cut point up to the named
+/// output `name` (the last stage's is [`LOGITS_LAYER`]).
+struct Stage {
+    name: String,
+    shape: Vec<i64>,
+    layers: nn::SequentialT,
+}
+
 /// The layers of a [`Network`].
 enum Body {
-    /// Feed-forward classifiers (`cnn`, `mlp`).
-    Seq(nn::SequentialT),
+    /// Feed-forward classifiers (`cnn`, `mlp`), as consecutive named stages.
+    Seq(Vec<Stage>),
     /// The language model (boxed: its layers are many times the size of a `SequentialT`).
     Lm(Box<Lm>),
 }
@@ -209,19 +235,76 @@ impl Network {
                 got: m.size(),
             });
         }
-        // SequentialT::forward_t panics on a bad shape; catch that as an error at the boundary.
-        let expected: Vec<i64> = std::iter::once(-1)
-            .chain(self.spec.input_shape.iter().copied())
-            .collect();
+        self.check_input(xs)?;
+        Ok(seq.iter().fold(xs.shallow_clone(), |x, stage| {
+            stage.layers.forward_t(&x, train)
+        }))
+    }
+
+    /// The named outputs of a feed-forward network, input side first, the logits
+    /// ([`LOGITS_LAYER`]) last; a language model has only its logits (per-sample shape
+    /// `[max_seq_len, vocab]`).
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        match &self.body {
+            Body::Seq(stages) => stages
+                .iter()
+                .map(|s| LayerInfo {
+                    name: s.name.clone(),
+                    shape: s.shape.clone(),
+                })
+                .collect(),
+            Body::Lm(_) => vec![LayerInfo {
+                name: LOGITS_LAYER.into(),
+                shape: vec![
+                    self.spec.input_shape.first().copied().unwrap_or(0),
+                    self.spec.num_classes,
+                ],
+            }],
+        }
+    }
+
+    /// Every named output of one forward pass ([`Network::layers`], in that order), each
+    /// `f32 [batch, ...shape]`; the last is the logits. Same inputs and errors as
+    /// [`Network::forward_masked`].
+    ///
+    /// # Errors
+    /// As [`Network::forward_masked`].
+    pub fn forward_layers(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Vec<(String, Tensor)>, ModelError> {
+        let Body::Seq(stages) = &self.body else {
+            let y = self.forward_masked(xs, mask, train)?;
+            return Ok(vec![(LOGITS_LAYER.into(), y)]);
+        };
+        if mask.is_some() {
+            // The error of forward_masked.
+            return self.forward_masked(xs, mask, train).map(|_| Vec::new());
+        }
+        self.check_input(xs)?;
+        let mut out: Vec<(String, Tensor)> = Vec::with_capacity(stages.len());
+        let mut x = xs.shallow_clone();
+        for stage in stages {
+            x = stage.layers.forward_t(&x, train);
+            out.push((stage.name.clone(), x.shallow_clone()));
+        }
+        Ok(out)
+    }
+
+    /// Refuses inputs that are not `[batch, ...input_shape]` (`SequentialT::forward_t` would
+    /// panic on them).
+    fn check_input(&self, xs: &Tensor) -> Result<(), ModelError> {
         let got = xs.size();
-        if got.len() != expected.len() || got[1..] != expected[1..] {
+        if got.len() != self.spec.input_shape.len() + 1 || got[1..] != self.spec.input_shape[..] {
             return Err(ModelError::InputShape {
                 arch: self.spec.arch.to_string(),
                 expected: format!("[batch, {:?}]", self.spec.input_shape),
                 got,
             });
         }
-        Ok(seq.forward_t(xs, train))
+        Ok(())
     }
 }
 
@@ -233,7 +316,7 @@ pub fn param_count(vs: &nn::VarStore) -> i64 {
         .sum::<usize>() as i64
 }
 
-fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<nn::SequentialT, ModelError> {
+fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<Vec<Stage>, ModelError> {
     let [c, h, w] = spec.input_shape[..] else {
         return Err(cnn_shape(spec));
     };
@@ -241,23 +324,41 @@ fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<nn::SequentialT, ModelError>
         return Err(cnn_shape(spec));
     }
     // Two valid 3×3 convolutions shrink each side by 4, the 2×2 pool halves it.
-    let flat = 64 * ((h - 4) / 2) * ((w - 4) / 2);
+    let (ph, pw) = ((h - 4) / 2, (w - 4) / 2);
+    let flat = 64 * ph * pw;
     let conv = nn::ConvConfig::default();
-    Ok(nn::seq_t()
-        .add(nn::conv2d(p / "c1", c, 32, 3, conv))
-        .add_fn(|x| x.relu())
-        .add(nn::conv2d(p / "c2", 32, 64, 3, conv))
-        .add_fn(|x| x.relu().max_pool2d_default(2).flatten(1, -1))
-        .add_fn_t(|x, train| x.dropout(0.25, train))
-        .add(nn::linear(p / "f1", flat, 128, Default::default()))
-        .add_fn(|x| x.relu())
-        .add_fn_t(|x, train| x.dropout(0.25, train))
-        .add(nn::linear(
-            p / "f2",
-            128,
-            spec.num_classes,
-            Default::default(),
-        )))
+    Ok(vec![
+        Stage {
+            name: "conv".into(),
+            shape: vec![64, ph, pw],
+            layers: nn::seq_t()
+                .add(nn::conv2d(p / "c1", c, 32, 3, conv))
+                .add_fn(|x| x.relu())
+                .add(nn::conv2d(p / "c2", 32, 64, 3, conv))
+                .add_fn(|x| x.relu().max_pool2d_default(2)),
+        },
+        Stage {
+            name: "features".into(),
+            shape: vec![128],
+            layers: nn::seq_t()
+                .add_fn(|x| x.flatten(1, -1))
+                .add_fn_t(|x, train| x.dropout(0.25, train))
+                .add(nn::linear(p / "f1", flat, 128, Default::default()))
+                .add_fn(|x| x.relu()),
+        },
+        Stage {
+            name: LOGITS_LAYER.into(),
+            shape: vec![spec.num_classes],
+            layers: nn::seq_t()
+                .add_fn_t(|x, train| x.dropout(0.25, train))
+                .add(nn::linear(
+                    p / "f2",
+                    128,
+                    spec.num_classes,
+                    Default::default(),
+                )),
+        },
+    ])
 }
 
 fn cnn_shape(spec: &ArchSpec) -> ModelError {
@@ -268,7 +369,7 @@ fn cnn_shape(spec: &ArchSpec) -> ModelError {
     }
 }
 
-fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<nn::SequentialT, ModelError> {
+fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<Vec<Stage>, ModelError> {
     let inputs: i64 = spec.input_shape.iter().product();
     if inputs < 1 || spec.input_shape.is_empty() {
         return Err(ModelError::InputShape {
@@ -277,26 +378,39 @@ fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<nn::Sequenti
             got: spec.input_shape.clone(),
         });
     }
-    let mut seq = nn::seq_t().add_fn(|x| x.flatten(1, -1));
+    let mut stages = Vec::with_capacity(hidden.len() + 1);
     let mut width = inputs;
     for (i, &h) in hidden.iter().enumerate() {
-        seq = seq
-            .add(nn::linear(
-                p / format!("f{}", i + 1),
-                width,
-                h,
-                Default::default(),
-            ))
-            .add_fn(|x| x.relu());
+        let linear = nn::linear(p / format!("f{}", i + 1), width, h, Default::default());
+        let layers = if i == 0 {
+            nn::seq_t().add_fn(|x| x.flatten(1, -1))
+        } else {
+            nn::seq_t()
+        };
+        stages.push(Stage {
+            name: format!("h{}", i + 1),
+            shape: vec![h],
+            layers: layers.add(linear).add_fn(|x| x.relu()),
+        });
         width = h;
     }
-    let last = format!("f{}", hidden.len() + 1);
-    Ok(seq.add(nn::linear(
-        p / last,
+    let last = nn::linear(
+        p / format!("f{}", hidden.len() + 1),
         width,
         spec.num_classes,
         Default::default(),
-    )))
+    );
+    let layers = if hidden.is_empty() {
+        nn::seq_t().add_fn(|x| x.flatten(1, -1))
+    } else {
+        nn::seq_t()
+    };
+    stages.push(Stage {
+        name: LOGITS_LAYER.into(),
+        shape: vec![spec.num_classes],
+        layers: layers.add(last),
+    });
+    Ok(stages)
 }
 
 #[cfg(test)]
@@ -318,6 +432,50 @@ mod tests {
             Network::new(&vs.root(), &spec(arch)).unwrap();
             assert_eq!(param_count(&vs), params, "{arch}");
         }
+    }
+
+    #[test]
+    fn hidden_layers_are_named_and_served_beside_the_logits() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let cnn = Network::new(&vs.root(), &spec("cnn")).unwrap();
+        let names: Vec<(String, Vec<i64>)> = cnn
+            .layers()
+            .into_iter()
+            .map(|l| (l.name, l.shape))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("conv".to_string(), vec![64, 12, 12]),
+                ("features".to_string(), vec![128]),
+                ("logits".to_string(), vec![10]),
+            ]
+        );
+        let x = Tensor::randn([3, 1, 28, 28], tch::kind::FLOAT_CPU);
+        let outs = cnn.forward_layers(&x, None, false).unwrap();
+        for ((name, t), layer) in outs.iter().zip(cnn.layers()) {
+            assert_eq!(name, &layer.name);
+            assert_eq!(t.size()[1..], layer.shape[..], "{name}");
+        }
+        let y = cnn.forward(&x, false).unwrap();
+        assert_eq!(outs[2].1.size(), y.size());
+        assert!(outs[2].1.allclose(&y, 0.0, 0.0, false));
+        // The logits are the last linear layer of the penultimate features.
+        let f2 = vs.variables();
+        let want = outs[1].1.matmul(&f2["f2.weight"].tr()) + &f2["f2.bias"];
+        assert!(want.allclose(&y, 1e-5, 1e-5, false));
+
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mlp = Network::new(&vs.root(), &spec("mlp:64,32")).unwrap();
+        let names: Vec<String> = mlp.layers().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["h1", "h2", "logits"]);
+        let outs = mlp.forward_layers(&x, None, false).unwrap();
+        assert_eq!(outs[1].1.size(), vec![3, 32]);
+        assert!(outs[1].1.min().double_value(&[]) >= 0.0, "after the ReLU");
+        assert!(
+            mlp.forward_layers(&Tensor::zeros([3, 5], tch::kind::FLOAT_CPU), None, false)
+                .is_err()
+        );
     }
 
     #[test]

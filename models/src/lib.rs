@@ -15,7 +15,7 @@ pub mod fingerprint;
 pub mod lm;
 pub mod weights;
 
-pub use arch::{Arch, ArchSpec, Network};
+pub use arch::{Arch, ArchSpec, LOGITS_LAYER, LayerInfo, Network};
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use cpu::CpuInfo;
 pub use device::{DeviceChoice, DeviceError, device_name};

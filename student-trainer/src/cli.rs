@@ -61,6 +61,9 @@ pub enum Command {
     /// Training curves of run directories as a PNG: loss, test accuracy and samples/s per epoch,
     /// and the final test accuracy of each run (and of the teacher, from report.json).
     Plot(PlotArgs),
+    /// A built-in architecture's named layers (what a teacher serves as named outputs and a
+    /// student can be hinted at) with their per-sample output shapes, and its parameter count.
+    Describe(DescribeArgs),
 }
 
 /// Flags shared by `train` and `distill`.
@@ -450,4 +453,18 @@ pub struct PlotArgs {
     /// Image height in pixels.
     #[arg(long, env = "STUDENT_PLOT_HEIGHT", default_value_t = crate::plot::DEFAULT_HEIGHT)]
     pub height: u32,
+}
+
+/// `describe` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DescribeArgs {
+    /// Architecture: cnn, mlp, mlp:H1,H2,..., lm:layers=L,d=D,heads=H.
+    #[arg(long, env = "STUDENT_ARCH", default_value = "mlp")]
+    pub arch: String,
+    /// Per-sample input shape, comma-separated (a language model: the sequence length).
+    #[arg(long, value_delimiter = ',', default_value = "1,28,28")]
+    pub input_shape: Vec<i64>,
+    /// Classes (a language model: the vocabulary size).
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: i64,
 }

@@ -166,6 +166,10 @@ impl From<v1::ModelInfo> for TeacherInfo {
             sequence_model,
             max_seq_len,
             tokenizer_fingerprint,
+            // The teacher's named outputs: the student asks for none yet (hint distillation,
+            // issue 11, will).
+            outputs: _,
+            logits_output: _,
         } = m;
         TeacherInfo {
             name,

@@ -21,6 +21,7 @@ mod endpoint;
 pub use distill_models::device;
 mod ensemble;
 mod eval;
+pub mod hint;
 pub mod loss;
 pub mod lr_schedule;
 mod metrics;

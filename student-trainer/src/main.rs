@@ -111,6 +111,10 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
                 app::plot(PlotConfig::try_from(a)?)?;
                 Finished::Done
             }
+            Command::Describe(a) => {
+                app::describe(&a.arch, &a.input_shape, a.num_classes)?;
+                Finished::Done
+            }
         })
     })
 }

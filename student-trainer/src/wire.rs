@@ -111,6 +111,7 @@ pub(crate) fn request(
         top_k: spec.top_k,
         temperature: spec.temperature as f32,
         attention_mask: None,
+        outputs: Vec::new(),
     })
 }
 

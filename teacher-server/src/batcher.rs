@@ -277,6 +277,8 @@ mod tests {
                 device: "cpu".into(),
                 precision: crate::config::Precision::F32,
                 sequence: None,
+                outputs: Vec::new(),
+                logits_output: String::new(),
             }
         }
     }
@@ -331,6 +333,7 @@ mod tests {
             mask: None,
             sequence: false,
             output: OutputSpec::default(),
+            outputs: Vec::new(),
             arrived: std::time::Instant::now(),
             reply: tx,
             span: tracing::Span::none(),

@@ -70,6 +70,13 @@ pub struct Args {
     #[arg(long, env = "TEACHER_TOKENIZER")]
     pub tokenizer: Option<PathBuf>,
 
+    /// Which output of the model's forward pass holds the logits, when it returns several (a
+    /// tuple or list: `0`, `1`, ...; a `Dict[str, Tensor]`: a key). The others can be asked for
+    /// beside the logits (`LogitsRequest.outputs`, e.g. features for hint distillation). Also
+    /// `"logits_output"` in the sidecar. A built-in architecture's logits are `logits`.
+    #[arg(long, env = "TEACHER_LOGITS_OUTPUT")]
+    pub logits_output: Option<String>,
+
     /// Device: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[arg(long, env = "TEACHER_DEVICE", default_value = "auto")]
     pub device: String,
@@ -89,7 +96,8 @@ pub struct Args {
     pub max_batch_delay_us: u64,
 
     /// Largest gRPC message accepted or sent, in bytes. Default: what `--max-batch-size`
-    /// samples of input plus their f32 logits need, doubled for headroom, at least 4 MiB.
+    /// samples of input plus their f32 logits (and the model's other named outputs, in f32)
+    /// need, doubled for headroom, at least 4 MiB.
     #[arg(long, env = "TEACHER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
 
@@ -253,6 +261,9 @@ pub struct ModelSpec {
     /// `Some` for a sequence model (a causal LM): `input_shape` is `[max_seq_len]`, the input
     /// dtype i64 token ids, and logits are `[batch, seq, num_logits]`.
     pub sequence: Option<SequenceSpec>,
+    /// The output holding the logits (`--logits-output`); `None`: the model's only output (a
+    /// model with several is refused at load).
+    pub logits_output: Option<String>,
 }
 
 /// What a sequence model (a causal language model) adds to its [`ModelSpec`].
@@ -288,6 +299,25 @@ impl ModelSpec {
             None => self.num_logits as usize * 4,
         }
     }
+}
+
+/// Bytes of one full request and one full response (f32 logits, the widest output; top-k for a
+/// sequence model; `output_bytes` per sample of named outputs beside them), plus protobuf
+/// framing: the least `--max-message-bytes` that serves `max_batch_size` samples.
+pub fn needed_message_bytes(max_batch_size: usize, spec: &ModelSpec, output_bytes: usize) -> usize {
+    max_batch_size
+        .saturating_mul(
+            spec.sample_bytes()
+                .saturating_add(spec.response_bytes())
+                .saturating_add(output_bytes),
+        )
+        .saturating_add(64 << 10)
+}
+
+/// The default `--max-message-bytes` for `needed` ([`needed_message_bytes`]): doubled for
+/// headroom, at least [`MIN_DEFAULT_MESSAGE_BYTES`].
+pub fn default_message_bytes(needed: usize) -> usize {
+    needed.saturating_mul(2).max(MIN_DEFAULT_MESSAGE_BYTES)
 }
 
 /// The command-line name of a kind the wire carries (`f32`, `bf16`, ...).
@@ -327,6 +357,9 @@ pub struct Config {
     pub batching: BatchConfig,
     /// Largest gRPC message in bytes (decoding and encoding).
     pub max_message_bytes: usize,
+    /// Whether `--max-message-bytes` was given; if not, the server raises `max_message_bytes`
+    /// once the model's named outputs are known, to fit them at `--max-batch-size`.
+    pub max_message_bytes_set: bool,
     /// Batches one stream may have in flight before the server stops reading it.
     pub stream_window: usize,
     /// Address of the metrics and readiness endpoint (`--metrics-listen`), if any.
@@ -360,6 +393,8 @@ struct Sidecar {
     sequence_model: bool,
     /// The tokenizer file, relative to the sidecar's folder.
     tokenizer: Option<PathBuf>,
+    /// The output holding the logits (`--logits-output`).
+    logits_output: Option<String>,
 }
 
 /// Path of the sidecar JSON of a TorchScript file: `FILE.json` (e.g. `teacher.pt.json`).
@@ -400,7 +435,8 @@ impl TryFrom<Args> for Config {
                 a.model.display()
             )));
         }
-        let (source, shape, dtype, logits, sequence, tokenizer) = if a.model.is_dir() {
+        let (source, shape, dtype, logits, sequence, tokenizer, logits_output) = if a.model.is_dir()
+        {
             if !Checkpoint::exists(&a.model) {
                 return Err(Error::Config(format!(
                     "--model {}: a directory must be a checkpoint holding checkpoint.json",
@@ -427,6 +463,7 @@ impl TryFrom<Args> for Config {
                 Some(spec.num_classes),
                 spec.arch.is_sequence_model(),
                 tokenizer.is_file().then_some(tokenizer),
+                Some(distill_models::LOGITS_LAYER.to_string()),
             )
         } else {
             let sidecar_file = sidecar_path(&a.model);
@@ -477,6 +514,7 @@ impl TryFrom<Args> for Config {
                 num_logits: None,
                 sequence_model: false,
                 tokenizer: None,
+                logits_output: None,
             });
             let sequence = match &source {
                 ModelSource::Safetensors { arch, .. } => arch.is_sequence_model(),
@@ -491,6 +529,10 @@ impl TryFrom<Args> for Config {
                 ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
                 _ => side_dtype,
             };
+            let logits_output = match &source {
+                ModelSource::Safetensors { .. } => Some(distill_models::LOGITS_LAYER.to_string()),
+                _ => side.logits_output,
+            };
             (
                 source,
                 side.input_shape,
@@ -498,8 +540,10 @@ impl TryFrom<Args> for Config {
                 side.num_logits,
                 sequence,
                 tokenizer,
+                logits_output,
             )
         };
+        let logits_output = a.logits_output.clone().or(logits_output);
         let sequence = sequence || a.sequence_model;
         let tokenizer = a.tokenizer.clone().or(tokenizer);
         let input_shape = a.input_shape.clone().or(shape).ok_or_else(|| {
@@ -584,6 +628,7 @@ impl TryFrom<Args> for Config {
             input_dtype,
             num_logits,
             sequence,
+            logits_output,
         };
         if a.max_batch_size == 0 {
             return Err(Error::Config(
@@ -603,11 +648,7 @@ impl TryFrom<Args> for Config {
             )));
         }
         let max_batch_size = a.max_batch_size as usize;
-        // One full request and one full response (f32 logits, the widest output; top-k for a
-        // sequence model), plus protobuf framing.
-        let needed = max_batch_size
-            .saturating_mul(spec.sample_bytes().saturating_add(spec.response_bytes()))
-            .saturating_add(64 << 10);
+        let needed = needed_message_bytes(max_batch_size, &spec, 0);
         let max_message_bytes = match a.max_message_bytes {
             Some(n) if n < needed => {
                 return Err(Error::Config(format!(
@@ -617,7 +658,7 @@ impl TryFrom<Args> for Config {
                 )));
             }
             Some(n) => n,
-            None => needed.saturating_mul(2).max(MIN_DEFAULT_MESSAGE_BYTES),
+            None => default_message_bytes(needed),
         };
         let tls = match (&a.tls_cert, &a.tls_key) {
             (Some(cert), Some(key)) => {
@@ -662,6 +703,7 @@ impl TryFrom<Args> for Config {
                 queue_capacity: a.queue_capacity,
             },
             max_message_bytes,
+            max_message_bytes_set: a.max_message_bytes.is_some(),
             stream_window: a.stream_window,
             metrics_listen: a
                 .metrics_listen

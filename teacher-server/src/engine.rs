@@ -117,6 +117,9 @@ pub(crate) struct BatchTiming {
 pub(crate) struct JobOutput {
     /// The request's logits.
     pub logits: Logits,
+    /// The named outputs it asked for beside the logits, in its order: CPU, the requested kind,
+    /// `[batch, ...]` (per position: `[batch, seq, ...]`, zeros at padded positions).
+    pub outputs: Vec<(String, Tensor)>,
     /// Its timing.
     pub timing: BatchTiming,
 }
@@ -137,6 +140,8 @@ pub(crate) struct Job {
     pub sequence: bool,
     /// How the logits are wanted.
     pub output: OutputSpec,
+    /// Named outputs wanted beside the logits (validated against the model's outputs).
+    pub outputs: Vec<String>,
     /// When the request arrived at the server.
     pub arrived: Instant,
     /// Where the answer goes; closed when the stream has gone away (the job is then dropped).
@@ -229,7 +234,7 @@ impl Engine {
                     }
                 };
                 let info = model.info();
-                let num_logits = info.num_logits;
+                let layout = Layout::of(&info);
                 if ready_tx.send(Ok(info)).is_err() {
                     return;
                 }
@@ -243,7 +248,7 @@ impl Engine {
                         );
                         continue;
                     }
-                    run_batch(model.as_ref(), num_logits, batch, settings.metrics.as_ref());
+                    run_batch(model.as_ref(), &layout, batch, settings.metrics.as_ref());
                 }
                 tracing::debug!("engine thread exiting");
             })
@@ -295,10 +300,71 @@ fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// What the engine needs to know of the model's outputs.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Logits per sample (per position).
+    num_logits: i64,
+    /// Name of the logits output.
+    logits: String,
+    /// Names of a sequence model's per-position outputs (cut back and masked like the logits).
+    per_position: Vec<String>,
+}
+
+impl Layout {
+    fn of(info: &ModelDescription) -> Layout {
+        Layout {
+            num_logits: info.num_logits,
+            logits: info.logits_output.clone(),
+            per_position: info
+                .outputs
+                .iter()
+                .filter(|o| o.per_position())
+                .map(|o| o.name.clone())
+                .collect(),
+        }
+    }
+
+    /// The logits and the outputs `wanted` (in that order) among a forward pass's `all`. A
+    /// model that returns a single output returns its logits.
+    fn pick(
+        &self,
+        all: Vec<(String, Tensor)>,
+        wanted: &[String],
+    ) -> Result<(Tensor, Vec<Tensor>), EngineError> {
+        let find = |name: &str| {
+            all.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+                    EngineError::Torch(format!(
+                        "the model returned no output {name}; it returned {names:?}"
+                    ))
+                })
+        };
+        let logits = match all.as_slice() {
+            [(_, only)] => only.shallow_clone(),
+            _ => find(&self.logits)?,
+        };
+        let extras = wanted
+            .iter()
+            .map(|n| find(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((logits, extras))
+    }
+}
+
+/// One request's share of a forward pass: its logits and the outputs it asked for.
+struct Part {
+    logits: Tensor,
+    outputs: Vec<Tensor>,
+}
+
 /// Runs one merged batch and answers each of its requests.
 fn run_batch(
     model: &(impl TeacherModel + ?Sized),
-    num_logits: i64,
+    layout: &Layout,
     batch: MergedBatch,
     metrics: Option<&ServerMetrics>,
 ) {
@@ -319,7 +385,7 @@ fn run_batch(
         span.follows_from(&job.span);
     }
     let _entered = span.enter();
-    let result = forward_split(model, num_logits, &jobs, &sizes, total);
+    let result = forward_split(model, layout, &jobs, &sizes, total);
     let compute = start.elapsed();
     let compute_us = micros(compute);
     if let Some(m) = metrics {
@@ -344,9 +410,23 @@ fn run_batch(
         Ok(parts) => {
             let timings: Vec<BatchTiming> = jobs.iter().map(timing).collect();
             for ((job, part), timing) in jobs.into_iter().zip(parts).zip(timings) {
-                let out = shape_output(&part, job.output)
+                let out = shape_output(&part.logits, job.output)
                     .and_then(Logits::into_cpu)
-                    .map(|logits| JobOutput { logits, timing });
+                    .and_then(|logits| {
+                        let outputs = job
+                            .outputs
+                            .iter()
+                            .zip(&part.outputs)
+                            .map(|(name, t)| {
+                                Ok((name.clone(), shape_extra(name, t, job.output.kind)?))
+                            })
+                            .collect::<Result<Vec<_>, EngineError>>()?;
+                        Ok(JobOutput {
+                            logits,
+                            outputs,
+                            timing,
+                        })
+                    });
                 match &out {
                     Err(e @ EngineError::NonFinite { .. }) => {
                         tracing::warn!(error = %e, "request refused");
@@ -366,26 +446,91 @@ fn run_batch(
     }
 }
 
+/// The union of the outputs the jobs want, in first-asked order.
+fn wanted_outputs(jobs: &[Job]) -> Vec<String> {
+    let mut wanted: Vec<String> = Vec::new();
+    for name in jobs.iter().flat_map(|j| &j.outputs) {
+        if !wanted.contains(name) {
+            wanted.push(name.clone());
+        }
+    }
+    wanted
+}
+
+/// Each job's [`Part`]: its rows of the logits (`logits[j]`) and of the outputs it asked for,
+/// in its order (`extras[i][j]`: job `j`'s rows of `wanted[i]`).
+///
+/// # Errors
+/// [`EngineError::Torch`] if a split gave fewer parts than jobs (never, when the sizes add up).
+fn job_parts(
+    jobs: &[Job],
+    logits: Vec<Tensor>,
+    wanted: &[String],
+    extras: &[Vec<Tensor>],
+) -> Result<Vec<Part>, EngineError> {
+    let missing = || EngineError::Torch("a split output has fewer parts than requests".into());
+    let mut parts = Vec::with_capacity(jobs.len());
+    for (j, (job, logits)) in jobs.iter().zip(logits).enumerate() {
+        let outputs = job
+            .outputs
+            .iter()
+            .map(|n| {
+                wanted
+                    .iter()
+                    .position(|w| w == n)
+                    .and_then(|i| extras.get(i)?.get(j))
+                    .map(Tensor::shallow_clone)
+                    .ok_or_else(missing)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        parts.push(Part { logits, outputs });
+    }
+    Ok(parts)
+}
+
 fn forward_split(
     model: &(impl TeacherModel + ?Sized),
-    num_logits: i64,
+    layout: &Layout,
     jobs: &[Job],
     sizes: &[i64],
     total: i64,
-) -> Result<Vec<Tensor>, EngineError> {
+) -> Result<Vec<Part>, EngineError> {
     if jobs.first().is_some_and(|j| j.sequence) {
-        return forward_sequences(model, num_logits, jobs, sizes, total);
+        return forward_sequences(model, layout, jobs, sizes, total);
     }
+    let wanted = wanted_outputs(jobs);
     let inputs: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs).collect();
-    let y = model.forward(&cat_rows(&inputs)?)?;
+    let all = model.forward_all(&cat_rows(&inputs)?, None)?;
+    let (y, extras) = layout.pick(all, &wanted)?;
     let got = y.size();
-    if got != [total, num_logits] {
+    if got != [total, layout.num_logits] {
         return Err(EngineError::OutputShape {
-            expected: vec![total, num_logits],
+            expected: vec![total, layout.num_logits],
             got,
         });
     }
-    split_rows(y, sizes)
+    let extras = extras
+        .into_iter()
+        .map(|t| {
+            check_batch(&t, total)?;
+            split_rows(t, sizes)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    job_parts(jobs, split_rows(y, sizes)?, &wanted, &extras)
+}
+
+/// Fails unless `t`'s first dimension is the merged batch's `total` samples.
+fn check_batch(t: &Tensor, total: i64) -> Result<(), EngineError> {
+    let got = t.size();
+    if got.first() == Some(&total) {
+        Ok(())
+    } else {
+        let mut expected = got.clone();
+        if let Some(d) = expected.first_mut() {
+            *d = total;
+        }
+        Err(EngineError::OutputShape { expected, got })
+    }
 }
 
 /// The parts concatenated along the batch dimension; a single part is shared, not copied.
@@ -413,11 +558,12 @@ fn split_rows(y: Tensor, sizes: &[i64]) -> Result<Vec<Tensor>, EngineError> {
 /// sequences are all real and of one length runs without a mask.
 fn forward_sequences(
     model: &(impl TeacherModel + ?Sized),
-    num_logits: i64,
+    layout: &Layout,
     jobs: &[Job],
     sizes: &[i64],
     total: i64,
-) -> Result<Vec<Tensor>, EngineError> {
+) -> Result<Vec<Part>, EngineError> {
+    let wanted = wanted_outputs(jobs);
     let lens: Vec<i64> = jobs
         .iter()
         .map(|j| j.inputs.size().get(1).copied().unwrap_or(0))
@@ -449,31 +595,76 @@ fn forward_sequences(
     } else {
         None
     };
-    let y = model.forward_masked(&x, mask.as_ref())?;
-    let expected = vec![total, s_max, num_logits];
+    let all = model.forward_all(&x, mask.as_ref())?;
+    let (y, extras) = layout.pick(all, &wanted)?;
+    let expected = vec![total, s_max, layout.num_logits];
     if y.size() != expected {
         return Err(EngineError::OutputShape {
             expected,
             got: y.size(),
         });
     }
-    let parts = split_rows(y, sizes)?;
-    let mut out = Vec::with_capacity(parts.len());
-    for ((part, job), &len) in parts.into_iter().zip(jobs).zip(&lens) {
-        let part = if len == s_max {
-            part
-        } else {
-            part.f_narrow(1, 0, len)?
-        };
-        out.push(match &job.mask {
-            Some(m) => {
-                let padding = m.f_eq(0)?.f_unsqueeze(-1)?.f_to_device(part.device())?;
-                part.f_masked_fill(&padding, 0.0)?
-            }
-            None => part,
-        });
+    // Each job's rows, cut back to its own length and zeroed at its padding (per position).
+    let cut = |y: Tensor, per_position: bool| -> Result<Vec<Tensor>, EngineError> {
+        let parts = split_rows(y, sizes)?;
+        if !per_position {
+            return Ok(parts);
+        }
+        let mut out = Vec::with_capacity(parts.len());
+        for ((part, job), &len) in parts.into_iter().zip(jobs).zip(&lens) {
+            let part = if len == s_max {
+                part
+            } else {
+                part.f_narrow(1, 0, len)?
+            };
+            out.push(match &job.mask {
+                Some(m) => {
+                    // [b, s] -> [b, s, 1, ...] to broadcast over the output's trailing dims.
+                    let mut padding = m.f_eq(0)?;
+                    for _ in 2..part.dim() {
+                        padding = padding.f_unsqueeze(-1)?;
+                    }
+                    part.f_masked_fill(&padding.f_to_device(part.device())?, 0.0)?
+                }
+                None => part,
+            });
+        }
+        Ok(out)
+    };
+    let mut split_extras = Vec::with_capacity(extras.len());
+    for (name, t) in wanted.iter().zip(extras) {
+        check_batch(&t, total)?;
+        let per_position = layout.per_position.contains(name);
+        if per_position && t.size().get(1) != Some(&s_max) {
+            return Err(EngineError::OutputShape {
+                expected: vec![total, s_max],
+                got: t.size(),
+            });
+        }
+        split_extras.push(cut(t, per_position)?);
     }
-    Ok(out)
+    job_parts(jobs, cut(y, true)?, &wanted, &split_extras)
+}
+
+/// One request's named output `t` (`[batch, ...]`, on the model's device) on the CPU in `kind`.
+///
+/// # Errors
+/// [`EngineError::NonFinite`] / [`EngineError::OutOfRange`] as for the logits (naming no output:
+/// the message says which check failed); [`EngineError::Torch`] on a libtorch failure.
+fn shape_extra(name: &str, t: &Tensor, kind: Kind) -> Result<Tensor, EngineError> {
+    let count = non_finite(t)?;
+    if count > 0 {
+        tracing::debug!(output = name, count, "non-finite values in a named output");
+        return Err(EngineError::NonFinite { count });
+    }
+    let cast = if t.kind() == kind {
+        t.f_contiguous()?
+    } else {
+        let c = t.f_to_kind(kind)?;
+        ensure_fits(t, &c, kind)?;
+        c
+    };
+    Ok(cast.f_to_device(tch::Device::Cpu)?.f_contiguous()?)
 }
 
 /// Casts (dense) or reduces to top-k (sparse) one request's logits `[batch, num_logits]`.
@@ -558,6 +749,107 @@ fn ensure_fits(source: &Tensor, derived: &Tensor, kind: Kind) -> Result<(), Engi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ModelDescription, OutputDescription};
+
+    /// A sequence "model" whose logits `[b, s, 3]` and per-position output `hidden` `[b, s, 2]`
+    /// repeat each token id (hidden: id + 100), so that every cut and mask can be read off.
+    struct SeqFake;
+
+    impl TeacherModel for SeqFake {
+        fn forward(&self, _x: &Tensor) -> Result<Tensor, EngineError> {
+            Err(EngineError::Torch("forward_all only".into()))
+        }
+
+        fn forward_all(
+            &self,
+            x: &Tensor,
+            _mask: Option<&Tensor>,
+        ) -> Result<Vec<(String, Tensor)>, EngineError> {
+            let (b, s) = (x.size()[0], x.size()[1]);
+            let ids = x.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+            Ok(vec![
+                ("0".into(), ids.f_expand([b, s, 3], false)?.f_contiguous()?),
+                (
+                    "hidden".into(),
+                    (ids + 100.0).f_expand([b, s, 2], false)?.f_contiguous()?,
+                ),
+            ])
+        }
+
+        fn info(&self) -> ModelDescription {
+            unreachable!("not used by forward_split")
+        }
+    }
+
+    fn seq_job(ids: &[i64], mask: Option<&[i64]>, outputs: &[&str]) -> Job {
+        let row = |v: &[i64]| Tensor::from_slice(v).reshape([1, v.len() as i64]);
+        Job {
+            inputs: row(ids),
+            mask: mask.map(row),
+            sequence: true,
+            output: OutputSpec::default(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            arrived: Instant::now(),
+            reply: oneshot::channel().0,
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn merged_sequences_get_their_own_outputs_cut_and_masked() {
+        let layout = Layout::of(&ModelDescription {
+            name: "fake".into(),
+            version: "0".into(),
+            fingerprint: String::new(),
+            input_shape: vec![4],
+            input_dtype: Kind::Int64,
+            num_logits: 3,
+            device: "cpu".into(),
+            precision: crate::config::Precision::F32,
+            sequence: None,
+            outputs: vec![
+                OutputDescription {
+                    name: "0".into(),
+                    shape: vec![-1, 3],
+                    kind: Kind::Float,
+                },
+                OutputDescription {
+                    name: "hidden".into(),
+                    shape: vec![-1, 2],
+                    kind: Kind::Float,
+                },
+            ],
+            logits_output: "0".into(),
+        });
+        let jobs = [
+            seq_job(&[1, 2], None, &["hidden"]),
+            seq_job(&[5, 6, 7, 8], Some(&[1, 1, 1, 0]), &[]),
+            seq_job(&[9, 9, 9], Some(&[1, 1, 0]), &["hidden", "hidden"]),
+        ];
+        let parts = forward_split(&SeqFake, &layout, &jobs, &[1, 1, 1], 3).unwrap();
+        assert_eq!(parts[0].logits.size(), vec![1, 2, 3]);
+        assert_eq!(values(&parts[0].outputs[0]), [101.0, 101.0, 102.0, 102.0]);
+        assert!(parts[1].outputs.is_empty());
+        assert_eq!(
+            values(&parts[1].logits),
+            [5.0, 5.0, 5.0, 6.0, 6.0, 6.0, 7.0, 7.0, 7.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(parts[2].outputs.len(), 2);
+        for out in &parts[2].outputs {
+            assert_eq!(values(out), [109.0, 109.0, 109.0, 109.0, 0.0, 0.0]);
+        }
+        // Shaped for the wire: on the CPU, in the requested kind.
+        let bf = shape_extra("hidden", &parts[0].outputs[0], Kind::BFloat16).unwrap();
+        assert_eq!(bf.kind(), Kind::BFloat16);
+        assert_eq!(
+            values(&bf.to_kind(Kind::Float)),
+            [101.0, 101.0, 102.0, 102.0]
+        );
+    }
 
     fn logits(values: &[f32]) -> Tensor {
         Tensor::from_slice(values).reshape([1, values.len() as i64])

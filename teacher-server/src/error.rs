@@ -168,7 +168,7 @@ pub enum InvalidRequest {
     },
     /// A response that would not fit the message limit (dense logits of a large vocabulary).
     #[error(
-        "response too large: {what} would take {bytes} bytes, above the message limit of {limit} bytes: request top_k (e.g. 32) instead of dense logits, or send fewer samples"
+        "response too large: {what} would take {bytes} bytes, above the message limit of {limit} bytes: request top_k (e.g. 32) instead of dense logits, fewer outputs, or send fewer samples"
     )]
     ResponseTooLarge {
         /// What would be sent, e.g. `dense F32 logits [16, 256, 152064]`.
@@ -177,6 +177,18 @@ pub enum InvalidRequest {
         bytes: u64,
         /// `ModelInfo.max_message_bytes`.
         limit: u64,
+    },
+    /// `outputs` names an output the model does not have (or its logits, which come anyway).
+    #[error(
+        "outputs: unknown output {name:?}: expected one of the model's other outputs ({known}); the logits (output {logits}) come anyway"
+    )]
+    UnknownOutput {
+        /// The name asked for.
+        name: String,
+        /// The outputs that can be asked for, with their per-sample shapes.
+        known: String,
+        /// The logits output's name.
+        logits: String,
     },
 }
 

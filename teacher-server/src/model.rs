@@ -8,7 +8,44 @@ use crate::config::{ModelSource, ModelSpec, Precision, SequenceSpec};
 use crate::error::EngineError;
 use distill_models::{ArchSpec, Checkpoint, Network, checkpoint::sorted_variables, fingerprint};
 use std::path::Path;
-use tch::{CModule, Device, Kind, Tensor, nn};
+use tch::{CModule, Device, IValue, Kind, Tensor, nn};
+
+/// The name [`TeacherModel::forward_all`]'s default gives a model's only output, and the name of
+/// a built-in network's logits.
+pub use distill_models::LOGITS_LAYER as DEFAULT_LOGITS_OUTPUT;
+
+/// One named output of a model's forward pass, as the load-time warm-up found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputDescription {
+    /// Dict key, tuple position (`0`, `1`, ...), or a built-in network's layer name.
+    pub name: String,
+    /// Per-sample shape (no batch dimension); a sequence model's per-position output has `-1`
+    /// (the request's sequence length) first.
+    pub shape: Vec<i64>,
+    /// Kind the model computes it in.
+    pub kind: Kind,
+}
+
+impl OutputDescription {
+    /// Whether this is a sequence model's per-position output (`[batch, seq, ...]`).
+    pub fn per_position(&self) -> bool {
+        self.shape.first() == Some(&-1)
+    }
+
+    /// Values per sample (a per-position output: per position).
+    pub fn elements(&self) -> i64 {
+        self.shape.iter().filter(|&&d| d >= 0).product()
+    }
+}
+
+/// `name [d1, d2, ...]` for each output, comma-separated (error messages and logs).
+pub fn list_outputs(outputs: &[OutputDescription]) -> String {
+    outputs
+        .iter()
+        .map(|o| format!("{} {:?}", o.name, o.shape))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Why a model could not be loaded (one line, naming the file).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,6 +80,11 @@ pub struct ModelDescription {
     pub precision: Precision,
     /// For a sequence model (a causal LM): its longest sequence and tokenizer fingerprint.
     pub sequence: Option<SequenceSpec>,
+    /// Every output of the forward pass, in the model's order (the logits among them); empty
+    /// until [`load`]'s warm-up has inspected them.
+    pub outputs: Vec<OutputDescription>,
+    /// Which of `outputs` holds the logits.
+    pub logits_output: String,
 }
 
 /// A teacher: maps inputs to logits. Implementations move inputs to their device and return
@@ -72,6 +114,24 @@ pub trait TeacherModel {
                 "this model takes no attention mask".into(),
             )),
         }
+    }
+
+    /// Every named output of one forward pass, in the model's order, each on the model's device
+    /// with the batch first (`[batch, ...]`; a sequence model's per-position outputs `[batch,
+    /// seq, ...]`). The default: the logits of [`TeacherModel::forward_masked`] alone, named
+    /// [`DEFAULT_LOGITS_OUTPUT`].
+    ///
+    /// # Errors
+    /// As [`TeacherModel::forward_masked`].
+    fn forward_all(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        Ok(vec![(
+            DEFAULT_LOGITS_OUTPUT.to_string(),
+            self.forward_masked(x, mask)?,
+        )])
     }
 
     /// What the model is.
@@ -131,8 +191,79 @@ pub fn load(
             )?)
         }
     };
-    warm_up(model.as_ref(), spec, precision)?;
-    Ok(model)
+    // A built-in network names its logits.
+    let builtin;
+    let spec = match (source, &spec.logits_output) {
+        (ModelSource::TorchScript { .. }, _) | (_, Some(_)) => spec,
+        _ => {
+            builtin = ModelSpec {
+                logits_output: Some(DEFAULT_LOGITS_OUTPUT.to_string()),
+                ..spec.clone()
+            };
+            &builtin
+        }
+    };
+    let (outputs, logits_output) = warm_up(model.as_ref(), spec, precision)?;
+    Ok(Box::new(Served::new(model, outputs, logits_output)))
+}
+
+/// A loaded model with its outputs known: [`TeacherModel::forward`] gives the logits output,
+/// [`TeacherModel::info`] lists every output.
+struct Served {
+    model: Box<dyn TeacherModel>,
+    info: ModelDescription,
+    logits_index: usize,
+}
+
+impl Served {
+    fn new(
+        model: Box<dyn TeacherModel>,
+        outputs: Vec<OutputDescription>,
+        logits_output: String,
+    ) -> Served {
+        let mut info = model.info();
+        let logits_index = outputs
+            .iter()
+            .position(|o| o.name == logits_output)
+            .unwrap_or(0);
+        info.outputs = outputs;
+        info.logits_output = logits_output;
+        Served {
+            model,
+            info,
+            logits_index,
+        }
+    }
+}
+
+impl TeacherModel for Served {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_masked(x, None)
+    }
+
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
+        let mut all = self.model.forward_all(x, mask)?;
+        if all.len() != self.info.outputs.len() {
+            return Err(EngineError::Torch(format!(
+                "the model returned {} outputs; at load it returned {}",
+                all.len(),
+                self.info.outputs.len()
+            )));
+        }
+        Ok(all.swap_remove(self.logits_index).1)
+    }
+
+    fn forward_all(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        self.model.forward_all(x, mask)
+    }
+
+    fn info(&self) -> ModelDescription {
+        self.info.clone()
+    }
 }
 
 /// Samples in the warm-up batch: 2, so that the batch dimension is told apart from a per-sample
@@ -142,32 +273,36 @@ const WARM_UP_BATCH: i64 = 2;
 /// Tokens per sequence in the warm-up batch of a sequence model (at most its `max_seq_len`).
 const WARM_UP_SEQ_LEN: i64 = 8;
 
-/// One forward pass of [`WARM_UP_BATCH`] zero samples, which must succeed and give logits
-/// `[WARM_UP_BATCH, num_logits]` (a sequence model: [`WARM_UP_SEQ_LEN`] tokens with a full mask,
-/// giving `[WARM_UP_BATCH, seq, num_logits]`).
+/// One forward pass of [`WARM_UP_BATCH`] zero samples (a sequence model: [`WARM_UP_SEQ_LEN`]
+/// tokens with a full mask) that must succeed. It inspects every output: each must be a tensor
+/// whose first dimension is the batch (a sequence model's per-position outputs also have the
+/// sequence second). The logits are `spec.logits_output`, or the only output; they must be
+/// floating-point `[WARM_UP_BATCH, num_logits]` (`[WARM_UP_BATCH, seq, num_logits]`). Returns
+/// the outputs and the name of the logits.
 fn warm_up(
     model: &dyn TeacherModel,
     spec: &ModelSpec,
     precision: Precision,
-) -> Result<(), LoadError> {
+) -> Result<(Vec<OutputDescription>, String), LoadError> {
     let fail = |why: String| {
         LoadError(format!(
             "warm-up at load (--precision {precision}): a forward pass of {WARM_UP_BATCH} zero samples failed: {why}"
         ))
     };
-    let (shape, expected) = match &spec.sequence {
+    let (shape, expected, seq_len) = match &spec.sequence {
         // A short sequence with a full mask.
         Some(seq) => {
             let len = seq.max_seq_len.min(WARM_UP_SEQ_LEN);
             (
                 vec![WARM_UP_BATCH, len],
                 vec![WARM_UP_BATCH, len, spec.num_logits],
+                Some(len),
             )
         }
         None => {
             let mut shape = vec![WARM_UP_BATCH];
             shape.extend_from_slice(&spec.input_shape);
-            (shape, vec![WARM_UP_BATCH, spec.num_logits])
+            (shape, vec![WARM_UP_BATCH, spec.num_logits], None)
         }
     };
     let x = Tensor::f_zeros(shape.as_slice(), (spec.input_dtype, Device::Cpu))
@@ -179,16 +314,66 @@ fn warm_up(
         ),
         None => None,
     };
-    let y = model
-        .forward_masked(&x, mask.as_ref())
+    let all = model
+        .forward_all(&x, mask.as_ref())
         .map_err(|e| fail(e.to_string()))?;
-    if y.size() != expected {
+    let mut outputs = Vec::with_capacity(all.len());
+    for (name, t) in &all {
+        let size = t.size();
+        if size.first() != Some(&WARM_UP_BATCH) {
+            return Err(LoadError(format!(
+                "output {name} of the model has shape {size:?} for a batch of {WARM_UP_BATCH} samples: its first dimension must be the batch"
+            )));
+        }
+        let mut per_sample = size[1..].to_vec();
+        if let (Some(len), Some(d)) = (seq_len, per_sample.first_mut())
+            && *d == len
+        {
+            *d = -1;
+        }
+        outputs.push(OutputDescription {
+            name: name.clone(),
+            shape: per_sample,
+            kind: t.kind(),
+        });
+    }
+    let logits_output = match (&spec.logits_output, outputs.as_slice()) {
+        (Some(name), _) => {
+            if !outputs.iter().any(|o| &o.name == name) {
+                return Err(LoadError(format!(
+                    "--logits-output {name}: the model has no output of that name; its outputs (per-sample shapes): {}",
+                    list_outputs(&outputs)
+                )));
+            }
+            name.clone()
+        }
+        (None, [only]) => only.name.clone(),
+        (None, _) => {
+            return Err(LoadError(format!(
+                "the model returns {} outputs; choose the logits with --logits-output NAME (or \"logits_output\" in the sidecar). Its outputs (per-sample shapes): {}",
+                outputs.len(),
+                list_outputs(&outputs)
+            )));
+        }
+    };
+    let logits = all
+        .iter()
+        .find(|(n, _)| n == &logits_output)
+        .map(|(_, t)| t)
+        .ok_or_else(|| fail("no logits".into()))?;
+    if logits.size() != expected {
         return Err(fail(format!(
-            "expected logits {expected:?}, got {:?}",
-            y.size()
+            "expected logits {expected:?} (output {logits_output}), got {:?}",
+            logits.size()
         )));
     }
-    Ok(())
+    if !logits.is_floating_point() {
+        return Err(fail(format!(
+            "the logits (output {logits_output}) are {:?}, not floating-point",
+            logits.kind()
+        )));
+    }
+    Ok((outputs, logits_output))
 }
 
 /// `x` in the kind the model runs in: floating-point inputs converted to `precision`, integer
@@ -299,6 +484,8 @@ impl TorchScriptModel {
                 device: device_name(device),
                 precision,
                 sequence: spec.sequence.clone(),
+                outputs: Vec::new(),
+                logits_output: String::new(),
             },
         })
     }
@@ -309,10 +496,26 @@ impl TeacherModel for TorchScriptModel {
         self.forward_masked(x, None)
     }
 
+    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
+        let mut all = self.forward_all(x, mask)?;
+        match all.len() {
+            1 => Ok(all.swap_remove(0).1),
+            n => Err(EngineError::Torch(format!(
+                "the module returns {n} outputs; pick the logits at load"
+            ))),
+        }
+    }
+
     /// A sequence model's module is called as `forward(input_ids, attention_mask)`, both `i64
     /// [batch, seq]` (a full mask when none was sent), as Hugging Face models are; any other
-    /// module as `forward(inputs)`.
-    fn forward_masked(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, EngineError> {
+    /// module as `forward(inputs)`. It may return a tensor (output `0`), a tuple or list of
+    /// tensors (`0`, `1`, ...) or a `Dict[str, Tensor]` (its keys, in its order). Floating-point
+    /// outputs of a reduced-precision module come back as f32.
+    fn forward_all(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
         no_panic(|| {
             let x = input_in(x.f_to_device(self.device)?, self.precision)?;
             let y = if self.info.sequence.is_some() {
@@ -320,20 +523,91 @@ impl TeacherModel for TorchScriptModel {
                     Some(m) => m.f_to_kind(Kind::Int64)?.f_to_device(self.device)?,
                     None => x.f_ones_like()?.f_to_kind(Kind::Int64)?,
                 };
-                self.module.forward_ts(&[x, mask])?
+                self.module
+                    .forward_is(&[IValue::Tensor(x), IValue::Tensor(mask)])?
             } else if mask.is_some() {
                 return Err(EngineError::Torch(
                     "this model takes no attention mask".into(),
                 ));
             } else {
-                self.module.forward_ts(&[x])?
+                self.module.forward_is(&[IValue::Tensor(x)])?
             };
-            logits_out(y, self.precision)
+            named_outputs(y)?
+                .into_iter()
+                .map(|(name, t)| Ok((name, logits_out(t, self.precision)?)))
+                .collect()
         })
     }
 
     fn info(&self) -> ModelDescription {
         self.info.clone()
+    }
+}
+
+/// What a TorchScript `forward` returned, as named tensors: a tensor is output `0`; a tuple or
+/// list of tensors `0`, `1`, ...; a `Dict[str, Tensor]` its keys.
+///
+/// # Errors
+/// [`EngineError::Torch`] naming what came instead (e.g. a tuple holding an int, a dict with int
+/// keys).
+fn named_outputs(y: IValue) -> Result<Vec<(String, Tensor)>, EngineError> {
+    const EXPECTED: &str = "a tensor, a tuple or list of tensors, or a Dict[str, Tensor]";
+    let element = |name: String, v: IValue| match v {
+        IValue::Tensor(t) => Ok((name, t)),
+        other => Err(EngineError::Torch(format!(
+            "forward returned {} at output {name}; expected {EXPECTED}",
+            ivalue_kind(&other)
+        ))),
+    };
+    match y {
+        IValue::Tensor(t) => Ok(vec![("0".into(), t)]),
+        IValue::TensorList(ts) => Ok(ts
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (i.to_string(), t))
+            .collect()),
+        IValue::Tuple(vs) | IValue::GenericList(vs) => vs
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| element(i.to_string(), v))
+            .collect(),
+        IValue::GenericDict(kvs) => kvs
+            .into_iter()
+            .map(|(k, v)| match k {
+                IValue::String(name) => element(name, v),
+                other => Err(EngineError::Torch(format!(
+                    "forward returned a dict with {} keys; expected {EXPECTED}",
+                    ivalue_kind(&other)
+                ))),
+            })
+            .collect(),
+        other => Err(EngineError::Torch(format!(
+            "forward returned {}; expected {EXPECTED}",
+            ivalue_kind(&other)
+        ))),
+    }
+}
+
+/// TorchScript's name for the type of `v` (error messages).
+fn ivalue_kind(v: &IValue) -> &'static str {
+    match v {
+        IValue::None => "None",
+        IValue::Tensor(_) => "a Tensor",
+        IValue::Double(_) => "a float",
+        IValue::Int(_) => "an int",
+        IValue::Bool(_) => "a bool",
+        IValue::Tuple(_) => "a tuple",
+        IValue::IntList(_) => "a List[int]",
+        IValue::DoubleList(_) => "a List[float]",
+        IValue::BoolList(_) => "a List[bool]",
+        IValue::String(_) => "a str",
+        IValue::StringList(_) => "a List[str]",
+        IValue::TensorList(_) => "a List[Tensor]",
+        IValue::GenericList(_) => "a list",
+        IValue::GenericDict(_) => "a dict",
+        IValue::Object(_) => "an object",
+        IValue::Device(_) => "a device",
+        _ => "a value of another type",
     }
 }
 
@@ -393,6 +667,8 @@ impl ArchModel {
                 num_logits: spec.num_classes,
                 device: device_name(device),
                 precision,
+                outputs: Vec::new(),
+                logits_output: String::new(),
             },
             _vs: vs,
             net,
@@ -416,6 +692,24 @@ impl TeacherModel for ArchModel {
                 .forward_masked(&x, mask.as_ref(), false)
                 .map_err(|e| EngineError::Torch(e.to_string()))?;
             logits_out(y, self.precision)
+        })
+    }
+
+    /// The network's named layers ([`Network::layers`]), the logits last.
+    fn forward_all(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        no_panic(|| {
+            let x = input_in(x.f_to_device(self.device)?, self.precision)?;
+            let mask = mask.map(|m| m.f_to_device(self.device)).transpose()?;
+            self.net
+                .forward_layers(&x, mask.as_ref(), false)
+                .map_err(|e| EngineError::Torch(e.to_string()))?
+                .into_iter()
+                .map(|(name, t)| Ok((name, logits_out(t, self.precision)?)))
+                .collect()
         })
     }
 
@@ -509,6 +803,7 @@ mod tests {
             input_dtype: Kind::Float,
             num_logits: 4,
             sequence: None,
+            logits_output: None,
         };
         let e = warm_up(&Broken { fail: true }, &spec, Precision::Bf16).unwrap_err();
         assert!(
@@ -517,7 +812,8 @@ mod tests {
         );
         let e = warm_up(&Broken { fail: false }, &spec, Precision::F16).unwrap_err();
         assert!(
-            e.to_string().contains("expected logits [2, 4], got [2, 3]"),
+            e.to_string()
+                .contains("expected logits [2, 4] (output logits), got [2, 3]"),
             "{e}"
         );
     }

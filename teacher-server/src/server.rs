@@ -121,9 +121,15 @@ where
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
+    // Requests are bounded here; responses per request, against ModelInfo.max_message_bytes
+    // (validate), which the model's named outputs may raise once it is loaded.
     let mut teacher = TeacherServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+        .max_encoding_message_size(if config.max_message_bytes_set {
+            config.max_message_bytes
+        } else {
+            usize::MAX
+        });
     for encoding in security::ACCEPTED_COMPRESSIONS {
         teacher = teacher.accept_compressed(encoding);
     }
@@ -182,6 +188,7 @@ where
         }
     };
     let (engine_tx, info, engine_thread) = engine.into_parts();
+    let max_message_bytes = message_bytes_for_outputs(&config, &info);
     let mut batcher_task = None;
     let ready = if info.input_shape != config.spec.input_shape
         || info.num_logits != config.spec.num_logits
@@ -202,7 +209,7 @@ where
             info.clone(),
             ServiceSettings {
                 max_batch_size: config.batching.max_batch_size,
-                max_message_bytes: config.max_message_bytes,
+                max_message_bytes,
                 stream_window: config.stream_window,
             },
             batcher,
@@ -244,7 +251,9 @@ where
         num_logits = info.num_logits,
         max_batch_size = config.batching.max_batch_size,
         max_batch_delay_us = config.batching.max_batch_delay.as_micros() as u64,
-        max_message_bytes = config.max_message_bytes,
+        max_message_bytes,
+        outputs = %crate::model::list_outputs(&info.outputs),
+        logits_output = %info.logits_output,
         %addr,
         "teacher-server serving"
     );
@@ -282,6 +291,35 @@ where
 /// The start-up warning for a reduced `precision` on a CPU `device` without native support for
 /// it (see [`CpuInfo::missing_for`]), naming the missing flags; `None` on a GPU, for f32, or
 /// where the CPU has the support.
+/// `--max-message-bytes` once the model is loaded: as given, or the default recomputed to fit
+/// `--max-batch-size` samples of every named output beside the logits (f32; a sequence model's
+/// per-position outputs at `max_seq_len`).
+fn message_bytes_for_outputs(config: &Config, info: &crate::model::ModelDescription) -> usize {
+    if config.max_message_bytes_set {
+        return config.max_message_bytes;
+    }
+    let positions = info.sequence.as_ref().map_or(1, |s| s.max_seq_len.max(1)) as usize;
+    let output_bytes: usize = info
+        .outputs
+        .iter()
+        .filter(|o| o.name != info.logits_output)
+        .map(|o| {
+            let per = if o.per_position() { positions } else { 1 };
+            (o.elements().max(0) as usize)
+                .saturating_mul(per)
+                .saturating_mul(4)
+        })
+        .fold(0, usize::saturating_add);
+    let needed = crate::config::needed_message_bytes(
+        config.batching.max_batch_size,
+        &config.spec,
+        output_bytes,
+    );
+    config
+        .max_message_bytes
+        .max(crate::config::default_message_bytes(needed))
+}
+
 fn precision_warning(device: Device, precision: Precision, cpu: &CpuInfo) -> Option<String> {
     if device != Device::Cpu {
         return None;

@@ -12,7 +12,7 @@ use crate::engine::{BatchTiming, Job, JobResult, Logits};
 use crate::error::{EngineError, Error, read_failure};
 use crate::metrics::ServerMetrics;
 use crate::model::ModelDescription;
-use crate::validate::{Limits, validate};
+use crate::validate::{Limits, OutputLimit, validate};
 use distill_proto::codec;
 use distill_proto::v1::{self, teacher_server::Teacher};
 use std::sync::{Arc, OnceLock};
@@ -78,6 +78,17 @@ impl ServingModel {
             max_batch_size: settings.max_batch_size,
             max_seq_len: info.sequence.as_ref().map(|s| s.max_seq_len),
             max_message_bytes: settings.max_message_bytes as u64,
+            outputs: info
+                .outputs
+                .iter()
+                .filter(|o| o.name != info.logits_output)
+                .map(|o| OutputLimit {
+                    name: o.name.clone(),
+                    elements: o.elements(),
+                    per_position: o.per_position(),
+                })
+                .collect(),
+            logits_output: info.logits_output.clone(),
         };
         Ok(ServingModel {
             info,
@@ -137,6 +148,8 @@ impl Teacher for TeacherService {
             device,
             precision,
             sequence,
+            outputs,
+            logits_output,
         } = model.info.clone();
         Ok(Response::new(v1::ModelInfo {
             name,
@@ -155,6 +168,16 @@ impl Teacher for TeacherService {
             tokenizer_fingerprint: sequence
                 .map(|s| s.tokenizer_fingerprint)
                 .unwrap_or_default(),
+            outputs: outputs
+                .into_iter()
+                .map(|o| v1::OutputInfo {
+                    dtype: codec::dtype_of(o.kind).map_or(v1::DType::DtypeUnspecified, |d| d)
+                        as i32,
+                    name: o.name,
+                    shape: o.shape,
+                })
+                .collect(),
+            logits_output,
         }))
     }
 
@@ -297,6 +320,7 @@ impl StreamTask {
             inputs: valid.inputs,
             mask: valid.mask,
             output: valid.output,
+            outputs: valid.outputs,
             arrived,
             reply,
             span: span.clone(),
@@ -325,6 +349,7 @@ impl StreamTask {
             batch_id,
             result: Some(v1::logits_response::Result::Error(e.to_wire())),
             timing: Some(timing(BatchTiming::default(), self.depth())),
+            outputs: Vec::new(),
         }
     }
 
@@ -339,14 +364,25 @@ impl StreamTask {
             Err(_) => return self.error_response(batch_id, &Error::from(EngineError::Stopped)),
         };
         let samples = output.logits.samples();
-        match encode(output.logits) {
-            Ok(result) => {
+        let outputs = output
+            .outputs
+            .into_iter()
+            .map(|(name, t)| {
+                Ok(v1::NamedTensor {
+                    name,
+                    tensor: Some(codec::encode(&t)?),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>();
+        match encode(output.logits).and_then(|r| Ok((r, outputs?))) {
+            Ok((result, outputs)) => {
                 self.metrics.requests.inc();
                 self.metrics.samples.inc_by(samples);
                 v1::LogitsResponse {
                     batch_id,
                     result: Some(result),
                     timing: Some(timing(output.timing, self.depth())),
+                    outputs,
                 }
             }
             Err(e) => self.error_response(batch_id, &e),

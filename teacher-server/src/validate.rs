@@ -26,6 +26,21 @@ pub(crate) struct Limits {
     pub max_seq_len: Option<i64>,
     /// `--max-message-bytes`: the largest response that may be sent.
     pub max_message_bytes: u64,
+    /// The named outputs a request may ask for beside the logits.
+    pub outputs: Vec<OutputLimit>,
+    /// The logits output's name (error messages).
+    pub logits_output: String,
+}
+
+/// A named output a request may ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OutputLimit {
+    /// Its name.
+    pub name: String,
+    /// Values per sample (a per-position output: per position).
+    pub elements: i64,
+    /// A sequence model's per-position output (`[batch, seq, ...]`).
+    pub per_position: bool,
 }
 
 /// A request that passed validation.
@@ -38,6 +53,8 @@ pub(crate) struct ValidRequest {
     pub mask: Option<Tensor>,
     /// How the logits are wanted.
     pub output: OutputSpec,
+    /// Named outputs wanted beside the logits, each one of [`Limits::outputs`].
+    pub outputs: Vec<String>,
 }
 
 /// Validates `req` and decodes its inputs.
@@ -60,6 +77,7 @@ pub(crate) fn validate(
         top_k,
         temperature,
         attention_mask,
+        outputs,
     } = req;
     let inputs = inputs
         .as_ref()
@@ -134,7 +152,29 @@ pub(crate) fn validate(
         t if t.is_finite() && t > 0.0 => t,
         t => return Err(InvalidRequest::Temperature { got: t }),
     };
-    check_response_size(&shape, limits, kind, i64::from(*top_k))?;
+    let mut extra = Vec::with_capacity(outputs.len());
+    for name in outputs {
+        match limits.outputs.iter().find(|o| &o.name == name) {
+            Some(o) => extra.push(o),
+            None => {
+                return Err(InvalidRequest::UnknownOutput {
+                    name: name.clone(),
+                    known: if limits.outputs.is_empty() {
+                        "none".into()
+                    } else {
+                        limits
+                            .outputs
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    logits: limits.logits_output.clone(),
+                });
+            }
+        }
+    }
+    check_response_size(&shape, limits, kind, i64::from(*top_k), &extra)?;
     let tensor = codec::decode(inputs)?;
     if matches!(
         checked.kind,
@@ -162,6 +202,7 @@ pub(crate) fn validate(
             top_k: i64::from(*top_k),
             temperature,
         },
+        outputs: outputs.clone(),
     })
 }
 
@@ -172,6 +213,7 @@ fn check_response_size(
     limits: &Limits,
     kind: Kind,
     top_k: i64,
+    outputs: &[&OutputLimit],
 ) -> Result<(), InvalidRequest> {
     // Rows of logits: samples, times positions for a sequence model.
     let rows: u64 = match limits.max_seq_len {
@@ -192,8 +234,19 @@ fn check_response_size(
             "top-k",
         )
     };
+    // The named outputs, in the same kind: per sample, or per position.
+    let samples = shape.first().map_or(0, |&d| d.max(0) as u64);
+    let extra: u64 = outputs
+        .iter()
+        .map(|o| {
+            let n = if o.per_position { rows } else { samples };
+            n.saturating_mul(o.elements.max(0) as u64)
+                .saturating_mul(elt)
+                .saturating_add(64)
+        })
+        .fold(0, u64::saturating_add);
     // Protobuf framing and the timing, generously.
-    let bytes = bytes.saturating_add(1024);
+    let bytes = bytes.saturating_add(extra).saturating_add(1024);
     if bytes <= limits.max_message_bytes {
         return Ok(());
     }
@@ -202,10 +255,16 @@ fn check_response_size(
         None => shape.iter().take(1).copied().collect(),
     };
     dims.push(if top_k == 0 { limits.num_logits } else { top_k });
+    let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
     Err(InvalidRequest::ResponseTooLarge {
         what: format!(
-            "{what} {} logits {dims:?}",
-            codec::dtype_of(kind).map_or("?", |d| d.as_str_name())
+            "{what} {} logits {dims:?}{}",
+            codec::dtype_of(kind).map_or("?", |d| d.as_str_name()),
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(" with outputs {}", names.join(", "))
+            }
         ),
         bytes,
         limit: limits.max_message_bytes,
@@ -339,6 +398,19 @@ mod tests {
             max_batch_size: 8,
             max_seq_len: None,
             max_message_bytes: 4 << 20,
+            outputs: vec![
+                OutputLimit {
+                    name: "features".into(),
+                    elements: 128,
+                    per_position: false,
+                },
+                OutputLimit {
+                    name: "conv".into(),
+                    elements: 64 * 12 * 12,
+                    per_position: false,
+                },
+            ],
+            logits_output: "logits".into(),
         }
     }
 
@@ -351,6 +423,12 @@ mod tests {
             max_batch_size: 8,
             max_seq_len: Some(6),
             max_message_bytes: 4096,
+            outputs: vec![OutputLimit {
+                name: "hidden".into(),
+                elements: 16,
+                per_position: true,
+            }],
+            logits_output: "0".into(),
         }
     }
 
@@ -370,6 +448,7 @@ mod tests {
             top_k,
             temperature: 0.0,
             attention_mask: mask,
+            outputs: Vec::new(),
         }
     }
 
@@ -463,6 +542,7 @@ mod tests {
             top_k: 0,
             temperature: 0.0,
             attention_mask: None,
+            outputs: Vec::new(),
         }
     }
 
@@ -476,6 +556,57 @@ mod tests {
 
     fn message(req: &v1::LogitsRequest) -> String {
         validate(req, &limits()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn named_outputs_are_checked_by_name_and_counted_in_the_response_size() {
+        let mut r = ok(2);
+        r.outputs = vec!["conv".into(), "features".into()];
+        assert_eq!(
+            validate(&r, &limits()).unwrap().outputs,
+            ["conv", "features"]
+        );
+        for bad in ["feature", "logits"] {
+            r.outputs = vec!["features".into(), bad.into()];
+            let m = message(&r);
+            assert!(
+                m.contains(&format!("unknown output \"{bad}\""))
+                    && m.contains("(features, conv)")
+                    && m.contains("output logits"),
+                "{m}"
+            );
+        }
+        // 8 samples of conv in f32: 8 · 9216 · 4 = 294,912 bytes, above a 256 KiB limit that
+        // their logits alone fit.
+        let small = Limits {
+            max_message_bytes: 256 << 10,
+            ..limits()
+        };
+        let mut r = ok(8);
+        assert!(validate(&r, &small).is_ok());
+        r.outputs = vec!["conv".into()];
+        let m = validate(&r, &small).unwrap_err().to_string();
+        assert!(
+            m.contains("with outputs conv") && m.contains("fewer outputs"),
+            "{m}"
+        );
+        r.output_dtype = v1::DType::Bf16 as i32;
+        assert!(validate(&r, &small).is_ok(), "half the bytes in bf16");
+        // A per-position output counts every position: 2 sequences · 6 tokens · 16 · 4 bytes.
+        let l = lm_limits();
+        let mut r = lm_request(ids(vec![2, 6], &[1; 12]), None, 4);
+        r.outputs = vec!["hidden".into()];
+        assert!(validate(&r, &l).is_ok());
+        let tight = Limits {
+            max_message_bytes: 2 * 6 * (4 * 12 + 8) + 1024 + 64 + 2 * 6 * 16 * 4 - 1,
+            ..lm_limits()
+        };
+        assert!(validate(&r, &tight).is_err());
+        let fits = Limits {
+            max_message_bytes: tight.max_message_bytes + 1,
+            ..lm_limits()
+        };
+        assert!(validate(&r, &fits).is_ok());
     }
 
     #[test]

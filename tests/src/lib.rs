@@ -140,6 +140,15 @@ pub struct Fixtures {
     /// 16 tokens; 2 pre-norm blocks of width 32 with 4 heads, the built-in `lm` family), with a
     /// sidecar naming `lm_tokenizer.json` beside it as its tokenizer.
     pub lm: PathBuf,
+    /// Returns `(logits, features)`: `relu(Linear(784, 64))` features and a `Linear(64, 10)`
+    /// head (`feature.*`, `head.*` parameters), for `[1, 28, 28]` inputs.
+    pub multi_tuple: PathBuf,
+    /// The same weights, returning `{"logits": ..., "features": ...}`.
+    pub multi_dict: PathBuf,
+    /// Returns `(logits, features.mean(0))`: a second output without the batch dimension.
+    pub multi_batchless: PathBuf,
+    /// Returns `(logits, batch size)`: a second output that is an int.
+    pub multi_int: PathBuf,
 }
 
 /// The TorchScript fixtures, exported once per version of the export script: cached in
@@ -162,6 +171,10 @@ pub fn fixtures() -> &'static Fixtures {
             teacher_train: dir.join("teacher_train.pt"),
             teacher_other: dir.join("teacher_other.pt"),
             lm: dir.join("lm.pt"),
+            multi_tuple: dir.join("multi_tuple.pt"),
+            multi_dict: dir.join("multi_dict.pt"),
+            multi_batchless: dir.join("multi_batchless.pt"),
+            multi_int: dir.join("multi_int.pt"),
             dir: dir.clone(),
         };
         if dir.join(".complete").is_file() {
@@ -275,6 +288,48 @@ pub fn scaled_checkpoint(
     Checkpoint::save(dir, meta, &vs, &[]).expect("save checkpoint")
 }
 
+/// Runs `teacher-server --model MODEL --device cpu --listen 127.0.0.1:0 EXTRA...` to its exit
+/// and returns (exit code, stderr), for a model the server must refuse. A server still up after
+/// a minute is serving the model: killed, and the test fails.
+pub async fn serve_to_exit(model: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let child = tokio::process::Command::from(command("teacher-server"))
+        .arg("--model")
+        .arg(model)
+        .args(["--device", "cpu", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run teacher-server");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("teacher-server kept serving a model it should refuse")
+        .expect("wait for teacher-server");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one `Error:` line of a failed `teacher-server` (exit code `code`, output `stderr`),
+/// checked to be the only error output and free of libtorch frame dumps.
+pub fn error_line(code: Option<i32>, stderr: &str) -> String {
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "expected a failure:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("frame #")
+            && !stderr.contains("Caused by")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    errors[0].to_string()
+}
+
 /// Logits `f32 [batch, num_classes]` of `inputs` by the checkpoint's network in eval mode, in
 /// this process (the reference the server's answers are compared with).
 pub fn checkpoint_forward(ck: &Checkpoint, inputs: &Tensor) -> Tensor {
@@ -326,6 +381,7 @@ pub fn request(batch_id: u64, inputs: &Tensor) -> v1::LogitsRequest {
         top_k: 0,
         temperature: 0.0,
         attention_mask: None,
+        outputs: Vec::new(),
     }
 }
 

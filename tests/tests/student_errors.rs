@@ -83,3 +83,28 @@ async fn missing_data_dir() {
     }
     assert!(!std::path::Path::new("unused-out").exists());
 }
+
+#[tokio::test]
+async fn describe_lists_the_named_layers_and_refuses_an_unknown_arch() {
+    let run = student(&["describe", "--arch", "cnn"]).await;
+    assert!(run.ok(), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "cnn: 1199882 parameters, input [1, 28, 28]");
+    assert_eq!(
+        lines[2..]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["conv", "features", "logits"]
+    );
+    assert!(lines[2].ends_with("[64, 12, 12]"), "{}", lines[2]);
+    let run = student(&["describe", "--arch", "mlp:64,32", "--num-classes", "5"]).await;
+    assert!(run.ok(), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("h2           [32]") && run.stdout.contains("logits       [5]"),
+        "{}",
+        run.stdout
+    );
+    let e = student(&["describe", "--arch", "resnet"]).await.one_error();
+    assert!(e.contains("resnet"), "{e}");
+}

@@ -41,8 +41,9 @@ async fn checkpoint_fingerprint_changes_with_the_weights() {
     let i1 = t1.info().await;
     assert_eq!(i1.fingerprint, c1.meta.fingerprint);
     assert_eq!(i1.version, "epoch 0 step 0");
-    // 4096 × (3136 B inputs + 40 B logits) + framing, doubled: above tonic's 4 MiB.
-    assert_eq!(i1.max_message_bytes, 2 * (4096 * 3176 + 65536));
+    // 4096 × (3136 B inputs + 40 B logits + 64 B of its named output h1, 16 f32) + framing,
+    // doubled: above tonic's 4 MiB.
+    assert_eq!(i1.max_message_bytes, 2 * (4096 * (3176 + 64) + 65536));
     drop(t1);
     let t2 = TeacherProcess::start(d2.path(), &[] as &[&str]).await;
     assert_eq!(t2.info().await.fingerprint, c2.meta.fingerprint);

@@ -16,6 +16,7 @@ fn req(batch_id: u64, x: &Tensor, dtype: DType, top_k: u32) -> v1::LogitsRequest
         top_k,
         temperature: 0.0,
         attention_mask: None,
+        outputs: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ fn req(batch_id: u64, x: &Tensor, top_k: u32, temperature: f32) -> v1::LogitsReq
         top_k,
         temperature,
         attention_mask: None,
+        outputs: Vec::new(),
     }
 }
 

@@ -15,6 +15,7 @@ fn raw(batch_id: u64, dtype: i32, shape: Vec<i64>, data: Vec<u8>) -> v1::LogitsR
         top_k: 0,
         temperature: 0.0,
         attention_mask: None,
+        outputs: Vec::new(),
     }
 }
 

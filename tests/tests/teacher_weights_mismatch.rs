@@ -2,9 +2,8 @@
 //! tensor and both shapes (libtorch would broadcast a `[1]` bias over `[128]` and serve wrong
 //! logits without a word), from a checkpoint directory and from a bare `.safetensors` file.
 
-use distill_tests::{TempDir, command, fresh_checkpoint};
+use distill_tests::{TempDir, error_line, fresh_checkpoint, serve_to_exit as serve};
 use std::path::Path;
-use std::time::Duration;
 use tch::Tensor;
 
 /// Rewrites the safetensors file `path` with `f1.bias` of shape `[1]`, keeping the rest.
@@ -22,46 +21,6 @@ fn shrink_f1_bias(path: &Path) {
         .collect();
     assert!(tensors.iter().any(|(n, _)| n == "f1.bias"));
     Tensor::write_safetensors(&tensors, path).unwrap();
-}
-
-/// Runs `teacher-server --model MODEL EXTRA...` to its exit and returns (exit code, stderr).
-/// A server that is still up after a minute is serving the weights: killed, and the test fails.
-async fn serve(model: &Path, extra: &[&str]) -> (Option<i32>, String) {
-    let child = tokio::process::Command::from(command("teacher-server"))
-        .arg("--model")
-        .arg(model)
-        .args(["--device", "cpu", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run teacher-server");
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("teacher-server kept serving weights that do not fit")
-        .expect("wait for teacher-server");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The one error line, checked to be the only error output and free of libtorch frame dumps.
-fn error_line(code: Option<i32>, stderr: &str) -> String {
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "expected a failure:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("frame #")
-            && !stderr.contains("Caused by")
-            && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
-    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
-    errors[0].to_string()
 }
 
 #[tokio::test]

@@ -364,6 +364,7 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         input_dtype: tch::Kind::Float,
         num_logits: NUM_LOGITS,
         sequence: None,
+        logits_output: None,
     };
     let source = ModelSource::Checkpoint {
         dir: ctx.teacher.clone(),
@@ -663,6 +664,7 @@ fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         input_dtype: Kind::Float,
         num_logits: NUM_LOGITS,
         sequence: None,
+        logits_output: None,
     };
     let source = ModelSource::Checkpoint {
         dir: ctx.teacher.clone(),
@@ -753,6 +755,7 @@ fn wire_response(
             merged_requests: 1,
             ..Default::default()
         }),
+        outputs: Vec::new(),
     })
 }
 
@@ -1318,6 +1321,7 @@ fn inprocess_run(ctx: &Ctx, threads: i32) -> Result<f64, String> {
         input_dtype: Kind::Float,
         num_logits: NUM_LOGITS,
         sequence: None,
+        logits_output: None,
     };
     let teacher = teacher_server::model::load(
         &ModelSource::Checkpoint {
