@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build test demo demo-lm soak bench fmt lint ci clean-runs
+.PHONY: setup build test demo demo-lm demo-hints soak bench fmt lint ci clean-runs
 
 ## setup: libtorch (PyPI torch==2.11.0) and Python tokenizers into ~/.cache/distill; Fashion-MNIST
 ## and GCIDE (Debian packages) into data/
@@ -30,6 +30,12 @@ demo: build
 ## minutes on 2 cores after setup and the build)
 demo-lm: build
 	bash scripts/demo-lm.sh
+
+## demo-hints: hint distillation (FitNets) against KD alone for a thin deep student on
+## Fashion-MNIST, with make demo's teacher (about 25 minutes on 2 cores after setup and the build,
+## 12 of them training the teacher when make demo has not)
+demo-hints: build
+	bash scripts/demo-hints.sh
 
 ## soak: teacher-server's resident memory under load, not a test (32 streams of batch 8 for
 ## 10 minutes, RSS every 10 s; fails above 5 % growth over the second half). Two cores busy.

@@ -19,6 +19,8 @@
 #   BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=serve-teacher.sh
+source scripts/serve-teacher.sh
 
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
@@ -52,25 +54,7 @@ stamp "1-2/6 teacher: $teacher_arch, $teacher_epochs epochs on $sequences sequen
 
 # 3. Serve it. Its first stdout line is `listening on HOST:PORT`.
 stamp "3/6 starting teacher-server on a free local port"
-server_out="$runs/lm-teacher-server.out" server_log="$runs/lm-teacher-server.log"
-: >"$server_out"
-"$bin/teacher-server" --model "$runs/lm-teacher" --listen 127.0.0.1:0 --max-batch-size 64 \
-  >"$server_out" 2>"$server_log" &
-server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true' EXIT
-first=
-for _ in $(seq 600); do
-  first=$(head -n 1 "$server_out")
-  [[ $first == "listening on "* ]] && break
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "demo-lm: teacher-server exited; its log ($server_log):" >&2
-    cat "$server_log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-[[ $first == "listening on "* ]] || { echo "demo-lm: teacher-server did not report its address in 60 s" >&2; exit 1; }
-teacher="http://${first#listening on }"
+start_teacher demo-lm "$runs/lm-teacher-server" --model "$runs/lm-teacher" --max-batch-size 64
 stamp "teacher-server listening at $teacher (log: $server_log)"
 
 # 4. Baseline: the student on the next-token labels alone.

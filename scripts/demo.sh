@@ -15,6 +15,8 @@
 #   STUDENT_DATA_DIR (data/fashion-mnist)  BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=serve-teacher.sh
+source scripts/serve-teacher.sh
 
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
@@ -48,26 +50,8 @@ if [ -z "$precision" ]; then
   if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then precision=bf16; else precision=f32; fi
 fi
 stamp "2/5 starting teacher-server (--precision $precision) on a free local port"
-server_out="$runs/teacher-server.out" server_log="$runs/teacher-server.log"
-: >"$server_out"
-"$bin/teacher-server" --model "$runs/teacher" --listen 127.0.0.1:0 --precision "$precision" \
-  >"$server_out" 2>"$server_log" &
-server_pid=$!
-trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true' EXIT
-first=
-for _ in $(seq 600); do
-  first=$(head -n 1 "$server_out")
-  [[ $first == "listening on "* ]] && break
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "demo: teacher-server exited; its log ($server_log):" >&2
-    cat "$server_log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-[[ $first == "listening on "* ]] || { echo "demo: teacher-server did not report its address in 60 s" >&2; exit 1; }
-addr=${first#listening on }
-teacher="http://$addr"
+start_teacher demo "$runs/teacher-server" --model "$runs/teacher" --precision "$precision"
+addr=$teacher_addr
 stamp "teacher-server listening on $addr (log: $server_log)"
 
 # 3. Baseline: the student on the 1,000 labelled images alone.

@@ -152,6 +152,8 @@ pub struct LayerInfo {
 struct Stage {
     name: String,
     shape: Vec<i64>,
+    /// Names of the variable groups of its layers (e.g. `c1`, `c2`), as in the `VarStore`.
+    vars: Vec<String>,
     layers: nn::SequentialT,
 }
 
@@ -263,6 +265,17 @@ impl Network {
         }
     }
 
+    /// The variable groups (`VarStore` name prefixes, e.g. `c1`, `f1`) of every layer from the
+    /// input up to and including the named layer `name`: what hint training's first stage
+    /// trains (FitNets). `None` for an unknown name, or a language model.
+    pub fn variables_through(&self, name: &str) -> Option<Vec<String>> {
+        let Body::Seq(stages) = &self.body else {
+            return None;
+        };
+        let end = stages.iter().position(|s| s.name == name)?;
+        Some(stages[..=end].iter().flat_map(|s| s.vars.clone()).collect())
+    }
+
     /// Every named output of one forward pass ([`Network::layers`], in that order), each
     /// `f32 [batch, ...shape]`; the last is the logits. Same inputs and errors as
     /// [`Network::forward_masked`].
@@ -331,6 +344,7 @@ fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<Vec<Stage>, ModelError> {
         Stage {
             name: "conv".into(),
             shape: vec![64, ph, pw],
+            vars: vec!["c1".into(), "c2".into()],
             layers: nn::seq_t()
                 .add(nn::conv2d(p / "c1", c, 32, 3, conv))
                 .add_fn(|x| x.relu())
@@ -340,6 +354,7 @@ fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<Vec<Stage>, ModelError> {
         Stage {
             name: "features".into(),
             shape: vec![128],
+            vars: vec!["f1".into()],
             layers: nn::seq_t()
                 .add_fn(|x| x.flatten(1, -1))
                 .add_fn_t(|x, train| x.dropout(0.25, train))
@@ -349,6 +364,7 @@ fn cnn(p: &nn::Path<'_>, spec: &ArchSpec) -> Result<Vec<Stage>, ModelError> {
         Stage {
             name: LOGITS_LAYER.into(),
             shape: vec![spec.num_classes],
+            vars: vec!["f2".into()],
             layers: nn::seq_t()
                 .add_fn_t(|x, train| x.dropout(0.25, train))
                 .add(nn::linear(
@@ -390,6 +406,7 @@ fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<Vec<Stage>, 
         stages.push(Stage {
             name: format!("h{}", i + 1),
             shape: vec![h],
+            vars: vec![format!("f{}", i + 1)],
             layers: layers.add(linear).add_fn(|x| x.relu()),
         });
         width = h;
@@ -408,6 +425,7 @@ fn mlp(p: &nn::Path<'_>, spec: &ArchSpec, hidden: &[i64]) -> Result<Vec<Stage>, 
     stages.push(Stage {
         name: LOGITS_LAYER.into(),
         shape: vec![spec.num_classes],
+        vars: vec![format!("f{}", hidden.len() + 1)],
         layers: layers.add(last),
     });
     Ok(stages)
@@ -469,6 +487,21 @@ mod tests {
         let mlp = Network::new(&vs.root(), &spec("mlp:64,32")).unwrap();
         let names: Vec<String> = mlp.layers().into_iter().map(|l| l.name).collect();
         assert_eq!(names, ["h1", "h2", "logits"]);
+        assert_eq!(mlp.variables_through("h2").unwrap(), ["f1", "f2"]);
+        assert_eq!(
+            cnn.variables_through("features").unwrap(),
+            ["c1", "c2", "f1"]
+        );
+        assert!(mlp.variables_through("conv").is_none());
+        // Every variable belongs to a layer.
+        let mut all: Vec<String> = vs.variables().into_keys().collect();
+        all.retain(|v| {
+            !mlp.variables_through("logits")
+                .unwrap()
+                .iter()
+                .any(|p| v.starts_with(&format!("{p}.")))
+        });
+        assert!(all.is_empty(), "{all:?}");
         let outs = mlp.forward_layers(&x, None, false).unwrap();
         assert_eq!(outs[1].1.size(), vec![3, 32]);
         assert!(outs[1].1.min().double_value(&[]) >= 0.0, "after the ReLU");

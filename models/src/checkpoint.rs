@@ -5,6 +5,8 @@
 //! - `model.<hash>.safetensors`: the network's weights, named as in the `VarStore` (e.g.
 //!   `f1.weight`), `<hash>` being the first 16 hex digits of the file's SHA-256;
 //! - `optimizer.<hash>.safetensors` (optional): optimizer state as tensors (e.g. Adam's moments).
+//! - `aux.<hash>.safetensors` (optional): trained tensors that are not part of the network, e.g.
+//!   the regressor of hint distillation; the checkpoint still loads as the bare network.
 //!
 //! A save is atomic as a whole. The data files are written under new (content-addressed) names
 //! and fsynced; then `checkpoint.json` is written to a temporary file, fsynced, and renamed over
@@ -73,6 +75,9 @@ pub struct Manifest {
     /// The optimizer state (safetensors), if saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<FileEntry>,
+    /// Auxiliary trained tensors (safetensors, e.g. a hint regressor), if saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux: Option<FileEntry>,
 }
 
 /// `checkpoint.json` as stored: the metadata, then the manifest.
@@ -118,7 +123,10 @@ impl Checkpoint {
         let file: MetaFile = serde_json::from_str(&text)
             .map_err(|e| bad(format!("malformed checkpoint metadata: {e}")))?;
         if let Some(m) = &file.files {
-            for entry in std::iter::once(&m.weights).chain(&m.optimizer) {
+            for entry in std::iter::once(&m.weights)
+                .chain(&m.optimizer)
+                .chain(&m.aux)
+            {
                 let plain =
                     Path::new(&entry.name).file_name() == Some(std::ffi::OsStr::new(&entry.name));
                 if !plain || entry.name.starts_with('.') {
@@ -202,6 +210,21 @@ impl Checkpoint {
         weights::tensors_from_bytes(&bytes, &path)
     }
 
+    /// Reads the auxiliary tensors saved by [`Checkpoint::save_with_aux`] (CPU, sorted by name),
+    /// verifying the file's SHA-256, or an empty list when the checkpoint has none.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::load_optimizer`].
+    pub fn load_aux(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
+        let Some(entry) = self.files.as_ref().and_then(|m| m.aux.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let path = self.dir.join(&entry.name);
+        let bytes = std::fs::read(&path).map_err(|source| io_err(&path, source))?;
+        verify(&bytes, &path, entry)?;
+        weights::tensors_from_bytes(&bytes, &path)
+    }
+
     /// Writes a checkpoint of `vs` (and optional optimizer state) into `dir`, creating it,
     /// atomically as a whole (see the module documentation). `meta.fingerprint` is recomputed
     /// from `vs`.
@@ -210,28 +233,52 @@ impl Checkpoint {
     /// [`ModelError::Io`] or libtorch errors; the previous checkpoint in `dir` stays intact.
     pub fn save(
         dir: &Path,
+        meta: CheckpointMeta,
+        vs: &nn::VarStore,
+        optimizer: &[(String, Tensor)],
+    ) -> Result<Checkpoint, ModelError> {
+        Self::save_with_aux(dir, meta, vs, optimizer, &[])
+    }
+
+    /// [`Checkpoint::save`] with auxiliary trained tensors beside the network (e.g. a hint
+    /// regressor), read back by [`Checkpoint::load_aux`]; none when `aux` is empty. They are not
+    /// part of the weights or their fingerprint.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::save`].
+    pub fn save_with_aux(
+        dir: &Path,
         mut meta: CheckpointMeta,
         vs: &nn::VarStore,
         optimizer: &[(String, Tensor)],
+        aux: &[(String, Tensor)],
     ) -> Result<Checkpoint, ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
         let named = sorted_variables(vs);
         meta.fingerprint = fingerprint(&named)?;
         let weights = write_data_file(dir, "model", &weights::serialize(&named)?)?;
         crash_point(SaveStep::Weights)?;
-        let optimizer = if optimizer.is_empty() {
-            None
-        } else {
-            let mut state: Vec<(String, Tensor)> = optimizer
+        let sorted_file = |stem: &str, tensors: &[(String, Tensor)]| {
+            if tensors.is_empty() {
+                return Ok(None);
+            }
+            let mut state: Vec<(String, Tensor)> = tensors
                 .iter()
-                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu)))
                 .collect();
             state.sort_by(|a, b| a.0.cmp(&b.0));
-            let entry = write_data_file(dir, "optimizer", &weights::serialize(&state)?)?;
-            crash_point(SaveStep::Optimizer)?;
-            Some(entry)
+            write_data_file(dir, stem, &weights::serialize(&state)?).map(Some)
         };
-        let files = Manifest { weights, optimizer };
+        let optimizer = sorted_file("optimizer", optimizer)?;
+        if optimizer.is_some() {
+            crash_point(SaveStep::Optimizer)?;
+        }
+        let aux = sorted_file("aux", aux)?;
+        let files = Manifest {
+            weights,
+            optimizer,
+            aux,
+        };
         let json = serde_json::to_string_pretty(&MetaFile {
             meta: meta.clone(),
             files: Some(files.clone()),
@@ -372,6 +419,7 @@ fn is_checkpoint_file(name: &str) -> bool {
         || name == LEGACY_OPTIMIZER_FILE
         || content_named("model")
         || content_named("optimizer")
+        || content_named("aux")
         || name
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".tmp"))
@@ -386,8 +434,11 @@ fn remove_stale(dir: &Path, files: &Manifest) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let current =
-            name == files.weights.name || files.optimizer.as_ref().is_some_and(|o| o.name == name);
+        let current = name == files.weights.name
+            || [&files.optimizer, &files.aux]
+                .into_iter()
+                .flatten()
+                .any(|o| o.name == name);
         if !current
             && is_checkpoint_file(&name)
             && let Err(e) = std::fs::remove_file(entry.path())
@@ -604,6 +655,50 @@ mod tests {
         Checkpoint::save(&dir, meta(2), &other, &[]).unwrap();
         assert!(!dir.join(LEGACY_WEIGHTS_FILE).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn auxiliary_tensors_round_trip_beside_a_bare_network() {
+        let dir = temp_dir("aux");
+        let (vs, opt) = filled(0.25);
+        let aux = vec![(
+            "hint.regressor.weight".to_string(),
+            Tensor::full([2, 3], 7.0, tch::kind::FLOAT_CPU),
+        )];
+        let ck = Checkpoint::save_with_aux(&dir, meta(1), &vs, &opt, &aux).unwrap();
+        // The network loads alone (the aux tensors are not among its weights).
+        assert_eq!(values(&Checkpoint::open(&dir).unwrap()), (0.25, 2.5));
+        let back = Checkpoint::open(&dir).unwrap().load_aux().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, "hint.regressor.weight");
+        assert!(back[0].1.equal(&aux[0].1));
+        let aux_file = ck
+            .files
+            .as_ref()
+            .unwrap()
+            .aux
+            .as_ref()
+            .unwrap()
+            .name
+            .clone();
+        assert!(aux_file.starts_with("aux."), "{aux_file}");
+        // A tampered file is refused by name; a save without aux removes the old one.
+        let mut bytes = std::fs::read(dir.join(&aux_file)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(dir.join(&aux_file), &bytes).unwrap();
+        let e = Checkpoint::open(&dir).unwrap().load_aux().unwrap_err();
+        assert!(e.to_string().contains(&aux_file), "{e}");
+        Checkpoint::save(&dir, meta(2), &vs, &opt).unwrap();
+        assert!(
+            Checkpoint::open(&dir)
+                .unwrap()
+                .load_aux()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!names(&dir).iter().any(|n| n.starts_with("aux.")));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

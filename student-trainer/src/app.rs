@@ -19,7 +19,7 @@ use crate::pool::{Expect, Pool, PoolError, PoolOptions, RunStats, RunTargets};
 use crate::report::{ModelSummary, ReplicaSummary, Report};
 use crate::schedule::{TeacherBatch, run_plan};
 use crate::teacher_eval::{self, TeacherEvalError};
-use crate::trainer::{self, CachePlan, Job, Objective, Outcome, Start, TrainError};
+use crate::trainer::{self, CachePlan, HintPlan, Job, Objective, Outcome, Start, TrainError};
 use crate::wire::TargetRequest;
 use distill_models::{Arch, ArchSpec, Checkpoint, ModelError, Network};
 use distill_telemetry::MetricsServer;
@@ -375,7 +375,13 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         return train(cfg.train, stop).await;
     }
     let t0 = Instant::now();
-    let tc = &cfg.train;
+    // The hint stage's epochs come before the --epochs of distillation.
+    let stage_epochs = cfg.hint.as_ref().map_or(0, |h| h.stage_epochs);
+    let full = crate::config::TrainConfig {
+        epochs: cfg.train.epochs + stage_epochs,
+        ..cfg.train.clone()
+    };
+    let tc = &full;
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit, tc.text)?;
     keep_tokenizer(&data, &tc.out)?;
@@ -405,6 +411,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             batch_size: tc.batch_size,
             tokens: data.train.is_tokens(),
             tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
+            hint_output: cfg.request.hint_output.clone(),
         };
         let pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
         pool.check_top_k(cfg.request.top_k)?;
@@ -414,7 +421,26 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         .as_ref()
         .map(|p| p.references().into_iter().cloned().collect())
         .unwrap_or_default();
+    let hint = match (&cfg.hint, refs.first()) {
+        (Some(h), Some(teacher)) => Some(hint_plan(h, teacher, &spec)?),
+        _ => None,
+    };
     let start = Start::for_run(tc, &spec, data.train.len())?;
+    if let (Some(ck), Some(h)) = (&start.checkpoint, &hint) {
+        let saved: Option<trainer::ResumeState> =
+            serde_json::from_value(ck.meta.trainer.clone()).ok();
+        let saved = saved.and_then(|s| s.hint);
+        if saved.as_deref() != Some(h.describe().as_str()) {
+            return Err(AppError::Train(TrainError::Resume {
+                dir: tc.out.clone(),
+                reason: format!(
+                    "it was trained with hints {}, this run has {}",
+                    saved.as_deref().unwrap_or("none"),
+                    h.describe()
+                ),
+            }));
+        }
+    }
     let cache = match &cfg.logit_cache {
         Some(dir) => Some(open_cache(
             dir,
@@ -487,7 +513,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     let cache_dir = cache.as_ref().map(|c| c.dir().display().to_string());
     let inputs = data.train.inputs.shallow_clone();
     let targets = RunTargets {
-        request: cfg.request,
+        request: cfg.request.clone(),
         ensemble: cfg.ensemble_mode,
         seed: tc.seed,
     };
@@ -500,6 +526,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
             labels: cfg.labels,
             teacher_fingerprint: fingerprint.clone(),
             batch_ledger: cfg.batch_ledger.clone(),
+            hint: hint.clone(),
         },
         train: data.train,
         test: Some(data.test.limit(usize::MAX)),
@@ -627,6 +654,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         cache_bytes_per_sample,
         trainer_waited_s: out.waited_s,
         teacher_backpressure_s: stats.backpressure_s,
+        hint: hint.as_ref().map(HintPlan::describe),
     };
     outln!("\n{}", report.table())?;
     let path = report.write(&tc.out).map_err(|source| AppError::Io {
@@ -635,6 +663,54 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
     })?;
     outln!("report written to {}", path.display())?;
     Ok(Finished::Done)
+}
+
+/// The [`HintPlan`] of `hint` for a student `spec` and the group's `teacher`: the teacher
+/// output's shape from its `ModelInfo`, checked (with the student layer) by building the
+/// regressor once before any training.
+///
+/// # Errors
+/// [`AppError::Train`] with [`TrainError::Hint`] for an unknown student layer (listing the
+/// student's layers) or shapes no regressor joins; [`AppError::Model`] if the student cannot be
+/// built.
+fn hint_plan(
+    hint: &crate::config::HintConfig,
+    teacher: &TeacherInfo,
+    spec: &ArchSpec,
+) -> Result<HintPlan, AppError> {
+    let teacher_shape = teacher
+        .outputs
+        .iter()
+        .find(|(n, _)| *n == hint.spec.teacher_output)
+        .map(|(_, shape)| shape.clone())
+        .unwrap_or_default();
+    let plan = HintPlan {
+        config: hint.clone(),
+        teacher_shape,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Network::new(&vs.root(), spec)?;
+    let layer = net
+        .layers()
+        .into_iter()
+        .find(|l| l.name == hint.spec.student_layer)
+        .ok_or_else(|| {
+            let layers: Vec<String> = net
+                .layers()
+                .into_iter()
+                .map(|l| format!("{} {:?}", l.name, l.shape))
+                .collect();
+            TrainError::Hint(format!(
+                "--hint {}: the student {} has no layer {}; its layers: {}",
+                hint.spec,
+                spec.arch,
+                hint.spec.student_layer,
+                layers.join(", ")
+            ))
+        })?;
+    crate::hint::Regressor::new(&vs.root(), &hint.spec, &layer.shape, &plan.teacher_shape)
+        .map_err(TrainError::from)?;
+    Ok(plan)
 }
 
 /// The precision a teacher computes in, as `--precision` spells it (`f32`, `bf16`, `f16`).
@@ -760,6 +836,7 @@ pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finish
         batch_size: 1,
         tokens: data.train.is_tokens(),
         tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
+        hint_output: None,
     };
     let mut pool = Pool::connect(cfg.groups.clone(), options, expect).await?;
     pool.check_top_k(cfg.request.top_k)?;
@@ -894,6 +971,7 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
                 batch_size: 1,
                 tokens: test.is_tokens(),
                 tokenizer_fingerprint: test.tokenizer_fingerprint.clone(),
+                hint_output: None,
             };
             let mut pool = Pool::connect(groups.clone(), options, expect).await?;
             let mut batch_size = teacher_eval::batch_size_for(&pool, cfg.batch_size);

@@ -6,6 +6,7 @@
 //! Parsing only checks syntax; [`crate::config`] validates the values.
 
 use crate::ensemble::EnsembleMode;
+use crate::hint::HintLoss;
 use crate::loss::{LossKind, SparseTail};
 use crate::lr_schedule::LrScheduleKind;
 use crate::optim::OptimizerKind;
@@ -267,6 +268,26 @@ pub struct DistillArgs {
     /// dataset differs from this run's is refused. Needs a single teacher (no --teacher-group).
     #[arg(long, env = "STUDENT_LOGIT_CACHE")]
     pub logit_cache: Option<PathBuf>,
+    /// Hint distillation (FitNets, Romero et al. 2015): TEACHER_OUTPUT=STUDENT_LAYER, e.g.
+    /// features=h2. The teacher's named output (its ModelInfo lists them) is the target of the
+    /// student's named layer (`student-trainer describe --arch ...` lists them) through a learned
+    /// regressor: linear for vectors, 1x1 conv for feature maps of the same spatial size. Needs
+    /// one teacher group and no --logit-cache.
+    #[arg(long, env = "STUDENT_HINT")]
+    pub hint: Option<String>,
+    /// The hint loss: mse (mean over the batch and every element; FitNets' ½‖·‖² sum differs
+    /// by a constant) or cosine (mean of 1 − cosine similarity per sample).
+    #[arg(long, env = "STUDENT_HINT_LOSS", value_enum, ignore_case = true, default_value_t = HintLoss::Mse)]
+    pub hint_loss: HintLoss,
+    /// Weight of the hint loss added to the KD loss after the hint stage; 0: hints in the hint
+    /// stage only.
+    #[arg(long, env = "STUDENT_HINT_WEIGHT", default_value_t = 1.0)]
+    pub hint_weight: f64,
+    /// Epochs of hint training alone before the --epochs of KD (FitNets' stage 1): only the
+    /// student's layers up to the hinted one and the regressor learn; the optimizer (and its
+    /// learning-rate schedule) starts afresh for KD.
+    #[arg(long, env = "STUDENT_HINT_STAGE_EPOCHS", default_value_t = 0)]
+    pub hint_stage_epochs: u64,
     /// TLS, bearer token and compression of the teacher connections.
     #[command(flatten)]
     pub connection: ConnectionArgs,

@@ -146,6 +146,9 @@ pub struct TeacherInfo {
     pub max_seq_len: i64,
     /// Hex SHA-256 of the teacher's tokenizer file (empty: not announced).
     pub tokenizer_fingerprint: String,
+    /// The model's named outputs with their per-sample shapes (`ModelInfo.outputs`; empty from
+    /// servers that predate them), the logits among them.
+    pub outputs: Vec<(String, Vec<i64>)>,
 }
 
 impl From<v1::ModelInfo> for TeacherInfo {
@@ -166,9 +169,8 @@ impl From<v1::ModelInfo> for TeacherInfo {
             sequence_model,
             max_seq_len,
             tokenizer_fingerprint,
-            // The teacher's named outputs: the student asks for none yet (hint distillation,
-            // issue 11, will).
-            outputs: _,
+            outputs,
+            // Which output holds the logits is the server's business: they come as logits.
             logits_output: _,
         } = m;
         TeacherInfo {
@@ -192,6 +194,7 @@ impl From<v1::ModelInfo> for TeacherInfo {
             sequence_model,
             max_seq_len,
             tokenizer_fingerprint,
+            outputs: outputs.into_iter().map(|o| (o.name, o.shape)).collect(),
         }
     }
 }
@@ -294,6 +297,26 @@ impl TeacherInfo {
                 expect.batch_size.to_string(),
             ));
         }
+        if let Some(name) = &expect.hint_output
+            && !self.outputs.iter().any(|(n, _)| n == name)
+        {
+            let have: Vec<String> = self
+                .outputs
+                .iter()
+                .map(|(n, shape)| format!("{n} {shape:?}"))
+                .collect();
+            return Err(bad(
+                "named outputs",
+                if have.is_empty() {
+                    "none (a classifier with one output, or a server older than named outputs)"
+                        .into()
+                } else {
+                    have.join(", ")
+                },
+                "--hint",
+                format!("an output named {name}"),
+            ));
+        }
         Ok(())
     }
 }
@@ -322,6 +345,8 @@ pub(crate) fn inconsistency(reference: &TeacherInfo, got: &TeacherInfo) -> Optio
         sequence_model,
         max_seq_len,
         tokenizer_fingerprint,
+        // What the model returns besides its logits follows from the weights (fingerprint).
+        outputs: _,
     } = got;
     if *fingerprint != reference.fingerprint {
         return Some(format!(
@@ -670,6 +695,7 @@ mod tests {
             sequence_model: false,
             max_seq_len: 0,
             tokenizer_fingerprint: String::new(),
+            outputs: vec![("0".into(), vec![10]), ("1".into(), vec![64])],
         }
     }
 
@@ -680,6 +706,7 @@ mod tests {
             batch_size,
             tokens: false,
             tokenizer_fingerprint: None,
+            hint_output: None,
         }
     }
 
@@ -697,6 +724,7 @@ mod tests {
         let tokens = |seq: i64, vocab: i64, tok: Option<&str>| crate::pool::Expect {
             tokens: true,
             tokenizer_fingerprint: tok.map(str::to_string),
+            hint_output: None,
             ..expect(&[seq], vocab, 16)
         };
         lm.check("u", &tokens(128, 8192, Some("aa"))).unwrap();

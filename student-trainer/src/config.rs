@@ -173,8 +173,23 @@ pub struct DistillConfig {
     pub connect_timeout: Duration,
     /// The logit cache directory (`--logit-cache`).
     pub logit_cache: Option<PathBuf>,
+    /// Hint distillation (`--hint`), if any.
+    pub hint: Option<HintConfig>,
     /// TLS, bearer token and compression of the teacher connections.
     pub connection: ConnectionConfig,
+}
+
+/// `distill --hint` settings (FitNets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HintConfig {
+    /// The teacher output and the student layer.
+    pub spec: crate::hint::HintSpec,
+    /// MSE or cosine.
+    pub loss: crate::hint::HintLoss,
+    /// Weight of the hint loss in the KD stage (≥ 0; 0: hint stage only).
+    pub weight: f64,
+    /// Epochs of hints alone before the KD epochs.
+    pub stage_epochs: u64,
 }
 
 /// Settings of `capture`.
@@ -524,8 +539,17 @@ impl TryFrom<TrainArgs> for TrainConfig {
 impl TryFrom<DistillArgs> for DistillConfig {
     type Error = ConfigError;
 
-    fn try_from(a: DistillArgs) -> Result<Self, ConfigError> {
-        let train = TrainConfig::try_from(a.common)?;
+    fn try_from(mut a: DistillArgs) -> Result<Self, ConfigError> {
+        // `--epochs 0` with a hint stage: the hint stage alone (FitNets' stage 1); a later
+        // `--resume` with more epochs distills from there.
+        let hints_only = a.common.epochs == 0 && a.hint.is_some() && a.hint_stage_epochs > 0;
+        if hints_only {
+            a.common.epochs = 1;
+        }
+        let mut train = TrainConfig::try_from(a.common)?;
+        if hints_only {
+            train.epochs = 0;
+        }
         // Top-32 per position by default for a language model: dense rows of a vocabulary of
         // thousands per token would dwarf the inputs (issue 10).
         let top_k = a.top_k.unwrap_or(if train.arch.is_sequence_model() {
@@ -592,6 +616,58 @@ impl TryFrom<DistillArgs> for DistillConfig {
                 ),
             ));
         }
+        let hint = match a.hint.as_deref() {
+            None => {
+                if a.hint_stage_epochs > 0 {
+                    return Err(invalid(
+                        "hint-stage-epochs",
+                        format!(
+                            "trains on hints alone, got {} epochs without --hint",
+                            a.hint_stage_epochs
+                        ),
+                    ));
+                }
+                None
+            }
+            Some(h) => {
+                let spec: crate::hint::HintSpec = h
+                    .parse()
+                    .map_err(|e: crate::hint::HintError| invalid("hint", e.to_string()))?;
+                if a.logit_cache.is_some() {
+                    return Err(invalid(
+                        "hint",
+                        "hints are online only: the logit cache holds no features (drop --logit-cache)",
+                    ));
+                }
+                if groups.len() != 1 {
+                    return Err(invalid(
+                        "hint",
+                        format!(
+                            "hints come from one teacher, got {} teacher groups (use one --teacher)",
+                            groups.len()
+                        ),
+                    ));
+                }
+                if train.arch.is_sequence_model() {
+                    return Err(invalid(
+                        "hint",
+                        "a language-model student has no named hidden layers to hint",
+                    ));
+                }
+                if !(a.hint_weight.is_finite() && a.hint_weight >= 0.0) {
+                    return Err(invalid(
+                        "hint-weight",
+                        format!("expected a finite number >= 0, got {}", a.hint_weight),
+                    ));
+                }
+                Some(HintConfig {
+                    spec,
+                    loss: a.hint_loss,
+                    weight: a.hint_weight,
+                    stage_epochs: a.hint_stage_epochs,
+                })
+            }
+        };
         if top_k > 0 && a.ensemble_mode == EnsembleMode::Mix && groups.len() > 1 {
             return Err(invalid(
                 "top-k",
@@ -619,6 +695,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
                 wire: a.wire,
                 top_k,
                 temperature: a.temperature,
+                hint_output: hint.as_ref().map(|h| h.spec.teacher_output.clone()),
             },
             ensemble_mode: a.ensemble_mode,
             labels,
@@ -626,6 +703,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
             baseline: a.baseline,
             connect_timeout: timeout("connect-timeout", a.connect_timeout)?,
             logit_cache: a.logit_cache,
+            hint,
             connection: ConnectionConfig::from_args(a.connection, group_urls(&groups))?,
             groups,
         })
@@ -662,6 +740,7 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
                 wire: a.wire,
                 top_k: a.top_k,
                 temperature: a.temperature,
+                hint_output: None,
             },
             batch_size: a.batch_size,
             shard_samples: a.shard_samples,
@@ -878,7 +957,8 @@ mod tests {
             TargetRequest {
                 wire: crate::wire::WireDType::Bf16,
                 top_k: 3,
-                temperature: 2.0
+                temperature: 2.0,
+                hint_output: None,
             }
         );
         assert_eq!(c.loss.sparse_tail, crate::loss::SparseTail::Uniform);
@@ -914,6 +994,36 @@ mod tests {
                 && e.contains("2 teacher groups"),
             "{e}"
         );
+        let mut hinted = vec!["distill"];
+        hinted.extend_from_slice(&groups);
+        hinted.extend_from_slice(&["--hint", "features=h1"]);
+        let Command::Distill(hinted_args) = parse(&hinted) else {
+            panic!("distill")
+        };
+        let e = DistillConfig::try_from(hinted_args)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("one teacher") && e.contains("2 teacher groups"),
+            "{e}"
+        );
+        let d = distill(&[
+            "--hint",
+            "conv=c2",
+            "--hint-loss",
+            "cosine",
+            "--hint-weight",
+            "0",
+            "--hint-stage-epochs",
+            "3",
+        ])
+        .unwrap();
+        let h = d.hint.unwrap();
+        assert_eq!(
+            (h.spec.to_string(), h.loss, h.weight, h.stage_epochs),
+            ("conv=c2".to_string(), crate::hint::HintLoss::Cosine, 0.0, 3)
+        );
+        assert_eq!(d.request.hint_output.as_deref(), Some("conv"));
         let sampled = DistillConfig::try_from(DistillArgs {
             ensemble_mode: EnsembleMode::Sample,
             ..args
@@ -1063,6 +1173,41 @@ mod tests {
         for (args, flag) in cases {
             let err = distill(args).unwrap_err().to_string();
             assert!(err.starts_with(flag), "{args:?}: {err}");
+        }
+        // Hints: what each refusal names.
+        let hint_cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["--hint", "features"],
+                "--hint",
+                "TEACHER_OUTPUT=STUDENT_LAYER",
+            ),
+            (
+                &["--hint-stage-epochs", "2"],
+                "--hint-stage-epochs",
+                "without --hint",
+            ),
+            (
+                &["--hint", "features=h1", "--logit-cache", "/tmp/c"],
+                "--hint",
+                "online only",
+            ),
+            (
+                &["--hint", "features=h1", "--arch", "lm"],
+                "--hint",
+                "language-model",
+            ),
+            (
+                &["--hint", "features=h1", "--hint-weight=-1"],
+                "--hint-weight",
+                "-1",
+            ),
+        ];
+        for (args, flag, what) in hint_cases {
+            let err = distill(args).unwrap_err().to_string();
+            assert!(
+                err.starts_with(flag) && err.contains(what),
+                "{args:?}: {err}"
+            );
         }
         assert!(train(&["--threads", "0"]).is_err());
         // Enumerated flags are checked by clap, which lists the accepted values.

@@ -41,6 +41,10 @@ pub struct EpochMetrics {
     /// `test_accuracy` are then next-token top-1 accuracies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_perplexity: Option<f64>,
+    /// `distill --hint`: mean hint loss over the epoch (FitNets; included in `loss` in the hint
+    /// stage, and weighted by `--hint-weight` after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint_loss: Option<f64>,
 }
 
 /// An append-only `metrics.jsonl`.
@@ -107,6 +111,7 @@ mod tests {
             tokens: None,
             tokens_per_s: None,
             test_perplexity: None,
+            hint_loss: None,
         };
         MetricsLog::open(&dir).unwrap().append(&m).unwrap();
         let mut m2 = m.clone();

@@ -720,6 +720,7 @@ mod tests {
             tokens: None,
             tokens_per_s: None,
             test_perplexity: None,
+            hint_loss: None,
         }
     }
 

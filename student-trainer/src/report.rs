@@ -98,6 +98,10 @@ pub(crate) struct Report {
     /// replicas had `--prefetch` batches outstanding): the teachers were the bottleneck.
     #[serde(default)]
     pub teacher_backpressure_s: f64,
+    /// Hint distillation settings (`--hint`: `TEACHER_OUTPUT=STUDENT_LAYER LOSS weight=W
+    /// stage_epochs=N`), or null without hints.
+    #[serde(default)]
+    pub hint: Option<String>,
 }
 
 /// One teacher replica in the report.
@@ -176,6 +180,9 @@ impl Report {
             "soft targets           {targets}, ensemble mode {}, teacher precision {}",
             self.ensemble_mode, self.teacher_precision
         );
+        if let Some(hint) = &self.hint {
+            let _ = writeln!(s, "hints (FitNets)        {hint}");
+        }
         if let Some(dir) = &self.logit_cache {
             let _ = writeln!(
                 s,
@@ -255,6 +262,7 @@ mod tests {
             cache_bytes_per_sample: Some(92.5),
             trainer_waited_s: 1.5,
             teacher_backpressure_s: 0.25,
+            hint: Some("features=h1 mse weight=1 stage_epochs=2".into()),
         }
     }
 
@@ -280,6 +288,7 @@ mod tests {
             "cache_bytes_per_sample",
             "trainer_waited_s",
             "teacher_backpressure_s",
+            "hint",
         ] {
             assert!(v.get(key).is_some(), "{key} missing in {v}");
         }
@@ -307,6 +316,7 @@ mod tests {
             "top-8 bf16 (tail: bucket), ensemble mode sample, teacher precision f32",
             "logit cache            runs/cache: 2 of 3 epochs read from it, 92.5 bytes/sample",
             "trainer waited 1.5 s",
+            "hints (FitNets)        features=h1 mse weight=1 stage_epochs=2",
         ] {
             assert!(t.contains(needle), "{needle} not in\n{t}");
         }

@@ -8,6 +8,7 @@
 
 use crate::data::{SPLITMIX64_GAMMA, epoch_permutation, splitmix64_mix};
 use crate::targets::SoftTargets;
+use tch::Tensor;
 
 /// One batch of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,8 @@ pub struct TeacherBatch {
     /// num_classes]` logits (for a mixed ensemble: the mixture's `T · log p`, see
     /// [`crate::ensemble::mix`]) or top-k rows.
     pub targets: SoftTargets,
+    /// The teacher's hint feature for `distill --hint`, `f32 [indices.len(), ...]` on the CPU.
+    pub hint: Option<Tensor>,
     /// Names of the groups that answered (one when an ensemble samples).
     pub groups: Vec<String>,
     /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).

@@ -17,15 +17,17 @@
 //! an uninterrupted run. A run resumed mid-epoch (after Ctrl-C) continues at the next batch; it is
 //! exact for networks without dropout (the MLP).
 
-use crate::config::{LabelPolicy, TrainConfig};
+use crate::config::{HintConfig, LabelPolicy, TrainConfig};
 use crate::data::Dataset;
 use crate::eval::{self, Accuracy};
+use crate::hint::{HintError, Regressor, hint_loss};
 use crate::loss::{self, DistillLoss};
 use crate::metrics::{EpochMetrics, MetricsLog};
 use crate::monitoring::StudentMetrics;
 use crate::optim::{OptimError, Optimizer, trainable_parameters};
 use crate::progress::Progress;
 use crate::schedule::{Position, TeacherBatch, batches_per_epoch, epoch_plan, epoch_seed};
+use distill_models::checkpoint::sorted_variables;
 use distill_models::{ArchSpec, Checkpoint, CheckpointMeta, ModelError, Network};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -100,6 +102,37 @@ pub enum TrainError {
     /// The logit cache could not be read or written.
     #[error("{0}")]
     Cache(#[from] crate::cache::CacheError),
+    /// Hint distillation cannot go on (a layer or shape that does not fit, a missing feature).
+    #[error("{0}")]
+    Hint(String),
+}
+
+impl From<HintError> for TrainError {
+    fn from(e: HintError) -> Self {
+        TrainError::Hint(e.to_string())
+    }
+}
+
+/// Hint distillation (FitNets) in a `distill` run: the settings and the teacher feature's
+/// per-sample shape (from its `ModelInfo.outputs`).
+#[derive(Debug, Clone)]
+pub struct HintPlan {
+    /// `--hint`, `--hint-loss`, `--hint-weight`, `--hint-stage-epochs`.
+    pub config: HintConfig,
+    /// Per-sample shape of the teacher's output.
+    pub teacher_shape: Vec<i64>,
+}
+
+impl HintPlan {
+    /// The settings as one line, recorded in the checkpoint (a resume with others is refused)
+    /// and the report: e.g. `features=h2 mse weight=1 stage_epochs=2`.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} {} weight={} stage_epochs={}",
+            c.spec, c.loss, c.weight, c.stage_epochs
+        )
+    }
 }
 
 /// What the loop optimises.
@@ -118,6 +151,8 @@ pub enum Objective {
         /// Test-only ledger: one JSON line `{epoch, index, batch_id, replica}` appended per
         /// trained batch.
         batch_ledger: Option<PathBuf>,
+        /// Hint distillation (`--hint`): its first `stage_epochs` epochs train on hints alone.
+        hint: Option<HintPlan>,
     },
 }
 
@@ -158,6 +193,13 @@ pub struct ResumeState {
     /// learning-rate schedule runs; absent from checkpoints saved before schedules existed.
     #[serde(default)]
     pub total_steps: Option<u64>,
+    /// Hint settings of a `distill --hint` run ([`HintPlan::describe`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// The saved optimizer state is the hint stage's (FitNets' stage 1): a run resumed after
+    /// that stage starts a fresh optimizer instead of loading it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hint_stage_optimizer: bool,
 }
 
 /// Where a run starts: fresh, or from the checkpoint in `--out`.
@@ -389,16 +431,67 @@ pub fn run(
         }
     };
     let params = distill_models::arch::param_count(&vs);
-    let mut opt = Optimizer::new(cfg.optimizer, trainable_parameters(&vs));
-    if let Some(ck) = &start.checkpoint {
-        let state = ck.load_optimizer()?;
-        if state.is_empty() {
-            return Err(TrainError::Resume {
-                dir: ck.dir.clone(),
-                reason: "no optimizer.safetensors".into(),
-            });
+    // Hint distillation: the regressor (its own VarStore, saved beside the network), and which
+    // epochs are the hint stage.
+    let hint = match &objective {
+        Objective::Distill { hint: Some(h), .. } => Some(h.clone()),
+        _ => None,
+    };
+    let hint_vs = nn::VarStore::new(device);
+    let regressor = match &hint {
+        Some(h) => Some(build_regressor(
+            h,
+            &net,
+            &hint_vs,
+            start.checkpoint.as_ref(),
+        )?),
+        None => None,
+    };
+    let stage_epochs = hint.as_ref().map_or(0, |h| h.config.stage_epochs);
+    let in_hint_stage = |epoch: u64| epoch < stage_epochs;
+    // Stage 1 trains the layers up to the hinted one and the regressor; afterwards the whole
+    // student, and the regressor while the hint keeps a weight.
+    let params_for = |hint_stage: bool| -> Vec<(String, Tensor)> {
+        let mut p = trainable_parameters(&vs);
+        if let Some(h) = &hint {
+            if hint_stage {
+                let through = net
+                    .variables_through(&h.config.spec.student_layer)
+                    .unwrap_or_default();
+                p.retain(|(n, _)| through.iter().any(|v| n.starts_with(&format!("{v}."))));
+            }
+            if hint_stage || h.config.weight > 0.0 {
+                p.extend(trainable_parameters(&hint_vs));
+            }
         }
-        opt.load_state(state)?;
+        p
+    };
+    let bpe = batches_per_epoch(train.len(), cfg.batch_size) as u64;
+    // Each stage runs its own learning-rate schedule over its own steps.
+    let stage_steps = |hint_stage: bool| {
+        if hint_stage {
+            stage_epochs * bpe
+        } else {
+            cfg.epochs.saturating_sub(stage_epochs) * bpe
+        }
+    };
+    let mut opt_hint_stage = in_hint_stage(start.position.epoch);
+    let mut opt = Optimizer::new(cfg.optimizer, params_for(opt_hint_stage));
+    if let Some(ck) = &start.checkpoint {
+        let saved: Option<ResumeState> = serde_json::from_value(ck.meta.trainer.clone()).ok();
+        let saved_hint_stage = saved.is_some_and(|s| s.hint_stage_optimizer);
+        if saved_hint_stage && !opt_hint_stage {
+            tracing::info!("resuming after the hint stage: the optimizer starts afresh");
+        } else {
+            let state = ck.load_optimizer()?;
+            if state.is_empty() {
+                return Err(TrainError::Resume {
+                    dir: ck.dir.clone(),
+                    reason: "no optimizer.safetensors".into(),
+                });
+            }
+            opt.load_state(state)?;
+        }
     }
     let n = train.len();
     let tokens = train.is_tokens();
@@ -418,6 +511,8 @@ pub fn run(
         spec: &spec,
         objective: &objective,
         vs: &vs,
+        hint_vs: hint.as_ref().map(|_| &hint_vs),
+        opt_hint_stage: std::cell::Cell::new(opt_hint_stage),
         train_samples: n,
     };
     tracing::info!(
@@ -444,13 +539,24 @@ pub fn run(
     // Every sample's soft targets, once the run reads them from the cache.
     let mut cached: Option<crate::targets::SoftTargets> = None;
     let mut step = start.step;
-    let total_steps = cfg.epochs * batches_per_epoch(n, cfg.batch_size) as u64;
     for epoch in start.position.epoch..cfg.epochs {
         let skip = if epoch == start.position.epoch {
             start.position.batch
         } else {
             0
         };
+        let hint_stage = in_hint_stage(epoch);
+        if opt_hint_stage && !hint_stage {
+            // FitNets' stage 2: the whole student, with a fresh optimizer and schedule.
+            tracing::info!(
+                epoch,
+                "hint stage done: the optimizer starts afresh for distillation"
+            );
+            opt = Optimizer::new(cfg.optimizer, params_for(false));
+            opt_hint_stage = false;
+            ctx.opt_hint_stage.set(false);
+        }
+        let total_steps = stage_steps(hint_stage);
         tch::manual_seed(epoch_seed(cfg.seed, epoch));
         let plan = epoch_plan(cfg.seed, epoch, n, cfg.batch_size);
         let mut progress = Progress::new(
@@ -488,6 +594,7 @@ pub fn run(
             // The batch's span (from its first send to the end of this step), when it came from
             // the teachers.
             let mut span = tracing::Span::none();
+            let mut teacher_hint = None;
             let teacher_logits = match (cached.as_ref(), teacher.as_mut()) {
                 (Some(all), _) => Some(all.select(&Tensor::from_slice(&planned.indices))?),
                 (None, None) => None,
@@ -515,6 +622,7 @@ pub fn run(
                     }
                     answered = Some((tb.batch_id, tb.replica, tb.groups));
                     span = tb.span;
+                    teacher_hint = tb.hint;
                     Some(tb.targets)
                 }
             };
@@ -522,8 +630,43 @@ pub fn run(
             let _in_batch = step_span.enter();
             let (xs, ys) = train.try_batch(&planned.indices)?;
             let (xs, ys) = (xs.f_to_device(device)?, ys.f_to_device(device)?);
-            let logits = net.forward(&xs, true)?;
+            // With a hint: the student's hinted layer through the regressor, against the
+            // teacher's feature.
+            let (logits, hint_term) = match (&hint, &regressor) {
+                (Some(h), Some(reg)) => {
+                    let layers = net.forward_layers(&xs, None, true)?;
+                    let feature = layers
+                        .iter()
+                        .find(|(name, _)| *name == h.config.spec.student_layer)
+                        .map(|(_, t)| t.shallow_clone())
+                        .ok_or_else(|| unknown_layer(h, &net))?;
+                    let logits = layers
+                        .last()
+                        .map(|(_, t)| t.shallow_clone())
+                        .ok_or_else(|| unknown_layer(h, &net))?;
+                    let target = teacher_hint
+                        .take()
+                        .ok_or_else(|| {
+                            TrainError::Hint(format!(
+                                "epoch {epoch} batch {}: the teacher sent no output {}",
+                                planned.index, h.config.spec.teacher_output
+                            ))
+                        })?
+                        .f_to_device(device)?;
+                    let value = hint_loss(h.config.loss, &reg.forward(&feature), &target)?;
+                    (logits, Some((value, h.config.weight)))
+                }
+                _ => (net.forward(&xs, true)?, None),
+            };
             let (total, soft, hard) = match (&objective, teacher_logits) {
+                // FitNets' stage 1: the hint alone.
+                _ if hint_stage => {
+                    let value = hint_term
+                        .as_ref()
+                        .map(|(v, _)| v.shallow_clone())
+                        .ok_or_else(|| TrainError::Hint("no hint in the hint stage".into()))?;
+                    (value, 0.0, 0.0)
+                }
                 (Objective::Distill { loss, labels, .. }, Some(t)) => {
                     let t = t.to_device(device)?;
                     let mask = label_mask(*labels, &planned.indices, device);
@@ -542,6 +685,15 @@ pub fn run(
                     let v = ce.double_value(&[]);
                     (ce, 0.0, v)
                 }
+            };
+            // After the hint stage, the hint keeps `--hint-weight` (0: none).
+            let hint_value = hint_term
+                .as_ref()
+                .map(|(v, _)| v.double_value(&[]))
+                .unwrap_or(0.0);
+            let total = match &hint_term {
+                Some((v, w)) if !hint_stage && *w > 0.0 => total.f_add(&v.f_mul_scalar(*w)?)?,
+                _ => total,
             };
             let value = total.double_value(&[]);
             if !value.is_finite() {
@@ -580,6 +732,9 @@ pub fn run(
                 planned.indices.len()
             };
             sums.add(planned.indices.len(), units, value, soft, hard, correct);
+            if hint_term.is_some() {
+                sums.add_hint(units, hint_value);
+            }
             out.samples += planned.indices.len() as u64;
             out.samples_total += planned.indices.len() as u64;
             if let (Some(ledger), Some((batch_id, replica, groups))) = (ledger.as_mut(), answered) {
@@ -729,6 +884,10 @@ struct Ctx<'a> {
     spec: &'a ArchSpec,
     objective: &'a Objective,
     vs: &'a nn::VarStore,
+    /// The hint regressor's variables, saved beside the network (`distill --hint`).
+    hint_vs: Option<&'a nn::VarStore>,
+    /// The optimizer in use is the hint stage's.
+    opt_hint_stage: std::cell::Cell<bool>,
     train_samples: usize,
 }
 
@@ -765,12 +924,13 @@ impl Ctx<'_> {
         samples_trained: u64,
         m: EpochMetrics,
     ) -> Result<(), TrainError> {
-        let (teacher_fingerprint, loss) = match self.objective {
-            Objective::Supervised => (None, None),
+        let (teacher_fingerprint, loss, hint) = match self.objective {
+            Objective::Supervised => (None, None, None),
             Objective::Distill {
                 loss,
                 labels,
                 teacher_fingerprint,
+                hint,
                 ..
             } => (
                 Some(teacher_fingerprint.clone()),
@@ -785,6 +945,7 @@ impl Ctx<'_> {
                         String::new()
                     }
                 )),
+                hint.as_ref().map(HintPlan::describe),
             ),
         };
         let state = ResumeState {
@@ -800,6 +961,8 @@ impl Ctx<'_> {
             total_steps: Some(
                 self.cfg.epochs * batches_per_epoch(self.train_samples, self.cfg.batch_size) as u64,
             ),
+            hint,
+            hint_stage_optimizer: self.opt_hint_stage.get(),
         };
         let meta = CheckpointMeta {
             arch: self.spec.clone(),
@@ -809,7 +972,8 @@ impl Ctx<'_> {
             metrics: serde_json::to_value(&m).unwrap_or_default(),
             trainer: serde_json::to_value(&state).unwrap_or_default(),
         };
-        Checkpoint::save(&self.cfg.out, meta, self.vs, &opt.state()?)?;
+        let aux = self.hint_vs.map(sorted_variables).unwrap_or_default();
+        Checkpoint::save_with_aux(&self.cfg.out, meta, self.vs, &opt.state()?, &aux)?;
         Ok(())
     }
 }
@@ -825,6 +989,8 @@ struct Sums {
     soft: f64,
     hard: f64,
     correct: i64,
+    /// Hint loss summed over units (`distill --hint`), and whether any was added.
+    hint: Option<f64>,
 }
 
 impl Sums {
@@ -844,6 +1010,11 @@ impl Sums {
         self.soft += soft * w;
         self.hard += hard * w;
         self.correct += correct;
+    }
+
+    /// Adds a batch's hint loss (`value`, a mean over its `units`).
+    fn add_hint(&mut self, units: usize, value: f64) {
+        *self.hint.get_or_insert(0.0) += value * units as f64;
     }
 
     fn mean_loss(&self) -> f64 {
@@ -867,8 +1038,73 @@ impl Sums {
             test_accuracy: test.map(Accuracy::fraction),
             samples_per_s: self.samples as f64 / wall.max(1e-9),
             wall_s: wall,
+            hint_loss: self.hint.map(|h| h / n),
         }
     }
+}
+
+/// The regressor of `hint` from the student layer it names (in `net`) to the teacher's feature,
+/// built in `hint_vs` (named `hint.regressor.*`); on resume its weights come from `checkpoint`.
+///
+/// # Errors
+/// [`TrainError::Hint`] for a student layer `net` does not have (listing those it has), shapes
+/// no regressor joins, or a checkpoint without the regressor; [`TrainError::Model`] for an
+/// unreadable one.
+fn build_regressor(
+    hint: &HintPlan,
+    net: &Network,
+    hint_vs: &nn::VarStore,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Regressor, TrainError> {
+    let layer = net
+        .layers()
+        .into_iter()
+        .find(|l| l.name == hint.config.spec.student_layer)
+        .ok_or_else(|| unknown_layer(hint, net))?;
+    let regressor = Regressor::new(
+        &(hint_vs.root() / "hint"),
+        &hint.config.spec,
+        &layer.shape,
+        &hint.teacher_shape,
+    )?;
+    if let Some(ck) = checkpoint {
+        let saved: std::collections::HashMap<String, Tensor> = ck.load_aux()?.into_iter().collect();
+        let mut vars = hint_vs.variables();
+        for (name, var) in vars.iter_mut() {
+            let t = saved.get(name).ok_or_else(|| TrainError::Resume {
+                dir: ck.dir.clone(),
+                reason: format!("no hint regressor tensor {name} in the checkpoint"),
+            })?;
+            if t.size() != var.size() {
+                return Err(TrainError::Resume {
+                    dir: ck.dir.clone(),
+                    reason: format!(
+                        "the checkpoint's {name} is {:?}, this run's regressor {:?}",
+                        t.size(),
+                        var.size()
+                    ),
+                });
+            }
+            tch::no_grad(|| var.f_copy_(t))?;
+        }
+    }
+    Ok(regressor)
+}
+
+/// The error for a `--hint` student layer the network does not have, listing its layers.
+fn unknown_layer(hint: &HintPlan, net: &Network) -> TrainError {
+    let layers: Vec<String> = net
+        .layers()
+        .into_iter()
+        .map(|l| format!("{} {:?}", l.name, l.shape))
+        .collect();
+    TrainError::Hint(format!(
+        "--hint {}: the student {} has no layer {}; its layers: {}",
+        hint.config.spec,
+        net.spec().arch,
+        hint.config.spec.student_layer,
+        layers.join(", ")
+    ))
 }
 
 /// Whether `dir` holds a finished checkpoint of at least `epochs` epochs.
@@ -891,6 +1127,7 @@ mod tests {
                 [indices.len() as i64, 3],
                 tch::kind::FLOAT_CPU,
             )),
+            hint: None,
             groups: Vec::new(),
             replica: String::new(),
             span: tracing::Span::none(),

@@ -63,7 +63,7 @@ impl std::fmt::Display for WireDType {
 }
 
 /// What a run asks the teacher for.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetRequest {
     /// The logits' dtype on the wire.
     pub wire: WireDType,
@@ -71,6 +71,9 @@ pub struct TargetRequest {
     pub top_k: u32,
     /// Softmax temperature `T` (> 0) at which the teacher computes the tail of top-k rows.
     pub temperature: f64,
+    /// A named teacher output wanted beside the logits (`distill --hint`), in the same wire
+    /// dtype.
+    pub hint_output: Option<String>,
 }
 
 impl TargetRequest {
@@ -80,6 +83,7 @@ impl TargetRequest {
             wire: WireDType::F32,
             top_k: 0,
             temperature: 1.0,
+            hint_output: None,
         }
     }
 }
@@ -111,8 +115,42 @@ pub(crate) fn request(
         top_k: spec.top_k,
         temperature: spec.temperature as f32,
         attention_mask: None,
-        outputs: Vec::new(),
+        outputs: spec.hint_output.iter().cloned().collect(),
     })
+}
+
+/// The named output `name` of a response (`outputs`), decoded to `f32 [rows, ...]`: the hint
+/// a `distill --hint` run asked for.
+///
+/// # Errors
+/// [`ClientError::Protocol`] (naming the replica and batch) when the response lacks it (a
+/// teacher-server too old for named outputs) or its first dimension is not `rows`;
+/// [`ClientError::Codec`] / [`ClientError::Torch`] for an undecodable tensor.
+pub(crate) fn decode_hint(
+    outputs: &[v1::NamedTensor],
+    name: &str,
+    rows: i64,
+    url: &str,
+    wire: u64,
+) -> Result<Tensor, ClientError> {
+    let protocol = |what: String| ClientError::Protocol(format!("{url}: batch_id {wire}: {what}"));
+    let found = outputs
+        .iter()
+        .find(|o| o.name == name)
+        .and_then(|o| o.tensor.as_ref())
+        .ok_or_else(|| {
+            protocol(format!(
+                "no output {name} in the response (a teacher-server older than named outputs?)"
+            ))
+        })?;
+    let t = decode_float(found, &format!("output {name}"), &protocol)?;
+    if t.size().first() != Some(&rows) {
+        return Err(protocol(format!(
+            "output {name} of shape {:?}, expected {rows} rows",
+            t.size()
+        )));
+    }
+    Ok(t)
 }
 
 /// A decoded answer to one request.
@@ -350,8 +388,10 @@ mod tests {
             wire: WireDType::Bf16,
             top_k: 3,
             temperature: 2.5,
+            hint_output: Some("features".into()),
         };
         let r = request(&inputs, &planned(&[1, 3]), 8, &spec).unwrap();
+        assert_eq!(r.outputs, ["features"]);
         assert_eq!(
             (r.batch_id, r.output_dtype, r.top_k, r.temperature),
             (8, v1::DType::Bf16 as i32, 3, 2.5)

@@ -164,6 +164,7 @@ async fn pool(url: &str, batch_size: usize) -> Pool {
             batch_size,
             tokens: false,
             tokenizer_fingerprint: None,
+            hint_output: None,
         },
     )
     .await
@@ -281,6 +282,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
             labels: LabelPolicy::None,
             teacher_fingerprint: "00".into(),
             batch_ledger: None,
+            hint: None,
         },
         train: data,
         test: Some(eval_data),

@@ -52,6 +52,7 @@ async fn dns_names_find_every_replica_and_follow_changes() {
         batch_size: 8,
         tokens: false,
         tokenizer_fingerprint: None,
+        hint_output: None,
     };
     let mut pool = Pool::connect_with(
         vec![GroupSpec {

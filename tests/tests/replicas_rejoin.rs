@@ -32,6 +32,7 @@ async fn a_restarted_replica_rejoins_and_receives_work() {
             batch_size: 8,
             tokens: false,
             tokenizer_fingerprint: None,
+            hint_output: None,
         },
     )
     .await

@@ -109,8 +109,16 @@ impl Default for PoolOptions {
     }
 }
 
+/// One group's answer to a batch: its soft targets and, for `distill --hint`, the teacher's
+/// hint feature `f32 [batch, ...]`.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    targets: SoftTargets,
+    hint: Option<Tensor>,
+}
+
 /// What one [`Pool::run`] asks the teachers for, and how an ensemble's groups share batches.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunTargets {
     /// Wire dtype, top-k and temperature of every request.
     pub request: TargetRequest,
@@ -150,6 +158,8 @@ pub struct Expect {
     /// Hex SHA-256 of the data's tokenizer file, when known: a teacher announcing another one is
     /// refused.
     pub tokenizer_fingerprint: Option<String>,
+    /// A named output every teacher must serve (`distill --hint`).
+    pub hint_output: Option<String>,
 }
 
 impl Expect {
@@ -253,7 +263,7 @@ pub struct Pool {
     expect: Expect,
     groups: Vec<Group>,
     replicas: Vec<Replica>,
-    sched: Scheduler<PlannedBatch, SoftTargets>,
+    sched: Scheduler<PlannedBatch, Answer>,
     /// The targets of the current (or last) run.
     targets: RunTargets,
     events_tx: mpsc::Sender<Event>,
@@ -806,7 +816,7 @@ impl Pool {
     /// dense logits mixed.
     fn finish(
         &self,
-        released: scheduler::Released<PlannedBatch, SoftTargets>,
+        released: scheduler::Released<PlannedBatch, Answer>,
         span: tracing::Span,
     ) -> Result<TeacherBatch, PoolError> {
         let scheduler::Released {
@@ -820,7 +830,16 @@ impl Pool {
             .map(|(_, r)| self.replicas[*r].url.as_str())
             .collect();
         let replica = answered_by.join("+");
-        let mut parts: Vec<SoftTargets> = parts.into_iter().map(|(t, _)| t).collect();
+        let mut hints: Vec<Tensor> = Vec::new();
+        let mut parts: Vec<SoftTargets> = parts
+            .into_iter()
+            .map(|(a, _)| {
+                hints.extend(a.hint);
+                a.targets
+            })
+            .collect();
+        // Hints come from one group (checked at start): its answer's.
+        let hint = hints.pop();
         let targets = if parts.len() == 1 {
             parts.pop().ok_or(MixError::Arity {
                 parts: 0,
@@ -845,6 +864,7 @@ impl Pool {
             index: batch.index,
             indices: batch.indices,
             targets,
+            hint,
             groups: groups
                 .iter()
                 .map(|&g| self.groups[g].name.clone())
@@ -1051,7 +1071,9 @@ impl Pool {
         let groups = &self.groups;
         let positions = self.expect.positions();
         let top_k = self.targets.request.top_k;
+        let hint_output = self.targets.request.hint_output.as_deref();
         let result = msg.result;
+        let outputs = msg.outputs;
         let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
             let to = Answering {
                 url,
@@ -1063,7 +1085,13 @@ impl Pool {
                 top_k,
             };
             Ok::<_, ClientError>(match wire::decode(result, to)? {
-                Decoded::Targets(t) => Reply::Payload(t),
+                Decoded::Targets(targets) => {
+                    let rows = f.batch.indices.len() as i64;
+                    let hint = hint_output
+                        .map(|name| wire::decode_hint(&outputs, name, rows, url, wire_id))
+                        .transpose()?;
+                    Reply::Payload(Answer { targets, hint })
+                }
                 Decoded::Retry { code, message } => {
                     tracing::warn!(url, ?code, %message, "teacher could not answer a batch now; re-sending it");
                     Reply::Retry
