@@ -694,20 +694,7 @@ fn hint_plan(
         .layers()
         .into_iter()
         .find(|l| l.name == hint.spec.student_layer)
-        .ok_or_else(|| {
-            let layers: Vec<String> = net
-                .layers()
-                .into_iter()
-                .map(|l| format!("{} {:?}", l.name, l.shape))
-                .collect();
-            TrainError::Hint(format!(
-                "--hint {}: the student {} has no layer {}; its layers: {}",
-                hint.spec,
-                spec.arch,
-                hint.spec.student_layer,
-                layers.join(", ")
-            ))
-        })?;
+        .ok_or_else(|| trainer::unknown_layer(&plan, &net))?;
     crate::hint::Regressor::new(&vs.root(), &hint.spec, &layer.shape, &plan.teacher_shape)
         .map_err(TrainError::from)?;
     Ok(plan)

@@ -1092,7 +1092,7 @@ fn build_regressor(
 }
 
 /// The error for a `--hint` student layer the network does not have, listing its layers.
-fn unknown_layer(hint: &HintPlan, net: &Network) -> TrainError {
+pub(crate) fn unknown_layer(hint: &HintPlan, net: &Network) -> TrainError {
     let layers: Vec<String> = net
         .layers()
         .into_iter()
