@@ -303,7 +303,7 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         spec.arch,
         data.train.len()
     )?;
-    let start = Start::for_run(&cfg, &spec, data.train.len())?;
+    let start = Start::for_run(&cfg, &spec, data.train.len(), None)?;
     let (metrics, _endpoint) = start_monitoring(&cfg).await?;
     let job = Job {
         device,
@@ -425,22 +425,12 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         (Some(h), Some(teacher)) => Some(hint_plan(h, teacher, &spec)?),
         _ => None,
     };
-    let start = Start::for_run(tc, &spec, data.train.len())?;
-    if let (Some(ck), Some(h)) = (&start.checkpoint, &hint) {
-        let saved: Option<trainer::ResumeState> =
-            serde_json::from_value(ck.meta.trainer.clone()).ok();
-        let saved = saved.and_then(|s| s.hint);
-        if saved.as_deref() != Some(h.describe().as_str()) {
-            return Err(AppError::Train(TrainError::Resume {
-                dir: tc.out.clone(),
-                reason: format!(
-                    "it was trained with hints {}, this run has {}",
-                    saved.as_deref().unwrap_or("none"),
-                    h.describe()
-                ),
-            }));
-        }
-    }
+    let start = Start::for_run(
+        tc,
+        &spec,
+        data.train.len(),
+        hint.as_ref().map(HintPlan::describe).as_deref(),
+    )?;
     let cache = match &cfg.logit_cache {
         Some(dir) => Some(open_cache(
             dir,

@@ -213,11 +213,14 @@ pub struct Start {
     pub checkpoint: Option<Checkpoint>,
     /// Samples trained on by the processes before this one.
     pub samples_trained: u64,
+    /// The checkpoint's optimizer state is the hint stage's ([`ResumeState::hint_stage_optimizer`]).
+    pub hint_stage_optimizer: bool,
 }
 
 impl Start {
     /// The start of `cfg`'s run: the checkpoint in `cfg.out` with `--resume` (when there is one),
-    /// else epoch 0. Checks the checkpoint against the run (architecture, data size, batch size).
+    /// else epoch 0. Checks the checkpoint against the run (architecture, data size, batch size,
+    /// and `hint`, the run's [`HintPlan::describe`] or `None`).
     ///
     /// # Errors
     /// [`TrainError::Resume`] for a checkpoint that does not fit; [`TrainError::Model`] for an
@@ -226,6 +229,7 @@ impl Start {
         cfg: &TrainConfig,
         spec: &ArchSpec,
         train_samples: usize,
+        hint: Option<&str>,
     ) -> Result<Start, TrainError> {
         if !cfg.resume || !Checkpoint::exists(&cfg.out) {
             if cfg.resume {
@@ -236,6 +240,7 @@ impl Start {
                 step: 0,
                 checkpoint: None,
                 samples_trained: 0,
+                hint_stage_optimizer: false,
             });
         }
         let ck = Checkpoint::open(&cfg.out)?;
@@ -274,6 +279,13 @@ impl Start {
         for change in changes {
             tracing::warn!("{change}");
         }
+        if state.hint.as_deref() != hint {
+            return Err(bad(format!(
+                "it was trained with hints {}, this run has {}",
+                state.hint.as_deref().unwrap_or("none"),
+                hint.unwrap_or("none")
+            )));
+        }
         if state.seed != cfg.seed {
             tracing::warn!(
                 saved = state.seed,
@@ -288,6 +300,7 @@ impl Start {
             },
             step: ck.meta.step,
             samples_trained: state.samples_trained,
+            hint_stage_optimizer: state.hint_stage_optimizer,
             checkpoint: Some(ck),
         })
     }
@@ -478,9 +491,7 @@ pub fn run(
     let mut opt_hint_stage = in_hint_stage(start.position.epoch);
     let mut opt = Optimizer::new(cfg.optimizer, params_for(opt_hint_stage));
     if let Some(ck) = &start.checkpoint {
-        let saved: Option<ResumeState> = serde_json::from_value(ck.meta.trainer.clone()).ok();
-        let saved_hint_stage = saved.is_some_and(|s| s.hint_stage_optimizer);
-        if saved_hint_stage && !opt_hint_stage {
+        if start.hint_stage_optimizer && !opt_hint_stage {
             tracing::info!("resuming after the hint stage: the optimizer starts afresh");
         } else {
             let state = ck.load_optimizer()?;

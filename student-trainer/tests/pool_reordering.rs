@@ -291,6 +291,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
             step: 0,
             checkpoint: None,
             samples_trained: 0,
+            hint_stage_optimizer: false,
         },
         stop: Arc::new(AtomicBool::new(false)),
         cache: None,

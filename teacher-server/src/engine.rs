@@ -664,7 +664,8 @@ fn shape_extra(name: &str, t: &Tensor, kind: Kind) -> Result<Tensor, EngineError
         ensure_fits(t, &c, kind)?;
         c
     };
-    Ok(cast.f_to_device(tch::Device::Cpu)?.f_contiguous()?)
+    // Contiguous already: a copy on the CPU is a no-op, and from a GPU it stays contiguous.
+    Ok(cast.f_to_device(tch::Device::Cpu)?)
 }
 
 /// Casts (dense) or reduces to top-k (sparse) one request's logits `[batch, num_logits]`.
