@@ -95,14 +95,17 @@ async fn builtin_lm_reports_a_sequence_model_and_merged_padded_batches_change_no
     }
     let ya = &got[&1];
     assert_eq!(ya.size(), vec![1, 5, VOCAB]);
-    // 1e-5 relative to the logits' scale: padded keys change the length (and so the summation
-    // order) of the attention reductions, which moves float32 results by a few ulps, and with
-    // logits of magnitude ~10 an ulp alone is 1e-6.
+    // 1e-3 relative to the logits' scale. Merging changes the shapes libtorch computes on: a
+    // sequence alone runs causal attention without a mask (a fused kernel), a merged one runs it
+    // with a boolean mask over 12 keys (another kernel, another summation order), and the GEMM
+    // blocking differs with the batch. Those move float32 logits by 1e-6 to a few 1e-5 of their
+    // scale, depending on the CPU (this machine: 2e-6; CI once: 2.4e-5). A merge or
+    // cut that put a wrong row or position here would differ by the logits' whole scale.
     let close = |got: &Tensor, want: &Tensor, what: &str| {
         let d = max_abs_diff(got, want);
         let scale = want.abs().max().double_value(&[]).max(1.0);
         assert!(
-            d <= 1e-5 * scale,
+            d <= 1e-3 * scale,
             "{what}: max |diff| {d}, logits up to {scale}"
         );
     };
