@@ -163,8 +163,27 @@ impl Accuracy {
     }
 }
 
-/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of `batch_size`; for a
-/// language-model dataset, next-token top-1 accuracy over the real positions and perplexity.
+/// The most logits one evaluation forward pass may produce: 2^25 values (128 MiB in f32).
+/// A classifier's 10 classes never reach it; a language model's `[batch, seq, vocab]` logits
+/// do (one sequence of 128 tokens over 8,192 token ids is 2^20 values), so its evaluation
+/// batch shrinks to stay under this much memory.
+pub(crate) const EVAL_LOGITS_PER_BATCH: i64 = 1 << 25;
+
+/// Samples per evaluation forward pass on `data`: `max_batch`, lowered so that the batch's
+/// logits (`num_classes` per sample, `seq × vocab` per sequence) stay within
+/// [`EVAL_LOGITS_PER_BATCH`]; at least 1.
+pub(crate) fn eval_batch_size(data: &Dataset, max_batch: usize) -> i64 {
+    let per_sample = if data.is_tokens() {
+        data.inputs.size().get(1).copied().unwrap_or(1) * data.num_classes
+    } else {
+        data.num_classes
+    };
+    (EVAL_LOGITS_PER_BATCH / per_sample.max(1)).clamp(1, max_batch.max(1) as i64)
+}
+
+/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of at most `max_batch` samples
+/// (fewer where the logits would pass [`EVAL_LOGITS_PER_BATCH`]: see [`eval_batch_size`]); for
+/// a language-model dataset, next-token top-1 accuracy over the real positions and perplexity.
 ///
 /// # Errors
 /// Model or libtorch errors.
@@ -172,7 +191,7 @@ pub(crate) fn evaluate(
     net: &Network,
     data: &Dataset,
     device: Device,
-    batch_size: usize,
+    max_batch: usize,
 ) -> Result<Accuracy, distill_models::ModelError> {
     let _guard = tch::no_grad_guard();
     let tokens = data.is_tokens();
@@ -182,7 +201,7 @@ pub(crate) fn evaluate(
         Accuracy::new(data.num_classes)
     };
     let n = data.len() as i64;
-    let bs = batch_size.max(1) as i64;
+    let bs = eval_batch_size(data, max_batch);
     let mut start = 0;
     while start < n {
         let len = bs.min(n - start);
@@ -216,6 +235,65 @@ mod tests {
         let t = a.table("x");
         assert!(t.contains("75.00 %") && t.contains("66.67 %"), "{t}");
         assert_eq!(a.to_json()["accuracy"], 0.75);
+    }
+
+    fn dataset(inputs: Tensor, labels: Tensor, num_classes: i64) -> Dataset {
+        Dataset {
+            inputs,
+            labels,
+            num_classes,
+            tokenizer_fingerprint: None,
+            normalization: None,
+        }
+    }
+
+    #[test]
+    fn evaluation_batches_shrink_with_the_logits_of_a_sample() {
+        let images = dataset(
+            Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([3], (Kind::Int64, Device::Cpu)),
+            10,
+        );
+        assert_eq!(eval_batch_size(&images, 1000), 1000);
+        assert_eq!(eval_batch_size(&images, 0), 1);
+        let tokens = |seq: i64, vocab: i64| {
+            let ids = Tensor::zeros([2, seq], (Kind::Int64, Device::Cpu));
+            dataset(ids.shallow_clone(), ids, vocab)
+        };
+        // make demo-lm's evaluation: 128 positions × 8,192 ids = 2^20 logits per sequence, so 32
+        // sequences (128 MiB of f32 logits) per pass instead of 1,000 (4.2 GB).
+        assert_eq!(eval_batch_size(&tokens(128, 8192), 1000), 32);
+        assert_eq!(eval_batch_size(&tokens(128, 8192), 16), 16);
+        // A single sequence over the limit still runs, alone.
+        assert_eq!(eval_batch_size(&tokens(4096, 152_064), 1000), 1);
+    }
+
+    #[test]
+    fn a_language_model_evaluates_the_same_in_any_batch_size() {
+        tch::manual_seed(5);
+        let (seq, vocab) = (6, 12);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let spec = distill_models::ArchSpec {
+            arch: "lm:layers=1,d=8,heads=2".parse().unwrap(),
+            input_shape: vec![seq],
+            num_classes: vocab,
+        };
+        let net = Network::new(&vs.root(), &spec).unwrap();
+        let ids = Tensor::randint(vocab, [5, seq], (Kind::Int64, Device::Cpu));
+        let labels = ids.roll([-1i64].as_slice(), [1i64].as_slice());
+        let _ = labels
+            .narrow(1, seq - 1, 1)
+            .fill_(crate::data::IGNORE_INDEX);
+        let data = dataset(ids, labels, vocab);
+        let whole = evaluate(&net, &data, Device::Cpu, 1000).unwrap();
+        let ones = evaluate(&net, &data, Device::Cpu, 1).unwrap();
+        let twos = evaluate(&net, &data, Device::Cpu, 2).unwrap();
+        assert_eq!(whole.total, 5 * (seq as u64 - 1));
+        for other in [&ones, &twos] {
+            assert_eq!((other.correct, other.total), (whole.correct, whole.total));
+            let (a, b) = (other.nll.unwrap(), whole.nll.unwrap());
+            assert!((a - b).abs() <= 1e-5 * b, "nll {a} vs {b}");
+        }
     }
 
     #[test]
