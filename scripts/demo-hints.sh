@@ -20,8 +20,8 @@
 #   BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=serve-teacher.sh
-source scripts/serve-teacher.sh
+# shellcheck source=demo-common.sh
+source scripts/demo-common.sh
 
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
@@ -34,22 +34,16 @@ threads=${DEMO_THREADS:-$(nproc)}
 student=mlp:48,48,48,48,48
 labelled=1000
 
-for b in student-trainer teacher-server; do
-  [ -x "$bin/$b" ] || { echo "demo-hints: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
-done
-[ -e "$data" ] || { echo "demo-hints: no dataset at $data: run 'make setup' first" >&2; exit 1; }
-mkdir -p "$runs"
 export STUDENT_DATA_DIR=$data STUDENT_DEVICE=${STUDENT_DEVICE:-cpu}
 export RUST_LOG=${RUST_LOG:-warn}
-t_start=$(date +%s)
-stamp() { echo "demo-hints: [$(( $(date +%s) - t_start )) s] $*"; }
+demo_start demo-hints "$data"
 
 stamp "1/6 teacher: cnn, $teacher_epochs epochs -> $runs/teacher"
 "$bin/student-trainer" train --arch cnn --epochs "$teacher_epochs" --out "$runs/teacher" \
   --resume --threads "$threads" --no-epoch-eval
 
 stamp "2/6 starting teacher-server on a free local port"
-start_teacher demo-hints "$runs/hints-teacher-server" --model "$runs/teacher"
+start_teacher "$runs/hints-teacher-server" --model "$runs/teacher"
 stamp "teacher-server listening at $teacher (log: $server_log)"
 
 # Every student: the same seed, data, labels and KD loss (T = 4, alpha = 0.9, the defaults).

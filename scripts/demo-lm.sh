@@ -19,8 +19,8 @@
 #   BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=serve-teacher.sh
-source scripts/serve-teacher.sh
+# shellcheck source=demo-common.sh
+source scripts/demo-common.sh
 
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
@@ -35,14 +35,8 @@ common=(--data-dir "$data" --seq-len 128 --vocab-size 8192 --limit "$sequences" 
         --device cpu --optimizer adamw --lr-schedule cosine --warmup-steps 20 --clip-grad-norm 1
         --no-epoch-eval)
 
-for b in student-trainer teacher-server; do
-  [ -x "$bin/$b" ] || { echo "demo-lm: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
-done
-[ -f "$data/gcide.dict.dz" ] || { echo "demo-lm: no corpus at $data: run 'make setup' first" >&2; exit 1; }
-mkdir -p "$runs"
 export RUST_LOG=${RUST_LOG:-info}
-t_start=$(date +%s)
-stamp() { echo "demo-lm: [$(( $(date +%s) - t_start )) s] $*"; }
+demo_start demo-lm "$data/gcide.dict.dz"
 
 # Every run: AdamW, linear warm-up then cosine decay, gradient norm clipped at 1; the held-out
 # split is evaluated after the last epoch only. `train` prints the parameter count.
@@ -54,7 +48,7 @@ stamp "1-2/6 teacher: $teacher_arch, $teacher_epochs epochs on $sequences sequen
 
 # 3. Serve it. Its first stdout line is `listening on HOST:PORT`.
 stamp "3/6 starting teacher-server on a free local port"
-start_teacher demo-lm "$runs/lm-teacher-server" --model "$runs/lm-teacher" --max-batch-size 64
+start_teacher "$runs/lm-teacher-server" --model "$runs/lm-teacher" --max-batch-size 64
 stamp "teacher-server listening at $teacher (log: $server_log)"
 
 # 4. Baseline: the student on the next-token labels alone.

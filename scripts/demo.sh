@@ -15,8 +15,8 @@
 #   STUDENT_DATA_DIR (data/fashion-mnist)  BIN (target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=serve-teacher.sh
-source scripts/serve-teacher.sh
+# shellcheck source=demo-common.sh
+source scripts/demo-common.sh
 
 bin=${BIN:-target/release}
 runs=${DEMO_RUNS:-runs}
@@ -27,15 +27,9 @@ distill_epochs=${DEMO_DISTILL_EPOCHS:-4}
 threads=${DEMO_THREADS:-$(nproc)}
 labelled=1000
 
-for b in student-trainer teacher-server; do
-  [ -x "$bin/$b" ] || { echo "demo: $bin/$b is missing: run 'cargo build --release --bins' first" >&2; exit 1; }
-done
-[ -e "$data" ] || { echo "demo: no dataset at $data: run 'make setup' first" >&2; exit 1; }
-mkdir -p "$runs"
 export STUDENT_DATA_DIR=$data STUDENT_DEVICE=${STUDENT_DEVICE:-cpu}
 export RUST_LOG=${RUST_LOG:-info}
-t_start=$(date +%s)
-stamp() { echo "demo: [$(( $(date +%s) - t_start )) s] $*"; }
+demo_start demo "$data"
 
 # 1. Teacher. --resume makes this step idempotent: a checkpoint already at the target epoch is
 # reused as is, an interrupted one is continued.
@@ -50,7 +44,7 @@ if [ -z "$precision" ]; then
   if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then precision=bf16; else precision=f32; fi
 fi
 stamp "2/5 starting teacher-server (--precision $precision) on a free local port"
-start_teacher demo "$runs/teacher-server" --model "$runs/teacher" --precision "$precision"
+start_teacher "$runs/teacher-server" --model "$runs/teacher" --precision "$precision"
 addr=$teacher_addr
 stamp "teacher-server listening on $addr (log: $server_log)"
 

@@ -216,13 +216,41 @@ impl Checkpoint {
     /// # Errors
     /// As [`Checkpoint::load_optimizer`].
     pub fn load_aux(&self) -> Result<Vec<(String, Tensor)>, ModelError> {
+        match self.aux_bytes()? {
+            None => Ok(Vec::new()),
+            Some((path, bytes)) => weights::tensors_from_bytes(&bytes, &path),
+        }
+    }
+
+    /// Copies the auxiliary tensors saved by [`Checkpoint::save_with_aux`] into the variables of
+    /// `vs` (e.g. a hint regressor's), after verifying the file's SHA-256; the file must hold
+    /// exactly `vs`'s variables, each with its name, shape and dtype, as for the network's
+    /// weights. `what` names them in messages (e.g. `hint regressor`).
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] when the checkpoint has no auxiliary file, or its hash differs
+    /// from the manifest; [`ModelError::Weights`] naming the first tensor that does not fit;
+    /// [`ModelError::Io`] if the file cannot be read.
+    pub fn load_aux_into(&self, vs: &nn::VarStore, what: &str) -> Result<(), ModelError> {
+        let Some((path, bytes)) = self.aux_bytes()? else {
+            return Err(ModelError::Checkpoint {
+                path: self.dir.display().to_string(),
+                reason: format!("no auxiliary tensors file: the {what} was not saved"),
+            });
+        };
+        weights::load_bytes_into(vs, what, &bytes, &path)
+    }
+
+    /// The auxiliary file's path and bytes, verified against the manifest; `None` when the
+    /// checkpoint has none.
+    fn aux_bytes(&self) -> Result<Option<(PathBuf, Vec<u8>)>, ModelError> {
         let Some(entry) = self.files.as_ref().and_then(|m| m.aux.as_ref()) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let path = self.dir.join(&entry.name);
         let bytes = std::fs::read(&path).map_err(|source| io_err(&path, source))?;
         verify(&bytes, &path, entry)?;
-        weights::tensors_from_bytes(&bytes, &path)
+        Ok(Some((path, bytes)))
     }
 
     /// Writes a checkpoint of `vs` (and optional optimizer state) into `dir`, creating it,
@@ -682,6 +710,33 @@ mod tests {
             .name
             .clone();
         assert!(aux_file.starts_with("aux."), "{aux_file}");
+        // Into variables of the same names: copied; of another shape: refused naming both.
+        let into = nn::VarStore::new(Device::Cpu);
+        let w = into
+            .root()
+            .sub("hint")
+            .sub("regressor")
+            .zeros("weight", &[2, 3]);
+        Checkpoint::open(&dir)
+            .unwrap()
+            .load_aux_into(&into, "hint regressor")
+            .unwrap();
+        assert!(w.equal(&aux[0].1));
+        let wrong = nn::VarStore::new(Device::Cpu);
+        let _ = wrong
+            .root()
+            .sub("hint")
+            .sub("regressor")
+            .zeros("weight", &[3, 3]);
+        let e = Checkpoint::open(&dir)
+            .unwrap()
+            .load_aux_into(&wrong, "hint regressor")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hint.regressor.weight") && e.contains("[2, 3]") && e.contains("[3, 3]"),
+            "{e}"
+        );
         // A tampered file is refused by name; a save without aux removes the old one.
         let mut bytes = std::fs::read(dir.join(&aux_file)).unwrap();
         let last = bytes.len() - 1;
@@ -698,6 +753,13 @@ mod tests {
                 .is_empty()
         );
         assert!(!names(&dir).iter().any(|n| n.starts_with("aux.")));
+        let e = Checkpoint::open(&dir)
+            .unwrap()
+            .load_aux_into(&into, "hint regressor")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the hint regressor was not saved"), "{e}");
+
         let _ = std::fs::remove_dir_all(&dir);
     }
 

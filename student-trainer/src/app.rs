@@ -680,13 +680,7 @@ fn hint_plan(
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Network::new(&vs.root(), spec)?;
-    let layer = net
-        .layers()
-        .into_iter()
-        .find(|l| l.name == hint.spec.student_layer)
-        .ok_or_else(|| trainer::unknown_layer(&plan, &net))?;
-    crate::hint::Regressor::new(&vs.root(), &hint.spec, &layer.shape, &plan.teacher_shape)
-        .map_err(TrainError::from)?;
+    plan.regressor(&net, &vs.root())?;
     Ok(plan)
 }
 

@@ -408,12 +408,20 @@ impl TryFrom<CommonArgs> for TrainConfig {
     type Error = ConfigError;
 
     fn try_from(a: CommonArgs) -> Result<Self, ConfigError> {
+        TrainConfig::from_common(a, 1)
+    }
+}
+
+impl TrainConfig {
+    /// The settings of `a`, which must ask for at least `min_epochs` epochs (1; 0 for a
+    /// `distill` run whose hint stage is all it trains).
+    fn from_common(a: CommonArgs, min_epochs: u64) -> Result<Self, ConfigError> {
         let arch = a
             .arch
             .parse::<Arch>()
             .map_err(|e| invalid("arch", e.to_string()))?;
-        if a.epochs == 0 {
-            return Err(invalid("epochs", "must be at least 1"));
+        if a.epochs < min_epochs {
+            return Err(invalid("epochs", format!("must be at least {min_epochs}")));
         }
         if a.batch_size == 0 {
             return Err(invalid("batch-size", "must be at least 1"));
@@ -539,17 +547,11 @@ impl TryFrom<TrainArgs> for TrainConfig {
 impl TryFrom<DistillArgs> for DistillConfig {
     type Error = ConfigError;
 
-    fn try_from(mut a: DistillArgs) -> Result<Self, ConfigError> {
+    fn try_from(a: DistillArgs) -> Result<Self, ConfigError> {
         // `--epochs 0` with a hint stage: the hint stage alone (FitNets' stage 1); a later
         // `--resume` with more epochs distills from there.
-        let hints_only = a.common.epochs == 0 && a.hint.is_some() && a.hint_stage_epochs > 0;
-        if hints_only {
-            a.common.epochs = 1;
-        }
-        let mut train = TrainConfig::try_from(a.common)?;
-        if hints_only {
-            train.epochs = 0;
-        }
+        let hint_stage = a.hint.is_some() && a.hint_stage_epochs > 0;
+        let train = TrainConfig::from_common(a.common, if hint_stage { 0 } else { 1 })?;
         // Top-32 per position by default for a language model: dense rows of a vocabulary of
         // thousands per token would dwarf the inputs (issue 10).
         let top_k = a.top_k.unwrap_or(if train.arch.is_sequence_model() {

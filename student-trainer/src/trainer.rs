@@ -133,6 +133,30 @@ impl HintPlan {
             c.spec, c.loss, c.weight, c.stage_epochs
         )
     }
+
+    /// The regressor from the student layer the hint names (in `net`) to the teacher's feature,
+    /// built under `path`; `distill` builds one at start to check the hint before any training.
+    ///
+    /// # Errors
+    /// [`TrainError::Hint`] for a student layer `net` does not have (listing those it has) or
+    /// shapes no regressor joins.
+    pub(crate) fn regressor(
+        &self,
+        net: &Network,
+        path: &nn::Path<'_>,
+    ) -> Result<Regressor, TrainError> {
+        let layer = net
+            .layers()
+            .into_iter()
+            .find(|l| l.name == self.config.spec.student_layer)
+            .ok_or_else(|| unknown_layer(self, net))?;
+        Ok(Regressor::new(
+            path,
+            &self.config.spec,
+            &layer.shape,
+            &self.teacher_shape,
+        )?)
+    }
 }
 
 /// What the loop optimises.
@@ -488,7 +512,7 @@ pub fn run(
             cfg.epochs.saturating_sub(stage_epochs) * bpe
         }
     };
-    let mut opt_hint_stage = in_hint_stage(start.position.epoch);
+    let opt_hint_stage = in_hint_stage(start.position.epoch);
     let mut opt = Optimizer::new(cfg.optimizer, params_for(opt_hint_stage));
     if let Some(ck) = &start.checkpoint {
         if start.hint_stage_optimizer && !opt_hint_stage {
@@ -557,14 +581,13 @@ pub fn run(
             0
         };
         let hint_stage = in_hint_stage(epoch);
-        if opt_hint_stage && !hint_stage {
+        if ctx.opt_hint_stage.get() && !hint_stage {
             // FitNets' stage 2: the whole student, with a fresh optimizer and schedule.
             tracing::info!(
                 epoch,
                 "hint stage done: the optimizer starts afresh for distillation"
             );
             opt = Optimizer::new(cfg.optimizer, params_for(false));
-            opt_hint_stage = false;
             ctx.opt_hint_stage.set(false);
         }
         let total_steps = stage_steps(hint_stage);
@@ -1054,56 +1077,27 @@ impl Sums {
     }
 }
 
-/// The regressor of `hint` from the student layer it names (in `net`) to the teacher's feature,
-/// built in `hint_vs` (named `hint.regressor.*`); on resume its weights come from `checkpoint`.
+/// The regressor of `hint` ([`HintPlan::regressor`]), built in `hint_vs` (named
+/// `hint.regressor.*`); on resume its weights come from `checkpoint`'s auxiliary file.
 ///
 /// # Errors
-/// [`TrainError::Hint`] for a student layer `net` does not have (listing those it has), shapes
-/// no regressor joins, or a checkpoint without the regressor; [`TrainError::Model`] for an
-/// unreadable one.
+/// As [`HintPlan::regressor`]; [`TrainError::Model`] for a checkpoint without the regressor, or
+/// whose regressor does not fit (naming the tensor and both shapes).
 fn build_regressor(
     hint: &HintPlan,
     net: &Network,
     hint_vs: &nn::VarStore,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Regressor, TrainError> {
-    let layer = net
-        .layers()
-        .into_iter()
-        .find(|l| l.name == hint.config.spec.student_layer)
-        .ok_or_else(|| unknown_layer(hint, net))?;
-    let regressor = Regressor::new(
-        &(hint_vs.root() / "hint"),
-        &hint.config.spec,
-        &layer.shape,
-        &hint.teacher_shape,
-    )?;
+    let regressor = hint.regressor(net, &(hint_vs.root() / "hint"))?;
     if let Some(ck) = checkpoint {
-        let saved: std::collections::HashMap<String, Tensor> = ck.load_aux()?.into_iter().collect();
-        let mut vars = hint_vs.variables();
-        for (name, var) in vars.iter_mut() {
-            let t = saved.get(name).ok_or_else(|| TrainError::Resume {
-                dir: ck.dir.clone(),
-                reason: format!("no hint regressor tensor {name} in the checkpoint"),
-            })?;
-            if t.size() != var.size() {
-                return Err(TrainError::Resume {
-                    dir: ck.dir.clone(),
-                    reason: format!(
-                        "the checkpoint's {name} is {:?}, this run's regressor {:?}",
-                        t.size(),
-                        var.size()
-                    ),
-                });
-            }
-            tch::no_grad(|| var.f_copy_(t))?;
-        }
+        ck.load_aux_into(hint_vs, "hint regressor")?;
     }
     Ok(regressor)
 }
 
 /// The error for a `--hint` student layer the network does not have, listing its layers.
-pub(crate) fn unknown_layer(hint: &HintPlan, net: &Network) -> TrainError {
+fn unknown_layer(hint: &HintPlan, net: &Network) -> TrainError {
     let layers: Vec<String> = net
         .layers()
         .into_iter()
