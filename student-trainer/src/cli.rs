@@ -3,14 +3,15 @@
 //! Every flag has an environment-variable equivalent (`STUDENT_…`); the names of the common flags
 //! (`--device`, `--arch`, `--data-dir`, `--epochs`, `--batch-size`, `--lr`, `--optimizer`,
 //! `--seed`, `--limit`, `--out`, `--resume`) are kept stable: scripts and the README use them.
-//! Parsing only checks syntax; [`crate::config`] validates the values.
+//! Parsing only checks syntax; the config validates the values. This module holds the clap
+//! structs only: the domain enums the flags name come from their own modules.
 
 use crate::ensemble::EnsembleMode;
 use crate::hint::HintLoss;
 use crate::loss::{LossKind, SparseTail};
-use crate::lr_schedule::LrScheduleKind;
-use crate::optim::OptimizerKind;
-use crate::wire::WireDType;
+use crate::optim::{LrScheduleKind, OptimizerKind};
+use crate::soft_targets::WireDType;
+use crate::teachers::Compression;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -165,22 +166,14 @@ pub struct TrainArgs {
 
 /// `distill` flags.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("teacher", |a| a.required_unless_present_any(["teacher_group", "logit_cache"])))]
 pub struct DistillArgs {
     /// Flags shared with `train`.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// URL of a teacher-server replica, e.g. http://127.0.0.1:50051, or dns://NAME:PORT for
-    /// every address of NAME (a Kubernetes headless service). Repeat the flag (or give a
-    /// comma-separated list) for several replicas of the same teacher: each batch goes to the
-    /// replica with the fewest batches outstanding, and a failed replica's batches move to the
-    /// others.
-    #[arg(
-        long,
-        env = "STUDENT_TEACHER",
-        value_delimiter = ',',
-        required_unless_present_any = ["teacher_group", "logit_cache"]
-    )]
-    pub teacher: Vec<String>,
+    /// The teacher replicas and how to reach them.
+    #[command(flatten)]
+    pub teachers: TeacherArgs,
     /// An ensemble member: `NAME=URL,URL,...`, the replicas of one teacher (repeat the flag for
     /// each teacher). Each batch goes to one replica of every group; the soft target is the
     /// weighted mean of the groups' probabilities at temperature T (see --group-weight).
@@ -189,18 +182,6 @@ pub struct DistillArgs {
     /// Weight of a group in the ensemble, `NAME=W` (default 1 each; normalised to sum 1).
     #[arg(long, env = "STUDENT_GROUP_WEIGHT", value_delimiter = ';')]
     pub group_weight: Vec<String>,
-    /// Seconds a batch may go unanswered before its replica counts as failed and its batches
-    /// are re-sent to the other replicas.
-    #[arg(long, env = "STUDENT_BATCH_TIMEOUT", default_value_t = 30.0)]
-    pub batch_timeout: f64,
-    /// Seconds training waits with no teacher replica reachable before it saves a checkpoint
-    /// and exits (non-zero; `--resume` carries on later).
-    #[arg(long, env = "STUDENT_TEACHER_WAIT", default_value_t = 300.0)]
-    pub teacher_wait: f64,
-    /// Seconds between re-resolutions of `dns://NAME:PORT` teachers (new addresses join as
-    /// replicas, vanished ones are retired).
-    #[arg(long, env = "STUDENT_RESOLVE_INTERVAL", default_value_t = 30.0)]
-    pub resolve_interval: f64,
     /// Test-only: append one JSON line per trained batch (epoch, index, batch_id, replica) to
     /// this file.
     #[arg(long, env = "STUDENT_BATCH_LEDGER", hide = true)]
@@ -251,16 +232,9 @@ pub struct DistillArgs {
     /// soft term alone, at weight 1).
     #[arg(long, env = "STUDENT_LABELS", default_value = "all")]
     pub labels: String,
-    /// Batches in flight per teacher replica (sent and not yet answered), so the teacher's
-    /// forward pass overlaps the student's step.
-    #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
-    pub prefetch: usize,
     /// A checkpoint of the same student trained without distillation, evaluated for the report.
     #[arg(long, env = "STUDENT_BASELINE")]
     pub baseline: Option<PathBuf>,
-    /// Seconds to wait for the teacher's connection before giving up.
-    #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
-    pub connect_timeout: f64,
     /// A logit cache directory. With --teacher: the first epoch asks the teacher and fills the
     /// cache (in the --wire/--top-k format), later epochs read it without calling the teacher.
     /// Without --teacher: every epoch reads a complete cache (from `student-trainer capture`
@@ -288,19 +262,15 @@ pub struct DistillArgs {
     /// learning-rate schedule) starts afresh for KD.
     #[arg(long, env = "STUDENT_HINT_STAGE_EPOCHS", default_value_t = 0)]
     pub hint_stage_epochs: u64,
-    /// TLS, bearer token and compression of the teacher connections.
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
 }
 
 /// `capture` flags.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("teacher", |a| a.required(true)))]
 pub struct CaptureArgs {
-    /// URL of a teacher-server replica (repeat the flag, or give a comma-separated list, for
-    /// several replicas of one teacher; dns://NAME:PORT for every address of NAME). Batches are
-    /// balanced over the replicas and a failed replica's batches move to the others.
-    #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',', required = true)]
-    pub teacher: Vec<String>,
+    /// The teacher replicas and how to reach them.
+    #[command(flatten)]
+    pub teachers: TeacherArgs,
     /// Dataset: a directory of IDX files or an .npz file; its training split is captured.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
@@ -324,24 +294,8 @@ pub struct CaptureArgs {
     #[arg(long, env = "STUDENT_BATCH_SIZE", default_value_t = 256)]
     pub batch_size: usize,
     /// Samples per shard file.
-    #[arg(long, env = "STUDENT_SHARD_SAMPLES", default_value_t = crate::cache::DEFAULT_SHARD_SAMPLES)]
+    #[arg(long, env = "STUDENT_SHARD_SAMPLES", default_value_t = crate::logit_cache::DEFAULT_SHARD_SAMPLES)]
     pub shard_samples: usize,
-    /// Batches in flight per replica.
-    #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
-    pub prefetch: usize,
-    /// Seconds a batch may go unanswered before its replica counts as failed.
-    #[arg(long, env = "STUDENT_BATCH_TIMEOUT", default_value_t = 30.0)]
-    pub batch_timeout: f64,
-    /// Seconds to wait with no replica reachable before giving up (shards written so far are
-    /// kept; run the command again to resume).
-    #[arg(long, env = "STUDENT_TEACHER_WAIT", default_value_t = 300.0)]
-    pub teacher_wait: f64,
-    /// Seconds to wait for the teacher's connection before giving up.
-    #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
-    pub connect_timeout: f64,
-    /// TLS, bearer token and compression of the teacher connections.
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
 }
 
 /// `eval` flags.
@@ -355,12 +309,10 @@ pub struct EvalArgs {
         required_unless_present = "teacher"
     )]
     pub checkpoint: Option<PathBuf>,
-    /// A teacher-server replica to evaluate instead of a checkpoint: http://HOST:PORT, or
-    /// dns://NAME:PORT for every address of NAME. Repeat the flag (or give a comma-separated
-    /// list) for several replicas of the same teacher: batches are balanced over them and a
-    /// failed replica's batches move to the others, as in distill.
-    #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',')]
-    pub teacher: Vec<String>,
+    /// The teacher replicas to evaluate instead of a checkpoint (batches are balanced over them
+    /// and a failed replica's batches move to the others, as in distill), and how to reach them.
+    #[command(flatten)]
+    pub teachers: TeacherArgs,
     /// Dataset directory (IDX), .npz file, or text corpus directory; its test split is
     /// evaluated (a language model: perplexity and next-token top-1 accuracy).
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
@@ -385,9 +337,39 @@ pub struct EvalArgs {
     /// libtorch intra-op threads for this process.
     #[arg(long, env = "STUDENT_THREADS")]
     pub threads: Option<usize>,
+}
+
+/// Where the teacher replicas are, how long to wait for them and how to reach them: shared by
+/// `distill`, `capture` and `eval --teacher`.
+#[derive(Debug, Clone, Args)]
+pub struct TeacherArgs {
+    /// URL of a teacher-server replica, e.g. http://127.0.0.1:50051, or dns://NAME:PORT for
+    /// every address of NAME (a Kubernetes headless service). Repeat the flag (or give a
+    /// comma-separated list) for several replicas of the same teacher: each batch goes to the
+    /// replica with the fewest batches outstanding, and a failed replica's batches move to the
+    /// others.
+    #[arg(long, env = "STUDENT_TEACHER", value_delimiter = ',')]
+    pub teacher: Vec<String>,
+    /// Seconds a batch may go unanswered before its replica counts as failed and its batches
+    /// are re-sent to the other replicas.
+    #[arg(long, env = "STUDENT_BATCH_TIMEOUT", default_value_t = 30.0)]
+    pub batch_timeout: f64,
+    /// Seconds to wait with no teacher replica reachable before giving up (non-zero exit):
+    /// `distill` saves a checkpoint first (`--resume` carries on later), `capture` keeps the
+    /// shards written so far (run it again to resume).
+    #[arg(long, env = "STUDENT_TEACHER_WAIT", default_value_t = 300.0)]
+    pub teacher_wait: f64,
+    /// Seconds between re-resolutions of `dns://NAME:PORT` teachers (new addresses join as
+    /// replicas, vanished ones are retired).
+    #[arg(long, env = "STUDENT_RESOLVE_INTERVAL", default_value_t = 30.0)]
+    pub resolve_interval: f64,
     /// Seconds to wait for the teacher's connection before giving up.
     #[arg(long, env = "STUDENT_CONNECT_TIMEOUT", default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Batches in flight per teacher replica (sent and not yet answered), so the teacher's
+    /// forward pass overlaps the student's step.
+    #[arg(long, env = "STUDENT_PREFETCH", default_value_t = 4)]
+    pub prefetch: usize,
     /// TLS, bearer token and compression of the teacher connections.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -426,20 +408,8 @@ pub struct ConnectionArgs {
     pub compression: Compression,
 }
 
-/// `--compression`: how messages to and from the teachers are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum Compression {
-    /// Uncompressed.
-    #[default]
-    None,
-    /// gzip (any gRPC implementation understands it).
-    Gzip,
-    /// zstd (faster than gzip at a similar ratio; tonic servers).
-    Zstd,
-}
-
 /// The raw value of `--auth-token` / `STUDENT_AUTH_TOKEN`: any string (so that clap never quotes
-/// it in a parse error), with a redacting `Debug`; [`crate::config`] checks it.
+/// it in a parse error), with a redacting `Debug`; the config checks it.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct TokenArg(pub String);
 
@@ -469,10 +439,10 @@ pub struct PlotArgs {
     #[arg(short, long, env = "STUDENT_PLOT_OUTPUT", default_value = "curves.png")]
     pub output: PathBuf,
     /// Image width in pixels.
-    #[arg(long, env = "STUDENT_PLOT_WIDTH", default_value_t = crate::plot::DEFAULT_WIDTH)]
+    #[arg(long, env = "STUDENT_PLOT_WIDTH", default_value_t = crate::outputs::plot::DEFAULT_WIDTH)]
     pub width: u32,
     /// Image height in pixels.
-    #[arg(long, env = "STUDENT_PLOT_HEIGHT", default_value_t = crate::plot::DEFAULT_HEIGHT)]
+    #[arg(long, env = "STUDENT_PLOT_HEIGHT", default_value_t = crate::outputs::plot::DEFAULT_HEIGHT)]
     pub height: u32,
 }
 

@@ -10,6 +10,25 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
+/// How a text corpus is tokenized and packed (`--seq-len`, `--vocab-size`; used only when the
+/// data is one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Tokens per sequence (≥ 2).
+    pub seq_len: usize,
+    /// Vocabulary size of the BPE tokenizer, in `MIN_VOCAB_SIZE..=65536`.
+    pub vocab_size: usize,
+}
+
+impl Default for TextOptions {
+    fn default() -> Self {
+        TextOptions {
+            seq_len: 128,
+            vocab_size: distill_text::DEFAULT_VOCAB_SIZE,
+        }
+    }
+}
+
 /// Which half of a dataset to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Split {

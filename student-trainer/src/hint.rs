@@ -8,12 +8,15 @@
 //!   convolution for feature maps (the paper uses a convolutional regressor so that its parameter
 //!   count stays small; a 1×1 kernel keeps the spatial size, which must then already match).
 //! - [`hint_loss`]: MSE or cosine between the regressed student feature and the teacher's.
+//! - [`HintConfig`] (the flags) and [`HintPlan`] (the flags with the teacher output's shape,
+//!   what a run checks its student against and records in its checkpoint).
 //!
 //! The paper's hint loss (its eq. 3) is `½ ‖u_h(x) − r(v_g(x))‖²`, summed over the feature's
 //! elements. [`HintLoss::Mse`] is the *mean* over the batch and the elements instead, so that its
 //! scale does not grow with the feature's size: the two differ by the constant factor
 //! `2 / elements per sample`, which a `--hint-weight` absorbs.
 
+use distill_models::Network;
 use std::fmt;
 use std::str::FromStr;
 use tch::{Tensor, nn, nn::Module};
@@ -39,6 +42,18 @@ pub enum HintError {
         teacher_shape: Vec<i64>,
         /// What does not fit.
         why: String,
+    },
+    /// The student has no layer of the hint's name.
+    #[error("--hint {hint}: the student {arch} has no layer {layer}; its layers: {layers}")]
+    UnknownLayer {
+        /// The `--hint` value.
+        hint: String,
+        /// The student's architecture.
+        arch: String,
+        /// The missing layer's name.
+        layer: String,
+        /// The student's layers with their per-sample shapes, comma-separated.
+        layers: String,
     },
 }
 
@@ -89,6 +104,71 @@ impl fmt::Display for HintLoss {
             HintLoss::Mse => "mse",
             HintLoss::Cosine => "cosine",
         })
+    }
+}
+
+/// `distill --hint` settings (FitNets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HintConfig {
+    /// The teacher output and the student layer.
+    pub spec: HintSpec,
+    /// MSE or cosine.
+    pub loss: HintLoss,
+    /// Weight of the hint loss in the KD stage (≥ 0; 0: hint stage only).
+    pub weight: f64,
+    /// Epochs of hints alone before the KD epochs.
+    pub stage_epochs: u64,
+}
+
+/// Hint distillation in a `distill` run: the settings and the teacher feature's per-sample shape
+/// (from its `ModelInfo.outputs`).
+#[derive(Debug, Clone)]
+pub struct HintPlan {
+    /// `--hint`, `--hint-loss`, `--hint-weight`, `--hint-stage-epochs`.
+    pub config: HintConfig,
+    /// Per-sample shape of the teacher's output.
+    pub teacher_shape: Vec<i64>,
+}
+
+impl HintPlan {
+    /// The settings as one line, recorded in the checkpoint (a resume with others is refused)
+    /// and the report: e.g. `features=h2 mse weight=1 stage_epochs=2`.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} {} weight={} stage_epochs={}",
+            c.spec, c.loss, c.weight, c.stage_epochs
+        )
+    }
+
+    /// The regressor from the student layer the hint names (in `net`) to the teacher's feature,
+    /// built under `path`; `distill` builds one at start to check the hint before any training.
+    ///
+    /// # Errors
+    /// [`HintError::UnknownLayer`] for a student layer `net` does not have (listing those it
+    /// has); [`HintError::Shapes`] for shapes no regressor joins.
+    pub fn regressor(&self, net: &Network, path: &nn::Path<'_>) -> Result<Regressor, HintError> {
+        let layer = net
+            .layers()
+            .into_iter()
+            .find(|l| l.name == self.config.spec.student_layer)
+            .ok_or_else(|| self.unknown_layer(net))?;
+        Regressor::new(path, &self.config.spec, &layer.shape, &self.teacher_shape)
+    }
+
+    /// The error for a student layer `net` does not have, listing its layers.
+    pub fn unknown_layer(&self, net: &Network) -> HintError {
+        let layers: Vec<String> = net
+            .layers()
+            .into_iter()
+            .map(|l| format!("{} {:?}", l.name, l.shape))
+            .collect();
+        HintError::UnknownLayer {
+            hint: self.config.spec.to_string(),
+            arch: net.spec().arch.to_string(),
+            layer: self.config.spec.student_layer.clone(),
+            layers: layers.join(", "),
+        }
     }
 }
 

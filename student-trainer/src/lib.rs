@@ -1,44 +1,48 @@
 //! student-trainer: supervised training, knowledge distillation from teacher-server replicas
-//! (Hinton, Vinyals & Dean 2015), and evaluation, on Fashion-MNIST or a user's NPZ data.
+//! (Hinton, Vinyals & Dean 2015), and evaluation, on Fashion-MNIST, a user's NPZ data or a text
+//! corpus.
 //!
-//! Layout: [`cli`] (flags) → [`config`] (validation; the teacher groups of [`endpoint`]) →
-//! [`app`] (the commands), which load [`data`], talk to the teacher replicas through [`pool`]
-//! (its `scheduler` decides, its shell talks), [`client`] and [`wire`] (the only modules
-//! that see gRPC types; [`ensemble`] mixes several teachers), and run the loop of [`trainer`] on
-//! its own thread over the batch [`schedule`]; [`loss`], [`optim`] and [`lr_schedule`] are the
-//! maths, [`eval`] (local, no network), [`teacher_eval`] (through the pool), [`metrics`],
-//! [`progress`] and [`report`] the outputs; [`plot`] draws the training curves of finished runs.
+//! # Layout
+//!
+//! A folder or file per concern; what each may import is checked by the architecture test
+//! (`tests/tests/integration/architecture.rs` in the workspace):
+//!
+//! - [`cli`]: the clap structs only (flags and their help). Imports domain enums, never
+//!   [`config`], [`commands`] or [`training`].
+//! - [`config`]: flags → validated settings, one file per command and [`config::teachers`] for
+//!   the teacher flags; owns [`config::ConfigError`]. Pure: no file, network or device.
+//! - [`commands`]: one file per subcommand, the stdout they print and [`commands::AppError`].
+//!   Only the binary imports it.
+//! - [`teachers`]: everything that talks to teachers, and the only folder that uses tonic or the
+//!   generated protos: endpoints, security, the client, teacher identity and what is expected
+//!   of it, wire conversion, the replica pool. Never imports training, losses, optimizers, data,
+//!   the logit cache, config, cli or commands.
+//! - [`training`]: the loop on its own thread (job, epoch loop, step, where soft targets come
+//!   from, checkpoints and resume). Never imports teachers, config, cli, commands, tonic or the
+//!   protos.
+//! - [`soft_targets`]: the hand-off between teachers and training (wire dtype, what a run asks
+//!   for, a batch's soft targets).
+//! - The maths and data, importing only each other, downward, and none of tokio, tonic or the
+//!   protos: [`data`], [`schedule`], [`soft_targets`], [`ensemble`], [`loss`], [`optim`],
+//!   [`hint`], [`logit_cache`], [`eval`].
+//! - [`outputs`]: metrics log, report, plot, progress, Prometheus, the test-only ledger.
+//! - [`signals`]: Ctrl-C and SIGTERM for the binary.
 
-pub mod app;
-pub mod cache;
-pub mod capture;
 pub mod cli;
-mod client;
+pub mod commands;
 pub mod config;
 pub mod data;
-mod endpoint;
 /// Device selection, shared with teacher-server (see [`distill_models::device`]).
 pub use distill_models::device;
-mod ensemble;
-mod eval;
+pub mod ensemble;
+pub mod eval;
 pub mod hint;
+pub mod logit_cache;
 pub mod loss;
-pub mod lr_schedule;
-mod metrics;
-pub mod monitoring;
 pub mod optim;
-pub mod plot;
-pub mod pool;
-mod progress;
-mod report;
+pub mod outputs;
 pub mod schedule;
-pub mod security;
 pub mod signals;
-pub mod targets;
-mod teacher_eval;
-pub mod trainer;
-mod wire;
-
-pub use app::{AppError, Finished};
-pub use ensemble::EnsembleMode;
-pub use wire::{TargetRequest, WireDType};
+pub mod soft_targets;
+pub mod teachers;
+pub mod training;

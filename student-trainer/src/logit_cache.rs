@@ -29,7 +29,9 @@
 //! naming it, never silent zeros. A cache whose key differs from the run's is refused with a
 //! message naming every field that differs.
 
-use crate::targets::SoftTargets;
+use crate::data::Dataset;
+use crate::schedule::Position;
+use crate::soft_targets::{SoftTargets, TargetRequest};
 use distill_models::ModelError;
 use distill_models::checkpoint::{FileEntry, replace_file, write_data_file};
 use distill_models::weights::{serialize, sha256_hex, tensors_from_bytes};
@@ -223,6 +225,74 @@ impl CacheKey {
     }
 }
 
+/// Who produced a cache's targets: the teacher's identity as its `ModelInfo` states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedTeacher<'a> {
+    /// Hex SHA-256 of its source weights.
+    pub fingerprint: &'a str,
+    /// The dtype it computes in (`f32`, `bf16`, `f16`).
+    pub precision: &'a str,
+    /// Logits per sample (per position of a language model).
+    pub num_logits: i64,
+}
+
+impl CacheKey {
+    /// The key of `request`'s soft targets of `teacher` for the training split `train`: the
+    /// temperature counts for top-k targets only (raw logits do not depend on it), positions and
+    /// the tokenizer for token data only.
+    ///
+    /// # Errors
+    /// A libtorch failure while hashing the inputs.
+    pub fn for_run(
+        request: &TargetRequest,
+        teacher: CachedTeacher<'_>,
+        train: &Dataset,
+    ) -> Result<CacheKey, tch::TchError> {
+        Ok(CacheKey {
+            teacher_fingerprint: teacher.fingerprint.to_string(),
+            teacher_precision: teacher.precision.to_string(),
+            wire: request.wire.to_string(),
+            top_k: request.top_k,
+            temperature: (request.top_k > 0).then_some(request.temperature),
+            num_logits: teacher.num_logits,
+            dataset_sha256: dataset_sha256(&train.inputs)?,
+            samples: train.len(),
+            positions: if train.is_tokens() {
+                train.sample_shape().first().copied().unwrap_or(0)
+            } else {
+                0
+            },
+            tokenizer_fingerprint: train.tokenizer_fingerprint.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// How a distillation run uses a logit cache (`--logit-cache`).
+#[derive(Debug)]
+pub struct CachePlan {
+    /// The cache. While it is incomplete, every batch received from the teacher is added to it
+    /// (shards are written as they complete).
+    pub cache: LogitCache,
+    /// From this epoch on, soft targets come from the cache (read and verified once), not from
+    /// the teacher.
+    pub from_epoch: u64,
+}
+
+impl CachePlan {
+    /// The first epoch that can read a cache whose completeness is `complete` now, for a run
+    /// starting at `start`: `start.epoch` for a complete cache; otherwise the epoch after the
+    /// first one streamed from its first batch (which sees every sample once and so completes
+    /// the cache): `start.epoch + 1` from an epoch boundary, `start.epoch + 2` after a mid-epoch
+    /// resume (the shards being filled were in memory only).
+    pub fn first_cached_epoch(complete: bool, start: Position) -> u64 {
+        match (complete, start.batch) {
+            (true, _) => start.epoch,
+            (false, 0) => start.epoch + 1,
+            (false, _) => start.epoch + 2,
+        }
+    }
+}
+
 /// Hex SHA-256 of a dataset's inputs as the teacher sees them: the shape (as little-endian
 /// `i64`s) then the `f32` data row by row. `inputs`: `f32 [N, ...]`, CPU.
 ///
@@ -343,6 +413,27 @@ impl LogitCache {
             kind,
             filling: BTreeMap::new(),
         })
+    }
+
+    /// Opens the complete cache in `dir` for a run without a teacher, checked against `run` (a
+    /// key whose teacher fields are the stored ones: only the run's flags and data can differ).
+    ///
+    /// # Errors
+    /// [`CacheError::Mismatch`] naming every differing field, [`CacheError::Incomplete`] for a
+    /// cache with shards missing, [`CacheError::Manifest`] for an unreadable one.
+    pub fn open_complete(dir: &Path, run: &CacheKey) -> Result<LogitCache, CacheError> {
+        let cache = LogitCache::open(dir)?;
+        cache.check_key(run)?;
+        let missing = cache.missing_shards();
+        if let Some(&first) = missing.first() {
+            return Err(CacheError::Incomplete {
+                dir: dir.to_path_buf(),
+                missing: missing.len(),
+                total: cache.shard_count(),
+                first,
+            });
+        }
+        Ok(cache)
     }
 
     /// Whether `dir` holds a cache (has a `cache.json`).

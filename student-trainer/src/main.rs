@@ -12,9 +12,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use student_trainer::cli::{Cli, Command, LogFormat};
-use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, PlotConfig, TrainConfig};
+use student_trainer::commands::{self, AppError, Finished};
+use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, PlotConfig};
 use student_trainer::signals::{ShutdownSignals, StopSignal};
-use student_trainer::{AppError, Finished, app};
+use student_trainer::training::TrainConfig;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -100,19 +101,19 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
     }
     rt.block_on(async move {
         Ok(match command {
-            Command::Train(a) => app::train(TrainConfig::try_from(a)?, stop).await?,
-            Command::Distill(a) => app::distill(DistillConfig::try_from(a)?, stop).await?,
-            Command::Capture(a) => app::capture(CaptureConfig::try_from(a)?, stop).await?,
+            Command::Train(a) => commands::train(TrainConfig::try_from(a)?, stop).await?,
+            Command::Distill(a) => commands::distill(DistillConfig::try_from(a)?, stop).await?,
+            Command::Capture(a) => commands::capture(CaptureConfig::try_from(a)?, stop).await?,
             Command::Eval(a) => {
-                app::eval(EvalConfig::try_from(a)?).await?;
+                commands::eval(EvalConfig::try_from(a)?).await?;
                 Finished::Done
             }
             Command::Plot(a) => {
-                app::plot(PlotConfig::try_from(a)?)?;
+                commands::plot(PlotConfig::try_from(a)?)?;
                 Finished::Done
             }
             Command::Describe(a) => {
-                app::describe(&a.arch, &a.input_shape, a.num_classes)?;
+                commands::describe(&a.arch, &a.input_shape, a.num_classes)?;
                 Finished::Done
             }
         })

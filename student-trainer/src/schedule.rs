@@ -7,8 +7,6 @@
 //! before training on it. Resuming needs no RNG state: the position is enough.
 
 use crate::data::{SPLITMIX64_GAMMA, epoch_permutation, splitmix64_mix};
-use crate::targets::SoftTargets;
-use tch::Tensor;
 
 /// One batch of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,32 +74,6 @@ pub fn run_plan(
             .into_iter()
             .skip(skip)
     })
-}
-
-/// Teacher soft targets for one scheduled batch, as the client hands them to the training loop.
-#[derive(Debug)]
-pub struct TeacherBatch {
-    /// Id of the request on the teacher stream that produced these logits.
-    pub batch_id: u64,
-    /// Epoch of the batch.
-    pub epoch: u64,
-    /// Position of the batch within its epoch.
-    pub index: usize,
-    /// Dataset indices of the samples, in the order of the rows of `targets`.
-    pub indices: Vec<i64>,
-    /// The soft targets, one row per sample, on the CPU: dense `f32 [indices.len(),
-    /// num_classes]` logits (for a mixed ensemble: the mixture's `T · log p`, see
-    /// [`crate::ensemble::mix`]) or top-k rows.
-    pub targets: SoftTargets,
-    /// The teacher's hint feature for `distill --hint`, `f32 [indices.len(), ...]` on the CPU.
-    pub hint: Option<Tensor>,
-    /// Names of the groups that answered (one when an ensemble samples).
-    pub groups: Vec<String>,
-    /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).
-    pub replica: String,
-    /// The batch's `batch` span, opened at its first send; the training loop enters it for the
-    /// step that uses these targets, and it closes when the batch is dropped after that step.
-    pub span: tracing::Span,
 }
 
 /// The seed of libtorch's generator for an epoch (dropout masks): a fixed mix of the run seed and

@@ -1,11 +1,89 @@
-//! The soft targets of one batch, as they flow from the teacher pool to the training loop: dense
-//! logit rows, or the top-k of each row with the log-sum-exp of the rest (a compact form that
-//! stays exact at any temperature; see `SparseLogits` in `proto/distill/v1/teacher.proto`).
+//! The hand-off between the teachers and training: what a run asks the teachers for
+//! ([`TargetRequest`], [`WireDType`]) and what comes back for each batch ([`TeacherBatch`] with its
+//! [`SoftTargets`]: dense logit rows, or the top-k of each row with the log-sum-exp of the rest, a
+//! compact form that stays exact at any temperature; see `SparseLogits` in
+//! `proto/distill/v1/teacher.proto`).
 //!
 //! One row per sample, so a batch's targets can be cut into rows ([`SoftTargets::select`]) and
-//! put back together ([`SoftTargets::cat`]) whatever their form.
+//! put back together ([`SoftTargets::cat`]) whatever their form. Nothing here knows gRPC: the
+//! conversion to and from wire messages is `teachers::wire`'s.
 
 use tch::{Device, Tensor};
+
+/// The dtype the teacher's logits travel in (`distill --wire`); the student converts them to
+/// `f32` on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum WireDType {
+    /// 4 bytes per logit, exact.
+    #[default]
+    F32,
+    /// IEEE half precision: 2 bytes, about 3 significant digits, largest value 65504.
+    F16,
+    /// bfloat16: 2 bytes, about 2–3 significant digits, the range of f32.
+    Bf16,
+}
+
+impl std::fmt::Display for WireDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WireDType::F32 => "f32",
+            WireDType::F16 => "f16",
+            WireDType::Bf16 => "bf16",
+        })
+    }
+}
+
+/// What a run asks the teacher for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetRequest {
+    /// The logits' dtype on the wire.
+    pub wire: WireDType,
+    /// `0`: dense rows; `k > 0`: the top k of each row with the tail's log-sum-exp.
+    pub top_k: u32,
+    /// Softmax temperature `T` (> 0) at which the teacher computes the tail of top-k rows.
+    pub temperature: f64,
+    /// A named teacher output wanted beside the logits (`distill --hint`), in the same wire
+    /// dtype.
+    pub hint_output: Option<String>,
+}
+
+impl TargetRequest {
+    /// Dense `f32` logits (the tail's temperature is then unused; sent as 1).
+    pub fn dense_f32() -> TargetRequest {
+        TargetRequest {
+            wire: WireDType::F32,
+            top_k: 0,
+            temperature: 1.0,
+            hint_output: None,
+        }
+    }
+}
+
+/// Teacher soft targets for one scheduled batch, as the client hands them to the training loop.
+#[derive(Debug)]
+pub struct TeacherBatch {
+    /// Id of the request on the teacher stream that produced these logits.
+    pub batch_id: u64,
+    /// Epoch of the batch.
+    pub epoch: u64,
+    /// Position of the batch within its epoch.
+    pub index: usize,
+    /// Dataset indices of the samples, in the order of the rows of `targets`.
+    pub indices: Vec<i64>,
+    /// The soft targets, one row per sample, on the CPU: dense `f32 [indices.len(),
+    /// num_classes]` logits (for a mixed ensemble: the mixture's `T · log p`, see
+    /// `ensemble::mix`) or top-k rows.
+    pub targets: SoftTargets,
+    /// The teacher's hint feature for `distill --hint`, `f32 [indices.len(), ...]` on the CPU.
+    pub hint: Option<Tensor>,
+    /// Names of the groups that answered (one when an ensemble samples).
+    pub groups: Vec<String>,
+    /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).
+    pub replica: String,
+    /// The batch's `batch` span, opened at its first send; the training loop enters it for the
+    /// step that uses these targets, and it closes when the batch is dropped after that step.
+    pub span: tracing::Span,
+}
 
 /// Soft targets of `B` samples.
 #[derive(Debug)]

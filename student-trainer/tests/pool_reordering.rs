@@ -15,13 +15,13 @@ use distill_proto::v1::{
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use student_trainer::config::{LabelPolicy, TrainConfig};
-use student_trainer::data::Dataset;
+use student_trainer::data::{Dataset, TextOptions};
 use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::optim::OptimizerConfig;
-use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions, RunTargets};
-use student_trainer::schedule::{Position, TeacherBatch, run_plan};
-use student_trainer::trainer::{self, Job, Objective, Start};
+use student_trainer::schedule::{Position, run_plan};
+use student_trainer::soft_targets::TeacherBatch;
+use student_trainer::teachers::pool::{Expect, GroupSpec, Pool, PoolOptions, RunTargets};
+use student_trainer::training::{self, Job, LabelPolicy, Objective, Start, TrainConfig};
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -165,6 +165,7 @@ async fn pool(url: &str, batch_size: usize) -> Pool {
             tokens: false,
             tokenizer_fingerprint: None,
             hint_output: None,
+            top_k: 0,
         },
     )
     .await
@@ -240,7 +241,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         device: student_trainer::device::DeviceChoice::Cpu,
         arch: "mlp:256".parse().unwrap(),
         data_dir: "unused".into(),
-        text: student_trainer::config::TextOptions::default(),
+        text: TextOptions::default(),
         epochs,
         batch_size: 50,
         optimizer: OptimizerConfig::adam(3e-3),
@@ -297,12 +298,12 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         cache: None,
         metrics: None,
     };
-    let handle = trainer::spawn(job, Some(rx)).unwrap();
+    let handle = training::spawn(job, Some(rx)).unwrap();
     pool.run(plan, inputs, RunTargets::dense_f32(1.0), tx)
         .await
         .unwrap();
     assert!(reversed.load(Ordering::Relaxed) > 0);
-    let outcome = tokio::task::spawn_blocking(move || trainer::join(handle))
+    let outcome = tokio::task::spawn_blocking(move || training::join(handle))
         .await
         .unwrap()
         .unwrap();

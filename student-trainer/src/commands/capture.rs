@@ -1,35 +1,103 @@
 //! `capture`: a teacher's soft targets for a whole dataset, captured offline into a
-//! [logit cache](crate::cache) through the replica pool (failover and exactly-once apply), so
-//! that any number of students can distill from it later without a teacher.
+//! [logit cache](crate::logit_cache) through the replica pool (failover and exactly-once apply),
+//! so that any number of students can distill from it later without a teacher.
 //!
 //! Resumable: shards are written (atomically) as they complete, and a second run captures only
 //! the shards still missing. A kill loses at most the shards being filled.
 
-use crate::cache::{CacheError, LogitCache};
-use crate::pool::{Pool, PoolError, RunTargets};
-use crate::schedule::{PlannedBatch, TeacherBatch};
+use super::dataset::load_data;
+use super::error::AppError;
+use super::output::{Finished, outln};
+use super::teachers::{batch_size_for, connect};
+use crate::config::CaptureConfig;
+use crate::data::TextOptions;
+use crate::ensemble::EnsembleMode;
+use crate::logit_cache::{CacheError, CacheKey, CachedTeacher, LogitCache};
+use crate::outputs::progress::Progress;
+use crate::schedule::PlannedBatch;
+use crate::soft_targets::TeacherBatch;
+use crate::teachers::pool::RunTargets;
+use crate::teachers::{ClientError, Expect, Pool, PoolError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tch::Tensor;
 use tokio::sync::mpsc;
 
-/// Why a capture failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    /// The teacher pool failed.
-    #[error("{0}")]
-    Pool(#[from] PoolError),
-    /// The cache could not be opened or written.
-    #[error("{0}")]
-    Cache(#[from] CacheError),
-    /// The writer thread panicked or could not start.
-    #[error("capture writer: {0}")]
-    Writer(String),
+/// `capture`: a teacher's soft targets for the training split into a logit cache; prints what
+/// was captured.
+///
+/// # Errors
+/// Any [`AppError`]; shards written before a failure are kept (run again to resume).
+pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    let t0 = Instant::now();
+    let data = load_data(&cfg.data_dir, cfg.limit, TextOptions::default())?;
+    let expect = Expect {
+        sample_shape: data.train.sample_shape(),
+        num_classes: data.train.num_classes.max(data.test.num_classes),
+        batch_size: 1,
+        tokens: data.train.is_tokens(),
+        tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
+        hint_output: None,
+        top_k: cfg.request.top_k,
+    };
+    let mut pool = connect(&cfg.teachers, expect, None).await?;
+    let info = pool.references()[0].clone();
+    let teacher = CachedTeacher {
+        fingerprint: &info.fingerprint,
+        precision: info.precision_name(),
+        num_logits: info.num_logits,
+    };
+    let key = CacheKey::for_run(&cfg.request, teacher, &data.train)?;
+    let cache = LogitCache::open_or_create(&cfg.out, key, cfg.shard_samples)?;
+    let batch_size = batch_size_for(&pool, cfg.batch_size);
+    outln!(
+        "capturing {} soft targets of teacher {} ({}) for {} samples into {} ({} of {} shards \
+         to go)",
+        if cfg.request.top_k == 0 {
+            format!("dense {}", cfg.request.wire)
+        } else {
+            format!("top-{} {}", cfg.request.top_k, cfg.request.wire)
+        },
+        info.name,
+        info.short_fingerprint(),
+        data.train.len(),
+        cfg.out.display(),
+        cache.missing_shards().len(),
+        cache.shard_count()
+    )?;
+    let targets = RunTargets {
+        request: cfg.request,
+        ensemble: EnsembleMode::Mix,
+        seed: 0,
+    };
+    let inputs = data.train.inputs.shallow_clone();
+    let done = capture_shards(&mut pool, cache, inputs, targets, batch_size, stop).await?;
+    outln!(
+        "{} samples captured in {:.1} s; {} shard(s) written, {} of {} in the cache{}; {:.1} \
+         bytes/sample",
+        done.samples,
+        t0.elapsed().as_secs_f64(),
+        done.shards_written,
+        done.present,
+        done.shards,
+        if done.complete {
+            ", complete"
+        } else {
+            ", incomplete: run again to resume"
+        },
+        done.bytes_per_sample
+    )?;
+    Ok(if done.interrupted {
+        Finished::Interrupted
+    } else {
+        Finished::Done
+    })
 }
 
 /// What a capture did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Captured {
+struct Captured {
     /// Samples whose targets were captured in this run.
     pub samples: usize,
     /// Shards written in this run.
@@ -48,7 +116,7 @@ pub struct Captured {
 
 /// The batches that cover the samples of `shards` (each shard's range, in order), `batch_size`
 /// samples at most each, numbered from 0 as one epoch.
-pub fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> Vec<PlannedBatch> {
+fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> Vec<PlannedBatch> {
     let mut plan = Vec::new();
     for &s in shards {
         let range = cache.shard_range(s);
@@ -70,16 +138,16 @@ pub fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> 
 /// runtime). Raising `stop` ends the capture after the shards written so far.
 ///
 /// # Errors
-/// [`CaptureError::Pool`] when the teachers fail; [`CaptureError::Cache`] when a shard cannot be
-/// written.
-pub async fn capture(
+/// [`AppError::Pool`] when the teachers fail; [`AppError::Cache`] when a shard cannot be
+/// written; [`AppError::CaptureWriter`] when the writer thread cannot start or panics.
+async fn capture_shards(
     pool: &mut Pool,
     mut cache: LogitCache,
     inputs: Tensor,
     targets: RunTargets,
     batch_size: usize,
     stop: Arc<AtomicBool>,
-) -> Result<Captured, CaptureError> {
+) -> Result<Captured, AppError> {
     let missing = cache.missing_shards();
     let plan = capture_plan(&cache, &missing, batch_size);
     let samples: usize = plan.iter().map(|b| b.indices.len()).sum();
@@ -89,8 +157,7 @@ pub async fn capture(
     let writer = std::thread::Builder::new()
         .name("capture-writer".into())
         .spawn(move || -> Result<(LogitCache, bool), CacheError> {
-            let mut bar =
-                crate::progress::Progress::new(0, 1, plan_len_hint(samples, batch_size), 0);
+            let mut bar = Progress::new(0, 1, plan_len_hint(samples, batch_size), 0);
             let mut done = 0usize;
             while let Some(b) = rx.blocking_recv() {
                 if writer_stop.load(Ordering::SeqCst) {
@@ -104,16 +171,16 @@ pub async fn capture(
             bar.finish();
             Ok((cache, false))
         })
-        .map_err(|e| CaptureError::Writer(e.to_string()))?;
+        .map_err(|e| AppError::CaptureWriter(e.to_string()))?;
     let streamed = pool.run(plan, inputs, targets, tx).await;
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await
-        .map_err(|e| CaptureError::Writer(e.to_string()))?
-        .map_err(|p| CaptureError::Writer(distill_models::panic_message(&*p)))?;
+        .map_err(|e| AppError::CaptureWriter(e.to_string()))?
+        .map_err(|p| AppError::CaptureWriter(distill_models::panic_message(&*p)))?;
     let (cache, interrupted) = written?;
     match streamed {
         Ok(_) => {}
-        Err(PoolError::Client(crate::client::ClientError::ConsumerGone)) if interrupted => {}
+        Err(PoolError::Client(ClientError::ConsumerGone)) if interrupted => {}
         Err(e) => return Err(e.into()),
     }
     let after = cache.missing_shards().len();

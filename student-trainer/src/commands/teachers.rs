@@ -1,21 +1,62 @@
-//! Accuracy of remote teachers (one replica or many, one group or an ensemble) on a dataset,
-//! streamed through the [`Pool`] with its failover.
+//! A command's teachers: the pool connected from the teacher flags (what the data and student
+//! expect of them is checked there, once per admitted replica), their size, and the accuracy of
+//! remote teachers (one replica or many, one group or an ensemble) streamed through the pool
+//! with its failover.
 
+use super::error::AppError;
+use crate::config::TeacherConfig;
 use crate::data::Dataset;
 use crate::eval::Accuracy;
-use crate::pool::{Pool, PoolError, RunTargets};
-use crate::schedule::{TeacherBatch, sequential_plan};
+use crate::outputs::monitoring::StudentMetrics;
+use crate::schedule::sequential_plan;
+use crate::soft_targets::TeacherBatch;
+use crate::teachers::pool::RunTargets;
+use crate::teachers::{Expect, Pool, TeacherInfo};
+use distill_models::{Arch, ArchSpec, Network};
+use tch::{Device, nn};
 use tokio::sync::mpsc;
 
-/// Why a remote evaluation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TeacherEvalError {
-    /// The pool failed (no replica reachable, fatal per-batch error, ...).
-    #[error("{0}")]
-    Pool(#[from] PoolError),
-    /// Counting the answers failed (libtorch).
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+/// Connects to the teachers of `cfg`, each admitted replica checked against `expect`.
+///
+/// # Errors
+/// [`AppError::Security`] for a TLS or token file that cannot be used; [`AppError::Pool`] when
+/// no replica of a group is reachable or a teacher does not fit.
+pub(crate) async fn connect(
+    cfg: &TeacherConfig,
+    expect: Expect,
+    metrics: Option<StudentMetrics>,
+) -> Result<Pool, AppError> {
+    let options = cfg.pool_options(metrics)?;
+    Ok(Pool::connect(cfg.groups.clone(), options, expect).await?)
+}
+
+/// Parameter count of `spec`, built on the CPU without keeping it.
+///
+/// # Errors
+/// [`distill_models::ModelError::InputShape`] when the architecture cannot take the input shape.
+pub(crate) fn params_of(spec: &ArchSpec) -> Result<i64, distill_models::ModelError> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    Network::new(&vs.root(), spec)?;
+    Ok(distill_models::arch::param_count(&vs))
+}
+
+/// Parameters of a teacher described by `info` when its name is a built-in architecture.
+pub(crate) fn info_params(info: &TeacherInfo) -> Option<i64> {
+    let arch: Arch = info.name.parse().ok()?;
+    params_of(&ArchSpec {
+        arch,
+        input_shape: info.input_shape.clone(),
+        num_classes: info.num_logits,
+    })
+    .ok()
+}
+
+/// The summed parameters of `teachers` (`None` when any is not a built-in architecture).
+pub(crate) fn total_params<'a>(teachers: impl IntoIterator<Item = &'a TeacherInfo>) -> Option<i64> {
+    teachers
+        .into_iter()
+        .map(info_params)
+        .try_fold(0i64, |acc, p| p.map(|p| acc + p))
 }
 
 /// Accuracy of the pool's teacher (the ensemble's mixture at temperature `temperature`, for
@@ -25,13 +66,13 @@ pub enum TeacherEvalError {
 /// whatever the training run used.
 ///
 /// # Errors
-/// [`TeacherEvalError::Pool`] from the pool; [`TeacherEvalError::Torch`] while counting.
+/// [`AppError::Pool`] from the pool; [`AppError::Torch`] while counting.
 pub(crate) async fn evaluate_pool(
     pool: &mut Pool,
     data: &Dataset,
     batch_size: usize,
     temperature: f64,
-) -> Result<Accuracy, TeacherEvalError> {
+) -> Result<Accuracy, AppError> {
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
     let labels = data.labels.shallow_clone();

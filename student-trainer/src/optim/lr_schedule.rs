@@ -3,7 +3,6 @@
 //! The schedule is a pure function of the optimizer step, so a resumed run needs no scheduler
 //! state: the step count restored from the checkpoint gives the same rate as an uninterrupted run.
 
-use crate::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
 
 /// The shape of the learning-rate schedule (`--lr-schedule`).
@@ -117,92 +116,10 @@ impl std::fmt::Display for LrSchedule {
     }
 }
 
-/// Compares the update rule of a run resumed with `--resume` (`now`, for a run of `total_steps`
-/// optimizer updates) with the one its checkpoint was trained with (`saved`, and
-/// `saved_total_steps` when the checkpoint recorded it).
-///
-/// Policy (a resumed run must continue the same trajectory, or say clearly that it does not):
-/// - refused: another `--optimizer` (Adam and AdamW keep moments of the same shape, so the
-///   state would load silently into a different rule); another `--lr-schedule`,
-///   `--warmup-steps` or `--min-lr`; and, for a cosine schedule, another run length
-///   (`--epochs`, since the decay is spread over the whole run: the rate would jump). A constant
-///   schedule may be resumed with more `--epochs`.
-/// - warned: another `--lr`, `--weight-decay`, `--momentum`, `--clip-grad-norm` or Adam
-///   beta/eps: deliberate changes of step size (e.g. a lower `--lr` after a divergence) that
-///   keep the optimizer state meaningful. Returns one message per change.
-///
-/// # Errors
-/// A one-line reason naming the flags and both values, for the refused cases.
-pub fn check_resume(
-    saved: &OptimizerConfig,
-    saved_total_steps: Option<u64>,
-    now: &OptimizerConfig,
-    total_steps: u64,
-) -> Result<Vec<String>, String> {
-    if saved.kind != now.kind {
-        return Err(format!(
-            "it was trained with --optimizer {}, this run asks for --optimizer {} (the saved \
-             optimizer state belongs to {}; resume with the same optimizer or start a new run)",
-            saved.kind, now.kind, saved.kind
-        ));
-    }
-    if saved.schedule != now.schedule {
-        return Err(format!(
-            "it was trained with the learning-rate schedule `{}`, this run asks for `{}` (resume \
-             with the same --lr-schedule, --warmup-steps and --min-lr, or start a new run)",
-            saved.schedule, now.schedule
-        ));
-    }
-    if now.schedule.kind == LrScheduleKind::Cosine
-        && let Some(saved_total) = saved_total_steps
-        && saved_total != total_steps
-    {
-        return Err(format!(
-            "its cosine schedule decays over {saved_total} optimizer steps, this run has \
-             {total_steps} (the rate would jump; resume with the same --epochs, or start a new run)"
-        ));
-    }
-    let mut warnings = Vec::new();
-    let mut differs = |flag: &str, was: String, is: String| {
-        if was != is {
-            warnings.push(format!(
-                "--resume with {flag} {is} (the checkpoint was trained with {was})"
-            ));
-        }
-    };
-    differs("--lr", saved.lr.to_string(), now.lr.to_string());
-    differs(
-        "--weight-decay",
-        saved.weight_decay.to_string(),
-        now.weight_decay.to_string(),
-    );
-    if now.kind == crate::optim::OptimizerKind::Sgd {
-        differs(
-            "--momentum",
-            saved.momentum.to_string(),
-            now.momentum.to_string(),
-        );
-    } else {
-        differs(
-            "Adam betas",
-            format!("({}, {})", saved.beta1, saved.beta2),
-            format!("({}, {})", now.beta1, now.beta2),
-        );
-        differs("Adam eps", saved.eps.to_string(), now.eps.to_string());
-    }
-    let clip = |c: Option<f64>| c.map_or_else(|| "off".to_string(), |m| m.to_string());
-    differs(
-        "--clip-grad-norm",
-        clip(saved.clip_grad_norm),
-        clip(now.clip_grad_norm),
-    );
-    Ok(warnings)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optim::OptimizerKind;
+
     use std::f64::consts::PI;
 
     fn close(got: f64, want: f64) {
@@ -310,82 +227,6 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("--lr-schedule cosine"), "{e}");
         assert!(LrSchedule::default().validate(1e-3).is_ok());
-    }
-
-    #[test]
-    fn resume_refuses_another_rule_and_warns_about_rates() {
-        let cosine = LrSchedule {
-            kind: LrScheduleKind::Cosine,
-            warmup_steps: 100,
-            min_lr: 0.0,
-        };
-        let saved = OptimizerConfig {
-            schedule: cosine,
-            clip_grad_norm: Some(1.0),
-            ..OptimizerConfig::adamw(3e-4)
-        };
-        assert_eq!(
-            check_resume(&saved, Some(1000), &saved, 1000).unwrap(),
-            Vec::<String>::new()
-        );
-        // Another optimizer.
-        let adam = OptimizerConfig {
-            kind: OptimizerKind::Adam,
-            ..saved
-        };
-        let e = check_resume(&saved, Some(1000), &adam, 1000).unwrap_err();
-        assert!(
-            e.contains("--optimizer adamw") && e.contains("--optimizer adam "),
-            "{e}"
-        );
-        // Another schedule, warm-up or floor.
-        for schedule in [
-            LrSchedule::default(),
-            LrSchedule {
-                warmup_steps: 50,
-                ..cosine
-            },
-            LrSchedule {
-                min_lr: 1e-5,
-                ..cosine
-            },
-        ] {
-            let now = OptimizerConfig { schedule, ..saved };
-            let e = check_resume(&saved, Some(1000), &now, 1000).unwrap_err();
-            assert!(
-                e.contains("--lr-schedule") && e.contains("--warmup-steps"),
-                "{e}"
-            );
-        }
-        // A cosine run of another length.
-        let e = check_resume(&saved, Some(1000), &saved, 1500).unwrap_err();
-        assert!(
-            e.contains("1000") && e.contains("1500") && e.contains("--epochs"),
-            "{e}"
-        );
-        // A constant schedule may run longer.
-        let constant = OptimizerConfig {
-            schedule: LrSchedule::default(),
-            ..saved
-        };
-        assert!(
-            check_resume(&constant, Some(1000), &constant, 1500)
-                .unwrap()
-                .is_empty()
-        );
-        // Step-size changes are warnings, one per flag.
-        let now = OptimizerConfig {
-            lr: 1e-4,
-            clip_grad_norm: None,
-            ..saved
-        };
-        let w = check_resume(&saved, Some(1000), &now, 1000).unwrap();
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(
-            w[0].contains("--lr 0.0001") && w[0].contains("0.0003"),
-            "{w:?}"
-        );
-        assert!(w[1].contains("--clip-grad-norm off"), "{w:?}");
     }
 
     #[test]

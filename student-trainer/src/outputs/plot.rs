@@ -1,10 +1,10 @@
 //! `plot`: the training curves of one or more run directories, drawn into one PNG.
 //!
 //! Input, per run directory (the `--out` of `train` or `distill`):
-//! - `metrics.jsonl` (required): one JSON line per completed epoch ([`crate::metrics`]); a
+//! - `metrics.jsonl` (required): one JSON line per completed epoch ([`super::metrics`]); a
 //!   resumed run that wrote an epoch twice keeps the last line;
 //! - `report.json` (optional, written by `distill` at the end): the final test accuracy of the
-//!   distilled student and of its teacher ([`crate::report`]).
+//!   distilled student and of its teacher ([`super::report`]).
 //!
 //! Output: a PNG of four panels, one colour per run in all of them, each run named by its
 //! directory (its last component, or the whole path when two runs share it):
@@ -21,8 +21,8 @@
 //! no system font or fontconfig is needed. Plotters draws into an RGB buffer, which the `png`
 //! crate encodes; the file is written to a temporary name and renamed into place.
 
-use crate::metrics::{EpochMetrics, METRICS_FILE};
-use crate::report::REPORT_FILE;
+use super::metrics::{EpochMetrics, METRICS_FILE};
+use super::report::REPORT_FILE;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Deserialize;
@@ -41,7 +41,7 @@ pub const MIN_SIDE: u32 = 320;
 pub const MAX_SIDE: u32 = 8192;
 
 /// The font of every text in the plot (DejaVu Sans; licence in `assets/fonts/LICENSE`).
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// The family the font is registered under: plotters' default for charts.
 const FAMILY: &str = "sans-serif";
 

@@ -2,13 +2,11 @@
 //! `--tls-server-name`, `https://` URLs), the bearer token (`--auth-token-file`,
 //! `STUDENT_AUTH_TOKEN`) and compression (`--compression`).
 //!
-//! [`ConnectionConfig`] is the validated, file-free part (built in [`crate::config`]);
+//! [`ConnectionConfig`] is the validated, file-free part (built from the flags by the config);
 //! [`ConnectionConfig::load`] reads the files when a command starts, with errors naming them.
-//! The loaded [`ClientSecurity`] travels in [`crate::client::ClientOptions`]; its `Debug` shows
+//! The loaded [`ClientSecurity`] travels in [`super::client::ClientOptions`]; its `Debug` shows
 //! no key and no token.
 
-use crate::cli::{Compression, ConnectionArgs};
-use crate::config::ConfigError;
 use distill_proto::auth::{self, Token};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +23,18 @@ pub enum TokenSource {
     File(PathBuf),
     /// `STUDENT_AUTH_TOKEN` (or `--auth-token`).
     Value(Token),
+}
+
+/// `--compression`: how messages to and from the teachers are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Compression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip (any gRPC implementation understands it).
+    Gzip,
+    /// zstd (faster than gzip at a similar ratio; tonic servers).
+    Zstd,
 }
 
 /// Validated connection settings (no file read yet).
@@ -45,82 +55,30 @@ pub struct ConnectionConfig {
     pub compression: Compression,
 }
 
-fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+/// A connection flag's file that cannot be used: `--{flag}: {reason}`, naming the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct SecurityError {
+    /// The flag, without the dashes.
+    pub flag: &'static str,
+    /// What is wrong with its file and what was expected.
+    pub reason: String,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> SecurityError {
+    SecurityError {
         flag,
         reason: reason.into(),
     }
 }
 
 impl ConnectionConfig {
-    /// Validates the flags against the teacher URLs (after [`crate::config::teacher_url`]).
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] for a bad token value, an empty server name, or an `http://`
-    /// URL while TLS is on (the message names the URL).
-    pub fn from_args<'a>(
-        a: ConnectionArgs,
-        urls: impl IntoIterator<Item = &'a str>,
-    ) -> Result<ConnectionConfig, ConfigError> {
-        let urls: Vec<&str> = urls.into_iter().collect();
-        let https = urls.iter().any(|u| u.starts_with("https://"));
-        let tls =
-            https || a.tls_ca.is_some() || a.tls_server_name.is_some() || a.tls_cert.is_some();
-        if tls && let Some(plain) = urls.iter().find(|u| u.starts_with("http://")) {
-            return Err(invalid(
-                "teacher",
-                format!(
-                    "{plain}: expected an https:// URL when TLS is on (https:// teachers or --tls-* flags), got plain http://"
-                ),
-            ));
-        }
-        if let Some(name) = &a.tls_server_name
-            && name.trim().is_empty()
-        {
-            return Err(invalid(
-                "tls-server-name",
-                "expected a DNS name, got an empty value",
-            ));
-        }
-        let token = match (a.auth_token_file, a.auth_token) {
-            (Some(path), None) => TokenSource::File(path),
-            (None, Some(raw)) => TokenSource::Value(raw.0.parse().map_err(|reason: String| {
-                invalid("auth-token", format!("(or STUDENT_AUTH_TOKEN): {reason}"))
-            })?),
-            (None, None) => TokenSource::None,
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "auth-token-file",
-                    "expected one token source, got both --auth-token-file and STUDENT_AUTH_TOKEN",
-                ));
-            }
-        };
-        let identity = match (a.tls_cert, a.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
-                    "tls-cert",
-                    "--tls-cert and --tls-key: expected both or neither, got one",
-                ));
-            }
-        };
-        Ok(ConnectionConfig {
-            tls,
-            ca: a.tls_ca,
-            identity,
-            server_name: a.tls_server_name,
-            token,
-            compression: a.compression,
-        })
-    }
-
     /// Reads the CA, the client identity and the token file.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the flag and the file that cannot be read, holds no PEM
+    /// [`SecurityError`] naming the flag and the file that cannot be read, holds no PEM
     /// certificate or key, or holds no token (or more than one).
-    pub fn load(&self) -> Result<ClientSecurity, ConfigError> {
+    pub fn load(&self) -> Result<ClientSecurity, SecurityError> {
         let tls = if self.tls {
             let mut config = ClientTlsConfig::new();
             config = match &self.ca {
@@ -183,7 +141,7 @@ fn strip_flag(s: &str) -> String {
 }
 
 /// The bytes of a PEM file, checked to hold a `-----BEGIN ...{label}-----` block.
-fn pem_file(flag: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, ConfigError> {
+fn pem_file(flag: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, SecurityError> {
     let pem = std::fs::read(path).map_err(|e| {
         invalid(
             flag,
@@ -237,49 +195,6 @@ impl ClientSecurity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::TokenArg;
-
-    #[test]
-    fn tls_follows_the_urls_and_flags_and_plain_urls_are_refused_under_tls() {
-        let plain = ConnectionConfig::from_args(ConnectionArgs::default(), ["http://a:1"]).unwrap();
-        assert!(!plain.tls);
-        let https =
-            ConnectionConfig::from_args(ConnectionArgs::default(), ["https://a:1"]).unwrap();
-        assert!(https.tls);
-        let ca = ConnectionArgs {
-            tls_ca: Some("ca.pem".into()),
-            ..ConnectionArgs::default()
-        };
-        assert!(
-            ConnectionConfig::from_args(ca.clone(), ["dns://svc:1"])
-                .unwrap()
-                .tls
-        );
-        let e = ConnectionConfig::from_args(ca, ["https://a:1", "http://b:2"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("http://b:2") && e.contains("https://"), "{e}");
-    }
-
-    #[test]
-    fn tokens_are_checked_without_being_quoted() {
-        let args = |raw: &str| ConnectionArgs {
-            auth_token: Some(TokenArg(raw.into())),
-            ..ConnectionArgs::default()
-        };
-        let ok = ConnectionConfig::from_args(args("t0k3n"), ["http://a:1"]).unwrap();
-        assert_eq!(ok.token, TokenSource::Value("t0k3n".parse().unwrap()));
-        assert!(!format!("{ok:?}").contains("t0k3n"));
-        let e = ConnectionConfig::from_args(args("sec ret"), ["http://a:1"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("STUDENT_AUTH_TOKEN") && !e.contains("sec ret"),
-            "{e}"
-        );
-        let loaded = ok.load().unwrap();
-        assert!(!format!("{loaded:?}").contains("t0k3n"));
-    }
 
     #[test]
     fn missing_files_are_named() {

@@ -5,9 +5,9 @@
 //!
 //! gRPC status codes appear here as [`tonic::Code`] values, never as bare numbers.
 
-use crate::client::ClientError;
+use super::error::ClientError;
 use crate::schedule::PlannedBatch;
-use crate::targets::SoftTargets;
+use crate::soft_targets::{SoftTargets, TargetRequest, WireDType};
 use distill_proto::codec;
 use distill_proto::v1::{self, LogitsRequest, logits_response};
 use tch::{Kind, Tensor};
@@ -28,63 +28,12 @@ pub(crate) fn is_retriable(code: Code) -> bool {
     RETRIABLE_CODES.contains(&code)
 }
 
-/// The dtype the teacher's logits travel in (`distill --wire`); the student converts them to
-/// `f32` on arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
-pub enum WireDType {
-    /// 4 bytes per logit, exact.
-    #[default]
-    F32,
-    /// IEEE half precision: 2 bytes, about 3 significant digits, largest value 65504.
-    F16,
-    /// bfloat16: 2 bytes, about 2–3 significant digits, the range of f32.
-    Bf16,
-}
-
-impl WireDType {
-    /// The contract's dtype.
-    pub fn proto(self) -> v1::DType {
-        match self {
-            WireDType::F32 => v1::DType::F32,
-            WireDType::F16 => v1::DType::F16,
-            WireDType::Bf16 => v1::DType::Bf16,
-        }
-    }
-}
-
-impl std::fmt::Display for WireDType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WireDType::F32 => "f32",
-            WireDType::F16 => "f16",
-            WireDType::Bf16 => "bf16",
-        })
-    }
-}
-
-/// What a run asks the teacher for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TargetRequest {
-    /// The logits' dtype on the wire.
-    pub wire: WireDType,
-    /// `0`: dense rows; `k > 0`: the top k of each row with the tail's log-sum-exp.
-    pub top_k: u32,
-    /// Softmax temperature `T` (> 0) at which the teacher computes the tail of top-k rows.
-    pub temperature: f64,
-    /// A named teacher output wanted beside the logits (`distill --hint`), in the same wire
-    /// dtype.
-    pub hint_output: Option<String>,
-}
-
-impl TargetRequest {
-    /// Dense `f32` logits (the tail's temperature is then unused; sent as 1).
-    pub fn dense_f32() -> TargetRequest {
-        TargetRequest {
-            wire: WireDType::F32,
-            top_k: 0,
-            temperature: 1.0,
-            hint_output: None,
-        }
+/// The contract's dtype of a wire dtype.
+pub(crate) fn proto_dtype(wire: WireDType) -> v1::DType {
+    match wire {
+        WireDType::F32 => v1::DType::F32,
+        WireDType::F16 => v1::DType::F16,
+        WireDType::Bf16 => v1::DType::Bf16,
     }
 }
 
@@ -111,7 +60,7 @@ pub(crate) fn request(
     Ok(LogitsRequest {
         batch_id,
         inputs: Some(codec::encode(&rows)?),
-        output_dtype: spec.wire.proto() as i32,
+        output_dtype: proto_dtype(spec.wire) as i32,
         top_k: spec.top_k,
         temperature: spec.temperature as f32,
         attention_mask: None,

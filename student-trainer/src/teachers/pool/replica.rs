@@ -2,9 +2,9 @@
 //! health check, consistency check, open the `StreamLogits` stream, then forward every response
 //! to the pool's loop as an [`Event`].
 
-use crate::client::{
-    ClientOptions, TeacherClient, TeacherInfo, inconsistency, is_auth_refusal, rpc_error,
-};
+use crate::teachers::client::{ClientOptions, TeacherClient};
+use crate::teachers::error::{is_auth_refusal, rpc_error};
+use crate::teachers::info::{TeacherInfo, inconsistency};
 use distill_proto::v1::{LogitsRequest, LogitsResponse};
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -4,7 +4,7 @@
 //!
 //! No I/O, no clock, no tensors: time is passed in as [`Instant`]s, replicas and groups are
 //! indices, the batch `B` and the answer payload `P` are opaque. The async shell
-//! ([`super::Pool`]) feeds it events and carries out what it returns (send wire id W of batch S
+//! ([`super::Pool`], in `shell`) feeds it events and carries out what it returns (send wire id W of batch S
 //! to replica R; connect replica R; replica R failed with N batches re-queued; wake at the next
 //! deadline).
 //!

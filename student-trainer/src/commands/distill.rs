@@ -1,0 +1,496 @@
+//! `distill`: online distillation from teacher-server replicas (one group, or several for an
+//! ensemble), or from a logit cache; prints the report and writes `OUT/report.json`.
+//!
+//! The command in phases: [`setup`] (data, student, teachers, hint, resume point, cache), the
+//! announcement line, [`run`] (the trainer thread fed by the pool), then [`report`] (teacher
+//! and baseline evaluated on the test split).
+
+use super::dataset::{Data, keep_tokenizer, load_data, spec_for};
+use super::error::AppError;
+use super::eval::evaluate_checkpoint;
+use super::output::{Finished, outln};
+use super::teachers::{batch_size_for, connect, evaluate_pool, params_of, total_params};
+use super::train::{join_trainer, start_monitoring, summarise, train};
+use crate::config::DistillConfig;
+use crate::data::Dataset;
+use crate::eval::Accuracy;
+use crate::hint::{HintConfig, HintPlan};
+use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPLES, LogitCache};
+use crate::outputs::monitoring::StudentMetrics;
+use crate::outputs::report::{ModelSummary, REPORT_FILE, ReplicaSummary, Report};
+use crate::schedule::run_plan;
+use crate::soft_targets::TeacherBatch;
+use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
+use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
+use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig};
+use distill_models::{ArchSpec, Network};
+use distill_telemetry::MetricsServer;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+use tch::{Device, nn};
+use tokio::sync::mpsc;
+
+/// `distill`. With `--alpha 0` and `--labels all` no sample weighs the teacher (see
+/// [`DistillConfig::needs_teacher`]): it warns and runs [`train`] instead, without contacting
+/// any teacher.
+///
+/// # Errors
+/// Any [`AppError`]; teacher problems are reported before training starts where possible. When
+/// no replica is reachable for `--teacher-wait`, a checkpoint is saved first and the error says
+/// so ([`AppError::TeacherLost`]).
+pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+    if !cfg.needs_teacher() {
+        tracing::warn!(
+            "--alpha 0 with --labels all gives the teacher's soft targets no weight: training on \
+             the labels alone, without contacting the teacher (as `train` does)"
+        );
+        return train(cfg.train, stop).await;
+    }
+    let t0 = Instant::now();
+    let mut s = setup(&cfg).await?;
+    announce(&cfg, &s)?;
+    let (out, stats) = match run(&cfg, &mut s, stop).await? {
+        Ran::Trained { out, stats } => (out, stats),
+        Ran::Interrupted(out) => return summarise(&s.spec, &out),
+    };
+    summarise(&s.spec, &out)?;
+    let report = report(&cfg, &mut s, &out, &stats, t0).await?;
+    outln!("\n{}", report.table())?;
+    let path = report.write(&s.tc.out).map_err(|source| AppError::Io {
+        path: s.tc.out.join(REPORT_FILE),
+        source,
+    })?;
+    outln!("report written to {}", path.display())?;
+    Ok(Finished::Done)
+}
+
+/// Who the soft targets come from, for the announcement, the checkpoint and the report.
+#[derive(Debug)]
+struct TeacherIdentity {
+    /// Names joined by `+` (an ensemble), or `cached teacher FINGERPRINT` for a cache-only run.
+    name: String,
+    /// Fingerprints joined by `+`.
+    fingerprint: String,
+    /// Precisions joined by `+`.
+    precision: String,
+    /// Summed parameters, when every teacher is a built-in architecture.
+    params: Option<i64>,
+}
+
+/// What a distillation run has set up before its first batch.
+struct Setup {
+    /// The run's training settings, the hint stage's epochs added before the `--epochs` of
+    /// distillation.
+    tc: TrainConfig,
+    device: Device,
+    data: Data,
+    spec: ArchSpec,
+    metrics: Option<StudentMetrics>,
+    /// The `--metrics-listen` endpoint, served until the run ends.
+    _endpoint: Option<MetricsServer>,
+    /// The teachers (none when a complete logit cache stands in for them).
+    pool: Option<Pool>,
+    hint: Option<HintPlan>,
+    start: Start,
+    cache: Option<LogitCache>,
+    teacher: TeacherIdentity,
+}
+
+/// Loads the data, connects the teachers (each checked against the data and the student),
+/// checks the hint, finds the resume point and opens the logit cache.
+async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
+    let stage_epochs = cfg.hint.as_ref().map_or(0, |h| h.stage_epochs);
+    let tc = TrainConfig {
+        epochs: cfg.train.epochs + stage_epochs,
+        ..cfg.train.clone()
+    };
+    let device = tc.device.resolve()?;
+    let data = load_data(&tc.data_dir, tc.limit, tc.text)?;
+    keep_tokenizer(&data, &tc.out)?;
+    let spec = spec_for(&tc.arch, &data);
+    let (metrics, endpoint) = start_monitoring(&tc).await?;
+    let pool = if cfg.teachers.groups.is_empty() {
+        None
+    } else {
+        let expect = expect(cfg, &spec, &tc, &data.train);
+        Some(connect(&cfg.teachers, expect, metrics.clone()).await?)
+    };
+    let refs: Vec<TeacherInfo> = pool
+        .as_ref()
+        .map(|p| p.references().into_iter().cloned().collect())
+        .unwrap_or_default();
+    let hint = match (&cfg.hint, refs.first()) {
+        (Some(h), Some(teacher)) => Some(hint_plan(h, teacher, &spec)?),
+        _ => None,
+    };
+    let described = hint.as_ref().map(HintPlan::describe);
+    let start = Start::for_run(&tc, &spec, data.train.len(), described.as_deref())?;
+    let cache = match &cfg.logit_cache {
+        Some(dir) => Some(open_cache(
+            dir,
+            cfg,
+            refs.first(),
+            &data.train,
+            spec.num_classes,
+        )?),
+        None => None,
+    };
+    let teacher = identity(cache.as_ref(), &refs);
+    Ok(Setup {
+        tc,
+        device,
+        data,
+        spec,
+        metrics,
+        _endpoint: endpoint,
+        pool,
+        hint,
+        start,
+        cache,
+        teacher,
+    })
+}
+
+/// What every teacher must fit: the data, the student, the batch size, the top-k and the
+/// hinted output.
+fn expect(cfg: &DistillConfig, spec: &ArchSpec, tc: &TrainConfig, train: &Dataset) -> Expect {
+    Expect {
+        sample_shape: spec.input_shape.clone(),
+        num_classes: spec.num_classes,
+        batch_size: tc.batch_size,
+        tokens: train.is_tokens(),
+        tokenizer_fingerprint: train.tokenizer_fingerprint.clone(),
+        hint_output: cfg.request().hint_output,
+        top_k: cfg.top_k,
+    }
+}
+
+/// The teachers' identity: the cache's for a cache-only run, else the groups' references'.
+fn identity(cache: Option<&LogitCache>, refs: &[TeacherInfo]) -> TeacherIdentity {
+    let join = |f: &dyn Fn(&TeacherInfo) -> String| -> String {
+        refs.iter().map(f).collect::<Vec<_>>().join("+")
+    };
+    match (cache, refs.is_empty()) {
+        (Some(c), true) => {
+            let key = c.key();
+            let short = &key.teacher_fingerprint[..key.teacher_fingerprint.len().min(12)];
+            TeacherIdentity {
+                name: format!("cached teacher {short}"),
+                fingerprint: key.teacher_fingerprint.clone(),
+                precision: key.teacher_precision.clone(),
+                params: None,
+            }
+        }
+        _ => TeacherIdentity {
+            name: join(&|i| i.name.clone()),
+            fingerprint: join(&|i| i.fingerprint.clone()),
+            precision: join(&|i| i.precision_name().to_string()),
+            params: if refs.is_empty() {
+                None
+            } else {
+                total_params(refs)
+            },
+        },
+    }
+}
+
+/// Prints what is distilled from what: `distilling STUDENT (N parameters) from teacher ...`.
+fn announce(cfg: &DistillConfig, s: &Setup) -> Result<(), AppError> {
+    let urls: Vec<String> = cfg
+        .teachers
+        .groups
+        .iter()
+        .flat_map(|g| g.urls.clone())
+        .collect();
+    let source = match (&cfg.logit_cache, urls.is_empty()) {
+        (Some(dir), true) => format!("the logit cache {}", dir.display()),
+        (Some(dir), false) => format!("{} (logit cache {})", urls.join(", "), dir.display()),
+        (None, _) => urls.join(", "),
+    };
+    outln!(
+        "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
+        s.spec.arch,
+        params_of(&s.spec)?,
+        s.teacher.name,
+        s.teacher
+            .params
+            .map_or_else(|| "?".into(), |p| p.to_string()),
+        source,
+        s.data.train.len()
+    )
+}
+
+/// How the training thread and the pool ended.
+enum Ran {
+    /// Every epoch was trained.
+    Trained { out: Outcome, stats: RunStats },
+    /// Stopped by a signal after saving a checkpoint.
+    Interrupted(Outcome),
+}
+
+/// Trains on the trainer thread while the pool streams the teachers' soft targets of every
+/// epoch before the cache takes over.
+///
+/// # Errors
+/// [`AppError::TeacherLost`] when no replica was reachable for `--teacher-wait` (a checkpoint
+/// was saved); the loop's error when it stopped first, else the pool's.
+async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Result<Ran, AppError> {
+    let tc = &s.tc;
+    // Epochs before `teacher_end` ask the teacher; the rest read the cache.
+    let teacher_end = match &s.cache {
+        Some(c) => CachePlan::first_cached_epoch(c.is_complete(), s.start.position).min(tc.epochs),
+        None => tc.epochs,
+    };
+    if s.pool.is_none() && teacher_end > s.start.position.epoch {
+        return Err(AppError::Mismatch(format!(
+            "--logit-cache: the cache does not hold every sample's soft targets and no --teacher \
+             can fill it (epochs {} to {} need a teacher)",
+            s.start.position.epoch + 1,
+            teacher_end
+        )));
+    }
+    let plan = run_plan(
+        tc.seed,
+        s.data.train.len(),
+        tc.batch_size,
+        s.start.position,
+        teacher_end,
+    );
+    let inputs = s.data.train.inputs.shallow_clone();
+    let targets = RunTargets {
+        request: cfg.request(),
+        ensemble: cfg.ensemble_mode,
+        seed: tc.seed,
+    };
+    let (tx, rx) = mpsc::channel::<TeacherBatch>(cfg.teachers.prefetch);
+    let job = Job {
+        device: s.device,
+        spec: s.spec.clone(),
+        objective: Objective::Distill {
+            loss: cfg.loss,
+            labels: cfg.labels,
+            teacher_fingerprint: s.teacher.fingerprint.clone(),
+            batch_ledger: cfg.batch_ledger.clone(),
+            hint: s.hint.clone(),
+        },
+        train: s.data.train.limit(usize::MAX),
+        test: Some(s.data.test.limit(usize::MAX)),
+        start: s.start.clone(),
+        stop,
+        config: tc.clone(),
+        cache: s.cache.take().map(|cache| CachePlan {
+            cache,
+            from_epoch: teacher_end,
+        }),
+        metrics: s.metrics.clone(),
+    };
+    let handle =
+        training::spawn(job, s.pool.is_some().then_some(rx)).map_err(|source| AppError::Io {
+            path: "trainer thread".into(),
+            source,
+        })?;
+    let streamed = async {
+        match s.pool.as_mut() {
+            Some(pool) => pool.run(plan, inputs, targets, tx).await,
+            None => Ok(RunStats::default()),
+        }
+    };
+    let (streamed, trained) = tokio::join!(streamed, join_trainer(handle));
+    match (trained, streamed) {
+        (Ok(out), _) if out.interrupted => Ok(Ran::Interrupted(out)),
+        (Ok(out), Err(e)) if out.teacher_gone => Err(AppError::TeacherLost {
+            cause: Box::new(e),
+            dir: s.tc.out.clone(),
+        }),
+        (Ok(out), Ok(stats)) => {
+            tracing::info!(?stats, "teacher pool");
+            Ok(Ran::Trained { out, stats })
+        }
+        // The loop stopped first: its error is the cause, the pool only saw it leave.
+        (Err(e), Err(PoolError::Client(ClientError::ConsumerGone))) | (Err(e), Ok(_)) => {
+            Err(e.into())
+        }
+        // The pool failed first: the loop only saw the stream end.
+        (_, Err(e)) => Err(e.into()),
+    }
+}
+
+/// The report of a finished run: the teacher (through the pool, for a classifier), the student
+/// and the baseline on the test split, and the run's settings and counters.
+async fn report(
+    cfg: &DistillConfig,
+    s: &mut Setup,
+    out: &Outcome,
+    stats: &RunStats,
+    t0: Instant,
+) -> Result<Report, AppError> {
+    let (teacher_acc, replicas) = evaluate_teachers(cfg, s).await?;
+    let student_acc = out
+        .test
+        .clone()
+        .unwrap_or_else(|| Accuracy::new(s.spec.num_classes));
+    let baseline = match &cfg.baseline {
+        Some(dir) => Some(evaluate_checkpoint(dir, &s.data.test, s.device)?),
+        None => None,
+    };
+    let cache_bytes_per_sample = match &cfg.logit_cache {
+        Some(dir) => Some(LogitCache::open(dir)?.bytes_per_sample()),
+        None => None,
+    };
+    let urls: Vec<String> = cfg
+        .teachers
+        .groups
+        .iter()
+        .flat_map(|g| g.urls.clone())
+        .collect();
+    Ok(Report {
+        teacher: summary(
+            teacher_acc.as_ref(),
+            s.teacher.params,
+            s.teacher.name.clone(),
+        ),
+        student: summary(
+            Some(&student_acc),
+            Some(out.params),
+            s.spec.arch.to_string(),
+        ),
+        baseline: baseline.map(|(acc, params, name)| summary(Some(&acc), Some(params), name)),
+        compression: Report::compression_of(s.teacher.params, Some(out.params)),
+        samples_per_s: out.samples as f64 / out.train_s.max(1e-9),
+        wall_s: t0.elapsed().as_secs_f64(),
+        epochs: out.epochs,
+        temperature: cfg.loss.temperature,
+        alpha: cfg.loss.alpha,
+        loss: cfg.loss.kind.to_string(),
+        wire: cfg.wire.to_string(),
+        top_k: cfg.top_k,
+        sparse_tail: cfg.loss.sparse_tail.to_string(),
+        ensemble_mode: cfg.ensemble_mode.to_string(),
+        labels: cfg.labels.to_string(),
+        train_samples: s.data.train.len() as u64,
+        teacher_url: urls.first().cloned().unwrap_or_default(),
+        teacher_fingerprint: s.teacher.fingerprint.clone(),
+        samples_trained: out.samples_total,
+        batches_resent: stats.resent,
+        replicas: replicas
+            .into_iter()
+            .map(|r| ReplicaSummary {
+                url: r.url,
+                group: r.group,
+                batches_answered: r.answered,
+            })
+            .collect(),
+        teacher_precision: s.teacher.precision.clone(),
+        logit_cache: cfg.logit_cache.as_ref().map(|d| d.display().to_string()),
+        cached_epochs: out.cached_epochs,
+        cache_bytes_per_sample,
+        trainer_waited_s: out.waited_s,
+        teacher_backpressure_s: stats.backpressure_s,
+        hint: s.hint.as_ref().map(HintPlan::describe),
+    })
+}
+
+/// The teachers' accuracy on the test split (a classifier's, through the pool, mixed at the
+/// run's temperature) and the replicas' counters. A language model's teacher is evaluated on
+/// its checkpoint instead (`eval --checkpoint`): its perplexity needs full logits at every
+/// position, never top-k.
+async fn evaluate_teachers(
+    cfg: &DistillConfig,
+    s: &mut Setup,
+) -> Result<(Option<Accuracy>, Vec<ReplicaStats>), AppError> {
+    let Some(pool) = s.pool.as_mut() else {
+        return Ok((None, Vec::new()));
+    };
+    let replicas = pool.replica_stats();
+    if s.data.test.is_tokens() {
+        return Ok((None, replicas));
+    }
+    // As many samples per request as every group's teacher accepts (500 at most).
+    let eval_batch = batch_size_for(pool, 500);
+    let acc = evaluate_pool(pool, &s.data.test, eval_batch, cfg.loss.temperature).await?;
+    Ok((Some(acc), replicas))
+}
+
+/// The report's line of a model with accuracy `acc` (if measured).
+fn summary(acc: Option<&Accuracy>, params: Option<i64>, name: String) -> ModelSummary {
+    ModelSummary {
+        accuracy: acc.map(Accuracy::fraction),
+        params,
+        name,
+        per_class: acc.map(Accuracy::per_class_fractions).unwrap_or_default(),
+        perplexity: acc.and_then(Accuracy::perplexity),
+    }
+}
+
+/// The [`HintPlan`] of `hint` for a student `spec` and the group's `teacher`: the teacher
+/// output's shape from its `ModelInfo`, checked (with the student layer) by building the
+/// regressor once before any training.
+///
+/// # Errors
+/// [`AppError::Train`] with the hint's error for an unknown student layer (listing the
+/// student's layers) or shapes no regressor joins; [`AppError::Model`] if the student cannot be
+/// built.
+fn hint_plan(
+    hint: &HintConfig,
+    teacher: &TeacherInfo,
+    spec: &ArchSpec,
+) -> Result<HintPlan, AppError> {
+    let teacher_shape = teacher
+        .outputs
+        .iter()
+        .find(|(n, _)| *n == hint.spec.teacher_output)
+        .map(|(_, shape)| shape.clone())
+        .unwrap_or_default();
+    let plan = HintPlan {
+        config: hint.clone(),
+        teacher_shape,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Network::new(&vs.root(), spec)?;
+    plan.regressor(&net, &vs.root())
+        .map_err(|e| AppError::Train(e.into()))?;
+    Ok(plan)
+}
+
+/// Opens (or creates) the logit cache of a `distill` run. With a teacher (`teacher`, the
+/// group's reference) the key comes from it and the run's flags; without one the cache must be
+/// complete and is checked against the flags and the data only.
+///
+/// # Errors
+/// [`AppError::Cache`] for a cache of another key, an incomplete cache without a teacher, or an
+/// unreadable one; [`AppError::Mismatch`] when there is no cache and no teacher to fill one.
+fn open_cache(
+    dir: &Path,
+    cfg: &DistillConfig,
+    teacher: Option<&TeacherInfo>,
+    train: &Dataset,
+    num_classes: i64,
+) -> Result<LogitCache, AppError> {
+    let request = cfg.request();
+    if let Some(info) = teacher {
+        let teacher = CachedTeacher {
+            fingerprint: &info.fingerprint,
+            precision: info.precision_name(),
+            num_logits: info.num_logits,
+        };
+        let key = CacheKey::for_run(&request, teacher, train)?;
+        return Ok(LogitCache::open_or_create(dir, key, DEFAULT_SHARD_SAMPLES)?);
+    }
+    if !LogitCache::exists(dir) {
+        return Err(AppError::Mismatch(format!(
+            "--logit-cache {}: no cache there, and no --teacher to fill one (capture one with \
+             `student-trainer capture`, or add --teacher URL)",
+            dir.display()
+        )));
+    }
+    let stored = LogitCache::open(dir)?.key().clone();
+    let teacher = CachedTeacher {
+        fingerprint: &stored.teacher_fingerprint,
+        precision: &stored.teacher_precision,
+        num_logits: num_classes,
+    };
+    let run = CacheKey::for_run(&request, teacher, train)?;
+    Ok(LogitCache::open_complete(dir, &run)?)
+}

@@ -1,0 +1,62 @@
+//! `capture`: [`CaptureConfig`] from [`CaptureArgs`].
+
+use super::error::{ConfigError, invalid};
+use super::teachers::{TeacherConfig, teacher_groups};
+use crate::cli::CaptureArgs;
+use crate::soft_targets::TargetRequest;
+use std::path::PathBuf;
+
+/// Settings of `capture`.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// The teacher's replicas (one group).
+    pub teachers: TeacherConfig,
+    /// IDX directory or .npz file (its training split is captured).
+    pub data_dir: PathBuf,
+    /// Capture the first N training samples only.
+    pub limit: Option<usize>,
+    /// The cache directory.
+    pub out: PathBuf,
+    /// What each request asks for (wire dtype, top-k, temperature).
+    pub request: TargetRequest,
+    /// Samples per request (≥ 1).
+    pub batch_size: usize,
+    /// Samples per shard (≥ 1).
+    pub shard_samples: usize,
+}
+
+impl TryFrom<CaptureArgs> for CaptureConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: CaptureArgs) -> Result<Self, ConfigError> {
+        if !(a.temperature.is_finite() && a.temperature > 0.0) {
+            return Err(invalid(
+                "temperature",
+                format!("{} is not positive", a.temperature),
+            ));
+        }
+        for (flag, v) in [
+            ("batch-size", a.batch_size),
+            ("shard-samples", a.shard_samples),
+        ] {
+            if v == 0 {
+                return Err(invalid(flag, "must be at least 1"));
+            }
+        }
+        let groups = teacher_groups(&a.teachers.teacher, &[], &[])?;
+        Ok(CaptureConfig {
+            teachers: TeacherConfig::from_args(a.teachers, groups)?,
+            data_dir: a.data_dir,
+            limit: a.limit,
+            out: a.out,
+            request: TargetRequest {
+                wire: a.wire,
+                top_k: a.top_k,
+                temperature: a.temperature,
+                hint_output: None,
+            },
+            batch_size: a.batch_size,
+            shard_samples: a.shard_samples,
+        })
+    }
+}

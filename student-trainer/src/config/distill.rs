@@ -1,0 +1,233 @@
+//! `distill`: [`DistillConfig`] from [`DistillArgs`].
+
+use super::error::{ConfigError, invalid};
+use super::teachers::{TeacherConfig, teacher_groups};
+use super::train::from_common;
+use crate::cli::DistillArgs;
+use crate::ensemble::EnsembleMode;
+use crate::hint::{HintConfig, HintError, HintSpec};
+use crate::loss::{DEFAULT_JSD_BETA, DistillLoss, LossKind, check_jsd_beta};
+use crate::soft_targets::{TargetRequest, WireDType};
+use crate::training::{LabelPolicy, TrainConfig};
+use std::path::PathBuf;
+
+/// Settings of `distill`.
+#[derive(Debug, Clone)]
+pub struct DistillConfig {
+    /// The student's training run.
+    pub train: TrainConfig,
+    /// The teachers (no group when a complete logit cache stands in for them).
+    pub teachers: TeacherConfig,
+    /// Test-only ledger of trained batches (JSON lines).
+    pub batch_ledger: Option<PathBuf>,
+    /// The distillation loss (kind, temperature, alpha, sparse tail): the run's one temperature.
+    pub loss: DistillLoss,
+    /// The dtype the soft targets travel in (`--wire`).
+    pub wire: WireDType,
+    /// `--top-k` (0: dense rows).
+    pub top_k: u32,
+    /// How an ensemble's groups share batches (`--ensemble-mode`).
+    pub ensemble_mode: EnsembleMode,
+    /// Which samples keep their labels.
+    pub labels: LabelPolicy,
+    /// Baseline checkpoint to evaluate for the report.
+    pub baseline: Option<PathBuf>,
+    /// The logit cache directory (`--logit-cache`).
+    pub logit_cache: Option<PathBuf>,
+    /// Hint distillation (`--hint`), if any.
+    pub hint: Option<HintConfig>,
+}
+
+impl DistillConfig {
+    /// Whether any sample gives the soft (teacher) term a weight. Not with `--alpha 0` and
+    /// `--labels all`: every sample is labelled and weighs the soft term by alpha = 0, so the
+    /// loss is the cross-entropy alone and the run needs no teacher. Under `--labels N` or
+    /// `none`, unlabelled samples weigh the soft term by 1 whatever alpha is.
+    pub fn needs_teacher(&self) -> bool {
+        !(self.loss.alpha == 0.0 && self.labels == LabelPolicy::All)
+    }
+
+    /// What each request asks the teachers for: `--wire`, `--top-k` at the loss's temperature,
+    /// and the hinted output.
+    pub fn request(&self) -> TargetRequest {
+        TargetRequest {
+            wire: self.wire,
+            top_k: self.top_k,
+            temperature: self.loss.temperature,
+            hint_output: self.hint.as_ref().map(|h| h.spec.teacher_output.clone()),
+        }
+    }
+}
+
+impl TryFrom<DistillArgs> for DistillConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: DistillArgs) -> Result<Self, ConfigError> {
+        // `--epochs 0` with a hint stage: the hint stage alone (FitNets' stage 1); a later
+        // `--resume` with more epochs distills from there.
+        let hint_stage = a.hint.is_some() && a.hint_stage_epochs > 0;
+        let train = from_common(a.common.clone(), if hint_stage { 0 } else { 1 })?;
+        // Top-32 per position by default for a language model: dense rows of a vocabulary of
+        // thousands per token would dwarf the inputs.
+        let top_k = a.top_k.unwrap_or(if train.arch.is_sequence_model() {
+            32
+        } else {
+            0
+        });
+        let labels: LabelPolicy = a.labels.parse().map_err(|e: String| invalid("labels", e))?;
+        let loss = loss(&a, labels)?;
+        let groups = if a.teachers.teacher.is_empty() && a.teacher_group.is_empty() {
+            // --logit-cache alone (clap requires one of the three).
+            Vec::new()
+        } else {
+            teacher_groups(&a.teachers.teacher, &a.teacher_group, &a.group_weight)?
+        };
+        if a.logit_cache.is_some() && groups.len() > 1 {
+            return Err(invalid(
+                "logit-cache",
+                format!(
+                    "a logit cache holds the soft targets of one teacher, got {} teacher groups \
+                     (use one --teacher, or no --logit-cache)",
+                    groups.len()
+                ),
+            ));
+        }
+        check_top_k(top_k, loss.kind, a.ensemble_mode, groups.len())?;
+        let hint = hint(&a, groups.len(), &train)?;
+        Ok(DistillConfig {
+            train,
+            teachers: TeacherConfig::from_args(a.teachers, groups)?,
+            batch_ledger: a.batch_ledger,
+            loss,
+            wire: a.wire,
+            top_k,
+            ensemble_mode: a.ensemble_mode,
+            labels,
+            baseline: a.baseline,
+            logit_cache: a.logit_cache,
+            hint,
+        })
+    }
+}
+
+/// `--loss`, `--temperature`, `--alpha` (1 without labels), `--sparse-tail`, `--jsd-beta`.
+fn loss(a: &DistillArgs, labels: LabelPolicy) -> Result<DistillLoss, ConfigError> {
+    if !(a.temperature.is_finite() && a.temperature > 0.0) {
+        return Err(invalid(
+            "temperature",
+            format!("{} is not positive", a.temperature),
+        ));
+    }
+    if !(a.alpha.is_finite() && (0.0..=1.0).contains(&a.alpha)) {
+        return Err(invalid("alpha", format!("{} is not in [0, 1]", a.alpha)));
+    }
+    let jsd_beta = match (a.loss, a.jsd_beta) {
+        (LossKind::Jsd, beta) => {
+            let beta = beta.unwrap_or(DEFAULT_JSD_BETA);
+            check_jsd_beta(beta).map_err(|reason| invalid("jsd-beta", reason))?;
+            beta
+        }
+        (_, None) => DEFAULT_JSD_BETA,
+        (other, Some(beta)) => {
+            return Err(invalid(
+                "jsd-beta",
+                format!("{beta} given, but only --loss jsd uses it (got --loss {other})"),
+            ));
+        }
+    };
+    Ok(DistillLoss {
+        kind: a.loss,
+        temperature: a.temperature,
+        // Without labels the soft targets carry the whole loss (Hinton et al. 2015, section 2).
+        alpha: if labels == LabelPolicy::None {
+            1.0
+        } else {
+            a.alpha
+        },
+        sparse_tail: a.sparse_tail,
+        jsd_beta,
+    })
+}
+
+/// `--top-k` against the loss and the ensemble: MSE needs every logit, and mixing an ensemble's
+/// probabilities needs dense rows.
+fn check_top_k(
+    top_k: u32,
+    kind: LossKind,
+    mode: EnsembleMode,
+    groups: usize,
+) -> Result<(), ConfigError> {
+    if top_k > 0 && kind == LossKind::Mse {
+        return Err(invalid(
+            "top-k",
+            format!(
+                "--loss mse needs every logit, got --top-k {top_k} (use --loss kl, rkl or jsd, \
+                 or --top-k 0)"
+            ),
+        ));
+    }
+    if top_k > 0 && mode == EnsembleMode::Mix && groups > 1 {
+        return Err(invalid(
+            "top-k",
+            format!(
+                "--ensemble-mode mix mixes dense probabilities of every group, got --top-k {top_k} \
+                 with {groups} teacher groups (use --ensemble-mode sample, or --top-k 0)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `--hint`, `--hint-loss`, `--hint-weight` and `--hint-stage-epochs`: online only, from one
+/// teacher, to a student with named layers.
+fn hint(
+    a: &DistillArgs,
+    groups: usize,
+    train: &TrainConfig,
+) -> Result<Option<HintConfig>, ConfigError> {
+    let Some(h) = a.hint.as_deref() else {
+        if a.hint_stage_epochs > 0 {
+            return Err(invalid(
+                "hint-stage-epochs",
+                format!(
+                    "trains on hints alone, got {} epochs without --hint",
+                    a.hint_stage_epochs
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let spec: HintSpec = h
+        .parse()
+        .map_err(|e: HintError| invalid("hint", e.to_string()))?;
+    if a.logit_cache.is_some() {
+        return Err(invalid(
+            "hint",
+            "hints are online only: the logit cache holds no features (drop --logit-cache)",
+        ));
+    }
+    if groups != 1 {
+        return Err(invalid(
+            "hint",
+            format!("hints come from one teacher, got {groups} teacher groups (use one --teacher)"),
+        ));
+    }
+    if train.arch.is_sequence_model() {
+        return Err(invalid(
+            "hint",
+            "a language-model student has no named hidden layers to hint",
+        ));
+    }
+    if !(a.hint_weight.is_finite() && a.hint_weight >= 0.0) {
+        return Err(invalid(
+            "hint-weight",
+            format!("expected a finite number >= 0, got {}", a.hint_weight),
+        ));
+    }
+    Ok(Some(HintConfig {
+        spec,
+        loss: a.hint_loss,
+        weight: a.hint_weight,
+        stage_epochs: a.hint_stage_epochs,
+    }))
+}

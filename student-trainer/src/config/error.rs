@@ -1,0 +1,35 @@
+//! A flag value that is out of range or malformed.
+
+use crate::device::DeviceError;
+
+/// A flag value that is out of range or malformed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag with an invalid value.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag, without the dashes.
+        flag: &'static str,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// A malformed `--device`.
+    #[error("--device: {0}")]
+    Device(#[from] DeviceError),
+}
+
+/// The [`ConfigError::Invalid`] of `--flag`.
+pub(crate) fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// `--threads`: at least 1 when given.
+pub(crate) fn threads(t: Option<usize>) -> Result<Option<usize>, ConfigError> {
+    match t {
+        Some(0) => Err(invalid("threads", "must be at least 1")),
+        t => Ok(t),
+    }
+}

@@ -1,0 +1,72 @@
+//! `eval`: [`EvalConfig`] from [`EvalArgs`].
+
+use super::error::{ConfigError, invalid, threads};
+use super::teachers::{TeacherConfig, teacher_groups};
+use crate::cli::EvalArgs;
+use crate::data::TextOptions;
+use crate::device::DeviceChoice;
+use std::path::PathBuf;
+
+/// What `eval` evaluates.
+#[derive(Debug, Clone)]
+pub enum EvalTarget {
+    /// A checkpoint directory.
+    Checkpoint(PathBuf),
+    /// Teacher-server replicas (one group: URLs with scheme, or `dns://NAME:PORT`), evaluated
+    /// through a pool with failover.
+    Teachers(Box<TeacherConfig>),
+}
+
+/// Settings of `eval`.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// What to evaluate.
+    pub target: EvalTarget,
+    /// IDX directory, .npz file or text corpus (its test split is used).
+    pub data_dir: PathBuf,
+    /// How a text corpus is packed for `--teacher` (a checkpoint uses its own).
+    pub text: TextOptions,
+    /// Device of a checkpoint's network.
+    pub device: DeviceChoice,
+    /// Samples per forward pass (≥ 1).
+    pub batch_size: usize,
+    /// JSON on stdout instead of a table.
+    pub json: bool,
+    /// libtorch intra-op threads.
+    pub threads: Option<usize>,
+}
+
+impl TryFrom<EvalArgs> for EvalConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
+        let target = match (a.checkpoint, a.teachers.teacher.is_empty()) {
+            (Some(dir), true) => EvalTarget::Checkpoint(dir),
+            (None, false) => {
+                let groups = teacher_groups(&a.teachers.teacher, &[], &[])?;
+                EvalTarget::Teachers(Box::new(TeacherConfig::from_args(a.teachers, groups)?))
+            }
+            _ => {
+                return Err(invalid(
+                    "checkpoint",
+                    "give exactly one of --checkpoint DIR or --teacher URL",
+                ));
+            }
+        };
+        if a.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1"));
+        }
+        Ok(EvalConfig {
+            target,
+            data_dir: a.data_dir,
+            text: TextOptions {
+                seq_len: a.seq_len,
+                vocab_size: a.vocab_size,
+            },
+            device: a.device.parse()?,
+            batch_size: a.batch_size,
+            json: a.json,
+            threads: threads(a.threads)?,
+        })
+    }
+}

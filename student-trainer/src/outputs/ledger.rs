@@ -1,0 +1,55 @@
+//! The test-only batch ledger (`distill --batch-ledger FILE`): one JSON line
+//! `{epoch, index, batch_id, replica, groups}` per trained batch, written unbuffered so a test
+//! can watch the run's progress and check that every batch was trained exactly once.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// An open ledger file (appended to: a resumed run continues it).
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Ledger {
+    /// Opens `path` for appending, creating it.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: &Path) -> std::io::Result<Ledger> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Ledger {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The ledger's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the line of batch `index` of `epoch`, answered as request `batch_id` by
+    /// `replica` for `groups`.
+    ///
+    /// # Errors
+    /// The line cannot be written.
+    pub fn record(
+        &mut self,
+        epoch: u64,
+        index: usize,
+        batch_id: u64,
+        replica: &str,
+        groups: &[String],
+    ) -> std::io::Result<()> {
+        let line = serde_json::json!({
+            "epoch": epoch, "index": index, "batch_id": batch_id, "replica": replica,
+            "groups": groups,
+        });
+        writeln!(self.file, "{line}")
+    }
+}

@@ -1,0 +1,14 @@
+//! What a run leaves for people and machines: the per-epoch `metrics.jsonl` ([`metrics`]), the
+//! final `report.json` and table ([`report`]), training-curve PNGs ([`plot`]), the progress bar
+//! or log lines ([`progress`]), the live Prometheus metrics ([`monitoring`]) and the test-only
+//! batch ledger ([`ledger`]).
+//!
+//! Imports nothing of the crate outside this folder: the training loop and the commands hand
+//! their results in.
+
+pub mod ledger;
+pub mod metrics;
+pub mod monitoring;
+pub mod plot;
+pub mod progress;
+pub mod report;

@@ -1,0 +1,411 @@
+//! The loop: [`spawn`] starts it on its own thread; [`run`] walks the epochs, each a short loop
+//! over its batches that gets the batch's soft targets, calls the step and hands the result to
+//! the outputs (sums, progress, Prometheus, ledger); the end of an epoch evaluates, checkpoints
+//! and appends to `metrics.jsonl`.
+
+use super::checkpoint::{ResumeState, Start};
+use super::error::TrainError;
+use super::job::{Job, Objective, Outcome, TrainConfig};
+use super::step::{StepInput, StepOutput, Stepper};
+use super::student::{Stages, Student};
+use super::sums::Sums;
+use super::targets::{TargetSource, Targets};
+use crate::data::Dataset;
+use crate::eval;
+use crate::optim::Optimizer;
+use crate::outputs::ledger::Ledger;
+use crate::outputs::metrics::{EpochMetrics, METRICS_FILE, MetricsLog};
+use crate::outputs::monitoring::StudentMetrics;
+use crate::outputs::progress::Progress;
+use crate::schedule::{PlannedBatch, batches_per_epoch, epoch_plan, epoch_seed};
+use crate::soft_targets::TeacherBatch;
+use distill_models::checkpoint::sorted_variables;
+use distill_models::{ArchSpec, Checkpoint, CheckpointMeta};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tch::Device;
+use tokio::sync::mpsc;
+
+/// Samples per forward pass when evaluating on the test split.
+const EVAL_BATCH: usize = 1000;
+
+/// Starts `job` on a thread named `trainer`; `teacher` is the receiving end of the client's
+/// bounded channel (`None` for supervised training).
+///
+/// # Errors
+/// The thread could not be spawned.
+pub fn spawn(
+    job: Job,
+    teacher: Option<mpsc::Receiver<TeacherBatch>>,
+) -> std::io::Result<JoinHandle<Result<Outcome, TrainError>>> {
+    std::thread::Builder::new()
+        .name("trainer".into())
+        .spawn(move || run(job, teacher))
+}
+
+/// Waits for a trainer thread, turning a panic into [`TrainError::Panic`].
+pub fn join(handle: JoinHandle<Result<Outcome, TrainError>>) -> Result<Outcome, TrainError> {
+    handle
+        .join()
+        .unwrap_or_else(|p| Err(TrainError::Panic(distill_models::panic_message(&*p))))
+}
+
+/// Runs the loop on the calling thread (see [`spawn`]): from `job.start` to the last epoch, or
+/// until the stop flag is raised or the teacher stream ends (a checkpoint is saved at the next
+/// batch either way).
+///
+/// # Errors
+/// Any [`TrainError`]; a pairing failure stops training before the bad batch is used.
+pub fn run(job: Job, teacher: Option<mpsc::Receiver<TeacherBatch>>) -> Result<Outcome, TrainError> {
+    let start = job.start.position;
+    let mut trainer = Trainer::new(job, teacher)?;
+    for epoch in start.epoch..trainer.cfg.epochs {
+        let skip = if epoch == start.epoch { start.batch } else { 0 };
+        if let Flow::Stopped = trainer.epoch(epoch, skip)? {
+            return Ok(trainer.outcome());
+        }
+    }
+    if trainer.out.test.is_none()
+        && let Some(test) = &trainer.test
+    {
+        trainer.out.test = Some(eval::evaluate(
+            &trainer.student.net,
+            test,
+            trainer.device,
+            EVAL_BATCH,
+        )?);
+    }
+    Ok(trainer.outcome())
+}
+
+/// Whether the run goes on after an epoch.
+enum Flow {
+    /// The epoch is done.
+    Continue,
+    /// Stopped inside it (signal, or the teacher stream ended); a checkpoint was saved.
+    Stopped,
+}
+
+/// The loop's state, owned by the training thread.
+struct Trainer {
+    cfg: TrainConfig,
+    spec: ArchSpec,
+    objective: Objective,
+    device: Device,
+    train: Dataset,
+    test: Option<Dataset>,
+    stop: Arc<AtomicBool>,
+    student: Student,
+    stages: Stages,
+    opt: Optimizer,
+    /// The optimizer in use is the hint stage's.
+    opt_hint_stage: bool,
+    targets: TargetSource,
+    metrics: MetricsLog,
+    ledger: Option<Ledger>,
+    live: Option<StudentMetrics>,
+    out: Outcome,
+}
+
+impl Trainer {
+    /// Builds the student and its optimizer (from the checkpoint when resuming), and opens the
+    /// run's outputs.
+    fn new(job: Job, teacher: Option<mpsc::Receiver<TeacherBatch>>) -> Result<Trainer, TrainError> {
+        let Job {
+            config: cfg,
+            device,
+            spec,
+            objective,
+            train,
+            test,
+            start,
+            stop,
+            cache,
+            metrics: live,
+        } = job;
+        if let Some(n) = cfg.threads {
+            tch::set_num_threads(n as i32);
+        }
+        let checkpoint = start.checkpoint.as_ref();
+        let student = Student::build(&spec, objective.hint(), device, cfg.seed, checkpoint)?;
+        let stages = Stages {
+            hint_epochs: objective.hint().map_or(0, |h| h.config.stage_epochs),
+            epochs: cfg.epochs,
+            steps_per_epoch: batches_per_epoch(train.len(), cfg.batch_size) as u64,
+        };
+        let opt_hint_stage = stages.is_hint_stage(start.position.epoch);
+        let opt = resumed_optimizer(&cfg, &student, &start, opt_hint_stage)?;
+        let metrics = MetricsLog::open(&cfg.out).map_err(|source| TrainError::Io {
+            path: cfg.out.join(METRICS_FILE),
+            source,
+        })?;
+        let ledger = match &objective {
+            Objective::Distill {
+                batch_ledger: Some(path),
+                ..
+            } => Some(Ledger::open(path).map_err(|source| TrainError::Io {
+                path: path.clone(),
+                source,
+            })?),
+            _ => None,
+        };
+        tracing::info!(
+            arch = %spec.arch, params = student.params(), device = %crate::device::device_name(device),
+            samples = train.len(), epochs = cfg.epochs, start_epoch = start.position.epoch,
+            start_batch = start.position.batch, objective = objective.name(),
+            "training"
+        );
+        let out = Outcome::starting(&start, student.params(), cfg.out.clone());
+        Ok(Trainer {
+            targets: TargetSource::new(teacher, cache, live.clone()),
+            cfg,
+            spec,
+            objective,
+            device,
+            train,
+            test,
+            stop,
+            student,
+            stages,
+            opt,
+            opt_hint_stage,
+            metrics,
+            ledger,
+            live,
+            out,
+        })
+    }
+
+    /// Trains epoch `epoch` from its batch `skip` on.
+    fn epoch(&mut self, epoch: u64, skip: usize) -> Result<Flow, TrainError> {
+        let hint_stage = self.begin_stage(epoch);
+        tch::manual_seed(epoch_seed(self.cfg.seed, epoch));
+        let n = self.train.len();
+        let plan = epoch_plan(self.cfg.seed, epoch, n, self.cfg.batch_size);
+        let batches = batches_per_epoch(n, self.cfg.batch_size);
+        let mut progress = Progress::new(epoch, self.cfg.epochs, batches, skip);
+        if self.targets.begin_epoch(epoch)? {
+            self.out.cached_epochs += 1;
+        }
+        let mut sums = Sums::for_tokens(self.train.is_tokens());
+        let t0 = Instant::now();
+        for planned in plan.into_iter().skip(skip) {
+            if self.stop.load(Ordering::SeqCst) {
+                progress.abandon();
+                self.save_partial(&sums, (epoch, planned.index), t0)?;
+                self.out.interrupted = true;
+                tracing::warn!(epoch, batch = planned.index, dir = %self.cfg.out.display(), "interrupted: checkpoint saved; --resume continues from here");
+                return Ok(Flow::Stopped);
+            }
+            let Some(targets) = self.targets.next(epoch, &planned)? else {
+                // The stream ended early: keep what was trained, then report it.
+                progress.abandon();
+                self.save_partial(&sums, (epoch, planned.index), t0)?;
+                tracing::warn!(epoch, batch = planned.index, dir = %self.cfg.out.display(), "teacher stream ended: checkpoint saved; --resume continues from here");
+                self.out.teacher_gone = true;
+                return Ok(Flow::Stopped);
+            };
+            let span = targets.span.clone();
+            let _in_batch = span.enter();
+            let answered = targets.answered.clone();
+            let done = self.step(epoch, &planned, targets, hint_stage)?;
+            sums.add(&done);
+            self.record(epoch, &planned, &done, answered)?;
+            let samples_per_s = sums.samples() as f64 / t0.elapsed().as_secs_f64();
+            progress.update(planned.index + 1, sums.mean_loss(), samples_per_s);
+        }
+        self.out.train_s += t0.elapsed().as_secs_f64();
+        progress.finish();
+        self.end_epoch(epoch, &sums, t0)?;
+        Ok(Flow::Continue)
+    }
+
+    /// Whether `epoch` is in the hint stage; at the stage boundary the optimizer (and its
+    /// learning-rate schedule) starts afresh over the whole student (FitNets' stage 2).
+    fn begin_stage(&mut self, epoch: u64) -> bool {
+        let hint_stage = self.stages.is_hint_stage(epoch);
+        if self.opt_hint_stage && !hint_stage {
+            tracing::info!(
+                epoch,
+                "hint stage done: the optimizer starts afresh for distillation"
+            );
+            self.opt = Optimizer::new(self.cfg.optimizer, self.student.parameters(false));
+            self.opt_hint_stage = false;
+        }
+        hint_stage
+    }
+
+    /// One optimizer step on `planned` with `targets`.
+    fn step(
+        &mut self,
+        epoch: u64,
+        planned: &PlannedBatch,
+        targets: Targets,
+        hint_stage: bool,
+    ) -> Result<StepOutput, TrainError> {
+        let stepper = Stepper {
+            student: &self.student,
+            objective: &self.objective,
+            train: &self.train,
+            device: self.device,
+        };
+        stepper.step(
+            &mut self.opt,
+            StepInput {
+                epoch,
+                planned,
+                targets: targets.soft,
+                hint: targets.hint,
+                hint_stage,
+                stage_steps: self.stages.steps(hint_stage),
+            },
+        )
+    }
+
+    /// Hands a trained batch to the outputs: the outcome's counts, Prometheus, the log and the
+    /// batch ledger.
+    fn record(
+        &mut self,
+        epoch: u64,
+        planned: &PlannedBatch,
+        done: &StepOutput,
+        answered: Option<(u64, String, Vec<String>)>,
+    ) -> Result<(), TrainError> {
+        self.out.step += 1;
+        self.out.samples += done.samples as u64;
+        self.out.samples_total += done.samples as u64;
+        if let Some(m) = &self.live {
+            m.trained(epoch + 1, self.out.step, done.samples, done.loss);
+        }
+        tracing::trace!(
+            step = self.out.step,
+            loss = done.loss,
+            lr = done.lr,
+            grad_norm = done.grad_norm,
+            "trained"
+        );
+        if let (Some(ledger), Some((batch_id, replica, groups))) = (self.ledger.as_mut(), answered)
+        {
+            ledger
+                .record(epoch, planned.index, batch_id, &replica, &groups)
+                .map_err(|source| TrainError::Io {
+                    path: ledger.path().to_path_buf(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The end of epoch `epoch`: test accuracy (every epoch, or the last one only), a checkpoint
+    /// at the next epoch's start, and its line of `metrics.jsonl`.
+    fn end_epoch(&mut self, epoch: u64, sums: &Sums, t0: Instant) -> Result<(), TrainError> {
+        let accuracy = match &self.test {
+            Some(test) if self.cfg.epoch_eval || epoch + 1 == self.cfg.epochs => Some(
+                eval::evaluate(&self.student.net, test, self.device, EVAL_BATCH)?,
+            ),
+            _ => None,
+        };
+        let m = sums.metrics(epoch, self.out.step, t0, accuracy.as_ref());
+        self.save((epoch + 1, 0), m.clone())?;
+        self.metrics.append(&m).map_err(|source| TrainError::Io {
+            path: self.cfg.out.join(METRICS_FILE),
+            source,
+        })?;
+        tracing::info!(
+            epoch = epoch + 1,
+            of = self.cfg.epochs,
+            loss = format!("{:.4}", m.loss),
+            train_accuracy = format!("{:.4}", m.train_accuracy),
+            test_accuracy = m
+                .test_accuracy
+                .map(|a| format!("{a:.4}"))
+                .unwrap_or_default(),
+            samples_per_s = format!("{:.0}", m.samples_per_s),
+            "epoch done"
+        );
+        self.out.epochs = epoch + 1;
+        self.out.test = accuracy;
+        self.out.last = Some(m);
+        Ok(())
+    }
+
+    /// Saves a checkpoint in the middle of an epoch (before batch `at.1` of epoch `at.0`) with
+    /// the partial epoch's metrics: the run is about to stop early.
+    fn save_partial(&self, sums: &Sums, at: (u64, usize), t0: Instant) -> Result<(), TrainError> {
+        self.save(at, sums.metrics(at.0, self.out.step, t0, None))
+    }
+
+    /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with `m` as its
+    /// metrics.
+    fn save(&self, (epoch, next_batch): (u64, usize), m: EpochMetrics) -> Result<(), TrainError> {
+        let state = ResumeState::of_run(
+            &self.cfg,
+            &self.objective,
+            self.train.len(),
+            next_batch,
+            self.out.samples_total,
+            self.opt_hint_stage,
+        );
+        let meta = CheckpointMeta {
+            arch: self.spec.clone(),
+            epoch,
+            step: self.out.step,
+            fingerprint: String::new(),
+            metrics: serde_json::to_value(&m).unwrap_or_default(),
+            trainer: serde_json::to_value(&state).unwrap_or_default(),
+        };
+        let aux = self
+            .student
+            .hint_vs()
+            .map(sorted_variables)
+            .unwrap_or_default();
+        Checkpoint::save_with_aux(
+            &self.cfg.out,
+            meta,
+            &self.student.vs,
+            &self.opt.state()?,
+            &aux,
+        )?;
+        Ok(())
+    }
+
+    /// The outcome so far.
+    fn outcome(mut self) -> Outcome {
+        self.out.waited_s = self.targets.waited_s;
+        self.out
+    }
+}
+
+/// The optimizer of the stage a run starts in, over the student's parameters of that stage,
+/// with the checkpoint's state when resuming (unless the checkpoint's optimizer belongs to the
+/// hint stage the run has left: the next stage starts afresh).
+///
+/// # Errors
+/// [`TrainError::Resume`] for a checkpoint without optimizer state; [`TrainError::Optim`] for a
+/// state that does not fit the parameters.
+fn resumed_optimizer(
+    cfg: &TrainConfig,
+    student: &Student,
+    start: &Start,
+    hint_stage: bool,
+) -> Result<Optimizer, TrainError> {
+    let mut opt = Optimizer::new(cfg.optimizer, student.parameters(hint_stage));
+    let Some(ck) = &start.checkpoint else {
+        return Ok(opt);
+    };
+    if start.hint_stage_optimizer && !hint_stage {
+        tracing::info!("resuming after the hint stage: the optimizer starts afresh");
+        return Ok(opt);
+    }
+    let state = ck.load_optimizer()?;
+    if state.is_empty() {
+        return Err(TrainError::Resume {
+            dir: ck.dir.clone(),
+            reason: "no optimizer.safetensors".into(),
+        });
+    }
+    opt.load_state(state)?;
+    Ok(opt)
+}

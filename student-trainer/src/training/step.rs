@@ -1,0 +1,195 @@
+//! One optimizer step: a batch's forward pass, its loss for the run's objective, the backward
+//! pass and the update.
+
+use super::error::TrainError;
+use super::job::{LabelPolicy, Objective};
+use super::student::Student;
+use crate::data::{Dataset, IGNORE_INDEX};
+use crate::loss;
+use crate::optim::Optimizer;
+use crate::schedule::PlannedBatch;
+use crate::soft_targets::SoftTargets;
+use tch::{Device, Kind, Tensor};
+
+/// What one step trained on: a batch of the plan and what came for it.
+#[derive(Debug)]
+pub(crate) struct StepInput<'a> {
+    /// Its epoch.
+    pub(crate) epoch: u64,
+    /// The batch.
+    pub(crate) planned: &'a PlannedBatch,
+    /// The soft targets (`None` for supervised training).
+    pub(crate) targets: Option<SoftTargets>,
+    /// The teacher's hint feature (`distill --hint`).
+    pub(crate) hint: Option<Tensor>,
+    /// The step belongs to the hint stage (the hint is the whole loss).
+    pub(crate) hint_stage: bool,
+    /// Optimizer steps of the stage (its learning-rate schedule runs over them).
+    pub(crate) stage_steps: u64,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepOutput {
+    /// The loss that was minimised.
+    pub(crate) loss: f64,
+    /// Its soft-target (distillation) term.
+    pub(crate) soft: f64,
+    /// Its hard-label (cross-entropy) term.
+    pub(crate) hard: f64,
+    /// The hint loss, when there is a hint.
+    pub(crate) hint: Option<f64>,
+    /// Top-1 hits of the training-mode logits.
+    pub(crate) correct: i64,
+    /// What the loss averages over: samples, or a language model's real tokens.
+    pub(crate) units: usize,
+    /// Samples in the batch.
+    pub(crate) samples: usize,
+    /// The learning rate of the update.
+    pub(crate) lr: f64,
+    /// The gradients' total norm before clipping, when it was computed.
+    pub(crate) grad_norm: Option<f64>,
+}
+
+/// What every step of a run shares.
+#[derive(Debug)]
+pub(crate) struct Stepper<'a> {
+    /// The network (and hint regressor) being trained.
+    pub(crate) student: &'a Student,
+    /// The run's objective.
+    pub(crate) objective: &'a Objective,
+    /// The training split.
+    pub(crate) train: &'a Dataset,
+    /// The network's device.
+    pub(crate) device: Device,
+}
+
+impl Stepper<'_> {
+    /// Trains `opt`'s parameters on one batch.
+    ///
+    /// # Errors
+    /// [`TrainError::NonFinite`] when the loss is NaN or infinite (nothing is updated);
+    /// [`TrainError::Hint`] for a hint stage without a hint or a missing teacher feature;
+    /// [`TrainError::Torch`] / [`TrainError::Optim`] for libtorch and optimizer failures.
+    pub(crate) fn step(
+        &self,
+        opt: &mut Optimizer,
+        input: StepInput<'_>,
+    ) -> Result<StepOutput, TrainError> {
+        let planned = input.planned;
+        let (xs, ys) = self.train.try_batch(&planned.indices)?;
+        let (xs, ys) = (xs.f_to_device(self.device)?, ys.f_to_device(self.device)?);
+        let forward = self.student.forward(&xs, input.hint, || {
+            format!("epoch {} batch {}", input.epoch, planned.index)
+        })?;
+        let (total, soft, hard) = if input.hint_stage {
+            // FitNets' stage 1: the hint alone.
+            let value = forward
+                .hint
+                .as_ref()
+                .map(|(v, _)| v.shallow_clone())
+                .ok_or_else(|| TrainError::Hint("no hint in the hint stage".into()))?;
+            (value, 0.0, 0.0)
+        } else {
+            self.objective_loss(&forward.logits, input.targets, &ys, planned)?
+        };
+        let hint_value = forward.hint.as_ref().map(|(v, _)| v.double_value(&[]));
+        // After the hint stage, the hint keeps `--hint-weight` (0: none).
+        let total = match &forward.hint {
+            Some((v, w)) if !input.hint_stage && *w > 0.0 => total.f_add(&v.f_mul_scalar(*w)?)?,
+            _ => total,
+        };
+        let value = total.double_value(&[]);
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                value,
+                epoch: input.epoch,
+                index: planned.index,
+            });
+        }
+        opt.zero_grad();
+        total.f_backward()?;
+        let stats = opt.step_scheduled(input.stage_steps)?;
+        let correct = forward
+            .logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&ys)?
+            .f_sum(Kind::Int64)?
+            .int64_value(&[]);
+        // What the loss and accuracy average over: samples, or a language model's real tokens
+        // (an IGNORE_INDEX label never equals an argmax, so `correct` needs no mask).
+        let units = if self.train.is_tokens() {
+            ys.f_ne(IGNORE_INDEX)?.f_sum(Kind::Int64)?.int64_value(&[]) as usize
+        } else {
+            planned.indices.len()
+        };
+        Ok(StepOutput {
+            loss: value,
+            soft,
+            hard,
+            hint: hint_value,
+            correct,
+            units,
+            samples: planned.indices.len(),
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+        })
+    }
+
+    /// The loss of the run's objective: the distillation loss against `targets`, or the
+    /// cross-entropy on the labels `ys` (over a language model's real positions). Returns the
+    /// loss with its soft and hard terms.
+    fn objective_loss(
+        &self,
+        logits: &Tensor,
+        targets: Option<SoftTargets>,
+        ys: &Tensor,
+        planned: &PlannedBatch,
+    ) -> Result<(Tensor, f64, f64), TrainError> {
+        if let (Objective::Distill { loss, labels, .. }, Some(t)) = (self.objective, targets) {
+            let t = t.to_device(self.device)?;
+            let mask = label_mask(*labels, &planned.indices, self.device);
+            // A language model's [B, S, V] logits: the loss over its real tokens.
+            let parts = loss.compute_targets(logits, &t, ys, mask.as_ref())?;
+            return Ok((parts.total, parts.soft, parts.hard));
+        }
+        let ce = if self.train.is_tokens() {
+            // Mean over the real positions (IGNORE_INDEX labels skipped).
+            let v = logits.size().last().copied().unwrap_or(0);
+            loss::f_cross_entropy(&logits.f_reshape([-1, v])?, &ys.f_reshape([-1])?)?
+        } else {
+            loss::f_cross_entropy(logits, ys)?
+        };
+        let v = ce.double_value(&[]);
+        Ok((ce, 0.0, v))
+    }
+}
+
+/// The `labelled` mask of a batch: `bool [B]` on `device`, or `None` when every sample is
+/// labelled.
+pub fn label_mask(labels: LabelPolicy, indices: &[i64], device: Device) -> Option<Tensor> {
+    match labels {
+        LabelPolicy::All => None,
+        policy => {
+            let marks: Vec<bool> = indices.iter().map(|&i| policy.is_labelled(i)).collect();
+            Some(Tensor::from_slice(&marks).to_device(device))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_masks_follow_the_policy() {
+        assert!(label_mask(LabelPolicy::All, &[1, 2], Device::Cpu).is_none());
+        let m = label_mask(LabelPolicy::First(3), &[5, 0, 2, 3], Device::Cpu).unwrap();
+        assert_eq!(
+            Vec::<bool>::try_from(&m).unwrap(),
+            [false, true, true, false]
+        );
+        let m = label_mask(LabelPolicy::None, &[0], Device::Cpu).unwrap();
+        assert_eq!(Vec::<bool>::try_from(&m).unwrap(), [false]);
+    }
+}
