@@ -624,49 +624,8 @@ impl DistillLoss {
         labelled: Option<&Tensor>,
     ) -> Result<LossParts, tch::TchError> {
         let size = student.size();
-        let (b, s, v) = (size[0], size[1], size[2]);
-        if labels.size() != [b, s] {
-            return Err(shape_err(format!(
-                "labels must be [batch, seq] = [{b}, {s}] for student logits {size:?}, got {:?}",
-                labels.size()
-            )));
-        }
-        match targets {
-            SoftTargets::Dense(t) if t.size() != size => {
-                return Err(shape_err(format!(
-                    "student and teacher logits must both be [batch, seq, vocab], got {size:?} \
-                     and {:?}",
-                    t.size()
-                )));
-            }
-            SoftTargets::Dense(_) => {}
-            SoftTargets::Sparse { .. } if self.kind == LossKind::Mse => {
-                return Err(shape_err(
-                    "the MSE loss needs dense teacher logits, got top-k targets".into(),
-                ));
-            }
-            SoftTargets::Sparse {
-                indices,
-                values,
-                tail_logsumexp,
-            } => {
-                let i = indices.size();
-                let fits = i.len() == 3
-                    && i[..2] == [b, s]
-                    && (1..=v).contains(&i[2])
-                    && values.size() == i
-                    && tail_logsumexp.size() == [b, s];
-                if !fits {
-                    return Err(shape_err(format!(
-                        "student logits [batch, seq, vocab] with top-k indices and values \
-                         [batch, seq, k] (1 ≤ k ≤ vocab) and tail [batch, seq] expected, got \
-                         {size:?}, {i:?}, {:?}, {:?}",
-                        values.size(),
-                        tail_logsumexp.size()
-                    )));
-                }
-            }
-        }
+        let (b, s) = (size[0], size[1]);
+        self.check_sequence_shapes(&size, targets, labels)?;
         let labelled = match labelled {
             None => None,
             Some(m) if m.size() == [b] => Some(
@@ -730,6 +689,61 @@ impl DistillLoss {
         )?;
         parts.tokens = tokens;
         Ok(parts)
+    }
+
+    /// Checks the shapes of a sequence batch: `labels [B, S]` for student logits `size` =
+    /// `[B, S, V]`, dense teacher logits of the same shape, or top-k `[B, S, k]` (1 ≤ k ≤ V) with
+    /// a tail `[B, S]` (never for MSE).
+    fn check_sequence_shapes(
+        &self,
+        size: &[i64],
+        targets: &SoftTargets,
+        labels: &Tensor,
+    ) -> Result<(), tch::TchError> {
+        let (b, s, v) = (size[0], size[1], size[2]);
+        if labels.size() != [b, s] {
+            return Err(shape_err(format!(
+                "labels must be [batch, seq] = [{b}, {s}] for student logits {size:?}, got {:?}",
+                labels.size()
+            )));
+        }
+        match targets {
+            SoftTargets::Dense(t) if t.size() != size => {
+                return Err(shape_err(format!(
+                    "student and teacher logits must both be [batch, seq, vocab], got {size:?} \
+                     and {:?}",
+                    t.size()
+                )));
+            }
+            SoftTargets::Dense(_) => {}
+            SoftTargets::Sparse { .. } if self.kind == LossKind::Mse => {
+                return Err(shape_err(
+                    "the MSE loss needs dense teacher logits, got top-k targets".into(),
+                ));
+            }
+            SoftTargets::Sparse {
+                indices,
+                values,
+                tail_logsumexp,
+            } => {
+                let i = indices.size();
+                let fits = i.len() == 3
+                    && i[..2] == [b, s]
+                    && (1..=v).contains(&i[2])
+                    && values.size() == i
+                    && tail_logsumexp.size() == [b, s];
+                if !fits {
+                    return Err(shape_err(format!(
+                        "student logits [batch, seq, vocab] with top-k indices and values \
+                         [batch, seq, k] (1 ≤ k ≤ vocab) and tail [batch, seq] expected, got \
+                         {size:?}, {i:?}, {:?}, {:?}",
+                        values.size(),
+                        tail_logsumexp.size()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_params(&self) -> Result<(), tch::TchError> {

@@ -150,6 +150,65 @@ impl TeacherInfo {
             side,
             ours,
         };
+        self.check_input(&bad, expect)?;
+        if self.num_logits != expect.num_classes {
+            return Err(bad(
+                if expect.tokens {
+                    "vocabulary size (logits)"
+                } else {
+                    "number of classes (logits)"
+                },
+                self.num_logits.to_string(),
+                "the data and student",
+                expect.num_classes.to_string(),
+            ));
+        }
+        if self.max_batch_size > 0 && expect.batch_size > self.max_batch_size as usize {
+            return Err(bad(
+                "maximum batch size",
+                self.max_batch_size.to_string(),
+                "--batch-size",
+                expect.batch_size.to_string(),
+            ));
+        }
+        if let Some(name) = &expect.hint_output
+            && !self.outputs.iter().any(|(n, _)| n == name)
+        {
+            let have: Vec<String> = self
+                .outputs
+                .iter()
+                .map(|(n, shape)| format!("{n} {shape:?}"))
+                .collect();
+            return Err(bad(
+                "named outputs",
+                if have.is_empty() {
+                    "none (a classifier with one output, or a server older than named outputs)"
+                        .into()
+                } else {
+                    have.join(", ")
+                },
+                "--hint",
+                format!("an output named {name}"),
+            ));
+        }
+        if i64::from(expect.top_k) > self.num_logits {
+            return Err(bad(
+                "number of logits (--top-k must not exceed it)",
+                self.num_logits.to_string(),
+                "--top-k",
+                expect.top_k.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The input half of [`TeacherInfo::check`]: a sequence model taking the data's token
+    /// sequences (with the data's tokenizer), or a classifier of its `f32` samples.
+    fn check_input(
+        &self,
+        bad: &dyn Fn(&'static str, String, &'static str, String) -> ClientError,
+        expect: &Expect,
+    ) -> Result<(), ClientError> {
         let sample_shape = expect.sample_shape.as_slice();
         if expect.tokens {
             if !self.sequence_model {
@@ -211,54 +270,6 @@ impl TeacherInfo {
                     format!("{sample_shape:?}"),
                 ));
             }
-        }
-        if self.num_logits != expect.num_classes {
-            return Err(bad(
-                if expect.tokens {
-                    "vocabulary size (logits)"
-                } else {
-                    "number of classes (logits)"
-                },
-                self.num_logits.to_string(),
-                "the data and student",
-                expect.num_classes.to_string(),
-            ));
-        }
-        if self.max_batch_size > 0 && expect.batch_size > self.max_batch_size as usize {
-            return Err(bad(
-                "maximum batch size",
-                self.max_batch_size.to_string(),
-                "--batch-size",
-                expect.batch_size.to_string(),
-            ));
-        }
-        if let Some(name) = &expect.hint_output
-            && !self.outputs.iter().any(|(n, _)| n == name)
-        {
-            let have: Vec<String> = self
-                .outputs
-                .iter()
-                .map(|(n, shape)| format!("{n} {shape:?}"))
-                .collect();
-            return Err(bad(
-                "named outputs",
-                if have.is_empty() {
-                    "none (a classifier with one output, or a server older than named outputs)"
-                        .into()
-                } else {
-                    have.join(", ")
-                },
-                "--hint",
-                format!("an output named {name}"),
-            ));
-        }
-        if i64::from(expect.top_k) > self.num_logits {
-            return Err(bad(
-                "number of logits (--top-k must not exceed it)",
-                self.num_logits.to_string(),
-                "--top-k",
-                expect.top_k.to_string(),
-            ));
         }
         Ok(())
     }

@@ -162,7 +162,6 @@ pub(crate) fn decode(
     let mut lead = vec![batch.indices.len() as i64];
     lead.extend(positions);
     let with = |last: i64| -> Vec<i64> { lead.iter().copied().chain([last]).collect() };
-    let rows = lead[0];
     let protocol = |what: String| ClientError::Protocol(format!("{url}: batch_id {wire}: {what}"));
     match result {
         Some(logits_response::Result::Logits(t)) => {
@@ -185,59 +184,7 @@ pub(crate) fn decode(
             if top_k == 0 {
                 return Err(protocol("sparse logits, dense requested".into()));
             }
-            let v1::SparseLogits {
-                indices,
-                values,
-                logsumexp: _,
-                tail_logsumexp,
-            } = s;
-            let Some(tail) = tail_logsumexp else {
-                return Err(protocol(
-                    "sparse logits without tail_logsumexp: the teacher-server is too old for \
-                     sparse soft targets (upgrade it, or use dense targets: --top-k 0)"
-                        .into(),
-                ));
-            };
-            let (Some(indices), Some(values)) = (indices, values) else {
-                return Err(protocol("sparse logits without indices or values".into()));
-            };
-            let expected = with(i64::from(top_k));
-            if indices.dtype != v1::DType::I64 as i32 {
-                return Err(protocol(format!(
-                    "top-k indices of dtype {}, expected I64",
-                    v1::DType::try_from(indices.dtype)
-                        .map_or_else(|_| indices.dtype.to_string(), |d| d.as_str_name().into())
-                )));
-            }
-            let indices = codec::decode(&indices)?;
-            let values = decode_float(&values, "top-k values", &protocol)?;
-            let tail = decode_float(&tail, "tail_logsumexp", &protocol)?;
-            for (name, got, want) in [
-                ("indices", indices.size(), expected.clone()),
-                ("values", values.size(), expected.clone()),
-                ("tail_logsumexp", tail.size(), lead.clone()),
-            ] {
-                if got != want {
-                    return Err(protocol(format!(
-                        "top-k {name} of shape {got:?}, expected {want:?}"
-                    )));
-                }
-            }
-            if rows > 0 {
-                let lo = indices.f_min()?.f_int64_value(&[])?;
-                let hi = indices.f_max()?.f_int64_value(&[])?;
-                if lo < 0 || hi >= num_logits {
-                    return Err(protocol(format!(
-                        "top-k index {} outside 0..{num_logits}",
-                        if lo < 0 { lo } else { hi }
-                    )));
-                }
-            }
-            Ok(Decoded::Targets(SoftTargets::Sparse {
-                indices,
-                values,
-                tail_logsumexp: tail,
-            }))
+            decode_sparse(s, top_k, num_logits, &lead, &protocol).map(Decoded::Targets)
         }
         Some(logits_response::Result::Error(e)) => {
             let code = Code::from_i32(e.code);
@@ -259,6 +206,75 @@ pub(crate) fn decode(
             "{url}: empty response for batch_id {wire}"
         ))),
     }
+}
+
+/// The top-k rows of a sparse answer: indices `i64 [..lead, top_k]` within `0..num_logits`,
+/// values and the tail's log-sum-exp as `f32` (`[..lead, top_k]` and `lead`).
+///
+/// # Errors
+/// [`ClientError::Protocol`] (through `protocol`) for a missing part, a wrong dtype or shape, or
+/// an index out of range; [`ClientError::Codec`] / [`ClientError::Torch`] for undecodable
+/// tensors.
+fn decode_sparse(
+    s: v1::SparseLogits,
+    top_k: u32,
+    num_logits: i64,
+    lead: &[i64],
+    protocol: &dyn Fn(String) -> ClientError,
+) -> Result<SoftTargets, ClientError> {
+    let v1::SparseLogits {
+        indices,
+        values,
+        logsumexp: _,
+        tail_logsumexp,
+    } = s;
+    let Some(tail) = tail_logsumexp else {
+        return Err(protocol(
+            "sparse logits without tail_logsumexp: the teacher-server is too old for \
+             sparse soft targets (upgrade it, or use dense targets: --top-k 0)"
+                .into(),
+        ));
+    };
+    let (Some(indices), Some(values)) = (indices, values) else {
+        return Err(protocol("sparse logits without indices or values".into()));
+    };
+    let expected: Vec<i64> = lead.iter().copied().chain([i64::from(top_k)]).collect();
+    if indices.dtype != v1::DType::I64 as i32 {
+        return Err(protocol(format!(
+            "top-k indices of dtype {}, expected I64",
+            v1::DType::try_from(indices.dtype)
+                .map_or_else(|_| indices.dtype.to_string(), |d| d.as_str_name().into())
+        )));
+    }
+    let indices = codec::decode(&indices)?;
+    let values = decode_float(&values, "top-k values", &protocol)?;
+    let tail = decode_float(&tail, "tail_logsumexp", &protocol)?;
+    for (name, got, want) in [
+        ("indices", indices.size(), expected.clone()),
+        ("values", values.size(), expected.clone()),
+        ("tail_logsumexp", tail.size(), lead.to_vec()),
+    ] {
+        if got != want {
+            return Err(protocol(format!(
+                "top-k {name} of shape {got:?}, expected {want:?}"
+            )));
+        }
+    }
+    if lead[0] > 0 {
+        let lo = indices.f_min()?.f_int64_value(&[])?;
+        let hi = indices.f_max()?.f_int64_value(&[])?;
+        if lo < 0 || hi >= num_logits {
+            return Err(protocol(format!(
+                "top-k index {} outside 0..{num_logits}",
+                if lo < 0 { lo } else { hi }
+            )));
+        }
+    }
+    Ok(SoftTargets::Sparse {
+        indices,
+        values,
+        tail_logsumexp: tail,
+    })
 }
 
 /// Decodes a floating-point tensor (F32, F16 or BF16 on the wire) to `f32`.
