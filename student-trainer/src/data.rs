@@ -798,7 +798,8 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&y).unwrap(), vec![4, 2]);
         let first = ds.inputs.get(2);
         assert_eq!(f64::try_from((x.get(0) - first).abs().max()).unwrap(), 0.0);
-        assert!(ds.try_batch(&[3]).is_err());
+        let e = ds.try_batch(&[3]).unwrap_err().to_string();
+        assert!(e.contains("index out of range"), "{e}");
         let small = ds.limit(2);
         assert_eq!(small.len(), 2);
         assert_eq!(small.num_classes, 5);

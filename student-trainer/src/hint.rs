@@ -300,7 +300,13 @@ mod tests {
         assert!((mse4 - 13.0 / 4.0).abs() < 1e-6);
         // FitNets' ½‖·‖² per sample, batch mean: (4/2 + 9/2) / 2 = 3.25 = mse · elements / 2.
         assert!((mse * 2.0 / 2.0 - 3.25).abs() < 1e-6);
-        assert!(hint_loss(HintLoss::Mse, &r, &t(&[1.0, 2.0], &[2, 1])).is_err());
+        let e = hint_loss(HintLoss::Mse, &r, &t(&[1.0, 2.0], &[2, 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the regressed student feature is [2, 2], the teacher's [2, 1]"),
+            "{e}"
+        );
     }
 
     #[test]

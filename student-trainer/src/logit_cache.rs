@@ -917,8 +917,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dense targets for a top-3 cache"), "{e}");
-        assert!(c.put(&[0, 1], &rows_of(&[0, 1], 4)).is_err());
-        assert!(c.put(&[8], &rows_of(&[8], 3)).is_err());
+        let e = c
+            .put(&[0, 1], &rows_of(&[0, 1], 4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("indices [2, 3]") && e.contains("got [2, 4]"),
+            "{e}"
+        );
+        let e = c.put(&[8], &rows_of(&[8], 3)).unwrap_err().to_string();
+        assert!(e.contains("sample 8 outside the dataset of 8"), "{e}");
         assert!(c.put(&[0, 1], &rows_of(&[0, 1], 3)).is_ok());
     }
 

@@ -274,7 +274,11 @@ mod tests {
                 .rows(),
             4
         );
-        assert!(SoftTargets::cat(&[d, sparse(1)]).is_err());
+        let e = SoftTargets::cat(&[d, sparse(1)]).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot concatenate dense and sparse soft targets"),
+            "{e}"
+        );
         assert!(SoftTargets::cat(&[]).unwrap().is_none());
     }
 }

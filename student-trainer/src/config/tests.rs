@@ -360,7 +360,8 @@ fn bad_values_name_their_flag() {
             "{args:?}: {err}"
         );
     }
-    assert!(train(&["--threads", "0"]).is_err());
+    let e = train(&["--threads", "0"]).unwrap_err().to_string();
+    assert_eq!(e, "--threads: must be at least 1");
     // Enumerated flags are checked by clap, which lists the accepted values.
     for args in [
         ["distill", "--teacher", "h:1", "--loss", "hinge"],
@@ -408,22 +409,43 @@ fn replicas_and_groups_parse_with_weights() {
         (g[1].name.as_str(), g[1].weight, g[1].urls.len()),
         ("b", 0.3, 1)
     );
-    for (groups, weights) in [
-        (vec!["a"], vec![]),
-        (vec!["a=h:1", "a=h:2"], vec![]),
-        (vec!["a="], vec![]),
-        (vec!["a=h:1"], vec!["b=1"]),
-        (vec!["a=h:1"], vec!["a=-1"]),
-        (vec!["a=h:1"], vec!["a=0"]),
+    for (groups, weights, why) in [
+        (
+            vec!["a"],
+            vec![],
+            "--teacher-group: \"a\": expected NAME=URL,URL,...",
+        ),
+        (
+            vec!["a=h:1", "a=h:2"],
+            vec![],
+            "--teacher-group: \"a=h:2\": group names must be non-empty and distinct",
+        ),
+        (vec!["a="], vec![], "--teacher-group: \"a=\": no URL"),
+        (
+            vec!["a=h:1"],
+            vec!["b=1"],
+            "--group-weight: \"b=1\": no group named \"b\"",
+        ),
+        (
+            vec!["a=h:1"],
+            vec!["a=-1"],
+            "--group-weight: \"a=-1\": W must be ≥ 0",
+        ),
+        (
+            vec!["a=h:1"],
+            vec!["a=0"],
+            "--group-weight: the weights sum to 0",
+        ),
     ] {
         let groups: Vec<String> = groups.into_iter().map(String::from).collect();
         let weights: Vec<String> = weights.into_iter().map(String::from).collect();
-        assert!(
-            teacher_groups(&[], &groups, &weights).is_err(),
-            "{groups:?} {weights:?}"
-        );
+        let e = teacher_groups(&[], &groups, &weights)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, why, "{groups:?} {weights:?}");
     }
-    assert!(teacher_groups(&[], &[], &[]).is_err());
+    let e = teacher_groups(&[], &[], &[]).unwrap_err().to_string();
+    assert!(e.starts_with("--teacher: give --teacher URL"), "{e}");
 }
 
 #[test]
@@ -433,8 +455,18 @@ fn eval_needs_exactly_one_target() {
         v.extend_from_slice(args);
         Cli::try_parse_from(v)
     };
-    assert!(mk(&[]).is_err());
-    assert!(mk(&["--checkpoint", "a", "--teacher", "b"]).is_err());
+    let e = mk(&[]).unwrap_err().to_string();
+    assert!(
+        e.contains("required arguments were not provided") && e.contains("--checkpoint"),
+        "{e}"
+    );
+    let e = mk(&["--checkpoint", "a", "--teacher", "b"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("'--checkpoint <CHECKPOINT>' cannot be used with '--teacher <TEACHER>'"),
+        "{e}"
+    );
     assert!(
         mk(&[
             "--checkpoint",
@@ -511,5 +543,11 @@ fn plot_takes_run_dirs_a_png_and_a_bounded_size() {
     assert!(e.contains("--width: 10 pixels"), "{e}");
     let e = plot(&["r", "--height", "100000"]).unwrap_err().to_string();
     assert!(e.contains("--height"), "{e}");
-    assert!(Cli::try_parse_from(["student-trainer", "plot"]).is_err());
+    let e = Cli::try_parse_from(["student-trainer", "plot"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("required arguments were not provided") && e.contains("<RUN_DIR>"),
+        "{e}"
+    );
 }

@@ -271,18 +271,32 @@ fn bad_inputs_are_errors() {
         jsd_beta: DEFAULT_JSD_BETA,
     };
     let t4 = Tensor::zeros([2, 4], tch::kind::FLOAT_CPU);
-    assert!(loss.compute(&s, &t4, &y, None).is_err());
+    let e = loss.compute(&s, &t4, &y, None).unwrap_err().to_string();
+    assert!(
+        e.contains("must both be [batch, classes], got [2, 3] and [2, 4]"),
+        "{e}"
+    );
     let y3 = Tensor::zeros([3], (Kind::Int64, tch::Device::Cpu));
-    assert!(loss.compute(&s, &s, &y3, None).is_err());
+    let e = loss.compute(&s, &s, &y3, None).unwrap_err().to_string();
+    assert!(e.contains("labels must be [2], got [3]"), "{e}");
     let out_of_range = Tensor::from_slice(&[0i64, 5]);
-    assert!(loss.compute(&s, &s, &out_of_range, None).is_err());
+    let e = loss
+        .compute(&s, &s, &out_of_range, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Target 5 is out of bounds"), "{e}");
     let bad_t = DistillLoss {
         temperature: 0.0,
         ..loss
     };
-    assert!(bad_t.compute(&s, &s, &y, None).is_err());
+    let e = bad_t.compute(&s, &s, &y, None).unwrap_err().to_string();
+    assert!(e.contains("temperature must be positive, got 0"), "{e}");
     let bad_mask = Tensor::ones([3], (Kind::Bool, tch::Device::Cpu));
-    assert!(loss.compute(&s, &s, &y, Some(&bad_mask)).is_err());
+    let e = loss
+        .compute(&s, &s, &y, Some(&bad_mask))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labelled mask must be [2], got [3]"), "{e}");
 }
 
 const TAILS: [SparseTail; 3] = [SparseTail::Bucket, SparseTail::Uniform, SparseTail::Renorm];
@@ -523,7 +537,10 @@ fn loss_kind_parses() {
     assert_eq!(LossKind::from_str("rkl", true).unwrap(), LossKind::Rkl);
     assert_eq!(LossKind::from_str("JSD", true).unwrap(), LossKind::Jsd);
     assert_eq!(LossKind::from_str("MSE", true).unwrap(), LossKind::Mse);
-    assert!(LossKind::from_str("l1", true).is_err());
+    assert_eq!(
+        LossKind::from_str("l1", true).unwrap_err(),
+        "invalid variant: l1"
+    );
     for kind in LossKind::value_variants() {
         let name = kind.to_possible_value().unwrap().get_name().to_string();
         assert_eq!(kind.to_string(), name);
@@ -1111,5 +1128,9 @@ fn bad_beta_and_sequence_shapes_are_errors() {
     assert!(e.contains("MSE"), "{e}");
     // A label outside the vocabulary at a real position is libtorch's error.
     let y_bad = Tensor::from_slice(&[0i64, 9, 0, 0, 0, 0, 0, 0]).view([2, 4]);
-    assert!(loss.compute(&s3, &s3, &y_bad, None).is_err());
+    let e = loss
+        .compute(&s3, &s3, &y_bad, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Target 9 is out of bounds"), "{e}");
 }

@@ -237,7 +237,10 @@ mod tests {
             assert_eq!(kind.to_string(), name);
             assert_eq!(LrScheduleKind::from_str(&name, true).unwrap(), *kind);
         }
-        assert!(LrScheduleKind::from_str("linear", true).is_err());
+        assert_eq!(
+            LrScheduleKind::from_str("linear", true).unwrap_err(),
+            "invalid variant: linear"
+        );
         let s = LrSchedule {
             kind: LrScheduleKind::Cosine,
             warmup_steps: 3,

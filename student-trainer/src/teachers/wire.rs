@@ -511,7 +511,11 @@ mod tests {
             Code::Unknown,
             Code::FailedPrecondition,
         ] {
-            assert!(decode(error(code), to(&b)).is_err(), "{code:?}");
+            let e = message(decode(error(code), to(&b)));
+            assert!(
+                e.contains("teacher rejected batch") && e.contains(&format!("{code:?}")),
+                "{code:?}: {e}"
+            );
         }
     }
 }

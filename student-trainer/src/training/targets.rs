@@ -199,6 +199,9 @@ mod tests {
         }
         let mut short = tb(1, 2, &[4, 5]);
         short.targets = SoftTargets::Dense(Tensor::zeros([1, 3], tch::kind::FLOAT_CPU));
-        assert!(check_pairing(&short, 1, 2, &[4, 5]).is_err());
+        let e = check_pairing(&short, 1, 2, &[4, 5])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(1 soft-target rows for 2 samples)"), "{e}");
     }
 }

@@ -517,18 +517,26 @@ fn kinds_parse_and_configs_validate() {
         OptimizerKind::from_str("SGD", true).unwrap(),
         OptimizerKind::Sgd
     );
-    assert!(OptimizerKind::from_str("rmsprop", true).is_err());
+    assert_eq!(
+        OptimizerKind::from_str("rmsprop", true).unwrap_err(),
+        "invalid variant: rmsprop"
+    );
     for kind in OptimizerKind::value_variants() {
         let name = kind.to_possible_value().unwrap().get_name().to_string();
         assert_eq!(kind.to_string(), name);
     }
     assert!(OptimizerConfig::default().validate().is_ok());
-    assert!(OptimizerConfig::adam(-1.0).validate().is_err());
+    let e = OptimizerConfig::adam(-1.0)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid learning rate: -1"), "{e}");
     let bad = OptimizerConfig {
         beta2: 1.0,
         ..OptimizerConfig::default()
     };
-    assert!(bad.validate().is_err());
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("invalid beta2 (must lie in [0, 1)): 1"), "{e}");
     let json = serde_json::to_string(&OptimizerConfig::sgd(0.1, 0.9)).unwrap();
     assert!(json.contains("\"sgd\""), "{json}");
     let back: OptimizerConfig = serde_json::from_str(&json).unwrap();
