@@ -551,3 +551,25 @@ fn plot_takes_run_dirs_a_png_and_a_bounded_size() {
         "{e}"
     );
 }
+
+#[test]
+fn each_command_requires_its_teachers_as_before_the_shared_flags() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let parse = |args: &[&str]| {
+        let mut v = vec!["student-trainer"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|_| ())
+    };
+    for args in [&["capture", "--out", "c"][..], &["distill"][..]] {
+        let e = parse(args).unwrap_err().to_string();
+        assert!(
+            e.contains("required arguments were not provided") && e.contains("--teacher <TEACHER>"),
+            "{args:?}: {e}"
+        );
+    }
+    parse(&["distill", "--logit-cache", "c"]).unwrap();
+    parse(&["distill", "--teacher-group", "a=h:1"]).unwrap();
+    parse(&["capture", "--out", "c", "--teacher", "h:1"]).unwrap();
+    parse(&["eval", "--teacher", "h:1", "--batch-timeout", "5"]).unwrap();
+}

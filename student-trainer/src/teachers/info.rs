@@ -475,6 +475,22 @@ mod tests {
     }
 
     #[test]
+    fn a_top_k_above_the_teachers_logits_is_refused_naming_both() {
+        let i = info();
+        let k = |top_k| Expect {
+            top_k,
+            ..expect(&[1, 28, 28], 10, 128)
+        };
+        i.check("u", &k(10)).unwrap();
+        let e = i.check("u", &k(11)).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "teacher at u does not fit: number of logits (--top-k must not exceed it): teacher \
+             has 10, --top-k has 11"
+        );
+    }
+
+    #[test]
     fn inconsistency_names_both_fingerprints_and_ignores_per_process_fields() {
         let fp = |f: &str| TeacherInfo {
             fingerprint: f.into(),
