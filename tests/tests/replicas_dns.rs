@@ -7,7 +7,7 @@ use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions, Resolver, Resolving};
+use student_trainer::teachers::pool::{Expect, GroupSpec, Pool, PoolOptions, Resolver, Resolving};
 
 /// A resolver whose answer the test changes.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +53,7 @@ async fn dns_names_find_every_replica_and_follow_changes() {
         tokens: false,
         tokenizer_fingerprint: None,
         hint_output: None,
+        top_k: 0,
     };
     let mut pool = Pool::connect_with(
         vec![GroupSpec {

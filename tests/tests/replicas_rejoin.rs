@@ -4,7 +4,7 @@
 use distill_tests::trainer::run_once;
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 use std::time::Duration;
-use student_trainer::pool::{Expect, GroupSpec, Pool, PoolOptions};
+use student_trainer::teachers::pool::{Expect, GroupSpec, Pool, PoolOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_rejoins_and_receives_work() {
@@ -33,6 +33,7 @@ async fn a_restarted_replica_rejoins_and_receives_work() {
             tokens: false,
             tokenizer_fingerprint: None,
             hint_output: None,
+            top_k: 0,
         },
     )
     .await

@@ -68,7 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
-use student_trainer::targets::SoftTargets;
+use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
 use teacher_server::config::{ModelSource, ModelSpec, Precision};
 use tokio::sync::mpsc;
