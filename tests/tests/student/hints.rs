@@ -50,6 +50,7 @@ fn weights(dir: &Path) -> PathBuf {
 
 /// The student's initial weights for the seed: what `distill` draws before its first step.
 fn initial(seed: i64) -> Vec<(String, Tensor)> {
+    let _rng = distill_tests::torch_rng();
     tch::manual_seed(seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let spec = distill_models::ArchSpec {
@@ -78,7 +79,10 @@ async fn hint_stage_then_distillation_resumes_exactly() {
         .expect_ok("hint stage");
     let first = ck(&staged);
     assert_eq!(first.meta.epoch, 1);
-    let (vs, _) = first.load_network(tch::Device::Cpu).unwrap();
+    let (vs, _) = {
+        let _rng = distill_tests::torch_rng();
+        first.load_network(tch::Device::Cpu).unwrap()
+    };
     let after: std::collections::HashMap<String, Tensor> = vs.variables();
     for (name, init) in initial(3) {
         let moved = (&after[&name] - &init).abs().max().double_value(&[]);
