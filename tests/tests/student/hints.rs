@@ -1,5 +1,5 @@
-//! Hint distillation (FitNets, issue 11) end to end: a served CNN teacher's `features` guide a
-//! thin MLP student's `h1` through a learned regressor. The hint stage trains only the layers up
+//! Hint distillation (FitNets, Romero et al. 2015) end to end: a served CNN teacher's
+//! `features` guide a thin MLP student's `h1` through a learned regressor. The hint stage trains only the layers up
 //! to the hinted one (and the regressor) on the hint loss alone; distillation follows with a
 //! fresh optimizer; the regressor is checkpointed beside the network and every stop resumes
 //! exactly; what cannot work is refused before training, naming what was expected.

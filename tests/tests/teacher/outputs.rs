@@ -1,6 +1,7 @@
-//! Teachers with several outputs (issue 11): a TorchScript module returning a tuple or a dict is
-//! inspected at load, its logits chosen with `--logits-output`, and its other outputs served by
-//! name beside the logits; outputs a server cannot serve are refused at load, never per batch.
+//! Teachers with several outputs (hint distillation reads an intermediate one beside the
+//! logits): a TorchScript module returning a tuple or a dict is inspected at load, its logits
+//! chosen with `--logits-output`, and its other outputs served by name beside the logits;
+//! outputs a server cannot serve are refused at load, never per batch.
 //! The built-in CNN serves its penultimate features and last conv block.
 
 use distill_tests::*;
