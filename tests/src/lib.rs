@@ -2,8 +2,8 @@
 //! local ports and talks to them over gRPC.
 //!
 //! - [`binary`] finds a built binary in `target/<profile>/` (next to the test executable's
-//!   `deps/` folder); build them first with `cargo build --workspace --bins` (`make test` does;
-//!   `cargo test --workspace` builds `teacher-server` too, through its own CLI test).
+//!   `deps/` folder); build them first with `cargo build --workspace --bins` (`make test` does:
+//!   `cargo test` builds only this crate's own binaries for its tests).
 //! - [`Server::spawn`] starts any binary that prints `listening on HOST:PORT` as its first stdout
 //!   line (pass `--listen 127.0.0.1:0`), captures its logs (printed if the test panics), and kills
 //!   it on drop. [`TeacherProcess::start`] does that for `teacher-server` and waits on `grpc.health.v1`
@@ -16,6 +16,8 @@
 //!   hangs after N forward passes ([`TeacherProcess::start_binary`] runs it).
 //! - [`LogitsStream`] drives one `StreamLogits` call; [`request`], [`to_wire`] and [`from_wire`]
 //!   convert tensors.
+//! - [`torch_rng`] serialises the use of libtorch's global random generator: the tests share one
+//!   process (`tests/integration.rs`) and run on parallel threads.
 
 pub mod trainer;
 
@@ -209,6 +211,24 @@ pub fn fixtures() -> &'static Fixtures {
     })
 }
 
+/// Exclusive use of libtorch's global random generator, until the guard is dropped.
+///
+/// The integration tests share one process and run on parallel threads, and libtorch draws
+/// everything (`Tensor::randn`, `randint`, weight initialisation, which includes
+/// `Checkpoint::load_network` before the saved weights replace the drawn ones, dropout in
+/// training mode) from one process-wide generator, which `tch::manual_seed` resets. A test that
+/// seeds it and expects the draws that follow (the weights `student-trainer` draws for a seed)
+/// would get others if a test on another thread drew or reseeded in between. So every draw in
+/// the harness and the tests holds this guard: a seeded section around its seed and draws, an
+/// unseeded draw around the draw alone. Never take it twice on one thread (it is not
+/// reentrant): the harness's [`random_inputs`], [`fresh_checkpoint`], [`scaled_checkpoint`] and
+/// [`checkpoint_forward`] take it themselves.
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    // A test that panicked while holding it left the generator in a valid state.
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
@@ -269,7 +289,10 @@ pub fn scaled_checkpoint(
         num_classes,
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    Network::new(&vs.root(), &spec).expect("build network");
+    {
+        let _rng = torch_rng();
+        Network::new(&vs.root(), &spec).expect("build network");
+    }
     if scale != 1.0 {
         tch::no_grad(|| {
             for (_, mut t) in vs.variables() {
@@ -334,7 +357,11 @@ pub fn error_line(code: Option<i32>, stderr: &str) -> String {
 /// this process (the reference the server's answers are compared with).
 pub fn checkpoint_forward(ck: &Checkpoint, inputs: &Tensor) -> Tensor {
     let _g = tch::no_grad_guard();
-    let (_vs, net) = ck.load_network(Device::Cpu).expect("load checkpoint");
+    let (_vs, net) = {
+        // Building the network draws initial weights before the saved ones replace them.
+        let _rng = torch_rng();
+        ck.load_network(Device::Cpu).expect("load checkpoint")
+    };
     net.forward(inputs, false).expect("forward")
 }
 
@@ -350,6 +377,7 @@ pub fn torchscript_forward(path: &Path, inputs: &Tensor) -> Tensor {
 pub fn random_inputs(batch: i64, sample_shape: &[i64]) -> Tensor {
     let mut shape = vec![batch];
     shape.extend_from_slice(sample_shape);
+    let _rng = torch_rng();
     Tensor::randn(shape.as_slice(), (tch::Kind::Float, Device::Cpu))
 }
 

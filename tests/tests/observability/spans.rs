@@ -1,4 +1,4 @@
-//! Tracing spans survive `--log-format json` (issue 9): the server logs inside a `stream` span
+//! Tracing spans survive `--log-format json`: the server logs inside a `stream` span
 //! (with the peer), a `batch` span per request (with its id and size) and a `forward_pass` span
 //! per merged batch; the student logs its training step inside the `batch` span opened when the
 //! batch was first sent (epoch, index, schedule sequence number).

@@ -1,4 +1,4 @@
-//! Readiness and Prometheus metrics, end to end (issue 9):
+//! Readiness and Prometheus metrics, end to end:
 //!
 //! - a teacher still loading its model is bound and says so: health `NOT_SERVING`, both RPCs
 //!   `UNAVAILABLE` at once with a retry hint (never a hang), `/readyz` 503, and

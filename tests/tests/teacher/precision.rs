@@ -20,7 +20,10 @@ const SHAPE: [i64; 3] = [1, 8, 8];
 /// Logits `f32 [batch, classes]` of the checkpoint's network run in `kind` in this process.
 fn forward_in(ck: &distill_models::Checkpoint, x: &Tensor, kind: Kind) -> Tensor {
     let _g = tch::no_grad_guard();
-    let (mut vs, net) = ck.load_network(Device::Cpu).expect("load checkpoint");
+    let (mut vs, net) = {
+        let _rng = torch_rng();
+        ck.load_network(Device::Cpu).expect("load checkpoint")
+    };
     vs.set_kind(kind);
     net.forward(&x.to_kind(kind), false)
         .expect("forward")

@@ -1,6 +1,7 @@
-//! Teachers with several outputs (issue 11): a TorchScript module returning a tuple or a dict is
-//! inspected at load, its logits chosen with `--logits-output`, and its other outputs served by
-//! name beside the logits; outputs a server cannot serve are refused at load, never per batch.
+//! Teachers with several outputs (hint distillation reads an intermediate one beside the
+//! logits): a TorchScript module returning a tuple or a dict is inspected at load, its logits
+//! chosen with `--logits-output`, and its other outputs served by name beside the logits;
+//! outputs a server cannot serve are refused at load, never per batch.
 //! The built-in CNN serves its penultimate features and last conv block.
 
 use distill_tests::*;
@@ -218,7 +219,10 @@ async fn the_builtin_cnn_serves_its_features_and_last_conv_block() {
     let features = output(&resp, "features");
     let want = checkpoint_forward(&ck, &x);
     assert!(max_abs_diff(&dense(&resp), &want) <= 1e-5);
-    let (vs, _net) = ck.load_network(tch::Device::Cpu).unwrap();
+    let (vs, _net) = {
+        let _rng = torch_rng();
+        ck.load_network(tch::Device::Cpu).unwrap()
+    };
     let v = vs.variables();
     let head = features.matmul(&v["f2.weight"].tr()) + &v["f2.bias"];
     assert!(max_abs_diff(&head, &want) <= 1e-4);

@@ -1,11 +1,10 @@
-//! The command line of the real binary: help, and configuration errors that stop it before it
-//! binds anything. (Being an integration test of this package, it also makes `cargo test` build
-//! the `teacher-server` binary that the workspace's `tests/` crate runs.)
+//! The command line of the real `teacher-server` binary: help, and configuration errors that stop
+//! it before it binds anything.
 
 use std::process::Command;
 
 fn teacher_server(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_teacher-server"))
+    Command::new(distill_tests::binary("teacher-server"))
         .args(args)
         .env_remove("TEACHER_MODEL")
         .output()

@@ -14,6 +14,7 @@ const ARCH: &str = "lm:layers=2,d=32,heads=4";
 
 /// Random token ids `i64 [batch, seq]` in `0..VOCAB`.
 fn random_ids(batch: i64, seq: i64) -> Tensor {
+    let _rng = torch_rng();
     Tensor::randint(VOCAB, [batch, seq], (Kind::Int64, Device::Cpu))
 }
 
@@ -238,7 +239,10 @@ async fn torchscript_lm_matches_pytorch_and_the_builtin_architecture() {
         num_classes: VOCAB,
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = Network::new(&vs.root(), &spec).unwrap();
+    let net = {
+        let _rng = torch_rng();
+        Network::new(&vs.root(), &spec).unwrap()
+    };
     let params: std::collections::HashMap<String, Tensor> =
         module.named_parameters().unwrap().into_iter().collect();
     let mut vars = vs.variables();

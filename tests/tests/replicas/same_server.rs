@@ -1,6 +1,7 @@
 //! One server reached through two URLs (`http://127.0.0.1:P` and `http://localhost:P`) is one
 //! replica: the pool sees the same `instance_id` behind both, logs it, and the report counts one
-//! replica that answered every batch (it counted two before, each with half the batches).
+//! replica that answered every batch (counting by URL would give two, each with half the
+//! batches).
 
 use distill_tests::trainer::{DistillArgs, read_json, student_logging, write_synthetic_idx};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};

@@ -1,4 +1,4 @@
-//! Issue 9, security: TLS and mutual TLS between student and teacher, bearer tokens (a wrong or
+//! Credentials on the channel: TLS and mutual TLS between student and teacher, bearer tokens (a wrong or
 //! missing one gets UNAUTHENTICATED; health stays open), a replica that refuses the token counts
 //! as refused, bad certificate/key/token files stop the binaries at start naming the file, and
 //! tokens never show in `--help`, logs or reports.

@@ -77,7 +77,7 @@ fn demo_like_runs(root: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn plot(args: &[&Path], extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_student-trainer"))
+    Command::new(distill_tests::binary("student-trainer"))
         .arg("plot")
         .args(args)
         .args(extra)

@@ -1,7 +1,7 @@
 //! `prepare` on a GCIDE-format corpus written by the test: the split, reuse of the tokenizer and
 //! of the token caches, rebuilding corrupted caches, and its errors.
 
-mod common;
+use super::common;
 
 use distill_text::{
     BpeTokenizer, IGNORE_INDEX, Packed, TEST_EVERY, TextError, is_test_document, prepare,

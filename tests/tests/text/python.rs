@@ -2,7 +2,7 @@
 //! `.pytokenizers` in the repository root) loads the tokenizer.json that Rust trained and
 //! encodes to the same ids.
 
-mod common;
+use super::common;
 
 use distill_text::BpeTokenizer;
 use std::io::Write;
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 fn python_tokenizers_loads_the_rust_tokenizer_and_encodes_the_same_ids() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("text/ is in the workspace");
+        .expect("tests/ is in the workspace");
     let pylib = root.join(".pytokenizers");
     assert!(
         pylib.join("tokenizers").is_dir(),

@@ -1,6 +1,6 @@
 //! Training, saving, loading and fingerprinting the byte-level BPE.
 
-mod common;
+use super::common;
 
 use distill_text::{BpeTokenizer, EOT_TOKEN, MIN_VOCAB_SIZE, PAD_TOKEN, TextError, fingerprint};
 

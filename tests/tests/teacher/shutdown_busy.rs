@@ -1,7 +1,7 @@
 //! SIGTERM while the engine is busy and a client never reads its answers: the shutdown grace
 //! runs out with forward passes still queued, and the server must still exit 0, never SIGSEGV.
-//! (It used to return from `main` while the engine thread was inside a forward pass, so
-//! libtorch's exit-time teardown ran under it: exit 139 in about half the runs.)
+//! (Returning from `main` while the engine thread is inside a forward pass would run libtorch's
+//! exit-time teardown under it: exit 139 in about half the runs.)
 
 use distill_tests::*;
 use std::time::{Duration, Instant};

@@ -37,6 +37,7 @@ async fn a_module_saved_in_training_mode_is_served_in_eval_mode() {
     let m = tch::CModule::load(&fx.teacher_train).unwrap();
     let (a, b) = {
         let _g = tch::no_grad_guard();
+        let _rng = torch_rng();
         (m.forward_ts(&[&x]).unwrap(), m.forward_ts(&[&x]).unwrap())
     };
     assert!(

@@ -1,4 +1,4 @@
-//! Issue 9, compression: clients that compress their requests with gzip, deflate or zstd (as a
+//! Compression of the channel: clients that compress their requests with gzip, deflate or zstd (as a
 //! Python grpcio client with channel compression does) get answers to `GetModelInfo` and
 //! `StreamLogits`, equal to uncompressed ones; the server answers compressed in the encodings of
 //! `--send-compression` (default zstd) when the client accepts them; and a student run with

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: generated text and a GCIDE-format corpus written by
+//! Helpers shared by the text tests: generated text and a GCIDE-format corpus written by
 //! the test itself (no test reads the real corpus).
 #![allow(dead_code, unreachable_pub)]
 

@@ -1,5 +1,5 @@
-//! Hint distillation (FitNets, issue 11) end to end: a served CNN teacher's `features` guide a
-//! thin MLP student's `h1` through a learned regressor. The hint stage trains only the layers up
+//! Hint distillation (FitNets, Romero et al. 2015) end to end: a served CNN teacher's
+//! `features` guide a thin MLP student's `h1` through a learned regressor. The hint stage trains only the layers up
 //! to the hinted one (and the regressor) on the hint loss alone; distillation follows with a
 //! fresh optimizer; the regressor is checkpointed beside the network and every stop resumes
 //! exactly; what cannot work is refused before training, naming what was expected.
@@ -50,6 +50,7 @@ fn weights(dir: &Path) -> PathBuf {
 
 /// The student's initial weights for the seed: what `distill` draws before its first step.
 fn initial(seed: i64) -> Vec<(String, Tensor)> {
+    let _rng = distill_tests::torch_rng();
     tch::manual_seed(seed);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let spec = distill_models::ArchSpec {
@@ -78,7 +79,10 @@ async fn hint_stage_then_distillation_resumes_exactly() {
         .expect_ok("hint stage");
     let first = ck(&staged);
     assert_eq!(first.meta.epoch, 1);
-    let (vs, _) = first.load_network(tch::Device::Cpu).unwrap();
+    let (vs, _) = {
+        let _rng = distill_tests::torch_rng();
+        first.load_network(tch::Device::Cpu).unwrap()
+    };
     let after: std::collections::HashMap<String, Tensor> = vs.variables();
     for (name, init) in initial(3) {
         let moved = (&after[&name] - &init).abs().max().double_value(&[]);

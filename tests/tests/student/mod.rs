@@ -1,0 +1,18 @@
+//! `student-trainer`: distillation runs against real teachers, their stops and resumes, errors,
+//! evaluation, plots, and the pool's pairing of answers with samples.
+
+mod alpha_zero;
+mod broken_pipe;
+mod distill;
+mod ensemble;
+mod errors;
+mod eval_remote;
+mod hints;
+mod interrupt;
+mod lm;
+mod logit_cache;
+mod plot;
+mod pool_reordering;
+mod resume;
+mod sparse;
+mod torn_checkpoint;
