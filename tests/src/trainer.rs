@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use student_trainer::teachers::pool::{Pool, RunTargets};
 use student_trainer::schedule::PlannedBatch;
 use student_trainer::soft_targets::TeacherBatch;
+use student_trainer::teachers::pool::{Pool, RunTargets};
 
 /// The `student-trainer` binary (built by `cargo build --workspace --bins`).
 pub fn student_trainer_bin() -> PathBuf {
