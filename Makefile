@@ -46,7 +46,7 @@ soak: setup
 	$(CARGO) build --profile $(SOAK_PROFILE) -p teacher-server -p distill-tests --bins
 	RUST_LOG=info target/$(if $(filter dev,$(SOAK_PROFILE)),debug,$(SOAK_PROFILE))/soak $(SOAK_ARGS)
 
-## bench: distillation throughput on this machine, not a test (issue 8): in-process cnn forward
+## bench: distillation throughput on this machine, not a test: in-process cnn forward
 ## f32/bf16; teacher-server over loopback, 1/4/16 streams of batch 16, with and without dynamic
 ## batching; one epoch of online distillation (12,000 Fashion-MNIST samples) against the PyTorch
 ## reference loop scripts/reference/kd_pytorch.py and the same loop in process; wire bytes per

@@ -248,7 +248,7 @@ impl Regressor {
 ///
 /// # Errors
 /// A libtorch error (e.g. shapes that differ).
-pub fn hint_loss(kind: HintLoss, r: &Tensor, t: &Tensor) -> Result<Tensor, tch::TchError> {
+pub(crate) fn hint_loss(kind: HintLoss, r: &Tensor, t: &Tensor) -> Result<Tensor, tch::TchError> {
     if r.size() != t.size() {
         return Err(tch::TchError::Shape(format!(
             "hint loss: the regressed student feature is {:?}, the teacher's {:?}",

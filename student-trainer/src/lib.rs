@@ -34,15 +34,22 @@ pub mod config;
 pub mod data;
 /// Device selection, shared with teacher-server (see [`distill_models::device`]).
 pub use distill_models::device;
-pub mod ensemble;
-pub mod eval;
-pub mod hint;
-pub mod logit_cache;
+mod ensemble;
+mod eval;
+mod hint;
+mod logit_cache;
 pub mod loss;
 pub mod optim;
-pub mod outputs;
+mod outputs;
 pub mod schedule;
 pub mod signals;
 pub mod soft_targets;
 pub mod teachers;
 pub mod training;
+
+pub use ensemble::EnsembleMode;
+pub use eval::Accuracy;
+pub use hint::{HintConfig, HintLoss, HintPlan};
+pub use logit_cache::CachePlan;
+pub use outputs::metrics::EpochMetrics;
+pub use outputs::monitoring::StudentMetrics;

@@ -42,11 +42,11 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// File name of the key and manifest inside a cache directory.
-pub const CACHE_FILE: &str = "cache.json";
+pub(crate) const CACHE_FILE: &str = "cache.json";
 /// The `format` recorded in `cache.json`.
-pub const FORMAT: &str = "distill-logit-cache/1";
+pub(crate) const FORMAT: &str = "distill-logit-cache/1";
 /// Default samples per shard.
-pub const DEFAULT_SHARD_SAMPLES: usize = 8192;
+pub(crate) const DEFAULT_SHARD_SAMPLES: usize = 8192;
 
 /// Why a cache cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +298,7 @@ impl CachePlan {
 ///
 /// # Errors
 /// A libtorch failure while copying the rows.
-pub fn dataset_sha256(inputs: &Tensor) -> Result<String, tch::TchError> {
+pub(crate) fn dataset_sha256(inputs: &Tensor) -> Result<String, tch::TchError> {
     let inputs = inputs.f_to_kind(Kind::Float)?.f_contiguous()?;
     let size = inputs.size();
     let mut h = Sha256::new();

@@ -1,4 +1,4 @@
-//! The language-model data of issue 10: a real English corpus, its tokenizer and packed
+//! The data of language-model distillation: a real English corpus, its tokenizer and packed
 //! next-token sequences. No libtorch here: a student or teacher turns [`Packed`] into tensors.
 //!
 //! - **Corpus**: GCIDE, the Collaborative International Dictionary of English (GPL), from

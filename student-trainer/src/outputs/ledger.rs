@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// An open ledger file (appended to: a resumed run continues it).
 #[derive(Debug)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     path: PathBuf,
     file: std::fs::File,
 }
@@ -17,7 +17,7 @@ impl Ledger {
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub fn open(path: &Path) -> std::io::Result<Ledger> {
+    pub(crate) fn open(path: &Path) -> std::io::Result<Ledger> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -29,7 +29,7 @@ impl Ledger {
     }
 
     /// The ledger's file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -38,7 +38,7 @@ impl Ledger {
     ///
     /// # Errors
     /// The line cannot be written.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         epoch: u64,
         index: usize,

@@ -6,9 +6,9 @@
 //! Imports nothing of the crate outside this folder: the training loop and the commands hand
 //! their results in.
 
-pub mod ledger;
-pub mod metrics;
-pub mod monitoring;
-pub mod plot;
-pub mod progress;
-pub mod report;
+pub(crate) mod ledger;
+pub(crate) mod metrics;
+pub(crate) mod monitoring;
+pub(crate) mod plot;
+pub(crate) mod progress;
+pub(crate) mod report;

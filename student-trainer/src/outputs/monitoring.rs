@@ -22,7 +22,7 @@ use distill_telemetry::prometheus::{
 use std::time::Duration;
 
 /// A replica's state as `student_replica_state` labels it.
-pub const REPLICA_STATES: [&str; 4] = ["connecting", "up", "down", "retired"];
+pub(crate) const REPLICA_STATES: [&str; 4] = ["connecting", "up", "down", "retired"];
 
 /// Every metric of one student process, registered in its own [`Registry`]. Cloning shares them.
 #[derive(Debug, Clone)]

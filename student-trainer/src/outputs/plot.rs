@@ -32,13 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Default image width, in pixels.
-pub const DEFAULT_WIDTH: u32 = 1280;
+pub(crate) const DEFAULT_WIDTH: u32 = 1280;
 /// Default image height, in pixels.
-pub const DEFAULT_HEIGHT: u32 = 960;
+pub(crate) const DEFAULT_HEIGHT: u32 = 960;
 /// Smallest width or height accepted, in pixels (below it the panels' text overlaps).
-pub const MIN_SIDE: u32 = 320;
+pub(crate) const MIN_SIDE: u32 = 320;
 /// Largest width or height accepted, in pixels.
-pub const MAX_SIDE: u32 = 8192;
+pub(crate) const MAX_SIDE: u32 = 8192;
 
 /// The font of every text in the plot (DejaVu Sans; licence in `assets/fonts/LICENSE`).
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -167,7 +167,7 @@ struct ModelAccuracy {
 
 /// One run directory, read.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Run {
+pub(crate) struct Run {
     /// The directory given on the command line.
     dir: PathBuf,
     /// Its name in the legends.
@@ -184,7 +184,7 @@ impl Run {
     /// # Errors
     /// A missing directory or `metrics.jsonl`, a malformed line, a file without any epoch, a
     /// malformed `report.json`, or a read error: each names the file and what was expected.
-    pub fn load(dir: &Path) -> Result<Run, PlotError> {
+    pub(crate) fn load(dir: &Path) -> Result<Run, PlotError> {
         match std::fs::metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(PlotError::NoRunDir { dir: dir.into() });
@@ -251,12 +251,12 @@ impl Run {
     }
 
     /// Its name in the legends.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
     /// Number of epochs recorded.
-    pub fn epochs(&self) -> usize {
+    pub(crate) fn epochs(&self) -> usize {
         self.epochs.len()
     }
 
@@ -284,7 +284,7 @@ fn short_name(dir: &Path) -> String {
 ///
 /// # Errors
 /// The first run that cannot be read (see [`Run::load`]).
-pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, PlotError> {
+pub(crate) fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, PlotError> {
     let mut runs = dirs
         .iter()
         .map(|d| Run::load(d))
@@ -314,7 +314,7 @@ fn register_font() -> Result<(), PlotError> {
 ///
 /// # Errors
 /// [`PlotError::Font`] or [`PlotError::Draw`].
-pub fn render_png(runs: &[Run], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+pub(crate) fn render_png(runs: &[Run], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
     register_font()?;
     let mut rgb = vec![0u8; width as usize * height as usize * 3];
     {
@@ -338,7 +338,7 @@ pub fn render_png(runs: &[Run], width: u32, height: u32) -> Result<Vec<u8>, Plot
 ///
 /// # Errors
 /// Any [`PlotError`]: a run directory that cannot be read, or `output` that cannot be written.
-pub fn plot(
+pub(crate) fn plot(
     dirs: &[PathBuf],
     output: &Path,
     width: u32,

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Colours of the first two runs and of the teacher's bar (`student_trainer::plot`).
+/// Colours of the first two runs and of the teacher's bar (`student_trainer::outputs::plot`).
 const FIRST: [u8; 3] = [31, 119, 180];
 const SECOND: [u8; 3] = [255, 127, 14];
 const TEACHER: [u8; 3] = [110, 110, 110];
