@@ -22,7 +22,7 @@ pub enum ForwardError {
     /// for a model that takes none, a module whose outputs changed since the load).
     #[error("libtorch: {0}")]
     Torch(String),
-    /// The model panicked (a bug in tch or the model; caught by [`no_panic`]).
+    /// The model panicked (a bug in tch or the model; caught where the model calls tch).
     #[error("model panicked: {0}")]
     Panicked(String),
     /// The model gave up the forward pass because the server is stopping (a model that waits on

@@ -1,4 +1,4 @@
-//! [`load`]: builds the model a [`ModelSource`] names (a TorchScript module or a built-in
+//! [`load()`]: builds the model a [`ModelSource`] names (a TorchScript module or a built-in
 //! architecture), runs one warm-up forward pass that finds its outputs and checks its logits, and
 //! serves it behind [`Served`], which picks the logits among the outputs.
 

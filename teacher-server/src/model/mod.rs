@@ -7,7 +7,7 @@
 //!   logits back to f32.
 //! - `teacher.rs`: the [`TeacherModel`] trait and what a model says of itself
 //!   ([`ModelDescription`], [`OutputDescription`]).
-//! - `load.rs`: [`load`], which builds the model a source names and warms it up.
+//! - `load.rs`: [`load()`], which builds the model a source names and warms it up.
 //! - `torchscript.rs`: a TorchScript module (`torch.jit.save`).
 //! - `builtin.rs`: a built-in architecture with checkpoint or safetensors weights.
 //! - `error.rs`: [`LoadError`] (the model could not be loaded) and [`ForwardError`] (a forward
