@@ -7,11 +7,11 @@
 //! from the oldest request's arrival) for the batch to fill, then takes, in arrival order, the
 //! requests with the same per-sample shape and kind as the oldest, up to `max_batch_size` samples.
 //! Requests whose stream has gone away (their `oneshot` receiver dropped) are discarded before
-//! they run. The queue is bounded: [`Batcher::submit`] fails fast with `Overloaded` when full.
+//! they run. The queue is bounded: [`Batcher::submit`] fails fast with
+//! [`SubmitError::Overloaded`] when full.
 
 use crate::config::BatchConfig;
 use crate::engine::{Job, MergedBatch};
-use crate::error::Error;
 use distill_telemetry::prometheus::IntGauge;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,6 +21,25 @@ use tokio::time::Instant;
 
 /// Suggested delay before retrying a request rejected by a full queue.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// Why [`Batcher::submit`] refused a job.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full.
+    #[error(
+        "server overloaded: the queue of {capacity} batches is full; retry after {} ms",
+        retry_after.as_millis()
+    )]
+    Overloaded {
+        /// `--queue-capacity`.
+        capacity: usize,
+        /// Suggested delay before retrying ([`RETRY_AFTER`]).
+        retry_after: Duration,
+    },
+    /// The actor has stopped: the server is shutting down.
+    #[error("teacher-server is shutting down: send this batch to another replica")]
+    ShuttingDown,
+}
 
 /// Handle for submitting jobs to the batching actor. Cloneable; the actor ends (flushing what is
 /// queued) when every handle is dropped.
@@ -57,15 +76,15 @@ impl Batcher {
     /// Queues a job without waiting.
     ///
     /// # Errors
-    /// [`Error::Overloaded`] (with a retry hint) when the queue is full; [`Error::ShuttingDown`]
-    /// when the actor has stopped.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
+    /// [`SubmitError::Overloaded`] (with a retry hint) when the queue is full;
+    /// [`SubmitError::ShuttingDown`] when the actor has stopped.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), SubmitError> {
         self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded {
                 capacity: self.capacity,
                 retry_after: RETRY_AFTER,
             },
-            mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
         })
     }
 }
@@ -236,8 +255,8 @@ impl Actor {
 mod tests {
     use super::*;
     use crate::engine::{Engine, EngineSettings, JobResult, Logits, OutputSpec};
-    use crate::error::EngineError;
-    use crate::model::{ModelDescription, TeacherModel};
+    use crate::error::Error;
+    use crate::model::{ForwardError, ModelDescription, TeacherModel};
     use std::sync::{Arc, Mutex};
     use tch::Tensor;
     use tokio::sync::oneshot;
@@ -251,7 +270,7 @@ mod tests {
     }
 
     impl TeacherModel for Fake {
-        fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        fn forward(&self, x: &Tensor) -> Result<Tensor, ForwardError> {
             let n = x.size()[0];
             self.passes.lock().unwrap().push(n);
             if let Some(e) = &self.entered {
@@ -275,7 +294,7 @@ mod tests {
                 input_dtype: Kind::Float,
                 num_logits: 2,
                 device: "cpu".into(),
-                precision: crate::config::Precision::F32,
+                precision: crate::model::Precision::F32,
                 sequence: None,
                 outputs: Vec::new(),
                 logits_output: String::new(),
@@ -461,7 +480,7 @@ mod tests {
                 }
             }
         }
-        let e = rejected.expect("a bounded queue must reject at some point");
+        let e = Error::from(rejected.expect("a bounded queue must reject at some point"));
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.to_string().contains("retry after 50 ms"), "{e}");
         drop(r.gate);

@@ -3,10 +3,12 @@
 //! [`Args`] is what clap parses (every flag also reads a `TEACHER_…` environment variable);
 //! [`Config`] is what the server runs with, produced by `TryFrom<Args>`, which checks every value
 //! and resolves what the model expects (input shape and dtype, number of logits) from flags, the
-//! TorchScript sidecar `FILE.json`, or a checkpoint's `checkpoint.json`.
+//! TorchScript sidecar `FILE.json`, or a checkpoint's `checkpoint.json`, into the model's
+//! [`ModelSource`] and [`ModelSpec`] (defined with the model, in [`crate::model`]). A bad value
+//! is a [`ConfigError`] naming the flag, what was expected and what was given.
 
-use crate::error::Error;
-use crate::security::{self, TlsSettings};
+use crate::model::{LoadError, ModelSource, ModelSpec, Precision, SequenceSpec};
+use crate::security::{self, SecurityError, TlsSettings};
 pub use distill_models::device::DeviceChoice;
 use distill_models::device::DeviceError;
 use distill_models::{Arch, Checkpoint};
@@ -21,6 +23,40 @@ use tonic::codec::CompressionEncoding;
 
 /// tonic's default message limit (4 MiB): the floor of the computed `--max-message-bytes`.
 pub const MIN_DEFAULT_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Why the flags do not make a configuration. The server's error mapping reports each variant as
+/// its own variant of the same message (`configuration: ...`, `CONTEXT: CAUSE`, `loading the
+/// model: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value, or what a sidecar or checkpoint says, is invalid.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// A file named by the flags (a sidecar, a tokenizer) cannot be read.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint (or an architecture name) the flags point to cannot be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+impl From<distill_models::ModelError> for ConfigError {
+    fn from(e: distill_models::ModelError) -> Self {
+        ConfigError::Load(LoadError::from(e))
+    }
+}
+
+impl From<SecurityError> for ConfigError {
+    fn from(e: SecurityError) -> Self {
+        ConfigError::Invalid(e.0)
+    }
+}
 
 /// Command-line flags of `teacher-server`. A flag given twice takes its last value (so wrappers
 /// can append overrides).
@@ -171,53 +207,6 @@ pub struct Args {
     pub send_compression: Vec<String>,
 }
 
-/// Precision of the teacher's forward pass (`--precision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Precision {
-    /// 32-bit floats: the weights as trained.
-    #[default]
-    F32,
-    /// bfloat16 (8-bit exponent, 7-bit mantissa: f32's range, ~3 significant digits).
-    Bf16,
-    /// IEEE half (5-bit exponent, 10-bit mantissa: values up to 65504).
-    F16,
-}
-
-impl Precision {
-    /// The libtorch kind: `Float`, `BFloat16` or `Half`.
-    pub fn kind(self) -> Kind {
-        match self {
-            Precision::F32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-            Precision::F16 => Kind::Half,
-        }
-    }
-
-    /// The wire `DType` reported in `ModelInfo.precision`.
-    pub fn dtype(self) -> distill_proto::v1::DType {
-        match self {
-            Precision::F32 => distill_proto::v1::DType::F32,
-            Precision::Bf16 => distill_proto::v1::DType::Bf16,
-            Precision::F16 => distill_proto::v1::DType::F16,
-        }
-    }
-
-    /// The flag's spelling: `f32`, `bf16` or `f16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-            Precision::F16 => "f16",
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -225,80 +214,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Where the teacher's weights come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelSource {
-    /// A TorchScript module saved with `torch.jit.save`.
-    TorchScript {
-        /// The `.pt` file.
-        path: PathBuf,
-    },
-    /// A checkpoint directory (`checkpoint.json`, the manifest naming its weights file).
-    Checkpoint {
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// A built-in architecture with weights from a safetensors file.
-    Safetensors {
-        /// The `.safetensors` file.
-        path: PathBuf,
-        /// The architecture.
-        arch: Arch,
-    },
-}
-
-/// What the model takes and returns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    /// Per-sample input shape (no batch dimension), every dimension ≥ 1.
-    pub input_shape: Vec<i64>,
-    /// Input dtype: one of the kinds the wire carries (f32, f16, bf16, f64, u8, i32, i64).
-    pub input_dtype: Kind,
-    /// Logits per sample (per position of a sequence model: the vocabulary size).
-    pub num_logits: i64,
-    /// `Some` for a sequence model (a causal LM): `input_shape` is `[max_seq_len]`, the input
-    /// dtype i64 token ids, and logits are `[batch, seq, num_logits]`.
-    pub sequence: Option<SequenceSpec>,
-    /// The output holding the logits (`--logits-output`); `None`: the model's only output (a
-    /// model with several is refused at load).
-    pub logits_output: Option<String>,
-}
-
-/// What a sequence model (a causal language model) adds to its [`ModelSpec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SequenceSpec {
-    /// Longest sequence accepted, in tokens (= `input_shape[0]`).
-    pub max_seq_len: i64,
-    /// Hex SHA-256 of the tokenizer file's bytes; empty when none was given.
-    pub tokenizer_fingerprint: String,
-}
-
-/// Top-k per position that the default `--max-message-bytes` of a sequence model makes room
-/// for (dense logits of a large vocabulary are refused per batch with a hint to use top-k).
-pub const SEQUENCE_DEFAULT_TOP_K: usize = 64;
-
-impl ModelSpec {
-    /// Bytes of one sample's input (a sequence model: a full-length sequence and its i64 mask).
-    pub fn sample_bytes(&self) -> usize {
-        let input = self.input_shape.iter().product::<i64>() as usize
-            * self.input_dtype.elt_size_in_bytes();
-        match &self.sequence {
-            Some(s) => input + s.max_seq_len as usize * 8,
-            None => input,
-        }
-    }
-
-    /// Bytes of one sample's largest default response: f32 logits, or for a sequence model
-    /// [`SEQUENCE_DEFAULT_TOP_K`] f32 values and i64 indices per position plus two f32
-    /// log-sum-exps.
-    pub fn response_bytes(&self) -> usize {
-        match &self.sequence {
-            Some(s) => s.max_seq_len as usize * (SEQUENCE_DEFAULT_TOP_K * 12 + 8),
-            None => self.num_logits as usize * 4,
-        }
-    }
 }
 
 /// Bytes of one full request and one full response (f32 logits, the widest output; top-k for a
@@ -382,7 +297,7 @@ pub struct Config {
 }
 
 /// Sidecar `FILE.json` next to a TorchScript file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Sidecar {
     input_shape: Option<Vec<i64>>,
@@ -404,304 +319,53 @@ pub fn sidecar_path(model: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn parse_listen(flag: &str, s: &str) -> Result<SocketAddr, Error> {
+fn parse_listen(flag: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.to_socket_addrs()
-        .map_err(|e| Error::Config(format!("{flag}: expected HOST:PORT, got {s:?}: {e}")))?
+        .map_err(|e| ConfigError::Invalid(format!("{flag}: expected HOST:PORT, got {s:?}: {e}")))?
         .next()
-        .ok_or_else(|| Error::Config(format!("{flag}: {s:?} resolves to no address")))
+        .ok_or_else(|| ConfigError::Invalid(format!("{flag}: {s:?} resolves to no address")))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         context: format!("reading {}", path.display()),
         source,
     })?;
     serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: malformed JSON: {e}", path.display())))
+        .map_err(|e| ConfigError::Invalid(format!("{}: malformed JSON: {e}", path.display())))
 }
 
 impl TryFrom<Args> for Config {
-    type Error = Error;
+    type Error = ConfigError;
 
-    fn try_from(a: Args) -> Result<Config, Error> {
-        let flag_dtype = a
-            .input_dtype
-            .as_deref()
-            .map(|s| parse_kind(s).map_err(|e| Error::Config(format!("--input-dtype: {e}"))))
-            .transpose()?;
-        if !a.model.exists() {
-            return Err(Error::Config(format!(
-                "--model {}: no such file or directory",
-                a.model.display()
-            )));
-        }
-        let (source, shape, dtype, logits, sequence, tokenizer, logits_output) = if a.model.is_dir()
-        {
-            if !Checkpoint::exists(&a.model) {
-                return Err(Error::Config(format!(
-                    "--model {}: a directory must be a checkpoint holding checkpoint.json",
-                    a.model.display()
-                )));
-            }
-            let ck = Checkpoint::open(&a.model)?;
-            if let Some(arch) = &a.arch
-                && arch.parse::<Arch>()? != ck.meta.arch.arch
-            {
-                return Err(Error::Config(format!(
-                    "--arch {arch} does not match the checkpoint's architecture {}",
-                    ck.meta.arch.arch
-                )));
-            }
-            let spec = ck.meta.arch;
-            let tokenizer = a.model.join("tokenizer.json");
-            (
-                ModelSource::Checkpoint {
-                    dir: a.model.clone(),
-                },
-                Some(spec.input_shape),
-                Some(spec.arch.input_kind()),
-                Some(spec.num_classes),
-                spec.arch.is_sequence_model(),
-                tokenizer.is_file().then_some(tokenizer),
-                Some(distill_models::LOGITS_LAYER.to_string()),
-            )
-        } else {
-            let sidecar_file = sidecar_path(&a.model);
-            let sidecar: Option<Sidecar> = if sidecar_file.is_file() {
-                Some(read_json(&sidecar_file)?)
-            } else {
-                None
-            };
-            let side_dtype = sidecar
-                .as_ref()
-                .and_then(|s| s.input_dtype.as_deref())
-                .map(|s| {
-                    parse_kind(s).map_err(|e| {
-                        Error::Config(format!("{}: input_dtype: {e}", sidecar_file.display()))
-                    })
-                })
-                .transpose()?;
-            let is_safetensors = a
-                .model
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-            let source = match (&a.arch, is_safetensors) {
-                (Some(arch), true) => ModelSource::Safetensors {
-                    path: a.model.clone(),
-                    arch: arch
-                        .parse()
-                        .map_err(|e| Error::Config(format!("--arch: {e}")))?,
-                },
-                (None, true) => {
-                    return Err(Error::Config(format!(
-                        "--model {}: a .safetensors file needs --arch (cnn, mlp, mlp:H1,H2,...)",
-                        a.model.display()
-                    )));
-                }
-                (Some(arch), false) => {
-                    return Err(Error::Config(format!(
-                        "--arch {arch} applies to .safetensors weights or checkpoint directories, not to TorchScript file {}",
-                        a.model.display()
-                    )));
-                }
-                (None, false) => ModelSource::TorchScript {
-                    path: a.model.clone(),
-                },
-            };
-            let side = sidecar.unwrap_or(Sidecar {
-                input_shape: None,
-                input_dtype: None,
-                num_logits: None,
-                sequence_model: false,
-                tokenizer: None,
-                logits_output: None,
-            });
-            let sequence = match &source {
-                ModelSource::Safetensors { arch, .. } => arch.is_sequence_model(),
-                _ => side.sequence_model,
-            };
-            let tokenizer = side.tokenizer.map(|t| {
-                sidecar_file
-                    .parent()
-                    .map_or_else(|| t.clone(), |dir| dir.join(&t))
-            });
-            let dtype = match &source {
-                ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
-                _ => side_dtype,
-            };
-            let logits_output = match &source {
-                ModelSource::Safetensors { .. } => Some(distill_models::LOGITS_LAYER.to_string()),
-                _ => side.logits_output,
-            };
-            (
-                source,
-                side.input_shape,
-                dtype,
-                side.num_logits,
-                sequence,
-                tokenizer,
-                logits_output,
-            )
-        };
-        let logits_output = a.logits_output.clone().or(logits_output);
-        let sequence = sequence || a.sequence_model;
-        let tokenizer = a.tokenizer.clone().or(tokenizer);
-        let input_shape = a.input_shape.clone().or(shape).ok_or_else(|| {
-            Error::Config(format!(
-                "--input-shape is required for {} (no sidecar {} found)",
-                a.model.display(),
-                sidecar_path(&a.model).display()
-            ))
-        })?;
-        let num_logits = a.num_logits.or(logits).ok_or_else(|| {
-            Error::Config(format!(
-                "--num-logits is required for {} (no sidecar {} found)",
-                a.model.display(),
-                sidecar_path(&a.model).display()
-            ))
-        })?;
-        let input_dtype =
-            flag_dtype
-                .or(dtype)
-                .unwrap_or(if sequence { Kind::Int64 } else { Kind::Float });
-        if input_shape.is_empty()
-            || input_shape.len() >= codec::MAX_RANK
-            || input_shape.iter().any(|&d| d < 1)
-        {
-            return Err(Error::Config(format!(
-                "input shape: expected 1 to {} dimensions, each >= 1, got {input_shape:?}",
-                codec::MAX_RANK - 1
-            )));
-        }
-        if num_logits < 1 {
-            return Err(Error::Config(format!(
-                "--num-logits: expected >= 1, got {num_logits}"
-            )));
-        }
-        let builtin = match &source {
-            ModelSource::TorchScript { .. } => None,
-            ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
-            ModelSource::Checkpoint { .. } => dtype,
-        };
-        if let Some(kind) = builtin
-            && input_dtype != kind
-        {
-            return Err(Error::Config(format!(
-                "--input-dtype: this built-in architecture takes {}, got {}",
-                kind_name(kind),
-                kind_name(input_dtype)
-            )));
-        }
-        let sequence = if sequence {
-            if input_shape.len() != 1 || input_dtype != Kind::Int64 {
-                return Err(Error::Config(format!(
-                    "a sequence model takes i64 token ids of input shape [max_seq_len], got {} {input_shape:?}",
-                    kind_name(input_dtype)
-                )));
-            }
-            let tokenizer_fingerprint = match &tokenizer {
-                Some(path) => {
-                    distill_models::fingerprint::file_fingerprint(path).map_err(|source| {
-                        Error::Io {
-                            context: format!("reading the tokenizer {}", path.display()),
-                            source,
-                        }
-                    })?
-                }
-                None => String::new(),
-            };
-            Some(SequenceSpec {
-                max_seq_len: input_shape[0],
-                tokenizer_fingerprint,
-            })
-        } else {
-            if let Some(t) = &a.tokenizer {
-                return Err(Error::Config(format!(
-                    "--tokenizer {}: only sequence models have a tokenizer (see --sequence-model)",
-                    t.display()
-                )));
-            }
-            None
-        };
-        let spec = ModelSpec {
-            input_shape,
-            input_dtype,
-            num_logits,
-            sequence,
-            logits_output,
-        };
-        if a.max_batch_size == 0 {
-            return Err(Error::Config(
-                "--max-batch-size: expected >= 1, got 0".into(),
-            ));
-        }
-        if a.queue_capacity == 0 || a.stream_window == 0 {
-            return Err(Error::Config(format!(
-                "--queue-capacity and --stream-window: expected >= 1, got {} and {}",
-                a.queue_capacity, a.stream_window
-            )));
-        }
+    /// Checks the flags group by group, in this order (the first problem found is reported):
+    /// the model and its spec, batching and threads, the message limit, TLS, tokens,
+    /// compression, the device, and the two listen addresses.
+    fn try_from(a: Args) -> Result<Config, ConfigError> {
+        let (source, spec) = model(&a)?;
+        let batching = batching(&a)?;
         if a.threads.is_some_and(|t| t < 1) {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::Invalid(format!(
                 "--threads: expected >= 1, got {}",
                 a.threads.unwrap_or_default()
             )));
         }
-        let max_batch_size = a.max_batch_size as usize;
-        let needed = needed_message_bytes(max_batch_size, &spec, 0);
-        let max_message_bytes = match a.max_message_bytes {
-            Some(n) if n < needed => {
-                return Err(Error::Config(format!(
-                    "--max-message-bytes: expected at least {needed} to fit --max-batch-size {max_batch_size} samples of {:?} {} inputs and their logits, got {n}",
-                    spec.input_shape,
-                    kind_name(spec.input_dtype)
-                )));
-            }
-            Some(n) => n,
-            None => default_message_bytes(needed),
-        };
-        let tls = match (&a.tls_cert, &a.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(TlsSettings::load(cert, key, a.tls_client_ca.as_deref())?)
-            }
-            (None, None) if a.tls_client_ca.is_some() => {
-                return Err(Error::Config(
-                    "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key".into(),
-                ));
-            }
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "--tls-cert and --tls-key: expected both or neither, got one".into(),
-                ));
-            }
-        };
+        let max_message_bytes = max_message_bytes(&a, &spec, batching.max_batch_size)?;
+        let tls = tls(&a)?;
         let auth_tokens = match &a.auth_token_file {
             Some(path) => security::load_tokens(path)?,
             None => Vec::new(),
         };
-        let mut send_compression = Vec::new();
-        for item in &a.send_compression {
-            if let Some(c) = security::parse_compression(item)
-                .map_err(|e| Error::Config(format!("--send-compression: {e}")))?
-                && !send_compression.contains(&c)
-            {
-                send_compression.push(c);
-            }
-        }
+        let send_compression = send_compression(&a.send_compression)?;
         Ok(Config {
             source,
             spec,
             device: a
                 .device
                 .parse()
-                .map_err(|e: DeviceError| Error::Config(format!("--device: {e}")))?,
+                .map_err(|e: DeviceError| ConfigError::Invalid(format!("--device: {e}")))?,
             listen: parse_listen("--listen", &a.listen)?,
-            batching: BatchConfig {
-                max_batch_size,
-                max_batch_delay: Duration::from_micros(a.max_batch_delay_us),
-                queue_capacity: a.queue_capacity,
-            },
+            batching,
             max_message_bytes,
             max_message_bytes_set: a.max_message_bytes.is_some(),
             stream_window: a.stream_window,
@@ -721,12 +385,353 @@ impl TryFrom<Args> for Config {
     }
 }
 
+/// What `--model` says of the spec by itself (a checkpoint's manifest, a sidecar, a built-in
+/// architecture), before the flags override it.
+struct Described {
+    /// Where the weights come from.
+    source: ModelSource,
+    /// Per-sample input shape.
+    input_shape: Option<Vec<i64>>,
+    /// Input kind (a built-in architecture's is fixed).
+    input_dtype: Option<Kind>,
+    /// Logits per sample.
+    num_logits: Option<i64>,
+    /// Whether the model is a causal language model.
+    sequence: bool,
+    /// The tokenizer file of a sequence model.
+    tokenizer: Option<PathBuf>,
+    /// The output holding the logits.
+    logits_output: Option<String>,
+}
+
+/// The model group of flags (`--model`, `--arch`, `--input-shape`, `--input-dtype`,
+/// `--num-logits`, `--sequence-model`, `--tokenizer`, `--logits-output`): where the weights come
+/// from and the spec, the flags overriding what the model's files say.
+fn model(a: &Args) -> Result<(ModelSource, ModelSpec), ConfigError> {
+    let flag_dtype = a
+        .input_dtype
+        .as_deref()
+        .map(|s| parse_kind(s).map_err(|e| ConfigError::Invalid(format!("--input-dtype: {e}"))))
+        .transpose()?;
+    if !a.model.exists() {
+        return Err(ConfigError::Invalid(format!(
+            "--model {}: no such file or directory",
+            a.model.display()
+        )));
+    }
+    let described = if a.model.is_dir() {
+        describe_checkpoint(a)?
+    } else {
+        describe_file(a)?
+    };
+    let spec = model_spec(a, flag_dtype, &described)?;
+    Ok((described.source, spec))
+}
+
+/// A checkpoint directory: its manifest gives the architecture and so the whole spec.
+fn describe_checkpoint(a: &Args) -> Result<Described, ConfigError> {
+    if !Checkpoint::exists(&a.model) {
+        return Err(ConfigError::Invalid(format!(
+            "--model {}: a directory must be a checkpoint holding checkpoint.json",
+            a.model.display()
+        )));
+    }
+    let ck = Checkpoint::open(&a.model)?;
+    if let Some(arch) = &a.arch
+        && arch.parse::<Arch>()? != ck.meta.arch.arch
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--arch {arch} does not match the checkpoint's architecture {}",
+            ck.meta.arch.arch
+        )));
+    }
+    let spec = ck.meta.arch;
+    let tokenizer = a.model.join("tokenizer.json");
+    Ok(Described {
+        source: ModelSource::Checkpoint {
+            dir: a.model.clone(),
+        },
+        input_shape: Some(spec.input_shape),
+        input_dtype: Some(spec.arch.input_kind()),
+        num_logits: Some(spec.num_classes),
+        sequence: spec.arch.is_sequence_model(),
+        tokenizer: tokenizer.is_file().then_some(tokenizer),
+        logits_output: Some(distill_models::LOGITS_LAYER.to_string()),
+    })
+}
+
+/// A file: a TorchScript module, or `.safetensors` weights of `--arch`; its sidecar `FILE.json`
+/// (if any) gives what a built-in architecture does not fix.
+fn describe_file(a: &Args) -> Result<Described, ConfigError> {
+    let sidecar_file = sidecar_path(&a.model);
+    let sidecar: Option<Sidecar> = if sidecar_file.is_file() {
+        Some(read_json(&sidecar_file)?)
+    } else {
+        None
+    };
+    let side_dtype = sidecar
+        .as_ref()
+        .and_then(|s| s.input_dtype.as_deref())
+        .map(|s| {
+            parse_kind(s).map_err(|e| {
+                ConfigError::Invalid(format!("{}: input_dtype: {e}", sidecar_file.display()))
+            })
+        })
+        .transpose()?;
+    let source = file_source(a)?;
+    let side = sidecar.unwrap_or_default();
+    let tokenizer = side.tokenizer.map(|t| {
+        sidecar_file
+            .parent()
+            .map_or_else(|| t.clone(), |dir| dir.join(&t))
+    });
+    let (input_dtype, sequence, logits_output) = match &source {
+        ModelSource::Safetensors { arch, .. } => (
+            Some(arch.input_kind()),
+            arch.is_sequence_model(),
+            Some(distill_models::LOGITS_LAYER.to_string()),
+        ),
+        _ => (side_dtype, side.sequence_model, side.logits_output),
+    };
+    Ok(Described {
+        source,
+        input_shape: side.input_shape,
+        input_dtype,
+        num_logits: side.num_logits,
+        sequence,
+        tokenizer,
+        logits_output,
+    })
+}
+
+/// The source of a `--model` file: `.safetensors` weights need `--arch`; any other file is a
+/// TorchScript module, which takes no `--arch`.
+fn file_source(a: &Args) -> Result<ModelSource, ConfigError> {
+    let is_safetensors = a
+        .model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    match (&a.arch, is_safetensors) {
+        (Some(arch), true) => Ok(ModelSource::Safetensors {
+            path: a.model.clone(),
+            arch: arch
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("--arch: {e}")))?,
+        }),
+        (None, true) => Err(ConfigError::Invalid(format!(
+            "--model {}: a .safetensors file needs --arch (cnn, mlp, mlp:H1,H2,...)",
+            a.model.display()
+        ))),
+        (Some(arch), false) => Err(ConfigError::Invalid(format!(
+            "--arch {arch} applies to .safetensors weights or checkpoint directories, not to TorchScript file {}",
+            a.model.display()
+        ))),
+        (None, false) => Ok(ModelSource::TorchScript {
+            path: a.model.clone(),
+        }),
+    }
+}
+
+/// The spec: the flags, else what the model's files say (`described`), else the defaults (f32
+/// inputs, i64 for a sequence model); checked for sense.
+fn model_spec(
+    a: &Args,
+    flag_dtype: Option<Kind>,
+    described: &Described,
+) -> Result<ModelSpec, ConfigError> {
+    let logits_output = a
+        .logits_output
+        .clone()
+        .or_else(|| described.logits_output.clone());
+    let sequence = described.sequence || a.sequence_model;
+    let tokenizer = a.tokenizer.clone().or_else(|| described.tokenizer.clone());
+    let input_shape = a
+        .input_shape
+        .clone()
+        .or_else(|| described.input_shape.clone())
+        .ok_or_else(|| required("--input-shape", &a.model))?;
+    let num_logits = a
+        .num_logits
+        .or(described.num_logits)
+        .ok_or_else(|| required("--num-logits", &a.model))?;
+    let input_dtype = flag_dtype.or(described.input_dtype).unwrap_or(if sequence {
+        Kind::Int64
+    } else {
+        Kind::Float
+    });
+    if input_shape.is_empty()
+        || input_shape.len() >= codec::MAX_RANK
+        || input_shape.iter().any(|&d| d < 1)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "input shape: expected 1 to {} dimensions, each >= 1, got {input_shape:?}",
+            codec::MAX_RANK - 1
+        )));
+    }
+    if num_logits < 1 {
+        return Err(ConfigError::Invalid(format!(
+            "--num-logits: expected >= 1, got {num_logits}"
+        )));
+    }
+    check_builtin_dtype(described, input_dtype)?;
+    let sequence = if sequence {
+        Some(sequence_spec(
+            &input_shape,
+            input_dtype,
+            tokenizer.as_deref(),
+        )?)
+    } else {
+        if let Some(t) = &a.tokenizer {
+            return Err(ConfigError::Invalid(format!(
+                "--tokenizer {}: only sequence models have a tokenizer (see --sequence-model)",
+                t.display()
+            )));
+        }
+        None
+    };
+    Ok(ModelSpec {
+        input_shape,
+        input_dtype,
+        num_logits,
+        sequence,
+        logits_output,
+    })
+}
+
+/// The error for a spec value (`flag`) that neither the flags nor a sidecar give.
+fn required(flag: &str, model: &Path) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{flag} is required for {} (no sidecar {} found)",
+        model.display(),
+        sidecar_path(model).display()
+    ))
+}
+
+/// A built-in architecture (a checkpoint's or `--arch`'s) takes one input kind: `input_dtype`
+/// must be it.
+fn check_builtin_dtype(described: &Described, input_dtype: Kind) -> Result<(), ConfigError> {
+    let builtin = match &described.source {
+        ModelSource::TorchScript { .. } => None,
+        ModelSource::Safetensors { arch, .. } => Some(arch.input_kind()),
+        ModelSource::Checkpoint { .. } => described.input_dtype,
+    };
+    match builtin {
+        Some(kind) if input_dtype != kind => Err(ConfigError::Invalid(format!(
+            "--input-dtype: this built-in architecture takes {}, got {}",
+            kind_name(kind),
+            kind_name(input_dtype)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What a sequence model adds to its spec: its longest sequence (i64 token ids of input shape
+/// `[max_seq_len]`) and the fingerprint of its tokenizer file, if any.
+fn sequence_spec(
+    input_shape: &[i64],
+    input_dtype: Kind,
+    tokenizer: Option<&Path>,
+) -> Result<SequenceSpec, ConfigError> {
+    if input_shape.len() != 1 || input_dtype != Kind::Int64 {
+        return Err(ConfigError::Invalid(format!(
+            "a sequence model takes i64 token ids of input shape [max_seq_len], got {} {input_shape:?}",
+            kind_name(input_dtype)
+        )));
+    }
+    let tokenizer_fingerprint = match tokenizer {
+        Some(path) => distill_models::fingerprint::file_fingerprint(path).map_err(|source| {
+            ConfigError::Io {
+                context: format!("reading the tokenizer {}", path.display()),
+                source,
+            }
+        })?,
+        None => String::new(),
+    };
+    Ok(SequenceSpec {
+        max_seq_len: input_shape[0],
+        tokenizer_fingerprint,
+    })
+}
+
+/// The batching group (`--max-batch-size`, `--max-batch-delay-us`, `--queue-capacity`) and
+/// `--stream-window`, each count at least 1.
+fn batching(a: &Args) -> Result<BatchConfig, ConfigError> {
+    if a.max_batch_size == 0 {
+        return Err(ConfigError::Invalid(
+            "--max-batch-size: expected >= 1, got 0".into(),
+        ));
+    }
+    if a.queue_capacity == 0 || a.stream_window == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "--queue-capacity and --stream-window: expected >= 1, got {} and {}",
+            a.queue_capacity, a.stream_window
+        )));
+    }
+    Ok(BatchConfig {
+        max_batch_size: a.max_batch_size as usize,
+        max_batch_delay: Duration::from_micros(a.max_batch_delay_us),
+        queue_capacity: a.queue_capacity,
+    })
+}
+
+/// `--max-message-bytes`: as given, if it fits `max_batch_size` samples of `spec`, or the
+/// default for them ([`default_message_bytes`]).
+fn max_message_bytes(
+    a: &Args,
+    spec: &ModelSpec,
+    max_batch_size: usize,
+) -> Result<usize, ConfigError> {
+    let needed = needed_message_bytes(max_batch_size, spec, 0);
+    match a.max_message_bytes {
+        Some(n) if n < needed => Err(ConfigError::Invalid(format!(
+            "--max-message-bytes: expected at least {needed} to fit --max-batch-size {max_batch_size} samples of {:?} {} inputs and their logits, got {n}",
+            spec.input_shape,
+            kind_name(spec.input_dtype)
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(default_message_bytes(needed)),
+    }
+}
+
+/// The TLS group (`--tls-cert`, `--tls-key`, `--tls-client-ca`): the files read and checked, or
+/// `None` for plain text.
+fn tls(a: &Args) -> Result<Option<TlsSettings>, ConfigError> {
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings::load(
+            cert,
+            key,
+            a.tls_client_ca.as_deref(),
+        )?)),
+        (None, None) if a.tls_client_ca.is_some() => Err(ConfigError::Invalid(
+            "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key".into(),
+        )),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid(
+            "--tls-cert and --tls-key: expected both or neither, got one".into(),
+        )),
+    }
+}
+
+/// `--send-compression`: the encodings named, in order, without repeats (`none` adds nothing).
+fn send_compression(items: &[String]) -> Result<Vec<CompressionEncoding>, ConfigError> {
+    let mut send_compression = Vec::new();
+    for item in items {
+        if let Some(c) = security::parse_compression(item)
+            .map_err(|e| ConfigError::Invalid(format!("--send-compression: {e}")))?
+            && !send_compression.contains(&c)
+        {
+            send_compression.push(c);
+        }
+    }
+    Ok(send_compression)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
 
-    fn args(extra: &[&str]) -> Result<Config, Error> {
+    fn args(extra: &[&str]) -> Result<Config, ConfigError> {
         let mut v = vec!["teacher-server"];
         v.extend_from_slice(extra);
         Config::try_from(Args::try_parse_from(v).unwrap())

@@ -14,9 +14,8 @@
 //! waits for it to leave its current forward pass, so libtorch is never torn down (at process
 //! exit) under a running forward pass. The engine knows nothing of gRPC.
 
-use crate::error::EngineError;
 use crate::metrics::ServerMetrics;
-use crate::model::{LoadError, ModelDescription, TeacherModel};
+use crate::model::{ForwardError, LoadError, ModelDescription, TeacherModel};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -163,6 +162,72 @@ impl Job {
 pub(crate) struct MergedBatch {
     /// The requests, in queue order.
     pub jobs: Vec<Job>,
+}
+
+/// A failure of the model or of libtorch while computing a merged batch. Cloneable: one failed
+/// forward pass answers every request merged into it. The model's own [`ForwardError`]s become
+/// the variants of the same name and message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// A libtorch error (message as reported by libtorch), in the model or in the engine's own
+    /// tensor work (concatenation, split, top-k, casts).
+    #[error("libtorch: {0}")]
+    Torch(String),
+    /// The model returned logits of an unexpected shape.
+    #[error("model output: expected shape {expected:?}, got {got:?}")]
+    OutputShape {
+        /// `[batch, num_logits]`, or `[batch, seq, num_logits]` for a sequence model.
+        expected: Vec<i64>,
+        /// The shape returned.
+        got: Vec<i64>,
+    },
+    /// The logits do not fit the requested output dtype (F16 holds magnitudes up to 65504):
+    /// sending them would turn them into infinities. The batch is refused, not clamped.
+    #[error(
+        "logits: {count} value(s) outside the {dtype} range (largest magnitude {max:e}, {dtype} holds up to {limit}): request output_dtype BF16 or F32 instead"
+    )]
+    OutOfRange {
+        /// The requested output dtype (wire name, e.g. `F16`).
+        dtype: &'static str,
+        /// Values that would not be finite in it.
+        count: i64,
+        /// Largest magnitude among the model's logits.
+        max: f64,
+        /// Largest finite magnitude of `dtype`, as written in the message (`65504`).
+        limit: &'static str,
+    },
+    /// The model produced NaN or infinite logits (from finite inputs): a broken teacher. The batch
+    /// is refused rather than sent.
+    #[error(
+        "model output: {count} NaN or infinite logit(s) from finite inputs; refusing to send them (check the teacher's weights)"
+    )]
+    NonFinite {
+        /// NaN or infinite values among the request's logits.
+        count: i64,
+    },
+    /// The model panicked (a bug in tch or the model; caught at the engine boundary).
+    #[error("model panicked: {0}")]
+    Panicked(String),
+    /// The engine thread stopped before answering, or the model gave up its forward pass at
+    /// shutdown.
+    #[error("the inference engine stopped")]
+    Stopped,
+}
+
+impl From<ForwardError> for EngineError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Torch(message) => EngineError::Torch(message),
+            ForwardError::Panicked(message) => EngineError::Panicked(message),
+            ForwardError::Stopped => EngineError::Stopped,
+        }
+    }
+}
+
+impl From<tch::TchError> for EngineError {
+    fn from(e: tch::TchError) -> Self {
+        EngineError::Torch(distill_models::torch_message(&e))
+    }
 }
 
 /// Why [`Engine::start`] failed.
@@ -757,15 +822,15 @@ mod tests {
     struct SeqFake;
 
     impl TeacherModel for SeqFake {
-        fn forward(&self, _x: &Tensor) -> Result<Tensor, EngineError> {
-            Err(EngineError::Torch("forward_all only".into()))
+        fn forward(&self, _x: &Tensor) -> Result<Tensor, ForwardError> {
+            Err(ForwardError::Torch("forward_all only".into()))
         }
 
         fn forward_all(
             &self,
             x: &Tensor,
             _mask: Option<&Tensor>,
-        ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        ) -> Result<Vec<(String, Tensor)>, ForwardError> {
             let (b, s) = (x.size()[0], x.size()[1]);
             let ids = x.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
             Ok(vec![
@@ -810,7 +875,7 @@ mod tests {
             input_dtype: Kind::Int64,
             num_logits: 3,
             device: "cpu".into(),
-            precision: crate::config::Precision::F32,
+            precision: crate::model::Precision::F32,
             sequence: None,
             outputs: vec![
                 OutputDescription {

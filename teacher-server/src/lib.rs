@@ -5,6 +5,36 @@
 //! thread that owns the model ([`engine`], [`model`]), and split back to their streams
 //! ([`service`]). [`server::run`] wires it together; [`serve`] is the whole process (logging,
 //! binding, the `listening on` line), which the binary calls after parsing its flags.
+//!
+//! # Layout
+//!
+//! One file per module, except [`model`], a folder (`model/mod.rs` only declares and
+//! re-exports); `validate/tests.rs` holds `validate.rs`'s unit tests. From the bottom up, a
+//! module imports only modules listed above it:
+//!
+//! - [`model`]: the [`TeacherModel`] trait, the model's spec ([`model::ModelSource`],
+//!   [`model::ModelSpec`], [`model::Precision`]), [`model::load()`] and the two implementations
+//!   (TorchScript, built-in architectures), with their errors ([`model::LoadError`],
+//!   [`model::ForwardError`]). Imports nothing of the crate.
+//! - [`security`]: TLS files, bearer tokens (the interceptor) and compression names, with
+//!   `SecurityError`. Imports nothing of the crate.
+//! - `metrics`: the Prometheus metrics and the server's phase. Imports nothing of the crate.
+//! - [`config`]: [`Args`] (the flags) and [`Config`] (validated), with `ConfigError`; imports
+//!   `model` and `security`.
+//! - `engine`: the thread that owns the model and runs merged batches, with `EngineError`
+//!   and `StartError`; imports `model` and `metrics`.
+//! - `validate`: one request checked against the model, with `InvalidRequest`; imports
+//!   `engine` (the output spec it produces).
+//! - `batcher`: the queue actor that merges requests, with `SubmitError`; imports `config`
+//!   and `engine`.
+//! - [`error`]: [`Error`], which wraps every lower module's error, and its one mapping to gRPC
+//!   status codes; imports the modules whose errors it wraps.
+//! - `service`: the `distill.v1.Teacher` gRPC service; imports everything above except
+//!   `config` and `security`.
+//! - `server`: wires it all and serves until shutdown; imports everything above.
+//!
+//! gRPC services and statuses stay in `error`, `service`, `server` and `security`: the model,
+//! the engine, validation and batching use no `tonic` type.
 
 mod batcher;
 pub mod config;

@@ -6,7 +6,6 @@
 //! empty token file stops the server at start with an error naming the file. [`Auth`] is the
 //! interceptor in front of `distill.v1.Teacher` and reflection; health stays open to probes.
 
-use crate::error::Error;
 use distill_proto::auth::{self, Token};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,6 +17,12 @@ use subtle::ConstantTimeEq;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
+
+/// Why a TLS file or the token file was refused at start: one line naming the flag and the file
+/// (never a token). The configuration reports it as an invalid flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SecurityError(pub String);
 
 /// The server's TLS material, read and checked at start.
 #[derive(Clone)]
@@ -43,9 +48,9 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-fn read(flag: &str, path: &Path) -> Result<Vec<u8>, Error> {
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>, SecurityError> {
     std::fs::read(path).map_err(|e| {
-        Error::Config(format!(
+        SecurityError(format!(
             "{flag} {}: cannot read the file: {e}",
             path.display()
         ))
@@ -57,17 +62,17 @@ fn certificates(
     flag: &str,
     path: &Path,
     pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, Error> {
+) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            Error::Config(format!(
+            SecurityError(format!(
                 "{flag} {}: expected PEM certificates, got unreadable PEM: {e}",
                 path.display()
             ))
         })?;
     if certs.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(SecurityError(format!(
             "{flag} {}: expected at least one `-----BEGIN CERTIFICATE-----` block, found none",
             path.display()
         )));
@@ -80,21 +85,25 @@ impl TlsSettings {
     /// to the chain's first certificate (rustls would only notice at the first handshake).
     ///
     /// # Errors
-    /// [`Error::Config`] naming the file that cannot be read or parsed, or both files when the
+    /// [`SecurityError`] naming the file that cannot be read or parsed, or both files when the
     /// key does not match the certificate.
-    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsSettings, Error> {
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<TlsSettings, SecurityError> {
         let cert_pem = read("--tls-cert", cert)?;
         let key_pem = read("--tls-key", key)?;
         let chain = certificates("--tls-cert", cert, &cert_pem)?;
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            Error::Config(format!(
+            SecurityError(format!(
                 "--tls-key {}: expected a PEM private key (PKCS#8, PKCS#1 or SEC1), got: {e}",
                 key.display()
             ))
         })?;
         let provider = rustls::crypto::ring::default_provider();
         rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
-            Error::Config(format!(
+            SecurityError(format!(
                 "--tls-key {} does not fit the certificate in --tls-cert {}: {e}",
                 key.display(),
                 cert.display()
@@ -133,10 +142,10 @@ impl TlsSettings {
 /// Reads `--auth-token-file`: one or more tokens, one per line.
 ///
 /// # Errors
-/// [`Error::Config`] naming the file when it cannot be read, holds no token, or a line is not a
+/// [`SecurityError`] naming the file when it cannot be read, holds no token, or a line is not a
 /// token (the token itself is never quoted).
-pub fn load_tokens(path: &Path) -> Result<Vec<Token>, Error> {
-    auth::read_token_file("--auth-token-file", path).map_err(|e| Error::Config(e.to_string()))
+pub fn load_tokens(path: &Path) -> Result<Vec<Token>, SecurityError> {
+    auth::read_token_file("--auth-token-file", path).map_err(|e| SecurityError(e.to_string()))
 }
 
 /// The bearer-token check in front of `distill.v1.Teacher` and reflection: with tokens, a call

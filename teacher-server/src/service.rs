@@ -8,8 +8,8 @@
 //! ends the stream with `UNAVAILABLE` so the client resends anything unanswered elsewhere.
 
 use crate::batcher::Batcher;
-use crate::engine::{BatchTiming, Job, JobResult, Logits};
-use crate::error::{EngineError, Error, read_failure};
+use crate::engine::{BatchTiming, EngineError, Job, JobResult, Logits};
+use crate::error::{Error, read_failure};
 use crate::metrics::ServerMetrics;
 use crate::model::ModelDescription;
 use crate::validate::{Limits, OutputLimit, validate};
@@ -326,7 +326,7 @@ impl StreamTask {
             span: span.clone(),
         };
         if let Err(e) = self.model.batcher.submit(job) {
-            return Some(self.error_response(batch_id, &e));
+            return Some(self.error_response(batch_id, &Error::from(e)));
         }
         drop(_entered);
         self.jobs

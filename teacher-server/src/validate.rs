@@ -2,13 +2,206 @@
 //! domain's inputs tensor and [`OutputSpec`].
 //!
 //! Checks run cheapest first and never allocate from a claimed shape before it has been checked
-//! against the bytes received ([`distill_proto::codec::check`]). Every error names what was
-//! expected and what was received.
+//! against the bytes received ([`distill_proto::codec::check`]). A rejected request gets an
+//! [`InvalidRequest`], which names what was expected and what was received; the error mapping
+//! (`crate::error`) turns it into `INVALID_ARGUMENT`.
 
 use crate::engine::OutputSpec;
-use crate::error::InvalidRequest;
-use distill_proto::{codec, v1};
+use distill_proto::{CodecError, codec, v1};
 use tch::{Kind, Tensor};
+
+/// Why a request (one batch) was rejected before it reached the model. Every message names what
+/// was expected and what was received.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidRequest {
+    /// The request carries no `inputs` tensor.
+    #[error("inputs: missing: expected a tensor of shape [batch, {expected_shape:?}]")]
+    MissingInputs {
+        /// Per-sample input shape of the model.
+        expected_shape: Vec<i64>,
+    },
+    /// The inputs' dtype is unspecified, unknown, or not the model's input dtype.
+    #[error("inputs dtype: expected {expected}, got {got}")]
+    DType {
+        /// The model's input dtype (wire name, e.g. `F32`).
+        expected: String,
+        /// The dtype received (wire name, or the raw number when it is not in the enum).
+        got: String,
+    },
+    /// The wire tensor is inconsistent in itself (negative or absurd dimensions, rank over the
+    /// codec's maximum, data length not matching the shape).
+    #[error("inputs: {0}")]
+    Tensor(String),
+    /// The inputs' rank is not `1 + rank(input_shape)`.
+    #[error(
+        "inputs rank: expected {expected} ([batch, {sample_shape:?}]), got {got} (shape {shape:?})"
+    )]
+    Rank {
+        /// `1 + rank(input_shape)`.
+        expected: usize,
+        /// The rank received.
+        got: usize,
+        /// The model's per-sample shape.
+        sample_shape: Vec<i64>,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// The per-sample shape (all dimensions after the first) differs from the model's.
+    #[error("inputs per-sample shape: expected {expected:?}, got {got:?} (full shape {shape:?})")]
+    SampleShape {
+        /// The model's per-sample shape.
+        expected: Vec<i64>,
+        /// The per-sample shape received.
+        got: Vec<i64>,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// A batch of zero samples.
+    #[error("empty batch: expected between 1 and {max} samples, got 0")]
+    EmptyBatch {
+        /// The server's `--max-batch-size`.
+        max: usize,
+    },
+    /// A batch of more samples than `--max-batch-size`.
+    #[error("batch too large: expected at most {max} samples, got {got}")]
+    BatchTooLarge {
+        /// The server's `--max-batch-size`.
+        max: usize,
+        /// Samples received.
+        got: usize,
+    },
+    /// NaN or infinite values in float inputs.
+    #[error(
+        "inputs: expected finite values, got {count} NaN or infinite value(s) (first at flat index {first})"
+    )]
+    NonFinite {
+        /// How many non-finite values.
+        count: i64,
+        /// Flat (row-major) index of the first one.
+        first: i64,
+    },
+    /// An `output_dtype` that is not F32, F16, BF16 or unspecified.
+    #[error("output_dtype: expected F32, F16, BF16 or DTYPE_UNSPECIFIED (= F32), got {got}")]
+    OutputDType {
+        /// The dtype received (wire name or raw number).
+        got: String,
+    },
+    /// A `top_k` larger than the number of logits.
+    #[error("top_k: expected 0 (dense) or between 1 and {max}, got {got}")]
+    TopK {
+        /// The model's number of logits.
+        max: i64,
+        /// The `top_k` received.
+        got: u32,
+    },
+    /// A `temperature` that is negative, NaN or infinite.
+    #[error("temperature: expected > 0 (or 0 for 1), got {got}")]
+    Temperature {
+        /// The temperature received.
+        got: f32,
+    },
+    /// A sequence longer than the model's `max_seq_len` (or of length 0).
+    #[error(
+        "inputs sequence length: expected between 1 and {max} tokens, got {got} (shape {shape:?})"
+    )]
+    SequenceLength {
+        /// The model's `max_seq_len`.
+        max: i64,
+        /// The length received.
+        got: i64,
+        /// The full shape received.
+        shape: Vec<i64>,
+    },
+    /// Token ids outside the vocabulary `0..vocab`.
+    #[error(
+        "inputs: expected token ids in 0..{vocab}, got {count} outside it (first: {value} at batch row {row}, position {position})"
+    )]
+    TokenId {
+        /// The vocabulary size (`num_logits`).
+        vocab: i64,
+        /// How many ids are out of range.
+        count: i64,
+        /// The first offending id (row-major order).
+        value: i64,
+        /// Its row in the batch.
+        row: i64,
+        /// Its position in the sequence.
+        position: i64,
+    },
+    /// An `attention_mask` sent to a model that is not a sequence model.
+    #[error("attention_mask: expected none (the model is not a sequence model), got shape {got:?}")]
+    MaskForClassifier {
+        /// The mask's shape.
+        got: Vec<i64>,
+    },
+    /// An `attention_mask` of a dtype other than U8 or I64.
+    #[error("attention_mask dtype: expected U8 or I64, got {got}")]
+    MaskDType {
+        /// The dtype received (wire name or raw number).
+        got: String,
+    },
+    /// An `attention_mask` whose shape is not the inputs' `[batch, seq]`.
+    #[error("attention_mask shape: expected the inputs' shape {expected:?}, got {got:?}")]
+    MaskShape {
+        /// The inputs' shape.
+        expected: Vec<i64>,
+        /// The mask's shape.
+        got: Vec<i64>,
+    },
+    /// An `attention_mask` value other than 0 or 1.
+    #[error(
+        "attention_mask: expected 0 (padding) or 1 (real token), got {value} at batch row {row}, position {position}"
+    )]
+    MaskValue {
+        /// The first bad value.
+        value: i64,
+        /// Its row.
+        row: i64,
+        /// Its position.
+        position: i64,
+    },
+    /// A response that would not fit the message limit (dense logits of a large vocabulary).
+    #[error(
+        "response too large: {what} would take {bytes} bytes, above the message limit of {limit} bytes: request top_k (e.g. 32) instead of dense logits, fewer outputs, or send fewer samples"
+    )]
+    ResponseTooLarge {
+        /// What would be sent, e.g. `dense F32 logits [16, 256, 152064]`.
+        what: String,
+        /// Its size in bytes.
+        bytes: u64,
+        /// `ModelInfo.max_message_bytes`.
+        limit: u64,
+    },
+    /// `outputs` names an output the model does not have (or its logits, which come anyway).
+    #[error(
+        "outputs: unknown output {name:?}: expected one of the model's other outputs ({known}); the logits (output {logits}) come anyway"
+    )]
+    UnknownOutput {
+        /// The name asked for.
+        name: String,
+        /// The outputs that can be asked for, with their per-sample shapes.
+        known: String,
+        /// The logits output's name.
+        logits: String,
+    },
+}
+
+impl InvalidRequest {
+    /// The wire name of a dtype number (`F32`, `DTYPE_UNSPECIFIED`, ...), or the raw number when
+    /// it is not in the enum.
+    pub fn dtype_label(dtype: i32) -> String {
+        match v1::DType::try_from(dtype) {
+            Ok(d) => d.as_str_name().to_string(),
+            Err(_) => format!("{dtype} (not a DType)"),
+        }
+    }
+}
+
+impl From<CodecError> for InvalidRequest {
+    fn from(e: CodecError) -> Self {
+        InvalidRequest::Tensor(e.to_string())
+    }
+}
 
 /// What a request must fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +277,41 @@ pub(crate) fn validate(
         .ok_or_else(|| InvalidRequest::MissingInputs {
             expected_shape: limits.input_shape.clone(),
         })?;
+    let (shape, input_kind) = check_inputs(inputs, limits)?;
+    let output = output_spec(*output_dtype, *top_k, *temperature, limits)?;
+    let extra = requested_outputs(outputs, limits)?;
+    check_response_size(&shape, limits, output.kind, output.top_k, &extra)?;
+    let tensor = codec::decode(inputs)?;
+    if matches!(
+        input_kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        check_finite(&tensor)?;
+    }
+    let mask = match (attention_mask, limits.max_seq_len) {
+        (None, _) => None,
+        (Some(m), None) => {
+            return Err(InvalidRequest::MaskForClassifier {
+                got: m.shape.clone(),
+            });
+        }
+        (Some(m), Some(_)) => Some(decode_mask(m, &shape)?),
+    };
+    if limits.max_seq_len.is_some() {
+        check_token_ids(&tensor, limits.num_logits)?;
+    }
+    Ok(ValidRequest {
+        inputs: tensor,
+        mask,
+        output,
+        outputs: outputs.clone(),
+    })
+}
+
+/// Checks the inputs' dtype, consistency (against the bytes received, before anything is
+/// allocated), rank, per-sample shape (a sequence model: sequence length) and batch size.
+/// Returns their shape and kind.
+fn check_inputs(inputs: &v1::Tensor, limits: &Limits) -> Result<(Vec<i64>, Kind), InvalidRequest> {
     if inputs.dtype != limits.input_dtype as i32 {
         return Err(InvalidRequest::DType {
             expected: limits.input_dtype.as_str_name().to_string(),
@@ -128,32 +356,55 @@ pub(crate) fn validate(
             got: batch,
         });
     }
-    let kind = match v1::DType::try_from(*output_dtype) {
+    Ok((shape, checked.kind))
+}
+
+/// How the request wants its logits: `output_dtype` (F32, F16, BF16; unspecified is F32),
+/// `top_k` (at most the model's logits) and `temperature` (finite and > 0; 0 is 1).
+fn output_spec(
+    output_dtype: i32,
+    top_k: u32,
+    temperature: f32,
+    limits: &Limits,
+) -> Result<OutputSpec, InvalidRequest> {
+    let kind = match v1::DType::try_from(output_dtype) {
         // 0 is DTYPE_UNSPECIFIED: dense f32 by default.
-        _ if *output_dtype == 0 => Kind::Float,
+        _ if output_dtype == 0 => Kind::Float,
         Ok(v1::DType::F32) => Kind::Float,
         Ok(v1::DType::F16) => Kind::Half,
         Ok(v1::DType::Bf16) => Kind::BFloat16,
         _ => {
             return Err(InvalidRequest::OutputDType {
-                got: InvalidRequest::dtype_label(*output_dtype),
+                got: InvalidRequest::dtype_label(output_dtype),
             });
         }
     };
-    if i64::from(*top_k) > limits.num_logits {
+    if i64::from(top_k) > limits.num_logits {
         return Err(InvalidRequest::TopK {
             max: limits.num_logits,
-            got: *top_k,
+            got: top_k,
         });
     }
-    // 0 (unset, as old clients send it) means T = 1.
-    let temperature = match *temperature {
+    // 0 is the field unset (proto3's default, what a client that never sets it sends): T = 1.
+    let temperature = match temperature {
         0.0 => 1.0,
         t if t.is_finite() && t > 0.0 => t,
         t => return Err(InvalidRequest::Temperature { got: t }),
     };
-    let mut extra = Vec::with_capacity(outputs.len());
-    for name in outputs {
+    Ok(OutputSpec {
+        kind,
+        top_k: i64::from(top_k),
+        temperature,
+    })
+}
+
+/// The named outputs the request asks for beside the logits, each one of [`Limits::outputs`].
+fn requested_outputs<'a>(
+    names: &[String],
+    limits: &'a Limits,
+) -> Result<Vec<&'a OutputLimit>, InvalidRequest> {
+    let mut extra = Vec::with_capacity(names.len());
+    for name in names {
         match limits.outputs.iter().find(|o| &o.name == name) {
             Some(o) => extra.push(o),
             None => {
@@ -174,36 +425,7 @@ pub(crate) fn validate(
             }
         }
     }
-    check_response_size(&shape, limits, kind, i64::from(*top_k), &extra)?;
-    let tensor = codec::decode(inputs)?;
-    if matches!(
-        checked.kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
-        check_finite(&tensor)?;
-    }
-    let mask = match (attention_mask, limits.max_seq_len) {
-        (None, _) => None,
-        (Some(m), None) => {
-            return Err(InvalidRequest::MaskForClassifier {
-                got: m.shape.clone(),
-            });
-        }
-        (Some(m), Some(_)) => Some(decode_mask(m, &shape)?),
-    };
-    if limits.max_seq_len.is_some() {
-        check_token_ids(&tensor, limits.num_logits)?;
-    }
-    Ok(ValidRequest {
-        inputs: tensor,
-        mask,
-        output: OutputSpec {
-            kind,
-            top_k: i64::from(*top_k),
-            temperature,
-        },
-        outputs: outputs.clone(),
-    })
+    Ok(extra)
 }
 
 /// Rejects a request whose response (dense logits, or top-k with its log-sum-exps) would not
@@ -387,338 +609,4 @@ fn check_finite(t: &Tensor) -> Result<(), InvalidRequest> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits() -> Limits {
-        Limits {
-            input_shape: vec![1, 4, 4],
-            input_dtype: v1::DType::F32,
-            num_logits: 10,
-            max_batch_size: 8,
-            max_seq_len: None,
-            max_message_bytes: 4 << 20,
-            outputs: vec![
-                OutputLimit {
-                    name: "features".into(),
-                    elements: 128,
-                    per_position: false,
-                },
-                OutputLimit {
-                    name: "conv".into(),
-                    elements: 64 * 12 * 12,
-                    per_position: false,
-                },
-            ],
-            logits_output: "logits".into(),
-        }
-    }
-
-    /// A sequence model: vocabulary 50, sequences up to 6 tokens, 4 KiB messages.
-    fn lm_limits() -> Limits {
-        Limits {
-            input_shape: vec![6],
-            input_dtype: v1::DType::I64,
-            num_logits: 50,
-            max_batch_size: 8,
-            max_seq_len: Some(6),
-            max_message_bytes: 4096,
-            outputs: vec![OutputLimit {
-                name: "hidden".into(),
-                elements: 16,
-                per_position: true,
-            }],
-            logits_output: "0".into(),
-        }
-    }
-
-    fn ids(shape: Vec<i64>, values: &[i64]) -> v1::Tensor {
-        v1::Tensor {
-            dtype: v1::DType::I64 as i32,
-            shape,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
-    }
-
-    fn lm_request(inputs: v1::Tensor, mask: Option<v1::Tensor>, top_k: u32) -> v1::LogitsRequest {
-        v1::LogitsRequest {
-            batch_id: 1,
-            inputs: Some(inputs),
-            output_dtype: 0,
-            top_k,
-            temperature: 0.0,
-            attention_mask: mask,
-            outputs: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn sequence_batches_of_any_length_with_masks_are_accepted() {
-        let l = lm_limits();
-        // Two sequences of 3 tokens, the second padded after 2; dense logits 2·3·50·4 = 1200 B
-        // (+ 1 KiB for framing).
-        let mask = v1::Tensor {
-            dtype: v1::DType::U8 as i32,
-            shape: vec![2, 3],
-            data: vec![1, 1, 1, 1, 1, 0],
-        };
-        let v = validate(
-            &lm_request(ids(vec![2, 3], &[1, 2, 3, 4, 5, 0]), Some(mask), 0),
-            &l,
-        )
-        .unwrap();
-        assert_eq!(v.inputs.size(), vec![2, 3]);
-        let m = v.mask.unwrap();
-        assert_eq!(m.kind(), Kind::Int64);
-        assert_eq!(
-            Vec::<i64>::try_from(m.flatten(0, -1)).unwrap(),
-            [1, 1, 1, 1, 1, 0]
-        );
-        let v = validate(&lm_request(ids(vec![1, 6], &[49; 6]), None, 4), &l).unwrap();
-        assert!(v.mask.is_none());
-    }
-
-    #[test]
-    fn sequence_errors_name_the_position_and_what_was_expected() {
-        let l = lm_limits();
-        let msg = |r: v1::LogitsRequest| validate(&r, &l).unwrap_err().to_string();
-        let e = msg(lm_request(ids(vec![1, 7], &[0; 7]), None, 4));
-        assert!(
-            e.contains("between 1 and 6 tokens") && e.contains("got 7"),
-            "{e}"
-        );
-        let e = msg(lm_request(ids(vec![2, 3], &[1, 2, 3, 4, 50, 60]), None, 4));
-        assert!(
-            e.contains("token ids in 0..50")
-                && e.contains("got 2 outside")
-                && e.contains("first: 50 at batch row 1, position 1"),
-            "{e}"
-        );
-        let e = msg(lm_request(ids(vec![1, 2], &[-1, 0]), None, 4));
-        assert!(e.contains("first: -1 at batch row 0, position 0"), "{e}");
-        let e = msg(lm_request(
-            ids(vec![1, 2], &[1, 2]),
-            Some(ids(vec![2, 1], &[1, 1])),
-            4,
-        ));
-        assert!(
-            e.contains("expected the inputs' shape [1, 2], got [2, 1]"),
-            "{e}"
-        );
-        let f32_mask = v1::Tensor {
-            dtype: v1::DType::F32 as i32,
-            shape: vec![1, 2],
-            data: vec![0; 8],
-        };
-        let e = msg(lm_request(ids(vec![1, 2], &[1, 2]), Some(f32_mask), 4));
-        assert!(e.contains("expected U8 or I64, got F32"), "{e}");
-        let e = msg(lm_request(
-            ids(vec![1, 2], &[1, 2]),
-            Some(ids(vec![1, 2], &[1, 2])),
-            4,
-        ));
-        assert!(e.contains("got 2 at batch row 0, position 1"), "{e}");
-        // Dense: 4 · 6 · 50 · 4 = 4800 B > 4096; top-k 4 (4 · 6 · (4 · 12 + 8) B) fits.
-        let e = msg(lm_request(ids(vec![4, 6], &[0; 24]), None, 0));
-        assert!(
-            e.contains("dense F32 logits [4, 6, 50]")
-                && e.contains("above the message limit of 4096 bytes")
-                && e.contains("request top_k"),
-            "{e}"
-        );
-        validate(&lm_request(ids(vec![4, 6], &[0; 24]), None, 4), &l).unwrap();
-        // A mask sent to a classifier.
-        let mut r = ok(1);
-        r.attention_mask = Some(ids(vec![1, 16], &[1; 16]));
-        let e = validate(&r, &limits()).unwrap_err().to_string();
-        assert!(e.contains("not a sequence model"), "{e}");
-    }
-
-    fn request(dtype: i32, shape: Vec<i64>, data: Vec<u8>) -> v1::LogitsRequest {
-        v1::LogitsRequest {
-            batch_id: 7,
-            inputs: Some(v1::Tensor { dtype, shape, data }),
-            output_dtype: 0,
-            top_k: 0,
-            temperature: 0.0,
-            attention_mask: None,
-            outputs: Vec::new(),
-        }
-    }
-
-    fn floats(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-
-    fn ok(n: i64) -> v1::LogitsRequest {
-        request(1, vec![n, 1, 4, 4], floats(&vec![0.5; 16 * n as usize]))
-    }
-
-    fn message(req: &v1::LogitsRequest) -> String {
-        validate(req, &limits()).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn named_outputs_are_checked_by_name_and_counted_in_the_response_size() {
-        let mut r = ok(2);
-        r.outputs = vec!["conv".into(), "features".into()];
-        assert_eq!(
-            validate(&r, &limits()).unwrap().outputs,
-            ["conv", "features"]
-        );
-        for bad in ["feature", "logits"] {
-            r.outputs = vec!["features".into(), bad.into()];
-            let m = message(&r);
-            assert!(
-                m.contains(&format!("unknown output \"{bad}\""))
-                    && m.contains("(features, conv)")
-                    && m.contains("output logits"),
-                "{m}"
-            );
-        }
-        // 8 samples of conv in f32: 8 · 9216 · 4 = 294,912 bytes, above a 256 KiB limit that
-        // their logits alone fit.
-        let small = Limits {
-            max_message_bytes: 256 << 10,
-            ..limits()
-        };
-        let mut r = ok(8);
-        assert!(validate(&r, &small).is_ok());
-        r.outputs = vec!["conv".into()];
-        let m = validate(&r, &small).unwrap_err().to_string();
-        assert!(
-            m.contains("with outputs conv") && m.contains("fewer outputs"),
-            "{m}"
-        );
-        r.output_dtype = v1::DType::Bf16 as i32;
-        assert!(validate(&r, &small).is_ok(), "half the bytes in bf16");
-        // A per-position output counts every position: 2 sequences · 6 tokens · 16 · 4 bytes.
-        let l = lm_limits();
-        let mut r = lm_request(ids(vec![2, 6], &[1; 12]), None, 4);
-        r.outputs = vec!["hidden".into()];
-        assert!(validate(&r, &l).is_ok());
-        let tight = Limits {
-            max_message_bytes: 2 * 6 * (4 * 12 + 8) + 1024 + 64 + 2 * 6 * 16 * 4 - 1,
-            ..lm_limits()
-        };
-        assert!(validate(&r, &tight).is_err());
-        let fits = Limits {
-            max_message_bytes: tight.max_message_bytes + 1,
-            ..lm_limits()
-        };
-        assert!(validate(&r, &fits).is_ok());
-    }
-
-    #[test]
-    fn accepts_a_valid_batch() {
-        let v = validate(&ok(3), &limits()).unwrap();
-        assert_eq!(v.inputs.size(), vec![3, 1, 4, 4]);
-        assert_eq!(
-            v.output,
-            OutputSpec {
-                kind: Kind::Float,
-                top_k: 0,
-                temperature: 1.0,
-            }
-        );
-        let mut r = ok(1);
-        r.output_dtype = v1::DType::Bf16 as i32;
-        r.top_k = 10;
-        r.temperature = 2.5;
-        let v = validate(&r, &limits()).unwrap();
-        assert_eq!(
-            v.output,
-            OutputSpec {
-                kind: Kind::BFloat16,
-                top_k: 10,
-                temperature: 2.5,
-            }
-        );
-    }
-
-    #[test]
-    fn every_message_names_expected_and_got() {
-        let mut missing = ok(1);
-        missing.inputs = None;
-        let cases: Vec<(v1::LogitsRequest, &[&str])> = vec![
-            (missing, &["missing", "[1, 4, 4]"]),
-            (
-                request(0, vec![1, 1, 4, 4], vec![0; 64]),
-                &["expected F32", "got DTYPE_UNSPECIFIED"],
-            ),
-            (
-                request(5, vec![1, 1, 4, 4], vec![0; 16]),
-                &["expected F32", "got U8"],
-            ),
-            (
-                request(99, vec![1, 1, 4, 4], vec![0; 64]),
-                &["expected F32", "got 99"],
-            ),
-            (
-                request(1, vec![1, 4, 4], floats(&[0.0; 16])),
-                &["expected 4", "got 3"],
-            ),
-            (
-                request(1, vec![1, 1, 4, 5], floats(&[0.0; 20])),
-                &["expected [1, 4, 4]", "got [1, 4, 5]"],
-            ),
-            (
-                request(1, vec![1, 1, -4, 4], vec![]),
-                &["negative dimension -4"],
-            ),
-            (
-                request(1, vec![1 << 40, 1, 1 << 20, 4], vec![]),
-                &["[1099511627776, 1, 1048576, 4]", "more than"],
-            ),
-            (
-                request(1, vec![2, 1, 4, 4], floats(&[0.0; 31])),
-                &["expected 128 bytes", "124"],
-            ),
-            (
-                request(1, vec![0, 1, 4, 4], vec![]),
-                &["expected between 1 and 8", "got 0"],
-            ),
-            (ok(9), &["expected at most 8", "got 9"]),
-        ];
-        for (req, needles) in cases {
-            let msg = message(&req);
-            for n in needles {
-                assert!(msg.contains(n), "{msg:?} should contain {n:?}");
-            }
-        }
-        let mut nan = floats(&[0.0; 32]);
-        nan[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
-        nan[40..44].copy_from_slice(&f32::INFINITY.to_le_bytes());
-        let msg = message(&request(1, vec![2, 1, 4, 4], nan));
-        assert!(
-            msg.contains("expected finite") && msg.contains("got 2") && msg.contains("index 5"),
-            "{msg}"
-        );
-        let mut r = ok(1);
-        r.output_dtype = v1::DType::I64 as i32;
-        assert!(message(&r).contains("got I64"));
-        r.output_dtype = 1234;
-        assert!(message(&r).contains("got 1234"));
-        let mut r = ok(1);
-        r.top_k = 11;
-        let msg = message(&r);
-        assert!(
-            msg.contains("between 1 and 10") && msg.contains("got 11"),
-            "{msg}"
-        );
-        for (bad, got) in [
-            (-1.0, "got -1"),
-            (f32::NAN, "got NaN"),
-            (f32::INFINITY, "got inf"),
-            (f32::NEG_INFINITY, "got -inf"),
-        ] {
-            let mut r = ok(1);
-            r.temperature = bad;
-            let msg = message(&r);
-            assert!(
-                msg.contains("temperature: expected > 0 (or 0 for 1)") && msg.contains(got),
-                "{msg}"
-            );
-        }
-    }
-}
+mod tests;

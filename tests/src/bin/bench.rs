@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
-use teacher_server::config::{ModelSource, ModelSpec, Precision};
+use teacher_server::model::{ModelSource, ModelSpec, Precision};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -21,8 +21,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 use tch::Tensor;
-use teacher_server::error::EngineError;
-use teacher_server::model::ModelDescription;
+use teacher_server::model::{ForwardError, ModelDescription};
 use teacher_server::{Args, TeacherModel};
 
 /// `teacher-server`'s flags plus `--stall-after`.
@@ -57,7 +56,7 @@ struct Stalling {
 }
 
 impl TeacherModel for Stalling {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ForwardError> {
         let pass = self.passes.get();
         self.passes.set(pass + 1);
         if pass < self.after {
@@ -74,7 +73,7 @@ impl TeacherModel for Stalling {
                 let _ = self.release.recv();
             }
         }
-        Err(EngineError::Stopped)
+        Err(ForwardError::Stopped)
     }
 
     fn info(&self) -> ModelDescription {
