@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! A folder or file per concern; what each may import is checked by the architecture test
-//! (`tests/tests/integration/architecture.rs` in the workspace):
+//! (`tests/tests/layout/imports.rs` in the workspace):
 //!
 //! - [`cli`]: the clap structs only (flags and their help). Imports domain enums, never
 //!   [`config`], [`commands`] or [`training`].

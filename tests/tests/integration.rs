@@ -8,8 +8,8 @@
 //! process-wide state (libtorch's global random generator above all) takes the harness's lock
 //! for it, [`distill_tests::torch_rng`].
 
-mod architecture;
 mod binaries;
+mod layout;
 mod observability;
 mod replicas;
 mod security;

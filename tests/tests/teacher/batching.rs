@@ -52,8 +52,16 @@ async fn sixteen_streams_get_their_own_logits_from_merged_forward_passes() {
                     "stream {s} got batch id {}",
                     resp.batch_id
                 );
+                // Merged and unmerged forward passes sum in different orders (GEMM blocking
+                // follows the batch size), so float32 results differ in the last digits of
+                // logits this large (inputs offset by up to 150): 1e-5 of their scale, where a
+                // row answered for other samples would be off by the whole scale.
                 let diff = max_abs_diff(&dense(&resp), &wants[b]);
-                assert!(diff <= 1e-5, "stream {s} batch {b}: max |diff| = {diff}");
+                let scale = wants[b].abs().max().double_value(&[]).max(1.0);
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "stream {s} batch {b}: max |diff| = {diff}, logits up to {scale}"
+                );
                 let t = resp.timing.expect("timing");
                 merged.push((t.merged_batch_size, t.merged_requests));
                 seen.push(b);

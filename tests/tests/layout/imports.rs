@@ -348,6 +348,45 @@ fn student_trainer_keeps_its_house_rules() {
 }
 
 #[test]
+fn teacher_server_keeps_its_house_rules() {
+    let s = sources("teacher-server");
+    // Each module imports only those before it: the model and the leaf services at the bottom,
+    // `error` (the one mapping to gRPC statuses) above the engine and the model whose errors it
+    // wraps, the gRPC service and the wiring on top.
+    let order = [
+        "model", "security", "metrics", "config", "engine", "validate", "batcher", "error",
+        "service", "server",
+    ];
+    let tops: BTreeSet<String> = s.iter().map(|x| x.top.clone()).collect();
+    let mut found = Vec::new();
+    for (i, m) in order.iter().enumerate() {
+        assert!(tops.contains(*m), "teacher-server has no module {m}");
+        let forbidden: Vec<&str> = tops
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !order[..i].contains(t))
+            .collect();
+        found.extend(violations(
+            &s,
+            m,
+            &forbidden,
+            &[],
+            &format!("{m} may import only {:?}", &order[..i]),
+        ));
+    }
+    for top in &tops {
+        assert!(
+            order.contains(&top.as_str()) || top == "lib" || top == "main",
+            "teacher-server/src/{top}: a new module needs its place in this test's order"
+        );
+    }
+    assert_clean("teacher-server's house rules", found);
+    assert_clean("teacher-server's mod.rs files", busy_mod_files(&s));
+    let g = graph(&s);
+    assert_eq!(circle(&g), None, "teacher-server import graph: {g:?}");
+}
+
+#[test]
 fn the_checks_see_imports_groups_and_circles() {
     assert_eq!(
         crate_imports("use crate::{cli::Cli, config::{A, B}, training};"),
