@@ -43,7 +43,7 @@ fn defaults_match_the_reference_loop() {
     assert_eq!(c.loss.temperature, 4.0);
     assert_eq!(c.loss.alpha, 0.9);
     assert_eq!(c.labels, LabelPolicy::All);
-    assert!(c.teachers.prefetch >= 2);
+    assert_eq!(c.teachers.prefetch, 4);
     let t = &c.train;
     assert_eq!((t.batch_size, t.optimizer.lr, t.seed), (128, 1e-3, 0));
     assert_eq!(t.optimizer.kind, OptimizerKind::Adam);
