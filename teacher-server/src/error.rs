@@ -31,17 +31,9 @@ pub enum Error {
     /// A bad request (one batch); the stream stays open.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
-    /// The batching queue is full.
-    #[error(
-        "server overloaded: the queue of {capacity} batches is full; retry after {} ms",
-        retry_after.as_millis()
-    )]
-    Overloaded {
-        /// `--queue-capacity`.
-        capacity: usize,
-        /// Suggested delay before retrying.
-        retry_after: Duration,
-    },
+    /// The batching queue is full ([`SubmitError::Overloaded`], with its retry hint).
+    #[error(transparent)]
+    Overloaded(SubmitError),
     /// A request message over `--max-message-bytes` (tonic reports it as `OUT_OF_RANGE`; gRPC's
     /// convention, and ours, is `RESOURCE_EXHAUSTED`). The stream ends.
     #[error(
@@ -104,14 +96,8 @@ impl From<ConfigError> for Error {
 impl From<SubmitError> for Error {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Overloaded {
-                capacity,
-                retry_after,
-            } => Error::Overloaded {
-                capacity,
-                retry_after,
-            },
             SubmitError::ShuttingDown => Error::ShuttingDown,
+            overloaded => Error::Overloaded(overloaded),
         }
     }
 }
@@ -127,7 +113,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Invalid(_) => Code::InvalidArgument,
-            Error::Overloaded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
             Error::ShuttingDown | Error::NotReady => Code::Unavailable,
             Error::Engine(EngineError::OutOfRange { .. }) => Code::OutOfRange,
             Error::Engine(_)
@@ -167,7 +153,7 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let mut status = tonic::Status::new(e.code(), e.to_string());
         let retry_after = match &e {
-            Error::Overloaded { retry_after, .. } => Some(*retry_after),
+            Error::Overloaded(SubmitError::Overloaded { retry_after, .. }) => Some(*retry_after),
             Error::NotReady => Some(NOT_READY_RETRY),
             _ => None,
         };
@@ -186,10 +172,10 @@ mod tests {
 
     #[test]
     fn codes_and_retry_hint() {
-        let e = Error::Overloaded {
+        let e = Error::from(SubmitError::Overloaded {
             capacity: 4,
             retry_after: Duration::from_millis(25),
-        };
+        });
         assert_eq!(e.to_wire().code, Code::ResourceExhausted as i32);
         assert!(e.to_string().contains("retry after 25 ms"));
         let s = tonic::Status::from(e);

@@ -280,6 +280,17 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Batches the replica `url` answered, from a `report.json` (`None` when the report does not
+/// list it).
+pub fn batches_answered(report: &serde_json::Value, url: &str) -> Option<u64> {
+    report["replicas"]
+        .as_array()
+        .expect("report.json has a replicas list")
+        .iter()
+        .find(|x| x["url"] == url)
+        .map(|x| x["batches_answered"].as_u64().expect("batches_answered"))
+}
+
 /// The lines of `dir/metrics.jsonl`.
 pub fn read_metrics(dir: &Path) -> Vec<serde_json::Value> {
     let path = dir.join("metrics.jsonl");

@@ -198,12 +198,7 @@ fn identity(cache: Option<&LogitCache>, refs: &[TeacherInfo]) -> TeacherIdentity
 
 /// Prints what is distilled from what: `distilling STUDENT (N parameters) from teacher ...`.
 fn announce(cfg: &DistillConfig, s: &Setup) -> Result<(), AppError> {
-    let urls: Vec<String> = cfg
-        .teachers
-        .groups
-        .iter()
-        .flat_map(|g| g.urls.clone())
-        .collect();
+    let urls = teacher_urls(cfg);
     let source = match (&cfg.logit_cache, urls.is_empty()) {
         (Some(dir), true) => format!("the logit cache {}", dir.display()),
         (Some(dir), false) => format!("{} (logit cache {})", urls.join(", "), dir.display()),
@@ -220,6 +215,15 @@ fn announce(cfg: &DistillConfig, s: &Setup) -> Result<(), AppError> {
         source,
         s.data.train.len()
     )
+}
+
+/// Every replica URL of every teacher group, in order.
+fn teacher_urls(cfg: &DistillConfig) -> Vec<String> {
+    cfg.teachers
+        .groups
+        .iter()
+        .flat_map(|g| g.urls.clone())
+        .collect()
 }
 
 /// How the training thread and the pool ended.
@@ -339,12 +343,7 @@ async fn report(
         Some(dir) => Some(LogitCache::open(dir)?.bytes_per_sample()),
         None => None,
     };
-    let urls: Vec<String> = cfg
-        .teachers
-        .groups
-        .iter()
-        .flat_map(|g| g.urls.clone())
-        .collect();
+    let urls = teacher_urls(cfg);
     Ok(Report {
         teacher: summary(
             teacher_acc.as_ref(),

@@ -38,7 +38,13 @@ async fn server_and_student_log_inside_their_spans_in_json() {
     write_synthetic_idx(&data, 100, 20, 10, 3);
     let model = tmp.path().join("teacher");
     fresh_checkpoint(&model, "mlp:32", &[1, 28, 28], 10);
-    let teacher = TeacherProcess::start(&model, &["--log-format", "json"]).await;
+    // Passes of at most one request's 50 samples: the first pass's span then says 50 whether or
+    // not the second request was already queued (which depends on how busy the machine is).
+    let teacher = TeacherProcess::start(
+        &model,
+        &["--log-format", "json", "--max-batch-size", "50"],
+    )
+    .await;
     let out = tmp.path().join("out");
     let args = DistillArgs::new(&data, &out)
         .teacher(teacher.url())

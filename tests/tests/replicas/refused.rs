@@ -1,7 +1,9 @@
 //! A replica serving different weights is refused with a message naming both fingerprints; the
 //! run goes on with the consistent replica.
 
-use distill_tests::trainer::{DistillArgs, read_json, student, write_synthetic_idx};
+use distill_tests::trainer::{
+    DistillArgs, batches_answered, read_json, student, write_synthetic_idx,
+};
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,14 +39,7 @@ async fn a_replica_with_other_weights_is_refused_naming_both_fingerprints() {
         "{refusal}"
     );
     let r = read_json(&out.join("report.json"));
-    let answered = |url: &str| {
-        r["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["url"] == url)
-            .map(|x| x["batches_answered"].as_u64().unwrap())
-    };
+    let answered = |url: &str| batches_answered(&r, url);
     assert_eq!(answered(&a.url()), Some(4), "{r}");
     assert_eq!(answered(&b.url()), Some(0), "{r}");
 }

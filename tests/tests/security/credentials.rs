@@ -7,7 +7,7 @@
 //! `127.0.0.1`, a client certificate, and an unrelated CA), written to the test's temp dir.
 
 use distill_tests::trainer::{
-    DistillArgs, Run, read_json, student, student_env, write_synthetic_idx,
+    DistillArgs, Run, batches_answered, read_json, student, student_env, write_synthetic_idx,
 };
 use distill_tests::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
@@ -454,14 +454,7 @@ async fn a_replica_refusing_the_token_counts_as_refused() {
         "{refusal}"
     );
     let r = read_json(&out.join("report.json"));
-    let answered = |url: &str| {
-        r["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["url"] == url)
-            .map(|x| x["batches_answered"].as_u64().unwrap())
-    };
+    let answered = |url: &str| batches_answered(&r, url);
     assert_eq!(answered(&a.url()), Some(4), "{r}");
     assert_eq!(answered(&b.url()), Some(0), "{r}");
 

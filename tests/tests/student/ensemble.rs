@@ -2,7 +2,8 @@
 //! replica of each group, and the run trains on the mixture.
 
 use distill_tests::trainer::{
-    DistillArgs, assert_exactly_once, read_json, read_ledger, student, write_synthetic_idx,
+    DistillArgs, assert_exactly_once, batches_answered, read_json, read_ledger, student,
+    write_synthetic_idx,
 };
 use distill_tests::{TeacherProcess, TempDir, fresh_checkpoint};
 
@@ -40,15 +41,7 @@ async fn two_groups_each_answer_every_batch() {
         assert_eq!(parts[1], b.url(), "{replicas} ({n})");
     }
     let r = read_json(&out.join("report.json"));
-    let answered = |url: &str| {
-        r["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["url"] == url)
-            .map(|x| x["batches_answered"].as_u64().unwrap())
-            .unwrap()
-    };
+    let answered = |url: &str| batches_answered(&r, url).unwrap();
     assert_eq!(answered(&b.url()), 20, "{r}");
     assert_eq!(answered(&a1.url()) + answered(&a2.url()), 20, "{r}");
     assert!(answered(&a1.url()) > 0 && answered(&a2.url()) > 0, "{r}");
