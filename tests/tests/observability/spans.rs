@@ -40,11 +40,8 @@ async fn server_and_student_log_inside_their_spans_in_json() {
     fresh_checkpoint(&model, "mlp:32", &[1, 28, 28], 10);
     // Passes of at most one request's 50 samples: the first pass's span then says 50 whether or
     // not the second request was already queued (which depends on how busy the machine is).
-    let teacher = TeacherProcess::start(
-        &model,
-        &["--log-format", "json", "--max-batch-size", "50"],
-    )
-    .await;
+    let teacher =
+        TeacherProcess::start(&model, &["--log-format", "json", "--max-batch-size", "50"]).await;
     let out = tmp.path().join("out");
     let args = DistillArgs::new(&data, &out)
         .teacher(teacher.url())
