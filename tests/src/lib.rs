@@ -27,6 +27,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tch::{Device, Tensor, nn};
@@ -924,4 +925,54 @@ impl Scrape {
             .filter(|s| s.metric == name)
             .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
     }
+}
+
+/// One `StreamLogits` stream of load: keeps `in_flight` copies of `wire` outstanding (numbered
+/// from 0) until `stop` is raised, adding `per_answer` to `answered` for each answer (its samples,
+/// or 1 to count answers), then waits for the last answers. Used by `bench` and `soak`.
+///
+/// # Errors
+/// A message naming what failed: the call, the stream, or a per-batch refusal.
+pub async fn drive_stream(
+    mut client: TeacherClient,
+    wire: v1::LogitsRequest,
+    per_answer: u64,
+    in_flight: usize,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(in_flight);
+    let mut responses = client
+        .stream_logits(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("StreamLogits: {e}"))?
+        .into_inner();
+    let mut next_id = 0u64;
+    let mut send = |tx: &mpsc::Sender<v1::LogitsRequest>| {
+        let mut r = wire.clone();
+        r.batch_id = next_id;
+        next_id += 1;
+        tx.try_send(r).map_err(|e| format!("send: {e}"))
+    };
+    for _ in 0..in_flight {
+        send(&tx)?;
+    }
+    let mut outstanding = in_flight;
+    while outstanding > 0 {
+        let resp = responses
+            .message()
+            .await
+            .map_err(|e| format!("stream failed: {e}"))?
+            .ok_or("stream ended early")?;
+        if let Some(v1::logits_response::Result::Error(e)) = resp.result {
+            return Err(format!("batch {} refused: {}", resp.batch_id, e.message));
+        }
+        answered.fetch_add(per_answer, Ordering::Relaxed);
+        outstanding -= 1;
+        if !stop.load(Ordering::Relaxed) {
+            send(&tx)?;
+            outstanding += 1;
+        }
+    }
+    Ok(())
 }

@@ -57,7 +57,8 @@ use distill_models::CpuInfo;
 use distill_proto::codec;
 use distill_tests::trainer::DistillArgs;
 use distill_tests::{
-    Server, TEACHER_SERVICE, TeacherClient, TempDir, fresh_checkpoint, random_inputs, request, v1,
+    Server, TEACHER_SERVICE, TeacherClient, TempDir, drive_stream, fresh_checkpoint, random_inputs,
+    request, v1,
 };
 use prost::Message;
 use serde::Serialize;
@@ -71,8 +72,6 @@ use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
 use teacher_server::model::{ModelSource, ModelSpec, Precision};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Flags of `bench`.
 #[derive(Debug, Clone, Parser)]
@@ -428,52 +427,6 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
-/// One stream: keeps `in_flight` requests outstanding until `stop`, adding each answer's samples
-/// to `answered`.
-async fn drive(
-    mut client: TeacherClient,
-    wire: v1::LogitsRequest,
-    batch: u64,
-    in_flight: usize,
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel(in_flight);
-    let mut responses = client
-        .stream_logits(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("StreamLogits: {e}"))?
-        .into_inner();
-    let mut next_id = 0u64;
-    let mut send = |tx: &mpsc::Sender<v1::LogitsRequest>| {
-        let mut r = wire.clone();
-        r.batch_id = next_id;
-        next_id += 1;
-        tx.try_send(r).map_err(|e| format!("send: {e}"))
-    };
-    for _ in 0..in_flight {
-        send(&tx)?;
-    }
-    let mut outstanding = in_flight;
-    while outstanding > 0 {
-        let resp = responses
-            .message()
-            .await
-            .map_err(|e| format!("stream failed: {e}"))?
-            .ok_or("stream ended early")?;
-        if let Some(v1::logits_response::Result::Error(e)) = resp.result {
-            return Err(format!("batch {} refused: {}", resp.batch_id, e.message));
-        }
-        answered.fetch_add(batch, Ordering::Relaxed);
-        outstanding -= 1;
-        if !stop.load(Ordering::Relaxed) {
-            send(&tx)?;
-            outstanding += 1;
-        }
-    }
-    Ok(())
-}
-
 /// Samples per second answered by `server` to `streams` concurrent streams of `batch`-sample
 /// requests (each keeping `in_flight` outstanding), over at least `seconds` after a warm-up.
 async fn streams_throughput(
@@ -489,7 +442,7 @@ async fn streams_throughput(
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..streams {
         let client = TeacherClient::new(server.channel().await);
-        tasks.spawn(drive(
+        tasks.spawn(drive_stream(
             client,
             wire.clone(),
             batch as u64,

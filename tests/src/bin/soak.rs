@@ -10,7 +10,8 @@
 
 use clap::Parser;
 use distill_tests::{
-    Server, TEACHER_SERVICE, TeacherClient, TempDir, fresh_checkpoint, random_inputs, request, v1,
+    Server, TEACHER_SERVICE, TeacherClient, TempDir, drive_stream, fresh_checkpoint, random_inputs,
+    request,
 };
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -18,8 +19,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Flags of `soak`.
 #[derive(Debug, Parser)]
@@ -73,50 +72,6 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// One stream: keeps `in_flight` requests outstanding until `stop`, counting answers.
-async fn drive(
-    mut client: TeacherClient,
-    wire: v1::LogitsRequest,
-    in_flight: usize,
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel(in_flight);
-    let mut responses = client
-        .stream_logits(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| format!("StreamLogits: {e}"))?
-        .into_inner();
-    let mut next_id = 0u64;
-    let mut send = |tx: &mpsc::Sender<v1::LogitsRequest>| {
-        let mut r = wire.clone();
-        r.batch_id = next_id;
-        next_id += 1;
-        tx.try_send(r).map_err(|e| format!("send: {e}"))
-    };
-    for _ in 0..in_flight {
-        send(&tx)?;
-    }
-    let mut outstanding = in_flight;
-    while outstanding > 0 {
-        let resp = responses
-            .message()
-            .await
-            .map_err(|e| format!("stream failed: {e}"))?
-            .ok_or("stream ended early")?;
-        if let Some(v1::logits_response::Result::Error(e)) = resp.result {
-            return Err(format!("batch {} refused: {}", resp.batch_id, e.message));
-        }
-        answered.fetch_add(1, Ordering::Relaxed);
-        outstanding -= 1;
-        if !stop.load(Ordering::Relaxed) {
-            send(&tx)?;
-            outstanding += 1;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -149,9 +104,10 @@ async fn main() -> ExitCode {
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..cli.streams {
         let client = TeacherClient::new(server.channel().await);
-        streams.spawn(drive(
+        streams.spawn(drive_stream(
             client,
             wire.clone(),
+            1,
             cli.in_flight.max(1),
             stop.clone(),
             answered.clone(),
