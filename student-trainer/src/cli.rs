@@ -25,8 +25,9 @@ use std::path::PathBuf;
     long_about = None,
     after_help = "Exit status: 0 on success; 1 on an error (one `error: ...` line on stderr); \
                   130 after Ctrl-C (SIGINT) and 143 after SIGTERM, once `train` or `distill` has \
-                  saved a checkpoint at the current batch (`--resume` continues from it; a second \
-                  signal exits at once). A closed stdout (`| head`) ends the command quietly."
+                  saved a checkpoint at the current batch (`--resume` continues from it). Signals \
+                  within 1 s of the first are the same request; a second signal later than that \
+                  exits at once. A closed stdout (`| head`) ends the command quietly."
 )]
 pub struct Cli {
     /// What to do.
@@ -154,6 +155,12 @@ pub struct CommonArgs {
     /// Off by default.
     #[arg(long, env = "STUDENT_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Test-only: once this process has taken N optimizer steps, raise the stop flag a SIGTERM
+    /// raises, so the run saves a checkpoint at the next batch and exits with 143 as after
+    /// SIGTERM (a run that ends first ends as usual). A deterministic mid-epoch cut for the
+    /// resume tests, without racing a signal against the loop.
+    #[arg(long, env = "STUDENT_STOP_AFTER_STEPS", hide = true)]
+    pub stop_after_steps: Option<u64>,
 }
 
 /// `train` flags.

@@ -686,7 +686,7 @@ pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<i64> {
 pub(crate) const SPLITMIX64_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// SplitMix64's output function (a bijective 64-bit mixer; Steele, Lea & Flood 2014). The one
-/// copy in the crate: [`epoch_permutation`] and [`crate::schedule::epoch_seed`] use it.
+/// copy in the crate: [`epoch_permutation`] and [`crate::schedule::step_seed`] use it.
 pub(crate) fn splitmix64_mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

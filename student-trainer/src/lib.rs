@@ -26,7 +26,7 @@
 //!   protos: [`data`], [`schedule`], [`soft_targets`], [`ensemble`], [`loss`], [`optim`],
 //!   [`hint`], [`logit_cache`], [`eval`].
 //! - [`outputs`]: metrics log, report, plot, progress, Prometheus, the test-only ledger.
-//! - [`signals`]: Ctrl-C and SIGTERM for the binary.
+//! - [`signals`]: Ctrl-C and SIGTERM for the binary, and when a repeat forces the exit.
 
 pub mod cli;
 pub mod commands;

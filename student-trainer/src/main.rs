@@ -1,9 +1,10 @@
 //! `student-trainer`: parse flags, set up logging and the stop signals, run one command.
 //!
 //! Exit status: 0 on success; 1 with one `error: …` line on stderr on failure; 130 after Ctrl-C
-//! and 143 after SIGTERM (a checkpoint was saved first; `--resume` continues). A second signal
-//! exits at once. A closed stdout (`| head`) ends the command quietly with 0, once what it was
-//! doing is saved.
+//! and 143 after SIGTERM (a checkpoint was saved first; `--resume` continues). Signals within
+//! [`student_trainer::signals::REPEAT_WINDOW`] (1 s) of the first are the same request (GNU
+//! `timeout` signals the process and its group); a second signal later than that exits at once.
+//! A closed stdout (`| head`) ends the command quietly with 0, once what it was doing is saved.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -11,10 +12,11 @@ use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Instant;
 use student_trainer::cli::{Cli, Command, LogFormat};
 use student_trainer::commands::{self, AppError, Finished};
 use student_trainer::config::{CaptureConfig, DistillConfig, EvalConfig, PlotConfig};
-use student_trainer::signals::{ShutdownSignals, StopSignal};
+use student_trainer::signals::{ShutdownSignals, StopRequest, StopRequests, StopSignal};
 use student_trainer::training::TrainConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -29,7 +31,9 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let signal = Arc::new(AtomicU8::new(StopSignal::Interrupt.exit_code()));
+    // The exit status of an interrupted run: the signal's, stored when it arrives; a stop that no
+    // signal asked for (the test-only `--stop-after-steps`) exits as after SIGTERM.
+    let signal = Arc::new(AtomicU8::new(StopSignal::Terminate.exit_code()));
     match run(cli.command, signal.clone()) {
         Ok(Finished::Done) => ExitCode::SUCCESS,
         Ok(Finished::Interrupted) => ExitCode::from(signal.load(Ordering::SeqCst)),
@@ -83,19 +87,32 @@ fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
         };
         let flag = stop.clone();
         rt.spawn(async move {
+            let mut requests = StopRequests::default();
+            let window = requests.window().as_secs_f64();
             loop {
                 let got = signals.shutdown_signal().await;
                 let name = got.name();
-                if flag.swap(true, Ordering::SeqCst) {
-                    say(&format!(
-                        "second {name}: exiting without waiting for the checkpoint"
-                    ));
-                    std::process::exit(got.exit_code().into());
+                match requests.on_signal(Instant::now()) {
+                    StopRequest::First => {
+                        // The status first: the loop may return as soon as the flag is up.
+                        signal.store(got.exit_code(), Ordering::SeqCst);
+                        flag.store(true, Ordering::SeqCst);
+                        say(&format!(
+                            "{name}: saving a checkpoint, then exiting ({name} again after \
+                             {window} s exits at once)"
+                        ));
+                    }
+                    StopRequest::Repeat => say(&format!(
+                        "{name} again within {window} s: the same request, still saving the \
+                         checkpoint"
+                    )),
+                    StopRequest::ExitNow => {
+                        say(&format!(
+                            "second {name}: exiting without waiting for the checkpoint"
+                        ));
+                        std::process::exit(got.exit_code().into());
+                    }
                 }
-                signal.store(got.exit_code(), Ordering::SeqCst);
-                say(&format!(
-                    "{name}: saving a checkpoint, then exiting ({name} again to exit now)"
-                ));
             }
         });
     }

@@ -1,10 +1,12 @@
-//! The batch schedule of a run: which samples go into which batch of which epoch.
+//! The batch schedule of a run: which samples go into which batch of which epoch, and the seed
+//! of each batch's random draws ([`step_seed`]).
 //!
 //! The schedule is a pure function of (seed, epoch, dataset size, batch size), via
 //! [`crate::data::epoch_permutation`]. Both sides of `distill` compute it independently: the client
 //! sends the teacher the batches in schedule order, and the training loop checks that every batch
 //! of teacher logits it receives is the one it expects (same epoch, position and sample indices)
-//! before training on it. Resuming needs no RNG state: the position is enough.
+//! before training on it. Resuming needs no RNG state: the position is enough (the step seeds
+//! are a pure function of it too).
 
 use crate::data::{SPLITMIX64_GAMMA, epoch_permutation, splitmix64_mix};
 
@@ -76,12 +78,31 @@ pub fn run_plan(
     })
 }
 
-/// The seed of libtorch's generator for an epoch (dropout masks): a fixed mix of the run seed and
-/// the epoch, so an epoch's randomness does not depend on the epochs before it (resume-safe).
-pub fn epoch_seed(seed: u64, epoch: u64) -> i64 {
-    // SplitMix64 finaliser of (seed, epoch + 1): distinct epochs get unrelated streams, and epoch
-    // streams differ from the initialisation stream (seeded with `seed` itself).
-    let z = seed ^ (epoch.wrapping_add(1)).wrapping_mul(SPLITMIX64_GAMMA);
+/// Tag of the step seeds' SplitMix64 stream (the fractional part of √3, SHA-512's second initial
+/// word): keeps [`step_seed`] apart from the other hashes of the run seed (the sample order of
+/// [`crate::data::epoch_permutation`], tagged with √2's, and the ensemble's group draws).
+const STEP_STREAM: u64 = 0xbb67_ae85_84ca_a73b;
+
+/// The seed of libtorch's generator for the optimizer step on batch `index` of `epoch`: every
+/// random draw of that step (dropout masks, and any sampling a student kind adds) comes from a
+/// generator seeded with it just before the step, so a step's randomness is a pure function of
+/// (seed, epoch, index) and does not depend on the steps before it. A run resumed at any batch,
+/// mid-epoch included, then draws exactly what the uninterrupted run drew: the checkpoint needs
+/// no generator state.
+///
+/// SplitMix64 (Steele, Lea & Flood 2014), as [`crate::data::epoch_permutation`] keys its
+/// epochs: `e = mix(mix(seed ^ STEP_STREAM) + epoch)`, then `mix(e + (index + 1) · γ)` with γ
+/// SplitMix64's odd increment (the `index`-th output of the epoch's SplitMix64 sequence), its
+/// top bit cleared (libtorch takes an `i64`). Distinct batches of an epoch get distinct 64-bit
+/// values (`mix` is a bijection, `γ` odd), epochs unrelated ones, and none is the
+/// initialisation's seed (`seed` itself) but by a 2⁻⁶³ chance.
+pub fn step_seed(seed: u64, epoch: u64, index: usize) -> i64 {
+    let epoch_key = splitmix64_mix(splitmix64_mix(seed ^ STEP_STREAM).wrapping_add(epoch));
+    let z = epoch_key.wrapping_add(
+        (index as u64)
+            .wrapping_add(1)
+            .wrapping_mul(SPLITMIX64_GAMMA),
+    );
     (splitmix64_mix(z) as i64) & i64::MAX
 }
 
@@ -124,13 +145,22 @@ mod tests {
     }
 
     #[test]
-    fn epoch_seeds_differ_and_are_non_negative() {
-        let s: Vec<i64> = (0..4).map(|e| epoch_seed(0, e)).collect();
+    fn step_seeds_differ_by_step_and_are_non_negative() {
+        let s: Vec<i64> = (0..3)
+            .flat_map(|e| (0..50).map(move |i| step_seed(0, e, i)))
+            .collect();
         assert!(s.iter().all(|x| *x >= 0));
-        assert!(s.windows(2).all(|w| w[0] != w[1]));
-        assert_eq!(epoch_seed(1, 2), epoch_seed(1, 2));
+        let mut distinct = s.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), s.len(), "two steps share a seed");
+        // A pure function of (seed, epoch, index): what a resumed run recomputes.
+        assert_eq!(step_seed(1, 2, 3), step_seed(1, 2, 3));
+        assert_ne!(step_seed(1, 2, 3), step_seed(2, 2, 3));
+        // Not the initialisation's stream (seeded with the run seed itself).
+        assert!((0..100).all(|seed| step_seed(seed, 0, 0) != seed as i64));
         // Pinned: checkpoints resume with the same dropout streams across versions.
-        assert_eq!(epoch_seed(0, 0), 7_070_836_379_803_831_727);
-        assert_eq!(epoch_seed(7, 3), 7_862_637_804_313_477_842);
+        assert_eq!(step_seed(0, 0, 0), 5_882_057_413_383_444_406);
+        assert_eq!(step_seed(7, 3, 11), 7_330_260_511_895_188_981);
     }
 }

@@ -573,3 +573,44 @@ fn each_command_requires_its_teachers_as_before_the_shared_flags() {
     parse(&["capture", "--out", "c", "--teacher", "h:1"]).unwrap();
     parse(&["eval", "--teacher", "h:1", "--batch-timeout", "5"]).unwrap();
 }
+
+#[test]
+fn stop_after_steps_is_carried_over_and_hidden_from_help() {
+    use clap::CommandFactory;
+    assert_eq!(train(&[]).unwrap().stop_after_steps, None);
+    assert_eq!(
+        train(&["--stop-after-steps", "7"])
+            .unwrap()
+            .stop_after_steps,
+        Some(7)
+    );
+    assert_eq!(
+        distill(&["--stop-after-steps", "0"])
+            .unwrap()
+            .train
+            .stop_after_steps,
+        Some(0)
+    );
+    let mut cli = Cli::command();
+    for sub in ["train", "distill"] {
+        let help = cli
+            .find_subcommand_mut(sub)
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("stop-after-steps"), "{sub}: {help}");
+    }
+}
+
+#[test]
+fn the_help_names_the_signal_repeat_window() {
+    use clap::CommandFactory;
+    let after = Cli::command().get_after_help().unwrap().to_string();
+    let window = crate::signals::REPEAT_WINDOW.as_secs();
+    assert!(
+        after.contains(&format!(
+            "within {window} s of the first are the same request"
+        )),
+        "{after}"
+    );
+}

@@ -57,6 +57,7 @@ pub(super) fn from_common(a: CommonArgs, min_epochs: u64) -> Result<TrainConfig,
         threads: threads(a.threads)?,
         epoch_eval: !a.no_epoch_eval,
         metrics_listen: metrics_listen(a.metrics_listen.as_deref())?,
+        stop_after_steps: a.stop_after_steps,
     })
 }
 

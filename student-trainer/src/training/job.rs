@@ -51,6 +51,9 @@ pub struct TrainConfig {
     pub epoch_eval: bool,
     /// Where to serve Prometheus metrics and `/readyz` (`--metrics-listen`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Test-only (`--stop-after-steps N`): raise the stop flag once this process has taken N
+    /// optimizer steps, as a SIGTERM would.
+    pub stop_after_steps: Option<u64>,
 }
 
 /// Which training samples keep their ground-truth label in `distill` (`--labels`).

@@ -12,10 +12,12 @@
 //! the current batch and returns with [`Outcome::interrupted`] set.
 //!
 //! Determinism: the weights are initialised after `tch::manual_seed(seed)`, each epoch's sample
-//! order is [`crate::data::epoch_permutation`]`(seed, epoch)`, and each epoch reseeds libtorch's
-//! generator with [`crate::schedule::epoch_seed`] (dropout), so on the CPU a run resumed at an epoch boundary equals
-//! an uninterrupted run. A run resumed mid-epoch (after Ctrl-C) continues at the next batch; it is
-//! exact for networks without dropout (the MLP).
+//! order is [`crate::data::epoch_permutation`]`(seed, epoch)`, and every step reseeds libtorch's
+//! generator with [`crate::schedule::step_seed`]`(seed, epoch, batch)` before it draws anything
+//! (dropout masks; in [`step`], which every student kind goes through). A step's draws are then a
+//! function of its place in the schedule alone, so on the CPU a run resumed at any batch (at an
+//! epoch boundary, or mid-epoch after Ctrl-C or SIGTERM) equals an uninterrupted run, dropout
+//! included, and the checkpoint holds no generator state.
 //!
 //! # Layout
 //!

@@ -17,7 +17,7 @@ use crate::outputs::ledger::Ledger;
 use crate::outputs::metrics::{EpochMetrics, METRICS_FILE, MetricsLog};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::progress::Progress;
-use crate::schedule::{PlannedBatch, batches_per_epoch, epoch_plan, epoch_seed};
+use crate::schedule::{PlannedBatch, batches_per_epoch, epoch_plan};
 use crate::soft_targets::TeacherBatch;
 use distill_models::checkpoint::sorted_variables;
 use distill_models::{ArchSpec, Checkpoint, CheckpointMeta};
@@ -97,6 +97,8 @@ struct Trainer {
     train: Dataset,
     test: Option<Dataset>,
     stop: Arc<AtomicBool>,
+    /// The run step at which the loop raises `stop` itself (`--stop-after-steps`, test-only).
+    stop_at_step: Option<u64>,
     student: Student,
     stages: Stages,
     opt: Optimizer,
@@ -158,6 +160,7 @@ impl Trainer {
             "training"
         );
         let out = Outcome::starting(&start, student.params(), cfg.out.clone());
+        let stop_at_step = cfg.stop_after_steps.map(|n| start.step + n);
         Ok(Trainer {
             targets: TargetSource::new(teacher, cache, live.clone()),
             cfg,
@@ -167,6 +170,7 @@ impl Trainer {
             train,
             test,
             stop,
+            stop_at_step,
             student,
             stages,
             opt,
@@ -181,7 +185,6 @@ impl Trainer {
     /// Trains epoch `epoch` from its batch `skip` on.
     fn epoch(&mut self, epoch: u64, skip: usize) -> Result<Flow, TrainError> {
         let hint_stage = self.begin_stage(epoch);
-        tch::manual_seed(epoch_seed(self.cfg.seed, epoch));
         let n = self.train.len();
         let plan = epoch_plan(self.cfg.seed, epoch, n, self.cfg.batch_size);
         let batches = batches_per_epoch(n, self.cfg.batch_size);
@@ -192,6 +195,11 @@ impl Trainer {
         let mut sums = Sums::for_tokens(self.train.is_tokens());
         let t0 = Instant::now();
         for planned in plan.into_iter().skip(skip) {
+            if self.stop_at_step == Some(self.out.step) {
+                // `--stop-after-steps`: the stop a SIGTERM asks for, at a chosen step.
+                tracing::info!(step = self.out.step, "--stop-after-steps: stopping");
+                self.stop.store(true, Ordering::SeqCst);
+            }
             if self.stop.load(Ordering::SeqCst) {
                 progress.abandon();
                 self.save_partial(&sums, (epoch, planned.index), t0)?;
@@ -250,6 +258,7 @@ impl Trainer {
             objective: &self.objective,
             train: &self.train,
             device: self.device,
+            seed: self.cfg.seed,
         };
         stepper.step(
             &mut self.opt,

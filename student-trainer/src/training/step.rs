@@ -1,5 +1,11 @@
 //! One optimizer step: a batch's forward pass, its loss for the run's objective, the backward
 //! pass and the update.
+//!
+//! Every step of every student kind goes through [`Stepper::step`], which first seeds libtorch's
+//! generator with [`step_seed`]`(seed, epoch, index)`: whatever the step draws (dropout masks, a
+//! student's own sampling) is a function of its place in the schedule alone, so a run resumed at
+//! any batch repeats the uninterrupted run's draws. A student kind that draws from a generator of
+//! its own must seed it from the same value.
 
 use super::error::TrainError;
 use super::job::{LabelPolicy, Objective};
@@ -7,7 +13,7 @@ use super::student::Student;
 use crate::data::{Dataset, IGNORE_INDEX};
 use crate::loss;
 use crate::optim::Optimizer;
-use crate::schedule::PlannedBatch;
+use crate::schedule::{PlannedBatch, step_seed};
 use crate::soft_targets::SoftTargets;
 use tch::{Device, Kind, Tensor};
 
@@ -62,10 +68,13 @@ pub(crate) struct Stepper<'a> {
     pub(crate) train: &'a Dataset,
     /// The network's device.
     pub(crate) device: Device,
+    /// The run's seed: each step's draws come from [`step_seed`] of it.
+    pub(crate) seed: u64,
 }
 
 impl Stepper<'_> {
-    /// Trains `opt`'s parameters on one batch.
+    /// Trains `opt`'s parameters on one batch, after seeding libtorch's generator (CPU and CUDA)
+    /// with the batch's [`step_seed`].
     ///
     /// # Errors
     /// [`TrainError::NonFinite`] when the loss is NaN or infinite (nothing is updated);
@@ -77,6 +86,9 @@ impl Stepper<'_> {
         input: StepInput<'_>,
     ) -> Result<StepOutput, TrainError> {
         let planned = input.planned;
+        // Before anything the step draws: the draws depend on (seed, epoch, index) alone, never
+        // on the steps before, so a mid-epoch resume is exact (see the module docs).
+        tch::manual_seed(step_seed(self.seed, input.epoch, planned.index));
         let (xs, ys) = self.train.try_batch(&planned.indices)?;
         let (xs, ys) = (xs.f_to_device(self.device)?, ys.f_to_device(self.device)?);
         let forward = self.student.forward(&xs, input.hint, || {

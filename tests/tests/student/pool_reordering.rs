@@ -258,6 +258,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         threads: Some(1),
         epoch_eval: false,
         metrics_listen: None,
+        stop_after_steps: None,
     };
     let spec = distill_models::ArchSpec {
         arch: cfg.arch.clone(),

@@ -1,5 +1,8 @@
 //! `--resume`: a run stopped after epoch 1 and resumed to epoch 2 equals a straight 2-epoch run
-//! (same seed, CPU, Adam): weights and optimizer state to 1e-6.
+//! (same seed, CPU, Adam): weights and optimizer state to 1e-6. A run stopped mid-epoch (the
+//! test-only `--stop-after-steps`, which takes SIGTERM's path) and resumed ends with the straight
+//! run's weights exactly, dropout included: each step's draws are seeded by its place in the
+//! schedule.
 
 use distill_tests::TempDir;
 use distill_tests::trainer::{max_abs_diff, read_json, read_metrics, student, write_synthetic_idx};
@@ -70,10 +73,82 @@ async fn mlp_resumed_at_epoch_one_equals_a_straight_run() {
     resumed_equals_straight("mlp", 1000).await;
 }
 
-/// The CNN has dropout: the per-epoch reseeding makes its masks resume-safe too.
+/// The CNN has dropout: the per-step seeding makes its masks resume-safe too.
 #[tokio::test]
 async fn cnn_with_dropout_resumed_at_epoch_one_equals_a_straight_run() {
     resumed_equals_straight("cnn", 200).await;
+}
+
+/// The CNN (dropout) cut at two mid-epoch steps, one in each epoch, in two separate runs; each
+/// cut exits as after SIGTERM (143, checkpoint at the next batch) and `--resume` finishes it
+/// with the straight run's weights and optimizer state bit for bit (CPU, one thread). With a
+/// generator seeded once per epoch, the resumed steps drew other dropout masks.
+#[tokio::test]
+async fn cnn_cut_mid_epoch_resumes_to_the_straight_runs_weights_exactly() {
+    const BATCHES: u64 = 8; // 256 samples in batches of 32
+    let tmp = TempDir::new("student-resume-mid");
+    let data = tmp.path().join("data");
+    write_synthetic_idx(&data, 256, 50, 10, 11);
+    let d = data.display().to_string();
+    let args = |out: &std::path::Path| {
+        [
+            "train",
+            "--arch",
+            "cnn",
+            "--data-dir",
+            &d,
+            "--seed",
+            "3",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "2",
+            "--lr-schedule",
+            "cosine",
+            "--no-epoch-eval",
+            "--out",
+            &out.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let straight = tmp.path().join("straight");
+    student(&args(&straight)).await.expect_ok("straight run");
+    let a = read_json(&straight.join("checkpoint.json"));
+    assert_eq!(
+        (a["epoch"].as_u64(), a["step"].as_u64()),
+        (Some(2), Some(2 * BATCHES))
+    );
+
+    for cut in [3, BATCHES + 5] {
+        let out = tmp.path().join(format!("cut-{cut}"));
+        let mut stop = args(&out);
+        stop.extend(["--stop-after-steps".into(), cut.to_string()]);
+        let run = student(&stop).await;
+        assert_eq!(run.code, Some(143), "cut at {cut}:\n{}", run.stderr);
+        assert!(run.stderr.contains("checkpoint saved"), "{}", run.stderr);
+        let meta = read_json(&out.join("checkpoint.json"));
+        assert_eq!(meta["step"].as_u64(), Some(cut), "{meta}");
+        assert_eq!(meta["epoch"].as_u64(), Some(cut / BATCHES), "{meta}");
+        assert_eq!(
+            meta["trainer"]["next_batch"].as_u64(),
+            Some(cut % BATCHES),
+            "{meta}"
+        );
+
+        let mut resume = args(&out);
+        resume.push("--resume".into());
+        student(&resume).await.expect_ok("resumed run");
+        let b = read_json(&out.join("checkpoint.json"));
+        assert_eq!((&a["epoch"], &a["step"]), (&b["epoch"], &b["step"]));
+        let w = max_abs_diff(&weights(&straight), &weights(&out));
+        assert_eq!(w, 0.0, "cut at step {cut}: resumed weights differ by {w}");
+        let o = max_abs_diff(&optimizer(&straight), &optimizer(&out));
+        assert_eq!(
+            o, 0.0,
+            "cut at step {cut}: resumed optimizer state differs by {o}"
+        );
+    }
 }
 
 #[tokio::test]
