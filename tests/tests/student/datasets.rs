@@ -1,14 +1,14 @@
 //! Datasets refused at load, before any training, with one error naming the file and what is
-//! wrong: an empty training split, a label far beyond any class count, NaN inputs. And a run that
-//! diverges: the error lists the likely causes.
+//! wrong: an empty training split, a label far beyond any class count, NaN inputs (each with a
+//! valid test split, which is loaded second). And a run that diverges: the error lists the
+//! likely causes.
 
 use distill_tests::TempDir;
 use distill_tests::trainer::{Run, student, write_synthetic_idx};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// `student-trainer train` on the `.npz` dataset `data` (its test split beside it, when the
-/// test writes one), into `out`.
+/// `student-trainer train` on the `.npz` dataset `data` (its test split beside it), into `out`.
 async fn train(data: &Path, out: &Path) -> Run {
     student(&[
         "train",
@@ -27,6 +27,16 @@ async fn train(data: &Path, out: &Path) -> Run {
     .await
 }
 
+/// Writes `arrays` as the dataset `path` (`NAME.npz`) and, so that only the training split can
+/// be at fault, a valid test split beside it (`NAME_test.npz`, 4 images of 4 classes).
+fn write_dataset(path: &Path, arrays: &[(&str, &Tensor)]) {
+    Tensor::write_npz(arrays, path).unwrap();
+    let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let stem = path.file_stem().unwrap().to_string_lossy();
+    let test = path.with_file_name(format!("{stem}_test.npz"));
+    Tensor::write_npz(&[("inputs", &images(4, 0.5)), ("labels", &labels)], test).unwrap();
+}
+
 /// `n` images `f32 [n, 1, 28, 28]` of value `v`.
 fn images(n: i64, v: f64) -> Tensor {
     Tensor::full([n, 1, 28, 28], v, (Kind::Float, tch::Device::Cpu))
@@ -37,7 +47,7 @@ async fn an_empty_training_split_is_refused_naming_the_file() {
     let tmp = TempDir::new("student-empty-npz");
     let data = tmp.path().join("empty.npz");
     let labels = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
-    Tensor::write_npz(&[("inputs", &images(0, 0.0)), ("labels", &labels)], &data).unwrap();
+    write_dataset(&data, &[("inputs", &images(0, 0.0)), ("labels", &labels)]);
     let out = tmp.path().join("out");
     let e = train(&data, &out).await.one_error();
     assert_eq!(
@@ -52,16 +62,17 @@ async fn an_empty_training_split_is_refused_naming_the_file() {
 }
 
 #[tokio::test]
-async fn a_label_of_a_billion_is_an_error_not_a_panic() {
+async fn a_label_of_a_trillion_is_an_error_not_a_panic() {
     let tmp = TempDir::new("student-huge-label");
     let data = tmp.path().join("huge.npz");
-    let labels = Tensor::from_slice(&[3i64, 1, 1_000_000_000, 0]);
-    Tensor::write_npz(&[("inputs", &images(4, 0.5)), ("labels", &labels)], &data).unwrap();
+    // A label of 10¹²: an output layer for 10¹² classes would take 32 TB.
+    let labels = Tensor::from_slice(&[3i64, 1, 1_000_000_000_000, 0]);
+    write_dataset(&data, &[("inputs", &images(4, 0.5)), ("labels", &labels)]);
     let out = tmp.path().join("out");
     let e = train(&data, &out).await.one_error();
     assert!(
         e.starts_with(&format!(
-            "error: {}: `labels` holds 1000000000 at sample 2",
+            "error: {}: `labels` holds 1000000000000 at sample 2",
             data.display()
         )) && e.contains("expected a class index in 0..262144"),
         "{e}"
@@ -76,7 +87,7 @@ async fn nan_inputs_are_refused_at_load_naming_the_first_sample() {
     let inputs = images(4, 0.5);
     let _ = inputs.get(2).get(0).get(3).get(4).fill_(f64::NAN);
     let labels = Tensor::from_slice(&[0i64, 1, 2, 3]);
-    Tensor::write_npz(&[("inputs", &inputs), ("labels", &labels)], &data).unwrap();
+    write_dataset(&data, &[("inputs", &inputs), ("labels", &labels)]);
     let e = train(&data, &tmp.path().join("out")).await.one_error();
     assert!(
         e.starts_with(&format!(
