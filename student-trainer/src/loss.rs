@@ -142,10 +142,11 @@ pub const MIN_TEMPERATURE: f64 = 0.01;
 /// is non-zero and accurate (to 0.1 % for logit differences of 1) wherever the two
 /// distributions differ:
 ///
-/// - Overflow: the logits are divided by `T` after subtracting their row maximum
-///   ([`tempered_log_softmax`]), so no finite logit (up to `f32`'s ±3.4e38, the most the wire
+/// - Overflow: the teacher's logits are divided by `T` after subtracting their row maximum
+///   ([`teacher_log_softmax`]), so no finite logit (up to `f32`'s ±3.4e38, the most the wire
 ///   carries) becomes `+inf` at any `T`; the forward KL and the JSD are then finite (bounded by
-///   the student's logit spread over `T`, plus `ln C`), and `T²` lies in `[1e-4, 1e4]` (as an
+///   the student's logit spread over `T`, plus `ln C`; the student's own logits would overflow
+///   only beyond ±3.4e36, see [`student_log_softmax`]), and `T²` lies in `[1e-4, 1e4]` (as an
 ///   `f32` factor it would underflow to 0 below `T ≈ 1e-19` and overflow above `1.8e19`). The
 ///   reverse KL is `+∞` where the teacher's probability is exactly 0 under student mass, as it
 ///   is at every `T`.
@@ -182,17 +183,26 @@ pub struct LossParts {
     pub tokens: i64,
 }
 
-/// `log_softmax(z / T)` over the last dimension, in `f32`, computed as
-/// `log_softmax((z − m) / T)` with `m` the row's largest value (detached; equal in exact
-/// arithmetic, and the gradients are the same). The shifted values are ≤ 0, so dividing by a
-/// small `T` can only overflow to `-inf` (a probability of 0), never to `+inf`, which would turn
-/// the whole row into NaN: any finite logits give a finite log-softmax at any temperature. A row
-/// without a finite maximum (all `-inf`, or holding `+inf` or NaN) is left unshifted.
-fn tempered_log_softmax(z: &Tensor, temperature: f64) -> Result<Tensor, tch::TchError> {
-    let m = row_max(z)?;
-    z.f_sub(&m)?
+/// The teacher's `log_softmax(t / T)` over the last dimension, in `f32`, detached, computed as
+/// `log_softmax((t − m) / T)` with `m` the row's largest value (equal in exact arithmetic). The
+/// shifted values are ≤ 0, so dividing by a small `T` can only overflow to `-inf` (a probability
+/// of 0), never to `+inf`, which would turn the whole row into NaN: any finite teacher logits
+/// give a finite log-softmax at any temperature. A row without a finite maximum (all `-inf`, or
+/// holding `+inf` or NaN) is left unshifted.
+fn teacher_log_softmax(t: &Tensor, temperature: f64) -> Result<Tensor, tch::TchError> {
+    let t = t.f_detach()?;
+    t.f_sub(&row_max(&t)?)?
         .f_div_scalar(temperature)?
         .f_log_softmax(-1, Kind::Float)
+}
+
+/// The student's `log_softmax(s / T)` over the last dimension, in `f32`, with its gradients.
+/// Unlike the teacher's it is not shifted by the row maximum (two more passes over the largest
+/// tensor of a language model's loss): at `T ≥ MIN_TEMPERATURE`, `s / T` overflows only for
+/// logits beyond ±3.4e36, a student that has diverged already, whose loss is then not finite and
+/// reported so.
+fn student_log_softmax(s: &Tensor, temperature: f64) -> Result<Tensor, tch::TchError> {
+    s.f_div_scalar(temperature)?.f_log_softmax(-1, Kind::Float)
 }
 
 /// The largest value of each row of `z` (last dimension, kept as a dimension of 1), detached;
@@ -206,7 +216,7 @@ fn row_max(z: &Tensor) -> Result<Tensor, tch::TchError> {
 /// logits at `T`) at temperature `T`, as `f32` and detached, both shifted by the row's largest
 /// value `m / T`: `((v − m) / T, tail − m / T)`. The sparse losses depend only on differences of
 /// the two, so the shift changes nothing in exact arithmetic, and as in
-/// [`tempered_log_softmax`] no finite value becomes `+inf` at a small `T`; where `m / T`
+/// [`teacher_log_softmax`] no finite value becomes `+inf` at a small `T`; where `m / T`
 /// overflows to `+inf` the tail becomes `-inf`, the mass it holds next to `m` (0 in `f32`).
 fn tempered_top_k(
     values: &Tensor,
@@ -232,8 +242,8 @@ fn kl_per_sample(
     teacher: &Tensor,
     temperature: f64,
 ) -> Result<Tensor, tch::TchError> {
-    let log_p = tempered_log_softmax(&teacher.f_detach()?, temperature)?;
-    let log_q = tempered_log_softmax(student, temperature)?;
+    let log_p = teacher_log_softmax(teacher, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let p = log_p.f_exp()?;
     let positive = p.f_gt(0.0)?;
     let terms = p.f_mul(&log_p.f_sub(&log_q)?)?;
@@ -297,8 +307,8 @@ fn dense_divergence_per_sample(
     teacher: &Tensor,
 ) -> Result<Tensor, tch::TchError> {
     let (kind, beta, temperature) = (loss.kind, loss.jsd_beta, loss.temperature);
-    let log_p = tempered_log_softmax(&teacher.f_detach()?, temperature)?;
-    let log_q = tempered_log_softmax(student, temperature)?;
+    let log_p = teacher_log_softmax(teacher, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     divergence_rows(kind, beta, &log_p, &log_q)
 }
 
@@ -327,7 +337,7 @@ fn sparse_divergence_per_sample(
     let (n, c) = (student.size()[0], student.size()[1]);
     let k = indices.size()[1];
     let (v, tail) = tempered_top_k(values, tail, temperature)?;
-    let log_q = tempered_log_softmax(student, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let log_q_k = log_q.f_gather(1, indices, false)?;
     if mode == SparseTail::Renorm {
         let log_p = v.f_log_softmax(-1, Kind::Float)?;
@@ -396,7 +406,7 @@ fn sparse_kl_per_sample(
     let c = student.size()[1];
     let k = indices.size()[1];
     let (v, tail) = tempered_top_k(values, tail, temperature)?;
-    let log_q = tempered_log_softmax(student, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let log_q_k = log_q.f_gather(1, indices, false)?;
     if mode == SparseTail::Renorm {
         let log_p = v.f_log_softmax(-1, Kind::Float)?;
