@@ -193,7 +193,10 @@ pub struct DistillArgs {
     /// this file.
     #[arg(long, env = "STUDENT_BATCH_LEDGER", hide = true)]
     pub batch_ledger: Option<PathBuf>,
-    /// Softmax temperature T of the soft targets (Hinton et al. 2015, eq. 1).
+    /// Softmax temperature T of the soft targets (Hinton et al. 2015, eq. 1), from 0.01 to 100:
+    /// the range where the T²-scaled loss stays finite and non-zero in f32 (below it the soft
+    /// term vanishes, above it the distributions round to uniform; for logit matching use --loss
+    /// mse).
     #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
     pub temperature: f64,
     /// Weight of the soft-target term for labelled samples; (1 - alpha) weighs their
@@ -294,7 +297,8 @@ pub struct CaptureArgs {
     /// 0: dense rows.
     #[arg(long, env = "STUDENT_TOP_K", default_value_t = 0)]
     pub top_k: u32,
-    /// Temperature T of the tail's log-sum-exp (top-k only; students must distill at this T).
+    /// Temperature T of the tail's log-sum-exp (top-k only; students must distill at this T),
+    /// from 0.01 to 100, the range --temperature of distill accepts.
     #[arg(long, env = "STUDENT_TEMPERATURE", default_value_t = 4.0)]
     pub temperature: f64,
     /// Samples per request (capped by the teacher's max batch size).

@@ -136,6 +136,14 @@ pub enum DataError {
         /// Number of labels.
         num_labels: i64,
     },
+    /// The training split holds no sample.
+    #[error(
+        "{path}: the training split is empty (0 samples): expected at least 1 sample to train on"
+    )]
+    EmptyTrainingSplit {
+        /// The `.npz` file, or the IDX images file.
+        path: PathBuf,
+    },
     /// An NPZ file lacks a required array.
     #[error("{path}: missing array `{name}` (an .npz dataset needs `inputs` and `labels`)")]
     MissingArray {
@@ -175,6 +183,16 @@ pub enum DataError {
 /// PyTorch's `ignore_index` (-100): such positions count in no loss and no accuracy. The one
 /// definition is the packer's, which writes these labels.
 pub use distill_text::IGNORE_INDEX;
+
+/// The largest number of classes a dataset may imply, and the largest vocabulary of token ids:
+/// 2¹⁸ = 262,144. It is above the vocabularies of current language models (Gemma's 256,000,
+/// Qwen2's 152,064, Llama 3's 128,256), above the 65,536 of this crate's own BPE tokenizer
+/// (`--vocab-size`), and far above the label sets of classification datasets (ImageNet-21k's
+/// 21,841). The number of classes is the largest label + 1 (the largest id + 1 for tokens without
+/// a `vocab_size` array), and the network's output layer is sized by it: at the bound an `f32`
+/// row of logits is 1 MiB and a 128-wide output layer 134 MB, where a single label of 10⁹ would
+/// ask for 512 GB. A label or id at or above the bound is refused at load as implausible.
+pub const MAX_CLASSES: i64 = 1 << 18;
 
 /// An in-memory labelled dataset: images with class labels, or token sequences with their next
 /// tokens (a language-model dataset).
@@ -262,7 +280,9 @@ impl Dataset {
 ///
 /// # Errors
 /// [`DataError::MissingFile`] if `source` (or the split's file) does not exist,
-/// [`DataError::UnsupportedSource`] for any other kind of file, and the errors of the loaders.
+/// [`DataError::UnsupportedSource`] for any other kind of file,
+/// [`DataError::EmptyTrainingSplit`] for a training split of 0 samples, and the errors of the
+/// loaders.
 pub fn load(source: &Path, split: Split) -> Result<Dataset, DataError> {
     if source.is_dir() {
         return load_idx_dir(source, split);
@@ -275,7 +295,11 @@ pub fn load(source: &Path, split: Split) -> Result<Dataset, DataError> {
             Split::Train => source.to_path_buf(),
             Split::Test => npz_test_path(source),
         };
-        return load_npz(&path);
+        let dataset = load_npz(&path)?;
+        if split == Split::Train && dataset.is_empty() {
+            return Err(DataError::EmptyTrainingSplit { path });
+        }
+        return Ok(dataset);
     }
     if !source.exists() {
         return Err(DataError::MissingFile {
@@ -308,7 +332,8 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 ///
 /// # Errors
 /// [`DataError::MissingFile`], [`DataError::BadMagic`], [`DataError::Truncated`],
-/// [`DataError::CountMismatch`], [`DataError::Io`] (e.g. a corrupt gzip stream).
+/// [`DataError::CountMismatch`], [`DataError::Io`] (e.g. a corrupt gzip stream),
+/// [`DataError::EmptyTrainingSplit`] for a training split of 0 images.
 pub fn load_idx_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     if !dir.is_dir() {
         return Err(DataError::MissingFile {
@@ -329,6 +354,9 @@ pub fn load_idx_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
         });
     }
     let (n, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
+    if split == Split::Train && n == 0 {
+        return Err(DataError::EmptyTrainingSplit { path: images_path });
+    }
     let torch_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DataError::Torch { path, source }
@@ -340,6 +368,8 @@ pub fn load_idx_dir(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let inputs = norm
         .apply_to_bytes(&bytes)
         .map_err(torch_err(&images_path))?;
+    // `u8` labels: at most 256 classes, always within MAX_CLASSES; images are bytes, always
+    // finite.
     let num_classes = labels
         .data
         .iter()
@@ -446,17 +476,20 @@ fn read_idx(path: &Path, magic: u32) -> Result<Idx, DataError> {
 }
 
 /// Loads an NPZ dataset: array `inputs` `[N, ...sample_shape]` and array `labels` `[N]` (any
-/// integer dtype). `u8` inputs are scaled by 1/255 and normalised with
-/// [`Normalization::FASHION_MNIST`]; floating-point inputs are taken as they are (converted to
-/// `f32`). `num_classes` = max label + 1.
+/// integer dtype, class indices in `0..`[`MAX_CLASSES`]). `u8` inputs are scaled by 1/255 and
+/// normalised with [`Normalization::FASHION_MNIST`]; floating-point inputs are taken as they are
+/// (converted to `f32`, and every value must be finite there). `num_classes` = max label + 1.
+/// Arrays must be stored little-endian (numpy's default on x86 and ARM).
 ///
 /// A language-model dataset holds token ids: `inputs` `int32/int64 [N, S]`, `labels` of the
 /// same shape (the next token of each position, or [`IGNORE_INDEX`]), and optionally a scalar
-/// `vocab_size` (otherwise the largest id + 1).
+/// `vocab_size` (otherwise the largest id + 1), at most [`MAX_CLASSES`].
 ///
 /// # Errors
 /// [`DataError::MissingFile`], [`DataError::MissingArray`], [`DataError::CountMismatch`],
-/// [`DataError::Invalid`] (non-integer or negative labels, other input dtypes, rank 0 arrays),
+/// [`DataError::Invalid`] (big-endian arrays; non-integer labels; a label or token id out of
+/// range, naming the sample and the value; NaN, infinite or `f32`-overflowing inputs, naming
+/// the first sample; integer inputs with class labels; other input dtypes; rank 0 arrays),
 /// [`DataError::Torch`] for an unreadable archive.
 pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
     if !path.is_file() {
@@ -464,15 +497,7 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
             path: path.to_path_buf(),
         });
     }
-    let torch_err = |source| DataError::Torch {
-        path: path.to_path_buf(),
-        source,
-    };
-    let invalid = |reason: String| DataError::Invalid {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut arrays = Tensor::read_npz(path).map_err(torch_err)?;
+    let mut arrays = Tensor::read_npz(path).map_err(|e| npz_read_error(path, e))?;
     let mut take = |name: &str| {
         arrays
             .iter()
@@ -485,15 +510,91 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
     };
     let inputs = take("inputs")?;
     let labels = take("labels")?;
-    if matches!(inputs.kind(), Kind::Int | Kind::Int64) {
+    let result = if matches!(inputs.kind(), Kind::Int | Kind::Int64) {
+        if labels.dim() == 1 {
+            return Err(DataError::Invalid {
+                path: path.to_path_buf(),
+                reason: integer_inputs_reason(&inputs, &labels),
+            });
+        }
         let vocab = take("vocab_size").ok();
-        return token_dataset(inputs, labels, vocab).map_err(|e| match e {
-            TokenDataError::Invalid(reason) => invalid(reason),
-            TokenDataError::Torch(source) => torch_err(source),
-        });
+        token_dataset(inputs, labels, vocab)
+    } else {
+        class_dataset(path, inputs, labels)
+    };
+    result.map_err(|e| e.at(path))
+}
+
+/// The error of reading the arrays of `path`: a big-endian array is named as such with the
+/// dtype to store instead; anything else is [`DataError::Torch`].
+fn npz_read_error(path: &Path, e: tch::TchError) -> DataError {
+    // tch's reader refuses a `>` (big-endian) dtype with this wording.
+    if let tch::TchError::FileFormat(msg) = &e
+        && let Some(descr) = msg.strip_prefix("little-endian descr ")
+    {
+        let little = descr.replacen('>', "<", 1);
+        return DataError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "an array is stored big-endian (numpy dtype '{descr}'); only little-endian arrays \
+                 are supported ('{little}'): save it as `a.astype('{little}')`"
+            ),
+        };
     }
+    DataError::Torch {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Why integer `inputs` with class `labels` `[N]` are refused: integer inputs are read as
+/// token ids, which need `labels` per position. Names both readings and what to change.
+fn integer_inputs_reason(inputs: &Tensor, labels: &Tensor) -> String {
+    let (shape, dtype) = (inputs.size(), numpy_name(inputs.kind()));
+    let images = match shape.as_slice() {
+        [n, s] => match (1..=*s).find(|side| side * side >= *s) {
+            Some(side) if side * side == *s => format!("e.g. [{n}, 1, {side}, {side}]"),
+            _ => format!("e.g. [{n}, 1, H, W]"),
+        },
+        _ => "their shape kept".to_string(),
+    };
+    let tokens = match shape.as_slice() {
+        [n, s] => format!(
+            "as token ids they are {n} sequences of {s} tokens, which need next-token `labels` \
+             [{n}, {s}] and a language-model student (--arch lm)"
+        ),
+        _ => "as token ids they would need `inputs` [N, S] and next-token `labels` [N, S]"
+            .to_string(),
+    };
+    format!(
+        "`inputs` {dtype} {shape:?} with class `labels` {:?} fit neither reading: \
+         {tokens}; as images stored as integers, store `inputs` as float32 ({images}) or uint8 \
+         (scaled by 1/255 and normalised as Fashion-MNIST)",
+        labels.size()
+    )
+}
+
+/// numpy's name of a tensor kind (`float32`, `int64`, ...), for messages.
+fn numpy_name(kind: Kind) -> String {
+    match kind {
+        Kind::Uint8 => "uint8".into(),
+        Kind::Int8 => "int8".into(),
+        Kind::Int16 => "int16".into(),
+        Kind::Int => "int32".into(),
+        Kind::Int64 => "int64".into(),
+        Kind::Half => "float16".into(),
+        Kind::Float => "float32".into(),
+        Kind::Double => "float64".into(),
+        Kind::Bool => "bool".into(),
+        k => format!("{k:?}"),
+    }
+}
+
+/// An image (or any non-token) dataset of `inputs` `[N, ...]` (`u8` or floating point) and class
+/// `labels` `[N]` (integers in `0..MAX_CLASSES`), as documented on [`load_npz`].
+fn class_dataset(path: &Path, inputs: Tensor, labels: Tensor) -> Result<Dataset, ArrayError> {
     if inputs.dim() == 0 || labels.dim() != 1 {
-        return Err(invalid(format!(
+        return Err(ArrayError::Invalid(format!(
             "`inputs` must be [N, ...] and `labels` [N]; got shapes {:?} and {:?}",
             inputs.size(),
             labels.size()
@@ -501,23 +602,25 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
     }
     let (num_images, num_labels) = (inputs.size()[0], labels.size()[0]);
     if num_images != num_labels {
-        return Err(DataError::CountMismatch {
+        return Err(ArrayError::Data(DataError::CountMismatch {
             images: path.to_path_buf(),
             num_images,
             labels: path.to_path_buf(),
             num_labels,
-        });
+        }));
     }
     let (inputs, normalization) = match inputs.kind() {
         Kind::Uint8 => {
             let norm = Normalization::FASHION_MNIST;
-            (norm.apply_to_bytes(&inputs).map_err(torch_err)?, Some(norm))
+            (norm.apply_to_bytes(&inputs)?, Some(norm))
         }
         Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
-            (inputs.f_to_kind(Kind::Float).map_err(torch_err)?, None)
+            let converted = inputs.f_to_kind(Kind::Float)?;
+            check_finite(&inputs, &converted)?;
+            (converted, None)
         }
         k => {
-            return Err(invalid(format!(
+            return Err(ArrayError::Invalid(format!(
                 "`inputs` must be uint8 or floating point, got {k:?}"
             )));
         }
@@ -526,23 +629,25 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
         labels.kind(),
         Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64
     ) {
-        return Err(invalid(format!(
+        return Err(ArrayError::Invalid(format!(
             "`labels` must be an integer array, got {:?}",
             labels.kind()
         )));
     }
-    let labels = labels.f_to_kind(Kind::Int64).map_err(torch_err)?;
-    let (min, num_classes) = if num_labels == 0 {
-        (0, 0)
-    } else {
-        (
-            labels.f_min().map_err(torch_err)?.int64_value(&[]),
-            labels.f_max().map_err(torch_err)?.int64_value(&[]) + 1,
-        )
-    };
-    if min < 0 {
-        return Err(invalid(format!("`labels` holds a negative label ({min})")));
+    let labels = labels.f_to_kind(Kind::Int64)?;
+    let out_of_range = labels.f_lt(0)?.f_logical_or(&labels.f_ge(MAX_CLASSES)?)?;
+    if let Some(i) = first_true(&out_of_range)? {
+        return Err(ArrayError::Invalid(format!(
+            "`labels` holds {} at sample {i}: expected a class index in 0..{MAX_CLASSES} (the \
+             number of classes is the largest label + 1, at most {MAX_CLASSES})",
+            labels.f_int64_value(&[i])?
+        )));
     }
+    let num_classes = if num_labels == 0 {
+        0
+    } else {
+        labels.f_max()?.f_int64_value(&[])? + 1
+    };
     Ok(Dataset {
         inputs,
         labels,
@@ -552,28 +657,91 @@ pub fn load_npz(path: &Path) -> Result<Dataset, DataError> {
     })
 }
 
-/// Why token arrays do not make a language-model dataset.
+/// Checks that floating-point `inputs` (`[N, ...]`, as stored) are finite once `converted` to
+/// `f32`: the error names how many are not, the first one's sample and element, and its value
+/// (a finite value there overflowed `f32`).
+fn check_finite(stored: &Tensor, converted: &Tensor) -> Result<(), ArrayError> {
+    let bad = converted.f_isfinite()?.f_logical_not()?;
+    let Some(flat) = first_true(&bad)? else {
+        return Ok(());
+    };
+    let count = bad.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+    let value = stored.f_flatten(0, -1)?.f_double_value(&[flat])?;
+    let shape = stored.size();
+    let per_sample: i64 = shape[1..].iter().product();
+    let (sample, mut rest) = (flat / per_sample.max(1), flat % per_sample.max(1));
+    let mut element = vec![0; shape.len() - 1];
+    for (e, &d) in element.iter_mut().zip(&shape[1..]).rev() {
+        (*e, rest) = (rest % d, rest / d);
+    }
+    let what = if value.is_finite() {
+        format!("{value:e}, beyond float32's range (±3.4e38),")
+    } else {
+        value.to_string()
+    };
+    Err(ArrayError::Invalid(format!(
+        "`inputs` holds {count} value(s) that are not finite in float32, the first {what} at \
+         sample {sample} (element {element:?} of each {:?} sample): expected finite numbers",
+        &shape[1..]
+    )))
+}
+
+/// Flat index (row-major) of the first `true` of `mask` (any shape), if any.
+fn first_true(mask: &Tensor) -> Result<Option<i64>, tch::TchError> {
+    let flat = mask.f_flatten(0, -1)?;
+    if flat.numel() == 0 || flat.f_any()?.f_int64_value(&[])? == 0 {
+        return Ok(None);
+    }
+    // argmax returns the first of equal maxima.
+    Ok(Some(
+        flat.f_to_kind(Kind::Uint8)?
+            .f_argmax(0, false)?
+            .f_int64_value(&[])?,
+    ))
+}
+
+/// Why arrays do not make a dataset: a reason (the caller adds the file), another
+/// [`DataError`], or libtorch's error.
 #[derive(Debug)]
-enum TokenDataError {
+enum ArrayError {
     Invalid(String),
+    Data(DataError),
     Torch(tch::TchError),
 }
 
-impl From<tch::TchError> for TokenDataError {
+impl From<tch::TchError> for ArrayError {
     fn from(e: tch::TchError) -> Self {
-        TokenDataError::Torch(e)
+        ArrayError::Torch(e)
+    }
+}
+
+impl ArrayError {
+    /// The [`DataError`] of this error in the file `path`.
+    fn at(self, path: &Path) -> DataError {
+        match self {
+            ArrayError::Invalid(reason) => DataError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            },
+            ArrayError::Data(e) => e,
+            ArrayError::Torch(source) => DataError::Torch {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
     }
 }
 
 /// A language-model dataset of token ids `inputs` `[N, S]` and next-token `labels` `[N, S]`
-/// ([`IGNORE_INDEX`] where there is none), vocabulary `vocab` (a scalar; default: largest id +
-/// 1).
+/// ([`IGNORE_INDEX`] where there is none), vocabulary `vocab` (a scalar in `1..=MAX_CLASSES`;
+/// default: largest id + 1, which must then be at most [`MAX_CLASSES`]). An id out of range is
+/// named with its array, sample, position and value.
 fn token_dataset(
     inputs: Tensor,
     labels: Tensor,
     vocab: Option<Tensor>,
-) -> Result<Dataset, TokenDataError> {
-    let invalid = |r: String| TokenDataError::Invalid(r);
+) -> Result<Dataset, ArrayError> {
+    let invalid = |r: String| ArrayError::Invalid(r);
     if inputs.dim() != 2 || labels.size() != inputs.size() {
         return Err(invalid(format!(
             "token `inputs` must be [N, S] and `labels` the same shape; got {:?} and {:?}",
@@ -583,7 +751,7 @@ fn token_dataset(
     }
     let inputs = inputs.f_to_kind(Kind::Int64)?;
     let labels = labels.f_to_kind(Kind::Int64)?;
-    let max_id = |t: &Tensor| -> Result<i64, TokenDataError> {
+    let max_id = |t: &Tensor| -> Result<i64, tch::TchError> {
         Ok(if t.numel() == 0 {
             -1
         } else {
@@ -591,28 +759,39 @@ fn token_dataset(
         })
     };
     let vocab = match vocab {
-        Some(v) => v
-            .f_to_kind(Kind::Int64)?
-            .f_flatten(0, -1)?
-            .f_int64_value(&[0])?,
-        None => max_id(&inputs)?.max(max_id(&labels)?) + 1,
+        Some(v) => {
+            let v = v
+                .f_to_kind(Kind::Int64)?
+                .f_flatten(0, -1)?
+                .f_int64_value(&[0])?;
+            if !(1..=MAX_CLASSES).contains(&v) {
+                return Err(invalid(format!(
+                    "`vocab_size` is {v}: expected 1 to {MAX_CLASSES} token ids"
+                )));
+            }
+            v
+        }
+        None => (max_id(&inputs)?.max(max_id(&labels)?) + 1).min(MAX_CLASSES),
     };
-    let labels_ok = labels
-        .f_eq(IGNORE_INDEX)?
-        .f_logical_or(&labels.f_ge(0)?.f_logical_and(&labels.f_lt(vocab)?)?)?;
-    let inputs_ok = inputs.f_ge(0)?.f_logical_and(&inputs.f_lt(vocab)?)?;
-    if inputs.numel() > 0
-        && (inputs_ok.f_all()?.f_int64_value(&[])? == 0
-            || labels_ok.f_all()?.f_int64_value(&[])? == 0)
-    {
-        return Err(invalid(format!(
-            "token ids must be in 0..{vocab} (labels also {IGNORE_INDEX}), got ids from {} to {}",
-            inputs
-                .f_min()?
-                .f_int64_value(&[])?
-                .min(labels.f_min()?.f_int64_value(&[])?),
-            max_id(&inputs)?.max(max_id(&labels)?)
-        )));
+    let seq = inputs.size()[1];
+    for (name, ids, ignore) in [("inputs", &inputs, false), ("labels", &labels, true)] {
+        let mut bad = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab)?)?;
+        if ignore {
+            bad = bad.f_logical_and(&ids.f_ne(IGNORE_INDEX)?)?;
+        }
+        if let Some(flat) = first_true(&bad)? {
+            let (n, s) = (flat / seq, flat % seq);
+            return Err(invalid(format!(
+                "token `{name}` hold {} at sample {n}, position {s}: expected ids in 0..{vocab}{} \
+                 (the vocabulary is `vocab_size`, or the largest id + 1, at most {MAX_CLASSES})",
+                ids.f_int64_value(&[n, s])?,
+                if ignore {
+                    format!(" or {IGNORE_INDEX} (no next token)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
     }
     Ok(Dataset {
         inputs,
@@ -652,13 +831,7 @@ pub fn token_dataset_from_ids(
     let n = inputs.len() as i64 / seq;
     let t = |v: &[i64]| Tensor::from_slice(v).view([n, seq]);
     let mut d =
-        token_dataset(t(inputs), t(labels), Some(Tensor::from(vocab))).map_err(|e| match e {
-            TokenDataError::Invalid(r) => invalid(r),
-            TokenDataError::Torch(e) => DataError::Torch {
-                path: source.to_path_buf(),
-                source: e,
-            },
-        })?;
+        token_dataset(t(inputs), t(labels), Some(Tensor::from(vocab))).map_err(|e| e.at(source))?;
     d.tokenizer_fingerprint = tokenizer_fingerprint;
     Ok(d)
 }
@@ -946,6 +1119,173 @@ mod tests {
         Tensor::write_npz(&[("inputs", &inputs), ("labels", &three)], &bad).unwrap();
         let err = load(&bad, Split::Train).unwrap_err();
         assert!(matches!(err, DataError::CountMismatch { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Writes `arrays` to `dir/NAME.npz` and returns the error of loading its training split.
+    fn npz_error(dir: &Path, name: &str, arrays: &[(&str, &Tensor)]) -> (PathBuf, String) {
+        let path = dir.join(format!("{name}.npz"));
+        Tensor::write_npz(arrays, &path).unwrap();
+        let err = load(&path, Split::Train).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        (path, err)
+    }
+
+    #[test]
+    fn an_empty_training_split_is_refused_naming_the_file() {
+        let dir = tmp_dir("empty");
+        let inputs = Tensor::zeros([0, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
+        let (path, err) = npz_error(&dir, "none", &[("inputs", &inputs), ("labels", &labels)]);
+        assert!(matches!(
+            load(&path, Split::Train),
+            Err(DataError::EmptyTrainingSplit { .. })
+        ));
+        assert!(err.contains("training split is empty (0 samples)"), "{err}");
+        // An empty test split is loaded as it is.
+        Tensor::write_npz(
+            &[("inputs", &inputs), ("labels", &labels)],
+            npz_test_path(&path),
+        )
+        .unwrap();
+        assert!(load(&path, Split::Test).unwrap().is_empty());
+        // The same for IDX files: the images file is named.
+        write(
+            &dir.join("train-images-idx3-ubyte"),
+            &idx_bytes(IDX_IMAGES_MAGIC, &[0, 28, 28], &[]),
+            false,
+        );
+        write(
+            &dir.join("train-labels-idx1-ubyte"),
+            &idx_bytes(IDX_LABELS_MAGIC, &[0], &[]),
+            false,
+        );
+        let err = load(&dir, Split::Train).unwrap_err().to_string();
+        assert!(
+            err.contains("train-images-idx3-ubyte: the training split is empty"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn labels_out_of_range_name_the_sample_and_the_value() {
+        let dir = tmp_dir("labels");
+        let inputs = Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu));
+        let huge = Tensor::from_slice(&[1i64, 1_000_000_000, 2]);
+        let (_, err) = npz_error(&dir, "huge", &[("inputs", &inputs), ("labels", &huge)]);
+        assert!(
+            err.contains("`labels` holds 1000000000 at sample 1")
+                && err.contains("0..262144")
+                && err.contains("largest label + 1"),
+            "{err}"
+        );
+        let negative = Tensor::from_slice(&[1i32, 0, -1]);
+        let (_, err) = npz_error(&dir, "neg", &[("inputs", &inputs), ("labels", &negative)]);
+        assert!(err.contains("`labels` holds -1 at sample 2"), "{err}");
+        // The bound itself is the largest number of classes accepted.
+        let path = dir.join("edge.npz");
+        let edge = Tensor::from_slice(&[0i64, MAX_CLASSES - 1, 2]);
+        Tensor::write_npz(&[("inputs", &inputs), ("labels", &edge)], &path).unwrap();
+        assert_eq!(load(&path, Split::Train).unwrap().num_classes, MAX_CLASSES);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_ids_out_of_range_name_the_sample_position_and_value() {
+        let dir = tmp_dir("tokens");
+        let ids = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
+        let big = Tensor::from_slice(&[1i64, 2, 3, 4, 1_000_000_000, 6]).view([2, 3]);
+        let (_, err) = npz_error(&dir, "big", &[("inputs", &big), ("labels", &ids)]);
+        assert!(
+            err.contains("token `inputs` hold 1000000000 at sample 1, position 1")
+                && err.contains("0..262144"),
+            "{err}"
+        );
+        let labels = Tensor::from_slice(&[2i64, 3, -100, 5, -7, -100]).view([2, 3]);
+        let (_, err) = npz_error(&dir, "neg", &[("inputs", &ids), ("labels", &labels)]);
+        assert!(
+            err.contains("token `labels` hold -7 at sample 1, position 1")
+                && err.contains("or -100"),
+            "{err}"
+        );
+        let vocab = Tensor::from(1_000_000_000i64);
+        let (_, err) = npz_error(
+            &dir,
+            "vocab",
+            &[("inputs", &ids), ("labels", &ids), ("vocab_size", &vocab)],
+        );
+        assert!(
+            err.contains("`vocab_size` is 1000000000: expected 1 to 262144"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_inputs_name_the_first_sample() {
+        let dir = tmp_dir("nan");
+        let labels = Tensor::from_slice(&[0i64, 1, 2]);
+        let mut v = vec![0.5f32; 12];
+        (v[7], v[9]) = (f32::NAN, f32::INFINITY);
+        let inputs = Tensor::from_slice(&v).view([3, 1, 2, 2]);
+        let (_, err) = npz_error(&dir, "nan", &[("inputs", &inputs), ("labels", &labels)]);
+        assert!(
+            err.contains("holds 2 value(s) that are not finite")
+                && err.contains("the first NaN at sample 1 (element [0, 1, 1] of each [1, 2, 2]"),
+            "{err}"
+        );
+        // float64 beyond float32's range overflows on conversion.
+        let wide = Tensor::from_slice(&[0.0f64, 1.0, 1e300, 2.0]).view([2, 2]);
+        let two = Tensor::from_slice(&[0i64, 1]);
+        let (_, err) = npz_error(&dir, "wide", &[("inputs", &wide), ("labels", &two)]);
+        assert!(
+            err.contains("the first 1e300, beyond float32's range") && err.contains("sample 1"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_big_endian_array_says_what_was_found_and_what_is_supported() {
+        let dir = tmp_dir("endian");
+        let path = dir.join("be.npz");
+        let inputs = Tensor::from_slice(&[0.5f32, 1.0]).view([2, 1]);
+        let labels = Tensor::from_slice(&[0i64, 1]);
+        Tensor::write_npz(&[("inputs", &inputs), ("labels", &labels)], &path).unwrap();
+        // The archive is stored uncompressed: flip the byte order in the first array's header.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(5)
+            .position(|w| w == b"'<f4'")
+            .expect("an f32 npy header");
+        bytes[at + 1] = b'>';
+        std::fs::write(&path, bytes).unwrap();
+        let err = load(&path, Split::Train).unwrap_err().to_string();
+        assert!(
+            err.contains("stored big-endian (numpy dtype '>f4')")
+                && err.contains("only little-endian arrays are supported ('<f4')"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn integer_images_with_class_labels_name_both_readings() {
+        let dir = tmp_dir("intimg");
+        let inputs = Tensor::zeros([3, 784], (Kind::Int, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1, 2]);
+        let (_, err) = npz_error(&dir, "ints", &[("inputs", &inputs), ("labels", &labels)]);
+        assert!(
+            err.contains("`inputs` int32 [3, 784] with class `labels` [3] fit neither reading")
+                && err.contains("3 sequences of 784 tokens")
+                && err.contains("`labels` [3, 784]")
+                && err.contains("--arch lm")
+                && err.contains("store `inputs` as float32 (e.g. [3, 1, 28, 28])")
+                && err.contains("uint8"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -117,7 +117,8 @@ impl std::fmt::Display for SparseTail {
 pub struct DistillLoss {
     /// Which soft term.
     pub kind: LossKind,
-    /// Softmax temperature `T` (> 0) of the KL term; unused by [`LossKind::Mse`].
+    /// Softmax temperature `T` of the soft term, in [`MIN_TEMPERATURE`]`..=`[`MAX_TEMPERATURE`];
+    /// unused by [`LossKind::Mse`].
     pub temperature: f64,
     /// Weight of the soft term for labelled samples, in `[0, 1]`; `1 − alpha` weighs the
     /// cross-entropy. Unlabelled samples always use weight 1.
@@ -132,6 +133,37 @@ pub struct DistillLoss {
 /// The label of a sequence position that has no next token (padding, the last position),
 /// PyTorch's `ignore_index`: the position is left out of the loss (the data's constant).
 pub use crate::data::IGNORE_INDEX;
+
+/// The smallest temperature accepted (`--temperature`); see [`MAX_TEMPERATURE`] for the range.
+pub const MIN_TEMPERATURE: f64 = 0.01;
+
+/// The largest temperature accepted. In `[MIN_TEMPERATURE, MAX_TEMPERATURE]` = `[0.01, 100]`
+/// the soft term `T² · D(softmax(t/T) ‖ softmax(s/T))` is computed in `f32` without overflow, and
+/// is non-zero and accurate (to 0.1 % for logit differences of 1) wherever the two
+/// distributions differ:
+///
+/// - Overflow: the teacher's logits are divided by `T` after subtracting their row maximum
+///   ([`teacher_log_softmax`]), so no finite logit (up to `f32`'s ±3.4e38, the most the wire
+///   carries) becomes `+inf` at any `T`; the forward KL and the JSD are then finite (bounded by
+///   the student's logit spread over `T`, plus `ln C`; the student's own logits would overflow
+///   only beyond ±3.4e36, see [`student_log_softmax`]), and `T²` lies in `[1e-4, 1e4]` (as an
+///   `f32` factor it would underflow to 0 below `T ≈ 1e-19` and overflow above `1.8e19`). The
+///   reverse KL is `+∞` where the teacher's probability is exactly 0 under student mass, as it
+///   is at every `T`.
+/// - Small `T`: the teacher's distribution tends to one-hot and the soft term itself vanishes,
+///   `T² · KL → T · (max_c s_c − s_a)` (`a` the teacher's top class), with gradients
+///   `T · (q − p)`: at `T = 0.01` they are 1 % of those at `T = 1`, and below that the soft term
+///   stops teaching anything next to the cross-entropy (at `T = 1e-30` it is 0 in `f32`). The
+///   teacher also receives `T` as an `f32`, where 0 means 1 and values below 1.2e-38 are
+///   subnormal.
+/// - Large `T`: both distributions flatten towards uniform. Each `log p_c − log q_c` is the
+///   difference of two values near `−ln C`, exact only to `f32`'s resolution there (about 1e-7),
+///   and the KL, a sum of such terms, cancels down to about `½ · Var((t − s) / T)`: its relative
+///   error grows like `1e-7 · (T / Δ)²` for logit differences `Δ`. At `T = 100` and `Δ = 1`
+///   that is 0.1 %; at `T = 1000` it would be 10 %, and differences of 0.1 would round to
+///   noise. The loss then tends to matching the logits (Hinton et al. 2015, section 2.1), which
+///   `--loss mse` computes directly, without a temperature.
+pub const MAX_TEMPERATURE: f64 = 100.0;
 
 /// The default `--jsd-beta`, TRL's `GKDConfig.beta` default: the symmetric JSD.
 pub const DEFAULT_JSD_BETA: f64 = 0.5;
@@ -151,6 +183,56 @@ pub struct LossParts {
     pub tokens: i64,
 }
 
+/// The teacher's `log_softmax(t / T)` over the last dimension, in `f32`, detached, computed as
+/// `log_softmax((t − m) / T)` with `m` the row's largest value (equal in exact arithmetic). The
+/// shifted values are ≤ 0, so dividing by a small `T` can only overflow to `-inf` (a probability
+/// of 0), never to `+inf`, which would turn the whole row into NaN: any finite teacher logits
+/// give a finite log-softmax at any temperature. A row without a finite maximum (all `-inf`, or
+/// holding `+inf` or NaN) is left unshifted.
+fn teacher_log_softmax(t: &Tensor, temperature: f64) -> Result<Tensor, tch::TchError> {
+    let t = t.f_detach()?;
+    t.f_sub(&row_max(&t)?)?
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)
+}
+
+/// The student's `log_softmax(s / T)` over the last dimension, in `f32`, with its gradients.
+/// Unlike the teacher's it is not shifted by the row maximum (two more passes over the largest
+/// tensor of a language model's loss): at `T ≥ MIN_TEMPERATURE`, `s / T` overflows only for
+/// logits beyond ±3.4e36, a student that has diverged already, whose loss is then not finite and
+/// reported so.
+fn student_log_softmax(s: &Tensor, temperature: f64) -> Result<Tensor, tch::TchError> {
+    s.f_div_scalar(temperature)?.f_log_softmax(-1, Kind::Float)
+}
+
+/// The largest value of each row of `z` (last dimension, kept as a dimension of 1), detached;
+/// 0 where it is not finite.
+fn row_max(z: &Tensor) -> Result<Tensor, tch::TchError> {
+    let m = z.f_detach()?.f_amax([-1i64].as_slice(), true)?;
+    m.f_where_scalarother(&m.f_isfinite()?, 0.0)
+}
+
+/// The teacher's top-k `values` (`[B, k]`) and `tail` (`[B]`, the log-sum-exp of the other
+/// logits at `T`) at temperature `T`, as `f32` and detached, both shifted by the row's largest
+/// value `m / T`: `((v − m) / T, tail − m / T)`. The sparse losses depend only on differences of
+/// the two, so the shift changes nothing in exact arithmetic, and as in
+/// [`teacher_log_softmax`] no finite value becomes `+inf` at a small `T`; where `m / T`
+/// overflows to `+inf` the tail becomes `-inf`, the mass it holds next to `m` (0 in `f32`).
+fn tempered_top_k(
+    values: &Tensor,
+    tail: &Tensor,
+    temperature: f64,
+) -> Result<(Tensor, Tensor), tch::TchError> {
+    let v = values.f_detach()?.f_to_kind(Kind::Float)?;
+    let m = row_max(&v)?;
+    let tail = tail.f_detach()?.f_to_kind(Kind::Float)?;
+    // A tail of -inf (no mass outside the top k) stays -inf, whatever the shift.
+    let shifted_tail = tail
+        .f_sub(&m.f_squeeze_dim(-1)?.f_div_scalar(temperature)?)?
+        .f_where_scalarother(&tail.f_ne(f64::NEG_INFINITY)?, f64::NEG_INFINITY)?;
+    Ok((v.f_sub(&m)?.f_div_scalar(temperature)?, shifted_tail))
+}
+
 /// `KL(softmax(t/T) ‖ softmax(s/T))` per sample: `Σ_c p_c (log p_c − log q_c)` with
 /// `p = softmax(t/T)` (teacher, detached) and `q = softmax(s/T)` (student), both from
 /// log-softmax; terms with `p_c = 0` contribute exactly 0 (`0 · log 0 = 0`), never NaN.
@@ -160,13 +242,8 @@ fn kl_per_sample(
     teacher: &Tensor,
     temperature: f64,
 ) -> Result<Tensor, tch::TchError> {
-    let log_p = teacher
-        .f_detach()?
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
-    let log_q = student
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
+    let log_p = teacher_log_softmax(teacher, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let p = log_p.f_exp()?;
     let positive = p.f_gt(0.0)?;
     let terms = p.f_mul(&log_p.f_sub(&log_q)?)?;
@@ -230,13 +307,8 @@ fn dense_divergence_per_sample(
     teacher: &Tensor,
 ) -> Result<Tensor, tch::TchError> {
     let (kind, beta, temperature) = (loss.kind, loss.jsd_beta, loss.temperature);
-    let log_p = teacher
-        .f_detach()?
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
-    let log_q = student
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
+    let log_p = teacher_log_softmax(teacher, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     divergence_rows(kind, beta, &log_p, &log_q)
 }
 
@@ -264,14 +336,8 @@ fn sparse_divergence_per_sample(
         (loss.kind, loss.jsd_beta, loss.temperature, loss.sparse_tail);
     let (n, c) = (student.size()[0], student.size()[1]);
     let k = indices.size()[1];
-    let v = values
-        .f_detach()?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(temperature)?;
-    let tail = tail.f_detach()?.f_to_kind(Kind::Float)?;
-    let log_q = student
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
+    let (v, tail) = tempered_top_k(values, tail, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let log_q_k = log_q.f_gather(1, indices, false)?;
     if mode == SparseTail::Renorm {
         let log_p = v.f_log_softmax(-1, Kind::Float)?;
@@ -339,14 +405,8 @@ fn sparse_kl_per_sample(
 ) -> Result<Tensor, tch::TchError> {
     let c = student.size()[1];
     let k = indices.size()[1];
-    let v = values
-        .f_detach()?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(temperature)?;
-    let tail = tail.f_detach()?.f_to_kind(Kind::Float)?;
-    let log_q = student
-        .f_div_scalar(temperature)?
-        .f_log_softmax(-1, Kind::Float)?;
+    let (v, tail) = tempered_top_k(values, tail, temperature)?;
+    let log_q = student_log_softmax(student, temperature)?;
     let log_q_k = log_q.f_gather(1, indices, false)?;
     if mode == SparseTail::Renorm {
         let log_p = v.f_log_softmax(-1, Kind::Float)?;
@@ -750,6 +810,13 @@ impl DistillLoss {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(shape_err(format!(
                 "temperature must be positive, got {}",
+                self.temperature
+            )));
+        }
+        if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return Err(shape_err(format!(
+                "temperature must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (where the loss \
+                 is finite and non-zero in f32), got {:e}",
                 self.temperature
             )));
         }

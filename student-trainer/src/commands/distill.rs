@@ -10,7 +10,9 @@ use super::error::AppError;
 use super::eval::evaluate_checkpoint;
 use super::output::{Finished, outln};
 use super::teachers::{batch_size_for, connect, evaluate_pool, params_of, total_params};
-use super::train::{join_trainer, start_monitoring, summarise, train};
+use super::train::{
+    join_trainer, prepare_out, start_monitoring, summarise, train, warn_long_warmup,
+};
 use crate::config::DistillConfig;
 use crate::data::Dataset;
 use crate::eval::Accuracy;
@@ -108,6 +110,8 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
     };
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit, tc.text)?;
+    prepare_out(&tc.out)?;
+    warn_long_warmup(&cfg.train, data.train.len());
     keep_tokenizer(&data, &tc.out)?;
     let spec = spec_for(&tc.arch, &data);
     let (metrics, endpoint) = start_monitoring(&tc).await?;

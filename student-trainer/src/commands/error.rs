@@ -43,6 +43,24 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// `--out` names a file (or anything else that is not a directory).
+    #[error(
+        "--out {} is a file: expected a directory (for checkpoint.json, metrics.jsonl and report.json)",
+        path.display()
+    )]
+    OutIsFile {
+        /// The `--out` path.
+        path: PathBuf,
+    },
+    /// `--out` does not exist and cannot be created.
+    #[error("cannot create --out {}: {source}", path.display())]
+    OutCreate {
+        /// The `--out` path.
+        path: PathBuf,
+        /// Why `create_dir_all` failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A libtorch failure outside the loop.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

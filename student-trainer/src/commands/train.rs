@@ -6,9 +6,11 @@ use super::error::AppError;
 use super::output::{Finished, outln};
 use super::teachers::params_of;
 use crate::outputs::monitoring::StudentMetrics;
+use crate::schedule::batches_per_epoch;
 use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig, TrainError};
 use distill_models::ArchSpec;
 use distill_telemetry::MetricsServer;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -19,6 +21,8 @@ use std::sync::atomic::AtomicBool;
 pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let device = cfg.device.resolve()?;
     let data = load_data(&cfg.data_dir, cfg.limit, cfg.text)?;
+    prepare_out(&cfg.out)?;
+    warn_long_warmup(&cfg, data.train.len());
     keep_tokenizer(&data, &cfg.out)?;
     let spec = spec_for(&cfg.arch, &data);
     let params = params_of(&spec)?;
@@ -47,6 +51,33 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
     })?;
     let out = join_trainer(handle).await?;
     summarise(&spec, &out)
+}
+
+/// Makes sure `--out` is a directory, creating it (and its parents) if needed, before anything
+/// is written there.
+///
+/// # Errors
+/// [`AppError::OutIsFile`] when `out` exists and is not a directory; [`AppError::OutCreate`]
+/// when it cannot be created (a parent that is a file, no permission, ...).
+pub(crate) fn prepare_out(out: &Path) -> Result<(), AppError> {
+    if out.exists() && !out.is_dir() {
+        return Err(AppError::OutIsFile {
+            path: out.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|source| AppError::OutCreate {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+/// Warns once, at the start of a run of `cfg` on `train_samples` samples, when its warm-up
+/// (`--warmup-steps`) lasts the whole run (`--epochs` × batches per epoch optimizer steps).
+pub(crate) fn warn_long_warmup(cfg: &TrainConfig, train_samples: usize) {
+    let steps = cfg.epochs * batches_per_epoch(train_samples, cfg.batch_size) as u64;
+    if let Some(warning) = cfg.optimizer.schedule.warmup_warning(steps) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Starts the `--metrics-listen` endpoint of `cfg`, if asked: the metrics the run keeps up to

@@ -1,5 +1,6 @@
 //! `capture`: [`CaptureConfig`] from [`CaptureArgs`].
 
+use super::distill::temperature;
 use super::error::{ConfigError, invalid};
 use super::teachers::{TeacherConfig, teacher_groups};
 use crate::cli::CaptureArgs;
@@ -29,12 +30,7 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
     type Error = ConfigError;
 
     fn try_from(a: CaptureArgs) -> Result<Self, ConfigError> {
-        if !(a.temperature.is_finite() && a.temperature > 0.0) {
-            return Err(invalid(
-                "temperature",
-                format!("{} is not positive", a.temperature),
-            ));
-        }
+        let temperature = temperature(a.temperature)?;
         for (flag, v) in [
             ("batch-size", a.batch_size),
             ("shard-samples", a.shard_samples),
@@ -52,7 +48,7 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
             request: TargetRequest {
                 wire: a.wire,
                 top_k: a.top_k,
-                temperature: a.temperature,
+                temperature,
                 hint_output: None,
             },
             batch_size: a.batch_size,

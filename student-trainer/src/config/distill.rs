@@ -1,12 +1,14 @@
 //! `distill`: [`DistillConfig`] from [`DistillArgs`].
 
-use super::error::{ConfigError, invalid};
+use super::error::{ConfigError, invalid, number};
 use super::teachers::{TeacherConfig, teacher_groups};
 use super::train::from_common;
 use crate::cli::DistillArgs;
 use crate::ensemble::EnsembleMode;
 use crate::hint::{HintConfig, HintError, HintSpec};
-use crate::loss::{DEFAULT_JSD_BETA, DistillLoss, LossKind, check_jsd_beta};
+use crate::loss::{
+    DEFAULT_JSD_BETA, DistillLoss, LossKind, MAX_TEMPERATURE, MIN_TEMPERATURE, check_jsd_beta,
+};
 use crate::soft_targets::{TargetRequest, WireDType};
 use crate::training::{LabelPolicy, TrainConfig};
 use std::path::PathBuf;
@@ -112,12 +114,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
 
 /// `--loss`, `--temperature`, `--alpha` (1 without labels), `--sparse-tail`, `--jsd-beta`.
 fn loss(a: &DistillArgs, labels: LabelPolicy) -> Result<DistillLoss, ConfigError> {
-    if !(a.temperature.is_finite() && a.temperature > 0.0) {
-        return Err(invalid(
-            "temperature",
-            format!("{} is not positive", a.temperature),
-        ));
-    }
+    let temperature = temperature(a.temperature)?;
     if !(a.alpha.is_finite() && (0.0..=1.0).contains(&a.alpha)) {
         return Err(invalid("alpha", format!("{} is not in [0, 1]", a.alpha)));
     }
@@ -137,7 +134,7 @@ fn loss(a: &DistillArgs, labels: LabelPolicy) -> Result<DistillLoss, ConfigError
     };
     Ok(DistillLoss {
         kind: a.loss,
-        temperature: a.temperature,
+        temperature,
         // Without labels the soft targets carry the whole loss (Hinton et al. 2015, section 2).
         alpha: if labels == LabelPolicy::None {
             1.0
@@ -147,6 +144,26 @@ fn loss(a: &DistillArgs, labels: LabelPolicy) -> Result<DistillLoss, ConfigError
         sparse_tail: a.sparse_tail,
         jsd_beta,
     })
+}
+
+/// `--temperature` (of `distill` and `capture`): in [`MIN_TEMPERATURE`]`..=`[`MAX_TEMPERATURE`],
+/// the range where the `T²`-scaled loss is finite and non-zero in `f32` (derived on
+/// [`MAX_TEMPERATURE`]).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the range and the value given.
+pub(super) fn temperature(t: f64) -> Result<f64, ConfigError> {
+    if (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) {
+        return Ok(t);
+    }
+    Err(invalid(
+        "temperature",
+        format!(
+            "expected {MIN_TEMPERATURE} to {MAX_TEMPERATURE}, where the T²-scaled loss is finite \
+             and non-zero in f32, got {}",
+            number(t)
+        ),
+    ))
 }
 
 /// `--top-k` against the loss and the ensemble: MSE needs every logit, and mixing an ensemble's

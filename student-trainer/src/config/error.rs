@@ -33,3 +33,13 @@ pub(crate) fn threads(t: Option<usize>) -> Result<Option<usize>, ConfigError> {
         t => Ok(t),
     }
 }
+
+/// `x` as a message writes it: as Rust prints it for everyday magnitudes, in scientific notation
+/// below 10⁻⁴ and from 10⁶ on (`1e300`, not a 301-digit number).
+pub(crate) fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}

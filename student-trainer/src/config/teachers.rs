@@ -2,7 +2,7 @@
 //! waits and timeouts, TLS, token and compression ([`TeacherConfig`]), and the one place the
 //! pool's and the client's options are built from them ([`TeacherConfig::pool_options`]).
 
-use super::error::{ConfigError, invalid};
+use super::error::{ConfigError, invalid, number};
 use crate::cli::{ConnectionArgs, TeacherArgs};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::teachers::endpoint::parse_dns_url;
@@ -207,10 +207,25 @@ pub(super) fn group_urls(groups: &[GroupSpec]) -> impl Iterator<Item = &str> {
         .flat_map(|g| g.urls.iter().map(String::as_str))
 }
 
-/// `--FLAG SECONDS`: positive and finite (under 10⁶ s).
+/// The longest time a seconds flag accepts (exclusive): 10⁶ s, about 11.6 days.
+pub const MAX_SECONDS: f64 = 1e6;
+
+/// `--FLAG SECONDS`: positive and under [`MAX_SECONDS`].
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for a value that is not positive (or NaN), or too large (naming the
+/// limit).
 pub(super) fn timeout(flag: &'static str, seconds: f64) -> Result<Duration, ConfigError> {
-    if seconds.is_finite() && seconds > 0.0 && seconds < 1e6 {
+    if seconds > 0.0 && seconds < MAX_SECONDS {
         Ok(Duration::from_secs_f64(seconds))
+    } else if seconds >= MAX_SECONDS {
+        Err(invalid(
+            flag,
+            format!(
+                "{} seconds is too large: expected less than {MAX_SECONDS} (about 11.6 days)",
+                number(seconds)
+            ),
+        ))
     } else {
         Err(invalid(
             flag,

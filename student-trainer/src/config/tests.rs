@@ -614,3 +614,80 @@ fn the_help_names_the_signal_repeat_window() {
         "{after}"
     );
 }
+
+fn capture(args: &[&str]) -> Result<CaptureConfig, ConfigError> {
+    let mut v = vec!["capture", "--out", "c", "--teacher", "h:1"];
+    v.extend_from_slice(args);
+    match parse(&v) {
+        Command::Capture(a) => CaptureConfig::try_from(a),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn temperatures_outside_the_computable_range_are_refused() {
+    for (t, got) in [
+        ("1e-45", "got 1e-45"),
+        ("0.005", "got 0.005"),
+        ("101", "got 101"),
+        ("1e30", "got 1e30"),
+        ("0", "got 0"),
+        ("NaN", "got NaN"),
+    ] {
+        for err in [
+            distill(&["--temperature", t]).unwrap_err().to_string(),
+            capture(&["--temperature", t]).unwrap_err().to_string(),
+        ] {
+            assert!(
+                err.starts_with("--temperature: expected 0.01 to 100, where the T²-scaled loss")
+                    && err.ends_with(got),
+                "{t}: {err}"
+            );
+        }
+    }
+    for t in ["0.01", "100"] {
+        let want: f64 = t.parse().unwrap();
+        assert_eq!(
+            distill(&["--temperature", t]).unwrap().loss.temperature,
+            want
+        );
+        assert_eq!(
+            capture(&["--temperature", t]).unwrap().request.temperature,
+            want
+        );
+    }
+}
+
+#[test]
+fn a_huge_timeout_is_too_large_not_negative() {
+    let err = distill(&["--batch-timeout", "1e300"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "--batch-timeout: 1e300 seconds is too large: expected less than 1000000 (about 11.6 days)"
+    );
+    let err = distill(&["--teacher-wait", "inf"]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("--teacher-wait: inf seconds is too large"),
+        "{err}"
+    );
+    let err = distill(&["--connect-timeout=-3"]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "--connect-timeout: -3 is not a positive number of seconds"
+    );
+    let c = distill(&["--batch-timeout", "999999"]).unwrap();
+    assert_eq!(c.teachers.batch_timeout, Duration::from_secs(999_999));
+}
+
+#[test]
+fn numbers_in_messages_stay_short() {
+    use super::error::number;
+    assert_eq!(number(1e300), "1e300");
+    assert_eq!(number(1e-45), "1e-45");
+    assert_eq!(number(2.5), "2.5");
+    assert_eq!(number(0.0), "0");
+    assert_eq!(number(-7.0), "-7");
+    assert_eq!(number(f64::INFINITY), "inf");
+}

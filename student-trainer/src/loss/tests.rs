@@ -1134,3 +1134,97 @@ fn bad_beta_and_sequence_shapes_are_errors() {
         .to_string();
     assert!(e.contains("Target 9 is out of bounds"), "{e}");
 }
+
+/// `T² ·` the mean divergence `kind` of the rows of `s` and `t` at `T`, in float64.
+fn soft64(kind: LossKind, s: &Tensor, t: &Tensor, temperature: f64) -> f64 {
+    let (s, t) = (rows64(s), rows64(t));
+    let sum: f64 = s
+        .iter()
+        .zip(&t)
+        .map(|(s, t)| {
+            let (p, q) = (softmax64(t, temperature), softmax64(s, temperature));
+            divergence64(kind, DEFAULT_JSD_BETA, &p, &q)
+        })
+        .sum();
+    temperature * temperature * sum / s.len() as f64
+}
+
+#[test]
+fn at_both_temperature_bounds_the_loss_is_finite_and_non_zero() {
+    let s = t2(&[&[0.0, 1.0, 2.0], &[0.5, -0.5, 0.0]]);
+    let t = t2(&[&[2.0, 0.0, -1.0], &[0.0, 0.0, 1.0]]);
+    let y = Tensor::from_slice(&[0i64, 2]);
+    for temperature in [MIN_TEMPERATURE, MAX_TEMPERATURE] {
+        for kind in [LossKind::Kl, LossKind::Rkl, LossKind::Jsd] {
+            let loss = loss_of(kind, temperature, 1.0);
+            let want = soft64(kind, &s, &t, temperature);
+            let dense = loss.compute(&s, &t, &y, None).unwrap();
+            let sparse = loss
+                .compute_targets(&s, &top_k(&t, 2, temperature), &y, None)
+                .unwrap();
+            for (what, got) in [("dense", value(&dense.total)), ("top-2", sparse.soft)] {
+                assert!(
+                    got.is_finite() && got > 0.0,
+                    "{kind} T={temperature} {what}: {got}"
+                );
+                if what == "dense" {
+                    assert!(
+                        relative(got, want) < 1e-2,
+                        "{kind} T={temperature}: {got} vs float64 {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_largest_logits_the_wire_carries_stay_finite_at_the_smallest_temperature() {
+    // f32's extremes: divided by T = 0.01 before the shift, they overflowed to ±inf. (The
+    // teacher computes the top-k tail at T in f32, so the logits outside the top k stay small
+    // enough for it to be finite or -inf.)
+    let t = t2(&[&[3e38, -3e38, 0.0], &[-1e38, 2e38, 1.0]]);
+    let s = t2(&[&[0.0, 1.0, 2.0], &[0.5, -0.5, 0.0]]).set_requires_grad(true);
+    let y = Tensor::from_slice(&[0i64, 2]);
+    for kind in [LossKind::Kl, LossKind::Jsd] {
+        let loss = loss_of(kind, MIN_TEMPERATURE, 1.0);
+        for targets in [
+            SoftTargets::Dense(t.shallow_clone()),
+            top_k(&t, 1, MIN_TEMPERATURE),
+            top_k(&t, 2, MIN_TEMPERATURE),
+        ] {
+            let parts = loss.compute_targets(&s, &targets, &y, None).unwrap();
+            let got = value(&parts.total);
+            assert!(got.is_finite() && got > 0.0, "{kind}: {got}");
+            let grad = tch::Tensor::run_backward(&[&parts.total], &[&s], false, false);
+            assert!(all_finite(&grad[0]), "{kind}: gradients {:?}", grad[0]);
+        }
+    }
+    // The forward KL by hand: the teacher is one-hot on classes 0 and 1, so
+    // T² · KL = T² · mean(−log q_a) with log q = log_softmax(s / T).
+    let want = MIN_TEMPERATURE * (2.0 + (0.5 + 0.5)) / 2.0;
+    let got = value(
+        &loss_of(LossKind::Kl, MIN_TEMPERATURE, 1.0)
+            .compute(&s, &t, &y, None)
+            .unwrap()
+            .total,
+    );
+    assert!(relative(got, want) < 1e-4, "{got} vs {want}");
+}
+
+#[test]
+fn temperatures_outside_the_bounds_are_refused() {
+    let s = t2(&[&[0.0, 1.0, 2.0]]);
+    let y = Tensor::from_slice(&[0i64]);
+    for temperature in [1e-30, MIN_TEMPERATURE / 2.0, MAX_TEMPERATURE * 2.0, 1e30] {
+        let e = loss_of(LossKind::Kl, temperature, 0.9)
+            .compute(&s, &s, &y, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("temperature must lie in [0.01, 100]")
+                && e.contains(&format!("got {temperature:e}")),
+            "{e}"
+        );
+    }
+}

@@ -106,6 +106,27 @@ impl LrSchedule {
     }
 }
 
+impl LrSchedule {
+    /// The warning for a warm-up that lasts the whole run of `total_steps` optimizer steps or
+    /// longer (`warmup_steps ≥ total_steps`): the rate then rises from 0 until the end and never
+    /// reaches the base rate. `None` for a warm-up shorter than the run, or none.
+    pub fn warmup_warning(&self, total_steps: u64) -> Option<String> {
+        let w = self.warmup_steps;
+        if w == 0 || w < total_steps {
+            return None;
+        }
+        // The last update, counted from 0, uses lr · (total_steps − 1) / W.
+        let last = total_steps.saturating_sub(1) as f64 / w as f64;
+        Some(format!(
+            "--warmup-steps {w} is not shorter than the run's {total_steps} optimizer steps \
+             (--epochs × batches per epoch): the learning rate rises from 0 for the whole run and \
+             never reaches --lr (the last step uses {:.1} % of it); lower --warmup-steps or train \
+             for more steps",
+            100.0 * last
+        ))
+    }
+}
+
 impl std::fmt::Display for LrSchedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} warmup={}", self.kind, self.warmup_steps)?;
@@ -127,6 +148,25 @@ mod tests {
             (got - want).abs() <= 1e-15 + 1e-12 * want.abs(),
             "got {got}, want {want}"
         );
+    }
+
+    #[test]
+    fn a_warmup_as_long_as_the_run_is_warned_about() {
+        let schedule = |warmup_steps| LrSchedule {
+            kind: LrScheduleKind::Cosine,
+            warmup_steps,
+            min_lr: 0.0,
+        };
+        assert_eq!(schedule(0).warmup_warning(0), None);
+        assert_eq!(schedule(99).warmup_warning(100), None);
+        let w = schedule(5000).warmup_warning(470).expect("a warning");
+        assert!(
+            w.starts_with("--warmup-steps 5000 is not shorter than the run's 470 optimizer steps")
+                && w.contains("the last step uses 9.4 % of it"),
+            "{w}"
+        );
+        let w = schedule(100).warmup_warning(100).expect("a warning");
+        assert!(w.contains("the last step uses 99.0 % of it"), "{w}");
     }
 
     #[test]

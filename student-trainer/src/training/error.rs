@@ -45,7 +45,13 @@ pub enum TrainError {
         detail: String,
     },
     /// The loss is not finite.
-    #[error("loss is {value} at epoch {epoch} batch {index} (diverged; lower --lr?)")]
+    #[error(
+        "loss is {value} at epoch {epoch} batch {index}: training diverged; likely causes: a \
+         learning rate too high for this network and data (lower --lr, or add --warmup-steps or \
+         --clip-grad-norm), float inputs far from unit scale (an .npz's float inputs are used as \
+         stored, not normalised), or teacher outputs of extreme magnitude (--loss mse and --hint \
+         compare them unscaled)"
+    )]
     NonFinite {
         /// The loss value.
         value: f64,

@@ -3,6 +3,7 @@
 
 mod alpha_zero;
 mod broken_pipe;
+mod datasets;
 mod distill;
 mod ensemble;
 mod errors;
@@ -16,3 +17,4 @@ mod pool_reordering;
 mod resume;
 mod sparse;
 mod torn_checkpoint;
+mod values;
