@@ -11,8 +11,23 @@ use std::str::FromStr;
 
 /// The gRPC metadata key of the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
-/// The scheme prefix of the metadata value.
+/// The scheme prefix of the metadata value, as this crate writes it (readers accept any case, see
+/// [`bearer_token`]).
 pub const BEARER: &str = "Bearer ";
+
+/// The token of an `authorization` value `Bearer TOKEN`, or `None` for another scheme or no
+/// space after it. The scheme is matched without regard to case (RFC 7235 §2.1: `bearer` and
+/// `BEARER` are `Bearer` too) and may be followed by several spaces. The token is returned as
+/// sent, for the caller to compare in constant time.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let scheme = BEARER.trim_end().as_bytes();
+    let (head, rest) = value.split_at_checked(scheme.len())?;
+    if !head.eq_ignore_ascii_case(scheme) || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    Some(&rest[start..])
+}
 
 /// A bearer token: 1 to 4096 visible ASCII characters (what an HTTP/2 header value may carry
 /// unescaped), with a redacting `Debug` and no `Display`.
@@ -165,6 +180,23 @@ mod tests {
         let e = "two words".parse::<Token>().unwrap_err();
         assert!(e.contains("position 4") && !e.contains("words"), "{e}");
         assert!("".parse::<Token>().unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc"] {
+            assert_eq!(
+                bearer_token(value.as_bytes()),
+                Some(&b"abc"[..]),
+                "{value:?}"
+            );
+        }
+        assert_eq!(bearer_token(b"Bearer "), Some(&b""[..]));
+        for value in ["Bearerabc", "Basic abc", "abc", "Bearer", "", "Bear abc"] {
+            assert_eq!(bearer_token(value.as_bytes()), None, "{value:?}");
+        }
+        // The token keeps its case: only the scheme is case-insensitive.
+        assert_eq!(bearer_token(b"bearer AbC"), Some(&b"AbC"[..]));
     }
 
     #[test]

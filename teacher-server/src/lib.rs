@@ -18,6 +18,8 @@
 //!   [`model::ForwardError`]). Imports nothing of the crate.
 //! - [`security`]: TLS files, bearer tokens (the interceptor) and compression names, with
 //!   `SecurityError`. Imports nothing of the crate.
+//! - `incoming`: the TLS connections the server serves, each handshake on its own task and
+//!   failed ones logged (rate-limited). Imports nothing of the crate.
 //! - `metrics`: the Prometheus metrics and the server's phase. Imports nothing of the crate.
 //! - [`config`]: [`Args`] (the flags) and [`Config`] (validated), with `ConfigError`; imports
 //!   `model` and `security`.
@@ -40,6 +42,7 @@ mod batcher;
 pub mod config;
 mod engine;
 pub mod error;
+mod incoming;
 mod metrics;
 pub mod model;
 pub mod security;

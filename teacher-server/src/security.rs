@@ -5,18 +5,24 @@
 //! [`load_tokens`]), so a wrong path, a key that does not belong to the certificate, or an
 //! empty token file stops the server at start with an error naming the file. [`Auth`] is the
 //! interceptor in front of `distill.v1.Teacher` and reflection; health stays open to probes.
+//! The handshakes themselves run in `incoming`, with the [`rustls::ServerConfig`] built here.
 
 use distill_proto::auth::{self, Token};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
+
+/// The ALPN protocol the server offers: gRPC runs on HTTP/2 only.
+const ALPN_H2: &[u8] = b"h2";
 
 /// Why a TLS file or the token file was refused at start: one line naming the flag and the file
 /// (never a token). The configuration reports it as an invalid flag.
@@ -33,9 +39,9 @@ pub struct TlsSettings {
     pub key_path: PathBuf,
     /// `--tls-client-ca`: the CA that client certificates must chain to (mTLS), if any.
     pub client_ca_path: Option<PathBuf>,
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    client_ca_pem: Option<Vec<u8>>,
+    /// The rustls configuration built from the files: this identity, ALPN `h2`, and with a
+    /// client CA, client certificates required.
+    server_config: Arc<rustls::ServerConfig>,
 }
 
 impl fmt::Debug for TlsSettings {
@@ -101,42 +107,69 @@ impl TlsSettings {
                 key.display()
             ))
         })?;
-        let provider = rustls::crypto::ring::default_provider();
-        rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
-            SecurityError(format!(
-                "--tls-key {} does not fit the certificate in --tls-cert {}: {e}",
-                key.display(),
-                cert.display()
-            ))
-        })?;
-        let client_ca_pem = match client_ca {
-            Some(ca) => {
-                let pem = read("--tls-client-ca", ca)?;
-                certificates("--tls-client-ca", ca, &pem)?;
-                Some(pem)
-            }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider)
+            .map_err(|e| {
+                SecurityError(format!(
+                    "--tls-key {} does not fit the certificate in --tls-cert {}: {e}",
+                    key.display(),
+                    cert.display()
+                ))
+            })?;
+        let verifier = match client_ca {
+            Some(ca) => Some(client_verifier(ca, &provider)?),
             None => None,
         };
+        let builder = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SecurityError(format!("--tls-cert: no usable TLS version: {e}")))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut server_config = builder.with_single_cert(chain, key_der).map_err(|e| {
+            SecurityError(format!(
+                "--tls-cert {} with --tls-key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+        server_config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(TlsSettings {
             cert_path: cert.to_path_buf(),
             key_path: key.to_path_buf(),
             client_ca_path: client_ca.map(Path::to_path_buf),
-            cert_pem,
-            key_pem,
-            client_ca_pem,
+            server_config: Arc::new(server_config),
         })
     }
 
-    /// tonic's server TLS configuration: this identity, and with a client CA, client
-    /// certificates required (mTLS).
-    pub fn server_config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match &self.client_ca_pem {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-            None => config,
-        }
+    /// The rustls configuration the handshakes run with: the identity of `--tls-cert` and
+    /// `--tls-key`, ALPN `h2`, and with `--tls-client-ca`, a client certificate required that
+    /// chains to that CA (mTLS).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server_config.clone()
     }
+}
+
+/// The verifier of client certificates (mTLS): every certificate of `--tls-client-ca` is a trust
+/// anchor, and a client without a certificate is refused.
+fn client_verifier(
+    ca: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, SecurityError> {
+    let pem = read("--tls-client-ca", ca)?;
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) =
+        roots.add_parsable_certificates(certificates("--tls-client-ca", ca, &pem)?);
+    if added == 0 {
+        return Err(SecurityError(format!(
+            "--tls-client-ca {}: expected CA certificates, got none that rustls can use",
+            ca.display()
+        )));
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| SecurityError(format!("--tls-client-ca {}: {e}", ca.display())))
 }
 
 /// Reads `--auth-token-file`: one or more tokens, one per line.
@@ -149,7 +182,8 @@ pub fn load_tokens(path: &Path) -> Result<Vec<Token>, SecurityError> {
 }
 
 /// The bearer-token check in front of `distill.v1.Teacher` and reflection: with tokens, a call
-/// without `authorization: Bearer TOKEN` for one of them gets `UNAUTHENTICATED`; without
+/// without `authorization: Bearer TOKEN` (the scheme in any case) for one of them gets
+/// `UNAUTHENTICATED`; without
 /// tokens, every call passes. Tokens are compared as SHA-256 digests in constant time, against
 /// every token (no early exit).
 #[derive(Clone, Default)]
@@ -198,12 +232,9 @@ impl tonic::service::Interceptor for Auth {
                 "missing `authorization: Bearer TOKEN` metadata (teacher-server --auth-token-file is set)",
             ));
         };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(auth::BEARER.as_bytes())
-            .ok_or_else(|| {
-                Status::unauthenticated("`authorization` metadata: expected `Bearer TOKEN`")
-            })?;
+        let presented = auth::bearer_token(value.as_bytes()).ok_or_else(|| {
+            Status::unauthenticated("`authorization` metadata: expected `Bearer TOKEN`")
+        })?;
         if self.accepts(presented) {
             Ok(req)
         } else {
@@ -257,6 +288,8 @@ mod tests {
         let mut auth = Auth::new(&tokens);
         assert_eq!(call(&mut auth, Some("Bearer alpha-1")), Ok(()));
         assert_eq!(call(&mut auth, Some("Bearer beta-2")), Ok(()));
+        assert_eq!(call(&mut auth, Some("bearer alpha-1")), Ok(()));
+        assert_eq!(call(&mut auth, Some("BEARER beta-2")), Ok(()));
         for bad in [None, Some("Bearer alpha"), Some("alpha-1"), Some("Bearer ")] {
             assert_eq!(
                 call(&mut auth, bad),

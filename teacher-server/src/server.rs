@@ -4,9 +4,10 @@ use crate::batcher::Batcher;
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, EngineThread, StartError};
 use crate::error::Error;
+use crate::incoming;
 use crate::metrics::{Phase, ServerMetrics};
 use crate::model::{self, ModelDescription, Precision, TeacherModel};
-use crate::security::{self, Auth};
+use crate::security::{self, Auth, TlsSettings};
 use crate::service::{ServiceSettings, ServingModel, TeacherService};
 use distill_models::CpuInfo;
 use distill_proto::v1::teacher_server::TeacherServer;
@@ -185,11 +186,11 @@ async fn start_metrics_endpoint(
 }
 
 /// The gRPC services on one transport: health (open to probes), reflection and the teacher
-/// (behind the bearer-token check), with keepalive, TLS and the compressions of `config`.
+/// (behind the bearer-token check), with keepalive and the compressions of `config` (TLS is the
+/// connections', see [`serve`]).
 ///
 /// # Errors
-/// [`Error::Config`] if the reflection service cannot be built, [`Error::Transport`] for an
-/// unusable TLS configuration.
+/// [`Error::Config`] if the reflection service cannot be built.
 fn router(
     config: &Config,
     service: TeacherService,
@@ -219,7 +220,7 @@ fn router(
     }
     // Tokens guard the teacher and reflection; health stays open to probes.
     let auth = Auth::new(&config.auth_tokens);
-    Ok(server_builder(config)?
+    Ok(tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -269,9 +270,11 @@ impl Front {
             phase: phase.clone(),
             draining: drain_tx,
         };
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let serve = tokio::spawn(
-            router.serve_with_incoming_shutdown(incoming, drain.after(shutdown, stop_rx)),
+        let serve = serve(
+            router,
+            listener,
+            config.tls.as_ref(),
+            drain.after(shutdown, stop_rx),
         );
         Ok(Front {
             service,
@@ -499,13 +502,24 @@ fn precision_warning(device: Device, precision: Precision, cpu: &CpuInfo) -> Opt
     ))
 }
 
-/// The transport's builder: with `--tls-cert`, serving TLS (and mutual TLS with
-/// `--tls-client-ca`).
-fn server_builder(config: &Config) -> Result<tonic::transport::Server, Error> {
-    let builder = tonic::transport::Server::builder();
-    match &config.tls {
-        Some(tls) => Ok(builder.tls_config(tls.server_config())?),
-        None => Ok(builder),
+/// Serves `router` on `listener` on a task until `signal` completes: plain TCP, or with
+/// `--tls-cert` TLS connections (mutual TLS with `--tls-client-ca`) whose failed handshakes are
+/// logged (see [`incoming`]). Connections have `TCP_NODELAY` either way.
+fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<&TlsSettings>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        Some(tls) => {
+            let connections = incoming::tls(listener, tls.server_config());
+            tokio::spawn(router.serve_with_incoming_shutdown(connections, signal))
+        }
+        None => {
+            let connections = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(connections, signal))
+        }
     }
 }
 

@@ -459,22 +459,38 @@ impl Logs {
         q.iter().any(|l| l.contains(needle))
     }
 
+    /// How many captured lines contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        let q = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
     /// Waits until a line containing `needle` has been captured (woken by each new line).
     ///
     /// # Panics
     /// If none arrives within `timeout` (the logs are in the message).
     pub async fn wait_for(&self, needle: &str, timeout: Duration) {
+        self.wait_for_count(&[needle], 1, timeout).await;
+    }
+
+    /// Waits until `n` captured lines contain every one of `needles` (woken by each new line).
+    ///
+    /// # Panics
+    /// If fewer than `n` have arrived within `timeout` (the logs are in the message).
+    pub async fn wait_for_count(&self, needles: &[&str], n: usize, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let added = self.added.notified();
             tokio::pin!(added);
             added.as_mut().enable();
-            if self.contains(needle) {
+            if self.count(needles) >= n {
                 return;
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
                 panic!(
-                    "no log line containing {needle:?} within {timeout:?}; logs:\n{}",
+                    "fewer than {n} log lines containing {needles:?} within {timeout:?}; logs:\n{}",
                     self.text()
                 );
             }

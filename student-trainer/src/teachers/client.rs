@@ -4,7 +4,7 @@
 //! What the model info must satisfy is [`super::info`]'s; streaming batches over those streams,
 //! with failover, is [`super::pool`]'s; turning wire messages into tensors is [`super::wire`]'s.
 
-use super::error::{ClientError, error_chain, rpc_error};
+use super::error::{ClientError, TlsSide, connect_error, error_chain, first_rpc_error, rpc_error};
 use super::info::TeacherInfo;
 use super::security::ClientSecurity;
 use distill_proto::auth;
@@ -76,8 +76,9 @@ impl TeacherClient {
     /// `GetModelInfo`.
     ///
     /// # Errors
-    /// [`ClientError::Url`], [`ClientError::Unreachable`], or [`ClientError::Rpc`] for a failing
-    /// `GetModelInfo`.
+    /// [`ClientError::Url`], [`ClientError::Unreachable`], [`ClientError::Tls`] when the
+    /// connection breaks over a probable TLS mistake (a client certificate missing or refused,
+    /// TLS on one side only), or [`ClientError::Rpc`] for a failing `GetModelInfo`.
     pub(crate) async fn connect(
         url: &str,
         options: &ClientOptions,
@@ -104,25 +105,21 @@ impl TeacherClient {
                 .tls_config(tls)
                 .map_err(|e| bad_url(error_chain(&e)))?;
         }
-        let channel = endpoint.connect().await.map_err(|e| {
-            let reason = error_chain(&e);
-            let hint = if reason.contains("certificate") || reason.contains("Certificate") {
-                " (TLS: check --tls-ca, --tls-server-name, and --tls-cert/--tls-key for mutual TLS)"
-            } else {
-                ""
-            };
-            ClientError::Unreachable {
-                url: url.to_string(),
-                reason: format!("{reason}{hint}"),
-            }
-        })?;
+        let side = TlsSide {
+            tls: url.starts_with("https://"),
+            client_certificate: security.client_certificate,
+        };
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_error(url, side, &e))?;
         let mut grpc = Grpc::new(channel.clone())
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
         if let Some(c) = security.compression {
             grpc = grpc.send_compressed(c).accept_compressed(c);
         }
-        let info: TeacherInfo = model_info_when_ready(&mut grpc, url, started, options, security)
+        let info: TeacherInfo = model_info_when_ready(&mut grpc, url, started, options, side)
             .await?
             .into();
         if info.max_message_bytes as usize > DEFAULT_MAX_MESSAGE_BYTES {
@@ -196,14 +193,16 @@ impl TeacherClient {
 ///
 /// # Errors
 /// [`ClientError::Unreachable`] once the time is up (or for any other `UNAVAILABLE`),
+/// [`ClientError::Tls`] when the connection broke over a TLS mistake (see [`first_rpc_error`]),
 /// [`ClientError::Rpc`] for any other failure.
 async fn model_info_when_ready(
     grpc: &mut Grpc<Channel>,
     url: &str,
     started: tokio::time::Instant,
     options: &ClientOptions,
-    security: &ClientSecurity,
+    side: TlsSide,
 ) -> Result<v1::ModelInfo, ClientError> {
+    let security = &options.security;
     let deadline = started + options.connect_timeout;
     let mut logged = false;
     loop {
@@ -216,7 +215,7 @@ async fn model_info_when_ready(
         };
         let now = tokio::time::Instant::now();
         if status.code() != tonic::Code::Unavailable || now >= deadline {
-            return Err(rpc_error(url, "GetModelInfo", status));
+            return Err(first_rpc_error(url, "GetModelInfo", side, status));
         }
         let hint = status
             .metadata()

@@ -127,6 +127,7 @@ impl ConnectionConfig {
         };
         Ok(ClientSecurity {
             tls,
+            client_certificate: self.tls && self.identity.is_some(),
             token,
             compression,
         })
@@ -169,6 +170,9 @@ fn pem_file(flag: &'static str, path: &Path, label: &str) -> Result<Vec<u8>, Sec
 pub struct ClientSecurity {
     /// TLS configuration (`None`: plain text).
     pub(crate) tls: Option<ClientTlsConfig>,
+    /// Whether the TLS configuration offers a client certificate (`--tls-cert`/`--tls-key`):
+    /// what a teacher's refusal most likely means depends on it.
+    pub(crate) client_certificate: bool,
     /// The bearer token.
     pub(crate) token: Option<Token>,
     /// Request (and asked-for response) compression.
@@ -179,6 +183,7 @@ impl fmt::Debug for ClientSecurity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientSecurity")
             .field("tls", &self.tls.is_some())
+            .field("client_certificate", &self.client_certificate)
             .field("token", &self.token)
             .field("compression", &self.compression)
             .finish()

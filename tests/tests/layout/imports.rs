@@ -354,8 +354,8 @@ fn teacher_server_keeps_its_house_rules() {
     // `error` (the one mapping to gRPC statuses) above the engine and the model whose errors it
     // wraps, the gRPC service and the wiring on top.
     let order = [
-        "model", "security", "metrics", "config", "engine", "validate", "batcher", "error",
-        "service", "server",
+        "model", "security", "incoming", "metrics", "config", "engine", "validate", "batcher",
+        "error", "service", "server",
     ];
     let tops: BTreeSet<String> = s.iter().map(|x| x.top.clone()).collect();
     let mut found = Vec::new();

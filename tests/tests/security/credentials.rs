@@ -1,10 +1,12 @@
 //! Credentials on the channel: TLS and mutual TLS between student and teacher, bearer tokens (a wrong or
 //! missing one gets UNAUTHENTICATED; health stays open), a replica that refuses the token counts
-//! as refused, bad certificate/key/token files stop the binaries at start naming the file, and
-//! tokens never show in `--help`, logs or reports.
+//! as refused, bad certificate/key/token files stop the binaries at start naming the file,
+//! tokens never show in `--help`, logs or reports, a failed TLS handshake is logged once by the
+//! server (rate-limited) and named, with the flag that fixes it, by the student.
 //!
 //! The certificates are made here with rcgen (a CA, a certificate for `localhost` and
-//! `127.0.0.1`, a client certificate, and an unrelated CA), written to the test's temp dir.
+//! `127.0.0.1`, client certificates: a good one, an expired one and one of another CA), written
+//! to the test's temp dir.
 
 use distill_tests::trainer::{
     DistillArgs, Run, batches_answered, read_json, student, student_env, write_synthetic_idx,
@@ -22,7 +24,13 @@ struct Pki {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
-    /// A CA that signed nothing here.
+    /// A client certificate of our CA that expired in 2021.
+    expired_cert: PathBuf,
+    expired_key: PathBuf,
+    /// A client certificate of another CA.
+    stranger_cert: PathBuf,
+    stranger_key: PathBuf,
+    /// Another CA (it signed only `stranger_cert`).
     other_ca: PathBuf,
 }
 
@@ -39,11 +47,22 @@ fn leaf(
     usage: ExtendedKeyUsagePurpose,
     issuer: &(rcgen::Certificate, KeyPair),
 ) -> (String, String) {
+    leaf_with(names, usage, issuer, |_| {})
+}
+
+/// [`leaf`], with `edit` applied to its parameters before signing.
+fn leaf_with(
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &(rcgen::Certificate, KeyPair),
+    edit: impl FnOnce(&mut CertificateParams),
+) -> (String, String) {
     let key = KeyPair::generate().expect("leaf key");
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("leaf params");
     params.extended_key_usages = vec![usage];
+    edit(&mut params);
     let cert = params
         .signed_by(&key, &issuer.0, &issuer.1)
         .expect("sign leaf");
@@ -61,7 +80,18 @@ impl Pki {
         );
         let (client_cert, client_key) =
             leaf(&["student"], ExtendedKeyUsagePurpose::ClientAuth, &root);
+        let (expired_cert, expired_key) = leaf_with(
+            &["student"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &root,
+            |p| {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        );
         let other = ca("another CA");
+        let (stranger_cert, stranger_key) =
+            leaf(&["student"], ExtendedKeyUsagePurpose::ClientAuth, &other);
         let write = |name: &str, text: &str| {
             let p = dir.join(name);
             std::fs::write(&p, text).unwrap();
@@ -73,6 +103,10 @@ impl Pki {
             server_key: write("server.key", &server_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client.key", &client_key),
+            expired_cert: write("expired.pem", &expired_cert),
+            expired_key: write("expired.key", &expired_key),
+            stranger_cert: write("stranger.pem", &stranger_cert),
+            stranger_key: write("stranger.key", &stranger_key),
             other_ca: write("other-ca.pem", &other.0.pem()),
         }
     }
@@ -250,6 +284,143 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     );
 }
 
+/// A client of `teacher` over TLS with `tls` that fails `GetModelInfo` (it never gets through
+/// the handshake).
+async fn refused_over_tls(teacher: &TeacherProcess, url: String, tls: Option<ClientTlsConfig>) {
+    let attempt = async {
+        let mut endpoint = Endpoint::from_shared(url)?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        TeacherClient::new(endpoint.connect().await?)
+            .get_model_info(v1::GetModelInfoRequest {})
+            .await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    };
+    assert!(attempt.await.is_err(), "served:\n{}", teacher.logs.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_logged_once_and_the_server_keeps_serving() {
+    let tmp = TempDir::new("security-handshake-log");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let model = tmp.path().join("teacher");
+    fresh_checkpoint(&model, "mlp:8", &[1, 28, 28], 10);
+    let mut flags = pki.server_flags();
+    flags.extend(["--tls-client-ca".into(), path(&pki.ca)]);
+    let teacher = TeacherProcess::start_tls(&model, &flags, pki.client_tls_with_identity()).await;
+    let wait = std::time::Duration::from_secs(20);
+    let plain = format!("http://{}", teacher.addr);
+    let cases = [
+        (
+            teacher.url(),
+            Some(pki.client_tls()),
+            "the client sent no certificate",
+            "reason=peer sent no certificates",
+        ),
+        (
+            plain,
+            None,
+            "the client does not speak TLS",
+            "reason=received corrupt message of type InvalidContentType",
+        ),
+    ];
+    for (url, tls, kind, reason) in cases {
+        let failed = ["TLS handshake failed", kind];
+        let warned = ["WARN", "TLS handshake failed", kind];
+        refused_over_tls(&teacher, url.clone(), tls.clone()).await;
+        teacher.logs.wait_for_count(&warned, 1, wait).await;
+        let line = teacher
+            .logs
+            .text()
+            .lines()
+            .find(|l| warned.iter().all(|w| l.contains(w)))
+            .unwrap()
+            .to_string();
+        assert!(
+            line.contains("peer=127.0.0.1:") && line.contains(reason),
+            "{line}"
+        );
+        // Two more within the interval: logged at debug only (which the test waits on).
+        let before = teacher.logs.count(&failed);
+        for _ in 0..2 {
+            refused_over_tls(&teacher, url.clone(), tls.clone()).await;
+        }
+        teacher.logs.wait_for_count(&failed, before + 2, wait).await;
+        assert_eq!(
+            teacher.logs.count(&warned),
+            1,
+            "{kind}: not rate-limited:\n{}",
+            teacher.logs.text()
+        );
+    }
+    // A handshake that never starts holds up no other, and the server still serves, with the
+    // peer's address in the stream's span.
+    let _silent = tokio::net::TcpStream::connect(teacher.addr).await.unwrap();
+    assert_eq!(teacher.info().await.num_logits, 10);
+    let (logits, _) = teacher.logits(&random_inputs(2, &[1, 28, 28])).await;
+    assert_eq!(logits.size(), [2, 10]);
+    teacher
+        .logs
+        .wait_for_count(&["stream{peer=127.0.0.1:", "stream opened"], 1, wait)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mistakes_name_the_cause_and_the_flag() {
+    let tmp = TempDir::new("security-tls-mistakes");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let data = tmp.path().join("data");
+    write_synthetic_idx(&data, 20, 20, 10, 3);
+    let model = tmp.path().join("teacher");
+    fresh_checkpoint(&model, "mlp:8", &[1, 28, 28], 10);
+    let mut flags = pki.server_flags();
+    flags.extend(["--tls-client-ca".into(), path(&pki.ca)]);
+    let teacher = TeacherProcess::start_tls(&model, &flags, pki.client_tls_with_identity()).await;
+    let ca = vec!["--tls-ca".to_string(), path(&pki.ca)];
+    let with = |cert: &Path, key: &Path| {
+        let mut args = ca.clone();
+        args.extend([
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+        ]);
+        args
+    };
+    // The student names the cause from the teacher's TLS alert, or (when the connection's end
+    // overtakes the alert) as the probable one from what it sent: both name the same flags.
+    let cases: [(String, Vec<String>, &[&str]); 4] = [
+        (
+            teacher.url(),
+            ca.clone(),
+            &["requires a client certificate", "--tls-cert and --tls-key"],
+        ),
+        (
+            teacher.url(),
+            with(&pki.expired_cert, &pki.expired_key),
+            &["client certificate", "expired", "--tls-cert"],
+        ),
+        (
+            teacher.url(),
+            with(&pki.stranger_cert, &pki.stranger_key),
+            &["client certificate", "CA of", "--tls-client-ca"],
+        ),
+        (
+            format!("http://{}", teacher.addr),
+            vec![],
+            &["probably speaks TLS", "https://"],
+        ),
+    ];
+    for (url, extra, expected) in cases {
+        let err = eval(&url, &data, &extra, &[]).await.one_error();
+        assert!(err.contains(&url), "{err}");
+        for e in expected {
+            assert!(err.contains(e), "{extra:?}: {e:?} not in {err}");
+        }
+    }
+}
+
 const RIGHT: &str = "right-token-3f9a71c2";
 const OLD: &str = "old-token-rotating-out";
 const WRONG: &str = "wrong-token-0000";
@@ -264,7 +435,20 @@ async fn client_with_token(
         impl tonic::service::Interceptor,
     >,
 > {
-    let value: Option<MetadataValue<Ascii>> = token.map(|t| format!("Bearer {t}").parse().unwrap());
+    client_with_authorization(teacher, token.map(|t| format!("Bearer {t}"))).await
+}
+
+/// A `Teacher` client that sends `authorization: VALUE` on every call.
+async fn client_with_authorization(
+    teacher: &TeacherProcess,
+    value: Option<String>,
+) -> v1::teacher_client::TeacherClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        impl tonic::service::Interceptor,
+    >,
+> {
+    let value: Option<MetadataValue<Ascii>> = value.map(|v| v.parse().unwrap());
     v1::teacher_client::TeacherClient::with_interceptor(
         teacher.channel().await,
         move |mut req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
@@ -345,6 +529,21 @@ async fn tokens_are_required_checked_and_never_shown() {
         let resp = s.message().await.expect("a response").expect("one");
         assert_eq!(dense(&resp).size(), [2, 10]);
     }
+    // The scheme is case-insensitive (RFC 7235); the token is not.
+    for value in [format!("bearer {RIGHT}"), format!("BEARER {OLD}")] {
+        client_with_authorization(&teacher, Some(value.clone()))
+            .await
+            .get_model_info(v1::GetModelInfoRequest {})
+            .await
+            .unwrap_or_else(|s| panic!("{value:?} refused: {s}"));
+    }
+    let status =
+        client_with_authorization(&teacher, Some(format!("bearer {}", RIGHT.to_uppercase())))
+            .await
+            .get_model_info(v1::GetModelInfoRequest {})
+            .await
+            .expect_err("served with the token in the wrong case");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     // The student: a wrong token is refused with a message naming the flags, not the token.
     let err = eval(&teacher.url(), &data, &[], &[("STUDENT_AUTH_TOKEN", WRONG)])
