@@ -1,28 +1,38 @@
-//! Dynamic batching: a queue actor that merges the requests of all streams into forward passes.
+//! Dynamic batching: a queue actor that merges the requests of all streams into forward passes,
+//! fairly across streams.
 //!
-//! Modelled on text-embeddings-inference's queue: the actor collects [`Job`]s from a bounded
+//! Modelled on text-embeddings-inference's queue: the actor collects requests from a bounded
 //! channel, and only once it holds a reserved slot in the capacity-1 channel to the
 //! [`crate::engine`] does it cut a batch, so while the device is busy requests keep accumulating
 //! and the next batch grows. After reserving the slot it waits up to `max_batch_delay` (counted
-//! from the oldest request's arrival) for the batch to fill, then takes, in arrival order, the
-//! requests with the same per-sample shape and kind as the oldest, up to `max_batch_size` samples.
+//! from the oldest waiting request's arrival) for the batch to fill, then cuts it from a
+//! [`FairQueue`]: one FIFO lane per stream, served round-robin, so a stream that keeps many large
+//! requests queued delays another stream's request by a few forward passes at most (one turn of
+//! each stream with work, plus the pass running and the one waiting in the engine's slot), never
+//! by its whole backlog. A batch holds only requests with the same per-sample shape and kind as
+//! its first, up to `max_batch_size` samples.
+//!
 //! Requests whose stream has gone away (their `oneshot` receiver dropped) are discarded before
-//! they run. The queue is bounded: [`Batcher::submit`] fails fast with
-//! [`SubmitError::Overloaded`] when full.
+//! they run. The queue is bounded twice: [`StreamQueue::submit`] fails fast with
+//! [`SubmitError::Overloaded`] when `queue_capacity` requests wait, and with
+//! [`SubmitError::StreamShareFull`] when its own stream already holds half of them, so one stream
+//! alone never fills the queue for the others.
 
 use crate::config::BatchConfig;
 use crate::engine::{Job, MergedBatch};
 use distill_telemetry::prometheus::IntGauge;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tch::Kind;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 /// Suggested delay before retrying a request rejected by a full queue.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(50);
 
-/// Why [`Batcher::submit`] refused a job.
+/// Why [`StreamQueue::submit`] refused a job.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SubmitError {
     /// The queue is full.
@@ -36,17 +46,70 @@ pub enum SubmitError {
         /// Suggested delay before retrying ([`RETRY_AFTER`]).
         retry_after: Duration,
     },
+    /// This stream already holds its share of the queue (the rest stays for other streams).
+    #[error(
+        "server overloaded: this stream already has {share} batches waiting, its share of the queue of {capacity}; retry after {} ms",
+        retry_after.as_millis()
+    )]
+    StreamShareFull {
+        /// Batches one stream may have waiting: half of `--queue-capacity`, at least 1.
+        share: usize,
+        /// `--queue-capacity`.
+        capacity: usize,
+        /// Suggested delay before retrying ([`RETRY_AFTER`]).
+        retry_after: Duration,
+    },
     /// The actor has stopped: the server is shutting down.
     #[error("teacher-server is shutting down: send this batch to another replica")]
     ShuttingDown,
 }
 
-/// Handle for submitting jobs to the batching actor. Cloneable; the actor ends (flushing what is
-/// queued) when every handle is dropped.
+impl SubmitError {
+    /// The suggested delay before retrying, for the overload errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SubmitError::Overloaded { retry_after, .. }
+            | SubmitError::StreamShareFull { retry_after, .. } => Some(*retry_after),
+            SubmitError::ShuttingDown => None,
+        }
+    }
+}
+
+/// Names a stream to the batcher: its requests share one lane of the [`FairQueue`].
+type StreamId = u64;
+
+/// Handle on the batching actor, from which each stream takes its [`StreamQueue`]. Cloneable;
+/// the actor ends (flushing what is queued) when every handle and every stream queue is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     capacity: usize,
+    /// Where the next [`StreamQueue`]'s id comes from.
+    next_stream: Arc<AtomicU64>,
+}
+
+/// One stream's way into the batcher: its requests keep their order and take turns with other
+/// streams' requests, and at most [`StreamQueue::share`] of them wait at a time.
+#[derive(Debug)]
+pub(crate) struct StreamQueue {
+    tx: mpsc::Sender<Queued>,
+    stream: StreamId,
+    capacity: usize,
+    /// One permit per request this stream may have waiting; a queued request holds one until it
+    /// is cut into a batch or dropped.
+    slots: Arc<Semaphore>,
+}
+
+/// A job waiting in the batcher, with what the [`FairQueue`] needs to know of it.
+#[derive(Debug)]
+struct Queued {
+    job: Job,
+    /// The lane it waits in.
+    stream: StreamId,
+    /// What it merges with, worked out once at submission.
+    key: Key,
+    /// Its place in its stream's share of the queue, given back when it leaves the queue.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Batcher {
@@ -65,21 +128,60 @@ impl Batcher {
             config,
             rx,
             draining,
-            queue: VecDeque::new(),
+            queue: FairQueue::default(),
             open: true,
             depth,
         };
         let handle = tokio::spawn(actor.run(engine));
-        (Batcher { tx, capacity }, handle)
+        let batcher = Batcher {
+            tx,
+            capacity,
+            next_stream: Arc::new(AtomicU64::new(0)),
+        };
+        (batcher, handle)
     }
 
-    /// Queues a job without waiting.
+    /// The queue of a new stream, with its own lane and share.
+    pub(crate) fn stream(&self) -> StreamQueue {
+        StreamQueue {
+            tx: self.tx.clone(),
+            stream: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            capacity: self.capacity,
+            slots: Arc::new(Semaphore::new(StreamQueue::share(self.capacity))),
+        }
+    }
+}
+
+impl StreamQueue {
+    /// Requests one stream may have waiting in a queue of `capacity`: half of it, at least 1.
+    fn share(capacity: usize) -> usize {
+        (capacity / 2).max(1)
+    }
+
+    /// Queues a job of this stream without waiting.
     ///
     /// # Errors
-    /// [`SubmitError::Overloaded`] (with a retry hint) when the queue is full;
-    /// [`SubmitError::ShuttingDown`] when the actor has stopped.
+    /// [`SubmitError::ShuttingDown`] when the actor has stopped; otherwise, with a retry hint,
+    /// [`SubmitError::StreamShareFull`] when this stream already has its share waiting and
+    /// [`SubmitError::Overloaded`] when the queue is full.
     pub(crate) fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.tx.try_send(job).map_err(|e| match e {
+        if self.tx.is_closed() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(SubmitError::StreamShareFull {
+                share: StreamQueue::share(self.capacity),
+                capacity: self.capacity,
+                retry_after: RETRY_AFTER,
+            });
+        };
+        let queued = Queued {
+            key: key(&job),
+            job,
+            stream: self.stream,
+            _slot: slot,
+        };
+        self.tx.try_send(queued).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded {
                 capacity: self.capacity,
                 retry_after: RETRY_AFTER,
@@ -109,12 +211,180 @@ fn key(job: &Job) -> Key {
     }
 }
 
+/// What the [`FairQueue`] needs to know of a waiting request.
+trait Pending {
+    /// The stream that sent it.
+    fn stream(&self) -> StreamId;
+    /// What it merges with.
+    fn key(&self) -> &Key;
+    /// Its samples.
+    fn samples(&self) -> usize;
+    /// When it arrived at the server.
+    fn arrived(&self) -> std::time::Instant;
+    /// Whether its stream has gone away (it is then dropped unrun).
+    fn is_gone(&self) -> bool;
+}
+
+impl Pending for Queued {
+    fn stream(&self) -> StreamId {
+        self.stream
+    }
+    fn key(&self) -> &Key {
+        &self.key
+    }
+    fn samples(&self) -> usize {
+        self.job.samples()
+    }
+    fn arrived(&self) -> std::time::Instant {
+        self.job.arrived
+    }
+    fn is_gone(&self) -> bool {
+        self.job.reply.is_closed()
+    }
+}
+
+/// The waiting requests of one stream, in arrival order; never empty while in a [`FairQueue`].
+#[derive(Debug)]
+struct Lane<T> {
+    /// Whose requests these are.
+    stream: StreamId,
+    /// Oldest first.
+    items: VecDeque<T>,
+}
+
+/// Waiting requests, one FIFO lane per stream, cut into batches round-robin over the lanes.
+///
+/// The lanes form a ring whose front is the next to serve. [`FairQueue::cut`] takes one request
+/// from the front lane and moves that lane to the back, then does the same with the next, round
+/// after round, until the batch is full; a lane whose next request cannot join (other shape, or
+/// too large for the room left) sits out the rest of the cut and leads the next one. A stream
+/// that starts waiting joins at the back. So each stream with work gets a turn in every round,
+/// whatever the others have queued, and a stream's own requests run in the order it sent them
+/// (among those of one shape).
+#[derive(Debug)]
+struct FairQueue<T> {
+    /// The ring of streams with requests waiting; the front one leads the next batch.
+    lanes: VecDeque<Lane<T>>,
+    /// Requests in all lanes.
+    len: usize,
+}
+
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        FairQueue {
+            lanes: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Pending> FairQueue<T> {
+    /// Requests waiting.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues `item` at the back of its stream's lane (a new lane joins the ring at the back).
+    fn push(&mut self, item: T) {
+        self.len += 1;
+        let stream = item.stream();
+        match self.lanes.iter_mut().find(|l| l.stream == stream) {
+            Some(lane) => lane.items.push_back(item),
+            None => self.lanes.push_back(Lane {
+                stream,
+                items: VecDeque::from([item]),
+            }),
+        }
+    }
+
+    /// Drops requests whose stream has gone away, and lanes left empty.
+    fn prune(&mut self) {
+        for lane in &mut self.lanes {
+            lane.items.retain(|i| !i.is_gone());
+        }
+        self.lanes.retain(|l| !l.items.is_empty());
+        self.len = self.lanes.iter().map(|l| l.items.len()).sum();
+    }
+
+    /// Arrival of the oldest request waiting.
+    fn oldest(&self) -> Option<std::time::Instant> {
+        self.lanes
+            .iter()
+            .filter_map(|l| l.items.front().map(Pending::arrived))
+            .min()
+    }
+
+    /// The key of the next batch: that of the front lane's oldest request.
+    fn lead(&self) -> Option<&Key> {
+        self.lanes.front()?.items.front().map(Pending::key)
+    }
+
+    /// Samples waiting that could join the next batch (of its key, not gone), counted up to
+    /// `max`.
+    fn mergeable(&self, max: usize) -> usize {
+        let Some(lead) = self.lead() else {
+            return 0;
+        };
+        let mut total = 0;
+        for item in self.lanes.iter().flat_map(|l| &l.items) {
+            if item.key() == lead && !item.is_gone() {
+                total += item.samples();
+                if total >= max {
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Cuts the next batch, up to `max` samples (its first request alone may hold more): round
+    /// after round over the lanes from the front, each lane's oldest request of the batch's key,
+    /// until the batch is full or no lane has one that fits. Lanes served move to the back of
+    /// the ring; lanes that sat out keep the front.
+    fn cut(&mut self, max: usize) -> Vec<T> {
+        let Some(lead) = self.lead().cloned() else {
+            return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let mut total = 0;
+        let mut sat_out = Vec::new();
+        while total < max {
+            let Some(mut lane) = self.lanes.pop_front() else {
+                break;
+            };
+            let next = lane.items.iter().position(|i| i.key() == &lead);
+            let fits = |i: &T| batch.is_empty() || total + i.samples() <= max;
+            let Some(item) = next
+                .filter(|&at| lane.items.get(at).is_some_and(fits))
+                .and_then(|at| lane.items.remove(at))
+            else {
+                sat_out.push(lane);
+                continue;
+            };
+            total += item.samples();
+            batch.push(item);
+            if !lane.items.is_empty() {
+                self.lanes.push_back(lane);
+            }
+        }
+        for lane in sat_out.into_iter().rev() {
+            self.lanes.push_front(lane);
+        }
+        self.len -= batch.len();
+        batch
+    }
+}
+
 struct Actor {
     config: BatchConfig,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Queued>,
     draining: watch::Receiver<bool>,
-    /// Jobs taken from `rx`, in arrival order.
-    queue: VecDeque<Job>,
+    /// Jobs taken from `rx`, by stream.
+    queue: FairQueue<Queued>,
     /// Whether `rx` can still deliver jobs.
     open: bool,
     /// `teacher_queue_depth`, set whenever a job is taken or a batch is cut.
@@ -124,13 +394,13 @@ struct Actor {
 impl Actor {
     async fn run(mut self, engine: mpsc::Sender<MergedBatch>) {
         loop {
-            self.prune();
+            self.queue.prune();
             if self.queue.is_empty() {
                 if !self.open {
                     break;
                 }
                 match self.rx.recv().await {
-                    Some(job) => self.queue.push_back(job),
+                    Some(job) => self.queue.push(job),
                     None => {
                         self.open = false;
                         continue;
@@ -150,9 +420,15 @@ impl Actor {
                 break;
             };
             self.fill().await;
-            self.prune();
-            if let Some(batch) = self.cut() {
-                permit.send(batch);
+            self.queue.prune();
+            let jobs: Vec<Job> = self
+                .queue
+                .cut(self.config.max_batch_size)
+                .into_iter()
+                .map(|q| q.job)
+                .collect();
+            if !jobs.is_empty() {
+                permit.send(MergedBatch { jobs });
             }
             self.report_depth();
         }
@@ -164,9 +440,9 @@ impl Actor {
         self.open && self.queue.len() < self.config.queue_capacity
     }
 
-    fn accept(&mut self, job: Option<Job>) {
+    fn accept(&mut self, job: Option<Queued>) {
         match job {
-            Some(job) => self.queue.push_back(job),
+            Some(job) => self.queue.push(job),
             None => self.open = false,
         }
         self.report_depth();
@@ -179,40 +455,20 @@ impl Actor {
         }
     }
 
-    /// Drops jobs whose stream has gone away.
-    fn prune(&mut self) {
-        self.queue.retain(|j| !j.reply.is_closed());
-    }
-
-    /// Samples queued that could join a batch led by the oldest job.
-    fn mergeable_samples(&self) -> usize {
-        let Some(front) = self.queue.front() else {
-            return 0;
-        };
-        let k = key(front);
-        self.queue
-            .iter()
-            .filter(|j| !j.reply.is_closed() && key(j) == k)
-            .map(Job::samples)
-            .sum()
-    }
-
     /// Waits, up to `max_batch_delay` after the oldest job arrived, for the batch to fill.
     async fn fill(&mut self) {
         while self.can_accept() {
             match self.rx.try_recv() {
-                Ok(job) => self.queue.push_back(job),
+                Ok(job) => self.queue.push(job),
                 Err(_) => break,
             }
         }
-        let Some(front) = self.queue.front() else {
+        let Some(oldest) = self.queue.oldest() else {
             return;
         };
-        let deadline = Instant::from_std(front.arrived) + self.config.max_batch_delay;
-        while self.open
-            && !*self.draining.borrow()
-            && self.mergeable_samples() < self.config.max_batch_size
-        {
+        let deadline = Instant::from_std(oldest) + self.config.max_batch_delay;
+        let max = self.config.max_batch_size;
+        while self.open && !*self.draining.borrow() && self.queue.mergeable(max) < max {
             tokio::select! {
                 biased;
                 job = self.rx.recv(), if self.can_accept() => self.accept(job),
@@ -220,34 +476,6 @@ impl Actor {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-    }
-
-    /// Takes the oldest job and every later one with the same key, in order, while the total
-    /// fits `max_batch_size` (the first that does not fit ends the batch, keeping arrival order).
-    fn cut(&mut self) -> Option<MergedBatch> {
-        let front = self.queue.front()?;
-        let k = key(front);
-        let max = self.config.max_batch_size;
-        let mut total = 0;
-        let mut jobs = Vec::new();
-        let mut rest = VecDeque::with_capacity(self.queue.len());
-        let mut full = false;
-        for job in self.queue.drain(..) {
-            if full || key(&job) != k {
-                rest.push_back(job);
-                continue;
-            }
-            let n = job.samples();
-            if total + n > max && !jobs.is_empty() {
-                full = true;
-                rest.push_back(job);
-            } else {
-                total += n;
-                jobs.push(job);
-            }
-        }
-        self.queue = rest;
-        Some(MergedBatch { jobs })
     }
 }
 
@@ -304,6 +532,8 @@ mod tests {
 
     struct Rig {
         batcher: Batcher,
+        /// One stream's queue (the tests that need several streams take more).
+        stream: StreamQueue,
         passes: Arc<Mutex<Vec<i64>>>,
         gate: std::sync::mpsc::Sender<()>,
         entered: mpsc::UnboundedReceiver<i64>,
@@ -335,6 +565,7 @@ mod tests {
         };
         let (batcher, _) = Batcher::spawn(config, engine.tx.clone(), drain_rx, None);
         Rig {
+            stream: batcher.stream(),
             batcher,
             passes,
             gate: gate_tx,
@@ -383,9 +614,9 @@ mod tests {
         let (a, ra) = job(2, 3, 1.0);
         let (b, rb) = job(1, 5, 7.0); // other shape: not merged with a, c
         let (c, rc) = job(2, 3, 2.0);
-        r.batcher.submit(a).unwrap();
-        r.batcher.submit(b).unwrap();
-        r.batcher.submit(c).unwrap();
+        r.stream.submit(a).unwrap();
+        r.stream.submit(b).unwrap();
+        r.stream.submit(c).unwrap();
         let (rows_a, merged_a, reqs_a) = rows(ra).await;
         assert_eq!(rows_a, vec![vec![3.0, 4.0]; 2]);
         assert_eq!((merged_a, reqs_a), (4, 2));
@@ -393,7 +624,7 @@ mod tests {
         assert_eq!(rows_c, vec![vec![6.0, 4.0]; 2]);
         assert_eq!(merged_c, 4);
         let (d, rd) = job(3, 5, 1.0);
-        r.batcher.submit(d).unwrap();
+        r.stream.submit(d).unwrap();
         let (rows_b, merged_b, reqs_b) = rows(rb).await;
         assert_eq!(rows_b, vec![vec![35.0, 4.0]]);
         assert_eq!((merged_b, reqs_b), (4, 2));
@@ -407,9 +638,9 @@ mod tests {
         let (a, ra) = job(3, 2, 1.0);
         let (b, rb) = job(3, 2, 2.0);
         let (c, rc) = job(1, 2, 3.0);
-        r.batcher.submit(a).unwrap();
-        r.batcher.submit(b).unwrap();
-        r.batcher.submit(c).unwrap();
+        r.stream.submit(a).unwrap();
+        r.stream.submit(b).unwrap();
+        r.stream.submit(c).unwrap();
         // a + c = 4 would fit, but b came first: a runs alone (3 + 3 > 4), then b + c.
         assert_eq!(rows(ra).await.1, 3);
         assert_eq!(rows(rb).await.1, 4);
@@ -421,12 +652,12 @@ mod tests {
     async fn drops_requests_whose_stream_went_away() {
         let r = rig(4, FOREVER, false).await;
         let (gone, rx_gone) = job(2, 2, 100.0);
-        r.batcher.submit(gone).unwrap();
+        r.stream.submit(gone).unwrap();
         drop(rx_gone);
         let (a, ra) = job(2, 2, 1.0);
         let (b, rb) = job(2, 2, 2.0);
-        r.batcher.submit(a).unwrap();
-        r.batcher.submit(b).unwrap();
+        r.stream.submit(a).unwrap();
+        r.stream.submit(b).unwrap();
         let (rows_a, merged, reqs) = rows(ra).await;
         assert_eq!(rows_a, vec![vec![2.0, 4.0]; 2]);
         assert_eq!((merged, reqs), (4, 2));
@@ -438,12 +669,12 @@ mod tests {
     async fn batches_grow_while_the_device_is_busy() {
         let mut r = rig(100, Duration::ZERO, true).await;
         let (first, r_first) = job(1, 2, 1.0);
-        r.batcher.submit(first).unwrap();
+        r.stream.submit(first).unwrap();
         assert_eq!(r.entered.recv().await, Some(1)); // the device is now busy
         let mut waiting = Vec::new();
         for i in 0..6 {
             let (j, rx) = job(1, 2, f64::from(i));
-            r.batcher.submit(j).unwrap();
+            r.stream.submit(j).unwrap();
             waiting.push(rx);
         }
         // At most one batch sits in the engine's slot; everything else waits and merges.
@@ -466,13 +697,14 @@ mod tests {
         let mut r = rig(1, Duration::ZERO, true).await;
         let mut held = Vec::new();
         let (j, rx) = job(1, 2, 0.0);
-        r.batcher.submit(j).unwrap();
+        r.stream.submit(j).unwrap();
         held.push(rx);
         assert_eq!(r.entered.recv().await, Some(1));
         let mut rejected = None;
         for _ in 0..40 {
+            // Each from its own stream: no stream reaches its share, the queue fills.
             let (j, rx) = job(1, 2, 0.0);
-            match r.batcher.submit(j) {
+            match r.batcher.stream().submit(j) {
                 Ok(()) => held.push(rx),
                 Err(e) => {
                     rejected = Some(e);
@@ -483,6 +715,264 @@ mod tests {
         let e = Error::from(rejected.expect("a bounded queue must reject at some point"));
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.to_string().contains("retry after 50 ms"), "{e}");
+        assert!(e.to_string().contains("queue of 16 batches is full"), "{e}");
         drop(r.gate);
+    }
+
+    #[tokio::test]
+    async fn one_stream_fills_only_its_share_of_the_queue() {
+        let mut r = rig(1, Duration::ZERO, true).await;
+        let mut held = Vec::new();
+        let (j, rx) = job(1, 2, 0.0);
+        r.stream.submit(j).unwrap();
+        held.push(rx);
+        assert_eq!(r.entered.recv().await, Some(1)); // the device is busy; the rest waits
+        // Half of the queue of 16; the job running holds no place in it.
+        for _ in 0..8 {
+            let (j, rx) = job(1, 2, 0.0);
+            r.stream.submit(j).unwrap();
+            held.push(rx);
+        }
+        let (j, _rx) = job(1, 2, 0.0);
+        let e = Error::from(r.stream.submit(j).unwrap_err());
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let msg = e.to_string();
+        assert!(msg.contains("8 batches waiting"), "{msg}");
+        assert!(msg.contains("retry after 50 ms"), "{msg}");
+        // Another stream still gets in.
+        let (j, other) = job(1, 2, 5.0);
+        r.batcher.stream().submit(j).unwrap();
+        drop(r.gate);
+        assert_eq!(rows(other).await.0, vec![vec![10.0, 1.0]]);
+        // Once its requests have run, the stream has its share back.
+        for rx in held {
+            rows(rx).await;
+        }
+        let (j, again) = job(1, 2, 1.0);
+        r.stream.submit(j).unwrap();
+        assert_eq!(rows(again).await.0, vec![vec![2.0, 1.0]]);
+    }
+
+    #[tokio::test]
+    async fn a_light_stream_overtakes_a_backlog() {
+        // Every batch but the light request's is full, and that one has full ones queued behind
+        // it: none waits for the delay (in arrival order the light one would, at the end).
+        let mut r = rig(4, Duration::from_millis(20), true).await;
+        let (first, r_first) = job(4, 2, 0.0);
+        r.stream.submit(first).unwrap();
+        assert_eq!(r.entered.recv().await, Some(4)); // the device is busy
+        let mut flood = vec![r_first];
+        for _ in 0..8 {
+            let (j, rx) = job(4, 2, 0.0);
+            r.stream.submit(j).unwrap();
+            flood.push(rx);
+        }
+        let (light, r_light) = job(1, 2, 1.0);
+        r.batcher.stream().submit(light).unwrap();
+        drop(r.gate);
+        assert_eq!(rows(r_light).await.0, vec![vec![2.0, 1.0]]);
+        for rx in flood {
+            assert_eq!(rows(rx).await.1, 4);
+        }
+        // The pass running, the flood's next batch (its lane leads the ring), then the light
+        // request's turn: in arrival order it would have waited for all eight queued before it.
+        let passes = r.passes.lock().unwrap().clone();
+        assert_eq!(passes.len(), 10, "{passes:?}");
+        assert_eq!(passes.iter().position(|&n| n == 1), Some(2), "{passes:?}");
+    }
+
+    /// A request in a [`FairQueue`] test: `id` tells it apart.
+    #[derive(Debug)]
+    struct Item {
+        stream: StreamId,
+        id: usize,
+        samples: usize,
+        key: Key,
+        arrived: std::time::Instant,
+        gone: bool,
+    }
+
+    impl Pending for Item {
+        fn stream(&self) -> StreamId {
+            self.stream
+        }
+        fn key(&self) -> &Key {
+            &self.key
+        }
+        fn samples(&self) -> usize {
+            self.samples
+        }
+        fn arrived(&self) -> std::time::Instant {
+            self.arrived
+        }
+        fn is_gone(&self) -> bool {
+            self.gone
+        }
+    }
+
+    fn width(w: i64) -> Key {
+        Key {
+            kind: Kind::Float,
+            sample_shape: vec![w],
+        }
+    }
+
+    /// Builds [`Item`]s with increasing ids and arrival times.
+    #[derive(Default)]
+    struct Items {
+        next: usize,
+        start: Option<std::time::Instant>,
+    }
+
+    impl Items {
+        fn make(&mut self, stream: StreamId, samples: usize) -> Item {
+            self.keyed(stream, samples, width(2))
+        }
+        fn keyed(&mut self, stream: StreamId, samples: usize, key: Key) -> Item {
+            let start = *self.start.get_or_insert_with(std::time::Instant::now);
+            self.next += 1;
+            Item {
+                stream,
+                id: self.next,
+                samples,
+                key,
+                arrived: start + Duration::from_micros(self.next as u64),
+                gone: false,
+            }
+        }
+    }
+
+    /// `(stream, id)` of each request of a batch.
+    fn cut(q: &mut FairQueue<Item>, max: usize) -> Vec<(StreamId, usize)> {
+        q.cut(max).iter().map(|i| (i.stream, i.id)).collect()
+    }
+
+    #[test]
+    fn a_light_stream_waits_one_turn_whatever_the_other_has_queued() {
+        let mut items = Items::default();
+        let mut q = FairQueue::default();
+        // Stream 0 keeps 100 full batches queued; stream 1 sends one small request at a time,
+        // the next once the previous has been cut.
+        for _ in 0..100 {
+            q.push(items.make(0, 8));
+        }
+        let mut light = items.make(1, 1);
+        let mut light_since = 0;
+        q.push(light);
+        let mut worst = 0;
+        let mut light_batches = 0;
+        let mut flood_samples = 0;
+        for n in 1..=60 {
+            let batch = q.cut(8);
+            assert!(!batch.is_empty());
+            assert!(batch.iter().map(|i| i.samples).sum::<usize>() <= 8);
+            for done in batch {
+                if done.stream == 1 {
+                    worst = worst.max(n - light_since);
+                    light_batches += 1;
+                    light = items.make(1, 1);
+                    light_since = n;
+                    q.push(light);
+                } else {
+                    flood_samples += done.samples;
+                    q.push(items.make(0, 8));
+                }
+            }
+        }
+        // Cut in the second batch after it arrived at worst; in arrival order the first light
+        // request alone would have waited for all 100.
+        assert_eq!(worst, 2);
+        assert_eq!(light_batches, 30);
+        // The flood still gets every other forward pass, full.
+        assert_eq!(flood_samples, 30 * 8);
+    }
+
+    #[test]
+    fn streams_take_turns_and_each_keeps_its_order() {
+        let mut items = Items::default();
+        let mut q = FairQueue::default();
+        // Each stream's four requests arrive together, stream by stream.
+        for s in 0..3 {
+            for _ in 0..4 {
+                q.push(items.make(s, 1));
+            }
+        }
+        let mut cut_ids = Vec::new();
+        let mut served = [0usize; 3];
+        while !q.is_empty() {
+            let batch = cut(&mut q, 2);
+            assert_eq!(batch.len(), 2);
+            for &(s, id) in &batch {
+                served[s as usize] += 1;
+                cut_ids.push((s, id));
+            }
+            let (min, max) = (served.iter().min(), served.iter().max());
+            assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{served:?}");
+        }
+        assert_eq!(q.len(), 0);
+        for s in 0..3 {
+            let ids: Vec<usize> = cut_ids
+                .iter()
+                .filter(|(t, _)| *t == s)
+                .map(|&(_, id)| id)
+                .collect();
+            assert!(ids.is_sorted() && ids.len() == 4, "stream {s}: {ids:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_leaves_room_to_others_and_leads_next() {
+        let mut items = Items::default();
+        let mut q = FairQueue::default();
+        q.push(items.make(0, 3)); // 1
+        q.push(items.make(0, 3)); // 2
+        q.push(items.make(1, 3)); // 3
+        q.push(items.make(2, 1)); // 4
+        // Stream 0 leads; stream 1's 3 samples do not fit beside it, stream 2's one does.
+        assert_eq!(cut(&mut q, 4), vec![(0, 1), (2, 4)]);
+        // Stream 1 sat out, so it leads the next batch, ahead of stream 0.
+        assert_eq!(cut(&mut q, 4), vec![(1, 3)]);
+        assert_eq!(cut(&mut q, 4), vec![(0, 2)]);
+        assert!(q.is_empty() && cut(&mut q, 4).is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_one_shape_and_a_new_stream_joins_at_the_back() {
+        let mut items = Items::default();
+        let mut q = FairQueue::default();
+        q.push(items.keyed(0, 1, width(3))); // 1
+        q.push(items.keyed(0, 1, width(5))); // 2
+        q.push(items.keyed(0, 1, width(3))); // 3
+        q.push(items.keyed(1, 1, width(5))); // 4
+        q.push(items.keyed(2, 1, width(3))); // 5
+        assert_eq!(q.mergeable(10), 3);
+        // Only the lead's shape; stream 0's other-shaped request waits without blocking its own
+        // later ones (as in one queue in arrival order).
+        assert_eq!(cut(&mut q, 10), vec![(0, 1), (2, 5), (0, 3)]);
+        assert_eq!(q.len(), 2);
+        // Stream 1 sat out and leads; stream 0 comes back after it.
+        q.push(items.keyed(3, 1, width(5))); // 6: a new stream joins behind both
+        assert_eq!(cut(&mut q, 2), vec![(1, 4), (0, 2)]);
+        assert_eq!(cut(&mut q, 2), vec![(3, 6)]);
+    }
+
+    #[test]
+    fn gone_requests_are_pruned_and_the_oldest_sets_the_deadline() {
+        let mut items = Items::default();
+        let mut q = FairQueue::default();
+        let mut gone = items.make(0, 1);
+        gone.gone = true;
+        let first = gone.arrived;
+        q.push(gone);
+        let kept = items.make(1, 2);
+        let second = kept.arrived;
+        q.push(kept);
+        q.push(items.make(1, 2));
+        assert_eq!(q.oldest(), Some(first));
+        assert_eq!(q.mergeable(10), 4); // a gone request never counts
+        q.prune();
+        assert_eq!((q.len(), q.oldest()), (2, Some(second)));
+        assert_eq!(cut(&mut q, 10), vec![(1, 2), (1, 3)]);
+        assert_eq!(q.oldest(), None);
     }
 }

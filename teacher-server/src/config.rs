@@ -137,8 +137,8 @@ pub struct Args {
     #[arg(long, env = "TEACHER_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
 
-    /// Batches (requests) that may wait for the model across all streams; beyond it a batch gets
-    /// RESOURCE_EXHAUSTED with a retry hint.
+    /// Batches (requests) that may wait for the model across all streams, at most half of them
+    /// from one stream; beyond either a batch gets RESOURCE_EXHAUSTED with a retry hint.
     #[arg(long, env = "TEACHER_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
 

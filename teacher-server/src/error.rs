@@ -31,7 +31,8 @@ pub enum Error {
     /// A bad request (one batch); the stream stays open.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
-    /// The batching queue is full ([`SubmitError::Overloaded`], with its retry hint).
+    /// The batching queue, or the stream's share of it, is full ([`SubmitError::Overloaded`],
+    /// [`SubmitError::StreamShareFull`], with a retry hint).
     #[error(transparent)]
     Overloaded(SubmitError),
     /// A request message over `--max-message-bytes` (tonic reports it as `OUT_OF_RANGE`; gRPC's
@@ -153,7 +154,7 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let mut status = tonic::Status::new(e.code(), e.to_string());
         let retry_after = match &e {
-            Error::Overloaded(SubmitError::Overloaded { retry_after, .. }) => Some(*retry_after),
+            Error::Overloaded(e) => e.retry_after(),
             Error::NotReady => Some(NOT_READY_RETRY),
             _ => None,
         };

@@ -2,12 +2,13 @@
 //!
 //! `StreamLogits` runs one task per stream: it reads requests (at most `stream_window` in flight,
 //! beyond which it stops reading and HTTP/2 flow control pushes back on the client), validates
-//! each, submits the good ones to the [`Batcher`], and sends responses, in completion order,
+//! each, submits the good ones to the [`Batcher`] through the stream's own [`StreamQueue`] (so
+//! streams take turns in the forward passes), and sends responses, in completion order,
 //! through a bounded channel. A bad batch gets a `LogitsResponse` carrying an `Error` and the
 //! stream stays open. On shutdown the task stops reading, answers every batch it has read, and
 //! ends the stream with `UNAVAILABLE` so the client resends anything unanswered elsewhere.
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, StreamQueue};
 use crate::engine::{BatchTiming, EngineError, Job, JobResult, Logits};
 use crate::error::{Error, read_failure};
 use crate::metrics::ServerMetrics;
@@ -195,12 +196,14 @@ impl Teacher for TeacherService {
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let queue = model.batcher.stream();
         let stream = StreamTask {
             model,
             draining: self.draining.clone(),
             metrics: self.metrics.clone(),
             inbound: request.into_inner(),
             out: tx,
+            queue,
             jobs: JoinSet::new(),
             answered: 0,
         };
@@ -220,6 +223,8 @@ struct StreamTask {
     metrics: ServerMetrics,
     inbound: Streaming<v1::LogitsRequest>,
     out: mpsc::Sender<Result<v1::LogitsResponse, Status>>,
+    /// This stream's lane in the batcher.
+    queue: StreamQueue,
     /// Batches submitted and not yet answered; dropping the set drops their receivers, so the
     /// batcher discards them.
     jobs: JoinSet<Done>,
@@ -325,7 +330,7 @@ impl StreamTask {
             reply,
             span: span.clone(),
         };
-        if let Err(e) = self.model.batcher.submit(job) {
+        if let Err(e) = self.queue.submit(job) {
             return Some(self.error_response(batch_id, &Error::from(e)));
         }
         drop(_entered);
