@@ -142,10 +142,10 @@ pub(crate) fn read_text_files(root: &Path, exclude: Option<&Path>) -> Result<Vec
         found.push((name, root.to_path_buf()));
     } else if root.is_dir() {
         walk(root, root, exclude, &mut found).map_err(read_err(root))?;
-    } else if !root.exists() {
+    } else if let Err(source) = std::fs::metadata(root) {
         return Err(TextError::CorpusRead {
             path: root.to_path_buf(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            source,
         });
     }
     if found.is_empty() {

@@ -1,9 +1,10 @@
 //! Your own text with the teacher's tokenizer, end to end: `.jsonl` files and a word-level
 //! `tokenizer.json` trained by Python's `tokenizers`; `train --tokenizer` trains a built-in LM
 //! teacher (keeping the tokenizer and the corpus record beside it), `teacher-server` serves it
-//! with that tokenizer's fingerprint, `distill` trains an LM student from it, `eval` of either
-//! checkpoint finds the same test split (and the same perplexity as training), and a student
-//! with another tokenizer file is refused naming both fingerprints. Bad input is one error line
+//! with that tokenizer's fingerprint, `distill` trains an LM student from it (and from the
+//! logit cache `capture` fills), `eval` of either checkpoint finds the same test split (and the
+//! same perplexity as training, as does `eval --teacher`), and a student with another tokenizer
+//! file is refused naming both fingerprints. Bad input is one error line
 //! with nothing written.
 
 use distill_tests::text_files::{TextFilesCorpus, write_jsonl};
@@ -109,6 +110,17 @@ async fn a_teacher_lm_trained_on_jsonl_with_its_tokenizer_is_distilled() {
     assert_eq!(info.tokenizer_fingerprint, fingerprint);
     assert_eq!(info.num_logits as usize, corpus.vocab_size);
 
+    // The served teacher's perplexity from its full logits, on the split the flags describe.
+    let mut served = vec![
+        "--teacher".to_string(),
+        teacher.url(),
+        "--seq-len".into(),
+        SEQ.into(),
+    ];
+    served.extend(corpus.flags());
+    let teacher_ppl = eval_perplexity(&served).await;
+    assert_close(teacher_ppl, ppl, "served teacher against training");
+
     let out = tmp.path().join("student");
     let mut args = DistillArgs::new(&corpus.data_dir, &out)
         .teacher(teacher.url())
@@ -133,6 +145,30 @@ async fn a_teacher_lm_trained_on_jsonl_with_its_tokenizer_is_distilled() {
         student_ppl,
         "student eval",
     );
+
+    // capture takes the same flags: its logit cache then stands in for the teacher.
+    let cache = tmp.path().join("logit-cache");
+    let mut args: Vec<String> = ["capture", "--top-k", "8", "--seq-len", SEQ, "--teacher"]
+        .map(String::from)
+        .to_vec();
+    args.extend([teacher.url(), "--out".into(), cache.display().to_string()]);
+    args.extend(corpus.flags());
+    student(&args).await.expect_ok("capture");
+    let cached = tmp.path().join("cached-student");
+    let mut args = DistillArgs::new(&corpus.data_dir, &cached)
+        .arch("lm:layers=1,d=16,heads=2")
+        .epochs(1)
+        .batch_size(8)
+        .top_k(8)
+        .no_epoch_eval()
+        .build();
+    args.extend(["--seq-len", SEQ, "--logit-cache"].map(String::from));
+    args.extend([cache.display().to_string(), "--tokenizer".into()]);
+    args.push(corpus.tokenizer.display().to_string());
+    student(&args)
+        .await
+        .expect_ok("distill from the captured cache");
+    assert_eq!(read_metrics(&cached)[0]["tokens"].as_u64(), Some(tokens));
 
     // The same tokenizer in other bytes (written compactly) is another fingerprint: refused.
     let compact = tmp.path().join("compact-tokenizer.json");
