@@ -85,15 +85,19 @@ pub struct CommonArgs {
     /// (`gcide.dict.dz`, `make setup` puts it in data/gcide): it is tokenized with a byte-level
     /// BPE tokenizer (trained once, kept in DIR/bpe-VOCAB/tokenizer.json) and packed into
     /// sequences of --seq-len tokens, every 20th dictionary entry held out for the test split.
+    /// With --tokenizer: a directory of .txt and .jsonl files (your own text).
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
     /// Text corpus: tokens per training sequence.
     #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
     pub seq_len: usize,
     /// Text corpus: vocabulary size of the BPE tokenizer (258 to 65536; its first two ids are
-    /// <|endoftext|> and <|pad|>).
+    /// <|endoftext|> and <|pad|>). Not used with --tokenizer (its vocabulary counts).
     #[arg(long, env = "STUDENT_VOCAB_SIZE", default_value_t = distill_text::DEFAULT_VOCAB_SIZE)]
     pub vocab_size: usize,
+    /// Your own text files, read with the teacher's tokenizer.
+    #[command(flatten)]
+    pub text_files: TextFilesArgs,
     /// Total number of epochs (with --resume: the epoch count to reach, not extra epochs).
     #[arg(long, env = "STUDENT_EPOCHS", default_value_t = 5)]
     pub epochs: u64,
@@ -281,9 +285,17 @@ pub struct CaptureArgs {
     /// The teacher replicas and how to reach them.
     #[command(flatten)]
     pub teachers: TeacherArgs,
-    /// Dataset: a directory of IDX files or an .npz file; its training split is captured.
+    /// Dataset: a directory of IDX files, an .npz file, a GCIDE text corpus directory (its
+    /// default 8192-token BPE), or with --tokenizer a directory of .txt and .jsonl files; its
+    /// training split is captured.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
+    /// Text corpus: tokens per sequence (must match the students' --seq-len).
+    #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
+    pub seq_len: usize,
+    /// Your own text files, read with the teacher's tokenizer (as the students read them).
+    #[command(flatten)]
+    pub text_files: TextFilesArgs,
     /// Capture only the first N training samples (must match the students' --limit).
     #[arg(long, env = "STUDENT_LIMIT")]
     pub limit: Option<usize>,
@@ -336,6 +348,11 @@ pub struct EvalArgs {
     /// --checkpoint).
     #[arg(long, env = "STUDENT_VOCAB_SIZE", default_value_t = distill_text::DEFAULT_VOCAB_SIZE)]
     pub vocab_size: usize,
+    /// Your own text files: with --teacher, read as given here; with --checkpoint, read as the
+    /// checkpoint's corpus.json says (its tokenizer.json beside it), and a flag given here must
+    /// say the same.
+    #[command(flatten)]
+    pub text_files: TextFilesArgs,
     /// Device of the checkpoint's network: auto, cpu, cuda, cuda:N.
     #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
     pub device: String,
@@ -348,6 +365,41 @@ pub struct EvalArgs {
     /// libtorch intra-op threads for this process.
     #[arg(long, env = "STUDENT_THREADS")]
     pub threads: Option<usize>,
+}
+
+/// A corpus of your own text files tokenized with the teacher's tokenizer: shared by `train`,
+/// `distill`, `capture` and `eval`. --tokenizer turns it on; the other flags need it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TextFilesArgs {
+    /// The teacher's Hugging Face tokenizer.json (as `AutoTokenizer.save_pretrained` or
+    /// `Tokenizer.save` writes it): --data-dir is then read as text files, every .txt and
+    /// .jsonl under it (subfolders included, sorted by path, names starting with '.' skipped),
+    /// each document followed by the end-of-document token and packed into --seq-len windows;
+    /// the vocabulary is the tokenizer's (added tokens included). Token caches go to
+    /// DATA/.distill-cache/.
+    #[arg(long, env = "STUDENT_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
+    /// How a .txt file is cut into documents: file (the whole file), lines (each non-blank
+    /// line) or blank-lines (paragraphs separated by blank lines). Default file. A .jsonl file
+    /// holds one document per line.
+    #[arg(long, env = "STUDENT_DOCUMENTS")]
+    pub documents: Option<distill_text::Documents>,
+    /// The field of each .jsonl object that holds its text (default text).
+    #[arg(long, env = "STUDENT_TEXT_FIELD")]
+    pub text_field: Option<String>,
+    /// The end-of-document token (default: the eos_token of a tokenizer_config.json beside the
+    /// tokenizer, else the first of <|endoftext|>, </s>, <|end_of_text|>, <eos>, <|eos|>, [EOS]
+    /// the tokenizer has).
+    #[arg(long, env = "STUDENT_EOS_TOKEN")]
+    pub eos_token: Option<String>,
+    /// Hold out document i of the corpus (files in path order, documents in file order) for
+    /// the test split when i % N == 0 (default 20, as for GCIDE).
+    #[arg(long, env = "STUDENT_TEST_EVERY", conflicts_with = "test_data")]
+    pub test_every: Option<usize>,
+    /// The test split from these text files (a .txt/.jsonl file or a directory of them) instead;
+    /// every document of --data-dir then trains (test files inside it are left out).
+    #[arg(long, env = "STUDENT_TEST_DATA")]
+    pub test_data: Option<PathBuf>,
 }
 
 /// Where the teacher replicas are, how long to wait for them and how to reach them: shared by

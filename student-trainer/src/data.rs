@@ -10,14 +10,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-/// How a text corpus is tokenized and packed (`--seq-len`, `--vocab-size`; used only when the
-/// data is one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a text corpus is tokenized and packed (`--seq-len`, `--vocab-size`, and the text-file
+/// flags; used only when the data is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextOptions {
     /// Tokens per sequence (≥ 2).
     pub seq_len: usize,
     /// Vocabulary size of the BPE tokenizer, in `MIN_VOCAB_SIZE..=65536`.
     pub vocab_size: usize,
+    /// Your own text files read with the teacher's tokenizer (`--tokenizer` and the rest).
+    pub files: distill_text::FilesOptions,
 }
 
 impl Default for TextOptions {
@@ -25,6 +27,7 @@ impl Default for TextOptions {
         TextOptions {
             seq_len: 128,
             vocab_size: distill_text::DEFAULT_VOCAB_SIZE,
+            files: distill_text::FilesOptions::default(),
         }
     }
 }

@@ -16,9 +16,12 @@
 //!   hangs after N forward passes ([`TeacherProcess::start_binary`] runs it).
 //! - [`LogitsStream`] drives one `StreamLogits` call; [`request`], [`to_wire`] and [`from_wire`]
 //!   convert tensors.
+//! - [`text_files`] writes corpora of `.txt`/`.jsonl` files and trains their tokenizer with
+//!   Python's `tokenizers`, as a user would.
 //! - [`torch_rng`] serialises the use of libtorch's global random generator: the tests share one
 //!   process (`tests/integration.rs`) and run on parallel threads.
 
+pub mod text_files;
 pub mod trainer;
 
 use distill_models::{ArchSpec, Checkpoint, CheckpointMeta, Network};

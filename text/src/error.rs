@@ -121,6 +121,65 @@ pub enum TextError {
         /// Its token count.
         tokens: usize,
     },
+    /// A tokenizer has none of the usual end-of-document tokens and none was named.
+    #[error(
+        "{path} has no end-of-document token: expected one of {} or --eos-token TOKEN; its special tokens are {special}",
+        crate::pretrained::EOS_CANDIDATES.join(", ")
+    )]
+    NoEosToken {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// Its special tokens by id, comma-separated (`none` when it has none).
+        special: String,
+    },
+    /// The end-of-document token named by `--eos-token` or `tokenizer_config.json` is not in
+    /// the tokenizer's vocabulary.
+    #[error(
+        "{path} has no end-of-document token {token:?} (from {from}); its special tokens are {special}"
+    )]
+    EosNotInVocab {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The token asked for.
+        token: String,
+        /// Who asked: `--eos-token` or `tokenizer_config.json`.
+        from: String,
+        /// Its special tokens by id, comma-separated (`none` when it has none).
+        special: String,
+    },
+    /// A text file of the user's corpus is not what its extension says: a `.jsonl` line that is
+    /// not a JSON object with the text field as a string, or a file that is not UTF-8.
+    #[error("{path} line {line}: {message}")]
+    TextFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What was expected and what came.
+        message: String,
+    },
+    /// A data directory (or `--test-data`) holds no `.txt` or `.jsonl` file.
+    #[error(
+        "{path} holds no .txt or .jsonl file (searched with its subfolders; names starting with '.' are skipped)"
+    )]
+    NoTextFiles {
+        /// The directory or file given.
+        path: PathBuf,
+    },
+    /// The text, or a flag, is not what a checkpoint's corpus record says it was trained on.
+    #[error("{message}")]
+    CheckpointCorpus {
+        /// What differs, both values, and the record's path.
+        message: String,
+    },
+    /// A corpus record (`corpus.json` beside a checkpoint) cannot be read or parsed.
+    #[error("cannot use {path}: {message}")]
+    RecordInvalid {
+        /// The record file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 /// `Result` with [`TextError`].

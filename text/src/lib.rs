@@ -14,16 +14,30 @@
 //!   inputs and labels `i64 [N, S]`, labels shifted by one ([`pack`]).
 //!
 //! [`prepare`] does all of it and caches what it can in an output directory.
+//!
+//! The user's own text is the other way in: `.txt` and `.jsonl` files ([`Documents`]) tokenized
+//! with the teacher's `tokenizer.json` ([`PretrainedTokenizer`]), split, cached and packed the
+//! same way by [`prepare_files`] (see the `corpus` module's notes), with a [`CorpusRecord`] that
+//! a checkpoint keeps.
 
 mod cache;
+mod corpus;
 mod error;
+mod files;
 mod gcide;
 mod pack;
+mod pretrained;
 mod tokenizer;
 
+pub use corpus::{
+    CACHE_DIR, CorpusRecord, DEFAULT_TEXT_FIELD, FileDigest, FilesOptions, FilesSpec,
+    PreparedFiles, RECORD_FILE, TestSplit, TextCorpus, prepare_files,
+};
 pub use error::{Result, TextError};
+pub use files::{Documents, has_text_files};
 pub use gcide::{Document, GCIDE_DICT, GCIDE_INDEX, entry_to_text, read_gcide};
 pub use pack::{IGNORE_INDEX, Packed, pack, pack_stream, stream};
+pub use pretrained::{EOS_CANDIDATES, PretrainedTokenizer};
 pub use tokenizer::{
     BpeTokenizer, DEFAULT_VOCAB_SIZE, EOT_TOKEN, MIN_VOCAB_SIZE, PAD_TOKEN, SPECIAL_TOKENS,
     fingerprint,

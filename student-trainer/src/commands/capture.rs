@@ -10,7 +10,6 @@ use super::error::AppError;
 use super::output::{Finished, outln};
 use super::teachers::{batch_size_for, connect};
 use crate::config::CaptureConfig;
-use crate::data::TextOptions;
 use crate::ensemble::EnsembleMode;
 use crate::logit_cache::{CacheError, CacheKey, CachedTeacher, LogitCache};
 use crate::outputs::progress::Progress;
@@ -31,7 +30,7 @@ use tokio::sync::mpsc;
 /// Any [`AppError`]; shards written before a failure are kept (run again to resume).
 pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let t0 = Instant::now();
-    let data = load_data(&cfg.data_dir, cfg.limit, TextOptions::default())?;
+    let data = load_data(&cfg.data_dir, cfg.limit, &cfg.text)?;
     let expect = Expect {
         sample_shape: data.train.sample_shape(),
         num_classes: data.train.num_classes.max(data.test.num_classes),

@@ -109,7 +109,7 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
         ..cfg.train.clone()
     };
     let device = tc.device.resolve()?;
-    let data = load_data(&tc.data_dir, tc.limit, tc.text)?;
+    let data = load_data(&tc.data_dir, tc.limit, &tc.text)?;
     prepare_out(&tc.out)?;
     warn_long_warmup(&cfg.train, data.train.len());
     keep_tokenizer(&data, &tc.out)?;

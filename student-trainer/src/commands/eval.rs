@@ -1,7 +1,7 @@
 //! `eval`: accuracy (overall and per class) of a checkpoint, or of served teachers, on the test
 //! split; a language model's perplexity and next-token accuracy.
 
-use super::dataset::{is_text_corpus, load_text};
+use super::dataset::{is_text_corpus, load_text, load_text_files};
 use super::error::AppError;
 use super::output::{outln, write_stdout};
 use super::teachers::{
@@ -12,6 +12,7 @@ use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::eval::{self, Accuracy};
 use crate::teachers::Expect;
 use distill_models::Checkpoint;
+use distill_text::{CorpusRecord, FilesOptions, RECORD_FILE};
 use std::path::Path;
 use tch::Device;
 
@@ -50,6 +51,9 @@ fn test_split(cfg: &EvalConfig) -> Result<Dataset, AppError> {
         }
         .into());
     }
+    if let Some(test) = text_files_test_split(cfg)? {
+        return Ok(test);
+    }
     if !is_text_corpus(&cfg.data_dir) {
         return Ok(data::load(&cfg.data_dir, Split::Test)?);
     }
@@ -57,13 +61,61 @@ fn test_split(cfg: &EvalConfig) -> Result<Dataset, AppError> {
         EvalTarget::Checkpoint(dir) => {
             let arch = Checkpoint::open(dir)?.meta.arch;
             TextOptions {
-                seq_len: arch.input_shape.first().copied().unwrap_or(0).max(2) as usize,
+                seq_len: checkpoint_seq_len(&arch),
                 vocab_size: arch.num_classes.max(0) as usize,
+                ..TextOptions::default()
             }
         }
-        EvalTarget::Teachers(_) => cfg.text,
+        EvalTarget::Teachers(_) => cfg.text.clone(),
     };
     Ok(load_text(&cfg.data_dir, text)?.1)
+}
+
+/// The sequence length a checkpoint's network takes (at least 2).
+fn checkpoint_seq_len(arch: &distill_models::ArchSpec) -> usize {
+    arch.input_shape.first().copied().unwrap_or(0).max(2) as usize
+}
+
+/// The test split of a corpus of text files, or `None` when the data is not one: read as the
+/// checkpoint's `corpus.json` says (with the `tokenizer.json` beside it, the flags given must
+/// agree and the files must be those it lists), or as the flags say (`--tokenizer`).
+fn text_files_test_split(cfg: &EvalConfig) -> Result<Option<Dataset>, AppError> {
+    let checkpoint = match &cfg.target {
+        EvalTarget::Checkpoint(dir) => Some(dir.as_path()),
+        EvalTarget::Teachers(_) => None,
+    };
+    let record_path = checkpoint
+        .map(|d| d.join(RECORD_FILE))
+        .filter(|p| p.is_file());
+    let seq_len = || -> Result<usize, AppError> {
+        Ok(match checkpoint {
+            Some(dir) => checkpoint_seq_len(&Checkpoint::open(dir)?.meta.arch),
+            None => cfg.text.seq_len,
+        })
+    };
+    if let (Some(dir), Some(record_path)) = (checkpoint, record_path) {
+        let record = CorpusRecord::load(&record_path)?;
+        let spec =
+            cfg.text
+                .files
+                .spec_from_record(&record, &record_path, &dir.join("tokenizer.json"))?;
+        let expected = Some((&record, record_path.as_path()));
+        let data = load_text_files(&cfg.data_dir, &spec, seq_len()?, expected)?;
+        return Ok(Some(data.test));
+    }
+    match (cfg.text.files.spec(), checkpoint) {
+        (Some(spec), _) => Ok(Some(
+            load_text_files(&cfg.data_dir, &spec, seq_len()?, None)?.test,
+        )),
+        (None, Some(dir)) if cfg.text.files != FilesOptions::default() => {
+            Err(AppError::Mismatch(format!(
+                "{} has no {RECORD_FILE} (it was not trained on text files): give --tokenizer \
+                 FILE to read --data-dir as text files",
+                dir.display()
+            )))
+        }
+        (None, _) => Ok(None),
+    }
 }
 
 /// Test accuracy, parameter count and architecture name of the checkpoint in `dir`.

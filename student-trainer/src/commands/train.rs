@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 /// Any [`AppError`].
 pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let device = cfg.device.resolve()?;
-    let data = load_data(&cfg.data_dir, cfg.limit, cfg.text)?;
+    let data = load_data(&cfg.data_dir, cfg.limit, &cfg.text)?;
     prepare_out(&cfg.out)?;
     warn_long_warmup(&cfg, data.train.len());
     keep_tokenizer(&data, &cfg.out)?;

@@ -3,7 +3,9 @@
 use super::distill::temperature;
 use super::error::{ConfigError, invalid};
 use super::teachers::{TeacherConfig, teacher_groups};
+use super::text::files_options;
 use crate::cli::CaptureArgs;
+use crate::data::TextOptions;
 use crate::soft_targets::TargetRequest;
 use std::path::PathBuf;
 
@@ -12,8 +14,11 @@ use std::path::PathBuf;
 pub struct CaptureConfig {
     /// The teacher's replicas (one group).
     pub teachers: TeacherConfig,
-    /// IDX directory or .npz file (its training split is captured).
+    /// IDX directory, .npz file or text corpus (its training split is captured).
     pub data_dir: PathBuf,
+    /// How a text corpus is packed: `--seq-len`, the default vocabulary of the GCIDE's BPE, and
+    /// the text-file flags.
+    pub text: TextOptions,
     /// Capture the first N training samples only.
     pub limit: Option<usize>,
     /// The cache directory.
@@ -39,8 +44,23 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
                 return Err(invalid(flag, "must be at least 1"));
             }
         }
+        if a.seq_len < 2 {
+            return Err(invalid(
+                "seq-len",
+                format!(
+                    "{} is not a sequence length of at least 2 tokens",
+                    a.seq_len
+                ),
+            ));
+        }
+        let text = TextOptions {
+            seq_len: a.seq_len,
+            files: files_options(&a.text_files, true)?,
+            ..TextOptions::default()
+        };
         let groups = teacher_groups(&a.teachers.teacher, &[], &[])?;
         Ok(CaptureConfig {
+            text,
             teachers: TeacherConfig::from_args(a.teachers, groups)?,
             data_dir: a.data_dir,
             limit: a.limit,

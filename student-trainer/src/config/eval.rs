@@ -2,6 +2,7 @@
 
 use super::error::{ConfigError, invalid, threads};
 use super::teachers::{TeacherConfig, teacher_groups};
+use super::text::files_options;
 use crate::cli::EvalArgs;
 use crate::data::TextOptions;
 use crate::device::DeviceChoice;
@@ -24,7 +25,8 @@ pub struct EvalConfig {
     pub target: EvalTarget,
     /// IDX directory, .npz file or text corpus (its test split is used).
     pub data_dir: PathBuf,
-    /// How a text corpus is packed for `--teacher` (a checkpoint uses its own).
+    /// How a text corpus is packed for `--teacher` (a checkpoint uses its own length and
+    /// vocabulary, and its corpus record for text files).
     pub text: TextOptions,
     /// Device of a checkpoint's network.
     pub device: DeviceChoice,
@@ -40,6 +42,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
     type Error = ConfigError;
 
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
+        let files = files_options(&a.text_files, a.checkpoint.is_none())?;
         let target = match (a.checkpoint, a.teachers.teacher.is_empty()) {
             (Some(dir), true) => EvalTarget::Checkpoint(dir),
             (None, false) => {
@@ -62,6 +65,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
             text: TextOptions {
                 seq_len: a.seq_len,
                 vocab_size: a.vocab_size,
+                files,
             },
             device: a.device.parse()?,
             batch_size: a.batch_size,

@@ -1,5 +1,6 @@
 //! Validated configurations, built from the parsed command line with `TryFrom`: one file per
-//! command, and [`teachers`] for the teacher flags `distill`, `capture` and `eval` share.
+//! command, [`teachers`] for the teacher flags `distill`, `capture` and `eval` share, and `text`
+//! for the text-file flags.
 //!
 //! Validation here is pure (no file system, no network, no CUDA query), so it is unit-tested on
 //! any machine; the data directory, the teacher and the device are checked when a command starts.
@@ -10,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod plot;
 pub mod teachers;
+mod text;
 pub mod train;
 
 pub use capture::CaptureConfig;

@@ -691,3 +691,116 @@ fn numbers_in_messages_stay_short() {
     assert_eq!(number(-7.0), "-7");
     assert_eq!(number(f64::INFINITY), "inf");
 }
+
+#[test]
+fn text_file_flags_parse_default_and_need_the_tokenizer() {
+    use distill_text::{Documents, FilesOptions, TestSplit};
+    let t = train(&[
+        "--tokenizer",
+        "tok.json",
+        "--documents",
+        "blank-lines",
+        "--text-field",
+        "body",
+        "--eos-token",
+        "</s>",
+        "--test-every",
+        "7",
+    ])
+    .unwrap();
+    assert_eq!(
+        t.text.files,
+        FilesOptions {
+            tokenizer: Some("tok.json".into()),
+            documents: Some(Documents::BlankLines),
+            text_field: Some("body".into()),
+            eos_token: Some("</s>".into()),
+            test_every: Some(7),
+            test_data: None,
+        }
+    );
+    // Defaults: whole files, field "text", the tokenizer's own EOS, every 20th document.
+    let spec = train(&["--tokenizer", "tok.json"])
+        .unwrap()
+        .text
+        .files
+        .spec()
+        .unwrap();
+    assert_eq!(
+        (
+            spec.documents,
+            spec.text_field.as_str(),
+            spec.eos_token,
+            spec.test
+        ),
+        (Documents::File, "text", None, TestSplit::Every(20))
+    );
+    assert_eq!(train(&[]).unwrap().text.files, FilesOptions::default());
+    let c = capture(&[
+        "--tokenizer",
+        "t.json",
+        "--test-data",
+        "held-out",
+        "--seq-len",
+        "32",
+    ])
+    .unwrap();
+    assert_eq!(c.text.seq_len, 32);
+    assert_eq!(
+        c.text.files.spec().unwrap().test,
+        TestSplit::Data("held-out".into())
+    );
+
+    let err = |r: Result<TrainConfig, ConfigError>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(train(&["--documents", "lines"])),
+        "--documents: needs --tokenizer FILE (the teacher's tokenizer.json): it reads --data-dir \
+         as .txt and .jsonl files"
+    );
+    assert!(
+        capture(&["--text-field", "x"])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--text-field: needs --tokenizer")
+    );
+    assert_eq!(
+        err(train(&["--tokenizer", "t", "--test-every", "1"])),
+        "--test-every: expected at least 2 (every N-th document is held out), got 1"
+    );
+    assert_eq!(
+        err(train(&["--tokenizer", "t", "--eos-token", ""])),
+        "--eos-token: expected a non-empty string, got \"\""
+    );
+    let e = Cli::try_parse_from(["student-trainer", "train", "--documents", "pages"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("expected file, lines or blank-lines, got \"pages\""),
+        "{e}"
+    );
+    let e = Cli::try_parse_from([
+        "student-trainer",
+        "train",
+        "--tokenizer",
+        "t",
+        "--test-every",
+        "5",
+        "--test-data",
+        "d",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cannot be used with"), "{e}");
+    // eval --checkpoint takes them without --tokenizer (the checkpoint's record stands in).
+    let Command::Eval(a) = parse(&["eval", "--checkpoint", "c", "--documents", "lines"]) else {
+        panic!()
+    };
+    assert_eq!(
+        EvalConfig::try_from(a).unwrap().text.files.documents,
+        Some(Documents::Lines)
+    );
+    let Command::Eval(a) = parse(&["eval", "--teacher", "h:1", "--documents", "lines"]) else {
+        panic!()
+    };
+    assert!(EvalConfig::try_from(a).is_err());
+}

@@ -1,6 +1,7 @@
 //! `train` (and the training half of `distill`): [`TrainConfig`] from [`CommonArgs`].
 
 use super::error::{ConfigError, invalid, threads};
+use super::text::files_options;
 use crate::cli::{CommonArgs, TrainArgs};
 use crate::data::TextOptions;
 use crate::optim::{LrSchedule, OptimizerConfig};
@@ -116,7 +117,7 @@ fn optimizer(a: &CommonArgs) -> Result<OptimizerConfig, ConfigError> {
     })
 }
 
-/// `--seq-len` and `--vocab-size` of a text corpus.
+/// `--seq-len`, `--vocab-size` and the text-file flags of a text corpus.
 fn text_options(a: &CommonArgs) -> Result<TextOptions, ConfigError> {
     if a.seq_len < 2 {
         return Err(invalid(
@@ -140,6 +141,7 @@ fn text_options(a: &CommonArgs) -> Result<TextOptions, ConfigError> {
     Ok(TextOptions {
         seq_len: a.seq_len,
         vocab_size: a.vocab_size,
+        files: files_options(&a.text_files, true)?,
     })
 }
 
