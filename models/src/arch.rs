@@ -40,18 +40,34 @@ pub enum Arch {
     },
     /// A decoder-only transformer language model (inputs: token ids `[max_seq_len]`).
     Lm(LmConfig),
+    /// A TorchScript module exported from PyTorch (`student-trainer --student FILE.pt`), loaded
+    /// with libtorch rather than built: see [`crate::script`].
+    #[serde(rename = "torchscript")]
+    TorchScript(crate::script::ScriptArch),
 }
 
 impl Arch {
     /// Whether this is a sequence model: inputs are token ids `i64 [batch, seq]` (any
     /// `1 ≤ seq ≤ input_shape[0]`) and logits are per position, `[batch, seq, num_classes]`.
     pub fn is_sequence_model(&self) -> bool {
-        matches!(self, Arch::Lm(_))
+        match self {
+            Arch::Lm(_) => true,
+            Arch::TorchScript(s) => s.sequence_model,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a TorchScript module (loaded from its file, not built).
+    pub fn is_torchscript(&self) -> bool {
+        matches!(self, Arch::TorchScript(_))
     }
 
     /// The input dtype the network takes: `Int64` token ids for a sequence model, `Float`
     /// otherwise.
     pub fn input_kind(&self) -> tch::Kind {
+        if let Arch::TorchScript(s) = self {
+            return s.input_kind();
+        }
         if self.is_sequence_model() {
             tch::Kind::Int64
         } else {
@@ -112,6 +128,7 @@ impl fmt::Display for Arch {
                 write!(f, "mlp:{}", h.join(","))
             }
             Arch::Lm(c) => write!(f, "lm:layers={},d={},heads={}", c.layers, c.d, c.heads),
+            Arch::TorchScript(s) => write!(f, "torchscript:{}", s.module),
         }
     }
 }
@@ -181,6 +198,13 @@ impl Network {
         let body = match &spec.arch {
             Arch::Cnn => Body::Seq(cnn(path, spec)?),
             Arch::Mlp { hidden } => Body::Seq(mlp(path, spec, hidden)?),
+            Arch::TorchScript(_) => {
+                return Err(ModelError::Script(format!(
+                    "{}: a TorchScript student is loaded from its module file (or its \
+                     checkpoint's student.<hash>.pt), not built",
+                    spec.arch
+                )));
+            }
             Arch::Lm(cfg) => {
                 let [max_len] = spec.input_shape[..] else {
                     return Err(ModelError::InputShape {

@@ -11,7 +11,8 @@ use crate::config::{EvalConfig, EvalTarget, TeacherConfig};
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::eval::{self, Accuracy};
 use crate::teachers::Expect;
-use distill_models::Checkpoint;
+use super::student::{load_script, script_request};
+use distill_models::{Checkpoint, Model};
 use std::path::Path;
 use tch::Device;
 
@@ -30,6 +31,21 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
             let (acc, params, name) = evaluate_checkpoint(dir, &test, device)?;
             (
                 format!("{} ({name}, {params} parameters)", dir.display()),
+                acc,
+                Some(params),
+            )
+        }
+        EvalTarget::Student {
+            file,
+            logits_output,
+        } => {
+            let device = cfg.device.resolve()?;
+            let req = script_request(file, logits_output.as_deref(), &test, test.num_classes)?;
+            let (vs, module) = load_script(file, &req, device)?;
+            let params = distill_models::arch::param_count(&vs);
+            let acc = eval::evaluate(&Model::Script(module), &test, device, 1000)?;
+            (
+                format!("{} ({}, {params} parameters)", file.display(), req.module),
                 acc,
                 Some(params),
             )
@@ -61,7 +77,7 @@ fn test_split(cfg: &EvalConfig) -> Result<Dataset, AppError> {
                 vocab_size: arch.num_classes.max(0) as usize,
             }
         }
-        EvalTarget::Teachers(_) => cfg.text,
+        EvalTarget::Teachers(_) | EvalTarget::Student { .. } => cfg.text,
     };
     Ok(load_text(&cfg.data_dir, text)?.1)
 }
@@ -85,7 +101,7 @@ pub(crate) fn evaluate_checkpoint(
             test.sample_shape()
         )));
     }
-    let (vs, net) = ck.load_network(device)?;
+    let (vs, net) = ck.load_model(device)?;
     let acc = eval::evaluate(&net, test, device, 1000)?;
     Ok((
         acc,

@@ -7,7 +7,7 @@ use super::checkpoint::{ResumeState, Start};
 use super::error::TrainError;
 use super::job::{Job, Objective, Outcome, TrainConfig};
 use super::step::{StepInput, StepOutput, Stepper};
-use super::student::{Stages, Student};
+use super::student::{Stages, Student, StudentSource};
 use super::sums::Sums;
 use super::targets::{TargetSource, Targets};
 use crate::data::Dataset;
@@ -131,7 +131,27 @@ impl Trainer {
             tch::set_num_threads(n as i32);
         }
         let checkpoint = start.checkpoint.as_ref();
-        let student = Student::build(&spec, objective.hint(), device, cfg.seed, checkpoint)?;
+        let source = StudentSource {
+            file: cfg.student.clone(),
+            init: match (&cfg.init, checkpoint) {
+                (Some(dir), None) => Some(Checkpoint::open(dir)?),
+                _ => None,
+            },
+        };
+        if spec.arch.is_torchscript() {
+            // TorchScript's graph executor as a plain interpreter: no profiling runs followed by
+            // re-optimised graphs whose dropout and autodiff may differ from the first calls', so
+            // a step computes the same whatever the process's call count (exact resume).
+            tch::jit::set_graph_executor_optimize(false);
+        }
+        let student = Student::build(
+            &spec,
+            &source,
+            objective.hint(),
+            device,
+            cfg.seed,
+            checkpoint,
+        )?;
         let stages = Stages {
             hint_epochs: objective.hint().map_or(0, |h| h.config.stage_epochs),
             epochs: cfg.epochs,
@@ -370,10 +390,11 @@ impl Trainer {
             .hint_vs()
             .map(sorted_variables)
             .unwrap_or_default();
-        Checkpoint::save_with_aux(
+        Checkpoint::save_model(
             &self.cfg.out,
             meta,
             &self.student.vs,
+            &self.student.net,
             &self.opt.state()?,
             &aux,
         )?;
