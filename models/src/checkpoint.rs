@@ -29,8 +29,8 @@
 //!
 //! `teacher-server --model DIR` serves such a directory directly.
 
-use crate::weights::{self, sha256_hex};
 use crate::script::{ScriptModule, ScriptRequest};
+use crate::weights::{self, sha256_hex};
 use crate::{ArchSpec, Model, ModelError, Network, fingerprint};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -293,7 +293,12 @@ impl Checkpoint {
         }
         let state = module.state_dict()?;
         let saved = weights::tensors_from_bytes(&weights_bytes, &weights_path)?;
-        weights::check_same_tensors(&saved, &state, &weights_path, &self.meta.arch.arch.to_string())?;
+        weights::check_same_tensors(
+            &saved,
+            &state,
+            &weights_path,
+            &self.meta.arch.arch.to_string(),
+        )?;
         if !self.meta.fingerprint.is_empty() {
             let got = fingerprint(&state)?;
             if got != self.meta.fingerprint {

@@ -286,9 +286,13 @@ impl ScriptModule {
     /// against `req` (see [`ScriptModule::load`]); records the outputs in the spec.
     fn warm_up(&mut self, req: &ScriptRequest) -> Result<(), ModelError> {
         let bad = |reason: String| ModelError::Script(format!("{}: {reason}", self.source));
-        let seq_len = req
-            .sequence_model
-            .then(|| req.input_shape.first().copied().unwrap_or(1).min(WARM_UP_SEQ_LEN));
+        let seq_len = req.sequence_model.then(|| {
+            req.input_shape
+                .first()
+                .copied()
+                .unwrap_or(1)
+                .min(WARM_UP_SEQ_LEN)
+        });
         let shape: Vec<i64> = match seq_len {
             Some(s) => vec![WARM_UP_BATCH, s],
             None => std::iter::once(WARM_UP_BATCH)
@@ -371,11 +375,17 @@ impl ScriptModule {
         let (expected, what) = match seq_len {
             Some(s) => (
                 vec![WARM_UP_BATCH, s, req.num_classes],
-                format!("[batch, seq, vocab] with the data's vocabulary of {}", req.num_classes),
+                format!(
+                    "[batch, seq, vocab] with the data's vocabulary of {}",
+                    req.num_classes
+                ),
             ),
             None => (
                 vec![WARM_UP_BATCH, req.num_classes],
-                format!("[batch, classes] with the data's {} classes", req.num_classes),
+                format!(
+                    "[batch, classes] with the data's {} classes",
+                    req.num_classes
+                ),
             ),
         };
         if got != expected {
@@ -383,7 +393,11 @@ impl ScriptModule {
                 format!(
                     ": the module gives {} logits per {}, the data has {} {}",
                     got.last().copied().unwrap_or(0),
-                    if seq_len.is_some() { "position" } else { "sample" },
+                    if seq_len.is_some() {
+                        "position"
+                    } else {
+                        "sample"
+                    },
                     req.num_classes,
                     if seq_len.is_some() {
                         "token ids"

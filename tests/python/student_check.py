@@ -11,6 +11,10 @@ Export (with scripts/export_student.py):
   export lm OUT V S       TinyLm, a causal LM over V token ids, traced on S tokens
   export lmbig OUT V S    TinyLm of V + 7 ids (for the vocabulary error)
 
+Data:
+  lmdata OUT.npz V S      token sequences (arithmetic progressions mod V) of S ids: OUT.npz
+                          (400 sequences) and OUT_test.npz (100), next-token labels
+
 Check (prints one JSON line):
   check-cnn CKDIR DATA INITIAL.pt   accuracy of the checkpoint's student.<hash>.pt (torch.jit.load)
                                     and of SmallCnn loaded from model.<hash>.safetensors with
@@ -195,9 +199,28 @@ def check_lm(ckdir, test):
     print(json.dumps(out))
 
 
+def lmdata(out, vocab, seq):
+    import numpy as np
+    vocab, seq = int(vocab), int(seq)
+    rng = np.random.default_rng(1)
+
+    def make(n):
+        start = rng.integers(0, vocab, n)[:, None]
+        step = rng.integers(1, 4, n)[:, None]
+        ids = (start + step * np.arange(seq)[None, :]) % vocab
+        labels = np.concatenate([ids[:, 1:], np.full((n, 1), -100)], axis=1)
+        return ids.astype(np.int64), labels.astype(np.int64)
+
+    for path, n in ((out, 400), (out[:-len(".npz")] + "_test.npz", 100)):
+        ids, labels = make(n)
+        np.savez(path, inputs=ids, labels=labels, vocab_size=np.array(vocab))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "export":
+    if cmd == "lmdata":
+        lmdata(*args)
+    elif cmd == "export":
         export(*args)
     elif cmd == "check-cnn":
         check_cnn(*args)

@@ -6,19 +6,21 @@
 //! and baseline evaluated on the test split).
 
 use super::dataset::{Data, keep_tokenizer, load_data};
-use super::student::{self, StudentPlan};
 use super::error::AppError;
 use super::eval::evaluate_checkpoint;
 use super::output::{Finished, outln};
+use super::student::{self, StudentPlan};
 use super::teachers::{batch_size_for, connect, evaluate_pool, total_params};
 use super::train::{
     join_trainer, prepare_out, start_monitoring, summarise, train, warn_long_warmup,
 };
 use crate::config::DistillConfig;
 use crate::data::Dataset;
+use crate::ensemble::EnsembleMode;
 use crate::eval::Accuracy;
 use crate::hint::{HintConfig, HintPlan};
 use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPLES, LogitCache};
+use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::report::{ModelSummary, REPORT_FILE, ReplicaSummary, Report};
 use crate::schedule::run_plan;
@@ -26,8 +28,6 @@ use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
 use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
 use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig};
-use crate::ensemble::EnsembleMode;
-use crate::loss::LossKind;
 use distill_models::ArchSpec;
 use distill_telemetry::MetricsServer;
 use std::path::Path;
@@ -123,8 +123,11 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
         && cfg.loss.kind != LossKind::Mse
         && !(cfg.ensemble_mode == EnsembleMode::Mix && cfg.teachers.groups.len() > 1)
     {
-        // A TorchScript (or --init) language model: a language model's default top-k.
-        cfg.top_k = 32;
+        // A TorchScript (or --init) language model: a language model's default top-k (dense
+        // rows for a vocabulary of 32 or fewer).
+        if spec.num_classes > 32 {
+            cfg.top_k = 32;
+        }
     }
     if cfg.hint.is_some() && spec.arch.is_sequence_model() {
         return Err(AppError::Mismatch(

@@ -4,6 +4,7 @@
 use super::dataset::{is_text_corpus, load_text};
 use super::error::AppError;
 use super::output::{outln, write_stdout};
+use super::student::{load_script, script_request};
 use super::teachers::{
     batch_size_for, connect, evaluate_pool, sequences_per_message, total_params,
 };
@@ -11,7 +12,6 @@ use crate::config::{EvalConfig, EvalTarget, TeacherConfig};
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::eval::{self, Accuracy};
 use crate::teachers::Expect;
-use super::student::{load_script, script_request};
 use distill_models::{Checkpoint, Model};
 use std::path::Path;
 use tch::Device;

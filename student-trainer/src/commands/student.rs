@@ -95,7 +95,10 @@ pub(crate) fn script_request(
     let tokens = data.is_tokens();
     let shape = data.sample_shape();
     let what_data = if tokens {
-        format!("token sequences of {} ids", shape.first().copied().unwrap_or(0))
+        format!(
+            "token sequences of {} ids",
+            shape.first().copied().unwrap_or(0)
+        )
     } else {
         format!("samples of shape {shape:?}")
     };
@@ -129,9 +132,8 @@ pub(crate) fn script_request(
         ));
     }
     let input_dtype = match side.input_dtype.as_deref() {
-        Some(name) => kind_of_name(name).map_err(|e| {
-            AppError::Mismatch(format!("{side_name}: input_dtype: {e}"))
-        })?,
+        Some(name) => kind_of_name(name)
+            .map_err(|e| AppError::Mismatch(format!("{side_name}: input_dtype: {e}")))?,
         None if tokens => Kind::Int64,
         None => Kind::Float,
     };
@@ -212,10 +214,7 @@ pub(crate) fn plan(cfg: &TrainConfig, data: &Data) -> Result<StudentPlan, AppErr
             }
             let from_vs = nn::VarStore::new(Device::Cpu);
             let from = ck.load_script(&from_vs.root())?;
-            module.copy_state_from(
-                &from.state_dict()?,
-                &format!("--init {}", ck.dir.display()),
-            )?;
+            module.copy_state_from(&from.state_dict()?, &format!("--init {}", ck.dir.display()))?;
         }
         return Ok(StudentPlan {
             spec: module.spec().clone(),

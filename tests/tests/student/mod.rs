@@ -16,5 +16,6 @@ mod plot;
 mod pool_reordering;
 mod resume;
 mod sparse;
+mod torchscript;
 mod torn_checkpoint;
 mod values;
