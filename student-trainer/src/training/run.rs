@@ -330,13 +330,15 @@ impl Trainer {
     /// The end of epoch `epoch`: test accuracy (every epoch, or the last one only), a checkpoint
     /// at the next epoch's start, and its line of `metrics.jsonl`.
     fn end_epoch(&mut self, epoch: u64, sums: &Sums, t0: Instant) -> Result<(), TrainError> {
+        // The training's wall time, the evaluation excluded (samples/s is training throughput).
+        let wall = t0.elapsed().as_secs_f64();
         let accuracy = match &self.test {
             Some(test) if self.cfg.epoch_eval || epoch + 1 == self.cfg.epochs => Some(
                 eval::evaluate(&self.student.net, test, self.device, EVAL_BATCH)?,
             ),
             _ => None,
         };
-        let m = sums.metrics(epoch, self.out.step, t0, accuracy.as_ref());
+        let m = sums.metrics(epoch, self.out.step, wall, accuracy.as_ref());
         self.save((epoch + 1, 0), m.clone())?;
         self.metrics.append(&m).map_err(|source| TrainError::Io {
             path: self.cfg.out.join(METRICS_FILE),
@@ -363,7 +365,10 @@ impl Trainer {
     /// Saves a checkpoint in the middle of an epoch (before batch `at.1` of epoch `at.0`) with
     /// the partial epoch's metrics: the run is about to stop early.
     fn save_partial(&self, sums: &Sums, at: (u64, usize), t0: Instant) -> Result<(), TrainError> {
-        self.save(at, sums.metrics(at.0, self.out.step, t0, None))
+        self.save(
+            at,
+            sums.metrics(at.0, self.out.step, t0.elapsed().as_secs_f64(), None),
+        )
     }
 
     /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with `m` as its
