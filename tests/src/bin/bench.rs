@@ -1078,7 +1078,12 @@ async fn script_student_rows(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), Strin
         }
         Ok(String::from_utf8_lossy(&run.stdout).into_owned())
     };
-    python(vec!["export".into(), "--out-dir".into(), dir.clone().into()]).await?;
+    python(vec![
+        "export".into(),
+        "--out-dir".into(),
+        dir.clone().into(),
+    ])
+    .await?;
     let limit = ctx.limit.to_string();
     let mut values: Vec<(String, Vec<f64>)> = Vec::new();
     for round in 0..ctx.rounds {
@@ -1092,7 +1097,14 @@ async fn script_student_rows(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), Strin
                 .arg("--data-dir")
                 .arg(&ctx.data)
                 .args(["--limit", &limit, "--epochs", "1", "--batch-size", "128"])
-                .args(["--threads", "1", "--device", "cpu", "--no-epoch-eval", "--out"])
+                .args([
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--no-epoch-eval",
+                    "--out",
+                ])
                 .arg(&out)
                 .env_remove("RUST_LOG")
                 .stdin(std::process::Stdio::null())

@@ -5,16 +5,22 @@
 //! `teacher-server --model DIR`, resumed mid-epoch bit for bit, started from a checkpoint with
 //! `--init`, and each bad input refused with one error line before anything is written.
 
+use distill_models::Checkpoint;
 use distill_tests::trainer::{read_json, student, write_synthetic_idx};
 use distill_tests::{
-    TeacherProcess, TempDir, fresh_checkpoint, max_abs_diff, python, random_inputs,
-    torchscript_forward, workspace_root,
+    TeacherProcess, TempDir, checkpoint_forward, fresh_checkpoint, max_abs_diff, python,
+    random_inputs, torchscript_forward, workspace_root,
 };
 use std::path::{Path, PathBuf};
 
 /// `python3 tests/python/student_check.py ARGS` with the project's torch and safetensors; its
 /// stdout (panics with both streams on failure).
 fn py(args: &[&str]) -> String {
+    py_script("tests/python/student_check.py", args)
+}
+
+/// `python3 SCRIPT ARGS` (`script` relative to the workspace root), as [`py`].
+fn py_script(script: &str, args: &[&str]) -> String {
     let mut cmd = python();
     let torch_path = cmd
         .get_envs()
@@ -26,13 +32,13 @@ fn py(args: &[&str]) -> String {
     path.push(torch_path);
     let out = cmd
         .env("PYTHONPATH", path)
-        .arg(workspace_root().join("tests/python/student_check.py"))
+        .arg(workspace_root().join(script))
         .args(args)
         .output()
         .expect("run python3");
     assert!(
         out.status.success(),
-        "student_check.py {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        "{script} {args:?} failed\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -552,5 +558,44 @@ async fn bad_torchscript_students_are_refused_in_one_line_before_anything_is_wri
             assert!(e.contains(needle), "{what}: {needle:?} not in {e}");
         }
         assert!(!out.exists(), "{what}: {} was written", out.display());
+    }
+}
+
+#[test]
+fn built_in_checkpoints_load_strictly_into_their_pytorch_classes() {
+    let tmp = TempDir::new("ts-builtin");
+    for (arch, shape, classes) in [
+        ("mlp:16,8", vec![1i64, 28, 28], 10i64),
+        ("cnn", vec![1, 28, 28], 10),
+        ("lm:layers=1,d=16,heads=2", vec![8], 20),
+    ] {
+        let dir = tmp.path().join(arch.replace([':', ',', '='], "_"));
+        fresh_checkpoint(&dir, arch, &shape, classes);
+        let got: serde_json::Value = serde_json::from_str(
+            py_script("scripts/builtin_students.py", &[&s(&dir), "--logits", "2"]).trim(),
+        )
+        .unwrap();
+        let mut full = vec![2i64];
+        full.extend(&shape);
+        let numel: i64 = full.iter().product();
+        let x = if arch.starts_with("lm") {
+            tch::Tensor::arange(numel, (tch::Kind::Int64, tch::Device::Cpu))
+                .remainder(classes)
+                .reshape(full.as_slice())
+        } else {
+            (tch::Tensor::arange(numel, (tch::Kind::Float, tch::Device::Cpu)) / numel as f64)
+                .reshape(full.as_slice())
+        };
+        let want = checkpoint_forward(&Checkpoint::open(&dir).unwrap(), &x);
+        let want_sum = want
+            .to_kind(tch::Kind::Double)
+            .sum(tch::Kind::Double)
+            .double_value(&[]);
+        let sum = got["sum"].as_f64().unwrap();
+        assert!(
+            (sum - want_sum).abs() <= 1e-4 * want_sum.abs().max(1.0),
+            "{arch}: PyTorch {sum}, student-trainer {want_sum}"
+        );
+        assert_eq!(got["shape"], serde_json::json!(want.size()), "{arch}");
     }
 }
