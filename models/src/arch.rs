@@ -668,4 +668,39 @@ mod tests {
         let x = Tensor::zeros([1, 1, 28, 28], tch::kind::FLOAT_CPU);
         assert!(mlp.forward_masked(&x, Some(&mask), false).is_err());
     }
+
+    #[test]
+    fn a_torchscript_student_is_recorded_beside_the_built_ins_and_never_built() {
+        let arch = Arch::TorchScript(crate::ScriptArch {
+            module: "student".into(),
+            input_dtype: "f32".into(),
+            sequence_model: false,
+            logits_output: "logits".into(),
+            outputs: vec![crate::script::ScriptOutput {
+                name: "logits".into(),
+                shape: vec![10],
+            }],
+            state_dict_method: true,
+        });
+        let json = serde_json::to_value(&arch).unwrap();
+        assert_eq!(json["name"], "torchscript");
+        assert_eq!(serde_json::from_value::<Arch>(json).unwrap(), arch);
+        assert_eq!(arch.to_string(), "torchscript:student");
+        assert!(arch.is_torchscript() && !arch.is_sequence_model());
+        assert_eq!(arch.input_kind(), tch::Kind::Float);
+        // Older checkpoints' architectures still read.
+        let old: Arch = serde_json::from_str(r#"{"name":"mlp","hidden":[128]}"#).unwrap();
+        assert_eq!(old, "mlp".parse().unwrap());
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let e = Network::new(
+            &vs.root(),
+            &ArchSpec {
+                arch,
+                input_shape: vec![1, 28, 28],
+                num_classes: 10,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loaded from its module file"), "{e}");
+    }
 }

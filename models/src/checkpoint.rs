@@ -985,4 +985,36 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_torchscript_students_files_are_the_checkpoints_own() {
+        assert!(is_checkpoint_file("student.0123456789abcdef.pt"));
+        assert!(is_checkpoint_file(".student.pt.tmp"));
+        assert!(is_checkpoint_file(".student.0123456789abcdef.pt.tmp"));
+        assert!(!is_checkpoint_file("student.pt"));
+        assert!(!is_checkpoint_file("student.0123456789abcdef.safetensors"));
+    }
+
+    #[test]
+    fn a_torchscript_checkpoint_without_its_module_is_refused_by_name() {
+        let dir = temp_dir("script-no-module");
+        let (vs, _) = filled(1.0);
+        let mut m = meta(1);
+        m.arch.arch = crate::Arch::TorchScript(crate::ScriptArch {
+            module: "student".into(),
+            input_dtype: "f32".into(),
+            sequence_model: false,
+            logits_output: "0".into(),
+            outputs: Vec::new(),
+            state_dict_method: false,
+        });
+        Checkpoint::save(&dir, m, &vs, &[]).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert!(ck.module_path().is_none());
+        let e = ck.load_model(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("names no student.<hash>.pt"), "{e}");
+        let e = ck.load_network(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("TorchScript student torchscript:student"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,5 +1,6 @@
 //! Device selection (`--device auto|cpu|cuda|cuda:N`) shared by both binaries, the project's own
-//! architectures (a CNN teacher and an MLP student for 28×28 images), their
+//! architectures (a CNN teacher and an MLP student for 28×28 images), TorchScript students
+//! ([`script`]; [`Model`] holds either kind), their
 //! checkpoints (safetensors weights + JSON metadata), and the SHA-256 fingerprint of a set of
 //! weights that lets a student tell whether two teacher replicas serve the same teacher.
 //!

@@ -319,26 +319,7 @@ impl ScriptModule {
                 ))
             })?
         };
-        let mut described = Vec::with_capacity(outputs.len());
-        for (name, t) in &outputs {
-            let size = t.size();
-            if size.first() != Some(&WARM_UP_BATCH) {
-                return Err(bad(format!(
-                    "output {name} is {size:?} for a batch of {WARM_UP_BATCH}: every output must \
-                     have the batch first"
-                )));
-            }
-            let mut per_sample = size[1..].to_vec();
-            if let (Some(len), Some(d)) = (seq_len, per_sample.first_mut())
-                && *d == len
-            {
-                *d = -1;
-            }
-            described.push(ScriptOutput {
-                name: name.clone(),
-                shape: per_sample,
-            });
-        }
+        let described = describe_outputs(&outputs, seq_len).map_err(bad)?;
         let list = || {
             described
                 .iter()
@@ -371,48 +352,14 @@ impl ScriptModule {
             .find(|(n, _)| *n == logits_output)
             .map(|(_, t)| t)
             .ok_or_else(|| bad("no logits".into()))?;
-        let got = logits.size();
-        let (expected, what) = match seq_len {
-            Some(s) => (
-                vec![WARM_UP_BATCH, s, req.num_classes],
-                format!(
-                    "[batch, seq, vocab] with the data's vocabulary of {}",
-                    req.num_classes
-                ),
-            ),
-            None => (
-                vec![WARM_UP_BATCH, req.num_classes],
-                format!(
-                    "[batch, classes] with the data's {} classes",
-                    req.num_classes
-                ),
-            ),
-        };
-        if got != expected {
-            let per = if got.len() == expected.len() {
-                format!(
-                    ": the module gives {} logits per {}, the data has {} {}",
-                    got.last().copied().unwrap_or(0),
-                    if seq_len.is_some() {
-                        "position"
-                    } else {
-                        "sample"
-                    },
-                    req.num_classes,
-                    if seq_len.is_some() {
-                        "token ids"
-                    } else {
-                        "classes"
-                    }
-                )
-            } else {
-                String::new()
-            };
-            return Err(bad(format!(
-                "its logits (output {logits_output}) are {got:?} for the warm-up input \
-                 {shape:?}, expected {expected:?}, {what}{per}"
-            )));
-        }
+        check_logits(
+            &logits.size(),
+            &logits_output,
+            &shape,
+            seq_len,
+            req.num_classes,
+        )
+        .map_err(bad)?;
         if !logits.is_floating_point() {
             return Err(bad(format!(
                 "its logits (output {logits_output}) are {}, not floating-point",
@@ -562,6 +509,77 @@ impl ScriptModule {
         m.module.save(path)?;
         Ok(())
     }
+}
+
+/// Each output's name and per-sample shape (a sequence model's per-position outputs with `-1`
+/// first), or the message for an output without the batch first.
+fn describe_outputs(
+    outputs: &[(String, Tensor)],
+    seq_len: Option<i64>,
+) -> Result<Vec<ScriptOutput>, String> {
+    outputs
+        .iter()
+        .map(|(name, t)| {
+            let size = t.size();
+            if size.first() != Some(&WARM_UP_BATCH) {
+                return Err(format!(
+                    "output {name} is {size:?} for a batch of {WARM_UP_BATCH}: every output must \
+                     have the batch first"
+                ));
+            }
+            let mut shape = size[1..].to_vec();
+            if let (Some(len), Some(d)) = (seq_len, shape.first_mut())
+                && *d == len
+            {
+                *d = -1;
+            }
+            Ok(ScriptOutput {
+                name: name.clone(),
+                shape,
+            })
+        })
+        .collect()
+}
+
+/// The logits' shape `got` (output `name`, for the warm-up input `input`) against `[batch,
+/// classes]`, or `[batch, seq, vocab]` for a sequence model (`seq_len`): the message naming both
+/// sides when they differ.
+fn check_logits(
+    got: &[i64],
+    name: &str,
+    input: &[i64],
+    seq_len: Option<i64>,
+    classes: i64,
+) -> Result<(), String> {
+    let (expected, what, unit, data_unit) = match seq_len {
+        Some(s) => (
+            vec![WARM_UP_BATCH, s, classes],
+            format!("[batch, seq, vocab] with the data's vocabulary of {classes}"),
+            "position",
+            "token ids",
+        ),
+        None => (
+            vec![WARM_UP_BATCH, classes],
+            format!("[batch, classes] with the data's {classes} classes"),
+            "sample",
+            "classes",
+        ),
+    };
+    if got == expected.as_slice() {
+        return Ok(());
+    }
+    let per = if got.len() == expected.len() {
+        format!(
+            ": the module gives {} logits per {unit}, the data has {classes} {data_unit}",
+            got.last().copied().unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "its logits (output {name}) are {got:?} for the warm-up input {input:?}, expected \
+         {expected:?}, {what}{per}"
+    ))
 }
 
 /// Adds `t` to `vs` as the variable `name` with its dots as path separators, so the `VarStore`

@@ -57,6 +57,24 @@ fn module_name(file: &Path) -> String {
         .map_or_else(|| "student".into(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The sidecar of `file` ([`sidecar_of`]; empty when there is none) and its path as text.
+///
+/// # Errors
+/// [`AppError::Io`] / [`AppError::Mismatch`] for an unreadable or malformed sidecar.
+fn read_sidecar(file: &Path) -> Result<(Sidecar, String), AppError> {
+    let Some(p) = sidecar_of(file) else {
+        return Ok((Sidecar::default(), String::new()));
+    };
+    let text = std::fs::read_to_string(&p).map_err(|source| AppError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let side = serde_json::from_str(&text).map_err(|e| {
+        AppError::Mismatch(format!("{}: malformed student sidecar: {e}", p.display()))
+    })?;
+    Ok((side, p.display().to_string()))
+}
+
 /// What the TorchScript student `file` is asked to take and return: its sidecar (if any),
 /// `logits_output` (the flag, over the sidecar), and the data (`data`'s sample shape, whether
 /// it holds token sequences, and `classes`). A sidecar contradicting the data is an error
@@ -76,22 +94,7 @@ pub(crate) fn script_request(
             file.display()
         )));
     }
-    let side_path = sidecar_of(file);
-    let side: Sidecar = match &side_path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| AppError::Io {
-                path: p.clone(),
-                source,
-            })?;
-            serde_json::from_str(&text).map_err(|e| {
-                AppError::Mismatch(format!("{}: malformed student sidecar: {e}", p.display()))
-            })?
-        }
-        None => Sidecar::default(),
-    };
-    let side_name = side_path
-        .as_ref()
-        .map_or_else(String::new, |p| p.display().to_string());
+    let (side, side_name) = read_sidecar(file)?;
     let tokens = data.is_tokens();
     let shape = data.sample_shape();
     let what_data = if tokens {
@@ -275,4 +278,25 @@ fn init_mismatch(ck: &Checkpoint, spec: &ArchSpec) -> AppError {
         spec.input_shape,
         spec.num_classes
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_long_sidecar_name_wins_over_the_short_one() {
+        let dir = std::env::temp_dir().join(format!("student-sidecar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pt = dir.join("student.pt");
+        std::fs::write(&pt, b"x").unwrap();
+        assert_eq!(sidecar_of(&pt), None);
+        std::fs::write(dir.join("student.json"), b"{}").unwrap();
+        assert_eq!(sidecar_of(&pt), Some(dir.join("student.json")));
+        std::fs::write(dir.join("student.pt.json"), b"{}").unwrap();
+        assert_eq!(sidecar_of(&pt), Some(dir.join("student.pt.json")));
+        assert_eq!(module_name(&pt), "student");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

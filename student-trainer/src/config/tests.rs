@@ -691,3 +691,25 @@ fn numbers_in_messages_stay_short() {
     assert_eq!(number(-7.0), "-7");
     assert_eq!(number(f64::INFINITY), "inf");
 }
+
+#[test]
+fn a_torchscript_student_excludes_arch_and_names_its_logits_only_with_student() {
+    let t = train(&["--student", "s.pt", "--student-logits-output", "logits"]).unwrap();
+    assert_eq!(t.student, Some(PathBuf::from("s.pt")));
+    assert_eq!(t.student_logits_output.as_deref(), Some("logits"));
+    assert!(!t.arch_given);
+    let e = train(&["--student", "s.pt", "--arch", "cnn"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.pt and --arch cnn together"), "{e}");
+    let e = train(&["--student-logits-output", "logits"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs --student FILE.pt"), "{e}");
+    let t = train(&["--init", "runs/x"]).unwrap();
+    assert_eq!(t.init, Some(PathBuf::from("runs/x")));
+    assert_eq!(t.arch.to_string(), "mlp");
+    let d = distill(&["--student", "s.pt"]).unwrap();
+    assert!(d.top_k_default && d.top_k == 0);
+    assert!(!distill(&["--top-k", "0"]).unwrap().top_k_default);
+}
