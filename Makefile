@@ -55,7 +55,8 @@ soak: setup
 ## batching; one epoch of online distillation (12,000 Fashion-MNIST samples) against the PyTorch
 ## reference loop scripts/reference/kd_pytorch.py and the same loop in process; wire bytes per
 ## sample and KD-loss error (dense f32/f16/bf16, top-k 8/32; 10 and 32,000 logits); cached
-## against online epochs. Alternating rounds, medians. Prints markdown tables, writes
+## against online epochs; a TorchScript MLP and CNN student trained by student-trainer against the
+## same modules in a PyTorch loop (scripts/bench_torchscript_student.py). Alternating rounds, medians. Prints markdown tables, writes
 ## runs/bench/bench.json with the CPU's model, flags and cores. About 5 minutes on 2 idle
 ## cores. Options in BENCH_ARGS (e.g. --quick, --only distill_,cache_, --limit N).
 BENCH_ARGS ?=

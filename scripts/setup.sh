@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Project set-up: libtorch (from PyPI's torch wheel) and Python's tokenizers into one cache folder
+# Project set-up: libtorch (from PyPI's torch wheel) and Python's tokenizers and safetensors into one cache folder
 # outside the clone, and Fashion-MNIST and GCIDE (Debian packages) into the project's data dir.
 # Idempotent: each step is skipped when done.
 #
@@ -89,3 +89,23 @@ else
   touch "$tokdir/.complete"
 fi
 [ "$(readlink "$here/.pytokenizers" 2>/dev/null)" = "$tokdir" ] || ln -sfn "$tokdir" "$here/.pytokenizers"
+
+# Python's safetensors into the cache next to torch, for the tests that load a TorchScript
+# student's model.<hash>.safetensors with safetensors.torch.load_file into its PyTorch class
+# (load_state_dict(..., strict=True)); `.pysafetensors` links to it. --no-deps: its torch
+# loader needs torch (the cache's) and `packaging`, installed beside it.
+PY_SAFETENSORS_VERSION=0.7.0
+stdir="$cache/py-safetensors-$PY_SAFETENSORS_VERSION"
+if [ -f "$stdir/.complete" ]; then
+  echo "setup: Python safetensors $PY_SAFETENSORS_VERSION already in $stdir"
+else
+  echo "setup: installing Python safetensors==$PY_SAFETENSORS_VERSION into $stdir"
+  rm -rf "$stdir.partial"
+  mkdir -p "$cache"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-deps \
+    --target "$stdir.partial" "safetensors==$PY_SAFETENSORS_VERSION" "packaging==24.2"
+  rm -rf "$stdir"
+  mv "$stdir.partial" "$stdir"
+  touch "$stdir/.complete"
+fi
+[ "$(readlink "$here/.pysafetensors" 2>/dev/null)" = "$stdir" ] || ln -sfn "$stdir" "$here/.pysafetensors"

@@ -40,18 +40,34 @@ pub enum Arch {
     },
     /// A decoder-only transformer language model (inputs: token ids `[max_seq_len]`).
     Lm(LmConfig),
+    /// A TorchScript module exported from PyTorch (`student-trainer --student FILE.pt`), loaded
+    /// with libtorch rather than built: see [`crate::script`].
+    #[serde(rename = "torchscript")]
+    TorchScript(crate::script::ScriptArch),
 }
 
 impl Arch {
     /// Whether this is a sequence model: inputs are token ids `i64 [batch, seq]` (any
     /// `1 ≤ seq ≤ input_shape[0]`) and logits are per position, `[batch, seq, num_classes]`.
     pub fn is_sequence_model(&self) -> bool {
-        matches!(self, Arch::Lm(_))
+        match self {
+            Arch::Lm(_) => true,
+            Arch::TorchScript(s) => s.sequence_model,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a TorchScript module (loaded from its file, not built).
+    pub fn is_torchscript(&self) -> bool {
+        matches!(self, Arch::TorchScript(_))
     }
 
     /// The input dtype the network takes: `Int64` token ids for a sequence model, `Float`
     /// otherwise.
     pub fn input_kind(&self) -> tch::Kind {
+        if let Arch::TorchScript(s) = self {
+            return s.input_kind();
+        }
         if self.is_sequence_model() {
             tch::Kind::Int64
         } else {
@@ -112,6 +128,7 @@ impl fmt::Display for Arch {
                 write!(f, "mlp:{}", h.join(","))
             }
             Arch::Lm(c) => write!(f, "lm:layers={},d={},heads={}", c.layers, c.d, c.heads),
+            Arch::TorchScript(s) => write!(f, "torchscript:{}", s.module),
         }
     }
 }
@@ -181,6 +198,13 @@ impl Network {
         let body = match &spec.arch {
             Arch::Cnn => Body::Seq(cnn(path, spec)?),
             Arch::Mlp { hidden } => Body::Seq(mlp(path, spec, hidden)?),
+            Arch::TorchScript(_) => {
+                return Err(ModelError::Script(format!(
+                    "{}: a TorchScript student is loaded from its module file (or its \
+                     checkpoint's student.<hash>.pt), not built",
+                    spec.arch
+                )));
+            }
             Arch::Lm(cfg) => {
                 let [max_len] = spec.input_shape[..] else {
                     return Err(ModelError::InputShape {
@@ -643,5 +667,40 @@ mod tests {
         let mlp = Network::new(&mvs.root(), &spec("mlp")).unwrap();
         let x = Tensor::zeros([1, 1, 28, 28], tch::kind::FLOAT_CPU);
         assert!(mlp.forward_masked(&x, Some(&mask), false).is_err());
+    }
+
+    #[test]
+    fn a_torchscript_student_is_recorded_beside_the_built_ins_and_never_built() {
+        let arch = Arch::TorchScript(crate::ScriptArch {
+            module: "student".into(),
+            input_dtype: "f32".into(),
+            sequence_model: false,
+            logits_output: "logits".into(),
+            outputs: vec![crate::script::ScriptOutput {
+                name: "logits".into(),
+                shape: vec![10],
+            }],
+            state_dict_method: true,
+        });
+        let json = serde_json::to_value(&arch).unwrap();
+        assert_eq!(json["name"], "torchscript");
+        assert_eq!(serde_json::from_value::<Arch>(json).unwrap(), arch);
+        assert_eq!(arch.to_string(), "torchscript:student");
+        assert!(arch.is_torchscript() && !arch.is_sequence_model());
+        assert_eq!(arch.input_kind(), tch::Kind::Float);
+        // Older checkpoints' architectures still read.
+        let old: Arch = serde_json::from_str(r#"{"name":"mlp","hidden":[128]}"#).unwrap();
+        assert_eq!(old, "mlp".parse().unwrap());
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let e = Network::new(
+            &vs.root(),
+            &ArchSpec {
+                arch,
+                input_shape: vec![1, 28, 28],
+                num_classes: 10,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loaded from its module file"), "{e}");
     }
 }

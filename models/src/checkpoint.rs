@@ -7,6 +7,12 @@
 //! - `optimizer.<hash>.safetensors` (optional): optimizer state as tensors (e.g. Adam's moments).
 //! - `aux.<hash>.safetensors` (optional): trained tensors that are not part of the network, e.g.
 //!   the regressor of hint distillation; the checkpoint still loads as the bare network.
+//! - `student.<hash>.pt` (a TorchScript student only): the module with its trained parameters
+//!   and buffers, `torch.jit.save`'s format (`torch.jit.load` reads it). Its weights file then
+//!   holds the module's `state_dict()` under PyTorch's keys (buffers included when the module
+//!   was exported by `scripts/export_student.py`, see [`crate::script`]), so
+//!   `model.load_state_dict(safetensors.torch.load_file(...), strict=True)` loads it into the
+//!   user's own class; the fingerprint is that state dict's.
 //!
 //! A save is atomic as a whole. The data files are written under new (content-addressed) names
 //! and fsynced; then `checkpoint.json` is written to a temporary file, fsynced, and renamed over
@@ -23,8 +29,9 @@
 //!
 //! `teacher-server --model DIR` serves such a directory directly.
 
+use crate::script::{ScriptModule, ScriptRequest};
 use crate::weights::{self, sha256_hex};
-use crate::{ArchSpec, ModelError, Network, fingerprint};
+use crate::{ArchSpec, Model, ModelError, Network, fingerprint};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -78,6 +85,19 @@ pub struct Manifest {
     /// Auxiliary trained tensors (safetensors, e.g. a hint regressor), if saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aux: Option<FileEntry>,
+    /// The TorchScript module of a TorchScript student (`student.<hash>.pt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<FileEntry>,
+}
+
+impl Manifest {
+    /// Every file the manifest names.
+    fn entries(&self) -> impl Iterator<Item = &FileEntry> {
+        std::iter::once(&self.weights)
+            .chain(&self.optimizer)
+            .chain(&self.aux)
+            .chain(&self.module)
+    }
 }
 
 /// `checkpoint.json` as stored: the metadata, then the manifest.
@@ -123,10 +143,7 @@ impl Checkpoint {
         let file: MetaFile = serde_json::from_str(&text)
             .map_err(|e| bad(format!("malformed checkpoint metadata: {e}")))?;
         if let Some(m) = &file.files {
-            for entry in std::iter::once(&m.weights)
-                .chain(&m.optimizer)
-                .chain(&m.aux)
-            {
+            for entry in m.entries() {
                 let plain =
                     Path::new(&entry.name).file_name() == Some(std::ffi::OsStr::new(&entry.name));
                 if !plain || entry.name.starts_with('.') {
@@ -169,6 +186,15 @@ impl Checkpoint {
     /// [`ModelError::Checkpoint`] naming the file whose hash or fingerprint differs from
     /// `checkpoint.json`; [`ModelError::Io`] if the file cannot be read.
     pub fn load_network(&self, device: Device) -> Result<(nn::VarStore, Network), ModelError> {
+        if self.meta.arch.arch.is_torchscript() {
+            return Err(ModelError::Checkpoint {
+                path: self.dir.display().to_string(),
+                reason: format!(
+                    "holds the TorchScript student {}: load it with load_model",
+                    self.meta.arch.arch
+                ),
+            });
+        }
         let vs = nn::VarStore::new(device);
         let net = Network::new(&vs.root(), &self.meta.arch)?;
         let path = self.weights_path();
@@ -191,6 +217,101 @@ impl Checkpoint {
             }
         }
         Ok((vs, net))
+    }
+
+    /// The student of the checkpoint on `device`, built in or TorchScript, with its weights
+    /// (see [`Checkpoint::load_network`] and [`Checkpoint::load_script`]).
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn load_model(&self, device: Device) -> Result<(nn::VarStore, Model), ModelError> {
+        if self.meta.arch.arch.is_torchscript() {
+            let vs = nn::VarStore::new(device);
+            let module = self.load_script(&vs.root())?;
+            return Ok((vs, Model::Script(module)));
+        }
+        let (vs, net) = self.load_network(device)?;
+        Ok((vs, Model::Builtin(net)))
+    }
+
+    /// Path of a TorchScript student's module file (`student.<hash>.pt`), if the checkpoint
+    /// holds one.
+    pub fn module_path(&self) -> Option<PathBuf> {
+        self.files
+            .as_ref()
+            .and_then(|m| m.module.as_ref())
+            .map(|e| self.dir.join(&e.name))
+    }
+
+    /// The module file's bytes, verified against the manifest (size and SHA-256).
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] when the checkpoint holds no module or its hash differs;
+    /// [`ModelError::Io`] if it cannot be read.
+    pub fn module_bytes(&self) -> Result<(PathBuf, Vec<u8>), ModelError> {
+        let Some(entry) = self.files.as_ref().and_then(|m| m.module.as_ref()) else {
+            return Err(ModelError::Checkpoint {
+                path: self.dir.join(META_FILE).display().to_string(),
+                reason: format!(
+                    "the architecture is {} but the manifest names no student.<hash>.pt",
+                    self.meta.arch.arch
+                ),
+            });
+        };
+        let path = self.dir.join(&entry.name);
+        let bytes = std::fs::read(&path).map_err(|source| io_err(&path, source))?;
+        verify(&bytes, &path, entry)?;
+        Ok((path, bytes))
+    }
+
+    /// Loads a TorchScript student's module (`student.<hash>.pt`) with its parameters added to
+    /// `vs` (see [`ScriptModule::load`]) and checks it: the module file's and the weights file's
+    /// SHA-256 against the manifest, the module's warm-up against the recorded architecture,
+    /// every tensor of the weights file against the module's state dict (names, shapes, dtypes),
+    /// and the state dict's fingerprint against `checkpoint.json`'s.
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] naming the file whose hash or fingerprint differs;
+    /// [`ModelError::Weights`] naming a tensor that does not fit; [`ModelError::Script`] for a
+    /// module that fails its warm-up.
+    pub fn load_script(&self, vs: &nn::Path<'_>) -> Result<ScriptModule, ModelError> {
+        let crate::Arch::TorchScript(script) = &self.meta.arch.arch else {
+            return Err(ModelError::Checkpoint {
+                path: self.dir.display().to_string(),
+                reason: format!("holds {}, not a TorchScript student", self.meta.arch.arch),
+            });
+        };
+        let _ = script;
+        let (path, bytes) = self.module_bytes()?;
+        let req = ScriptRequest::of(&self.meta.arch).expect("a torchscript architecture");
+        let module = ScriptModule::load(&path, Some(&bytes), vs, &req)?;
+        let weights_path = self.weights_path();
+        let weights_bytes =
+            std::fs::read(&weights_path).map_err(|source| io_err(&weights_path, source))?;
+        if let Some(m) = &self.files {
+            verify(&weights_bytes, &weights_path, &m.weights)?;
+        }
+        let state = module.state_dict()?;
+        let saved = weights::tensors_from_bytes(&weights_bytes, &weights_path)?;
+        weights::check_same_tensors(
+            &saved,
+            &state,
+            &weights_path,
+            &self.meta.arch.arch.to_string(),
+        )?;
+        if !self.meta.fingerprint.is_empty() {
+            let got = fingerprint(&state)?;
+            if got != self.meta.fingerprint {
+                return Err(ModelError::Checkpoint {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "the module's state dict has fingerprint {got}, {META_FILE} records {}",
+                        self.meta.fingerprint
+                    ),
+                });
+            }
+        }
+        Ok(module)
     }
 
     /// Reads the optimizer state tensors (CPU, sorted by name), verifying the file's SHA-256, or
@@ -276,16 +397,64 @@ impl Checkpoint {
     /// As [`Checkpoint::save`].
     pub fn save_with_aux(
         dir: &Path,
-        mut meta: CheckpointMeta,
+        meta: CheckpointMeta,
         vs: &nn::VarStore,
         optimizer: &[(String, Tensor)],
         aux: &[(String, Tensor)],
     ) -> Result<Checkpoint, ModelError> {
         std::fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
-        let named = sorted_variables(vs);
-        meta.fingerprint = fingerprint(&named)?;
-        let weights = write_data_file(dir, "model", &weights::serialize(&named)?)?;
+        Self::save_files(dir, meta, &sorted_variables(vs), None, optimizer, aux)
+    }
+
+    /// [`Checkpoint::save_with_aux`] of any student: a built-in network's variables in `vs`, or
+    /// a TorchScript module, saved as `student.<hash>.pt` beside its state dict as the weights
+    /// file (see the module docs).
+    ///
+    /// # Errors
+    /// As [`Checkpoint::save`].
+    pub fn save_model(
+        dir: &Path,
+        meta: CheckpointMeta,
+        vs: &nn::VarStore,
+        model: &Model,
+        optimizer: &[(String, Tensor)],
+        aux: &[(String, Tensor)],
+    ) -> Result<Checkpoint, ModelError> {
+        let Model::Script(module) = model else {
+            return Self::save_with_aux(dir, meta, vs, optimizer, aux);
+        };
+        std::fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
+        let tmp = dir.join(".student.pt.tmp");
+        module.save(&tmp)?;
+        let bytes = std::fs::read(&tmp).map_err(|source| io_err(&tmp, source))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut state: Vec<(String, Tensor)> = module
+            .state_dict()?
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+            .collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::save_files(dir, meta, &state, Some(&bytes), optimizer, aux)
+    }
+
+    /// The save itself: the weights `named` (sorted, on the CPU), the module file's bytes of a
+    /// TorchScript student, the optimizer state and the auxiliary tensors, then
+    /// `checkpoint.json` (see the module docs).
+    fn save_files(
+        dir: &Path,
+        mut meta: CheckpointMeta,
+        named: &[(String, Tensor)],
+        module: Option<&[u8]>,
+        optimizer: &[(String, Tensor)],
+        aux: &[(String, Tensor)],
+    ) -> Result<Checkpoint, ModelError> {
+        meta.fingerprint = fingerprint(named)?;
+        let weights = write_data_file(dir, "model", &weights::serialize(named)?)?;
         crash_point(SaveStep::Weights)?;
+        let module = match module {
+            Some(bytes) => Some(write_named_file(dir, "student", "pt", bytes)?),
+            None => None,
+        };
         let sorted_file = |stem: &str, tensors: &[(String, Tensor)]| {
             if tensors.is_empty() {
                 return Ok(None);
@@ -306,6 +475,7 @@ impl Checkpoint {
             weights,
             optimizer,
             aux,
+            module,
         };
         let json = serde_json::to_string_pretty(&MetaFile {
             meta: meta.clone(),
@@ -422,8 +592,18 @@ pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ModelErr
 /// # Errors
 /// [`ModelError::Io`] naming the file.
 pub fn write_data_file(dir: &Path, stem: &str, bytes: &[u8]) -> Result<FileEntry, ModelError> {
+    write_named_file(dir, stem, "safetensors", bytes)
+}
+
+/// [`write_data_file`] with another extension: `STEM.<hash>.EXT`.
+fn write_named_file(
+    dir: &Path,
+    stem: &str,
+    ext: &str,
+    bytes: &[u8],
+) -> Result<FileEntry, ModelError> {
     let sha256 = sha256_hex(bytes);
-    let name = format!("{stem}.{}.safetensors", &sha256[..16]);
+    let name = format!("{stem}.{}.{ext}", &sha256[..16]);
     let tmp = dir.join(format!(".{name}.tmp"));
     write_synced(&tmp, bytes)?;
     std::fs::rename(&tmp, dir.join(&name)).map_err(|source| io_err(&tmp, source))?;
@@ -437,17 +617,20 @@ pub fn write_data_file(dir: &Path, stem: &str, bytes: &[u8]) -> Result<FileEntry
 
 /// Whether `name` is a data file or temporary file a checkpoint save writes.
 fn is_checkpoint_file(name: &str) -> bool {
-    let content_named = |stem: &str| {
+    let named_as = |stem: &str, ext: &str| {
         name.strip_prefix(stem)
             .and_then(|r| r.strip_prefix('.'))
-            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|r| r.strip_suffix(ext))
             .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
     };
+    let content_named = |stem: &str| named_as(stem, ".safetensors");
     name == LEGACY_WEIGHTS_FILE
         || name == LEGACY_OPTIMIZER_FILE
         || content_named("model")
         || content_named("optimizer")
         || content_named("aux")
+        || named_as("student", ".pt")
+        || name == ".student.pt.tmp"
         || name
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".tmp"))
@@ -462,11 +645,7 @@ fn remove_stale(dir: &Path, files: &Manifest) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let current = name == files.weights.name
-            || [&files.optimizer, &files.aux]
-                .into_iter()
-                .flatten()
-                .any(|o| o.name == name);
+        let current = files.entries().any(|o| o.name == name);
         if !current
             && is_checkpoint_file(&name)
             && let Err(e) = std::fs::remove_file(entry.path())
@@ -804,6 +983,38 @@ mod tests {
             e.contains("expected a file name inside the directory"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torchscript_students_files_are_the_checkpoints_own() {
+        assert!(is_checkpoint_file("student.0123456789abcdef.pt"));
+        assert!(is_checkpoint_file(".student.pt.tmp"));
+        assert!(is_checkpoint_file(".student.0123456789abcdef.pt.tmp"));
+        assert!(!is_checkpoint_file("student.pt"));
+        assert!(!is_checkpoint_file("student.0123456789abcdef.safetensors"));
+    }
+
+    #[test]
+    fn a_torchscript_checkpoint_without_its_module_is_refused_by_name() {
+        let dir = temp_dir("script-no-module");
+        let (vs, _) = filled(1.0);
+        let mut m = meta(1);
+        m.arch.arch = crate::Arch::TorchScript(crate::ScriptArch {
+            module: "student".into(),
+            input_dtype: "f32".into(),
+            sequence_model: false,
+            logits_output: "0".into(),
+            outputs: Vec::new(),
+            state_dict_method: false,
+        });
+        Checkpoint::save(&dir, m, &vs, &[]).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert!(ck.module_path().is_none());
+        let e = ck.load_model(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("names no student.<hash>.pt"), "{e}");
+        let e = ck.load_network(Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("TorchScript student torchscript:student"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

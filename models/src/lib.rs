@@ -1,5 +1,6 @@
 //! Device selection (`--device auto|cpu|cuda|cuda:N`) shared by both binaries, the project's own
-//! architectures (a CNN teacher and an MLP student for 28×28 images), their
+//! architectures (a CNN teacher and an MLP student for 28×28 images), TorchScript students
+//! ([`script`]; [`Model`] holds either kind), their
 //! checkpoints (safetensors weights + JSON metadata), and the SHA-256 fingerprint of a set of
 //! weights that lets a student tell whether two teacher replicas serve the same teacher.
 //!
@@ -13,6 +14,8 @@ pub mod cpu;
 pub mod device;
 pub mod fingerprint;
 pub mod lm;
+pub mod model;
+pub mod script;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec, LOGITS_LAYER, LayerInfo, Network};
@@ -21,6 +24,8 @@ pub use cpu::CpuInfo;
 pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
 pub use lm::LmConfig;
+pub use model::Model;
+pub use script::{ScriptArch, ScriptModule, ScriptRequest};
 pub use weights::load_safetensors;
 
 /// Errors of this crate.
@@ -63,6 +68,10 @@ pub enum ModelError {
         /// What differs: both shapes (and dtypes), or which side lacks the tensor.
         problem: String,
     },
+    /// A TorchScript student that cannot be used: one line naming the file and both sides of
+    /// the mismatch (see [`script`]).
+    #[error("{0}")]
+    Script(String),
     /// Something the formats cannot represent (e.g. a tensor kind safetensors lacks).
     #[error("{0}")]
     Unsupported(String),

@@ -132,6 +132,65 @@ pub fn tensors_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tens
     Ok(out)
 }
 
+/// Checks that `saved` (a weights file's tensors, read from `path`) holds exactly the names,
+/// shapes and dtypes of `expected` (a module's state dict) and the same values: a TorchScript
+/// student's weights file against its module file.
+///
+/// # Errors
+/// [`ModelError::Weights`] naming the first tensor that differs, with both sides.
+pub(crate) fn check_same_tensors(
+    saved: &[(String, Tensor)],
+    expected: &[(String, Tensor)],
+    path: &Path,
+    arch: &str,
+) -> Result<(), ModelError> {
+    let want: BTreeMap<&str, &Tensor> = expected.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let got: BTreeMap<&str, &Tensor> = saved.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let bad = |tensor: &str, problem: String| ModelError::Weights {
+        path: path.display().to_string(),
+        tensor: tensor.to_string(),
+        problem,
+    };
+    for (name, w) in &want {
+        let Some(g) = got.get(name) else {
+            return Err(bad(
+                name,
+                format!(
+                    "missing from the file, the module {arch} has {:?} {}",
+                    w.kind(),
+                    shape_text(&w.size())
+                ),
+            ));
+        };
+        if g.size() != w.size() || g.kind() != w.kind() {
+            return Err(bad(
+                name,
+                format!(
+                    "checkpoint {:?} {}, the module {arch} has {:?} {}",
+                    g.kind(),
+                    shape_text(&g.size()),
+                    w.kind(),
+                    shape_text(&w.size())
+                ),
+            ));
+        }
+        let w_cpu = w.f_to_device(tch::Device::Cpu)?;
+        if !g.equal(&w_cpu) {
+            return Err(bad(
+                name,
+                format!("its values differ from the module file's ({arch})"),
+            ));
+        }
+    }
+    if let Some(extra) = got.keys().find(|k| !want.contains_key(*k)) {
+        return Err(bad(
+            extra,
+            format!("is not in the state dict of the module {arch}"),
+        ));
+    }
+    Ok(())
+}
+
 /// `[1, 28, 28]`-style text of a shape.
 fn shape_text<T: std::fmt::Display>(shape: &[T]) -> String {
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();

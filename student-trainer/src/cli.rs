@@ -76,9 +76,29 @@ pub struct CommonArgs {
     #[arg(long, env = "STUDENT_DEVICE", default_value = "auto")]
     pub device: String,
     /// Architecture: cnn, mlp (one hidden layer of 128), mlp:H1,H2,..., or a decoder-only
-    /// language model lm:layers=L,d=D,heads=H (default lm:layers=2,d=128,heads=4).
-    #[arg(long, env = "STUDENT_ARCH", default_value = "mlp")]
-    pub arch: String,
+    /// language model lm:layers=L,d=D,heads=H (default lm:layers=2,d=128,heads=4). Default mlp
+    /// (or the architecture of --init's checkpoint); not with --student.
+    #[arg(long, env = "STUDENT_ARCH")]
+    pub arch: Option<String>,
+    /// A TorchScript student instead of --arch: a module exported from PyTorch
+    /// (torch.jit.script or torch.jit.trace, then torch.jit.save; scripts/export_student.py)
+    /// with its initial weights, trained in place through libtorch. Its sidecar FILE.pt.json (or
+    /// FILE.json) may give input_dtype, logits_output, and input_shape, num_logits and
+    /// sequence_model, which must then match the data. A causal LM is called as
+    /// forward(input_ids, attention_mask). The checkpoint holds the trained module
+    /// (student.<hash>.pt) and its state_dict() (model.<hash>.safetensors).
+    #[arg(long, env = "STUDENT_STUDENT", value_name = "FILE.pt")]
+    pub student: Option<PathBuf>,
+    /// With --student: the output holding the logits when the module returns several (a tuple
+    /// position 0, 1, ... or a dict key); the others are its layers for --hint.
+    #[arg(long, env = "STUDENT_STUDENT_LOGITS_OUTPUT", value_name = "NAME")]
+    pub student_logits_output: Option<String>,
+    /// Start the student from the weights of this checkpoint (a built-in student's, or a
+    /// TorchScript student's: its module, buffers included) with a fresh optimizer, at epoch 0:
+    /// distilling a pretrained student. Without --arch or --student the student is the
+    /// checkpoint's. Ignored when --resume finds a checkpoint in --out.
+    #[arg(long, env = "STUDENT_INIT", value_name = "DIR")]
+    pub init: Option<PathBuf>,
     /// Dataset: a directory of IDX files (Fashion-MNIST layout, .gz or raw), an .npz file with
     /// `inputs`/`labels` arrays (int `inputs [N, S]` with next-token `labels [N, S]` for a
     /// language model), or a text corpus directory holding the GCIDE dictionary
@@ -329,9 +349,16 @@ pub struct EvalArgs {
         long,
         env = "STUDENT_CHECKPOINT",
         conflicts_with = "teacher",
-        required_unless_present = "teacher"
+        required_unless_present_any = ["teacher", "student"]
     )]
     pub checkpoint: Option<PathBuf>,
+    /// A TorchScript student file to evaluate as it is (see `train --student`; its sidecar
+    /// applies).
+    #[arg(long, env = "STUDENT_STUDENT", value_name = "FILE.pt", conflicts_with_all = ["teacher", "checkpoint"])]
+    pub student: Option<PathBuf>,
+    /// With --student: the output holding the logits.
+    #[arg(long, env = "STUDENT_STUDENT_LOGITS_OUTPUT", value_name = "NAME")]
+    pub student_logits_output: Option<String>,
     /// The teacher replicas to evaluate instead of a checkpoint (batches are balanced over them
     /// and a failed replica's batches move to the others, as in distill), and how to reach them.
     #[command(flatten)]

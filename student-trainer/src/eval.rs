@@ -3,7 +3,7 @@
 //! teachers are evaluated by [`crate::teacher_eval`], through the pool).
 
 use crate::data::Dataset;
-use distill_models::Network;
+use distill_models::Model;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use tch::{Device, Kind, Tensor};
@@ -181,14 +181,14 @@ pub(crate) fn eval_batch_size(data: &Dataset, max_batch: usize) -> i64 {
     (EVAL_LOGITS_PER_BATCH / per_sample.max(1)).clamp(1, max_batch.max(1) as i64)
 }
 
-/// Accuracy of `net` (eval mode, no grad) on `data`, in batches of at most `max_batch` samples
+/// Accuracy of `net` (eval mode, no grad: a TorchScript student is switched to `eval()`) on `data`, in batches of at most `max_batch` samples
 /// (fewer where the logits would pass [`EVAL_LOGITS_PER_BATCH`]: see [`eval_batch_size`]); for
 /// a language-model dataset, next-token top-1 accuracy over the real positions and perplexity.
 ///
 /// # Errors
 /// Model or libtorch errors.
 pub(crate) fn evaluate(
-    net: &Network,
+    net: &Model,
     data: &Dataset,
     device: Device,
     max_batch: usize,
@@ -278,13 +278,14 @@ mod tests {
             input_shape: vec![seq],
             num_classes: vocab,
         };
-        let net = Network::new(&vs.root(), &spec).unwrap();
+        let net = distill_models::Network::new(&vs.root(), &spec).unwrap();
         let ids = Tensor::randint(vocab, [5, seq], (Kind::Int64, Device::Cpu));
         let labels = ids.roll([-1i64].as_slice(), [1i64].as_slice());
         let _ = labels
             .narrow(1, seq - 1, 1)
             .fill_(crate::data::IGNORE_INDEX);
         let data = dataset(ids, labels, vocab);
+        let net = Model::Builtin(net);
         let whole = evaluate(&net, &data, Device::Cpu, 1000).unwrap();
         let ones = evaluate(&net, &data, Device::Cpu, 1).unwrap();
         let twos = evaluate(&net, &data, Device::Cpu, 2).unwrap();

@@ -16,7 +16,7 @@
 //! scale does not grow with the feature's size: the two differ by the constant factor
 //! `2 / elements per sample`, which a `--hint-weight` absorbs.
 
-use distill_models::Network;
+use distill_models::LayerInfo;
 use std::fmt;
 use std::str::FromStr;
 use tch::{Tensor, nn, nn::Module};
@@ -141,31 +141,35 @@ impl HintPlan {
         )
     }
 
-    /// The regressor from the student layer the hint names (in `net`) to the teacher's feature,
+    /// The regressor from the student layer the hint names (among `layers` of the student `arch`) to the teacher's feature,
     /// built under `path`; `distill` builds one at start to check the hint before any training.
     ///
     /// # Errors
     /// [`HintError::UnknownLayer`] for a student layer `net` does not have (listing those it
     /// has); [`HintError::Shapes`] for shapes no regressor joins.
-    pub fn regressor(&self, net: &Network, path: &nn::Path<'_>) -> Result<Regressor, HintError> {
-        let layer = net
-            .layers()
-            .into_iter()
+    pub fn regressor(
+        &self,
+        layers: &[LayerInfo],
+        arch: &str,
+        path: &nn::Path<'_>,
+    ) -> Result<Regressor, HintError> {
+        let layer = layers
+            .iter()
             .find(|l| l.name == self.config.spec.student_layer)
-            .ok_or_else(|| self.unknown_layer(net))?;
+            .ok_or_else(|| self.unknown_layer(layers, arch))?;
         Regressor::new(path, &self.config.spec, &layer.shape, &self.teacher_shape)
     }
 
-    /// The error for a student layer `net` does not have, listing its layers.
-    pub fn unknown_layer(&self, net: &Network) -> HintError {
-        let layers: Vec<String> = net
-            .layers()
-            .into_iter()
+    /// The error for a student layer the student (`arch`, with `layers`) does not have, listing
+    /// its layers.
+    pub fn unknown_layer(&self, layers: &[LayerInfo], arch: &str) -> HintError {
+        let layers: Vec<String> = layers
+            .iter()
             .map(|l| format!("{} {:?}", l.name, l.shape))
             .collect();
         HintError::UnknownLayer {
             hint: self.config.spec.to_string(),
-            arch: net.spec().arch.to_string(),
+            arch: arch.to_string(),
             layer: self.config.spec.student_layer.clone(),
             layers: layers.join(", "),
         }

@@ -447,6 +447,11 @@ fn describe_checkpoint(a: &Args) -> Result<Described, ConfigError> {
     }
     let spec = ck.meta.arch;
     let tokenizer = a.model.join("tokenizer.json");
+    // A TorchScript student's checkpoint names its own logits output.
+    let logits_output = match &spec.arch {
+        Arch::TorchScript(s) => s.logits_output.clone(),
+        _ => distill_models::LOGITS_LAYER.to_string(),
+    };
     Ok(Described {
         source: ModelSource::Checkpoint {
             dir: a.model.clone(),
@@ -456,7 +461,7 @@ fn describe_checkpoint(a: &Args) -> Result<Described, ConfigError> {
         num_logits: Some(spec.num_classes),
         sequence: spec.arch.is_sequence_model(),
         tokenizer: tokenizer.is_file().then_some(tokenizer),
-        logits_output: Some(distill_models::LOGITS_LAYER.to_string()),
+        logits_output: Some(logits_output),
     })
 }
 

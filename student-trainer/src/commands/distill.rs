@@ -5,19 +5,22 @@
 //! announcement line, [`run`] (the trainer thread fed by the pool), then [`report`] (teacher
 //! and baseline evaluated on the test split).
 
-use super::dataset::{Data, keep_tokenizer, load_data, spec_for};
+use super::dataset::{Data, keep_tokenizer, load_data};
 use super::error::AppError;
 use super::eval::evaluate_checkpoint;
 use super::output::{Finished, outln};
-use super::teachers::{batch_size_for, connect, evaluate_pool, params_of, total_params};
+use super::student::{self, StudentPlan};
+use super::teachers::{batch_size_for, connect, evaluate_pool, total_params};
 use super::train::{
     join_trainer, prepare_out, start_monitoring, summarise, train, warn_long_warmup,
 };
 use crate::config::DistillConfig;
 use crate::data::Dataset;
+use crate::ensemble::EnsembleMode;
 use crate::eval::Accuracy;
 use crate::hint::{HintConfig, HintPlan};
 use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPLES, LogitCache};
+use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::report::{ModelSummary, REPORT_FILE, ReplicaSummary, Report};
 use crate::schedule::run_plan;
@@ -25,7 +28,7 @@ use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
 use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
 use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig};
-use distill_models::{ArchSpec, Network};
+use distill_models::ArchSpec;
 use distill_telemetry::MetricsServer;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ use tokio::sync::mpsc;
 /// Any [`AppError`]; teacher problems are reported before training starts where possible. When
 /// no replica is reachable for `--teacher-wait`, a checkpoint is saved first and the error says
 /// so ([`AppError::TeacherLost`]).
-pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
+pub async fn distill(mut cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     if !cfg.needs_teacher() {
         tracing::warn!(
             "--alpha 0 with --labels all gives the teacher's soft targets no weight: training on \
@@ -51,7 +54,7 @@ pub async fn distill(cfg: DistillConfig, stop: Arc<AtomicBool>) -> Result<Finish
         return train(cfg.train, stop).await;
     }
     let t0 = Instant::now();
-    let mut s = setup(&cfg).await?;
+    let mut s = setup(&mut cfg).await?;
     announce(&cfg, &s)?;
     let (out, stats) = match run(&cfg, &mut s, stop).await? {
         Ran::Trained { out, stats } => (out, stats),
@@ -89,6 +92,8 @@ struct Setup {
     device: Device,
     data: Data,
     spec: ArchSpec,
+    /// The student's trainable parameters.
+    params: i64,
     metrics: Option<StudentMetrics>,
     /// The `--metrics-listen` endpoint, served until the run ends.
     _endpoint: Option<MetricsServer>,
@@ -102,7 +107,7 @@ struct Setup {
 
 /// Loads the data, connects the teachers (each checked against the data and the student),
 /// checks the hint, finds the resume point and opens the logit cache.
-async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
+async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
     let stage_epochs = cfg.hint.as_ref().map_or(0, |h| h.stage_epochs);
     let tc = TrainConfig {
         epochs: cfg.train.epochs + stage_epochs,
@@ -110,10 +115,28 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
     };
     let device = tc.device.resolve()?;
     let data = load_data(&tc.data_dir, tc.limit, &tc.text)?;
+    // The student is checked against the data before anything is written.
+    let StudentPlan { spec, params } = student::plan(&tc, &data)?;
+    if cfg.top_k_default
+        && cfg.top_k == 0
+        && spec.arch.is_sequence_model()
+        && cfg.loss.kind != LossKind::Mse
+        && !(cfg.ensemble_mode == EnsembleMode::Mix && cfg.teachers.groups.len() > 1)
+    {
+        // A TorchScript (or --init) language model: a language model's default top-k (dense
+        // rows for a vocabulary of 32 or fewer).
+        if spec.num_classes > 32 {
+            cfg.top_k = 32;
+        }
+    }
+    if cfg.hint.is_some() && spec.arch.is_sequence_model() {
+        return Err(AppError::Mismatch(
+            "--hint: a language-model student has no named hidden layers to hint".into(),
+        ));
+    }
     prepare_out(&tc.out)?;
     warn_long_warmup(&cfg.train, data.train.len());
     keep_tokenizer(&data, &tc.out)?;
-    let spec = spec_for(&tc.arch, &data);
     let (metrics, endpoint) = start_monitoring(&tc).await?;
     let pool = if cfg.teachers.groups.is_empty() {
         None
@@ -147,6 +170,7 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
         device,
         data,
         spec,
+        params,
         metrics,
         _endpoint: endpoint,
         pool,
@@ -211,7 +235,7 @@ fn announce(cfg: &DistillConfig, s: &Setup) -> Result<(), AppError> {
     outln!(
         "distilling {} ({} parameters) from teacher {} ({} parameters) at {} on {} samples",
         s.spec.arch,
-        params_of(&s.spec)?,
+        s.params,
         s.teacher.name,
         s.teacher
             .params
@@ -451,8 +475,8 @@ fn hint_plan(
         teacher_shape,
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = Network::new(&vs.root(), spec)?;
-    plan.regressor(&net, &vs.root())
+    let layers = distill_models::model::layers_of(spec)?;
+    plan.regressor(&layers, &spec.arch.to_string(), &vs.root())
         .map_err(|e| AppError::Train(e.into()))?;
     Ok(plan)
 }

@@ -4,6 +4,7 @@
 use super::dataset::{is_text_corpus, load_text, load_text_files};
 use super::error::AppError;
 use super::output::{outln, write_stdout};
+use super::student::{load_script, script_request};
 use super::teachers::{
     batch_size_for, connect, evaluate_pool, sequences_per_message, total_params,
 };
@@ -11,7 +12,7 @@ use crate::config::{EvalConfig, EvalTarget, TeacherConfig};
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::eval::{self, Accuracy};
 use crate::teachers::Expect;
-use distill_models::Checkpoint;
+use distill_models::{Checkpoint, Model};
 use distill_text::{CorpusRecord, FilesOptions, RECORD_FILE};
 use std::path::Path;
 use tch::Device;
@@ -31,6 +32,21 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
             let (acc, params, name) = evaluate_checkpoint(dir, &test, device)?;
             (
                 format!("{} ({name}, {params} parameters)", dir.display()),
+                acc,
+                Some(params),
+            )
+        }
+        EvalTarget::Student {
+            file,
+            logits_output,
+        } => {
+            let device = cfg.device.resolve()?;
+            let req = script_request(file, logits_output.as_deref(), &test, test.num_classes)?;
+            let (vs, module) = load_script(file, &req, device)?;
+            let params = distill_models::arch::param_count(&vs);
+            let acc = eval::evaluate(&Model::Script(module), &test, device, 1000)?;
+            (
+                format!("{} ({}, {params} parameters)", file.display(), req.module),
                 acc,
                 Some(params),
             )
@@ -66,7 +82,7 @@ fn test_split(cfg: &EvalConfig) -> Result<Dataset, AppError> {
                 ..TextOptions::default()
             }
         }
-        EvalTarget::Teachers(_) => cfg.text.clone(),
+        EvalTarget::Teachers(_) | EvalTarget::Student { .. } => cfg.text.clone(),
     };
     Ok(load_text(&cfg.data_dir, text)?.1)
 }
@@ -82,7 +98,7 @@ fn checkpoint_seq_len(arch: &distill_models::ArchSpec) -> usize {
 fn text_files_test_split(cfg: &EvalConfig) -> Result<Option<Dataset>, AppError> {
     let checkpoint = match &cfg.target {
         EvalTarget::Checkpoint(dir) => Some(dir.as_path()),
-        EvalTarget::Teachers(_) => None,
+        EvalTarget::Teachers(_) | EvalTarget::Student { .. } => None,
     };
     let record_path = checkpoint
         .map(|d| d.join(RECORD_FILE))
@@ -137,7 +153,7 @@ pub(crate) fn evaluate_checkpoint(
             test.sample_shape()
         )));
     }
-    let (vs, net) = ck.load_network(device)?;
+    let (vs, net) = ck.load_model(device)?;
     let acc = eval::evaluate(&net, test, device, 1000)?;
     Ok((
         acc,

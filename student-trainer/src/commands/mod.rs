@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod output;
 pub mod plot;
+pub mod student;
 pub mod teachers;
 pub mod train;
 

@@ -1,10 +1,10 @@
 //! `train`: supervised training on the labels (the teacher, and the no-distillation baseline);
 //! and what `distill` shares with it: the metrics endpoint, the trainer thread, the summary line.
 
-use super::dataset::{keep_tokenizer, load_data, spec_for};
+use super::dataset::{keep_tokenizer, load_data};
 use super::error::AppError;
 use super::output::{Finished, outln};
-use super::teachers::params_of;
+use super::student::{self, StudentPlan};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::schedule::batches_per_epoch;
 use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig, TrainError};
@@ -21,11 +21,11 @@ use std::sync::atomic::AtomicBool;
 pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let device = cfg.device.resolve()?;
     let data = load_data(&cfg.data_dir, cfg.limit, &cfg.text)?;
+    // The student is checked against the data before anything is written.
+    let StudentPlan { spec, params } = student::plan(&cfg, &data)?;
     prepare_out(&cfg.out)?;
     warn_long_warmup(&cfg, data.train.len());
     keep_tokenizer(&data, &cfg.out)?;
-    let spec = spec_for(&cfg.arch, &data);
-    let params = params_of(&spec)?;
     outln!(
         "training {} ({params} parameters) on {} samples",
         spec.arch,

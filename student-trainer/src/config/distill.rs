@@ -28,6 +28,10 @@ pub struct DistillConfig {
     pub wire: WireDType,
     /// `--top-k` (0: dense rows).
     pub top_k: u32,
+    /// `--top-k` was not given: a student whose data turns out to be token sequences (a
+    /// TorchScript LM, or `--init`'s) gets a language model's default of 32 once the data is
+    /// known.
+    pub top_k_default: bool,
     /// How an ensemble's groups share batches (`--ensemble-mode`).
     pub ensemble_mode: EnsembleMode,
     /// Which samples keep their labels.
@@ -103,6 +107,7 @@ impl TryFrom<DistillArgs> for DistillConfig {
             loss,
             wire: a.wire,
             top_k,
+            top_k_default: a.top_k.is_none(),
             ensemble_mode: a.ensemble_mode,
             labels,
             baseline: a.baseline,

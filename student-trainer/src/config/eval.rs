@@ -13,6 +13,13 @@ use std::path::PathBuf;
 pub enum EvalTarget {
     /// A checkpoint directory.
     Checkpoint(PathBuf),
+    /// A TorchScript student file as exported (`--student`), with `--student-logits-output`.
+    Student {
+        /// The `.pt` file.
+        file: PathBuf,
+        /// The output holding the logits, when named.
+        logits_output: Option<String>,
+    },
     /// Teacher-server replicas (one group: URLs with scheme, or `dns://NAME:PORT`), evaluated
     /// through a pool with failover.
     Teachers(Box<TeacherConfig>),
@@ -44,15 +51,19 @@ impl TryFrom<EvalArgs> for EvalConfig {
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
         let files = files_options(&a.text_files, a.checkpoint.is_none())?;
         let target = match (a.checkpoint, a.teachers.teacher.is_empty()) {
-            (Some(dir), true) => EvalTarget::Checkpoint(dir),
-            (None, false) => {
+            (None, true) if a.student.is_some() => EvalTarget::Student {
+                file: a.student.unwrap_or_default(),
+                logits_output: a.student_logits_output,
+            },
+            (Some(dir), true) if a.student.is_none() => EvalTarget::Checkpoint(dir),
+            (None, false) if a.student.is_none() => {
                 let groups = teacher_groups(&a.teachers.teacher, &[], &[])?;
                 EvalTarget::Teachers(Box::new(TeacherConfig::from_args(a.teachers, groups)?))
             }
             _ => {
                 return Err(invalid(
                     "checkpoint",
-                    "give exactly one of --checkpoint DIR or --teacher URL",
+                    "give exactly one of --checkpoint DIR, --student FILE.pt or --teacher URL",
                 ));
             }
         };

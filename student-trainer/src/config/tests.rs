@@ -804,3 +804,25 @@ fn text_file_flags_parse_default_and_need_the_tokenizer() {
     };
     assert!(EvalConfig::try_from(a).is_err());
 }
+
+#[test]
+fn a_torchscript_student_excludes_arch_and_names_its_logits_only_with_student() {
+    let t = train(&["--student", "s.pt", "--student-logits-output", "logits"]).unwrap();
+    assert_eq!(t.student, Some(PathBuf::from("s.pt")));
+    assert_eq!(t.student_logits_output.as_deref(), Some("logits"));
+    assert!(!t.arch_given);
+    let e = train(&["--student", "s.pt", "--arch", "cnn"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.pt and --arch cnn together"), "{e}");
+    let e = train(&["--student-logits-output", "logits"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs --student FILE.pt"), "{e}");
+    let t = train(&["--init", "runs/x"]).unwrap();
+    assert_eq!(t.init, Some(PathBuf::from("runs/x")));
+    assert_eq!(t.arch.to_string(), "mlp");
+    let d = distill(&["--student", "s.pt"]).unwrap();
+    assert!(d.top_k_default && d.top_k == 0);
+    assert!(!distill(&["--top-k", "0"]).unwrap().top_k_default);
+}

@@ -28,8 +28,26 @@ impl TryFrom<TrainArgs> for TrainConfig {
 /// The settings of `a`, which must ask for at least `min_epochs` epochs (1; 0 for a `distill`
 /// run whose hint stage is all it trains).
 pub(super) fn from_common(a: CommonArgs, min_epochs: u64) -> Result<TrainConfig, ConfigError> {
+    if let (Some(student), Some(arch)) = (&a.student, &a.arch) {
+        return Err(invalid(
+            "student",
+            format!(
+                "{} and --arch {arch} together: a student is a TorchScript file (--student) or a \
+                 built-in architecture (--arch), not both",
+                student.display()
+            ),
+        ));
+    }
+    if let (Some(name), None) = (&a.student_logits_output, &a.student) {
+        return Err(invalid(
+            "student-logits-output",
+            format!("{name} names an output of a TorchScript student: it needs --student FILE.pt"),
+        ));
+    }
     let arch = a
         .arch
+        .as_deref()
+        .unwrap_or("mlp")
         .parse::<Arch>()
         .map_err(|e| invalid("arch", e.to_string()))?;
     if a.epochs < min_epochs {
@@ -46,6 +64,10 @@ pub(super) fn from_common(a: CommonArgs, min_epochs: u64) -> Result<TrainConfig,
     Ok(TrainConfig {
         device: a.device.parse()?,
         arch,
+        arch_given: a.arch.is_some(),
+        student: a.student,
+        student_logits_output: a.student_logits_output,
+        init: a.init,
         text,
         data_dir: a.data_dir,
         epochs: a.epochs,

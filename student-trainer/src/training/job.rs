@@ -25,8 +25,17 @@ use tch::Device;
 pub struct TrainConfig {
     /// Device of the trained network (resolved when the run starts).
     pub device: DeviceChoice,
-    /// Architecture of the trained network.
+    /// Architecture of the trained network (`mlp` when neither `--arch` nor anything else says;
+    /// see [`TrainConfig::arch_given`]).
     pub arch: Arch,
+    /// `--arch` was given (without it, `--init`'s checkpoint may name the student).
+    pub arch_given: bool,
+    /// A TorchScript student file (`--student`) instead of a built-in architecture.
+    pub student: Option<PathBuf>,
+    /// `--student-logits-output`: the TorchScript student's logits output.
+    pub student_logits_output: Option<String>,
+    /// `--init DIR`: start from that checkpoint's weights with a fresh optimizer.
+    pub init: Option<PathBuf>,
     /// IDX directory, .npz file, or text corpus directory.
     pub data_dir: PathBuf,
     /// How a text corpus becomes sequences (`--seq-len`, `--vocab-size`).

@@ -19,6 +19,14 @@
 //! epoch boundary, or mid-epoch after Ctrl-C or SIGTERM) equals an uninterrupted run, dropout
 //! included, and the checkpoint holds no generator state.
 //!
+//! The student is a built-in network or a TorchScript module (`--student FILE.pt`), behind one
+//! interface ([`distill_models::Model`]): a TorchScript student's parameters join the `VarStore`
+//! under their `state_dict()` names (shared with the module, so the optimizer trains it in
+//! place), its mode follows each call (training for steps, eval for evaluations), its dropout
+//! draws from the same seeded generator, and its checkpoint adds the module file with its
+//! buffers (see [`distill_models::checkpoint`]). `--init DIR` starts a fresh run from a
+//! checkpoint's weights ([`student::StudentSource`]).
+//!
 //! # Layout
 //!
 //! - [`job`]: what a run is given ([`Job`], [`TrainConfig`], [`Objective`]) and returns

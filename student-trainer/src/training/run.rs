@@ -7,7 +7,7 @@ use super::checkpoint::{ResumeState, Start};
 use super::error::TrainError;
 use super::job::{Job, Objective, Outcome, TrainConfig};
 use super::step::{StepInput, StepOutput, Stepper};
-use super::student::{Stages, Student};
+use super::student::{Stages, Student, StudentSource};
 use super::sums::Sums;
 use super::targets::{TargetSource, Targets};
 use crate::data::Dataset;
@@ -131,7 +131,27 @@ impl Trainer {
             tch::set_num_threads(n as i32);
         }
         let checkpoint = start.checkpoint.as_ref();
-        let student = Student::build(&spec, objective.hint(), device, cfg.seed, checkpoint)?;
+        let source = StudentSource {
+            file: cfg.student.clone(),
+            init: match (&cfg.init, checkpoint) {
+                (Some(dir), None) => Some(Checkpoint::open(dir)?),
+                _ => None,
+            },
+        };
+        if spec.arch.is_torchscript() {
+            // TorchScript's graph executor as a plain interpreter: no profiling runs followed by
+            // re-optimised graphs whose dropout and autodiff may differ from the first calls', so
+            // a step computes the same whatever the process's call count (exact resume).
+            tch::jit::set_graph_executor_optimize(false);
+        }
+        let student = Student::build(
+            &spec,
+            &source,
+            objective.hint(),
+            device,
+            cfg.seed,
+            checkpoint,
+        )?;
         let stages = Stages {
             hint_epochs: objective.hint().map_or(0, |h| h.config.stage_epochs),
             epochs: cfg.epochs,
@@ -310,13 +330,15 @@ impl Trainer {
     /// The end of epoch `epoch`: test accuracy (every epoch, or the last one only), a checkpoint
     /// at the next epoch's start, and its line of `metrics.jsonl`.
     fn end_epoch(&mut self, epoch: u64, sums: &Sums, t0: Instant) -> Result<(), TrainError> {
+        // The training's wall time, the evaluation excluded (samples/s is training throughput).
+        let wall = t0.elapsed().as_secs_f64();
         let accuracy = match &self.test {
             Some(test) if self.cfg.epoch_eval || epoch + 1 == self.cfg.epochs => Some(
                 eval::evaluate(&self.student.net, test, self.device, EVAL_BATCH)?,
             ),
             _ => None,
         };
-        let m = sums.metrics(epoch, self.out.step, t0, accuracy.as_ref());
+        let m = sums.metrics(epoch, self.out.step, wall, accuracy.as_ref());
         self.save((epoch + 1, 0), m.clone())?;
         self.metrics.append(&m).map_err(|source| TrainError::Io {
             path: self.cfg.out.join(METRICS_FILE),
@@ -343,7 +365,10 @@ impl Trainer {
     /// Saves a checkpoint in the middle of an epoch (before batch `at.1` of epoch `at.0`) with
     /// the partial epoch's metrics: the run is about to stop early.
     fn save_partial(&self, sums: &Sums, at: (u64, usize), t0: Instant) -> Result<(), TrainError> {
-        self.save(at, sums.metrics(at.0, self.out.step, t0, None))
+        self.save(
+            at,
+            sums.metrics(at.0, self.out.step, t0.elapsed().as_secs_f64(), None),
+        )
     }
 
     /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with `m` as its
@@ -370,10 +395,11 @@ impl Trainer {
             .hint_vs()
             .map(sorted_variables)
             .unwrap_or_default();
-        Checkpoint::save_with_aux(
+        Checkpoint::save_model(
             &self.cfg.out,
             meta,
             &self.student.vs,
+            &self.student.net,
             &self.opt.state()?,
             &aux,
         )?;

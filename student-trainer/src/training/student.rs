@@ -4,7 +4,10 @@
 use super::error::TrainError;
 use crate::hint::{HintPlan, Regressor, hint_loss};
 use crate::optim::trainable_parameters;
-use distill_models::{ArchSpec, Checkpoint, Network};
+use distill_models::{
+    ArchSpec, Checkpoint, Model, ModelError, Network, ScriptModule, ScriptRequest,
+};
+use std::path::PathBuf;
 use tch::{Device, Tensor, nn};
 
 /// The student network (its variables in `vs`) and, for hint distillation, the regressor in its
@@ -13,8 +16,8 @@ use tch::{Device, Tensor, nn};
 pub(crate) struct Student {
     /// The network's variables.
     pub(crate) vs: nn::VarStore,
-    /// The network.
-    pub(crate) net: Network,
+    /// The network: built in, or a TorchScript module.
+    pub(crate) net: Model,
     /// The hint and its regressor, for `distill --hint`.
     hint: Option<Hinted>,
 }
@@ -27,6 +30,31 @@ struct Hinted {
     regressor: Regressor,
 }
 
+/// Where a fresh student's weights come from besides its architecture (a resumed run's come
+/// from its checkpoint).
+#[derive(Debug, Clone, Default)]
+pub struct StudentSource {
+    /// A TorchScript student's module file (`--student`).
+    pub file: Option<PathBuf>,
+    /// `--init`'s checkpoint: its weights replace the fresh ones.
+    pub init: Option<Checkpoint>,
+}
+
+/// The error of `--init` from a checkpoint of another architecture than the run's, naming both.
+pub(crate) fn init_mismatch(ck: &Checkpoint, spec: &ArchSpec) -> TrainError {
+    TrainError::Model(ModelError::Script(format!(
+        "--init {}: it holds {} for input {:?} and {} classes, this run trains {} for {:?} and {} \
+         classes",
+        ck.dir.display(),
+        ck.meta.arch.arch,
+        ck.meta.arch.input_shape,
+        ck.meta.arch.num_classes,
+        spec.arch,
+        spec.input_shape,
+        spec.num_classes
+    )))
+}
+
 /// A batch's forward pass: the logits, and the hint loss with its weight when hinted.
 #[derive(Debug)]
 pub(crate) struct Forward {
@@ -37,34 +65,63 @@ pub(crate) struct Forward {
 }
 
 impl Student {
-    /// The student of `spec` on `device`: the checkpoint's weights when resuming, else fresh
-    /// ones drawn after `tch::manual_seed(seed)`; then the regressor of `hint` (fresh weights
-    /// drawn after the network's, or the checkpoint's auxiliary file).
+    /// The student of `spec` on `device`: the checkpoint's weights when resuming; else a
+    /// built-in network's fresh weights drawn after `tch::manual_seed(seed)`, or a TorchScript
+    /// student's module (`source.file`, or `--init`'s checkpoint's module); then `--init`'s
+    /// weights (`source.init`) when given; then the regressor of `hint` (fresh weights drawn
+    /// after the network's, or the checkpoint's auxiliary file).
     ///
     /// # Errors
-    /// [`TrainError::Model`] for a checkpoint that cannot be loaded (or lacks the regressor);
-    /// [`TrainError::Hint`] for a hinted layer the network does not have or shapes no regressor
-    /// joins.
+    /// [`TrainError::Model`] for a checkpoint or module that cannot be loaded (or lacks the
+    /// regressor), or `--init` weights of another architecture; [`TrainError::Hint`] for a
+    /// hinted layer the network does not have or shapes no regressor joins.
     pub(crate) fn build(
         spec: &ArchSpec,
+        source: &StudentSource,
         hint: Option<&HintPlan>,
         device: Device,
         seed: u64,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Student, TrainError> {
-        let (vs, net) = match checkpoint {
-            Some(ck) => ck.load_network(device)?,
-            None => {
-                tch::manual_seed(seed as i64);
+        tch::manual_seed(seed as i64);
+        let (vs, net) = match (checkpoint, &source.init) {
+            (Some(ck), _) => ck.load_model(device)?,
+            (None, Some(ck)) if !spec.arch.is_torchscript() || source.file.is_none() => {
+                // --init of a built-in student (or of a TorchScript one named by --init alone):
+                // the checkpoint's network, which must be this run's.
+                if &ck.meta.arch != spec {
+                    return Err(init_mismatch(ck, spec));
+                }
+                ck.load_model(device)?
+            }
+            (None, init) => {
                 let vs = nn::VarStore::new(device);
-                let net = Network::new(&vs.root(), spec)?;
+                let net = match (ScriptRequest::of(spec), &source.file) {
+                    (Some(req), Some(file)) => {
+                        Model::Script(ScriptModule::load(file, None, &vs.root(), &req)?)
+                    }
+                    _ => Model::Builtin(Network::new(&vs.root(), spec)?),
+                };
+                if let (Some(ck), Model::Script(module)) = (init, &net) {
+                    // The same module's trained state dict, buffers included.
+                    let from_vs = nn::VarStore::new(Device::Cpu);
+                    let from = ck.load_script(&from_vs.root())?;
+                    module.copy_state_from(
+                        &from.state_dict()?,
+                        &format!("--init {}", ck.dir.display()),
+                    )?;
+                }
                 (vs, net)
             }
         };
         let hint = match hint {
             Some(plan) => {
                 let hint_vs = nn::VarStore::new(device);
-                let regressor = plan.regressor(&net, &(hint_vs.root() / "hint"))?;
+                let regressor = plan.regressor(
+                    &net.layers(),
+                    &spec.arch.to_string(),
+                    &(hint_vs.root() / "hint"),
+                )?;
                 if let Some(ck) = checkpoint {
                     ck.load_aux_into(&hint_vs, "hint regressor")?;
                 }
@@ -95,11 +152,13 @@ impl Student {
     pub(crate) fn parameters(&self, hint_stage: bool) -> Vec<(String, Tensor)> {
         let mut p = trainable_parameters(&self.vs);
         if let Some(h) = &self.hint {
-            if hint_stage {
-                let through = self
+            // A TorchScript student cannot tell its layers' variables apart: all of it trains
+            // in the hint stage.
+            if hint_stage
+                && let Some(through) = self
                     .net
                     .variables_through(&h.plan.config.spec.student_layer)
-                    .unwrap_or_default();
+            {
                 p.retain(|(n, _)| through.iter().any(|v| n.starts_with(&format!("{v}."))));
             }
             if hint_stage || h.plan.config.weight > 0.0 {
@@ -127,8 +186,13 @@ impl Student {
                 hint: None,
             });
         };
-        let layers = self.net.forward_layers(xs, None, true)?;
-        let unknown = || TrainError::from(h.plan.unknown_layer(&self.net));
+        let layers = self.net.forward_layers(xs, true)?;
+        let unknown = || {
+            TrainError::from(
+                h.plan
+                    .unknown_layer(&self.net.layers(), &self.net.spec().arch.to_string()),
+            )
+        };
         let feature = layers
             .iter()
             .find(|(name, _)| *name == h.plan.config.spec.student_layer)

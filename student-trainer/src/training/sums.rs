@@ -3,7 +3,6 @@
 use super::step::StepOutput;
 use crate::eval::Accuracy;
 use crate::outputs::metrics::EpochMetrics;
-use std::time::Instant;
 
 /// Running sums of one epoch. Losses and accuracy average over units: samples, or a language
 /// model's real tokens (`tokens` set).
@@ -56,11 +55,10 @@ impl Sums {
         &self,
         epoch: u64,
         step: u64,
-        t0: Instant,
+        wall: f64,
         test: Option<&Accuracy>,
     ) -> EpochMetrics {
         let n = self.units.max(1) as f64;
-        let wall = t0.elapsed().as_secs_f64();
         EpochMetrics {
             tokens: self.tokens.then_some(self.units as u64),
             tokens_per_s: self.tokens.then(|| self.units as f64 / wall.max(1e-9)),

@@ -33,12 +33,22 @@ pub fn load(
         ModelSource::TorchScript { path } => {
             Box::new(TorchScriptModel::load(path, spec, device, precision)?)
         }
-        ModelSource::Checkpoint { dir } => Box::new(ArchModel::from_checkpoint(
-            dir,
-            device,
-            precision,
-            spec.sequence.clone(),
-        )?),
+        ModelSource::Checkpoint { dir } => {
+            let ck = distill_models::Checkpoint::open(dir)?;
+            if ck.meta.arch.arch.is_torchscript() {
+                // A distilled TorchScript student teaching the next round.
+                Box::new(TorchScriptModel::from_checkpoint(
+                    &ck, spec, device, precision,
+                )?)
+            } else {
+                Box::new(ArchModel::from_checkpoint(
+                    dir,
+                    device,
+                    precision,
+                    spec.sequence.clone(),
+                )?)
+            }
+        }
         ModelSource::Safetensors { path, arch } => Box::new(ArchModel::from_safetensors(
             path, arch, spec, device, precision,
         )?),

@@ -6,7 +6,8 @@ use super::precision::{Precision, input_in, logits_out};
 use super::spec::ModelSpec;
 use super::teacher::{ModelDescription, TeacherModel, mtime_version};
 use distill_models::device::device_name;
-use distill_models::fingerprint;
+use distill_models::script::named_outputs;
+use distill_models::{Checkpoint, fingerprint};
 use std::path::Path;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
@@ -32,6 +33,43 @@ impl TorchScriptModel {
         device: Device,
         precision: Precision,
     ) -> Result<Self, LoadError> {
+        Self::load_from(path, None, spec, device, precision)
+    }
+
+    /// The TorchScript student of the checkpoint in `dir` (`student.<hash>.pt`), checked as
+    /// `student-trainer` checks it on resume (hashes, warm-up, state dict against the weights
+    /// file, fingerprint), named by its module and versioned by the checkpoint's epoch and step;
+    /// its fingerprint is the checkpoint's.
+    ///
+    /// # Errors
+    /// [`LoadError`] for a checkpoint that fails those checks, or as [`TorchScriptModel::load`].
+    pub(super) fn from_checkpoint(
+        ck: &Checkpoint,
+        spec: &ModelSpec,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        // Every check of a resume, on the CPU, before the served copy is loaded from the same
+        // verified bytes.
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        ck.load_script(&vs.root())?;
+        drop(vs);
+        let (path, bytes) = ck.module_bytes()?;
+        let mut model = Self::load_from(&path, Some(&bytes), spec, device, precision)?;
+        model.info.name = ck.meta.arch.arch.to_string();
+        model.info.version = format!("epoch {} step {}", ck.meta.epoch, ck.meta.step);
+        model.info.fingerprint = ck.meta.fingerprint.clone();
+        Ok(model)
+    }
+
+    /// [`TorchScriptModel::load`] of `path`, or of `bytes` read from it.
+    fn load_from(
+        path: &Path,
+        bytes: Option<&[u8]>,
+        spec: &ModelSpec,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
         let torch = |what: &str, e: tch::TchError| {
             LoadError(format!(
                 "{}: {what}: {}",
@@ -39,8 +77,11 @@ impl TorchScriptModel {
                 distill_models::torch_message(&e)
             ))
         };
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| torch("not a TorchScript module", e))?;
+        let loaded = match bytes {
+            Some(b) => CModule::load_data_on_device(&mut &b[..], device),
+            None => CModule::load_on_device(path, device),
+        };
+        let mut module = loaded.map_err(|e| torch("not a TorchScript module", e))?;
         module.set_eval();
         let params = module
             .named_parameters()
@@ -122,7 +163,8 @@ impl TeacherModel for TorchScriptModel {
             } else {
                 self.module.forward_is(&[IValue::Tensor(x)])?
             };
-            named_outputs(y)?
+            named_outputs(y)
+                .map_err(ForwardError::Torch)?
                 .into_iter()
                 .map(|(name, t)| Ok((name, logits_out(t, self.precision)?)))
                 .collect()
@@ -131,73 +173,6 @@ impl TeacherModel for TorchScriptModel {
 
     fn info(&self) -> ModelDescription {
         self.info.clone()
-    }
-}
-
-/// What a TorchScript `forward` returned, as named tensors: a tensor is output `0`; a tuple or
-/// list of tensors `0`, `1`, ...; a `Dict[str, Tensor]` its keys.
-///
-/// # Errors
-/// [`ForwardError::Torch`] naming what came instead (e.g. a tuple holding an int, a dict with int
-/// keys).
-fn named_outputs(y: IValue) -> Result<Vec<(String, Tensor)>, ForwardError> {
-    const EXPECTED: &str = "a tensor, a tuple or list of tensors, or a Dict[str, Tensor]";
-    let element = |name: String, v: IValue| match v {
-        IValue::Tensor(t) => Ok((name, t)),
-        other => Err(ForwardError::Torch(format!(
-            "forward returned {} at output {name}; expected {EXPECTED}",
-            ivalue_kind(&other)
-        ))),
-    };
-    match y {
-        IValue::Tensor(t) => Ok(vec![("0".into(), t)]),
-        IValue::TensorList(ts) => Ok(ts
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| (i.to_string(), t))
-            .collect()),
-        IValue::Tuple(vs) | IValue::GenericList(vs) => vs
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| element(i.to_string(), v))
-            .collect(),
-        IValue::GenericDict(kvs) => kvs
-            .into_iter()
-            .map(|(k, v)| match k {
-                IValue::String(name) => element(name, v),
-                other => Err(ForwardError::Torch(format!(
-                    "forward returned a dict with {} keys; expected {EXPECTED}",
-                    ivalue_kind(&other)
-                ))),
-            })
-            .collect(),
-        other => Err(ForwardError::Torch(format!(
-            "forward returned {}; expected {EXPECTED}",
-            ivalue_kind(&other)
-        ))),
-    }
-}
-
-/// TorchScript's name for the type of `v` (error messages).
-fn ivalue_kind(v: &IValue) -> &'static str {
-    match v {
-        IValue::None => "None",
-        IValue::Tensor(_) => "a Tensor",
-        IValue::Double(_) => "a float",
-        IValue::Int(_) => "an int",
-        IValue::Bool(_) => "a bool",
-        IValue::Tuple(_) => "a tuple",
-        IValue::IntList(_) => "a List[int]",
-        IValue::DoubleList(_) => "a List[float]",
-        IValue::BoolList(_) => "a List[bool]",
-        IValue::String(_) => "a str",
-        IValue::StringList(_) => "a List[str]",
-        IValue::TensorList(_) => "a List[Tensor]",
-        IValue::GenericList(_) => "a list",
-        IValue::GenericDict(_) => "a dict",
-        IValue::Object(_) => "an object",
-        IValue::Device(_) => "a device",
-        _ => "a value of another type",
     }
 }
 

@@ -48,6 +48,15 @@
 //!    loop `scripts/reference/kd_lm_pytorch.py --synthetic` with the same sizes and steps (its
 //!    `kd: ... tokens_per_s`).
 //!
+//! 8. `script_student`: a TorchScript student's training step. A scripted MLP (784-256-128-10,
+//!    dropout) and CNN (two 3×3 convolutions with BatchNorm and pooling, dropout), exported by
+//!    `scripts/bench_torchscript_student.py export` (through `scripts/export_student.py`),
+//!    trained for one epoch of `--limit` Fashion-MNIST samples by `student-trainer train
+//!    --student` (samples/s from `metrics.jsonl`), against the same module (the eager
+//!    `nn.Module` with the file's initial weights) in a plain PyTorch loop (`... train`): batch
+//!    128, 1 thread each, Adam at lr 1e-3, cross-entropy. Alternating rounds (trainer, PyTorch,
+//!    per model), medians.
+//!
 //! It prints markdown tables (rows, the wire sizes, then the ratios with their targets, each
 //! with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
 //! model name, flags and core count.
@@ -236,6 +245,20 @@ struct RatioSpec {
 /// The ratios reported when their rows were measured, with their targets (the speed-ups and
 /// wire savings distillation over the network is meant to reach; `(measured)`: no target).
 const RATIOS: &[RatioSpec] = &[
+    RatioSpec {
+        name: "TorchScript MLP student: student-trainer step ÷ the same module in a PyTorch loop",
+        numerator: "script_student_mlp_trainer",
+        denominator: Some("script_student_mlp_pytorch"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
+    RatioSpec {
+        name: "TorchScript CNN student: student-trainer step ÷ the same module in a PyTorch loop",
+        numerator: "script_student_cnn_trainer",
+        denominator: Some("script_student_cnn_pytorch"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
     RatioSpec {
         name: "LM distill tokens/s: remote teacher ÷ PyTorch in-process loop (same sizes)",
         numerator: "lm_distill_remote",
@@ -1014,6 +1037,146 @@ async fn lm_distill(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         "row 7: one LM distillation run each ({steps} steps of {BATCH} x {SEQ} tokens), not \
          alternating rounds: both sides use both cores"
     ));
+    Ok(())
+}
+
+/// Row 8: TorchScript students trained by `student-trainer` against the same modules in a
+/// PyTorch loop (see the module docs).
+async fn script_student_rows(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    let models = ["mlp", "cnn"];
+    let wanted: Vec<&str> = models
+        .into_iter()
+        .filter(|m| {
+            ctx.wanted(&format!("script_student_{m}_trainer"))
+                || ctx.wanted(&format!("script_student_{m}_pytorch"))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let script = distill_tests::workspace_root().join("scripts/bench_torchscript_student.py");
+    let dir = ctx.scratch.join("script-students");
+    let script = &script;
+    let python = |args: Vec<OsString>| async move {
+        let run = tokio::process::Command::from(distill_tests::python())
+            .arg(script)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("running {}: {e}", script.display()))?;
+        if !run.status.success() {
+            return Err(format!(
+                "{} {args:?} failed ({}): {}",
+                script.display(),
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        Ok(String::from_utf8_lossy(&run.stdout).into_owned())
+    };
+    python(vec![
+        "export".into(),
+        "--out-dir".into(),
+        dir.clone().into(),
+    ])
+    .await?;
+    let limit = ctx.limit.to_string();
+    let mut values: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in 0..ctx.rounds {
+        for m in &wanted {
+            let pt = dir.join(format!("{m}.pt"));
+            // student-trainer: one epoch, samples/s of its metrics line.
+            let out = ctx.scratch.join(format!("script-{m}-{round}"));
+            let run = tokio::process::Command::new(&ctx.student)
+                .args(["train", "--student"])
+                .arg(&pt)
+                .arg("--data-dir")
+                .arg(&ctx.data)
+                .args(["--limit", &limit, "--epochs", "1", "--batch-size", "128"])
+                .args([
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--no-epoch-eval",
+                    "--out",
+                ])
+                .arg(&out)
+                .env_remove("RUST_LOG")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| format!("running {}: {e}", ctx.student.display()))?;
+            if !run.status.success() {
+                return Err(format!(
+                    "student-trainer train --student {} failed: {}",
+                    pt.display(),
+                    String::from_utf8_lossy(&run.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ));
+            }
+            let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            let m0: serde_json::Value = metrics
+                .lines()
+                .next()
+                .and_then(|l| serde_json::from_str(l).ok())
+                .ok_or("no metrics line")?;
+            let trainer = m0["samples_per_s"].as_f64().ok_or("no samples_per_s")?;
+            // The PyTorch loop.
+            let stdout = python(vec![
+                "train".into(),
+                "--model".into(),
+                (*m).into(),
+                "--pt".into(),
+                pt.clone().into(),
+                "--data-dir".into(),
+                ctx.data.clone().into(),
+                "--limit".into(),
+                limit.clone().into(),
+            ])
+            .await?;
+            let pytorch: f64 = stdout
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("samples_per_s="))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no samples_per_s=N in {stdout}"))?;
+            for (side, v) in [("trainer", trainer), ("pytorch", pytorch)] {
+                let id = format!("script_student_{m}_{side}");
+                match values.iter_mut().find(|(i, _)| *i == id) {
+                    Some((_, list)) => list.push(v),
+                    None => values.push((id, vec![v])),
+                }
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+    for (id, rounds) in values {
+        let (label, side) = if id.ends_with("_trainer") {
+            ("student-trainer train --student (libtorch)", "trainer")
+        } else {
+            ("the same module, eager, in a PyTorch loop", "pytorch")
+        };
+        let model = if id.contains("_mlp_") { "MLP" } else { "CNN" };
+        rows.push(Row {
+            group: "script_student",
+            label: format!("TorchScript {model} student, one epoch: {label}"),
+            unit: "samples/s",
+            median: median(&rounds),
+            rounds,
+            params: serde_json::json!({
+                "model": model, "side": side, "batch": 128, "threads": 1,
+                "optimizer": "adam lr 1e-3", "samples": ctx.limit,
+            }),
+            id,
+        });
+    }
     Ok(())
 }
 
@@ -1824,6 +1987,9 @@ fn run(cli: Cli) -> Result<Report, String> {
     lm_wire_bytes(&ctx, &mut rows)?;
     runtime.block_on(lm_distill(&ctx, &mut rows, &mut notes))?;
     step("row 7, language models", t);
+    let t = Instant::now();
+    runtime.block_on(script_student_rows(&ctx, &mut rows))?;
+    step("row 8, TorchScript students", t);
     let cpu = CpuInfo::read();
     Ok(Report {
         started_unix_s,

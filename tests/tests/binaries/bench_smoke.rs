@@ -86,6 +86,10 @@ fn quick_bench_writes_every_row() {
         want.push(format!("lm_wire_v{vocab}_top32_bf16"));
     }
     want.push("lm_distill_remote".into());
+    for m in ["mlp", "cnn"] {
+        want.push(format!("script_student_{m}_trainer"));
+        want.push(format!("script_student_{m}_pytorch"));
+    }
     assert_eq!(ids, want, "rows in order");
     let row = |id: &str| -> &serde_json::Value {
         json["rows"]
@@ -146,7 +150,7 @@ fn quick_bench_writes_every_row() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 9, "{json}");
+    assert_eq!(names.len(), 11, "{json}");
     for r in json["ratios"].as_array().unwrap() {
         assert!(r["value"].as_f64().is_some_and(f64::is_finite), "{r}");
     }

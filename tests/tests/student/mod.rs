@@ -17,5 +17,6 @@ mod pool_reordering;
 mod resume;
 mod sparse;
 mod text_files;
+mod torchscript;
 mod torn_checkpoint;
 mod values;

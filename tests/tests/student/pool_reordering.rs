@@ -246,6 +246,10 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
     let cfg = TrainConfig {
         device: student_trainer::device::DeviceChoice::Cpu,
         arch: "mlp:256".parse().unwrap(),
+        arch_given: true,
+        student: None,
+        student_logits_output: None,
+        init: None,
         data_dir: "unused".into(),
         text: TextOptions::default(),
         epochs,
