@@ -4,15 +4,18 @@
 //! with its failover.
 
 use super::error::AppError;
+use super::views::{self, FeedSpec};
 use crate::config::TeacherConfig;
 use crate::data::Dataset;
 use crate::eval::Accuracy;
+use crate::images::{Augment, Store, ViewSpec};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::schedule::sequential_plan;
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::RunTargets;
 use crate::teachers::{Expect, Pool, TeacherInfo};
 use distill_models::{Arch, ArchSpec, Network};
+use std::sync::Arc;
 use tch::{Device, nn};
 use tokio::sync::mpsc;
 
@@ -61,17 +64,21 @@ pub(crate) fn total_params<'a>(teachers: impl IntoIterator<Item = &'a TeacherInf
 
 /// Accuracy of the pool's teacher (the ensemble's mixture at temperature `temperature`, for
 /// several groups) on `data` (a language-model dataset: next-token top-1 accuracy and
-/// perplexity from the full logits at every position), sent in order in batches of `batch_size` samples (at least 1; the
-/// caller keeps it within the teachers' maximum batch size). Always asks for dense `f32` logits,
-/// whatever the training run used.
+/// perplexity from the full logits at every position), sent in order in batches of
+/// `batch_size` samples (at least 1; the caller keeps it within the teachers' maximum batch
+/// size). Always asks for dense `f32` logits, whatever the training run used. With `views`
+/// (an image folder whose teacher takes another view than `data`'s inputs), the teacher's
+/// view of each batch is cut from that store by a loader thread instead.
 ///
 /// # Errors
-/// [`AppError::Pool`] from the pool; [`AppError::Torch`] while counting.
+/// [`AppError::Pool`] from the pool; [`AppError::Torch`] while counting; the loader's
+/// [`AppError::Images`].
 pub(crate) async fn evaluate_pool(
     pool: &mut Pool,
     data: &Dataset,
     batch_size: usize,
     temperature: f64,
+    views: Option<(Arc<Store>, ViewSpec)>,
 ) -> Result<Accuracy, AppError> {
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
@@ -96,15 +103,31 @@ pub(crate) async fn evaluate_pool(
         }
         Ok::<(), tch::TchError>(())
     };
-    let (streamed, counted) = tokio::join!(
-        pool.run(
-            plan,
-            data.inputs.shallow_clone(),
-            RunTargets::dense_f32(temperature),
-            tx
-        ),
-        count
-    );
+    let targets = RunTargets::dense_f32(temperature);
+    let mut feed = match views {
+        Some((store, view)) => Some(views::start(
+            plan.clone(),
+            FeedSpec {
+                store,
+                teacher: Some(view),
+                student: None,
+                augment: Augment::default(),
+                seed: 0,
+                teacher_ahead: 4,
+            },
+        )?),
+        None => None,
+    };
+    let streamed = async {
+        match feed.as_mut().and_then(|f| f.teacher.take()) {
+            Some(made) => pool.run_views(made, targets, tx).await,
+            None => pool.run(plan, data.inputs.shallow_clone(), targets, tx).await,
+        }
+    };
+    let (streamed, counted) = tokio::join!(streamed, count);
+    if let Some(feed) = feed {
+        feed.finish().await?;
+    }
     streamed?;
     counted?;
     Ok(acc)

@@ -1,10 +1,12 @@
 //! `eval`: [`EvalConfig`] from [`EvalArgs`].
 
 use super::error::{ConfigError, invalid, threads};
+use super::images::image_options;
 use super::teachers::{TeacherConfig, teacher_groups};
 use crate::cli::EvalArgs;
 use crate::data::TextOptions;
 use crate::device::DeviceChoice;
+use crate::images::{Augment, ImageOptions};
 use std::path::PathBuf;
 
 /// What `eval` evaluates.
@@ -26,6 +28,9 @@ pub struct EvalConfig {
     pub data_dir: PathBuf,
     /// How a text corpus is packed for `--teacher` (a checkpoint uses its own).
     pub text: TextOptions,
+    /// How an image folder's test split becomes inputs (defaults: the checkpoint's record, or
+    /// the teacher's shape).
+    pub images: ImageOptions,
     /// Device of a checkpoint's network.
     pub device: DeviceChoice,
     /// Samples per forward pass (≥ 1).
@@ -40,6 +45,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
     type Error = ConfigError;
 
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
+        let images = image_options(a.images, Some(a.teacher_view), Augment::default())?;
         let target = match (a.checkpoint, a.teachers.teacher.is_empty()) {
             (Some(dir), true) => EvalTarget::Checkpoint(dir),
             (None, false) => {
@@ -59,6 +65,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
         Ok(EvalConfig {
             target,
             data_dir: a.data_dir,
+            images,
             text: TextOptions {
                 seq_len: a.seq_len,
                 vocab_size: a.vocab_size,

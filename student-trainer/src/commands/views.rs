@@ -1,0 +1,184 @@
+//! The loader thread of an image folder's per-batch views: it walks the run's plan and makes,
+//! for each batch, the teacher's view (another shape or normalization than the student's, or an
+//! augmented crop) and, under `--augment`, the student's view of the same crops, each resized
+//! to its model's shape ([`crate::images::view::render`]).
+//!
+//! Bounds: the teacher's views go to the pool through a channel of `--prefetch` batches (the
+//! pool takes them as its window has room), the student's to the training loop through one of
+//! [`STUDENT_VIEWS_AHEAD`]. Per batch the teacher's view is sent first: the loop, waiting for
+//! batch i, has every teacher view up to i already sent (or in the channel), so the pool can
+//! answer batch i, and the student's view of i is sent before the thread blocks on any later
+//! batch; neither channel can hold the other up. When a receiver goes away (the run stopped or
+//! failed) the thread ends quietly; its own failures come back from [`Feed::finish`].
+
+use super::error::AppError;
+use crate::images::augment::crop_box;
+use crate::images::view::render;
+use crate::images::{Augment, CropBox, ImageError, Store, ViewSpec};
+use crate::schedule::{PlannedBatch, ViewedBatch};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Batches of the student's views made ahead of the training loop.
+pub(crate) const STUDENT_VIEWS_AHEAD: usize = 2;
+
+/// What the loader thread makes: the store it cuts from, the sides, the augmentation.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedSpec {
+    /// The images of the split the plan covers.
+    pub(crate) store: Arc<Store>,
+    /// The teacher's view, if the teachers get views from the thread.
+    pub(crate) teacher: Option<ViewSpec>,
+    /// The student's view, if the loop gets its (augmented) views from the thread.
+    pub(crate) student: Option<ViewSpec>,
+    /// `--augment` (none: the whole image).
+    pub(crate) augment: Augment,
+    /// The run's seed (the crops are drawn from it).
+    pub(crate) seed: u64,
+    /// Capacity of the teachers' channel (`--prefetch`).
+    pub(crate) teacher_ahead: usize,
+}
+
+/// A running loader thread and the receiving ends of its views.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    /// The teachers' views, for [`crate::teachers::Pool::run_views`].
+    pub(crate) teacher: Option<mpsc::Receiver<ViewedBatch>>,
+    /// The student's views, for the training loop.
+    pub(crate) student: Option<mpsc::Receiver<ViewedBatch>>,
+    handle: JoinHandle<Result<FeedStats, ImageError>>,
+}
+
+/// What the loader thread made.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FeedStats {
+    /// Images rendered (each view of each sample counts once).
+    pub(crate) images: u64,
+    /// Seconds spent rendering.
+    pub(crate) render_s: f64,
+}
+
+/// Starts the loader thread (`image-views`) over `plan`.
+///
+/// # Errors
+/// [`AppError::Images`] when the thread cannot start.
+pub(crate) fn start<I>(plan: I, spec: FeedSpec) -> Result<Feed, AppError>
+where
+    I: IntoIterator<Item = PlannedBatch>,
+    I::IntoIter: Send + 'static,
+{
+    let (teacher_tx, teacher_rx) = side(spec.teacher.is_some(), spec.teacher_ahead);
+    let (student_tx, student_rx) = side(spec.student.is_some(), STUDENT_VIEWS_AHEAD);
+    let plan = plan.into_iter();
+    let handle = std::thread::Builder::new()
+        .name("image-views".into())
+        .spawn(move || make_views(plan, &spec, teacher_tx, student_tx))
+        .map_err(|e| ImageError::Loader(format!("cannot start the image-views thread: {e}")))?;
+    Ok(Feed {
+        teacher: teacher_rx,
+        student: student_rx,
+        handle,
+    })
+}
+
+type Side = (
+    Option<mpsc::Sender<ViewedBatch>>,
+    Option<mpsc::Receiver<ViewedBatch>>,
+);
+
+/// A bounded channel of `capacity` batches, when `wanted`.
+fn side(wanted: bool, capacity: usize) -> Side {
+    if !wanted {
+        return (None, None);
+    }
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (Some(tx), Some(rx))
+}
+
+impl Feed {
+    /// Waits for the thread (off the async runtime) once the run is over.
+    ///
+    /// # Errors
+    /// The thread's [`ImageError`], or [`ImageError::Loader`] if it panicked.
+    pub(crate) async fn finish(self) -> Result<FeedStats, AppError> {
+        let Feed { handle, .. } = self;
+        let joined = tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| ImageError::Loader(e.to_string()))?;
+        let stats = joined
+            .map_err(|p| ImageError::Loader(distill_models::panic_message(&*p)))??;
+        if stats.images > 0 {
+            tracing::info!(
+                images = stats.images,
+                render_s = format!("{:.2}", stats.render_s),
+                images_per_s = format!("{:.0}", stats.images as f64 / stats.render_s.max(1e-9)),
+                "image views made per batch"
+            );
+        }
+        Ok(stats)
+    }
+}
+
+/// The thread's loop: for each batch, the crops, the teacher's view (sent first), the
+/// student's.
+fn make_views(
+    plan: impl Iterator<Item = PlannedBatch>,
+    spec: &FeedSpec,
+    teacher_tx: Option<mpsc::Sender<ViewedBatch>>,
+    student_tx: Option<mpsc::Sender<ViewedBatch>>,
+) -> Result<FeedStats, ImageError> {
+    let mut stats = FeedStats::default();
+    let sides = [(&spec.teacher, teacher_tx), (&spec.student, student_tx)];
+    for batch in plan {
+        let crops = crops_of(&batch, spec);
+        let mut made: Option<(&ViewSpec, tch::Tensor)> = None;
+        for (view, tx) in &sides {
+            let (Some(view), Some(tx)) = (view, tx) else {
+                continue;
+            };
+            let inputs = match &made {
+                // The same view (the student's, under --augment): made once.
+                Some((v, t)) if *v == view => t.shallow_clone(),
+                _ => {
+                    let t0 = Instant::now();
+                    let t = render(&spec.store, &batch.indices, crops.as_deref(), view)?;
+                    stats.render_s += t0.elapsed().as_secs_f64();
+                    stats.images += batch.indices.len() as u64;
+                    made = Some((view, t.shallow_clone()));
+                    t
+                }
+            };
+            let viewed = ViewedBatch {
+                batch: batch.clone(),
+                inputs,
+            };
+            if tx.blocking_send(viewed).is_err() {
+                // The run stopped (or failed, and says why): nothing more to make.
+                return Ok(stats);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// The crops of `batch` under `spec.augment` (`None`: whole images).
+fn crops_of(batch: &PlannedBatch, spec: &FeedSpec) -> Option<Vec<CropBox>> {
+    let g = spec.store.geometry;
+    spec.augment.any().then(|| {
+        batch
+            .indices
+            .iter()
+            .map(|&i| {
+                crop_box(
+                    spec.seed,
+                    (batch.epoch, batch.index, i),
+                    g.height,
+                    g.width,
+                    spec.augment,
+                )
+            })
+            .collect()
+    })
+}
