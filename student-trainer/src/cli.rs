@@ -401,7 +401,12 @@ pub struct ImageArgs {
     /// Image folder: mean subtracted from each channel after scaling pixels to [0, 1]
     /// (torchvision's Normalize): one value, or one per channel (e.g. 0.485,0.456,0.406).
     /// Default 0.
-    #[arg(long, env = "STUDENT_MEAN", value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "STUDENT_MEAN",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
     pub mean: Vec<f64>,
     /// Image folder: standard deviation each channel is divided by after the mean: one value,
     /// or one per channel (e.g. 0.229,0.224,0.225), each > 0. Default 1.
@@ -427,7 +432,12 @@ pub struct ImageArgs {
 pub struct TeacherViewArgs {
     /// Image folder: the teacher's view's mean per channel (one value, or one per channel of
     /// the teacher's input). Default: --mean.
-    #[arg(long, env = "STUDENT_TEACHER_MEAN", value_delimiter = ',', allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "STUDENT_TEACHER_MEAN",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
     pub teacher_mean: Option<Vec<f64>>,
     /// Image folder: the teacher's view's standard deviation per channel. Default: --std.
     #[arg(long, env = "STUDENT_TEACHER_STD", value_delimiter = ',')]

@@ -18,7 +18,9 @@
 //!   convert tensors.
 //! - [`torch_rng`] serialises the use of libtorch's global random generator: the tests share one
 //!   process (`tests/integration.rs`) and run on parallel threads.
+//! - [`images`] writes image folders from generated PNG files and computes a file's view.
 
+pub mod images;
 pub mod trainer;
 
 use distill_models::{ArchSpec, Checkpoint, CheckpointMeta, Network};

@@ -33,7 +33,12 @@ use tokio::sync::mpsc;
 /// Any [`AppError`]; shards written before a failure are kept (run again to resume).
 pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let t0 = Instant::now();
-    let source = Source::open(&cfg.data_dir, cfg.limit, TextOptions::default(), &cfg.images)?;
+    let source = Source::open(
+        &cfg.data_dir,
+        cfg.limit,
+        TextOptions::default(),
+        &cfg.images,
+    )?;
     let (tokens, tokenizer_fingerprint) = source.tokens();
     // Any architecture: only the shape and the classes are read.
     let spec = source.spec(&distill_models::Arch::Mlp { hidden: Vec::new() });

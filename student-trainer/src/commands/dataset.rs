@@ -70,7 +70,10 @@ impl ImageRun {
     /// The teacher's view of the test split, when it differs from the student's, with its
     /// store.
     pub(crate) fn teacher_test(&self) -> Option<(Arc<Store>, ViewSpec)> {
-        self.teacher.clone().zip(self.test_store.clone()).map(|(v, s)| (s, v))
+        self.teacher
+            .clone()
+            .zip(self.test_store.clone())
+            .map(|(v, s)| (s, v))
     }
 
     /// The teacher's view as the logit cache key records it: empty when the teacher gets the
@@ -182,7 +185,11 @@ impl Source {
         });
         let keep_test = teacher.is_some();
         let view = student.clone();
-        let task = move || folder.load(&opts, &view, store, keep_test, limit).map(|d| (d, opts));
+        let task = move || {
+            folder
+                .load(&opts, &view, store, keep_test, limit)
+                .map(|d| (d, opts))
+        };
         let (decoded, opts) = tokio::task::spawn_blocking(task)
             .await
             .map_err(|e| AppError::Mismatch(format!("image loader: {e}")))??;
@@ -215,7 +222,12 @@ pub(crate) fn not_an_image_folder(flag: &str, dir: &Path) -> AppError {
 
 /// The load line of an image folder: images decoded, the rate, and the memory its tensors
 /// and stores take.
-fn log_loaded(d: &images::ImageData, student: &ViewSpec, teacher: Option<&ViewSpec>, threads: usize) {
+fn log_loaded(
+    d: &images::ImageData,
+    student: &ViewSpec,
+    teacher: Option<&ViewSpec>,
+    threads: usize,
+) {
     let f32_bytes = 4 * (d.train.inputs.numel() + d.test.inputs.numel());
     let store_bytes = [&d.train_store, &d.test_store]
         .iter()
@@ -232,7 +244,10 @@ fn log_loaded(d: &images::ImageData, student: &ViewSpec, teacher: Option<&ViewSp
         "image folder decoded"
     );
     if d.skipped > 0 {
-        tracing::warn!(skipped = d.skipped, "--skip-bad-images: files that do not decode were skipped");
+        tracing::warn!(
+            skipped = d.skipped,
+            "--skip-bad-images: files that do not decode were skipped"
+        );
     }
 }
 

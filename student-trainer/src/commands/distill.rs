@@ -125,7 +125,9 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
         .unwrap_or_default();
     // An image folder is decoded now, in the student's view and, where it differs, the
     // teacher's (its input shape from its ModelInfo).
-    let data = source.load(refs.first().map(|i| i.input_shape.clone())).await?;
+    let data = source
+        .load(refs.first().map(|i| i.input_shape.clone()))
+        .await?;
     warn_long_warmup(&cfg.train, data.train.len());
     keep_tokenizer(&data, &tc.out)?;
     let hint = match (&cfg.hint, refs.first()) {

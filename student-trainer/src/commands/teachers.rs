@@ -121,7 +121,10 @@ pub(crate) async fn evaluate_pool(
     let streamed = async {
         match feed.as_mut().and_then(|f| f.teacher.take()) {
             Some(made) => pool.run_views(made, targets, tx).await,
-            None => pool.run(plan, data.inputs.shallow_clone(), targets, tx).await,
+            None => {
+                pool.run(plan, data.inputs.shallow_clone(), targets, tx)
+                    .await
+            }
         }
     };
     let (streamed, counted) = tokio::join!(streamed, count);

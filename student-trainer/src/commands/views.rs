@@ -107,8 +107,8 @@ impl Feed {
         let joined = tokio::task::spawn_blocking(move || handle.join())
             .await
             .map_err(|e| ImageError::Loader(e.to_string()))?;
-        let stats = joined
-            .map_err(|p| ImageError::Loader(distill_models::panic_message(&*p)))??;
+        let stats =
+            joined.map_err(|p| ImageError::Loader(distill_models::panic_message(&*p)))??;
         if stats.images > 0 {
             tracing::info!(
                 images = stats.images,
@@ -181,4 +181,121 @@ fn crops_of(batch: &PlannedBatch, spec: &FeedSpec) -> Option<Vec<CropBox>> {
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::Geometry;
+    use tch::Tensor;
+
+    /// Four 32 × 32 gray-in-RGB images of the ramp `v = 4x + 3y + 2k` (x: column, y: row, k:
+    /// image): every region and its mirror image look different.
+    fn ramp_store() -> Arc<Store> {
+        let mut data = Vec::new();
+        for k in 0..4u32 {
+            for y in 0..32u32 {
+                for x in 0..32u32 {
+                    let v = (4 * x + 3 * y + 2 * k) as u8;
+                    data.extend([v, v, v]);
+                }
+            }
+        }
+        Arc::new(Store {
+            geometry: Geometry {
+                channels: 3,
+                height: 32,
+                width: 32,
+            },
+            len: 4,
+            data,
+        })
+    }
+
+    fn view(channels: u8, size: u32) -> ViewSpec {
+        ViewSpec {
+            geometry: Geometry {
+                channels,
+                height: size,
+                width: size,
+            },
+            mean: vec![0.0; channels as usize],
+            std: vec![1.0; channels as usize],
+        }
+    }
+
+    /// Both views of every batch of `plan`, from a loader thread with a 3 × 32 × 32 teacher
+    /// and a 1 × 16 × 16 student.
+    fn views_of(plan: Vec<PlannedBatch>, seed: u64) -> Vec<(Tensor, Tensor)> {
+        let spec = FeedSpec {
+            store: ramp_store(),
+            teacher: Some(view(3, 32)),
+            student: Some(view(1, 16)),
+            augment: "crop,flip".parse().unwrap(),
+            seed,
+            teacher_ahead: 1,
+        };
+        let n = plan.len();
+        let mut feed = start(plan, spec).unwrap();
+        let (mut t, mut s) = (feed.teacher.take().unwrap(), feed.student.take().unwrap());
+        let got = (0..n)
+            .map(|_| {
+                let a = t.blocking_recv().unwrap();
+                let b = s.blocking_recv().unwrap();
+                assert_eq!(a.batch, b.batch);
+                (a.inputs, b.inputs)
+            })
+            .collect();
+        assert!(t.blocking_recv().is_none() && s.blocking_recv().is_none());
+        got
+    }
+
+    fn plan(epoch: u64) -> Vec<PlannedBatch> {
+        (0..2)
+            .map(|index| PlannedBatch {
+                epoch,
+                index,
+                indices: vec![index as i64 * 2, index as i64 * 2 + 1],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_teacher_and_the_student_get_the_same_crop_each_in_its_own_shape() {
+        let got = views_of(plan(0), 9);
+        let mut uncropped = 0;
+        for (teacher, student) in &got {
+            assert_eq!(teacher.size(), [2, 3, 32, 32]);
+            assert_eq!(student.size(), [2, 1, 16, 16]);
+            // The teacher's view halved (2 × 2 means) is the student's, within a few gray levels
+            // (two resizes round differently); another crop of the ramp differs by tens.
+            let halved = teacher.narrow(1, 0, 1).avg_pool2d(
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                false,
+                true,
+                None::<i64>,
+            );
+            let diff = (halved - student).abs().max().double_value(&[]) * 255.0;
+            assert!(diff <= 4.0, "views differ by {diff} gray levels");
+            let whole = Tensor::from_slice(&ramp_store().data[..3072])
+                .view([32, 32, 3])
+                .permute([2, 0, 1])
+                .to_kind(tch::Kind::Float)
+                / 255.0;
+            let first = teacher.get(0);
+            if (first - whole).abs().max().double_value(&[]) < 1e-6 {
+                uncropped += 1;
+            }
+        }
+        assert!(uncropped < got.len(), "no view was cropped");
+        // The same (seed, epoch, batch, sample): the same views; another epoch: other crops.
+        let again = views_of(plan(0), 9);
+        for ((a, b), (c, d)) in got.iter().zip(&again) {
+            assert!(a.equal(c) && b.equal(d));
+        }
+        let other = views_of(plan(1), 9);
+        assert!(got.iter().zip(&other).any(|((a, _), (c, _))| !a.equal(c)));
+    }
 }

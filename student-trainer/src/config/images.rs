@@ -39,8 +39,16 @@ pub(crate) fn image_options(
     let teacher = teacher.unwrap_or_default();
     check_values("mean", &images.mean, false)?;
     check_values("std", &images.std, true)?;
-    check_values("teacher-mean", teacher.teacher_mean.as_deref().unwrap_or(&[]), false)?;
-    check_values("teacher-std", teacher.teacher_std.as_deref().unwrap_or(&[]), true)?;
+    check_values(
+        "teacher-mean",
+        teacher.teacher_mean.as_deref().unwrap_or(&[]),
+        false,
+    )?;
+    check_values(
+        "teacher-std",
+        teacher.teacher_std.as_deref().unwrap_or(&[]),
+        true,
+    )?;
     Ok(ImageOptions {
         size,
         channels: images.channels,

@@ -116,7 +116,11 @@ pub fn crop_box(
 ) -> CropBox {
     let epoch_key = splitmix64_mix(splitmix64_mix(seed ^ AUGMENT_STREAM).wrapping_add(epoch));
     let batch_key = splitmix64_mix(
-        epoch_key.wrapping_add((index as u64).wrapping_add(1).wrapping_mul(SPLITMIX64_GAMMA)),
+        epoch_key.wrapping_add(
+            (index as u64)
+                .wrapping_add(1)
+                .wrapping_mul(SPLITMIX64_GAMMA),
+        ),
     );
     let mut rng = Draws(splitmix64_mix(batch_key ^ (sample as u64)));
     let mut b = if augment.crop {

@@ -49,7 +49,7 @@ impl Geometry {
             return None;
         };
         let fits = |v: i64| (1..=i64::from(u32::MAX)).contains(&v);
-        ((c == 1 || c == 3) && fits(h) && fits(w)).then(|| Geometry {
+        ((c == 1 || c == 3) && fits(h) && fits(w)).then_some(Geometry {
             channels: c as u8,
             height: h as u32,
             width: w as u32,
@@ -135,15 +135,16 @@ pub fn to_layouts(img: &DynamicImage, layouts: &[Geometry]) -> Vec<Vec<u8>> {
     layouts
         .iter()
         .map(|g| {
-            let pixels = converted.entry(g.channels).or_insert_with(|| {
-                match (g.channels, gray_source) {
-                    (1, true) => img.to_luma8().into_raw(),
-                    (1, false) => {
-                        pixels::convert_channels(&img.to_rgb8().into_raw(), 3, 1).into_owned()
-                    }
-                    _ => img.to_rgb8().into_raw(),
-                }
-            });
+            let pixels =
+                converted
+                    .entry(g.channels)
+                    .or_insert_with(|| match (g.channels, gray_source) {
+                        (1, true) => img.to_luma8().into_raw(),
+                        (1, false) => {
+                            pixels::convert_channels(&img.to_rgb8().into_raw(), 3, 1).into_owned()
+                        }
+                        _ => img.to_rgb8().into_raw(),
+                    });
             let image = Image {
                 channels: g.channels,
                 height: img.height(),
@@ -226,7 +227,10 @@ pub fn decode_all(
     compact(&mut buffers, layouts, &kept);
     Ok(Decoded {
         buffers,
-        skipped: (0..n).filter(|&i| !ok[i]).map(|i| files[i].clone()).collect(),
+        skipped: (0..n)
+            .filter(|&i| !ok[i])
+            .map(|i| files[i].clone())
+            .collect(),
         kept,
         seconds: t0.elapsed().as_secs_f64(),
     })

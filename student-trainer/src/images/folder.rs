@@ -185,7 +185,12 @@ mod tests {
     fn classes_are_sorted_and_files_follow_torchvisions_order() {
         let d = tmp("order");
         for f in [
-            "b/2.png", "b/1.JPG", "b/sub/0.jpeg", "a/z.png", "a/notes.txt", "c/x.jpg",
+            "b/2.png",
+            "b/1.JPG",
+            "b/sub/0.jpeg",
+            "a/z.png",
+            "a/notes.txt",
+            "c/x.jpg",
             ".hidden/y.png",
         ] {
             touch(&d.join(f));
@@ -197,7 +202,10 @@ mod tests {
             .iter()
             .map(|p| p.strip_prefix(&d).unwrap().display().to_string())
             .collect();
-        assert_eq!(names, ["a/z.png", "b/1.JPG", "b/2.png", "b/sub/0.jpeg", "c/x.jpg"]);
+        assert_eq!(
+            names,
+            ["a/z.png", "b/1.JPG", "b/2.png", "b/sub/0.jpeg", "c/x.jpg"]
+        );
         assert_eq!(s.labels, [0, 1, 1, 1, 2]);
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -238,10 +246,17 @@ mod tests {
             files: Vec::new(),
             labels: Vec::new(),
         };
-        check_same_classes(&split("r/train", &["a", "b"]), &split("r/test", &["a", "b"])).unwrap();
-        let e = check_same_classes(&split("r/train", &["a", "b"]), &split("r/test", &["a", "c"]))
-            .unwrap_err()
-            .to_string();
+        check_same_classes(
+            &split("r/train", &["a", "b"]),
+            &split("r/test", &["a", "b"]),
+        )
+        .unwrap();
+        let e = check_same_classes(
+            &split("r/train", &["a", "b"]),
+            &split("r/test", &["a", "c"]),
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "r/train and r/test have different classes: only in train: b; only in test: c \

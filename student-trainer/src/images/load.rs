@@ -148,7 +148,8 @@ impl ImageFolder {
         };
         let (train, train_store, a) = load_split(&train, opts, student, store, true)?;
         let test_store_layout = store.filter(|_| keep_test_store);
-        let (test, test_store, b) = load_split(&self.test, opts, student, test_store_layout, false)?;
+        let (test, test_store, b) =
+            load_split(&self.test, opts, student, test_store_layout, false)?;
         Ok(ImageData {
             classes,
             train,
@@ -258,8 +259,16 @@ pub fn teacher_view(
     }
     let mean = opts.teacher_mean.as_deref().unwrap_or(&opts.mean);
     let std = opts.teacher_std.as_deref().unwrap_or(&opts.std);
-    let mean_flag = if opts.teacher_mean.is_some() { "--teacher-mean" } else { "--mean" };
-    let std_flag = if opts.teacher_std.is_some() { "--teacher-std" } else { "--std" };
+    let mean_flag = if opts.teacher_mean.is_some() {
+        "--teacher-mean"
+    } else {
+        "--mean"
+    };
+    let std_flag = if opts.teacher_std.is_some() {
+        "--teacher-std"
+    } else {
+        "--std"
+    };
     let view = ViewSpec {
         geometry,
         mean: per_channel(mean, geometry.channels, 0.0, mean_flag, teacher_shape)?,
@@ -302,7 +311,9 @@ mod tests {
             rgb(&d.join("a/1.png"), 10);
             rgb(&d.join("a/2.png"), 20);
             std::fs::create_dir_all(d.join("b")).unwrap();
-            GrayImage::from_pixel(2, 2, Luma([200])).save(d.join("b/1.png")).unwrap();
+            GrayImage::from_pixel(2, 2, Luma([200]))
+                .save(d.join("b/1.png"))
+                .unwrap();
             rgb(&d.join("b/2.jpg"), 30);
         }
         root
@@ -351,7 +362,10 @@ mod tests {
         let opts = ImageOptions::default();
         let f = ImageFolder::open(&root, &opts).unwrap();
         let view = f.student_view(&opts).unwrap();
-        assert_eq!((view.shape(), view.mean.clone()), (vec![3, 2, 2], vec![0.0; 3]));
+        assert_eq!(
+            (view.shape(), view.mean.clone()),
+            (vec![3, 2, 2], vec![0.0; 3])
+        );
         let store = Geometry {
             channels: 3,
             height: 4,
@@ -379,12 +393,19 @@ mod tests {
         };
         let f = ImageFolder::open(&root, &opts).unwrap();
         let view = f.student_view(&opts).unwrap();
-        let e = f.clone().load(&opts, &view, None, false, None).unwrap_err().to_string();
+        let e = f
+            .clone()
+            .load(&opts, &view, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with(&format!("{}: cannot decode the image: ", bad.display())),
             "{e}"
         );
-        assert!(e.ends_with("--skip-bad-images skips such files and counts them)"), "{e}");
+        assert!(
+            e.ends_with("--skip-bad-images skips such files and counts them)"),
+            "{e}"
+        );
         let skip = ImageOptions {
             skip_bad: true,
             ..opts.clone()
@@ -396,7 +417,10 @@ mod tests {
             std::fs::write(root.join("train/b").join(f), b"junk").unwrap();
         }
         let f = ImageFolder::open(&root, &skip).unwrap();
-        let e = f.load(&skip, &view, None, false, None).unwrap_err().to_string();
+        let e = f
+            .load(&skip, &view, None, false, None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             format!(
@@ -453,7 +477,9 @@ mod tests {
             ..ImageOptions::default()
         };
         assert_eq!(teacher_view(&student, &[1, 28, 28], &opts).unwrap(), None);
-        let bigger = teacher_view(&student, &[1, 32, 32], &opts).unwrap().unwrap();
+        let bigger = teacher_view(&student, &[1, 32, 32], &opts)
+            .unwrap()
+            .unwrap();
         assert_eq!((bigger.shape(), bigger.mean), (vec![1, 32, 32], vec![0.5]));
         let e = teacher_view(&student, &[3, 32, 32], &opts)
             .unwrap_err()
@@ -473,7 +499,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((rgb.mean, rgb.std), (vec![0.1, 0.2, 0.3], vec![0.5; 3]));
-        let e = teacher_view(&student, &[784], &opts).unwrap_err().to_string();
+        let e = teacher_view(&student, &[784], &opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("an image teacher must take [C, H, W]"), "{e}");
         let renormalized = ImageOptions {
             teacher_std: Some(vec![0.25]),

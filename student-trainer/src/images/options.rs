@@ -82,6 +82,9 @@ pub fn per_channel(
         0 => Ok(vec![default; channels as usize]),
         1 => Ok(vec![values[0]; channels as usize]),
         n if n == channels as usize => Ok(values.to_vec()),
+        n if channels == 1 => Err(ImageError::View(format!(
+            "{flag} has {n} values: expected 1 (the {shape:?} view has one channel)"
+        ))),
         n => Err(ImageError::View(format!(
             "{flag} has {n} values: expected 1 (every channel) or {channels} (one per channel of \
              the {shape:?} view)"
@@ -121,8 +124,14 @@ mod tests {
 
     #[test]
     fn per_channel_values_repeat_one_value_or_take_one_per_channel() {
-        assert_eq!(per_channel(&[], 3, 1.0, "--std", &[3, 8, 8]).unwrap(), [1.0; 3]);
-        assert_eq!(per_channel(&[0.5], 3, 0.0, "--mean", &[3, 8, 8]).unwrap(), [0.5; 3]);
+        assert_eq!(
+            per_channel(&[], 3, 1.0, "--std", &[3, 8, 8]).unwrap(),
+            [1.0; 3]
+        );
+        assert_eq!(
+            per_channel(&[0.5], 3, 0.0, "--mean", &[3, 8, 8]).unwrap(),
+            [0.5; 3]
+        );
         assert_eq!(
             per_channel(&[0.1, 0.2, 0.3], 3, 0.0, "--mean", &[3, 8, 8]).unwrap(),
             [0.1, 0.2, 0.3]

@@ -113,7 +113,10 @@ pub fn render(
             .ok_or_else(|| {
                 ImageError::View(format!("sample {i} is outside the {} images", store.len))
             })?;
-        let crop = crops.and_then(|c| c.get(k)).copied().unwrap_or(store.full());
+        let crop = crops
+            .and_then(|c| c.get(k))
+            .copied()
+            .unwrap_or(store.full());
         if crop.top + crop.height > s.height || crop.left + crop.width > s.width {
             return Err(ImageError::View(format!(
                 "crop {crop:?} is outside the {}×{} images",
@@ -168,7 +171,10 @@ mod tests {
         let g: Vec<f32> = Vec::try_from(t.get(0).get(1).flatten(0, -1)).unwrap();
         let expected = [110.0, 140.0, 170.0, 200.0].map(|v: f64| (v / 255.0 - 0.5) / 0.5);
         for (got, want) in g.iter().zip(expected) {
-            assert!((f64::from(*got) - want).abs() < 1e-6, "{g:?} vs {expected:?}");
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-6,
+                "{g:?} vs {expected:?}"
+            );
         }
     }
 

@@ -92,6 +92,11 @@ mod tests {
         );
         let e = source.next(0, &planned(0, 3)).unwrap_err().to_string();
         assert!(e.contains("image loader stopped"), "{e}");
-        assert!(ViewSource::new(None).next(0, &planned(0, 0)).unwrap().is_none());
+        assert!(
+            ViewSource::new(None)
+                .next(0, &planned(0, 0))
+                .unwrap()
+                .is_none()
+        );
     }
 }

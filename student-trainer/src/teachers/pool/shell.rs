@@ -631,9 +631,8 @@ impl Pool {
             .min()
             .unwrap_or(now + IDLE_WAKE);
             let ready = self.sched.ready();
-            let wants_view = matches!(source, Source::Views(_))
-                && !run.plan_done
-                && self.sched.window() > 0;
+            let wants_view =
+                matches!(source, Source::Views(_)) && !run.plan_done && self.sched.window() > 0;
             tokio::select! {
                 biased;
                 permit = out.reserve(), if ready => {
