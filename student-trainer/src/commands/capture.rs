@@ -9,11 +9,10 @@ use super::dataset::Source;
 use super::error::AppError;
 use super::output::{Finished, outln};
 use super::teachers::{batch_size_for, connect};
-use super::views::{self, FeedSpec};
+use super::views::{self, Cut};
 use crate::config::CaptureConfig;
 use crate::data::TextOptions;
 use crate::ensemble::EnsembleMode;
-use crate::images::{Augment, Store, ViewSpec};
 use crate::logit_cache::{CacheError, CacheKey, CachedTeacher, LogitCache};
 use crate::outputs::progress::Progress;
 use crate::schedule::PlannedBatch;
@@ -141,7 +140,7 @@ enum Inputs {
     /// `f32 [N, ...]`, CPU: the dataset the cache's key names.
     Rows(Tensor),
     /// The training images and the teacher's view of them.
-    Views((Arc<Store>, ViewSpec)),
+    Views(Cut),
 }
 
 /// The batches that cover the samples of `shards` (each shard's range, in order), `batch_size`
@@ -205,16 +204,8 @@ async fn capture_shards(
         .map_err(|e| AppError::CaptureWriter(e.to_string()))?;
     let streamed = match inputs {
         Inputs::Rows(rows) => pool.run(plan, rows, targets, tx).await,
-        Inputs::Views((store, view)) => {
-            let spec = FeedSpec {
-                store,
-                teacher: Some(view),
-                student: None,
-                augment: Augment::default(),
-                seed: 0,
-                teacher_ahead: 4,
-            };
-            let mut feed = views::start(plan, spec)?;
+        Inputs::Views(cut) => {
+            let mut feed = views::start(plan, cut.teacher_only(4))?;
             let made = feed.teacher.take().expect("a feed with a teacher side");
             let streamed = pool.run_views(made, targets, tx).await;
             feed.finish().await?;

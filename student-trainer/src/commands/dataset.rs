@@ -7,6 +7,7 @@
 //! input shape is known ([`Source::load`]), on loader threads off the async runtime.
 
 use super::error::AppError;
+use super::views::Cut;
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::images::{
     self, Augment, Geometry, ImageFolder, ImageOptions, ImageRecord, Store, ViewSpec,
@@ -45,6 +46,8 @@ pub(crate) struct ImageRun {
     pub(crate) train_store: Option<Arc<Store>>,
     /// The test images, for the teacher's evaluation in its own view.
     pub(crate) test_store: Option<Arc<Store>>,
+    /// Threads making each batch's views (`--loader-threads`).
+    pub(crate) threads: usize,
 }
 
 impl ImageRun {
@@ -59,21 +62,27 @@ impl ImageRun {
 
     /// The view the teachers get of a training batch, when it is made per batch (another view
     /// than the student's dataset, or augmented crops), with the store it is cut from.
-    pub(crate) fn teacher_feed(&self) -> Option<(Arc<Store>, ViewSpec)> {
+    pub(crate) fn teacher_feed(&self) -> Option<Cut> {
         if self.teacher.is_none() && !self.augment.any() {
             return None;
         }
         let view = self.teacher.clone().unwrap_or_else(|| self.student.clone());
-        self.train_store.clone().map(|s| (s, view))
+        self.train_store.clone().map(|store| Cut {
+            store,
+            view,
+            threads: self.threads,
+        })
     }
 
     /// The teacher's view of the test split, when it differs from the student's, with its
     /// store.
-    pub(crate) fn teacher_test(&self) -> Option<(Arc<Store>, ViewSpec)> {
-        self.teacher
-            .clone()
-            .zip(self.test_store.clone())
-            .map(|(v, s)| (s, v))
+    pub(crate) fn teacher_test(&self) -> Option<Cut> {
+        let (view, store) = self.teacher.clone().zip(self.test_store.clone())?;
+        Some(Cut {
+            store,
+            view,
+            threads: self.threads,
+        })
     }
 
     /// The teacher's view as the logit cache key records it: empty when the teacher gets the
@@ -201,6 +210,7 @@ impl Source {
             augment: opts.augment,
             train_store: decoded.train_store.map(Arc::new),
             test_store: decoded.test_store.map(Arc::new),
+            threads: opts.threads(),
         };
         Ok(Data {
             train: decoded.train,

@@ -124,7 +124,10 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
         .map(|p| p.references().into_iter().cloned().collect())
         .unwrap_or_default();
     // An image folder is decoded now, in the student's view and, where it differs, the
-    // teacher's (its input shape from its ModelInfo).
+    // teacher's (its input shape from its ModelInfo): one view for every group.
+    if source.is_images() {
+        same_input_shapes(&refs)?;
+    }
     let data = source
         .load(refs.first().map(|i| i.input_shape.clone()))
         .await?;
@@ -154,6 +157,29 @@ async fn setup(cfg: &DistillConfig) -> Result<Setup, AppError> {
         cache,
         teacher,
     })
+}
+
+/// The teacher groups of an image-folder run all take the same input shape (they get one
+/// view).
+///
+/// # Errors
+/// [`AppError::Mismatch`] naming each group's teacher and shape.
+fn same_input_shapes(refs: &[TeacherInfo]) -> Result<(), AppError> {
+    if refs
+        .windows(2)
+        .all(|w| w[0].input_shape == w[1].input_shape)
+    {
+        return Ok(());
+    }
+    let shapes: Vec<String> = refs
+        .iter()
+        .map(|i| format!("{} {:?}", i.name, i.input_shape))
+        .collect();
+    Err(AppError::Mismatch(format!(
+        "the teacher groups take different input shapes ({}): on an image folder every group \
+         gets the same view of each batch",
+        shapes.join(", ")
+    )))
 }
 
 /// What every teacher must fit: the data, the student, the batch size, the top-k and the
@@ -364,17 +390,18 @@ fn start_feed(
     let teacher = images.teacher_feed().filter(|_| s.pool.is_some());
     let student = images.augment.any().then(|| images.student.clone());
     let store = match (&teacher, &images.train_store) {
-        (Some((store, _)), _) => store.clone(),
+        (Some(cut), _) => cut.store.clone(),
         (None, Some(store)) if student.is_some() => store.clone(),
         _ => return Ok(None),
     };
     let spec = FeedSpec {
         store,
-        teacher: teacher.map(|(_, v)| v),
+        teacher: teacher.map(|cut| cut.view),
         student,
         augment: images.augment,
         seed: s.tc.seed,
         teacher_ahead: prefetch,
+        threads: images.threads,
     };
     Ok(Some(views::start(plan, spec)?))
 }

@@ -4,18 +4,16 @@
 //! with its failover.
 
 use super::error::AppError;
-use super::views::{self, FeedSpec};
+use super::views::{self, Cut};
 use crate::config::TeacherConfig;
 use crate::data::Dataset;
 use crate::eval::Accuracy;
-use crate::images::{Augment, Store, ViewSpec};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::schedule::sequential_plan;
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::RunTargets;
 use crate::teachers::{Expect, Pool, TeacherInfo};
 use distill_models::{Arch, ArchSpec, Network};
-use std::sync::Arc;
 use tch::{Device, nn};
 use tokio::sync::mpsc;
 
@@ -78,7 +76,7 @@ pub(crate) async fn evaluate_pool(
     data: &Dataset,
     batch_size: usize,
     temperature: f64,
-    views: Option<(Arc<Store>, ViewSpec)>,
+    views: Option<Cut>,
 ) -> Result<Accuracy, AppError> {
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
@@ -105,17 +103,7 @@ pub(crate) async fn evaluate_pool(
     };
     let targets = RunTargets::dense_f32(temperature);
     let mut feed = match views {
-        Some((store, view)) => Some(views::start(
-            plan.clone(),
-            FeedSpec {
-                store,
-                teacher: Some(view),
-                student: None,
-                augment: Augment::default(),
-                seed: 0,
-                teacher_ahead: 4,
-            },
-        )?),
+        Some(cut) => Some(views::start(plan.clone(), cut.teacher_only(4))?),
         None => None,
     };
     let streamed = async {

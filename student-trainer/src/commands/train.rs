@@ -89,6 +89,7 @@ fn augmented_views(
         augment: images.augment,
         seed: cfg.seed,
         teacher_ahead: 1,
+        threads: images.threads,
     };
     Ok(Some(views::start(plan, spec)?))
 }

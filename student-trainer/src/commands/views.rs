@@ -24,6 +24,32 @@ use tokio::sync::mpsc;
 /// Batches of the student's views made ahead of the training loop.
 pub(crate) const STUDENT_VIEWS_AHEAD: usize = 2;
 
+/// Images a view is cut from per batch: the store, the view, and the threads that make it.
+#[derive(Debug, Clone)]
+pub(crate) struct Cut {
+    /// The images.
+    pub(crate) store: Arc<Store>,
+    /// The view to make of them.
+    pub(crate) view: ViewSpec,
+    /// Threads making a batch's views (`--loader-threads`).
+    pub(crate) threads: usize,
+}
+
+impl Cut {
+    /// The loader thread's spec of a teacher's un-augmented views (evaluation, capture).
+    pub(crate) fn teacher_only(self, teacher_ahead: usize) -> FeedSpec {
+        FeedSpec {
+            store: self.store,
+            teacher: Some(self.view),
+            student: None,
+            augment: Augment::default(),
+            seed: 0,
+            teacher_ahead,
+            threads: self.threads,
+        }
+    }
+}
+
 /// What the loader thread makes: the store it cuts from, the sides, the augmentation.
 #[derive(Debug, Clone)]
 pub(crate) struct FeedSpec {
@@ -39,6 +65,8 @@ pub(crate) struct FeedSpec {
     pub(crate) seed: u64,
     /// Capacity of the teachers' channel (`--prefetch`).
     pub(crate) teacher_ahead: usize,
+    /// Threads making each batch's views (`--loader-threads`).
+    pub(crate) threads: usize,
 }
 
 /// A running loader thread and the receiving ends of its views.
@@ -143,7 +171,13 @@ fn make_views(
                 Some((v, t)) if *v == view => t.shallow_clone(),
                 _ => {
                     let t0 = Instant::now();
-                    let t = render(&spec.store, &batch.indices, crops.as_deref(), view)?;
+                    let t = render(
+                        &spec.store,
+                        &batch.indices,
+                        crops.as_deref(),
+                        view,
+                        spec.threads,
+                    )?;
                     stats.render_s += t0.elapsed().as_secs_f64();
                     stats.images += batch.indices.len() as u64;
                     made = Some((view, t.shallow_clone()));
@@ -234,6 +268,7 @@ mod tests {
             augment: "crop,flip".parse().unwrap(),
             seed,
             teacher_ahead: 1,
+            threads: 2,
         };
         let n = plan.len();
         let mut feed = start(plan, spec).unwrap();

@@ -46,6 +46,17 @@ pub struct Image<'a> {
 /// If `image.data` does not hold `height × width × channels` bytes of its image (a caller's
 /// bug: every image comes from a buffer of that layout).
 pub fn crop_resize(image: Image<'_>, crop: CropBox, height: u32, width: u32) -> Vec<u8> {
+    if (crop.height, crop.width) == (height, width) && !crop.flip {
+        // A plain cut (the whole image, unchanged, included): rows copied as they are.
+        let c = usize::from(image.channels);
+        let row = image.width as usize * c;
+        let (left, w) = (crop.left as usize * c, width as usize * c);
+        let rows = crop.top as usize..(crop.top + crop.height) as usize;
+        return rows
+            .flat_map(|r| &image.data[r * row + left..r * row + left + w])
+            .copied()
+            .collect();
+    }
     match image.channels {
         1 => crop_resize_as::<Luma<u8>>(image, crop, height, width),
         _ => crop_resize_as::<Rgb<u8>>(image, crop, height, width),
@@ -101,6 +112,12 @@ mod tests {
             flip: true,
         };
         assert_eq!(crop_resize(img, right, 2, 2), [6, 4, 17, 14]);
+        let unflipped = CropBox {
+            flip: false,
+            ..right
+        };
+        assert_eq!(crop_resize(img, unflipped, 2, 2), [4, 6, 14, 17]);
+        assert_eq!(crop_resize(img, CropBox::full(2, 4), 2, 4), data);
         // Halving each side averages 2 × 2 blocks: (0+2+10+12)/4 = 6, (4+6+14+17)/4 = 10.25.
         assert_eq!(crop_resize(img, CropBox::full(2, 4), 1, 2), [6, 10]);
     }

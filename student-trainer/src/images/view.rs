@@ -90,33 +90,91 @@ impl Store {
     }
 }
 
+/// Output bytes of a batch from which [`render`] splits the work over threads.
+const RENDER_SPLIT_BYTES: usize = 1 << 20;
+
 /// The `view` of the images of `store` at `indices` (dataset positions): each converted to the
 /// view's channels, cut to its box in `crops` (the whole image when `None`), resized to the
 /// view's size, mirrored if its box says so, and normalized: `f32 [indices.len(), C, H, W]`.
+/// The pixel work is split over `threads` scoped threads (contiguous parts of the batch) when
+/// the batch's views hold a MiB or more.
 ///
 /// # Errors
 /// [`ImageError::View`] for an index outside the store or a box outside its images;
-/// [`ImageError::Torch`] from the normalization.
+/// [`ImageError::Loader`] when a thread cannot start; [`ImageError::Torch`] from the
+/// normalization.
 pub fn render(
     store: &Store,
     indices: &[i64],
     crops: Option<&[CropBox]>,
     view: &ViewSpec,
+    threads: usize,
 ) -> Result<Tensor, ImageError> {
-    let g = view.geometry;
+    let boxes: Vec<CropBox> = (0..indices.len())
+        .map(|k| {
+            crops
+                .and_then(|c| c.get(k))
+                .copied()
+                .unwrap_or(store.full())
+        })
+        .collect();
+    // Below a MiB of pixels a batch is made on the calling thread (spawning costs more).
+    let threads = if indices.len() * view.geometry.bytes() < RENDER_SPLIT_BYTES {
+        1
+    } else {
+        threads.max(1)
+    };
+    if threads == 1 {
+        let bytes = render_bytes(store, indices, &boxes, view.geometry)?;
+        return view.normalize(&bytes, indices.len());
+    }
+    let per = indices.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<u8>, ImageError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(per)
+            .zip(boxes.chunks(per))
+            .map(|(idx, b)| {
+                std::thread::Builder::new()
+                    .name("image-render".into())
+                    .spawn_scoped(scope, move || render_bytes(store, idx, b, view.geometry))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(ImageError::Loader("a render thread panicked".into()))),
+                Err(e) => Err(ImageError::Loader(format!(
+                    "cannot start a render thread: {e}"
+                ))),
+            })
+            .collect()
+    });
+    let mut bytes = Vec::with_capacity(indices.len() * view.geometry.bytes());
+    for part in parts {
+        bytes.extend(part?);
+    }
+    view.normalize(&bytes, indices.len())
+}
+
+/// The pixels (`H × W × C` each, in the layout `g`) of the images of `store` at `indices`, cut
+/// to `boxes`.
+fn render_bytes(
+    store: &Store,
+    indices: &[i64],
+    boxes: &[CropBox],
+    g: Geometry,
+) -> Result<Vec<u8>, ImageError> {
     let s = store.geometry;
     let mut bytes = Vec::with_capacity(indices.len() * g.bytes());
-    for (k, &i) in indices.iter().enumerate() {
+    for (&i, &crop) in indices.iter().zip(boxes) {
         let i = usize::try_from(i)
             .ok()
             .filter(|&i| i < store.len)
             .ok_or_else(|| {
                 ImageError::View(format!("sample {i} is outside the {} images", store.len))
             })?;
-        let crop = crops
-            .and_then(|c| c.get(k))
-            .copied()
-            .unwrap_or(store.full());
         if crop.top + crop.height > s.height || crop.left + crop.width > s.width {
             return Err(ImageError::View(format!(
                 "crop {crop:?} is outside the {}×{} images",
@@ -132,7 +190,7 @@ pub fn render(
         };
         bytes.extend(pixels::crop_resize(image, crop, g.height, g.width));
     }
-    view.normalize(&bytes, indices.len())
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -165,7 +223,7 @@ mod tests {
             mean: vec![0.0, 0.5, 0.25],
             std: vec![1.0, 0.5, 2.0],
         };
-        let t = render(&store(), &[1], None, &view).unwrap();
+        let t = render(&store(), &[1], None, &view, 2).unwrap();
         assert_eq!(t.size(), [1, 3, 2, 2]);
         // Channel 1 (G) of image 1: bytes 110, 140, 170, 200 at pixels 0..4.
         let g: Vec<f32> = Vec::try_from(t.get(0).get(1).flatten(0, -1)).unwrap();
@@ -189,7 +247,7 @@ mod tests {
             mean: vec![0.0],
             std: vec![1.0],
         };
-        let t = render(&store(), &[0], None, &view).unwrap();
+        let t = render(&store(), &[0], None, &view, 1).unwrap();
         let lumas: Vec<u32> = store().data[..12]
             .chunks(3)
             .map(|p| u32::from(pixels::luma(p)))
@@ -197,7 +255,9 @@ mod tests {
         // One pixel: the mean of the four lumas (2 × 2 → 1 × 1), rounded.
         let mean = (f64::from(lumas.iter().sum::<u32>()) / 4.0).round();
         assert!((t.double_value(&[0, 0, 0, 0]) - mean / 255.0).abs() < 1e-6);
-        let e = render(&store(), &[2], None, &view).unwrap_err().to_string();
+        let e = render(&store(), &[2], None, &view, 1)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "sample 2 is outside the 2 images");
     }
 }
