@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build test demo demo-lm demo-hints soak bench fmt lint ci clean-runs
+.PHONY: setup build test demo demo-byo demo-lm demo-hints soak bench fmt lint ci clean-runs
 
 ## setup: libtorch (PyPI torch==2.11.0) and Python tokenizers into ~/.cache/distill; Fashion-MNIST
 ## and GCIDE (Debian packages) into data/
@@ -29,6 +29,12 @@ test: setup
 ## demo: the main job, end to end, on real data
 demo: build
 	bash scripts/demo.sh
+
+## demo-byo: distillation on an image folder (Fashion-MNIST written as ROOT/train/CLASS/*.png):
+## an RGB 3x28x28 CNN teacher trained on it, a gray 1x20x20 student distilled from it with
+## augmented crops (the teacher sees the same crops in its own view)
+demo-byo: build
+	bash scripts/demo-byo.sh
 
 ## demo-lm: token-level distillation of a language model on the GCIDE dictionary (under 15
 ## minutes on 2 cores after setup and the build)

@@ -8,6 +8,7 @@
 
 use crate::ensemble::EnsembleMode;
 use crate::hint::HintLoss;
+use crate::images::Augment;
 use crate::loss::{LossKind, SparseTail};
 use crate::optim::{LrScheduleKind, OptimizerKind};
 use crate::soft_targets::WireDType;
@@ -106,8 +107,20 @@ pub struct CommonArgs {
     /// BPE tokenizer (trained once, kept in DIR/bpe-VOCAB/tokenizer.json) and packed into
     /// sequences of --seq-len tokens, every 20th dictionary entry held out for the test split.
     /// With --tokenizer: a directory of .txt and .jsonl files (your own text).
+    /// An image folder is ROOT/train/CLASS/*.png|jpg|jpeg with ROOT/test/CLASS/... (see the
+    /// image flags).
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
+    /// How an image folder's images become the student's inputs.
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// Image folder: augment the training images: crop (random resized crop, 8 % to 100 % of
+    /// the area at aspect ratios 3/4 to 4/3, resized back; torchvision's RandomResizedCrop),
+    /// flip (horizontal, p = 0.5), crop,flip, or none. Drawn from the seed, epoch, batch and
+    /// sample, so a resumed run repeats them. In distill the teacher gets the same crop of each
+    /// image in its own view (function matching); not with --logit-cache.
+    #[arg(long, env = "STUDENT_AUGMENT", default_value = "none")]
+    pub augment: Augment,
     /// Text corpus: tokens per training sequence.
     #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
     pub seq_len: usize,
@@ -205,6 +218,9 @@ pub struct DistillArgs {
     /// The teacher replicas and how to reach them.
     #[command(flatten)]
     pub teachers: TeacherArgs,
+    /// The normalization of the teacher's view of an image folder.
+    #[command(flatten)]
+    pub teacher_view: TeacherViewArgs,
     /// An ensemble member: `NAME=URL,URL,...`, the replicas of one teacher (repeat the flag for
     /// each teacher). Each batch goes to one replica of every group; the soft target is the
     /// weighted mean of the groups' probabilities at temperature T (see --group-weight).
@@ -306,8 +322,8 @@ pub struct CaptureArgs {
     #[command(flatten)]
     pub teachers: TeacherArgs,
     /// Dataset: a directory of IDX files, an .npz file, a GCIDE text corpus directory (its
-    /// default 8192-token BPE), or with --tokenizer a directory of .txt and .jsonl files; its
-    /// training split is captured.
+    /// default 8192-token BPE), with --tokenizer a directory of .txt and .jsonl files, or an
+    /// image folder; its training split is captured.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
     /// Text corpus: tokens per sequence (must match the students' --seq-len).
@@ -316,6 +332,12 @@ pub struct CaptureArgs {
     /// Your own text files, read with the teacher's tokenizer (as the students read them).
     #[command(flatten)]
     pub text_files: TextFilesArgs,
+    /// An image folder's student view (the students' flags: the cache is keyed by it).
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// The normalization of the teacher's view of an image folder.
+    #[command(flatten)]
+    pub teacher_view: TeacherViewArgs,
     /// Capture only the first N training samples (must match the students' --limit).
     #[arg(long, env = "STUDENT_LIMIT")]
     pub limit: Option<usize>,
@@ -363,10 +385,18 @@ pub struct EvalArgs {
     /// and a failed replica's batches move to the others, as in distill), and how to reach them.
     #[command(flatten)]
     pub teachers: TeacherArgs,
-    /// Dataset directory (IDX), .npz file, or text corpus directory; its test split is
-    /// evaluated (a language model: perplexity and next-token top-1 accuracy).
+    /// Dataset directory (IDX), .npz file, image folder, or text corpus directory; its test
+    /// split is evaluated (a language model: perplexity and next-token top-1 accuracy). An
+    /// image folder is seen as the checkpoint recorded (its classes, size, channels and
+    /// normalization; image flags override), or in a teacher's own size and channels.
     #[arg(long, env = "STUDENT_DATA_DIR", default_value = "data/fashion-mnist")]
     pub data_dir: PathBuf,
+    /// How an image folder's images become inputs.
+    #[command(flatten)]
+    pub images: ImageArgs,
+    /// The normalization of the teacher's view of an image folder (`--teacher`).
+    #[command(flatten)]
+    pub teacher_view: TeacherViewArgs,
     /// Text corpus with --teacher: tokens per sequence (a checkpoint's own length is used with
     /// --checkpoint).
     #[arg(long, env = "STUDENT_SEQ_LEN", default_value_t = 128)]
@@ -427,6 +457,69 @@ pub struct TextFilesArgs {
     /// every document of --data-dir then trains (test files inside it are left out).
     #[arg(long, env = "STUDENT_TEST_DATA")]
     pub test_data: Option<PathBuf>,
+}
+
+/// How an image folder (`--data-dir ROOT` holding `ROOT/train/CLASS/*.png|jpg|jpeg` and
+/// `ROOT/test/CLASS/...`, torchvision's ImageFolder layout; classes are the sorted folder names)
+/// becomes the student's inputs: shared by `train`, `distill`, `capture` and `eval`. Refused for
+/// other data.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ImageArgs {
+    /// Image folder: the student's image size `H,W` in pixels (one number for a square); every
+    /// image is resized to it (bilinear, area-aware when shrinking). Default: the first
+    /// training image's size.
+    #[arg(long, env = "STUDENT_IMAGE_SIZE")]
+    pub image_size: Option<String>,
+    /// Image folder: 1 (gray) or 3 (RGB) channels for the student; images are converted (RGB to
+    /// gray as PIL's convert("L")), and a teacher may then take the other count. Default: the
+    /// first training image's (1 for a grayscale file, 3 otherwise), and a teacher must take
+    /// the same.
+    #[arg(long, env = "STUDENT_CHANNELS")]
+    pub channels: Option<u8>,
+    /// Image folder: mean subtracted from each channel after scaling pixels to [0, 1]
+    /// (torchvision's Normalize): one value, or one per channel (e.g. 0.485,0.456,0.406).
+    /// Default 0.
+    #[arg(
+        long,
+        env = "STUDENT_MEAN",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub mean: Vec<f64>,
+    /// Image folder: standard deviation each channel is divided by after the mean: one value,
+    /// or one per channel (e.g. 0.229,0.224,0.225), each > 0. Default 1.
+    #[arg(long, env = "STUDENT_STD", value_delimiter = ',')]
+    pub std: Vec<f64>,
+    /// Image folder: the test split's folder (CLASS/*.png|jpg|jpeg, the same classes as the
+    /// training split) instead of ROOT/test.
+    #[arg(long, env = "STUDENT_TEST_DIR")]
+    pub test_dir: Option<PathBuf>,
+    /// Image folder: skip files that do not decode (logged, and counted in the load line)
+    /// instead of stopping with an error naming the first one.
+    #[arg(long, env = "STUDENT_SKIP_BAD_IMAGES")]
+    pub skip_bad_images: bool,
+    /// Image folder: threads decoding the images at load (default: the CPUs, at most 8).
+    #[arg(long, env = "STUDENT_LOADER_THREADS")]
+    pub loader_threads: Option<usize>,
+}
+
+/// The normalization of the teacher's view of an image folder, where the teacher was trained
+/// with other values than the student's `--mean`/`--std` (its size and channels come from its
+/// ModelInfo): shared by `distill`, `capture` and `eval --teacher`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TeacherViewArgs {
+    /// Image folder: the teacher's view's mean per channel (one value, or one per channel of
+    /// the teacher's input). Default: --mean.
+    #[arg(
+        long,
+        env = "STUDENT_TEACHER_MEAN",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub teacher_mean: Option<Vec<f64>>,
+    /// Image folder: the teacher's view's standard deviation per channel. Default: --std.
+    #[arg(long, env = "STUDENT_TEACHER_STD", value_delimiter = ',')]
+    pub teacher_std: Option<Vec<f64>>,
 }
 
 /// Where the teacher replicas are, how long to wait for them and how to reach them: shared by

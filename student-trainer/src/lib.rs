@@ -23,8 +23,9 @@
 //! - [`soft_targets`]: the hand-off between teachers and training (wire dtype, what a run asks
 //!   for, a batch's soft targets).
 //! - The maths and data, importing only each other, downward, and none of tokio, tonic or the
-//!   protos: [`data`], [`schedule`], [`soft_targets`], [`ensemble`], [`loss`], [`optim`],
-//!   [`hint`], [`logit_cache`], [`eval`].
+//!   protos: [`data`], [`images`] (image folders: decoding, views, augmentation),
+//!   [`schedule`], [`soft_targets`], [`ensemble`], [`loss`], [`optim`], [`hint`],
+//!   [`logit_cache`], [`eval`].
 //! - [`outputs`]: metrics log, report, plot, progress, Prometheus, the test-only ledger.
 //! - [`signals`]: Ctrl-C and SIGTERM for the binary, and when a repeat forces the exit.
 
@@ -37,6 +38,7 @@ pub use distill_models::device;
 mod ensemble;
 mod eval;
 mod hint;
+pub mod images;
 mod logit_cache;
 pub mod loss;
 pub mod optim;

@@ -134,6 +134,11 @@ pub struct CacheKey {
     /// Hex SHA-256 of the tokenizer of a language model's data; empty otherwise.
     #[serde(default)]
     pub tokenizer_fingerprint: String,
+    /// The teacher's view of an image folder when it differs from the student's inputs (whose
+    /// hash `dataset_sha256` is): its shape and normalization; empty when the teacher gets the
+    /// student's inputs.
+    #[serde(default)]
+    pub teacher_view: String,
 }
 
 impl CacheKey {
@@ -221,6 +226,18 @@ impl CacheKey {
             format!("{:?}", self.tokenizer_fingerprint),
             format!("{:?}", run.tokenizer_fingerprint),
         );
+        let view = |v: &str| {
+            if v.is_empty() {
+                "the student's inputs".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        cmp(
+            "teacher's image view",
+            view(&self.teacher_view),
+            view(&run.teacher_view),
+        );
         out
     }
 }
@@ -263,6 +280,7 @@ impl CacheKey {
                 0
             },
             tokenizer_fingerprint: train.tokenizer_fingerprint.clone().unwrap_or_default(),
+            teacher_view: String::new(),
         })
     }
 }
@@ -814,6 +832,7 @@ mod tests {
             samples,
             positions: 0,
             tokenizer_fingerprint: String::new(),
+            teacher_view: String::new(),
         }
     }
 

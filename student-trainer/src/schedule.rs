@@ -9,6 +9,7 @@
 //! are a pure function of it too).
 
 use crate::data::{SPLITMIX64_GAMMA, epoch_permutation, splitmix64_mix};
+use tch::Tensor;
 
 /// One batch of the schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,16 @@ pub struct PlannedBatch {
     /// Dataset indices of its samples, in order (length ≤ batch size; the last batch of an epoch
     /// may be short).
     pub indices: Vec<i64>,
+}
+
+/// A planned batch with its inputs made for one model (a view of an image folder's images,
+/// cropped and resized for the model that receives it; see [`crate::images`]).
+#[derive(Debug)]
+pub struct ViewedBatch {
+    /// The batch.
+    pub batch: PlannedBatch,
+    /// Its samples in that model's view, `f32 [batch.indices.len(), C, H, W]`, CPU.
+    pub inputs: Tensor,
 }
 
 /// A position in the schedule: the next batch to train.

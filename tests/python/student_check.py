@@ -20,7 +20,14 @@ Check (prints one JSON line):
                                     and of SmallCnn loaded from model.<hash>.safetensors with
                                     strict=True on DATA's IDX test split; whether the BatchNorm
                                     running statistics differ from INITIAL.pt's
+  check-cnn-folder CKDIR FOLDER INITIAL.pt
+                                    the same on an image folder's FOLDER/test/CLASS/*.png (8-bit
+                                    gray PNGs; classes are the sorted folder names)
   check-lm CKDIR TEST.npz           perplexity and next-token accuracy of both on TEST.npz
+  check-lm-text CKDIR CORPUS TOKENIZER SEQ
+                                    the same on the held-out documents of CORPUS's .jsonl files
+                                    (document i when i % 20 == 0), encoded by Python's tokenizers
+                                    with TOKENIZER and packed as the README says
 """
 
 import glob
@@ -147,10 +154,73 @@ def only(pattern):
     return found[0]
 
 
+def read_png_gray(path):
+    """The pixels of an 8-bit grayscale, non-interlaced PNG as a uint8 tensor [H, W]."""
+    import struct
+    import zlib
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise SystemExit(f"{path}: not a PNG")
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if (depth, color, interlace) != (8, 0, 0):
+                raise SystemExit(f"{path}: expected an 8-bit gray PNG")
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw, rows, prev = zlib.decompress(idat), [], bytearray(width)
+    for r in range(height):
+        line = raw[r * (width + 1):(r + 1) * (width + 1)]
+        kind, cur = line[0], bytearray(line[1:])
+        for i in range(width):
+            left, up = cur[i - 1] if i else 0, prev[i]
+            upleft = prev[i - 1] if i else 0
+            if kind == 1:
+                cur[i] = (cur[i] + left) & 255
+            elif kind == 2:
+                cur[i] = (cur[i] + up) & 255
+            elif kind == 3:
+                cur[i] = (cur[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                p = left + up - upleft
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
+                pred = left if pa <= pb and pa <= pc else (up if pb <= pc else upleft)
+                cur[i] = (cur[i] + pred) & 255
+        rows.append(bytes(cur))
+        prev = cur
+    return torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8).reshape(height, width)
+
+
+def read_test_folder(folder):
+    """An image folder's test split: pixels [N, H, W] and labels (sorted class folders)."""
+    root = os.path.join(folder, "test")
+    classes = sorted(c for c in os.listdir(root) if not c.startswith("."))
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(root, name))):
+            images.append(read_png_gray(os.path.join(root, name, f)))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
 def check_cnn(ckdir, data, initial):
-    from safetensors.torch import load_file
     images = read_idx(os.path.join(data, "t10k-images-idx3-ubyte"))
     labels = read_idx(os.path.join(data, "t10k-labels-idx1-ubyte")).long()
+    check_cnn_on(ckdir, images, labels, initial)
+
+
+def check_cnn_folder(ckdir, folder, initial):
+    images, labels = read_test_folder(folder)
+    check_cnn_on(ckdir, images, labels, initial)
+
+
+def check_cnn_on(ckdir, images, labels, initial):
+    from safetensors.torch import load_file
     x = ((images.float() / 255.0 - MEAN) / STD).unsqueeze(1)
     jit = torch.jit.load(only(os.path.join(ckdir, "student.*.pt")), map_location="cpu").eval()
     py = SmallCnn()
@@ -176,11 +246,17 @@ def check_cnn(ckdir, data, initial):
 
 def check_lm(ckdir, test):
     import numpy as np
-    from safetensors.torch import load_file
     arrays = np.load(test)
     ids = torch.from_numpy(arrays["inputs"]).long()
     labels = torch.from_numpy(arrays["labels"]).long()
     vocab = int(arrays["vocab_size"]) if "vocab_size" in arrays else int(ids.max()) + 1
+    print(json.dumps(lm_scores(ckdir, ids, labels, vocab)))
+
+
+def lm_scores(ckdir, ids, labels, vocab):
+    """Perplexity and next-token accuracy of the checkpoint's student.<hash>.pt and of TinyLm
+    loaded from its model.<hash>.safetensors, over the labels that are not -100."""
+    from safetensors.torch import load_file
     jit = torch.jit.load(only(os.path.join(ckdir, "student.*.pt")), map_location="cpu").eval()
     py = TinyLm(vocab)
     py.load_state_dict(load_file(only(os.path.join(ckdir, "model.*.safetensors"))), strict=True)
@@ -196,7 +272,43 @@ def check_lm(ckdir, test):
             hits = int(((flat.argmax(-1) == y) & real).sum())
             out[name + "_perplexity"] = math.exp(nll / n)
             out[name + "_accuracy"] = hits / n
-    print(json.dumps(out))
+    return out
+
+
+def held_out_windows(corpus, tokenizer, seq):
+    """The test split of the .jsonl files under `corpus` as student-trainer makes it: files in
+    the byte order of their relative paths, document i held out when i % 20 == 0, each encoded
+    without special tokens and followed by the end-of-document token (</s>), the stream cut into
+    windows of SEQ + 1 tokens at a stride of SEQ, the short last one padded with </s> and its
+    labels -100."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tokenizer)
+    eos = tok.token_to_id("</s>")
+    files = []
+    for dirpath, dirnames, filenames in os.walk(corpus):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [os.path.relpath(os.path.join(dirpath, f), corpus) for f in filenames
+                  if f.endswith(".jsonl") and not f.startswith(".")]
+    docs = []
+    for rel in sorted(files, key=lambda p: p.encode()):
+        with open(os.path.join(corpus, rel), encoding="utf-8") as f:
+            docs += [json.loads(line)["text"] for line in f if line.strip()]
+    stream = []
+    for i, doc in enumerate(docs):
+        if i % 20 == 0 and doc.strip():
+            stream += tok.encode(doc, add_special_tokens=False).ids + [eos]
+    seq = int(seq)
+    n = (len(stream) - 2) // seq + 1
+    ids = [[stream[t] if t < len(stream) else eos for t in range(k * seq, (k + 1) * seq)]
+           for k in range(n)]
+    labels = [[stream[t + 1] if t + 1 < len(stream) else -100
+               for t in range(k * seq, (k + 1) * seq)] for k in range(n)]
+    return torch.tensor(ids), torch.tensor(labels), tok.get_vocab_size(with_added_tokens=True)
+
+
+def check_lm_text(ckdir, corpus, tokenizer, seq):
+    ids, labels, vocab = held_out_windows(corpus, tokenizer, seq)
+    print(json.dumps(lm_scores(ckdir, ids, labels, vocab)))
 
 
 def lmdata(out, vocab, seq):
@@ -224,8 +336,12 @@ def main():
         export(*args)
     elif cmd == "check-cnn":
         check_cnn(*args)
+    elif cmd == "check-cnn-folder":
+        check_cnn_folder(*args)
     elif cmd == "check-lm":
         check_lm(*args)
+    elif cmd == "check-lm-text":
+        check_lm_text(*args)
     else:
         raise SystemExit(__doc__)
 

@@ -20,7 +20,9 @@
 //!   Python's `tokenizers`, as a user would.
 //! - [`torch_rng`] serialises the use of libtorch's global random generator: the tests share one
 //!   process (`tests/integration.rs`) and run on parallel threads.
+//! - [`images`] writes image folders from generated PNG files and computes a file's view.
 
+pub mod images;
 pub mod text_files;
 pub mod trainer;
 

@@ -9,6 +9,7 @@
 //! for it, [`distill_tests::torch_rng`].
 
 mod binaries;
+mod images;
 mod layout;
 mod observability;
 mod replicas;

@@ -5,10 +5,11 @@
 //! Resumable: shards are written (atomically) as they complete, and a second run captures only
 //! the shards still missing. A kill loses at most the shards being filled.
 
-use super::dataset::load_data;
+use super::dataset::Source;
 use super::error::AppError;
 use super::output::{Finished, outln};
 use super::teachers::{batch_size_for, connect};
+use super::views::{self, Cut};
 use crate::config::CaptureConfig;
 use crate::ensemble::EnsembleMode;
 use crate::logit_cache::{CacheError, CacheKey, CachedTeacher, LogitCache};
@@ -30,24 +31,34 @@ use tokio::sync::mpsc;
 /// Any [`AppError`]; shards written before a failure are kept (run again to resume).
 pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let t0 = Instant::now();
-    let data = load_data(&cfg.data_dir, cfg.limit, &cfg.text)?;
+    let source = Source::open(&cfg.data_dir, cfg.limit, &cfg.text, &cfg.images)?;
+    let (tokens, tokenizer_fingerprint) = source.tokens();
+    // Any architecture: only the shape and the classes are read.
+    let spec = source.spec(&distill_models::Arch::Mlp { hidden: Vec::new() });
     let expect = Expect {
-        sample_shape: data.train.sample_shape(),
-        num_classes: data.train.num_classes.max(data.test.num_classes),
+        sample_shape: spec.input_shape,
+        num_classes: spec.num_classes,
         batch_size: 1,
-        tokens: data.train.is_tokens(),
-        tokenizer_fingerprint: data.train.tokenizer_fingerprint.clone(),
+        tokens,
+        tokenizer_fingerprint,
         hint_output: None,
         top_k: cfg.request.top_k,
+        image_views: source.is_images(),
     };
     let mut pool = connect(&cfg.teachers, expect, None).await?;
     let info = pool.references()[0].clone();
+    let data = source.load(Some(info.input_shape.clone())).await?;
     let teacher = CachedTeacher {
         fingerprint: &info.fingerprint,
         precision: info.precision_name(),
         num_logits: info.num_logits,
     };
-    let key = CacheKey::for_run(&cfg.request, teacher, &data.train)?;
+    let mut key = CacheKey::for_run(&cfg.request, teacher, &data.train)?;
+    key.teacher_view = data
+        .images
+        .as_ref()
+        .map(|i| i.teacher_view_key())
+        .unwrap_or_default();
     let cache = LogitCache::open_or_create(&cfg.out, key, cfg.shard_samples)?;
     let batch_size = batch_size_for(&pool, cfg.batch_size);
     outln!(
@@ -70,7 +81,10 @@ pub async fn capture(cfg: CaptureConfig, stop: Arc<AtomicBool>) -> Result<Finish
         ensemble: EnsembleMode::Mix,
         seed: 0,
     };
-    let inputs = data.train.inputs.shallow_clone();
+    let inputs = match data.images.as_ref().and_then(|i| i.teacher_feed()) {
+        Some(views) => Inputs::Views(views),
+        None => Inputs::Rows(data.train.inputs.shallow_clone()),
+    };
     let done = capture_shards(&mut pool, cache, inputs, targets, batch_size, stop).await?;
     outln!(
         "{} samples captured in {:.1} s; {} shard(s) written, {} of {} in the cache{}; {:.1} \
@@ -113,6 +127,16 @@ struct Captured {
     pub interrupted: bool,
 }
 
+/// The teacher's inputs of a capture: rows of the training inputs, or an image folder's
+/// teacher view (another shape or normalization than the student's) cut per batch from its
+/// store.
+enum Inputs {
+    /// `f32 [N, ...]`, CPU: the dataset the cache's key names.
+    Rows(Tensor),
+    /// The training images and the teacher's view of them.
+    Views(Cut),
+}
+
 /// The batches that cover the samples of `shards` (each shard's range, in order), `batch_size`
 /// samples at most each, numbered from 0 as one epoch.
 fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> Vec<PlannedBatch> {
@@ -132,7 +156,8 @@ fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> Vec<
 }
 
 /// Captures the shards of `cache` still missing from the teachers of `pool` (one group), for
-/// `inputs` (`f32 [N, ...]`, CPU, the dataset the cache's key names), asking for `targets`.
+/// `inputs` (the dataset the cache's key names, or the teacher's view of it), asking for
+/// `targets`.
 /// Batches are written to the cache on a dedicated thread (tensor work stays off the async
 /// runtime). Raising `stop` ends the capture after the shards written so far.
 ///
@@ -142,7 +167,7 @@ fn capture_plan(cache: &LogitCache, shards: &[usize], batch_size: usize) -> Vec<
 async fn capture_shards(
     pool: &mut Pool,
     mut cache: LogitCache,
-    inputs: Tensor,
+    inputs: Inputs,
     targets: RunTargets,
     batch_size: usize,
     stop: Arc<AtomicBool>,
@@ -171,7 +196,16 @@ async fn capture_shards(
             Ok((cache, false))
         })
         .map_err(|e| AppError::CaptureWriter(e.to_string()))?;
-    let streamed = pool.run(plan, inputs, targets, tx).await;
+    let streamed = match inputs {
+        Inputs::Rows(rows) => pool.run(plan, rows, targets, tx).await,
+        Inputs::Views(cut) => {
+            let mut feed = views::start(plan, cut.teacher_only(4))?;
+            let made = feed.teacher.take().expect("a feed with a teacher side");
+            let streamed = pool.run_views(made, targets, tx).await;
+            feed.finish().await?;
+            streamed
+        }
+    };
     let written = tokio::task::spawn_blocking(move || writer.join())
         .await
         .map_err(|e| AppError::CaptureWriter(e.to_string()))?

@@ -1,12 +1,22 @@
-//! The data of a command: both splits of an IDX directory, an `.npz` file or a text corpus
-//! (GCIDE, or your own text files with the teacher's tokenizer; tokenized and packed), checked
-//! against each other, and the tokenizer (with the corpus record) kept beside a run.
+//! The data of a command: both splits of an IDX directory, an `.npz` file, a text corpus
+//! (GCIDE, or your own text files with the teacher's tokenizer; tokenized and packed) or an image
+//! folder, checked against each other, and the tokenizer (with the corpus record) kept beside a
+//! run.
+//!
+//! An image folder is opened in two steps ([`Source`]): scanned first (classes, the student's
+//! view: enough to build the student and to ask the teachers), then decoded once the teacher's
+//! input shape is known ([`Source::load`]), on loader threads off the async runtime.
 
 use super::error::AppError;
+use super::views::Cut;
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
+use crate::images::{
+    self, Augment, Geometry, ImageFolder, ImageOptions, ImageRecord, Store, ViewSpec,
+};
 use distill_models::{Arch, ArchSpec};
 use distill_text::{CorpusRecord, FilesSpec, RECORD_FILE};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A run's two splits.
@@ -20,6 +30,240 @@ pub(crate) struct Data {
     pub(crate) tokenizer: Option<PathBuf>,
     /// How a corpus of text files was read and what it held (kept beside the checkpoint).
     pub(crate) corpus: Option<CorpusRecord>,
+    /// An image folder's classes, views and stores (`None` for other data).
+    pub(crate) images: Option<ImageRun>,
+}
+
+/// What a run keeps of an image folder besides the student's datasets.
+#[derive(Debug)]
+pub(crate) struct ImageRun {
+    /// Class names, sorted (class index = position).
+    pub(crate) classes: Vec<String>,
+    /// The student's view (that of `Data::train` and `Data::test`).
+    pub(crate) student: ViewSpec,
+    /// The teacher's view, when it differs from the student's (another shape or
+    /// normalization).
+    pub(crate) teacher: Option<ViewSpec>,
+    /// `--augment`.
+    pub(crate) augment: Augment,
+    /// The training images views are cut from per batch (teacher views, augmented crops).
+    pub(crate) train_store: Option<Arc<Store>>,
+    /// The test images, for the teacher's evaluation in its own view.
+    pub(crate) test_store: Option<Arc<Store>>,
+    /// Threads making each batch's views (`--loader-threads`).
+    pub(crate) threads: usize,
+}
+
+impl ImageRun {
+    /// What a checkpoint records: classes, the student's view, the augmentation.
+    pub(crate) fn record(&self) -> ImageRecord {
+        ImageRecord {
+            classes: self.classes.clone(),
+            view: self.student.clone(),
+            augment: self.augment.to_string(),
+        }
+    }
+
+    /// The view the teachers get of a training batch, when it is made per batch (another view
+    /// than the student's dataset, or augmented crops), with the store it is cut from.
+    pub(crate) fn teacher_feed(&self) -> Option<Cut> {
+        if self.teacher.is_none() && !self.augment.any() {
+            return None;
+        }
+        let view = self.teacher.clone().unwrap_or_else(|| self.student.clone());
+        self.train_store.clone().map(|store| Cut {
+            store,
+            view,
+            threads: self.threads,
+        })
+    }
+
+    /// The teacher's view of the test split, when it differs from the student's, with its
+    /// store.
+    pub(crate) fn teacher_test(&self) -> Option<Cut> {
+        let (view, store) = self.teacher.clone().zip(self.test_store.clone())?;
+        Some(Cut {
+            store,
+            view,
+            threads: self.threads,
+        })
+    }
+
+    /// The teacher's view as the logit cache key records it: empty when the teacher gets the
+    /// student's inputs (whose hash the key holds).
+    pub(crate) fn teacher_view_key(&self) -> String {
+        self.teacher
+            .as_ref()
+            .map(ViewSpec::describe)
+            .unwrap_or_default()
+    }
+}
+
+/// A command's data before the teachers are known: loaded (IDX, `.npz`, text), or an image
+/// folder scanned and not yet decoded.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// Both splits, loaded.
+    Loaded(Data),
+    /// An image folder: its files, the flags, the student's view, `--limit`.
+    Images {
+        folder: Box<ImageFolder>,
+        opts: ImageOptions,
+        student: ViewSpec,
+        limit: Option<usize>,
+    },
+}
+
+impl Source {
+    /// The data in `dir`: an image folder is scanned (see [`Source::load`]); anything else is
+    /// loaded as [`load_data`] does.
+    ///
+    /// # Errors
+    /// As [`load_data`]; the [`images::ImageError`]s of scanning a folder; [`AppError::Mismatch`]
+    /// when an image flag is given for data that is not an image folder.
+    pub(crate) fn open(
+        dir: &Path,
+        limit: Option<usize>,
+        text: &TextOptions,
+        opts: &ImageOptions,
+    ) -> Result<Source, AppError> {
+        if !images::is_image_folder(dir) {
+            if let Some(flag) = opts.any_given() {
+                return Err(not_an_image_folder(flag, dir));
+            }
+            return Ok(Source::Loaded(load_data(dir, limit, text)?));
+        }
+        let folder = ImageFolder::open(dir, opts)?;
+        let student = folder.student_view(opts)?;
+        Ok(Source::Images {
+            folder: Box::new(folder),
+            opts: opts.clone(),
+            student,
+            limit,
+        })
+    }
+
+    /// Whether this is an image folder (a teacher may then take another `[C, H, W]` view).
+    pub(crate) fn is_images(&self) -> bool {
+        matches!(self, Source::Images { .. })
+    }
+
+    /// The network `arch` for this data (as [`spec_for`]; an image folder's student view and
+    /// its classes).
+    pub(crate) fn spec(&self, arch: &Arch) -> ArchSpec {
+        match self {
+            Source::Loaded(data) => spec_for(arch, data),
+            Source::Images {
+                folder, student, ..
+            } => ArchSpec {
+                arch: arch.clone(),
+                input_shape: student.shape(),
+                num_classes: folder.classes().len() as i64,
+            },
+        }
+    }
+
+    /// The training split's kind: token sequences, with their tokenizer's fingerprint.
+    pub(crate) fn tokens(&self) -> (bool, Option<String>) {
+        match self {
+            Source::Loaded(d) => (d.train.is_tokens(), d.train.tokenizer_fingerprint.clone()),
+            Source::Images { .. } => (false, None),
+        }
+    }
+
+    /// Both splits: loaded data as it is; an image folder decoded on its loader threads (off
+    /// the async runtime) in the student's view, with a store of its images when views are cut
+    /// per batch: for a teacher taking `teacher_shape` (its `ModelInfo`) that differs from the
+    /// student's view, and for `--augment`.
+    ///
+    /// # Errors
+    /// The [`images::ImageError`]s of the teacher's view (naming both shapes) and of decoding.
+    pub(crate) async fn load(self, teacher_shape: Option<Vec<i64>>) -> Result<Data, AppError> {
+        let (folder, opts, student, limit) = match self {
+            Source::Loaded(data) => return Ok(data),
+            Source::Images {
+                folder,
+                opts,
+                student,
+                limit,
+            } => (folder, opts, student, limit),
+        };
+        let teacher = match &teacher_shape {
+            Some(shape) => images::teacher_view(&student, shape, &opts)?,
+            None => None,
+        };
+        let store: Option<Geometry> = (teacher.is_some() || opts.augment.any()).then(|| {
+            let g = student.geometry;
+            teacher.as_ref().map_or(g, |t| g.union(t.geometry))
+        });
+        let keep_test = teacher.is_some();
+        let view = student.clone();
+        let task = move || {
+            folder
+                .load(&opts, &view, store, keep_test, limit)
+                .map(|d| (d, opts))
+        };
+        let (decoded, opts) = tokio::task::spawn_blocking(task)
+            .await
+            .map_err(|e| AppError::Mismatch(format!("image loader: {e}")))??;
+        log_loaded(&decoded, &student, teacher.as_ref(), opts.threads());
+        let run = ImageRun {
+            classes: decoded.classes,
+            student,
+            teacher,
+            augment: opts.augment,
+            train_store: decoded.train_store.map(Arc::new),
+            test_store: decoded.test_store.map(Arc::new),
+            threads: opts.threads(),
+        };
+        Ok(Data {
+            train: decoded.train,
+            test: decoded.test,
+            tokenizer: None,
+            corpus: None,
+            images: Some(run),
+        })
+    }
+}
+
+/// `flag` given for `dir`, which is not an image folder.
+pub(crate) fn not_an_image_folder(flag: &str, dir: &Path) -> AppError {
+    AppError::Mismatch(format!(
+        "{flag} applies to image folders (--data-dir ROOT holding ROOT/train/CLASS/*.png|jpg|jpeg), \
+         and {} is not one",
+        dir.display()
+    ))
+}
+
+/// The load line of an image folder: images decoded, the rate, and the memory its tensors
+/// and stores take.
+fn log_loaded(
+    d: &images::ImageData,
+    student: &ViewSpec,
+    teacher: Option<&ViewSpec>,
+    threads: usize,
+) {
+    let f32_bytes = 4 * (d.train.inputs.numel() + d.test.inputs.numel());
+    let store_bytes = [&d.train_store, &d.test_store]
+        .iter()
+        .filter_map(|s| s.as_ref().map(|s| s.data.len()))
+        .sum::<usize>();
+    tracing::info!(
+        classes = d.classes.len(), images = d.decoded, skipped = d.skipped,
+        seconds = format!("{:.2}", d.seconds),
+        images_per_s = format!("{:.0}", d.decoded as f64 / d.seconds.max(1e-9)),
+        loader_threads = threads, student_view = %student.describe(),
+        teacher_view = %teacher.map(ViewSpec::describe).unwrap_or_else(|| "the student's".into()),
+        student_tensors_mb = format!("{:.1}", f32_bytes as f64 / 1e6),
+        stores_mb = format!("{:.1}", store_bytes as f64 / 1e6),
+        "image folder decoded"
+    );
+    if d.skipped > 0 {
+        tracing::warn!(
+            skipped = d.skipped,
+            "--skip-bad-images: files that do not decode were skipped"
+        );
+    }
 }
 
 /// Whether `dir` is a text corpus directory (it holds the GCIDE's `gcide.dict.dz`).
@@ -96,6 +340,7 @@ pub(crate) fn load_text_files(
         test,
         tokenizer: Some(p.tokenizer.path().to_path_buf()),
         corpus: Some(p.record),
+        images: None,
     })
 }
 
@@ -152,6 +397,7 @@ pub(crate) fn load_data(
         test,
         tokenizer,
         corpus,
+        images: None,
     })
 }
 

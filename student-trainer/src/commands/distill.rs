@@ -5,17 +5,17 @@
 //! announcement line, [`run`] (the trainer thread fed by the pool), then [`report`] (teacher
 //! and baseline evaluated on the test split).
 
-use super::dataset::{Data, keep_tokenizer, load_data};
+use super::dataset::{Data, Source, keep_tokenizer};
 use super::error::AppError;
 use super::eval::evaluate_checkpoint;
 use super::output::{Finished, outln};
 use super::student::{self, StudentPlan};
 use super::teachers::{batch_size_for, connect, evaluate_pool, total_params};
 use super::train::{
-    join_trainer, prepare_out, start_monitoring, summarise, train, warn_long_warmup,
+    image_job, join_trainer, prepare_out, start_monitoring, summarise, train, warn_long_warmup,
 };
+use super::views::{self, Feed, FeedSpec};
 use crate::config::DistillConfig;
-use crate::data::Dataset;
 use crate::ensemble::EnsembleMode;
 use crate::eval::Accuracy;
 use crate::hint::{HintConfig, HintPlan};
@@ -23,7 +23,7 @@ use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPL
 use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::report::{ModelSummary, REPORT_FILE, ReplicaSummary, Report};
-use crate::schedule::run_plan;
+use crate::schedule::{PlannedBatch, run_plan};
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
 use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
@@ -114,9 +114,9 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
         ..cfg.train.clone()
     };
     let device = tc.device.resolve()?;
-    let data = load_data(&tc.data_dir, tc.limit, &tc.text)?;
+    let source = Source::open(&tc.data_dir, tc.limit, &tc.text, &tc.images)?;
     // The student is checked against the data before anything is written.
-    let StudentPlan { spec, params } = student::plan(&tc, &data)?;
+    let StudentPlan { spec, params } = student::plan(&tc, &source)?;
     if cfg.top_k_default
         && cfg.top_k == 0
         && spec.arch.is_sequence_model()
@@ -135,19 +135,27 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
         ));
     }
     prepare_out(&tc.out)?;
-    warn_long_warmup(&cfg.train, data.train.len());
-    keep_tokenizer(&data, &tc.out)?;
     let (metrics, endpoint) = start_monitoring(&tc).await?;
     let pool = if cfg.teachers.groups.is_empty() {
         None
     } else {
-        let expect = expect(cfg, &spec, &tc, &data.train);
+        let expect = expect(cfg, &spec, &tc, &source);
         Some(connect(&cfg.teachers, expect, metrics.clone()).await?)
     };
     let refs: Vec<TeacherInfo> = pool
         .as_ref()
         .map(|p| p.references().into_iter().cloned().collect())
         .unwrap_or_default();
+    // An image folder is decoded now, in the student's view and, where it differs, the
+    // teacher's (its input shape from its ModelInfo): one view for every group.
+    if source.is_images() {
+        same_input_shapes(&refs)?;
+    }
+    let data = source
+        .load(refs.first().map(|i| i.input_shape.clone()))
+        .await?;
+    warn_long_warmup(&cfg.train, data.train.len());
+    keep_tokenizer(&data, &tc.out)?;
     let hint = match (&cfg.hint, refs.first()) {
         (Some(h), Some(teacher)) => Some(hint_plan(h, teacher, &spec)?),
         _ => None,
@@ -155,13 +163,7 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
     let described = hint.as_ref().map(HintPlan::describe);
     let start = Start::for_run(&tc, &spec, data.train.len(), described.as_deref())?;
     let cache = match &cfg.logit_cache {
-        Some(dir) => Some(open_cache(
-            dir,
-            cfg,
-            refs.first(),
-            &data.train,
-            spec.num_classes,
-        )?),
+        Some(dir) => Some(open_cache(dir, cfg, refs.first(), &data, spec.num_classes)?),
         None => None,
     };
     let teacher = identity(cache.as_ref(), &refs);
@@ -181,17 +183,42 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
     })
 }
 
+/// The teacher groups of an image-folder run all take the same input shape (they get one
+/// view).
+///
+/// # Errors
+/// [`AppError::Mismatch`] naming each group's teacher and shape.
+fn same_input_shapes(refs: &[TeacherInfo]) -> Result<(), AppError> {
+    if refs
+        .windows(2)
+        .all(|w| w[0].input_shape == w[1].input_shape)
+    {
+        return Ok(());
+    }
+    let shapes: Vec<String> = refs
+        .iter()
+        .map(|i| format!("{} {:?}", i.name, i.input_shape))
+        .collect();
+    Err(AppError::Mismatch(format!(
+        "the teacher groups take different input shapes ({}): on an image folder every group \
+         gets the same view of each batch",
+        shapes.join(", ")
+    )))
+}
+
 /// What every teacher must fit: the data, the student, the batch size, the top-k and the
-/// hinted output.
-fn expect(cfg: &DistillConfig, spec: &ArchSpec, tc: &TrainConfig, train: &Dataset) -> Expect {
+/// hinted output (an image folder's teacher may take its own `[C, H, W]` view).
+fn expect(cfg: &DistillConfig, spec: &ArchSpec, tc: &TrainConfig, source: &Source) -> Expect {
+    let (tokens, tokenizer_fingerprint) = source.tokens();
     Expect {
         sample_shape: spec.input_shape.clone(),
         num_classes: spec.num_classes,
         batch_size: tc.batch_size,
-        tokens: train.is_tokens(),
-        tokenizer_fingerprint: train.tokenizer_fingerprint.clone(),
+        tokens,
+        tokenizer_fingerprint,
         hint_output: cfg.request().hint_output,
         top_k: cfg.top_k,
+        image_views: source.is_images(),
     }
 }
 
@@ -291,6 +318,7 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         teacher_end,
     );
     let inputs = s.data.train.inputs.shallow_clone();
+    let mut feed = start_feed(s, plan_again(tc, s, teacher_end), cfg.teachers.prefetch)?;
     let targets = RunTargets {
         request: cfg.request(),
         ensemble: cfg.ensemble_mode,
@@ -317,19 +345,26 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
             from_epoch: teacher_end,
         }),
         metrics: s.metrics.clone(),
+        images: image_job(&s.data, feed.as_mut()),
     };
     let handle =
         training::spawn(job, s.pool.is_some().then_some(rx)).map_err(|source| AppError::Io {
             path: "trainer thread".into(),
             source,
         })?;
+    let teacher_views = feed.as_mut().and_then(|f| f.teacher.take());
     let streamed = async {
-        match s.pool.as_mut() {
-            Some(pool) => pool.run(plan, inputs, targets, tx).await,
-            None => Ok(RunStats::default()),
+        match (s.pool.as_mut(), teacher_views) {
+            (Some(pool), Some(views)) => pool.run_views(views, targets, tx).await,
+            (Some(pool), None) => pool.run(plan, inputs, targets, tx).await,
+            (None, _) => Ok(RunStats::default()),
         }
     };
     let (streamed, trained) = tokio::join!(streamed, join_trainer(handle));
+    if let Some(feed) = feed {
+        // A loader failure ended the streams: it is the cause.
+        feed.finish().await?;
+    }
     match (trained, streamed) {
         (Ok(out), _) if out.interrupted => Ok(Ran::Interrupted(out)),
         (Ok(out), Err(e)) if out.teacher_gone => Err(AppError::TeacherLost {
@@ -347,6 +382,52 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         // The pool failed first: the loop only saw the stream end.
         (_, Err(e)) => Err(e.into()),
     }
+}
+
+/// The plan of the per-batch views: the batches the teachers answer, from the run's start
+/// (lazily, one epoch at a time).
+fn plan_again(
+    tc: &TrainConfig,
+    s: &Setup,
+    teacher_end: u64,
+) -> impl Iterator<Item = PlannedBatch> + Send + 'static {
+    run_plan(
+        tc.seed,
+        s.data.train.len(),
+        tc.batch_size,
+        s.start.position,
+        teacher_end,
+    )
+}
+
+/// The loader thread of an image folder's per-batch views over `plan`, when the teachers get
+/// their own view or the images are augmented (`None` otherwise): the teacher's side when
+/// there are teachers, the student's under `--augment`.
+fn start_feed(
+    s: &Setup,
+    plan: impl Iterator<Item = PlannedBatch> + Send + 'static,
+    prefetch: usize,
+) -> Result<Option<Feed>, AppError> {
+    let Some(images) = &s.data.images else {
+        return Ok(None);
+    };
+    let teacher = images.teacher_feed().filter(|_| s.pool.is_some());
+    let student = images.augment.any().then(|| images.student.clone());
+    let store = match (&teacher, &images.train_store) {
+        (Some(cut), _) => cut.store.clone(),
+        (None, Some(store)) if student.is_some() => store.clone(),
+        _ => return Ok(None),
+    };
+    let spec = FeedSpec {
+        store,
+        teacher: teacher.map(|cut| cut.view),
+        student,
+        augment: images.augment,
+        seed: s.tc.seed,
+        teacher_ahead: prefetch,
+        threads: images.threads,
+    };
+    Ok(Some(views::start(plan, spec)?))
 }
 
 /// The report of a finished run: the teacher (through the pool, for a classifier), the student
@@ -416,6 +497,14 @@ async fn report(
         trainer_waited_s: out.waited_s,
         teacher_backpressure_s: stats.backpressure_s,
         hint: s.hint.as_ref().map(HintPlan::describe),
+        trainer_data_waited_s: out.data_waited_s,
+        classes: s
+            .data
+            .images
+            .as_ref()
+            .map(|i| i.classes.clone())
+            .unwrap_or_default(),
+        augment: s.data.images.as_ref().map(|i| i.augment.to_string()),
     })
 }
 
@@ -436,7 +525,8 @@ async fn evaluate_teachers(
     }
     // As many samples per request as every group's teacher accepts (500 at most).
     let eval_batch = batch_size_for(pool, 500);
-    let acc = evaluate_pool(pool, &s.data.test, eval_batch, cfg.loss.temperature).await?;
+    let views = s.data.images.as_ref().and_then(|i| i.teacher_test());
+    let acc = evaluate_pool(pool, &s.data.test, eval_batch, cfg.loss.temperature, views).await?;
     Ok((Some(acc), replicas))
 }
 
@@ -483,7 +573,9 @@ fn hint_plan(
 
 /// Opens (or creates) the logit cache of a `distill` run. With a teacher (`teacher`, the
 /// group's reference) the key comes from it and the run's flags; without one the cache must be
-/// complete and is checked against the flags and the data only.
+/// complete and is checked against the flags and the data only. The key holds the hash of the
+/// student's training inputs and, for an image folder whose teacher gets another view, that
+/// view (shape and normalization).
 ///
 /// # Errors
 /// [`AppError::Cache`] for a cache of another key, an incomplete cache without a teacher, or an
@@ -492,17 +584,24 @@ fn open_cache(
     dir: &Path,
     cfg: &DistillConfig,
     teacher: Option<&TeacherInfo>,
-    train: &Dataset,
+    data: &Data,
     num_classes: i64,
 ) -> Result<LogitCache, AppError> {
     let request = cfg.request();
+    let train = &data.train;
+    let view = data
+        .images
+        .as_ref()
+        .map(|i| i.teacher_view_key())
+        .unwrap_or_default();
     if let Some(info) = teacher {
         let teacher = CachedTeacher {
             fingerprint: &info.fingerprint,
             precision: info.precision_name(),
             num_logits: info.num_logits,
         };
-        let key = CacheKey::for_run(&request, teacher, train)?;
+        let mut key = CacheKey::for_run(&request, teacher, train)?;
+        key.teacher_view = view;
         return Ok(LogitCache::open_or_create(dir, key, DEFAULT_SHARD_SAMPLES)?);
     }
     if !LogitCache::exists(dir) {
@@ -518,6 +617,9 @@ fn open_cache(
         precision: &stored.teacher_precision,
         num_logits: num_classes,
     };
-    let run = CacheKey::for_run(&request, teacher, train)?;
+    let mut run = CacheKey::for_run(&request, teacher, train)?;
+    // Without a teacher its view is unknown: the cache's own stands (its inputs' hash is
+    // checked).
+    run.teacher_view = stored.teacher_view;
     Ok(LogitCache::open_complete(dir, &run)?)
 }

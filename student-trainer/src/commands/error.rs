@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::data::DataError;
 use crate::device::DeviceError;
+use crate::images::ImageError;
 use crate::logit_cache::CacheError;
 use crate::outputs::plot::PlotError;
 use crate::teachers::{ClientError, PoolError, SecurityError};
@@ -22,6 +23,9 @@ pub enum AppError {
     /// The dataset could not be loaded.
     #[error("{0}")]
     Data(#[from] DataError),
+    /// An image folder could not be read, decoded or viewed as the models need.
+    #[error("{0}")]
+    Images(#[from] ImageError),
     /// The device is not available.
     #[error("--device: {0}")]
     Device(#[from] DeviceError),

@@ -1,19 +1,22 @@
 //! `eval`: accuracy (overall and per class) of a checkpoint, or of served teachers, on the test
 //! split; a language model's perplexity and next-token accuracy.
 
-use super::dataset::{is_text_corpus, load_text, load_text_files};
+use super::dataset::{is_text_corpus, load_text, load_text_files, not_an_image_folder};
 use super::error::AppError;
 use super::output::{outln, write_stdout};
-use super::student::{load_script, script_request};
+use super::student::{DataShape, load_script, script_request};
 use super::teachers::{
     batch_size_for, connect, evaluate_pool, sequences_per_message, total_params,
 };
 use crate::config::{EvalConfig, EvalTarget, TeacherConfig};
 use crate::data::{self, DataError, Dataset, Split, TextOptions};
 use crate::eval::{self, Accuracy};
+use crate::images::options::per_channel;
+use crate::images::{self, Geometry, ImageFolder, ImageOptions, ImageRecord, ViewSpec};
 use crate::teachers::Expect;
 use distill_models::{Checkpoint, Model};
 use distill_text::{CorpusRecord, FilesOptions, RECORD_FILE};
+use std::fmt::Write as _;
 use std::path::Path;
 use tch::Device;
 
@@ -24,6 +27,12 @@ use tch::Device;
 pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
     if let Some(n) = cfg.threads {
         tch::set_num_threads(n as i32);
+    }
+    if images::is_image_folder(&cfg.data_dir) {
+        return eval_images(&cfg).await;
+    }
+    if let Some(flag) = cfg.images.any_given() {
+        return Err(not_an_image_folder(flag, &cfg.data_dir));
     }
     let test = test_split(&cfg)?;
     let (title, acc, params) = match &cfg.target {
@@ -39,23 +48,165 @@ pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
         EvalTarget::Student {
             file,
             logits_output,
-        } => {
-            let device = cfg.device.resolve()?;
-            let req = script_request(file, logits_output.as_deref(), &test, test.num_classes)?;
-            let (vs, module) = load_script(file, &req, device)?;
-            let params = distill_models::arch::param_count(&vs);
-            let acc = eval::evaluate(&Model::Script(module), &test, device, 1000)?;
-            (
-                format!("{} ({}, {params} parameters)", file.display(), req.module),
-                acc,
-                Some(params),
-            )
-        }
+        } => evaluate_student(file, logits_output.as_deref(), &test, cfg.device.resolve()?)?,
         EvalTarget::Teachers(teachers) => {
             evaluate_teachers(teachers, &test, cfg.batch_size).await?
         }
     };
-    print(&cfg, &title, &acc, params)
+    print(&cfg, &title, &acc, params, None)
+}
+
+/// `eval` on an image folder's test split: a checkpoint sees it in the view it recorded (image
+/// flags override), with its classes checked against the folder's; served teachers see it in
+/// their own shape (`ModelInfo`), normalized with `--teacher-mean`/`--teacher-std` (else
+/// `--mean`/`--std`).
+///
+/// # Errors
+/// [`AppError::Mismatch`] when the checkpoint's classes differ from the folder's; the
+/// [`images::ImageError`]s of the folder; those of the evaluation.
+async fn eval_images(cfg: &EvalConfig) -> Result<(), AppError> {
+    let folder = ImageFolder::open(&cfg.data_dir, &cfg.images)?;
+    let classes = folder.classes().to_vec();
+    let (title, acc, params) = match &cfg.target {
+        EvalTarget::Checkpoint(dir) => {
+            let device = cfg.device.resolve()?;
+            let record = recorded_images(dir)?;
+            if let Some(r) = record.as_ref().filter(|r| r.classes != classes) {
+                return Err(AppError::Mismatch(format!(
+                    "checkpoint {} was trained on the classes [{}], and {} holds [{}]",
+                    dir.display(),
+                    r.classes.join(", "),
+                    cfg.data_dir.display(),
+                    classes.join(", ")
+                )));
+            }
+            let view = checkpoint_view(&folder, &cfg.images, record.as_ref())?;
+            let test = decode_test(folder, &cfg.images, view).await?;
+            let (acc, params, name) = evaluate_checkpoint(dir, &test, device)?;
+            let title = format!("{} ({name}, {params} parameters)", dir.display());
+            (title, acc, Some(params))
+        }
+        EvalTarget::Student {
+            file,
+            logits_output,
+        } => {
+            // The exported module sees the folder in the view the image flags give.
+            let view = checkpoint_view(&folder, &cfg.images, None)?;
+            let test = decode_test(folder, &cfg.images, view).await?;
+            evaluate_student(file, logits_output.as_deref(), &test, cfg.device.resolve()?)?
+        }
+        EvalTarget::Teachers(teachers) => {
+            let expect = Expect {
+                sample_shape: folder.first.shape(),
+                num_classes: classes.len() as i64,
+                batch_size: 1,
+                tokens: false,
+                tokenizer_fingerprint: None,
+                hint_output: None,
+                top_k: 0,
+                image_views: true,
+            };
+            let mut pool = connect(teachers, expect, None).await?;
+            let shape = pool.references()[0].input_shape.clone();
+            let view = teacher_only_view(&shape, &cfg.images)?;
+            let test = decode_test(folder, &cfg.images, view).await?;
+            let batch_size = batch_size_for(&pool, cfg.batch_size);
+            let acc = evaluate_pool(&mut pool, &test, batch_size, 1.0, None).await?;
+            pool_title(teachers, &pool, acc)
+        }
+    };
+    print(cfg, &title, &acc, params, Some(&classes))
+}
+
+/// The accuracy of the TorchScript student in `file` as it was exported (its sidecar checked
+/// against `test`), with the title of the result and its parameters.
+///
+/// # Errors
+/// [`AppError::Mismatch`] / [`AppError::Model`] for a module that does not fit `test`.
+fn evaluate_student(
+    file: &Path,
+    logits_output: Option<&str>,
+    test: &Dataset,
+    device: Device,
+) -> Result<(String, Accuracy, Option<i64>), AppError> {
+    let req = script_request(file, logits_output, &DataShape::of(test, test.num_classes))?;
+    let (vs, module) = load_script(file, &req, device)?;
+    let params = distill_models::arch::param_count(&vs);
+    let acc = eval::evaluate(&Model::Script(module), test, device, 1000)?;
+    Ok((
+        format!("{} ({}, {params} parameters)", file.display(), req.module),
+        acc,
+        Some(params),
+    ))
+}
+
+/// The image record of the checkpoint in `dir`, if it was trained on an image folder.
+fn recorded_images(dir: &Path) -> Result<Option<ImageRecord>, AppError> {
+    let ck = Checkpoint::open(dir)?;
+    Ok(ck
+        .meta
+        .trainer
+        .get("images")
+        .and_then(|v| serde_json::from_value(v.clone()).ok()))
+}
+
+/// The view a checkpoint sees the images in: each image flag given, else what the checkpoint
+/// recorded, else the folder's defaults.
+fn checkpoint_view(
+    folder: &ImageFolder,
+    opts: &ImageOptions,
+    record: Option<&ImageRecord>,
+) -> Result<ViewSpec, AppError> {
+    let Some(r) = record else {
+        return Ok(folder.student_view(opts)?);
+    };
+    let g = r.view.geometry;
+    let (height, width) = opts.size.unwrap_or((g.height, g.width));
+    let geometry = Geometry {
+        channels: opts.channels.unwrap_or(g.channels),
+        height,
+        width,
+    };
+    let pick = |given: &[f64], recorded: &[f64], default: f64, flag: &str| {
+        let values = if given.is_empty() { recorded } else { given };
+        per_channel(values, geometry.channels, default, flag, &geometry.shape())
+    };
+    Ok(ViewSpec {
+        geometry,
+        mean: pick(&opts.mean, &r.view.mean, 0.0, "--mean")?,
+        std: pick(&opts.std, &r.view.std, 1.0, "--std")?,
+    })
+}
+
+/// The view of a served teacher taking `shape`, the only model `eval --teacher` evaluates.
+fn teacher_only_view(shape: &[i64], opts: &ImageOptions) -> Result<ViewSpec, AppError> {
+    let geometry = Geometry::from_shape(shape).ok_or_else(|| {
+        AppError::Mismatch(format!(
+            "the teacher takes inputs {shape:?}: an image folder needs a teacher taking [C, H, W] \
+             with 1 or 3 channels"
+        ))
+    })?;
+    let mean = opts.teacher_mean.as_deref().unwrap_or(&opts.mean);
+    let std = opts.teacher_std.as_deref().unwrap_or(&opts.std);
+    Ok(ViewSpec {
+        geometry,
+        mean: per_channel(mean, geometry.channels, 0.0, "--teacher-mean", shape)?,
+        std: per_channel(std, geometry.channels, 1.0, "--teacher-std", shape)?,
+    })
+}
+
+/// The test split of `folder` decoded in `view`, on loader threads off the async runtime.
+async fn decode_test(
+    folder: ImageFolder,
+    opts: &ImageOptions,
+    view: ViewSpec,
+) -> Result<Dataset, AppError> {
+    let opts = opts.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || folder.load_test(&opts, &view))
+            .await
+            .map_err(|e| AppError::Mismatch(format!("image loader: {e}")))??,
+    )
 }
 
 /// The test split of `cfg`'s data; a text corpus is packed with the checkpoint's own sequence
@@ -177,6 +328,7 @@ async fn evaluate_teachers(
         tokenizer_fingerprint: test.tokenizer_fingerprint.clone(),
         hint_output: None,
         top_k: 0,
+        image_views: false,
     };
     let mut pool = connect(teachers, expect, None).await?;
     let mut batch_size = batch_size_for(&pool, wanted_batch);
@@ -188,7 +340,16 @@ async fn evaluate_teachers(
             test.sample_shape().first().copied().unwrap_or(1),
         ));
     }
-    let acc = evaluate_pool(&mut pool, test, batch_size, 1.0).await?;
+    let acc = evaluate_pool(&mut pool, test, batch_size, 1.0, None).await?;
+    Ok(pool_title(teachers, &pool, acc))
+}
+
+/// The title, accuracy and parameters of the served teachers of `pool`.
+fn pool_title(
+    teachers: &TeacherConfig,
+    pool: &crate::teachers::Pool,
+    acc: Accuracy,
+) -> (String, Accuracy, Option<i64>) {
     let refs = pool.references();
     let names: Vec<&str> = refs.iter().map(|i| i.name.as_str()).collect();
     let urls: Vec<&str> = teachers
@@ -196,24 +357,29 @@ async fn evaluate_teachers(
         .iter()
         .flat_map(|g| g.urls.iter().map(String::as_str))
         .collect();
-    Ok((
+    (
         format!("teacher {} ({})", urls.join(", "), names.join("+")),
         acc,
         total_params(refs),
-    ))
+    )
 }
 
-/// Prints the result: JSON, a language model's perplexity line, or the accuracy table.
+/// Prints the result: JSON, a language model's perplexity line, or the accuracy table (with
+/// an image folder's class names).
 fn print(
     cfg: &EvalConfig,
     title: &str,
     acc: &Accuracy,
     params: Option<i64>,
+    classes: Option<&[String]>,
 ) -> Result<(), AppError> {
     if cfg.json {
         let mut v = acc.to_json();
         v["params"] = serde_json::json!(params);
         v["model"] = serde_json::json!(title);
+        if let Some(classes) = classes {
+            v["classes"] = serde_json::json!(classes);
+        }
         if let Some(ppl) = acc.perplexity() {
             v["perplexity"] = serde_json::json!(ppl);
             v["tokens"] = serde_json::json!(acc.total);
@@ -225,10 +391,43 @@ fn print(
             100.0 * acc.fraction(),
             acc.total
         )
+    } else if let Some(classes) = classes {
+        write_stdout(format_args!(
+            "{}",
+            named_table(acc, &format!("test accuracy of {title}"), classes)
+        ))
     } else {
         write_stdout(format_args!(
             "{}",
             acc.table(&format!("test accuracy of {title}"))
         ))
     }
+}
+
+/// [`Accuracy::table`] with each class's name beside its index.
+fn named_table(acc: &Accuracy, title: &str, classes: &[String]) -> String {
+    let width = classes.iter().map(String::len).max().unwrap_or(0).max(3);
+    let mut s = format!(
+        "{title}\n  class {:<width$}   correct   total   accuracy\n",
+        "name"
+    );
+    for (c, &(k, t)) in acc.per_class.iter().enumerate() {
+        let f = if t == 0 { 0.0 } else { k as f64 / t as f64 };
+        let name = classes.get(c).map_or("?", String::as_str);
+        let _ = writeln!(
+            s,
+            "  {c:>5} {name:<width$}  {k:>8}  {t:>6}   {:>7.2} %",
+            100.0 * f
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  {:>5} {:<width$}  {:>8}  {:>6}   {:>7.2} %",
+        "all",
+        "",
+        acc.correct,
+        acc.total,
+        100.0 * acc.fraction()
+    );
+    s
 }

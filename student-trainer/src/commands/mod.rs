@@ -3,8 +3,9 @@
 //! (and the teachers), runs the training loop on its own thread and prints its results on stdout
 //! ([`output`]); logs go to stderr. [`error`] holds the one error type every command returns.
 //!
-//! Shared between commands: [`dataset`] (loading both splits) and [`teachers`] (connecting the
-//! pool, teacher sizes and remote evaluation). Only the binary imports this folder.
+//! Shared between commands: [`dataset`] (loading both splits), [`teachers`] (connecting the
+//! pool, teacher sizes and remote evaluation) and [`views`] (the loader thread making an image
+//! folder's per-batch views). Only the binary imports this folder.
 
 pub mod capture;
 pub mod dataset;
@@ -17,6 +18,7 @@ pub mod plot;
 pub mod student;
 pub mod teachers;
 pub mod train;
+pub mod views;
 
 pub use capture::capture;
 pub use describe::describe;

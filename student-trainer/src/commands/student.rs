@@ -2,7 +2,7 @@
 //! architecture (`--arch`), a TorchScript module (`--student FILE.pt` and its sidecar), or
 //! `--init DIR`'s checkpoint, whose weights a fresh run starts from.
 
-use super::dataset::{Data, spec_for};
+use super::dataset::Source;
 use super::error::AppError;
 use super::teachers::params_of;
 use crate::data::Dataset;
@@ -21,6 +21,37 @@ pub(crate) struct StudentPlan {
     pub(crate) spec: ArchSpec,
     /// Trainable parameters.
     pub(crate) params: i64,
+}
+
+/// What the data gives a student: the per-sample shape (`[C, H, W]`, `[features]`, or `[seq]`
+/// for token sequences), whether the samples are token sequences, and the classes (the
+/// vocabulary for token sequences).
+#[derive(Debug, Clone)]
+pub(crate) struct DataShape {
+    pub(crate) sample: Vec<i64>,
+    pub(crate) tokens: bool,
+    pub(crate) classes: i64,
+}
+
+impl DataShape {
+    /// The shape of `data` (one split) with `classes` classes.
+    pub(crate) fn of(data: &Dataset, classes: i64) -> DataShape {
+        DataShape {
+            sample: data.sample_shape(),
+            tokens: data.is_tokens(),
+            classes,
+        }
+    }
+
+    /// The shape of `source`'s training split (its classes counted over both splits).
+    pub(crate) fn of_source(source: &Source) -> DataShape {
+        let spec = source.spec(&Arch::Mlp { hidden: Vec::new() });
+        DataShape {
+            sample: spec.input_shape,
+            tokens: source.tokens().0,
+            classes: spec.num_classes,
+        }
+    }
 }
 
 /// A TorchScript student's sidecar, `FILE.pt.json` (or `FILE.json`): what the module takes and
@@ -76,8 +107,8 @@ fn read_sidecar(file: &Path) -> Result<(Sidecar, String), AppError> {
 }
 
 /// What the TorchScript student `file` is asked to take and return: its sidecar (if any),
-/// `logits_output` (the flag, over the sidecar), and the data (`data`'s sample shape, whether
-/// it holds token sequences, and `classes`). A sidecar contradicting the data is an error
+/// `logits_output` (the flag, over the sidecar), and the data (its sample shape, whether it
+/// holds token sequences, and its classes). A sidecar contradicting the data is an error
 /// naming both.
 ///
 /// # Errors
@@ -85,9 +116,13 @@ fn read_sidecar(file: &Path) -> Result<(Sidecar, String), AppError> {
 pub(crate) fn script_request(
     file: &Path,
     logits_output: Option<&str>,
-    data: &Dataset,
-    classes: i64,
+    data: &DataShape,
 ) -> Result<ScriptRequest, AppError> {
+    let DataShape {
+        sample: shape,
+        tokens,
+        classes,
+    } = data.clone();
     if !file.is_file() {
         return Err(AppError::Mismatch(format!(
             "--student {}: no such file",
@@ -95,8 +130,6 @@ pub(crate) fn script_request(
         )));
     }
     let (side, side_name) = read_sidecar(file)?;
-    let tokens = data.is_tokens();
-    let shape = data.sample_shape();
     let what_data = if tokens {
         format!(
             "token sequences of {} ids",
@@ -200,16 +233,11 @@ pub(crate) fn load_script(
 ///
 /// # Errors
 /// [`AppError::Mismatch`] / [`AppError::Model`]: one line naming both sides.
-pub(crate) fn plan(cfg: &TrainConfig, data: &Data) -> Result<StudentPlan, AppError> {
-    let classes = data.train.num_classes.max(data.test.num_classes);
+pub(crate) fn plan(cfg: &TrainConfig, source: &Source) -> Result<StudentPlan, AppError> {
+    let data = DataShape::of_source(source);
     let init = cfg.init.as_deref().map(Checkpoint::open).transpose()?;
     if let Some(file) = &cfg.student {
-        let req = script_request(
-            file,
-            cfg.student_logits_output.as_deref(),
-            &data.train,
-            classes,
-        )?;
+        let req = script_request(file, cfg.student_logits_output.as_deref(), &data)?;
         let (vs, module) = load_script(file, &req, Device::Cpu)?;
         if let Some(ck) = &init {
             if !ck.meta.arch.arch.is_torchscript() {
@@ -227,11 +255,8 @@ pub(crate) fn plan(cfg: &TrainConfig, data: &Data) -> Result<StudentPlan, AppErr
     if let (Some(ck), false) = (&init, cfg.arch_given) {
         // The student is the checkpoint's.
         let spec = ck.meta.arch.clone();
-        let want = ArchSpec {
-            arch: spec.arch.clone(),
-            ..spec_for(&spec.arch, data)
-        };
-        if spec != want || spec.arch.is_sequence_model() != data.train.is_tokens() {
+        let want = source.spec(&spec.arch);
+        if spec != want || spec.arch.is_sequence_model() != data.tokens {
             return Err(AppError::Mismatch(format!(
                 "--init {}: it holds {} for input {:?} and {} classes, the data has {:?} and {} \
                  classes",
@@ -249,7 +274,7 @@ pub(crate) fn plan(cfg: &TrainConfig, data: &Data) -> Result<StudentPlan, AppErr
             spec,
         });
     }
-    let spec = spec_for(&cfg.arch, data);
+    let spec = source.spec(&cfg.arch);
     if let Some(ck) = &init
         && ck.meta.arch != spec
     {

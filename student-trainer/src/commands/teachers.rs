@@ -4,6 +4,7 @@
 //! with its failover.
 
 use super::error::AppError;
+use super::views::{self, Cut};
 use crate::config::TeacherConfig;
 use crate::data::Dataset;
 use crate::eval::Accuracy;
@@ -61,17 +62,21 @@ pub(crate) fn total_params<'a>(teachers: impl IntoIterator<Item = &'a TeacherInf
 
 /// Accuracy of the pool's teacher (the ensemble's mixture at temperature `temperature`, for
 /// several groups) on `data` (a language-model dataset: next-token top-1 accuracy and
-/// perplexity from the full logits at every position), sent in order in batches of `batch_size` samples (at least 1; the
-/// caller keeps it within the teachers' maximum batch size). Always asks for dense `f32` logits,
-/// whatever the training run used.
+/// perplexity from the full logits at every position), sent in order in batches of
+/// `batch_size` samples (at least 1; the caller keeps it within the teachers' maximum batch
+/// size). Always asks for dense `f32` logits, whatever the training run used. With `views`
+/// (an image folder whose teacher takes another view than `data`'s inputs), the teacher's
+/// view of each batch is cut from that store by a loader thread instead.
 ///
 /// # Errors
-/// [`AppError::Pool`] from the pool; [`AppError::Torch`] while counting.
+/// [`AppError::Pool`] from the pool; [`AppError::Torch`] while counting; the loader's
+/// [`AppError::Images`].
 pub(crate) async fn evaluate_pool(
     pool: &mut Pool,
     data: &Dataset,
     batch_size: usize,
     temperature: f64,
+    views: Option<Cut>,
 ) -> Result<Accuracy, AppError> {
     let plan = sequential_plan(data.len(), batch_size.max(1));
     let (tx, mut rx) = mpsc::channel::<TeacherBatch>(4);
@@ -96,15 +101,24 @@ pub(crate) async fn evaluate_pool(
         }
         Ok::<(), tch::TchError>(())
     };
-    let (streamed, counted) = tokio::join!(
-        pool.run(
-            plan,
-            data.inputs.shallow_clone(),
-            RunTargets::dense_f32(temperature),
-            tx
-        ),
-        count
-    );
+    let targets = RunTargets::dense_f32(temperature);
+    let mut feed = match views {
+        Some(cut) => Some(views::start(plan.clone(), cut.teacher_only(4))?),
+        None => None,
+    };
+    let streamed = async {
+        match feed.as_mut().and_then(|f| f.teacher.take()) {
+            Some(made) => pool.run_views(made, targets, tx).await,
+            None => {
+                pool.run(plan, data.inputs.shallow_clone(), targets, tx)
+                    .await
+            }
+        }
+    };
+    let (streamed, counted) = tokio::join!(streamed, count);
+    if let Some(feed) = feed {
+        feed.finish().await?;
+    }
     streamed?;
     counted?;
     Ok(acc)

@@ -1,13 +1,14 @@
 //! `train`: supervised training on the labels (the teacher, and the no-distillation baseline);
 //! and what `distill` shares with it: the metrics endpoint, the trainer thread, the summary line.
 
-use super::dataset::{keep_tokenizer, load_data};
+use super::dataset::{Data, Source, keep_tokenizer};
 use super::error::AppError;
 use super::output::{Finished, outln};
 use super::student::{self, StudentPlan};
+use super::views::{self, Feed, FeedSpec};
 use crate::outputs::monitoring::StudentMetrics;
-use crate::schedule::batches_per_epoch;
-use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig, TrainError};
+use crate::schedule::{batches_per_epoch, run_plan};
+use crate::training::{self, ImageJob, Job, Objective, Outcome, Start, TrainConfig, TrainError};
 use distill_models::ArchSpec;
 use distill_telemetry::MetricsServer;
 use std::path::Path;
@@ -20,9 +21,10 @@ use std::sync::atomic::AtomicBool;
 /// Any [`AppError`].
 pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, AppError> {
     let device = cfg.device.resolve()?;
-    let data = load_data(&cfg.data_dir, cfg.limit, &cfg.text)?;
+    let source = Source::open(&cfg.data_dir, cfg.limit, &cfg.text, &cfg.images)?;
     // The student is checked against the data before anything is written.
-    let StudentPlan { spec, params } = student::plan(&cfg, &data)?;
+    let StudentPlan { spec, params } = student::plan(&cfg, &source)?;
+    let data = source.load(None).await?;
     prepare_out(&cfg.out)?;
     warn_long_warmup(&cfg, data.train.len());
     keep_tokenizer(&data, &cfg.out)?;
@@ -33,6 +35,8 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
     )?;
     let start = Start::for_run(&cfg, &spec, data.train.len(), None)?;
     let (metrics, _endpoint) = start_monitoring(&cfg).await?;
+    let mut feed = augmented_views(&cfg, &data, &start)?;
+    let images = image_job(&data, feed.as_mut());
     let job = Job {
         device,
         spec: spec.clone(),
@@ -44,13 +48,58 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         config: cfg.clone(),
         cache: None,
         metrics,
+        images,
     };
     let handle = training::spawn(job, None).map_err(|source| AppError::Io {
         path: "trainer thread".into(),
         source,
     })?;
-    let out = join_trainer(handle).await?;
-    summarise(&spec, &out)
+    let out = join_trainer(handle).await;
+    if let Some(feed) = feed {
+        feed.finish().await?;
+    }
+    summarise(&spec, &out?)
+}
+
+/// The loader thread of the student's augmented views of an image folder (`--augment`), from
+/// the run's start to its last epoch; `None` without augmentation.
+fn augmented_views(
+    cfg: &TrainConfig,
+    data: &Data,
+    start: &Start,
+) -> Result<Option<Feed>, AppError> {
+    let Some(images) = data.images.as_ref().filter(|i| i.augment.any()) else {
+        return Ok(None);
+    };
+    let Some(store) = images.train_store.clone() else {
+        return Ok(None);
+    };
+    let plan = run_plan(
+        cfg.seed,
+        data.train.len(),
+        cfg.batch_size,
+        start.position,
+        cfg.epochs,
+    );
+    let spec = FeedSpec {
+        store,
+        teacher: None,
+        student: Some(images.student.clone()),
+        augment: images.augment,
+        seed: cfg.seed,
+        teacher_ahead: 1,
+        threads: images.threads,
+    };
+    Ok(Some(views::start(plan, spec)?))
+}
+
+/// An image folder's part of a run: what checkpoints record, and the student's views from
+/// `feed` (taken from it) when they are made per batch.
+pub(crate) fn image_job(data: &Data, feed: Option<&mut Feed>) -> Option<ImageJob> {
+    data.images.as_ref().map(|i| ImageJob {
+        record: i.record(),
+        views: feed.and_then(|f| f.student.take()),
+    })
 }
 
 /// Makes sure `--out` is a directory, creating it (and its parents) if needed, before anything

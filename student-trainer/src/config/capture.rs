@@ -2,10 +2,12 @@
 
 use super::distill::temperature;
 use super::error::{ConfigError, invalid};
+use super::images::image_options;
 use super::teachers::{TeacherConfig, teacher_groups};
 use super::text::files_options;
 use crate::cli::CaptureArgs;
 use crate::data::TextOptions;
+use crate::images::{Augment, ImageOptions};
 use crate::soft_targets::TargetRequest;
 use std::path::PathBuf;
 
@@ -21,6 +23,8 @@ pub struct CaptureConfig {
     pub text: TextOptions,
     /// Capture the first N training samples only.
     pub limit: Option<usize>,
+    /// An image folder's student view (the cache's key) and the teacher's normalization.
+    pub images: ImageOptions,
     /// The cache directory.
     pub out: PathBuf,
     /// What each request asks for (wire dtype, top-k, temperature).
@@ -59,11 +63,13 @@ impl TryFrom<CaptureArgs> for CaptureConfig {
             ..TextOptions::default()
         };
         let groups = teacher_groups(&a.teachers.teacher, &[], &[])?;
+        let images = image_options(a.images, Some(a.teacher_view), Augment::default())?;
         Ok(CaptureConfig {
             text,
             teachers: TeacherConfig::from_args(a.teachers, groups)?,
             data_dir: a.data_dir,
             limit: a.limit,
+            images,
             out: a.out,
             request: TargetRequest {
                 wire: a.wire,

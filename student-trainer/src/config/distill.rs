@@ -1,6 +1,7 @@
 //! `distill`: [`DistillConfig`] from [`DistillArgs`].
 
 use super::error::{ConfigError, invalid, number};
+use super::images::image_options;
 use super::teachers::{TeacherConfig, teacher_groups};
 use super::train::from_common;
 use crate::cli::DistillArgs;
@@ -72,7 +73,22 @@ impl TryFrom<DistillArgs> for DistillConfig {
         // `--epochs 0` with a hint stage: the hint stage alone (FitNets' stage 1); a later
         // `--resume` with more epochs distills from there.
         let hint_stage = a.hint.is_some() && a.hint_stage_epochs > 0;
-        let train = from_common(a.common.clone(), if hint_stage { 0 } else { 1 })?;
+        let mut train = from_common(a.common.clone(), if hint_stage { 0 } else { 1 })?;
+        train.images = image_options(
+            a.common.images.clone(),
+            Some(a.teacher_view.clone()),
+            a.common.augment,
+        )?;
+        if train.images.augment.any() && a.logit_cache.is_some() {
+            return Err(invalid(
+                "augment",
+                format!(
+                    "--augment {} makes new views of the images every epoch, and --logit-cache \
+                     holds the soft targets of one view: use one or the other",
+                    train.images.augment
+                ),
+            ));
+        }
         // Top-32 per position by default for a language model: dense rows of a vocabulary of
         // thousands per token would dwarf the inputs.
         let top_k = a.top_k.unwrap_or(if train.arch.is_sequence_model() {

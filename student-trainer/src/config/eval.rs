@@ -1,11 +1,13 @@
 //! `eval`: [`EvalConfig`] from [`EvalArgs`].
 
 use super::error::{ConfigError, invalid, threads};
+use super::images::image_options;
 use super::teachers::{TeacherConfig, teacher_groups};
 use super::text::files_options;
 use crate::cli::EvalArgs;
 use crate::data::TextOptions;
 use crate::device::DeviceChoice;
+use crate::images::{Augment, ImageOptions};
 use std::path::PathBuf;
 
 /// What `eval` evaluates.
@@ -35,6 +37,9 @@ pub struct EvalConfig {
     /// How a text corpus is packed for `--teacher` (a checkpoint uses its own length and
     /// vocabulary, and its corpus record for text files).
     pub text: TextOptions,
+    /// How an image folder's test split becomes inputs (defaults: the checkpoint's record, or
+    /// the teacher's shape).
+    pub images: ImageOptions,
     /// Device of a checkpoint's network.
     pub device: DeviceChoice,
     /// Samples per forward pass (≥ 1).
@@ -50,6 +55,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
 
     fn try_from(a: EvalArgs) -> Result<Self, ConfigError> {
         let files = files_options(&a.text_files, a.checkpoint.is_none())?;
+        let images = image_options(a.images, Some(a.teacher_view), Augment::default())?;
         let target = match (a.checkpoint, a.teachers.teacher.is_empty()) {
             (None, true) if a.student.is_some() => EvalTarget::Student {
                 file: a.student.unwrap_or_default(),
@@ -73,6 +79,7 @@ impl TryFrom<EvalArgs> for EvalConfig {
         Ok(EvalConfig {
             target,
             data_dir: a.data_dir,
+            images,
             text: TextOptions {
                 seq_len: a.seq_len,
                 vocab_size: a.vocab_size,

@@ -826,3 +826,56 @@ fn a_torchscript_student_excludes_arch_and_names_its_logits_only_with_student() 
     assert!(d.top_k_default && d.top_k == 0);
     assert!(!distill(&["--top-k", "0"]).unwrap().top_k_default);
 }
+
+#[test]
+fn image_flags_parse_into_the_options_and_bad_values_name_their_flag() {
+    let c = distill(&[
+        "--image-size",
+        "64,48",
+        "--channels",
+        "3",
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "--teacher-mean",
+        "-0.5",
+        "--augment",
+        "crop,flip",
+        "--skip-bad-images",
+        "--loader-threads",
+        "3",
+    ])
+    .unwrap();
+    let o = &c.train.images;
+    assert_eq!((o.size, o.channels), (Some((64, 48)), Some(3)));
+    assert_eq!(o.mean, [0.485, 0.456, 0.406]);
+    assert_eq!(o.teacher_mean.as_deref(), Some(&[-0.5][..]));
+    assert_eq!(o.teacher_std, None);
+    assert!(o.augment.crop && o.augment.flip && o.skip_bad);
+    assert_eq!(o.threads(), 3);
+    assert_eq!(train(&[]).unwrap().images, Default::default());
+    for (args, want) in [
+        (&["--image-size", "0,4"][..], "--image-size: expected H,W"),
+        (
+            &["--channels", "4"],
+            "--channels: expected 1 (gray) or 3 (RGB), got 4",
+        ),
+        (&["--std", "0.5,0"], "--std: expected finite values > 0"),
+        (&["--mean", "NaN"], "--mean: expected finite values"),
+        (
+            &["--loader-threads", "0"],
+            "--loader-threads: must be at least 1",
+        ),
+    ] {
+        let e = train(args).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{args:?}: {e}");
+    }
+    let e = distill(&["--augment", "flip", "--logit-cache", "c"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--augment flip") && e.contains("--logit-cache"),
+        "{e}"
+    );
+}

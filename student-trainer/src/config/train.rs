@@ -1,6 +1,7 @@
 //! `train` (and the training half of `distill`): [`TrainConfig`] from [`CommonArgs`].
 
 use super::error::{ConfigError, invalid, threads};
+use super::images::image_options;
 use super::text::files_options;
 use crate::cli::{CommonArgs, TrainArgs};
 use crate::data::TextOptions;
@@ -61,6 +62,7 @@ pub(super) fn from_common(a: CommonArgs, min_epochs: u64) -> Result<TrainConfig,
         return Err(invalid("limit", "must be at least 1 sample"));
     }
     let text = text_options(&a)?;
+    let images = image_options(a.images, None, a.augment)?;
     Ok(TrainConfig {
         device: a.device.parse()?,
         arch,
@@ -69,6 +71,7 @@ pub(super) fn from_common(a: CommonArgs, min_epochs: u64) -> Result<TrainConfig,
         student_logits_output: a.student_logits_output,
         init: a.init,
         text,
+        images,
         data_dir: a.data_dir,
         epochs: a.epochs,
         batch_size: a.batch_size,

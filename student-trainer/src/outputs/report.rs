@@ -102,6 +102,17 @@ pub(crate) struct Report {
     /// stage_epochs=N`), or null without hints.
     #[serde(default)]
     pub hint: Option<String>,
+    /// Seconds the optimizer waited for the student's per-batch views of an image folder
+    /// (`--augment`) from the loader thread: the data was the bottleneck.
+    #[serde(default)]
+    pub trainer_data_waited_s: f64,
+    /// An image folder's class names (class index = position); empty for other data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// An image folder's `--augment` (`none`, `crop`, `flip`, `crop,flip`), or null for other
+    /// data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
 }
 
 /// One teacher replica in the report.
@@ -198,6 +209,15 @@ impl Report {
              {:.1} s for a prefetch slot",
             self.trainer_waited_s, self.teacher_backpressure_s
         );
+        if let Some(augment) = &self.augment {
+            let _ = writeln!(
+                s,
+                "images                 {} classes, augment {augment}; trainer waited {:.1} s for \
+                 image views",
+                self.classes.len(),
+                self.trainer_data_waited_s
+            );
+        }
         let _ = writeln!(
             s,
             "throughput             {:.0} samples/s; wall time {:.1} s",
@@ -263,6 +283,9 @@ mod tests {
             trainer_waited_s: 1.5,
             teacher_backpressure_s: 0.25,
             hint: Some("features=h1 mse weight=1 stage_epochs=2".into()),
+            trainer_data_waited_s: 0.5,
+            classes: Vec::new(),
+            augment: None,
         }
     }
 

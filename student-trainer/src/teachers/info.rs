@@ -26,6 +26,10 @@ pub struct Expect {
     /// The top-k soft targets the run asks for (`--top-k`; 0: dense rows): every teacher must
     /// have at least this many logits.
     pub top_k: u32,
+    /// The data is an image folder whose views are made for each teacher: a classifier taking
+    /// any `f32 [C, H, W]` input is accepted here, and the caller makes its view (or says why
+    /// it cannot, naming both shapes).
+    pub image_views: bool,
 }
 
 impl Expect {
@@ -262,7 +266,9 @@ impl TeacherInfo {
                     "f32".into(),
                 ));
             }
-            if self.input_shape != sample_shape {
+            if self.input_shape != sample_shape
+                && !(expect.image_views && self.input_shape.len() == 3)
+            {
                 return Err(bad(
                     "per-sample input shape",
                     format!("{:?}", self.input_shape),
@@ -387,6 +393,7 @@ mod tests {
             tokenizer_fingerprint: None,
             hint_output: None,
             top_k: 0,
+            image_views: false,
         }
     }
 

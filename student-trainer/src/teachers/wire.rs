@@ -50,12 +50,24 @@ pub(crate) fn request(
     spec: &TargetRequest,
 ) -> Result<LogitsRequest, ClientError> {
     let idx = Tensor::from_slice(&b.indices);
-    let rows = inputs.f_index_select(0, &idx)?;
+    request_rows(&inputs.f_index_select(0, &idx)?, batch_id, spec)
+}
+
+/// The request carrying `rows` (a batch's inputs, made for this teacher: `f32 [B, ...]`, or
+/// token ids), asking for the logits `spec` describes.
+///
+/// # Errors
+/// [`ClientError::Torch`] / [`ClientError::Codec`] if the rows cannot be converted or encoded.
+pub(crate) fn request_rows(
+    rows: &Tensor,
+    batch_id: u64,
+    spec: &TargetRequest,
+) -> Result<LogitsRequest, ClientError> {
     // Images travel as f32; token ids keep their integer kind.
     let rows = if rows.is_floating_point() {
         rows.f_to_kind(Kind::Float)?
     } else {
-        rows
+        rows.shallow_clone()
     };
     Ok(LogitsRequest {
         batch_id,

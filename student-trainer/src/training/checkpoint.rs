@@ -5,6 +5,7 @@
 use super::error::TrainError;
 use super::job::{Objective, TrainConfig};
 use crate::hint::HintPlan;
+use crate::images::ImageRecord;
 use crate::loss::LossKind;
 use crate::optim::{OptimizerConfig, check_resume};
 use crate::schedule::{Position, batches_per_epoch};
@@ -46,6 +47,10 @@ pub struct ResumeState {
     /// that stage starts a fresh optimizer instead of loading it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hint_stage_optimizer: bool,
+    /// An image-folder run's classes and student view (what `eval --checkpoint` names and
+    /// uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageRecord>,
 }
 
 impl ResumeState {
@@ -95,6 +100,7 @@ impl ResumeState {
             total_steps: Some(cfg.epochs * batches_per_epoch(train_samples, cfg.batch_size) as u64),
             hint: objective.hint().map(HintPlan::describe),
             hint_stage_optimizer,
+            images: None,
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum TrainError {
     /// Hint distillation cannot go on (a layer or shape that does not fit, a missing feature).
     #[error("{0}")]
     Hint(String),
+    /// The student's per-batch views of an image folder did not come as scheduled (the loader
+    /// thread stopped, or sent another batch's).
+    #[error("{0}")]
+    Views(String),
 }
 
 impl From<HintError> for TrainError {

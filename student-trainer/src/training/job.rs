@@ -6,11 +6,13 @@ use crate::data::{Dataset, TextOptions};
 use crate::device::DeviceChoice;
 use crate::eval::Accuracy;
 use crate::hint::HintPlan;
+use crate::images::{ImageOptions, ImageRecord};
 use crate::logit_cache::CachePlan;
 use crate::loss::DistillLoss;
 use crate::optim::OptimizerConfig;
 use crate::outputs::metrics::EpochMetrics;
 use crate::outputs::monitoring::StudentMetrics;
+use crate::schedule::ViewedBatch;
 use distill_models::{Arch, ArchSpec};
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tch::Device;
+use tokio::sync::mpsc;
 
 /// Settings of a training run, shared by `train` and `distill`.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct TrainConfig {
     pub data_dir: PathBuf,
     /// How a text corpus becomes sequences (`--seq-len`, `--vocab-size`).
     pub text: TextOptions,
+    /// How an image folder becomes tensors (`--image-size`, `--channels`, `--mean`, `--std`,
+    /// `--augment`, ...).
+    pub images: ImageOptions,
     /// Total epochs to reach (≥ 1).
     pub epochs: u64,
     /// Samples per optimizer step (≥ 1).
@@ -175,6 +181,18 @@ pub struct Job {
     pub cache: Option<CachePlan>,
     /// Prometheus metrics to keep up to date (samples, epoch, step, loss, waits), if served.
     pub metrics: Option<StudentMetrics>,
+    /// An image folder's part of the run (`None` for other data).
+    pub images: Option<ImageJob>,
+}
+
+/// An image folder's part of a run.
+#[derive(Debug)]
+pub struct ImageJob {
+    /// Classes and the student's view, recorded in every checkpoint (`trainer.images`).
+    pub record: ImageRecord,
+    /// The student's augmented views, made per batch by the loader thread from the run's start
+    /// on, in plan order (`None`: the training dataset's inputs, un-augmented).
+    pub views: Option<mpsc::Receiver<ViewedBatch>>,
 }
 
 /// The result of a run.
@@ -208,6 +226,9 @@ pub struct Outcome {
     pub waited_s: f64,
     /// Epochs (in this process) whose soft targets came from the logit cache.
     pub cached_epochs: u64,
+    /// Seconds the loop waited for the student's per-batch views from the image loader (0 when
+    /// the inputs come from the dataset).
+    pub data_waited_s: f64,
 }
 
 impl Outcome {
@@ -228,6 +249,7 @@ impl Outcome {
             checkpoint,
             waited_s: 0.0,
             cached_epochs: 0,
+            data_waited_s: 0.0,
         }
     }
 }

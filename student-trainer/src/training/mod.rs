@@ -33,7 +33,8 @@
 //!   ([`Outcome`]);
 //! - [`run`]: the thread and the epoch loop; [`step`]: one batch; [`targets`]: where a batch's
 //!   soft targets come from (teacher stream, logit cache, none); [`student`]: the network, its
-//!   hint regressor and the stages' parameters; [`sums`]: an epoch's running sums;
+//!   hint regressor and the stages' parameters; [`sums`]: an epoch's running sums; [`views`]:
+//!   the student's per-batch views of an image folder (augmented crops) from the loader thread;
 //! - [`checkpoint`]: what a checkpoint records of the run, and where a run starts.
 //!
 //! Imports: data, losses, optimizers, hints, the logit cache, evaluation, the schedule, the
@@ -48,10 +49,11 @@ pub mod step;
 pub mod student;
 pub mod sums;
 pub mod targets;
+pub mod views;
 
 pub use checkpoint::{ResumeState, Start};
 pub use error::TrainError;
-pub use job::{Job, LabelPolicy, Objective, Outcome, TrainConfig};
+pub use job::{ImageJob, Job, LabelPolicy, Objective, Outcome, TrainConfig};
 pub use run::{join, run, spawn};
 pub use step::label_mask;
 pub use targets::check_pairing;

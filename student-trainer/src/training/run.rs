@@ -10,8 +10,10 @@ use super::step::{StepInput, StepOutput, Stepper};
 use super::student::{Stages, Student, StudentSource};
 use super::sums::Sums;
 use super::targets::{TargetSource, Targets};
+use super::views::ViewSource;
 use crate::data::Dataset;
 use crate::eval;
+use crate::images::ImageRecord;
 use crate::optim::Optimizer;
 use crate::outputs::ledger::Ledger;
 use crate::outputs::metrics::{EpochMetrics, METRICS_FILE, MetricsLog};
@@ -105,6 +107,10 @@ struct Trainer {
     /// The optimizer in use is the hint stage's.
     opt_hint_stage: bool,
     targets: TargetSource,
+    /// The student's per-batch views (an image folder under `--augment`), or the dataset.
+    views: ViewSource,
+    /// An image folder's classes and view, recorded in every checkpoint.
+    image_record: Option<ImageRecord>,
     metrics: MetricsLog,
     ledger: Option<Ledger>,
     live: Option<StudentMetrics>,
@@ -126,7 +132,12 @@ impl Trainer {
             stop,
             cache,
             metrics: live,
+            images,
         } = job;
+        let (image_record, views) = match images {
+            Some(i) => (Some(i.record), i.views),
+            None => (None, None),
+        };
         if let Some(n) = cfg.threads {
             tch::set_num_threads(n as i32);
         }
@@ -183,6 +194,8 @@ impl Trainer {
         let stop_at_step = cfg.stop_after_steps.map(|n| start.step + n);
         Ok(Trainer {
             targets: TargetSource::new(teacher, cache, live.clone()),
+            views: ViewSource::new(views),
+            image_record,
             cfg,
             spec,
             objective,
@@ -235,10 +248,11 @@ impl Trainer {
                 self.out.teacher_gone = true;
                 return Ok(Flow::Stopped);
             };
+            let inputs = self.views.next(epoch, &planned)?;
             let span = targets.span.clone();
             let _in_batch = span.enter();
             let answered = targets.answered.clone();
-            let done = self.step(epoch, &planned, targets, hint_stage)?;
+            let done = self.step(epoch, &planned, (targets, inputs), hint_stage)?;
             sums.add(&done);
             self.record(epoch, &planned, &done, answered)?;
             let samples_per_s = sums.samples() as f64 / t0.elapsed().as_secs_f64();
@@ -265,12 +279,12 @@ impl Trainer {
         hint_stage
     }
 
-    /// One optimizer step on `planned` with `targets`.
+    /// One optimizer step on `planned` with its targets (and its inputs, when made for it).
     fn step(
         &mut self,
         epoch: u64,
         planned: &PlannedBatch,
-        targets: Targets,
+        (targets, inputs): (Targets, Option<tch::Tensor>),
         hint_stage: bool,
     ) -> Result<StepOutput, TrainError> {
         let stepper = Stepper {
@@ -289,6 +303,7 @@ impl Trainer {
                 hint: targets.hint,
                 hint_stage,
                 stage_steps: self.stages.steps(hint_stage),
+                inputs,
             },
         )
     }
@@ -374,7 +389,7 @@ impl Trainer {
     /// Saves a checkpoint positioned before batch `next_batch` of epoch `epoch`, with `m` as its
     /// metrics.
     fn save(&self, (epoch, next_batch): (u64, usize), m: EpochMetrics) -> Result<(), TrainError> {
-        let state = ResumeState::of_run(
+        let mut state = ResumeState::of_run(
             &self.cfg,
             &self.objective,
             self.train.len(),
@@ -382,6 +397,7 @@ impl Trainer {
             self.out.samples_total,
             self.opt_hint_stage,
         );
+        state.images = self.image_record.clone();
         let meta = CheckpointMeta {
             arch: self.spec.clone(),
             epoch,
@@ -409,6 +425,7 @@ impl Trainer {
     /// The outcome so far.
     fn outcome(mut self) -> Outcome {
         self.out.waited_s = self.targets.waited_s;
+        self.out.data_waited_s = self.views.waited_s;
         self.out
     }
 }

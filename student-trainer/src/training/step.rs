@@ -32,6 +32,9 @@ pub(crate) struct StepInput<'a> {
     pub(crate) hint_stage: bool,
     /// Optimizer steps of the stage (its learning-rate schedule runs over them).
     pub(crate) stage_steps: u64,
+    /// The batch's inputs when they were made for it (an image folder's augmented views),
+    /// `f32 [B, C, H, W]`; `None`: the dataset's rows.
+    pub(crate) inputs: Option<Tensor>,
 }
 
 /// What one step did.
@@ -89,7 +92,13 @@ impl Stepper<'_> {
         // Before anything the step draws: the draws depend on (seed, epoch, index) alone, never
         // on the steps before, so a mid-epoch resume is exact (see the module docs).
         tch::manual_seed(step_seed(self.seed, input.epoch, planned.index));
-        let (xs, ys) = self.train.try_batch(&planned.indices)?;
+        let (xs, ys) = match input.inputs {
+            Some(xs) => {
+                let idx = Tensor::from_slice(&planned.indices);
+                (xs, self.train.labels.f_index_select(0, &idx)?)
+            }
+            None => self.train.try_batch(&planned.indices)?,
+        };
         let (xs, ys) = (xs.f_to_device(self.device)?, ys.f_to_device(self.device)?);
         let forward = self.student.forward(&xs, input.hint, || {
             format!("epoch {} batch {}", input.epoch, planned.index)

@@ -262,6 +262,7 @@ fn student_trainer_keeps_its_house_rules() {
             "loss",
             "optim",
             "data",
+            "images",
             "logit_cache",
             "config",
             "cli",
@@ -302,6 +303,7 @@ fn student_trainer_keeps_its_house_rules() {
             "ensemble",
             "eval",
             "hint",
+            "images",
             "logit_cache",
             "loss",
             "optim",
@@ -316,6 +318,7 @@ fn student_trainer_keeps_its_house_rules() {
     // The maths and data: each imports only the ones before it, and no async or gRPC crate.
     let maths = [
         "data",
+        "images",
         "schedule",
         "soft_targets",
         "ensemble",

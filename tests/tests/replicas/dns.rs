@@ -54,6 +54,7 @@ async fn dns_names_find_every_replica_and_follow_changes() {
         tokenizer_fingerprint: None,
         hint_output: None,
         top_k: 0,
+        image_views: false,
     };
     let mut pool = Pool::connect_with(
         vec![GroupSpec {

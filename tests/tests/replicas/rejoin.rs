@@ -34,6 +34,7 @@ async fn a_restarted_replica_rejoins_and_receives_work() {
             tokenizer_fingerprint: None,
             hint_output: None,
             top_k: 0,
+            image_views: false,
         },
     )
     .await

@@ -167,6 +167,7 @@ async fn pool(url: &str, batch_size: usize) -> Pool {
             tokenizer_fingerprint: None,
             hint_output: None,
             top_k: 0,
+            image_views: false,
         },
     )
     .await
@@ -252,6 +253,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         init: None,
         data_dir: "unused".into(),
         text: TextOptions::default(),
+        images: Default::default(),
         epochs,
         batch_size: 50,
         optimizer: OptimizerConfig::adam(3e-3),
@@ -308,6 +310,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         stop: Arc::new(AtomicBool::new(false)),
         cache: None,
         metrics: None,
+        images: None,
     };
     // The in-process trainer reseeds libtorch's global generator (`cfg.seed`, then each epoch's
     // seed) and sets its thread count (`threads: Some(1)`): it holds the generator from start to

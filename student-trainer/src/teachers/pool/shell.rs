@@ -11,7 +11,7 @@ use super::scheduler::{
 };
 use crate::ensemble::{self, EnsembleMode, MixError};
 use crate::outputs::monitoring::StudentMetrics;
-use crate::schedule::PlannedBatch;
+use crate::schedule::{PlannedBatch, ViewedBatch};
 use crate::soft_targets::{SoftTargets, TeacherBatch};
 use crate::teachers::client::TeacherClient;
 use crate::teachers::endpoint::{GroupSpec, address_url, parse_dns_url};
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tch::Tensor;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::task::AbortHandle;
 
 /// How long an outage lasts before its first log line.
@@ -84,12 +85,35 @@ pub struct Pool {
     next_resolve: Instant,
 }
 
+/// Where the batches of a run, and the inputs each request carries, come from.
+enum Source<'a> {
+    /// A plan over one tensor of inputs ([`Run::inputs`]): each request carries the rows its
+    /// batch's indices name.
+    Plan(&'a mut dyn Iterator<Item = PlannedBatch>),
+    /// Batches made with their own inputs by a loader thread, in plan order (an image folder's
+    /// views for this teacher).
+    Views(&'a mut mpsc::Receiver<ViewedBatch>),
+}
+
+/// The next made batch of a [`Source::Views`] (`None` once the loader is done); never ready
+/// for a [`Source::Plan`].
+async fn next_view(source: &mut Source<'_>) -> Option<ViewedBatch> {
+    match source {
+        Source::Views(rx) => rx.recv().await,
+        Source::Plan(_) => std::future::pending().await,
+    }
+}
+
 /// State of one [`Pool::run`].
 #[derive(Debug)]
 struct Run {
     /// The plan has no more batches.
     plan_done: bool,
+    /// The whole dataset's inputs, for a [`Source::Plan`] (empty for [`Source::Views`]).
     inputs: Tensor,
+    /// The inputs of each admitted batch of a [`Source::Views`], by sequence number, until it
+    /// is released.
+    made: HashMap<u64, Tensor>,
     batches: u64,
     samples: u64,
     last_wait_log: Option<Instant>,
@@ -517,12 +541,41 @@ impl Pool {
     where
         I: IntoIterator<Item = PlannedBatch>,
     {
+        let mut plan = plan.into_iter();
+        self.run_source(Source::Plan(&mut plan), inputs, targets, out)
+            .await
+    }
+
+    /// [`Pool::run`] for batches made with their inputs elsewhere: `views` yields each planned
+    /// batch with its samples in this teacher's view (`f32 [B, C, H, W]`, CPU), in plan order,
+    /// from a loader thread; the run ends when it closes. Batches are taken from it as the
+    /// prefetch window has room (the channel's capacity is how far the loader runs ahead).
+    ///
+    /// # Errors
+    /// As [`Pool::run`].
+    pub async fn run_views(
+        &mut self,
+        mut views: mpsc::Receiver<ViewedBatch>,
+        targets: RunTargets,
+        out: mpsc::Sender<TeacherBatch>,
+    ) -> Result<RunStats, PoolError> {
+        self.run_source(Source::Views(&mut views), Tensor::new(), targets, out)
+            .await
+    }
+
+    async fn run_source(
+        &mut self,
+        mut source: Source<'_>,
+        inputs: Tensor,
+        targets: RunTargets,
+        out: mpsc::Sender<TeacherBatch>,
+    ) -> Result<RunStats, PoolError> {
         self.targets = targets;
         let before = self.sched.counters();
-        let mut plan = plan.into_iter();
         let mut run = Run {
             plan_done: false,
             inputs,
+            made: HashMap::new(),
             batches: 0,
             samples: 0,
             last_wait_log: None,
@@ -530,7 +583,7 @@ impl Pool {
             backpressure_s: 0.0,
             spans: HashMap::new(),
         };
-        let result = self.drive(&mut run, &mut plan, &out).await;
+        let result = self.drive(&mut run, &mut source, &out).await;
         run.backpressure(false, Instant::now(), self.options.metrics.as_ref());
         self.export_replicas();
         // Forget what is still in flight (an aborted run): answers to it will be discarded.
@@ -550,13 +603,13 @@ impl Pool {
     async fn drive(
         &mut self,
         run: &mut Run,
-        plan: &mut dyn Iterator<Item = PlannedBatch>,
+        source: &mut Source<'_>,
         out: &mpsc::Sender<TeacherBatch>,
     ) -> Result<(), PoolError> {
         loop {
             let now = Instant::now();
             self.housekeeping(now);
-            self.admit(run, plan);
+            self.admit(run, source);
             run.backpressure(
                 !run.plan_done && self.sched.window() == 0 && !self.sched.ready(),
                 now,
@@ -578,11 +631,14 @@ impl Pool {
             .min()
             .unwrap_or(now + IDLE_WAKE);
             let ready = self.sched.ready();
+            let wants_view =
+                matches!(source, Source::Views(_)) && !run.plan_done && self.sched.window() > 0;
             tokio::select! {
                 biased;
                 permit = out.reserve(), if ready => {
                     let permit = permit.map_err(|_| ClientError::ConsumerGone)?;
                     if let Some(released) = self.sched.release() {
+                        run.made.remove(&released.seq);
                         let span = run.spans.remove(&released.seq).unwrap_or_else(tracing::Span::none);
                         let batch = self.finish(released, span)?;
                         run.batches += 1;
@@ -590,6 +646,10 @@ impl Pool {
                         permit.send(batch);
                     }
                 }
+                view = next_view(source), if wants_view => match view {
+                    Some(v) => self.admit_one(run, v.batch, Some(v.inputs)),
+                    None => run.plan_done = true,
+                },
                 Some(event) = self.events_rx.recv() => self.handle(event)?,
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
@@ -658,23 +718,38 @@ impl Pool {
         })
     }
 
-    /// Takes batches from the plan while the scheduler's window has room.
-    fn admit(&mut self, run: &mut Run, plan: &mut dyn Iterator<Item = PlannedBatch>) {
+    /// Takes batches from the source while the scheduler's window has room (made batches only
+    /// as far as the loader has made them).
+    fn admit(&mut self, run: &mut Run, source: &mut Source<'_>) {
         while !run.plan_done && self.sched.window() > 0 {
-            match plan.next() {
-                Some(b) => match self.targets.ensemble {
-                    EnsembleMode::Sample if self.groups.len() > 1 => {
-                        let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
-                        let g =
-                            ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
-                        self.sched.admit_to(b, &[g]);
-                    }
-                    _ => {
-                        self.sched.admit(b);
-                    }
+            let next = match source {
+                Source::Plan(plan) => plan.next().map(|b| (b, None)),
+                Source::Views(rx) => match rx.try_recv() {
+                    Ok(v) => Some((v.batch, Some(v.inputs))),
+                    Err(TryRecvError::Empty) => return,
+                    Err(TryRecvError::Disconnected) => None,
                 },
+            };
+            match next {
+                Some((b, inputs)) => self.admit_one(run, b, inputs),
                 None => run.plan_done = true,
             }
+        }
+    }
+
+    /// Admits batch `b` (to one drawn group under [`EnsembleMode::Sample`]), with its own
+    /// `inputs` when it was made with them.
+    fn admit_one(&mut self, run: &mut Run, b: PlannedBatch, inputs: Option<Tensor>) {
+        let seq = match self.targets.ensemble {
+            EnsembleMode::Sample if self.groups.len() > 1 => {
+                let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
+                let g = ensemble::sample_group(self.targets.seed, b.epoch, b.index, &weights);
+                self.sched.admit_to(b, &[g])
+            }
+            _ => self.sched.admit(b),
+        };
+        if let Some(inputs) = inputs {
+            run.made.insert(seq, inputs);
         }
     }
 
@@ -696,7 +771,10 @@ impl Pool {
                 )
             });
             span.in_scope(|| tracing::debug!(wire = send.wire, replica = url, "sent"));
-            let req = wire::request(&run.inputs, batch, send.wire, &self.targets.request)?;
+            let req = match run.made.get(&send.seq) {
+                Some(rows) => wire::request_rows(rows, send.wire, &self.targets.request)?,
+                None => wire::request(&run.inputs, batch, send.wire, &self.targets.request)?,
+            };
             let sent = self.replicas[send.replica]
                 .tx
                 .as_ref()
