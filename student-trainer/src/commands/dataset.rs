@@ -101,6 +101,8 @@ impl ImageRun {
 
 /// A command's data before the teachers are known: loaded (IDX, `.npz`, text), or an image
 /// folder scanned and not yet decoded.
+// One value per command, moved a few times: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Source {
     /// Both splits, loaded.
