@@ -82,6 +82,12 @@ use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
 use teacher_server::model::{ModelSource, ModelSpec, Precision};
 
+/// The allocator of `teacher-server` and `student-trainer` (jemalloc, `malloc` overridden), so
+/// that the in-process rows measure what the binaries run.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Flags of `bench`.
 #[derive(Debug, Clone, Parser)]
 #[command(
