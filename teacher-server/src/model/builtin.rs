@@ -50,6 +50,10 @@ impl ArchModel {
             Ok(())
         })
         .map_err(|e| LoadError(format!("converting the weights to {precision}: {e}")))?;
+        // Convolutions in channels-last layout: the same logits, faster kernels (see
+        // `distill_models::arch::channels_last`).
+        distill_models::arch::channels_last(&vs)
+            .map_err(|e| LoadError(format!("laying out the weights channels-last: {e}")))?;
         let spec = net.spec().clone();
         let device = vs.device();
         Ok(ArchModel {
