@@ -358,8 +358,9 @@ pub fn param_count(vs: &nn::VarStore) -> i64 {
 /// place: same values and shapes, other strides. A convolution with a channels-last weight
 /// returns channels-last activations (oneDNN's NHWC kernels), and the ReLU and max-pooling after
 /// it run their vectorized channels-last kernels, where PyTorch's default NCHW max-pooling is a
-/// scalar loop. Measured on the demo CNN (2-core Intel Xeon, Sapphire Rapids, 2 threads): f32
-/// forward 5,500 → 11,400 samples/s at batch 128, bf16 7,800 → 31,800 (AMX takes NHWC).
+/// scalar loop. Measured on the demo CNN through teacher-server's loader (`make bench` row 1,
+/// 2-core Intel Xeon, Sapphire Rapids, 2 threads, batch 256): f32 5,419 → 9,116 samples/s,
+/// bf16 7,466 → 22,288 (oneDNN's AMX kernels take NHWC).
 /// Saving and fingerprints read tensors through `contiguous()`, so files do not change.
 ///
 /// # Errors

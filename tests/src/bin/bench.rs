@@ -9,20 +9,24 @@
 //! 1. `raw_forward`: the demo's CNN teacher (`cnn`, `[1, 28, 28]` inputs, 10 logits, random
 //!    weights: speed does not depend on them) run in this process through the server's own model
 //!    loader, at a request's batch (16) and at a full merged batch (256 = 16 streams × 16, the
-//!    server's default `--max-batch-size`), in f32 and bf16.
+//!    server's default `--max-batch-size`), in f32 and bf16; against PyTorch's forward of the
+//!    same module (`scripts/bench_forward_pytorch.py`: the eager `nn.Module`, `no_grad`, the
+//!    same thread count) at the same batches and precisions, one run of it per round.
 //! 2. `server`: the real `teacher-server` release binary (beside this one) on a loopback port,
 //!    driven by 1, 4 and 16 concurrent streams (each on its own connection, each keeping
 //!    `--in-flight` requests of batch 16 outstanding), with dynamic batching (the defaults) and
 //!    without it (`--max-batch-size 16`: every forward pass is one request).
 //!
 //! Also `teacher_kd_error`: the KD loss (T = 4) of a fixed student against the same teacher's
-//! logits computed in bf16 and f16, relative to f32 (same inputs, row 1's teacher).
+//! logits computed in bf16 and f16, relative to f32 (the same 2,048 inputs, row 1's teacher,
+//! seeded so that every run measures the same weights).
 //!
 //! 3. `distill`: one epoch of online distillation on Fashion-MNIST (`--limit` samples, batch
 //!    128, MLP-128 student, row 1's CNN teacher) with the release `teacher-server` and
 //!    `student-trainer distill` on loopback (samples/s from `report.json`; student `--threads
 //!    1` with the server's default threads, and with `--threads 1` on both, to measure the
-//!    split of the 2 cores), against the PyTorch reference loop `scripts/reference/
+//!    split of the 2 cores; and, where the CPU has native bf16, with `--precision bf16` on the
+//!    server), against the PyTorch reference loop `scripts/reference/
 //!    kd_pytorch.py` (its `student[kd] samples_per_s`) and against the same loop in this
 //!    process (`tch`: teacher forward under `no_grad`, student step with Adam and
 //!    `student_trainer::loss`).
@@ -46,7 +50,7 @@
 //!    top-32, `--lm-sequences` random sequences) from the release `teacher-server` serving
 //!    `lm:layers=4,d=256,heads=4` (random weights) on loopback, against the PyTorch reference
 //!    loop `scripts/reference/kd_lm_pytorch.py --synthetic` with the same sizes and steps (its
-//!    `kd: ... tokens_per_s`).
+//!    `kd: ... tokens_per_s`), in alternating rounds.
 //!
 //! 8. `script_student`: a TorchScript student's training step. A scripted MLP (784-256-128-10,
 //!    dropout) and CNN (two 3×3 convolutions with BatchNorm and pooling, dropout), exported by
@@ -301,6 +305,13 @@ const RATIOS: &[RatioSpec] = &[
         bound: Bound::Ge(1.0),
     },
     RatioSpec {
+        name: "online distill (bf16 teacher, native bf16) ÷ PyTorch in-process loop (f32)",
+        numerator: "distill_remote_bf16",
+        denominator: Some("distill_pytorch"),
+        target: ">= 1.8",
+        bound: Bound::Ge(1.8),
+    },
+    RatioSpec {
         name: "in-process tch loop (this binary) ÷ PyTorch in-process loop",
         numerator: "distill_inprocess",
         denominator: Some("distill_pytorch"),
@@ -322,11 +333,46 @@ const RATIOS: &[RatioSpec] = &[
         bound: Bound::Ge(1.3),
     },
     RatioSpec {
+        name: "served forward ÷ PyTorch's forward of the same cnn (f32, batch 16)",
+        numerator: "raw_forward_f32_b16",
+        denominator: Some("raw_forward_pytorch_f32_b16"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
+    RatioSpec {
+        name: "served forward ÷ PyTorch's forward of the same cnn (f32, batch 256)",
+        numerator: "raw_forward_f32_b256",
+        denominator: Some("raw_forward_pytorch_f32_b256"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
+    RatioSpec {
+        name: "served forward ÷ PyTorch's forward of the same cnn (bf16, batch 16)",
+        numerator: "raw_forward_bf16_b16",
+        denominator: Some("raw_forward_pytorch_bf16_b16"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
+    RatioSpec {
+        name: "served forward ÷ PyTorch's forward of the same cnn (bf16, batch 256)",
+        numerator: "raw_forward_bf16_b256",
+        denominator: Some("raw_forward_pytorch_bf16_b256"),
+        target: ">= 0.95",
+        bound: Bound::Ge(0.95),
+    },
+    RatioSpec {
         name: "raw forward bf16 ÷ f32 (batch 256)",
         numerator: "raw_forward_bf16_b256",
         denominator: Some("raw_forward_f32_b256"),
         target: "~2 with native bf16; < 1 without (bf16 online distill >= 1.8 × PyTorch needs native bf16 or a GPU)",
         bound: Bound::None,
+    },
+    RatioSpec {
+        name: "relative KD-loss difference of a bf16 teacher to f32 (2,048 samples)",
+        numerator: "teacher_kd_error_bf16",
+        denominator: None,
+        target: "<= 1e-3",
+        bound: Bound::Le(1e-3),
     },
     RatioSpec {
         name: "cached epochs ÷ online epoch",
@@ -424,20 +470,60 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         }
     }
     let (seconds, warmup) = (ctx.seconds, ctx.warmup);
-    let values = alternate(ctx.rounds, &mut settings, |s| {
-        // One warm-up pass (allocations, kernel choice; skipped by --quick), then whole passes
-        // for `seconds` (at least one).
-        if warmup {
-            drop(s.model.forward(&s.x).map_err(|e| e.to_string())?);
+    let threads = tch::get_num_threads();
+    let python = !ctx.quick && distill_tests::torch_pythonpath().is_some();
+    let mut values = vec![Vec::new(); settings.len()];
+    let mut reference: Vec<(String, Vec<f64>)> = Vec::new();
+    // Alternating: this process's settings, then PyTorch's, each round.
+    for _ in 0..ctx.rounds {
+        let round = alternate(1, &mut settings, |s| {
+            // One warm-up pass (allocations, kernel choice; skipped by --quick), then whole
+            // passes for `seconds` (at least one).
+            if warmup {
+                drop(s.model.forward(&s.x).map_err(|e| e.to_string())?);
+            }
+            let start = Instant::now();
+            let mut samples = 0i64;
+            while samples == 0 || start.elapsed().as_secs_f64() < seconds {
+                drop(s.model.forward(&s.x).map_err(|e| e.to_string())?);
+                samples += s.batch;
+            }
+            Ok(samples as f64 / start.elapsed().as_secs_f64())
+        })?;
+        for (v, r) in values.iter_mut().zip(round) {
+            v.extend(r);
         }
-        let start = Instant::now();
-        let mut samples = 0i64;
-        while samples == 0 || start.elapsed().as_secs_f64() < seconds {
-            drop(s.model.forward(&s.x).map_err(|e| e.to_string())?);
-            samples += s.batch;
+        if python {
+            for (id, rate) in pytorch_forward(ctx, threads)? {
+                match reference.iter_mut().find(|(i, _)| *i == id) {
+                    Some((_, v)) => v.push(rate),
+                    None => reference.push((id, vec![rate])),
+                }
+            }
         }
-        Ok(samples as f64 / start.elapsed().as_secs_f64())
-    })?;
+    }
+    for (id, v) in reference {
+        let (precision, batch) = id
+            .strip_prefix("raw_forward_pytorch_")
+            .and_then(|r| r.split_once("_b"))
+            .unwrap_or(("?", "?"));
+        rows.push(Row {
+            label: format!(
+                "PyTorch forward of the same cnn (eager nn.Module, no_grad), {precision}, batch {batch}"
+            ),
+            params: serde_json::json!({
+                "precision": precision,
+                "batch": batch.parse::<i64>().ok(),
+                "threads": threads,
+                "script": "scripts/bench_forward_pytorch.py",
+            }),
+            id,
+            group: "raw_forward",
+            unit: "samples/s",
+            median: median(&v),
+            rounds: v,
+        });
+    }
     for (s, v) in settings.iter().zip(values) {
         rows.push(Row {
             id: s.id.clone(),
@@ -454,6 +540,46 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Row 1's PyTorch side: `scripts/bench_forward_pytorch.py` (the same cnn as an eager
+/// `nn.Module`) at row 1's batches and precisions with `threads` threads; `(row id, samples/s)`
+/// per setting, e.g. `raw_forward_pytorch_f32_b16`.
+fn pytorch_forward(ctx: &Ctx, threads: i32) -> Result<Vec<(String, f64)>, String> {
+    let script = distill_tests::workspace_root().join("scripts/bench_forward_pytorch.py");
+    let run = distill_tests::python()
+        .arg(&script)
+        .args(["--threads", &threads.to_string()])
+        .args(["--seconds", &ctx.seconds.to_string()])
+        .args(["--batches", &format!("{REQUEST_BATCH},256")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !run.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            script.display(),
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| format!("{}: {e}: {line}", script.display()))?;
+            let rate = v["samples_per_s"].as_f64().ok_or("no samples_per_s")?;
+            let id = format!(
+                "raw_forward_pytorch_{}_b{}",
+                v["precision"].as_str().unwrap_or("?"),
+                v["batch"]
+            );
+            Ok((id, rate))
+        })
+        .collect()
 }
 
 /// Samples per second answered by `server` to `streams` concurrent streams of `batch`-sample
@@ -638,9 +764,15 @@ fn single(
     }
 }
 
-/// The KD-loss difference a bf16 (and f16) teacher causes: row 1's teacher loaded in f32, bf16
-/// and f16 through the server's loader, the same 128 inputs, the KD loss at T = 4 of a fixed
-/// student (logits N(0, 1)) against each; relative to f32.
+/// Samples and batches of [`teacher_kd_error`].
+const KD_ERROR_BATCHES: i64 = 16;
+const KD_ERROR_BATCH: i64 = 128;
+
+/// The KD-loss difference a bf16 (and f16) teacher causes: row 1's teacher (random weights,
+/// seeded) loaded in f32, bf16 and f16 through the server's loader, the same 16 batches of 128
+/// inputs, the KD loss at T = 4 of a fixed student (logits N(0, 1)) against each over all 2,048
+/// samples; relative to f32. The largest per-batch relative difference is in the row's params
+/// (one batch's value varies with the draw by a factor of ~3).
 fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     let _no_grad = tch::no_grad_guard();
     let spec = ModelSpec {
@@ -654,36 +786,62 @@ fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         dir: ctx.teacher.clone(),
     };
     tch::manual_seed(41);
-    let x = random_inputs(128, &INPUT_SHAPE);
-    let student = Tensor::randn([128, NUM_LOGITS], (Kind::Float, tch::Device::Cpu));
+    let n = KD_ERROR_BATCHES * KD_ERROR_BATCH;
+    let x = random_inputs(n, &INPUT_SHAPE);
+    let student = Tensor::randn([n, NUM_LOGITS], (Kind::Float, tch::Device::Cpu));
     let logits = |precision: Precision| -> Result<Tensor, String> {
         let model = teacher_server::model::load(&source, &spec, tch::Device::Cpu, precision)
             .map_err(|e| e.to_string())?;
-        let out = model.forward(&x).map_err(|e| e.to_string())?;
-        out.f_to_kind(Kind::Float).map_err(|e| e.to_string())
+        let outs = x
+            .split(KD_ERROR_BATCH, 0)
+            .iter()
+            .map(|b| model.forward(b).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Tensor::cat(&outs, 0)
+            .f_to_kind(Kind::Float)
+            .map_err(|e| e.to_string())
+    };
+    // The KD loss over all samples, and per batch.
+    let losses = |t: &Tensor| -> Result<(f64, Vec<f64>), String> {
+        let all = kd_value(&student, &SoftTargets::Dense(t.shallow_clone()))?;
+        let batches = student
+            .split(KD_ERROR_BATCH, 0)
+            .iter()
+            .zip(t.split(KD_ERROR_BATCH, 0))
+            .map(|(s, t)| kd_value(s, &SoftTargets::Dense(t)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((all, batches))
     };
     let reference = logits(Precision::F32)?;
-    let l32 = kd_value(&student, &SoftTargets::Dense(reference.shallow_clone()))?;
+    let (l32, b32) = losses(&reference)?;
     for precision in [Precision::Bf16, Precision::F16] {
         let id = format!("teacher_kd_error_{precision}");
         if !ctx.wanted(&id) {
             continue;
         }
         let t = logits(precision)?;
-        let l = kd_value(&student, &SoftTargets::Dense(t.shallow_clone()))?;
-        let max_logit_diff = distill_tests::max_abs_diff(&t, &reference);
+        let (l, b) = losses(&t)?;
+        let worst_batch = b
+            .iter()
+            .zip(&b32)
+            .map(|(l, r)| (l - r).abs() / r)
+            .fold(0.0, f64::max);
         rows.push(single(
             id,
             "teacher_kd_error",
-            format!("KD loss (T = 4) of a {precision} teacher: relative difference to f32"),
+            format!(
+                "KD loss (T = 4) of a {precision} teacher over {n} samples: relative difference \
+                 to f32"
+            ),
             "relative",
             (l - l32).abs() / l32,
             serde_json::json!({
                 "precision": precision.name(),
                 "kd_loss": l,
                 "kd_loss_f32": l32,
-                "max_abs_logit_diff": max_logit_diff,
-                "samples": 128,
+                "max_abs_logit_diff": distill_tests::max_abs_diff(&t, &reference),
+                "samples": n,
+                "worst_batch_of_128": worst_batch,
             }),
         ));
     }
@@ -1532,6 +1690,7 @@ async fn distill_rows(
 ) -> Result<(), String> {
     let want3 = [
         "distill_remote_s1_tdefault",
+        "distill_remote_bf16",
         "distill_remote_s1_t1",
         "distill_pytorch",
         "distill_inprocess",
@@ -1579,6 +1738,7 @@ async fn distill_rows(
         #[derive(Clone, Copy, PartialEq)]
         enum Kind3 {
             Remote { one_thread_server: bool },
+            RemoteBf16,
             PyTorch,
             InProcess,
         }
@@ -1595,6 +1755,15 @@ async fn distill_rows(
                     one_thread_server: true,
                 },
             ));
+        }
+        if !ctx.quick && distill_models::cpu::native_bf16() {
+            settings.push(("distill_remote_bf16", Kind3::RemoteBf16));
+        } else if !ctx.quick {
+            notes.push(
+                "distill_remote_bf16 was skipped: this CPU has no native bf16 (avx512_bf16 or \
+                 amx_bf16), where a bf16 teacher runs slower than f32"
+                    .into(),
+            );
         }
         if ctx.quick {
             notes.push(
@@ -1625,14 +1794,26 @@ async fn distill_rows(
         } else {
             None
         };
+        let bf16 = if settings.iter().any(|(_, k)| *k == Kind3::RemoteBf16) {
+            Some(start_server(ctx, &["--precision", "bf16"]).await)
+        } else {
+            None
+        };
         let mut values = vec![Vec::new(); settings.len()];
         let mut extras = vec![Vec::new(); settings.len()];
         for _ in 0..ctx.rounds {
             for ((_, kind), (v, extra)) in settings.iter().zip(values.iter_mut().zip(&mut extras)) {
                 let value = match kind {
-                    Kind3::Remote { one_thread_server } => {
-                        let url = match (&one_thread, one_thread_server) {
-                            (Some(s), true) => s.url(),
+                    Kind3::Remote { .. } | Kind3::RemoteBf16 => {
+                        let url = match (kind, &one_thread, &bf16) {
+                            (
+                                Kind3::Remote {
+                                    one_thread_server: true,
+                                },
+                                Some(s),
+                                _,
+                            ) => s.url(),
+                            (Kind3::RemoteBf16, _, Some(s)) => s.url(),
                             _ => url.clone(),
                         };
                         let run = distill_run(ctx, &out, &student_flags(&url, 1)).await?;
@@ -1667,6 +1848,15 @@ async fn distill_rows(
                     serde_json::json!({
                         "student_threads": 1,
                         "server_threads": if one_thread_server { serde_json::json!(1) } else { serde_json::json!("default") },
+                        "per_round": extra,
+                    }),
+                ),
+                Kind3::RemoteBf16 => (
+                    "online distill, bf16 teacher-server over loopback (student 1 thread, server default threads, --precision bf16)".into(),
+                    serde_json::json!({
+                        "student_threads": 1,
+                        "server_threads": "default",
+                        "server_precision": "bf16",
                         "per_round": extra,
                     }),
                 ),
@@ -1966,6 +2156,8 @@ fn run(cli: Cli) -> Result<Report, String> {
     }
     let tmp = TempDir::new("bench");
     let teacher = tmp.path().join("teacher");
+    // The same random teacher every run: row 1's KD-loss differences depend on its weights.
+    tch::manual_seed(0);
     fresh_checkpoint(&teacher, "cnn", &INPUT_SHAPE, NUM_LOGITS);
     let data = if cli.quick {
         // A small synthetic dataset in the Fashion-MNIST layout: the student's report evaluates

@@ -150,7 +150,7 @@ fn quick_bench_writes_every_row() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 11, "{json}");
+    assert_eq!(names.len(), 12, "{json}");
     for r in json["ratios"].as_array().unwrap() {
         assert!(r["value"].as_f64().is_some_and(f64::is_finite), "{r}");
     }
