@@ -584,6 +584,8 @@ mod tests {
             sequence: false,
             output: OutputSpec::default(),
             outputs: Vec::new(),
+            gather: None,
+            gathered_only: false,
             arrived: std::time::Instant::now(),
             reply: tx,
             span: tracing::Span::none(),
@@ -594,7 +596,7 @@ mod tests {
     /// Logits of a finished job as rows of `[sum, merged batch size]`.
     async fn rows(rx: oneshot::Receiver<JobResult>) -> (Vec<Vec<f32>>, u32, u32) {
         let out = rx.await.unwrap().unwrap();
-        let Logits::Dense(t) = out.logits else {
+        let Some(Logits::Dense(t)) = out.logits else {
             panic!("expected dense logits")
         };
         let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&t).unwrap();

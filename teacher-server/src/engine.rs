@@ -114,8 +114,11 @@ pub(crate) struct BatchTiming {
 /// The answer to one [`Job`].
 #[derive(Debug)]
 pub(crate) struct JobOutput {
-    /// The request's logits.
-    pub logits: Logits,
+    /// The request's logits; `None` when it asked for its gathered log-probabilities alone.
+    pub logits: Option<Logits>,
+    /// `f32`, CPU, the shape of the request's `gather_ids`: the log-probabilities at T of those
+    /// ids ([`gather_log_probs`]); `None` when it asked for none.
+    pub gathered: Option<Tensor>,
     /// The named outputs it asked for beside the logits, in its order: CPU, the requested kind,
     /// `[batch, ...]` (per position: `[batch, seq, ...]`, zeros at padded positions).
     pub outputs: Vec<(String, Tensor)>,
@@ -141,6 +144,11 @@ pub(crate) struct Job {
     pub output: OutputSpec,
     /// Named outputs wanted beside the logits (validated against the model's outputs).
     pub outputs: Vec<String>,
+    /// `i64 [batch, m]` or `[batch, seq, m]` (validated: ids in `0..num_logits`): the ids whose
+    /// log-probabilities at the output's temperature to return.
+    pub gather: Option<Tensor>,
+    /// Return the gathered log-probabilities alone, no logits.
+    pub gathered_only: bool,
     /// When the request arrived at the server.
     pub arrived: Instant,
     /// Where the answer goes; closed when the stream has gone away (the job is then dropped).
@@ -475,23 +483,20 @@ fn run_batch(
         Ok(parts) => {
             let timings: Vec<BatchTiming> = jobs.iter().map(timing).collect();
             for ((job, part), timing) in jobs.into_iter().zip(parts).zip(timings) {
-                let out = shape_output(&part.logits, job.output)
-                    .and_then(Logits::into_cpu)
-                    .and_then(|logits| {
-                        let outputs = job
-                            .outputs
-                            .iter()
-                            .zip(&part.outputs)
-                            .map(|(name, t)| {
-                                Ok((name.clone(), shape_extra(name, t, job.output.kind)?))
-                            })
-                            .collect::<Result<Vec<_>, EngineError>>()?;
-                        Ok(JobOutput {
-                            logits,
-                            outputs,
-                            timing,
-                        })
-                    });
+                let out = job_logits(&part.logits, &job).and_then(|(logits, gathered)| {
+                    let outputs = job
+                        .outputs
+                        .iter()
+                        .zip(&part.outputs)
+                        .map(|(name, t)| Ok((name.clone(), shape_extra(name, t, job.output.kind)?)))
+                        .collect::<Result<Vec<_>, EngineError>>()?;
+                    Ok(JobOutput {
+                        logits,
+                        gathered,
+                        outputs,
+                        timing,
+                    })
+                });
                 match &out {
                     Err(e @ EngineError::NonFinite { .. }) => {
                         tracing::warn!(error = %e, "request refused");
@@ -770,6 +775,45 @@ fn shape_output(logits: &Tensor, spec: OutputSpec) -> Result<Logits, EngineError
     })
 }
 
+/// A job's answer from its part of the forward pass (`logits`: `[batch, V]` or `[batch, seq,
+/// V]` on the model's device): its logits shaped as asked (none with `gathered_only`) and its
+/// gathered log-probabilities, both on the CPU.
+///
+/// # Errors
+/// [`EngineError::NonFinite`] for logits that are not all finite, and the errors of
+/// [`shape_output`].
+fn job_logits(logits: &Tensor, job: &Job) -> Result<(Option<Logits>, Option<Tensor>), EngineError> {
+    let shaped = if job.gathered_only {
+        let count = non_finite(logits)?;
+        if count > 0 {
+            return Err(EngineError::NonFinite { count });
+        }
+        None
+    } else {
+        Some(shape_output(logits, job.output)?.into_cpu()?)
+    };
+    let gathered = job
+        .gather
+        .as_ref()
+        .map(|ids| gather_log_probs(logits, ids, job.output.temperature))
+        .transpose()?;
+    Ok((shaped, gathered))
+}
+
+/// `f32`, CPU, the shape of `ids`: `log_softmax(logits / t)` over the last dimension, at `ids`
+/// (`i64 [..., m]`, the leading dimensions of `logits` `[..., V]`), computed in f32 from the
+/// full rows on their device.
+fn gather_log_probs(logits: &Tensor, ids: &Tensor, t: f32) -> Result<Tensor, EngineError> {
+    let log_probs = logits
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(f64::from(t))?
+        .f_log_softmax(-1, Kind::Float)?;
+    let ids = ids.f_to_device(log_probs.device())?;
+    Ok(log_probs
+        .f_gather(-1, &ids, false)?
+        .f_to_device(tch::Device::Cpu)?)
+}
+
 /// `f32 [batch]`: log-sum-exp of `full / t` (`f32 [batch, V]`) over the positions not in
 /// `indices` (`i64 [batch, k]`); `-inf` for a row whose every position is in `indices`.
 fn tail_logsumexp(full: &Tensor, indices: &Tensor, t: f32) -> Result<Tensor, EngineError> {
@@ -866,6 +910,8 @@ mod tests {
             mask: mask.map(row),
             sequence: true,
             output: OutputSpec::default(),
+            gather: None,
+            gathered_only: false,
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             arrived: Instant::now(),
             reply: oneshot::channel().0,

@@ -326,6 +326,8 @@ impl StreamTask {
             mask: valid.mask,
             output: valid.output,
             outputs: valid.outputs,
+            gather: valid.gather,
+            gathered_only: valid.gathered_only,
             arrived,
             reply,
             span: span.clone(),
@@ -355,6 +357,7 @@ impl StreamTask {
             result: Some(v1::logits_response::Result::Error(e.to_wire())),
             timing: Some(timing(BatchTiming::default(), self.depth())),
             outputs: Vec::new(),
+            gathered: None,
         }
     }
 
@@ -368,26 +371,21 @@ impl StreamTask {
             Ok(Err(e)) => return self.error_response(batch_id, &Error::from(e)),
             Err(_) => return self.error_response(batch_id, &Error::from(EngineError::Stopped)),
         };
-        let samples = output.logits.samples();
-        let outputs = output
-            .outputs
-            .into_iter()
-            .map(|(name, t)| {
-                Ok(v1::NamedTensor {
-                    name,
-                    tensor: Some(codec::encode(&t)?),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>();
-        match encode(output.logits).and_then(|r| Ok((r, outputs?))) {
-            Ok((result, outputs)) => {
+        let samples = match (&output.logits, &output.gathered) {
+            (Some(l), _) => l.samples(),
+            (None, Some(g)) => g.size().first().map_or(0, |&n| n.max(0) as u64),
+            (None, None) => 0,
+        };
+        match encode_output(output.logits, output.outputs, output.gathered) {
+            Ok((result, outputs, gathered)) => {
                 self.metrics.requests.inc();
                 self.metrics.samples.inc_by(samples);
                 v1::LogitsResponse {
                     batch_id,
-                    result: Some(result),
+                    result,
                     timing: Some(timing(output.timing, self.depth())),
                     outputs,
+                    gathered,
                 }
             }
             Err(e) => self.error_response(batch_id, &e),
@@ -414,6 +412,34 @@ fn timing(t: BatchTiming, depth: u32) -> v1::Timing {
         merged_requests,
         stream_queue_depth: depth,
     }
+}
+
+/// A job's answer on the wire: its result (none with `gathered_only`), named outputs and
+/// gathered log-probabilities.
+type WireOutput = (
+    Option<v1::logits_response::Result>,
+    Vec<v1::NamedTensor>,
+    Option<v1::Tensor>,
+);
+
+/// Encodes a job's logits, named outputs and gathered log-probabilities.
+fn encode_output(
+    logits: Option<Logits>,
+    outputs: Vec<(String, tch::Tensor)>,
+    gathered: Option<tch::Tensor>,
+) -> Result<WireOutput, Error> {
+    let outputs = outputs
+        .into_iter()
+        .map(|(name, t)| {
+            Ok(v1::NamedTensor {
+                name,
+                tensor: Some(codec::encode(&t)?),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let result = logits.map(encode).transpose()?;
+    let gathered = gathered.map(|t| codec::encode(&t)).transpose()?;
+    Ok((result, outputs, gathered))
 }
 
 /// Domain logits → wire result.

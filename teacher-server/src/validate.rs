@@ -160,6 +160,45 @@ pub enum InvalidRequest {
         /// Its position.
         position: i64,
     },
+    /// `gather_ids` is not I64.
+    #[error("gather_ids dtype: expected I64 token ids, got {got}")]
+    GatherDType {
+        /// The dtype received.
+        got: String,
+    },
+    /// `gather_ids` does not have the inputs' rows (and positions) plus one dimension of m ≥ 1.
+    #[error(
+        "gather_ids shape: expected {expected} (the inputs' {rows:?} plus m >= 1 ids), got {got:?}"
+    )]
+    GatherShape {
+        /// `[batch, m]` or `[batch, seq, m]`.
+        expected: String,
+        /// The inputs' leading dimensions.
+        rows: Vec<i64>,
+        /// The shape received.
+        got: Vec<i64>,
+    },
+    /// An id of `gather_ids` outside the vocabulary.
+    #[error(
+        "gather_ids: expected ids in 0..{vocab}, got {count} outside it (first: {value} at batch row {row}, position {position})"
+    )]
+    GatherId {
+        /// `num_logits`.
+        vocab: i64,
+        /// How many ids are out of range.
+        count: i64,
+        /// The first offending id (row-major order).
+        value: i64,
+        /// Its row in the batch.
+        row: i64,
+        /// Its position in the sequence (0 for a classifier).
+        position: i64,
+    },
+    /// `gathered_only` without `gather_ids`.
+    #[error(
+        "gathered_only: set without gather_ids: expected the ids whose log-probabilities to return"
+    )]
+    GatheredOnlyWithoutIds,
     /// A response that would not fit the message limit (dense logits of a large vocabulary).
     #[error(
         "response too large: {what} would take {bytes} bytes, above the message limit of {limit} bytes: request top_k (e.g. 32) instead of dense logits, fewer outputs, or send fewer samples"
@@ -248,6 +287,11 @@ pub(crate) struct ValidRequest {
     pub output: OutputSpec,
     /// Named outputs wanted beside the logits, each one of [`Limits::outputs`].
     pub outputs: Vec<String>,
+    /// `i64 [batch, m]` or `[batch, seq, m]`, every id in `0..num_logits`: the ids whose
+    /// log-probabilities at T to return (`gather_ids`).
+    pub gather: Option<Tensor>,
+    /// Return the gathered log-probabilities alone, no logits.
+    pub gathered_only: bool,
 }
 
 /// Validates `req` and decodes its inputs.
@@ -271,6 +315,8 @@ pub(crate) fn validate(
         temperature,
         attention_mask,
         outputs,
+        gather_ids,
+        gathered_only,
     } = req;
     let inputs = inputs
         .as_ref()
@@ -280,7 +326,18 @@ pub(crate) fn validate(
     let (shape, input_kind) = check_inputs(inputs, limits)?;
     let output = output_spec(*output_dtype, *top_k, *temperature, limits)?;
     let extra = requested_outputs(outputs, limits)?;
-    check_response_size(&shape, limits, output.kind, output.top_k, &extra)?;
+    let gather_m = match gather_ids {
+        Some(g) => Some(check_gather_shape(g, &shape, limits)?),
+        None if *gathered_only => return Err(InvalidRequest::GatheredOnlyWithoutIds),
+        None => None,
+    };
+    let sizes = ResponseParts {
+        kind: output.kind,
+        top_k: output.top_k,
+        logits: !*gathered_only,
+        gather_m: gather_m.unwrap_or(0),
+    };
+    check_response_size(&shape, limits, sizes, &extra)?;
     let tensor = codec::decode(inputs)?;
     if matches!(
         input_kind,
@@ -300,11 +357,17 @@ pub(crate) fn validate(
     if limits.max_seq_len.is_some() {
         check_token_ids(&tensor, limits.num_logits)?;
     }
+    let gather = gather_ids
+        .as_ref()
+        .map(|g| decode_gather(g, limits.num_logits))
+        .transpose()?;
     Ok(ValidRequest {
         inputs: tensor,
         mask,
         output,
         outputs: outputs.clone(),
+        gather,
+        gathered_only: *gathered_only,
     })
 }
 
@@ -430,13 +493,31 @@ fn requested_outputs<'a>(
 
 /// Rejects a request whose response (dense logits, or top-k with its log-sum-exps) would not
 /// fit `limits.max_message_bytes`.
+/// What a response holds, for its size.
+#[derive(Debug, Clone, Copy)]
+struct ResponseParts {
+    /// Kind of the logits.
+    kind: Kind,
+    /// `0`: dense; else top-k.
+    top_k: i64,
+    /// Whether the logits are sent (not with `gathered_only`).
+    logits: bool,
+    /// Gathered log-probabilities per row (0: none).
+    gather_m: i64,
+}
+
 fn check_response_size(
     shape: &[i64],
     limits: &Limits,
-    kind: Kind,
-    top_k: i64,
+    parts: ResponseParts,
     outputs: &[&OutputLimit],
 ) -> Result<(), InvalidRequest> {
+    let ResponseParts {
+        kind,
+        top_k,
+        logits,
+        gather_m,
+    } = parts;
     // Rows of logits: samples, times positions for a sequence model.
     let rows: u64 = match limits.max_seq_len {
         Some(_) => shape.iter().take(2).map(|&d| d.max(0) as u64).product(),
@@ -467,8 +548,16 @@ fn check_response_size(
                 .saturating_add(64)
         })
         .fold(0, u64::saturating_add);
+    let bytes = if logits { bytes } else { 0 };
+    // The gathered log-probabilities: f32 per id.
+    let gathered = rows
+        .saturating_mul(gather_m.max(0) as u64)
+        .saturating_mul(4);
     // Protobuf framing and the timing, generously.
-    let bytes = bytes.saturating_add(extra).saturating_add(1024);
+    let bytes = bytes
+        .saturating_add(extra)
+        .saturating_add(gathered)
+        .saturating_add(1024);
     if bytes <= limits.max_message_bytes {
         return Ok(());
     }
@@ -480,16 +569,96 @@ fn check_response_size(
     let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
     Err(InvalidRequest::ResponseTooLarge {
         what: format!(
-            "{what} {} logits {dims:?}{}",
-            codec::dtype_of(kind).map_or("?", |d| d.as_str_name()),
+            "{}{}{}",
+            if logits {
+                format!(
+                    "{what} {} logits {dims:?}",
+                    codec::dtype_of(kind).map_or("?", |d| d.as_str_name())
+                )
+            } else {
+                "no logits".into()
+            },
             if names.is_empty() {
                 String::new()
             } else {
                 format!(" with outputs {}", names.join(", "))
+            },
+            if gather_m > 0 {
+                format!(" with {gather_m} gathered log-probabilities per row")
+            } else {
+                String::new()
             }
         ),
         bytes,
         limit: limits.max_message_bytes,
+    })
+}
+
+/// Checks `gather_ids` (dtype I64, shape: the inputs' rows, and positions for a sequence
+/// model, plus m ≥ 1) against the bytes received, before anything is allocated; returns m.
+fn check_gather_shape(
+    g: &v1::Tensor,
+    shape: &[i64],
+    limits: &Limits,
+) -> Result<i64, InvalidRequest> {
+    if g.dtype != v1::DType::I64 as i32 {
+        return Err(InvalidRequest::GatherDType {
+            got: InvalidRequest::dtype_label(g.dtype),
+        });
+    }
+    let checked =
+        codec::check(g).map_err(|e| InvalidRequest::Tensor(format!("gather_ids: {e}")))?;
+    let rows: Vec<i64> = match limits.max_seq_len {
+        Some(_) => shape.iter().take(2).copied().collect(),
+        None => shape.iter().take(1).copied().collect(),
+    };
+    let got = checked.shape;
+    let m = got.last().copied().unwrap_or(0);
+    if got.len() != rows.len() + 1 || got[..rows.len()] != rows[..] || m < 1 {
+        return Err(InvalidRequest::GatherShape {
+            expected: if rows.len() == 2 {
+                "[batch, seq, m]".into()
+            } else {
+                "[batch, m]".into()
+            },
+            rows,
+            got,
+        });
+    }
+    Ok(m)
+}
+
+/// Decodes `gather_ids` (shape checked) and rejects ids outside `0..vocab`, naming the first
+/// (row-major) with its row and position.
+fn decode_gather(g: &v1::Tensor, vocab: i64) -> Result<Tensor, InvalidRequest> {
+    let torch = |e: tch::TchError| {
+        InvalidRequest::Tensor(format!("gather_ids: {}", distill_models::torch_message(&e)))
+    };
+    let ids = codec::decode(g).map_err(|e| InvalidRequest::Tensor(format!("gather_ids: {e}")))?;
+    let size = ids.size();
+    let m = size.last().copied().unwrap_or(1).max(1);
+    let seq = if size.len() == 3 { size[1].max(1) } else { 1 };
+    let bad = ids
+        .f_lt(0)
+        .and_then(|lo| lo.f_logical_or(&ids.f_ge(vocab)?))
+        .map_err(torch)?;
+    let Some((_, _, flat)) = first_true(&bad, 1).map_err(torch)? else {
+        return Ok(ids);
+    };
+    let count = bad
+        .f_sum(Kind::Int64)
+        .and_then(|c| c.f_int64_value(&[]))
+        .map_err(torch)?;
+    let value = ids
+        .f_flatten(0, -1)
+        .and_then(|f| f.f_int64_value(&[flat]))
+        .map_err(torch)?;
+    Err(InvalidRequest::GatherId {
+        vocab,
+        count,
+        value,
+        row: flat / (seq * m),
+        position: (flat / m) % seq,
     })
 }
 

@@ -416,6 +416,8 @@ pub fn request(batch_id: u64, inputs: &Tensor) -> v1::LogitsRequest {
         temperature: 0.0,
         attention_mask: None,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 

@@ -77,6 +77,8 @@ pub(crate) fn request_rows(
         temperature: spec.temperature as f32,
         attention_mask: None,
         outputs: spec.hint_output.iter().cloned().collect(),
+        gather_ids: None,
+        gathered_only: false,
     })
 }
 

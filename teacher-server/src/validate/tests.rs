@@ -61,6 +61,8 @@ fn lm_request(inputs: v1::Tensor, mask: Option<v1::Tensor>, top_k: u32) -> v1::L
         temperature: 0.0,
         attention_mask: mask,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 
@@ -155,6 +157,8 @@ fn request(dtype: i32, shape: Vec<i64>, data: Vec<u8>) -> v1::LogitsRequest {
         temperature: 0.0,
         attention_mask: None,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 
@@ -339,4 +343,44 @@ fn dtype_labels() {
     assert_eq!(InvalidRequest::dtype_label(0), "DTYPE_UNSPECIFIED");
     assert_eq!(InvalidRequest::dtype_label(1), "F32");
     assert_eq!(InvalidRequest::dtype_label(42), "42 (not a DType)");
+}
+
+#[test]
+fn gathered_log_probs_count_in_the_response_size_and_replace_the_logits_when_alone() {
+    // 2 sequences of 3 tokens: 6 rows. m = 100 gathered f32 values per row are 2,400 bytes.
+    let inputs = ids(vec![2, 3], &[1, 2, 3, 4, 5, 6]);
+    let many = ids(vec![2, 3, 100], &vec![7; 600]);
+    let mut req = lm_request(inputs, None, 4);
+    req.gather_ids = Some(many);
+    // Top-4 (6 × (4 × 12 + 8) = 336 bytes), 2,400 gathered and 1,024 of framing: within 4 KiB.
+    let valid = validate(&req, &lm_limits()).unwrap();
+    assert_eq!(valid.gather.unwrap().size(), vec![2, 3, 100]);
+    // Dense logits (6 × 50 × 4 = 1,200 bytes) instead: 4,624 bytes, over the limit, and said so.
+    req.top_k = 0;
+    let e = validate(&req, &lm_limits()).unwrap_err();
+    assert!(
+        matches!(&e, InvalidRequest::ResponseTooLarge { what, bytes: 4624, .. }
+            if what.contains("dense") && what.contains("100 gathered log-probabilities per row")),
+        "{e}"
+    );
+    // The gathered values alone (no logits) fit: 3,424 bytes.
+    req.gathered_only = true;
+    assert!(validate(&req, &lm_limits()).unwrap().gathered_only);
+    // Wrong dtype and a missing m are refused, naming what was expected.
+    req.gather_ids = Some(v1::Tensor {
+        dtype: v1::DType::F32 as i32,
+        shape: vec![2, 3, 1],
+        data: vec![0; 24],
+    });
+    assert_eq!(
+        validate(&req, &lm_limits()).unwrap_err().to_string(),
+        "gather_ids dtype: expected I64 token ids, got F32"
+    );
+    req.gather_ids = Some(ids(vec![2, 3], &[0; 6]));
+    assert!(
+        validate(&req, &lm_limits())
+            .unwrap_err()
+            .to_string()
+            .starts_with("gather_ids shape: expected [batch, seq, m]")
+    );
 }

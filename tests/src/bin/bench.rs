@@ -898,6 +898,7 @@ fn wire_response(
             ..Default::default()
         }),
         outputs: Vec::new(),
+        gathered: None,
     })
 }
 

@@ -75,6 +75,7 @@ fn answer(labels: &[i64], req: &LogitsRequest) -> LogitsResponse {
         )),
         timing: None,
         outputs: Vec::new(),
+        gathered: None,
     }
 }
 

@@ -4,6 +4,7 @@
 mod batching;
 mod builtin;
 mod cli;
+mod gather;
 mod info;
 mod lm;
 mod output_range;

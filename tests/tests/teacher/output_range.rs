@@ -17,6 +17,8 @@ fn req(batch_id: u64, x: &Tensor, dtype: DType, top_k: u32) -> v1::LogitsRequest
         temperature: 0.0,
         attention_mask: None,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 

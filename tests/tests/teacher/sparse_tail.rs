@@ -18,6 +18,8 @@ fn req(batch_id: u64, x: &Tensor, top_k: u32, temperature: f32) -> v1::LogitsReq
         temperature,
         attention_mask: None,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 

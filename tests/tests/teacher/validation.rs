@@ -16,6 +16,8 @@ fn raw(batch_id: u64, dtype: i32, shape: Vec<i64>, data: Vec<u8>) -> v1::LogitsR
         temperature: 0.0,
         attention_mask: None,
         outputs: Vec::new(),
+        gather_ids: None,
+        gathered_only: false,
     }
 }
 
