@@ -631,35 +631,26 @@ fn check_gather_shape(
 /// Decodes `gather_ids` (shape checked) and rejects ids outside `0..vocab`, naming the first
 /// (row-major) with its row and position.
 fn decode_gather(g: &v1::Tensor, vocab: i64) -> Result<Tensor, InvalidRequest> {
-    let torch = |e: tch::TchError| {
-        InvalidRequest::Tensor(format!("gather_ids: {}", distill_models::torch_message(&e)))
-    };
     let ids = codec::decode(g).map_err(|e| InvalidRequest::Tensor(format!("gather_ids: {e}")))?;
-    let size = ids.size();
-    let m = size.last().copied().unwrap_or(1).max(1);
-    let seq = if size.len() == 3 { size[1].max(1) } else { 1 };
-    let bad = ids
-        .f_lt(0)
-        .and_then(|lo| lo.f_logical_or(&ids.f_ge(vocab)?))
-        .map_err(torch)?;
-    let Some((_, _, flat)) = first_true(&bad, 1).map_err(torch)? else {
-        return Ok(ids);
-    };
-    let count = bad
-        .f_sum(Kind::Int64)
-        .and_then(|c| c.f_int64_value(&[]))
-        .map_err(torch)?;
-    let value = ids
-        .f_flatten(0, -1)
-        .and_then(|f| f.f_int64_value(&[flat]))
-        .map_err(torch)?;
-    Err(InvalidRequest::GatherId {
-        vocab,
-        count,
-        value,
-        row: flat / (seq * m),
-        position: (flat / m) % seq,
-    })
+    let m = ids.size().last().copied().unwrap_or(1);
+    let first = out_of_range(&ids, vocab, m).map_err(|e| {
+        InvalidRequest::Tensor(format!("gather_ids: {}", distill_models::torch_message(&e)))
+    })?;
+    match first {
+        None => Ok(ids),
+        Some(OutOfRange {
+            count,
+            value,
+            row,
+            position,
+        }) => Err(InvalidRequest::GatherId {
+            vocab,
+            count,
+            value,
+            row,
+            position,
+        }),
+    }
 }
 
 /// The attention mask of a sequence batch of shape `shape` (`[batch, seq]`): U8 or I64, that
@@ -708,35 +699,60 @@ fn decode_mask(m: &v1::Tensor, shape: &[i64]) -> Result<Tensor, InvalidRequest> 
 
 /// Rejects token ids outside `0..vocab`, naming the first (row-major).
 fn check_token_ids(ids: &Tensor, vocab: i64) -> Result<(), InvalidRequest> {
-    let torch = |e: tch::TchError| {
+    let first = out_of_range(ids, vocab, 1).map_err(|e| {
         InvalidRequest::Tensor(format!(
             "checking token ids: {}",
             distill_models::torch_message(&e)
         ))
+    })?;
+    match first {
+        None => Ok(()),
+        Some(OutOfRange {
+            count,
+            value,
+            row,
+            position,
+        }) => Err(InvalidRequest::TokenId {
+            vocab,
+            count,
+            value,
+            row,
+            position,
+        }),
+    }
+}
+
+/// Ids outside a vocabulary: how many, and the first (row-major) with its batch row and
+/// sequence position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OutOfRange {
+    count: i64,
+    value: i64,
+    row: i64,
+    position: i64,
+}
+
+/// The ids of `ids` (`i64 [batch, ...]`) outside `0..vocab`, `None` when there are none.
+/// `per_position` consecutive values make one position (1 for token ids `[batch, seq]`, m for
+/// `gather_ids` `[batch, seq, m]`; a classifier's `[batch, m]` rows have one position).
+fn out_of_range(
+    ids: &Tensor,
+    vocab: i64,
+    per_position: i64,
+) -> Result<Option<OutOfRange>, tch::TchError> {
+    let bad = ids.f_lt(0)?.f_logical_or(&ids.f_ge(vocab)?)?;
+    let Some((_, _, flat)) = first_true(&bad, 1)? else {
+        return Ok(None);
     };
-    let bad = ids
-        .f_lt(0)
-        .and_then(|lo| lo.f_logical_or(&ids.f_ge(vocab)?))
-        .map_err(torch)?;
-    let seq = ids.size().get(1).copied().unwrap_or(1);
-    let Some((row, position, flat)) = first_true(&bad, seq).map_err(torch)? else {
-        return Ok(());
-    };
-    let count = bad
-        .f_sum(Kind::Int64)
-        .and_then(|c| c.f_int64_value(&[]))
-        .map_err(torch)?;
-    let value = ids
-        .f_flatten(0, -1)
-        .and_then(|f| f.f_int64_value(&[flat]))
-        .map_err(torch)?;
-    Err(InvalidRequest::TokenId {
-        vocab,
-        count,
-        value,
-        row,
-        position,
-    })
+    let per_position = per_position.max(1);
+    let rows = ids.size().first().copied().unwrap_or(1).max(1);
+    let positions = (ids.numel() as i64 / (rows * per_position)).max(1);
+    Ok(Some(OutOfRange {
+        count: bad.f_sum(Kind::Int64)?.f_int64_value(&[])?,
+        value: ids.f_flatten(0, -1)?.f_int64_value(&[flat])?,
+        row: flat / (positions * per_position),
+        position: (flat / per_position) % positions,
+    }))
 }
 
 /// `(row, position, flat index)` of the first true element of a bool `[batch, seq]` tensor.
