@@ -20,7 +20,7 @@
 //! `h1` ... `hn` (each hidden layer after its ReLU). The logits are `logits`.
 
 use crate::ModelError;
-use crate::lm::{Lm, LmConfig};
+use crate::lm::{KvCache, Lm, LmConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -265,6 +265,41 @@ impl Network {
         Ok(seq.iter().fold(xs.shallow_clone(), |x, stage| {
             stage.layers.forward_t(&x, train)
         }))
+    }
+
+    /// Whether the network has an incremental decoding step with a key/value cache
+    /// ([`Network::forward_cached`]): the language model does.
+    pub fn has_kv_cache(&self) -> bool {
+        matches!(self.body, Body::Lm(_))
+    }
+
+    /// The language model's incremental decoding step: logits `f32 [batch, n, num_classes]` of
+    /// `n` new token ids `i64 [batch, n]` at positions `t..t+n` after the `t` =
+    /// [`KvCache::len`] positions in `cache`, whose keys and values it appends to `cache`. The
+    /// logits equal [`Network::forward`]'s at those positions of the whole sequence (to
+    /// floating-point rounding); inference only (no dropout, every token real).
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for a feed-forward network; [`ModelError::InputShape`] when
+    /// `t + n` exceeds the maximum sequence length `input_shape[0]`, for ids of another rank or
+    /// another batch than the cache's; libtorch errors.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        match &self.body {
+            Body::Lm(lm) => lm.forward_cached(ids, cache),
+            Body::Seq(_) => Err(ModelError::Unsupported(format!(
+                "architecture {} has no key/value cache (not a language model)",
+                self.spec.arch
+            ))),
+        }
+    }
+
+    /// The device of a language model's weights; `None` for a feed-forward network (which does
+    /// not keep track of it).
+    pub fn device(&self) -> Option<tch::Device> {
+        match &self.body {
+            Body::Lm(lm) => Some(lm.device()),
+            Body::Seq(_) => None,
+        }
     }
 
     /// The named outputs of a feed-forward network, input side first, the logits

@@ -4,6 +4,9 @@
 //! checkpoints (safetensors weights + JSON metadata), and the SHA-256 fingerprint of a set of
 //! weights that lets a student tell whether two teacher replicas serve the same teacher.
 //!
+//! [`generate`] samples continuations of prompts from a student language model ([`Model::sample`],
+//! with a key/value cache for the built-in one: [`KvCache`]), for on-policy distillation.
+//!
 //! Both `teacher-server` (serving a checkpoint directory) and `student-trainer` (training,
 //! distilling, evaluating) build networks from here, so a checkpoint written by one is read by the
 //! other.
@@ -13,6 +16,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod device;
 pub mod fingerprint;
+pub mod generate;
 pub mod lm;
 pub mod model;
 pub mod script;
@@ -23,7 +27,8 @@ pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use cpu::CpuInfo;
 pub use device::{DeviceChoice, DeviceError, device_name};
 pub use fingerprint::fingerprint;
-pub use lm::LmConfig;
+pub use generate::{Generated, SampleOptions, next_tokens, top_p_filter};
+pub use lm::{KvCache, LmConfig};
 pub use model::Model;
 pub use script::{ScriptArch, ScriptModule, ScriptRequest};
 pub use weights::load_safetensors;
@@ -72,6 +77,10 @@ pub enum ModelError {
     /// the mismatch (see [`script`]).
     #[error("{0}")]
     Script(String),
+    /// Sampling arguments that do not fit the model or each other (see [`generate`]), e.g. a
+    /// prompt plus `max_new_tokens` longer than the model's maximum sequence length.
+    #[error("sampling: {0}")]
+    Sample(String),
     /// Something the formats cannot represent (e.g. a tensor kind safetensors lacks).
     #[error("{0}")]
     Unsupported(String),

@@ -13,6 +13,10 @@
 //! bias; Press & Wolf 2017). There is no dropout, so training is deterministic on the CPU and a
 //! resumed run is exact.
 //!
+//! For sampling, [`KvCache`] holds each block's attention keys and values of the positions
+//! decoded so far, so that each new token costs one forward of that token (see
+//! [`crate::generate`]).
+//!
 //! Variable names are those of the reference module's `state_dict()` (`tok.weight`,
 //! `pos.weight`, `blocks.layers.{i}.self_attn.in_proj_weight`, `…linear1.weight`, `…norm1.bias`,
 //! `norm.weight`, …), so its weights load here and ours load there. Initialisation follows
@@ -43,6 +47,61 @@ impl LmConfig {
     };
 }
 
+/// Scaled dot-product attention (Vaswani et al. 2017, eq. 1) of `q` over `k`, `v` (each
+/// `[B, heads, ·, d/heads]`): with `mask` (bool, true = may attend) or, when `causal`, the lower
+/// triangle; neither: every key.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor, ModelError> {
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        mask,
+        0.0,
+        causal && mask.is_none(),
+        None::<f64>,
+        false,
+    )?)
+}
+
+/// The keys and values of the positions a language model has already decoded, for
+/// incremental decoding ([`crate::Network::forward_cached`]): per block, keys and values
+/// `[B, heads, t, d/heads]` (the model's dtype, on its device) of the `t` = [`KvCache::len`]
+/// positions seen so far. Start each batch of sequences with an empty cache
+/// ([`KvCache::new`]); each cached step appends its new positions. Memory: `2 · L · B · t · d`
+/// values.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    /// Per block: (keys, values), each `[B, heads, t, d/heads]`; empty before the first step.
+    layers: Vec<(Tensor, Tensor)>,
+    /// Positions cached, `t`: the next token ids take positions `t..`.
+    len: i64,
+    /// Rows `B` of the cached sequences (meaningful once `len > 0`).
+    batch: i64,
+}
+
+impl KvCache {
+    /// An empty cache: the next step starts at position 0.
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Positions already cached, `t`.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether no position is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// One pre-norm block.
 #[derive(Debug)]
 struct Block {
@@ -55,7 +114,9 @@ struct Block {
     linear2: nn::Linear,
 }
 
-/// The decoder. `forward` maps token ids `i64 [B, S]` (S ≤ `max_len`) to logits `f32 [B, S, V]`.
+/// The decoder. `forward` maps token ids `i64 [B, S]` (S ≤ `max_len`) to logits `f32 [B, S, V]`;
+/// `forward_cached` does the same a few positions at a time, keeping the earlier positions' keys
+/// and values in a [`KvCache`].
 #[derive(Debug)]
 pub(crate) struct Lm {
     cfg: LmConfig,
@@ -180,10 +241,7 @@ impl Lm {
             });
         }
         let device = ids.device();
-        let positions = Tensor::f_arange(s, (Kind::Int64, device))?;
-        let embed = |w: &Tensor, i: &Tensor| Tensor::f_embedding(w, i, -1, false, false);
-        let mut x =
-            embed(&self.tok.ws, ids)?.f_add(&embed(&self.pos.ws, &positions)?.f_unsqueeze(0)?)?;
+        let x = self.embed(ids, 0)?;
         // bool [B, 1, S, S], true = may attend: causal, real keys, and always the diagonal.
         let attend = match mask {
             None => None,
@@ -194,8 +252,108 @@ impl Lm {
                 Some(keys.f_logical_or(&eye)?.f_logical_and(&causal)?)
             }
         };
+        self.decode(x, |_, q, k, v| {
+            attention(&q, &k, &v, attend.as_ref(), attend.is_none())
+        })
+    }
+
+    /// One step of incremental decoding: the logits `f32 [B, n, V]` of `n` new token ids `ids`
+    /// (`i64 [B, n]`, n ≥ 1) at positions `t..t+n`, where `t` = [`KvCache::len`] positions are
+    /// already in `cache`; appends their keys and values to it. New token `i` attends to the
+    /// cached keys and to new tokens `0..=i` (keys `0..=t+i`), so the logits are those
+    /// [`Lm::forward`] gives at positions `t..t+n` of the whole sequence (every token real), up
+    /// to floating-point rounding (the cached step runs other attention kernels).
+    ///
+    /// # Errors
+    /// [`ModelError::InputShape`] for a rank other than 2, `n < 1`, `t + n > max_len`, a batch
+    /// other than the cache's, or a cache filled by a model with another number of blocks;
+    /// libtorch errors (e.g. a token id ≥ V). On error the cache is unchanged.
+    pub(crate) fn forward_cached(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
+        let size = ids.size();
+        let [b, n] = size[..] else {
+            return Err(self.shape_error(size));
+        };
+        let t = cache.len;
+        if n < 1 || t + n > self.max_len {
+            return Err(ModelError::InputShape {
+                arch: self.name(),
+                expected: format!(
+                    "new token ids [batch, n] with n >= 1 and at most max_len = {} positions in \
+                     all: {t} cached + {n} new = {}",
+                    self.max_len,
+                    t + n
+                ),
+                got: size,
+            });
+        }
+        if t > 0 && (cache.batch != b || cache.layers.len() != self.blocks.len()) {
+            return Err(ModelError::InputShape {
+                arch: self.name(),
+                expected: format!(
+                    "new token ids for the cache's {} rows (a cache of {} blocks; this model has {})",
+                    cache.batch,
+                    cache.layers.len(),
+                    self.blocks.len()
+                ),
+                got: size,
+            });
+        }
+        let x = self.embed(ids, t)?;
+        // n = 1: the new token attends to every key, no mask. t = 0: plain causal attention.
+        // Otherwise new token i (row i) attends to keys 0..=t+i: the lower triangle from t.
+        let mask = if n > 1 && t > 0 {
+            Some(Tensor::f_ones([n, t + n], (Kind::Bool, ids.device()))?.f_tril(t)?)
+        } else {
+            None
+        };
+        let causal = n > 1 && t == 0;
+        let mut fresh: Vec<(Tensor, Tensor)> = Vec::with_capacity(self.blocks.len());
+        let logits = self.decode(x, |i, q, k, v| {
+            let (k, v) = match cache.layers.get(i).filter(|_| t > 0) {
+                Some((ck, cv)) => (Tensor::f_cat(&[ck, &k], 2)?, Tensor::f_cat(&[cv, &v], 2)?),
+                None => (k.f_contiguous()?, v.f_contiguous()?),
+            };
+            let a = attention(&q, &k, &v, mask.as_ref(), causal)?;
+            fresh.push((k, v));
+            Ok(a)
+        })?;
+        cache.layers = fresh;
+        cache.len = t + n;
+        cache.batch = b;
+        Ok(logits)
+    }
+
+    /// The device of the weights.
+    pub(crate) fn device(&self) -> tch::Device {
+        self.tok.ws.device()
+    }
+
+    /// Token plus position embeddings `f32 [B, n, d]` of `ids` (`i64 [B, n]`) at positions
+    /// `start..start + n`.
+    fn embed(&self, ids: &Tensor, start: i64) -> Result<Tensor, ModelError> {
+        let n = ids.size()[1];
+        let positions = Tensor::f_arange_start(start, start + n, (Kind::Int64, ids.device()))?;
+        let embed = |w: &Tensor, i: &Tensor| Tensor::f_embedding(w, i, -1, false, false);
+        Ok(embed(&self.tok.ws, ids)?.f_add(&embed(&self.pos.ws, &positions)?.f_unsqueeze(0)?)?)
+    }
+
+    /// The blocks, final LayerNorm and tied output layer over embeddings `x` (`f32 [B, n, d]`):
+    /// logits `f32 [B, n, V]`. `attend(block, q, k, v)` computes each block's attention from
+    /// the new positions' queries, keys and values (each `[B, heads, n, d/heads]`) and returns
+    /// `[B, heads, n, d/heads]`.
+    fn decode(
+        &self,
+        mut x: Tensor,
+        mut attend: impl FnMut(usize, Tensor, Tensor, Tensor) -> Result<Tensor, ModelError>,
+    ) -> Result<Tensor, ModelError> {
+        let size = x.size();
+        let (b, s) = (size[0], size[1]);
         let (h, dh) = (self.cfg.heads, self.cfg.d / self.cfg.heads);
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
             let y = x.apply(&blk.norm1);
             let qkv = y
                 .f_matmul(&blk.in_proj_weight.f_tr()?)?
@@ -204,20 +362,10 @@ impl Lm {
                 t.f_view([b, s, h, dh])?.f_transpose(1, 2)
             };
             let parts = qkv.f_chunk(3, -1)?;
-            let (q, k, v) = (heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?);
-            let a = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                attend.as_ref(),
-                0.0,
-                attend.is_none(),
-                None::<f64>,
-                false,
-            )?
-            .f_transpose(1, 2)?
-            .f_contiguous()?
-            .f_view([b, s, self.cfg.d])?;
+            let a = attend(i, heads(&parts[0])?, heads(&parts[1])?, heads(&parts[2])?)?
+                .f_transpose(1, 2)?
+                .f_contiguous()?
+                .f_view([b, s, self.cfg.d])?;
             x = x.f_add(&a.apply(&blk.out_proj))?;
             let f = x
                 .apply(&blk.norm2)

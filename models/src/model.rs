@@ -3,7 +3,7 @@
 
 use crate::arch::{ArchSpec, LOGITS_LAYER, LayerInfo, Network};
 use crate::script::ScriptModule;
-use crate::{Arch, ModelError};
+use crate::{Arch, KvCache, ModelError};
 use tch::Tensor;
 
 /// A student network: built in, or a TorchScript module. Its trainable variables live in the
@@ -89,6 +89,42 @@ impl Model {
         match self {
             Model::Builtin(n) => n.variables_through(name),
             Model::Script(_) => None,
+        }
+    }
+
+    /// Whether the model has an incremental decoding step with a key/value cache
+    /// ([`Model::forward_cached`]): the built-in language model does, a TorchScript module does
+    /// not (its sampling runs a full forward pass per new token, see [`crate::generate`]).
+    pub fn has_kv_cache(&self) -> bool {
+        match self {
+            Model::Builtin(n) => n.has_kv_cache(),
+            Model::Script(_) => false,
+        }
+    }
+
+    /// The incremental decoding step of a model that has one ([`Network::forward_cached`]):
+    /// logits `f32 [batch, n, vocab]` of the `n` new token ids `i64 [batch, n]` that follow
+    /// the positions cached in `cache`.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for a model without one ([`Model::has_kv_cache`]); the
+    /// errors of [`Network::forward_cached`].
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        match self {
+            Model::Builtin(n) => n.forward_cached(ids, cache),
+            Model::Script(s) => Err(ModelError::Unsupported(format!(
+                "{}: a TorchScript module has no key/value cache",
+                s.spec().arch
+            ))),
+        }
+    }
+
+    /// The device of the model's weights, when it can tell: a language model's, a TorchScript
+    /// module's (its first parameter's); `None` for a built-in feed-forward network.
+    pub fn device(&self) -> Option<tch::Device> {
+        match self {
+            Model::Builtin(n) => n.device(),
+            Model::Script(s) => s.device(),
         }
     }
 

@@ -426,6 +426,14 @@ impl ScriptModule {
             })
     }
 
+    /// The device of the module's first parameter (where [`ScriptModule::load`] put it);
+    /// `None` if it has none or libtorch cannot list them.
+    pub fn device(&self) -> Option<Device> {
+        let m = self.module.lock().unwrap_or_else(|e| e.into_inner());
+        let params = m.module.named_parameters().ok()?;
+        params.first().map(|(_, t)| t.device())
+    }
+
     /// The module's `state_dict()`: every entry by its PyTorch key, buffers included, from
     /// `distill_state_dict()`; the parameters alone (`named_parameters()`) for a module without
     /// it. The tensors are the module's own (shared, not copies).
