@@ -49,6 +49,16 @@
 //! unscaled forward KL as `β → 1`. Its `β` is not a reparametrisation of the paper's (the
 //! weights of the two KLs are swapped), so a value tuned there does not carry over.
 //!
+//! `k1` ([`k1_sampled_loss`], on-policy distillation) needs no teacher distribution, only the
+//! teacher's log-probability `log p(x)` of each token `x` the student sampled from `q`: with
+//! `k1 = log q(x) − log p(x)` (Schulman 2020, "Approximating KL Divergence") as a negative
+//! REINFORCE advantage, `loss = (1/|R|) Σ sg(k1) · log q(x)` over the sampled tokens `R`
+//! (`sg` = stop-gradient), the loss of the Tinker cookbook's on-policy distillation (Lu et al.
+//! 2025, Thinking Machines, "On-Policy Distillation") and of slime's `--use-opd`. For `x ~ q`,
+//! `E[k1] = KL(q ‖ p)` and `E[k1 · ∇log q(x)] = ∇KL(q ‖ p)`: an unbiased one-sample estimate
+//! of the reverse KL's gradient (without `rkl`'s `T²`), where `rkl` sums over the whole
+//! vocabulary and needs the teacher's full row or its top k.
+//!
 //! # Sequences (token-level distillation)
 //!
 //! For a language model the logits are `[B, S, V]` and the labels `i64 [B, S]`, the next token
@@ -512,6 +522,47 @@ fn shape_err(msg: String) -> tch::TchError {
     tch::TchError::Shape(msg)
 }
 
+/// Checks a temperature: finite and in `[MIN_TEMPERATURE, MAX_TEMPERATURE]`.
+fn check_temperature(temperature: f64) -> Result<(), tch::TchError> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(shape_err(format!(
+            "temperature must be positive, got {temperature}"
+        )));
+    }
+    if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&temperature) {
+        return Err(shape_err(format!(
+            "temperature must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (where the loss is \
+             finite and non-zero in f32), got {temperature:e}"
+        )));
+    }
+    Ok(())
+}
+
+/// The flat indices `b·S + s` of the real tokens (label ≠ [`IGNORE_INDEX`]) of `labels`
+/// (`[B, S]`), in order: `i64 [|R|]`, on the labels' device.
+fn real_rows(labels: &Tensor) -> Result<Tensor, tch::TchError> {
+    labels
+        .f_reshape([-1])?
+        .f_ne(IGNORE_INDEX)?
+        .f_nonzero()?
+        .f_reshape([-1])
+}
+
+/// The rows `rows` (from [`real_rows`]) of `t` (`[B, S, ...]`), flattened to `[|R|, ...]`.
+fn pick_rows(t: &Tensor, rows: &Tensor) -> Result<Tensor, tch::TchError> {
+    t.f_flatten(0, 1)?
+        .f_index_select(0, &rows.f_to_device(t.device())?)
+}
+
+/// The loss of a batch without a real token: an empty sum of the student's logits, exactly 0,
+/// attached to the graph so that backward works (and gives zero gradients).
+fn empty_loss(student: &Tensor) -> Result<Tensor, tch::TchError> {
+    student
+        .f_reshape([-1])?
+        .f_narrow(0, 0, 0)?
+        .f_sum(Kind::Float)
+}
+
 impl DistillLoss {
     /// The loss of one batch. Per sample `i`, with weight `w_i = alpha` if the sample is
     /// labelled and `w_i = 1` if not (a transfer set without labels, Hinton et al. 2015,
@@ -703,31 +754,17 @@ impl DistillLoss {
             }
         };
         self.check_params()?;
-        // Flat indices (b·S + s) of the real tokens, in order.
-        let rows = labels
-            .f_reshape([-1])?
-            .f_ne(IGNORE_INDEX)?
-            .f_nonzero()?
-            .f_reshape([-1])?;
+        let rows = real_rows(labels)?;
         let tokens = rows.size()[0];
         if tokens == 0 {
-            // An empty sum: exactly 0, attached to the graph so that backward works (and gives
-            // zero gradients).
-            let total = student
-                .f_reshape([-1])?
-                .f_narrow(0, 0, 0)?
-                .f_sum(Kind::Float)?;
             return Ok(LossParts {
-                total,
+                total: empty_loss(student)?,
                 soft: 0.0,
                 hard: 0.0,
                 tokens: 0,
             });
         }
-        let pick = |t: &Tensor| -> Result<Tensor, tch::TchError> {
-            t.f_flatten(0, 1)?
-                .f_index_select(0, &rows.f_to_device(t.device())?)
-        };
+        let pick = |t: &Tensor| pick_rows(t, &rows);
         let rows_targets = match targets {
             SoftTargets::Dense(t) => SoftTargets::Dense(pick(t)?),
             SoftTargets::Sparse {
@@ -807,19 +844,7 @@ impl DistillLoss {
     }
 
     fn check_params(&self) -> Result<(), tch::TchError> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(shape_err(format!(
-                "temperature must be positive, got {}",
-                self.temperature
-            )));
-        }
-        if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&self.temperature) {
-            return Err(shape_err(format!(
-                "temperature must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (where the loss \
-                 is finite and non-zero in f32), got {:e}",
-                self.temperature
-            )));
-        }
+        check_temperature(self.temperature)?;
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(shape_err(format!(
                 "alpha must lie in [0, 1], got {}",
@@ -926,6 +951,115 @@ pub fn check_jsd_beta(beta: f64) -> Result<(), String> {
              unscaled divergences use --loss kl or --loss rkl)"
         ))
     }
+}
+
+/// The loss of one batch of student samples from [`k1_sampled_loss`].
+#[derive(Debug)]
+pub struct K1Parts {
+    /// The loss to back-propagate: scalar `f32`, differentiable with respect to the student's
+    /// logits only; exactly 0 (with zero gradients) when there is no real token.
+    pub total: Tensor,
+    /// The mean of `k1 = log q − log p` over the real tokens, in nats: the Monte-Carlo estimate
+    /// of the per-token reverse KL `KL(q ‖ p)` at `T` along the student's samples (without
+    /// `T²`), for logging; 0 when there is no real token.
+    pub k1: f64,
+    /// The number of real tokens `|R|` (label ≠ [`IGNORE_INDEX`]) the means are over.
+    pub tokens: i64,
+}
+
+/// The sampled-token estimator of the reverse KL's gradient, for on-policy distillation: the
+/// student samples `x ~ q`, the teacher scores each sampled token, and the per-token
+/// `k1 = log q(x) − log p(x)` is a negative advantage of REINFORCE (Williams 1992). This is
+/// the loss of the Tinker cookbook (`tinker_cookbook/distillation/train_on_policy.py`,
+/// `incorporate_kl_penalty`, after Thinking Machines' "On-Policy Distillation", Lu et al.
+/// 2025: advantage `−(sampled log-prob − teacher log-prob)` per token) and of slime's
+/// `--use-opd` (`docs/en/advanced/on-policy-distillation.md`: the token-level reverse KL
+/// subtracted from the advantage); `k1` is the first of the KL estimators of Schulman 2020,
+/// "Approximating KL Divergence":
+///
+/// ```text
+/// R         = {(b, s) : labels[b, s] ≠ -100}                    the sampled (completion) tokens
+/// log q_bs  = log_softmax(s_bs / T)[x_bs],  x_bs = labels[b, s]  the student, at T
+/// k1_bs     = log q_bs − log p_bs                               log p_bs = teacher_logp[b, s]
+/// loss      = (1/|R|) Σ_{(b,s) ∈ R} sg(k1_bs) · log q_bs           sg = stop-gradient (detach)
+/// ∂loss/∂s_bs = (1/|R|) · k1_bs · (onehot(x_bs) − q_bs) / T
+/// ```
+///
+/// For `x ~ q` (the student's own samples, drawn at the same `T`), `E_q[k1] = KL(q ‖ p)` and
+/// `E_q[k1 · ∇log q(x)] = Σ_x ∇q(x) (log q(x) − log p(x)) = ∇KL(q ‖ p)` (the term
+/// `Σ_x q(x) ∇log q(x) = ∇Σ_x q(x) = 0` drops out): in expectation the gradient is that of
+/// the exact per-token reverse KL, without the `T²` of [`LossKind::Rkl`]'s soft term (its
+/// gradient is `T²` times this one's expectation). Each token's `k1` is its own advantage
+/// (no sum over the tokens that follow: Tinker's default `kl_discount_factor` of 0), so the
+/// estimator follows the gradient of the per-token KL at the sampled prefixes. Samples from an
+/// older student would need importance weights; this loss assumes they are fresh.
+///
+/// - `student`: logits `[B, S, V]` (any float kind; computed in `f32`), carrying gradients;
+/// - `labels`: `i64 [B, S]`, the sampled next token at each position (`0..V`), or
+///   [`IGNORE_INDEX`] at prompt and padding positions;
+/// - `teacher_logp`: `[B, S]` (computed in `f32`, detached), the teacher's log-probability at
+///   `T` of `labels[b, s]` (teacher-server's `gather_ids`); anything at ignored positions.
+///
+/// The real positions are gathered first, so whatever the ignored ones hold (NaN or infinite
+/// teacher values, any student logits) reaches neither the loss nor the gradients, which are
+/// exactly 0 there. A batch without a real token gives a loss of exactly 0 (differentiable,
+/// every gradient 0), `k1 = 0` and `tokens = 0`, never NaN. A real token the teacher gives
+/// probability 0 (`log p = −∞`) makes `k1` and the loss infinite, as the reverse KL is.
+///
+/// # Errors
+/// [`tch::TchError::Shape`] unless `student` is `[B, S, V]` and `labels` and `teacher_logp`
+/// are `[B, S]`, or for a temperature outside `[MIN_TEMPERATURE, MAX_TEMPERATURE]`;
+/// libtorch's error for a label outside `0..V` at a real position.
+pub fn k1_sampled_loss(
+    student: &Tensor,
+    labels: &Tensor,
+    teacher_logp: &Tensor,
+    temperature: f64,
+) -> Result<K1Parts, tch::TchError> {
+    let size = student.size();
+    if size.len() != 3 {
+        return Err(shape_err(format!(
+            "student logits must be [batch, seq, vocab], got {size:?}"
+        )));
+    }
+    let bs = [size[0], size[1]];
+    if labels.size() != bs || teacher_logp.size() != bs {
+        return Err(shape_err(format!(
+            "labels and teacher log-probabilities must both be [batch, seq] = {bs:?} for \
+             student logits {size:?}, got {:?} and {:?}",
+            labels.size(),
+            teacher_logp.size()
+        )));
+    }
+    check_temperature(temperature)?;
+    let rows = real_rows(labels)?;
+    let tokens = rows.size()[0];
+    if tokens == 0 {
+        return Ok(K1Parts {
+            total: empty_loss(student)?,
+            k1: 0.0,
+            tokens: 0,
+        });
+    }
+    let device = student.device();
+    let x = pick_rows(labels, &rows)?
+        .f_to_kind(Kind::Int64)?
+        .f_to_device(device)?;
+    let log_p = pick_rows(teacher_logp, &rows)?
+        .f_detach()?
+        .f_to_kind(Kind::Float)?
+        .f_to_device(device)?;
+    let log_q = student_log_softmax(&pick_rows(student, &rows)?, temperature)?
+        .f_gather(1, &x.f_unsqueeze(1)?, false)?
+        .f_squeeze_dim(1)?;
+    let k1 = log_q.f_detach()?.f_sub(&log_p)?;
+    let total = k1.f_mul(&log_q)?.f_mean(Kind::Float)?;
+    let k1_mean = tch::no_grad(|| k1.f_mean(Kind::Double)?.f_double_value(&[]))?;
+    Ok(K1Parts {
+        total,
+        k1: k1_mean,
+        tokens,
+    })
 }
 
 #[cfg(test)]

@@ -1228,3 +1228,359 @@ fn temperatures_outside_the_bounds_are_refused() {
         );
     }
 }
+
+// On-policy distillation: completions sampled by the student, prompt and padding ignored.
+
+/// The labels of an on-policy batch `[2, 6]` (V = 7), the label at position `s` being the token
+/// at `s + 1`: sequence 0 is a prompt of 3 tokens and a completion of 3 (positions 0 and 1
+/// predict prompt tokens: ignored; positions 2 to 4 predict the completion; position 5 has no
+/// next token: ignored); sequence 1 a prompt of 2, a completion of 3 (positions 1 to 3) and 2
+/// padding positions. 6 real tokens.
+fn on_policy_labels() -> Tensor {
+    Tensor::from_slice(&[-100i64, -100, 3, 0, 6, -100, -100, 5, 1, 1, -100, -100]).view([2, 6])
+}
+
+/// The real (completion) positions of [`on_policy_labels`].
+fn on_policy_real() -> Tensor {
+    on_policy_labels().ne(IGNORE_INDEX)
+}
+
+/// `t` with `fill` at the ignored positions of [`on_policy_labels`] (`t` is `[2, 6]` or
+/// `[2, 6, ...]`).
+fn at_ignored(t: &Tensor, fill: f64) -> Tensor {
+    let mut ignored = on_policy_real().logical_not();
+    while ignored.dim() < t.dim() {
+        ignored = ignored.unsqueeze(-1);
+    }
+    t.masked_fill(&ignored.expand_as(t), fill)
+}
+
+/// Asserts the gradient `g` (`[2, 6, 7]`) is exactly 0.0 at every ignored position of
+/// [`on_policy_labels`] and non-zero at every real one.
+fn assert_masked_gradient(g: &Tensor, what: &str) {
+    let real = on_policy_real();
+    for b in 0..2 {
+        for s in 0..6 {
+            let row = g.get(b).get(s);
+            let m = max_abs(&row);
+            if real.int64_value(&[b, s]) != 0 {
+                assert!(m > 0.0 && m.is_finite(), "{what}: real ({b}, {s}): {m}");
+            } else {
+                // Bitwise: every element is +0.0 or -0.0, nothing approximately 0.
+                let bits: Vec<f32> = Vec::try_from(&row).unwrap();
+                assert!(
+                    bits.iter().all(|x| *x == 0.0),
+                    "{what}: ({b}, {s}) {bits:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn on_policy_prompt_and_padding_get_exactly_zero_gradient() {
+    tch::manual_seed(31);
+    let student = Tensor::randn([2, 6, 7], tch::kind::FLOAT_CPU) * 2.0;
+    let teacher = Tensor::randn([2, 6, 7], tch::kind::FLOAT_CPU) * 3.0;
+    let labels = on_policy_labels();
+    let mut cases: Vec<(DistillLoss, Option<i64>)> = Vec::new();
+    for kind in DIVERGENCES {
+        let betas: &[f64] = if kind == LossKind::Jsd {
+            &[0.5, 0.2]
+        } else {
+            &[0.5]
+        };
+        for &jsd_beta in betas {
+            for alpha in [1.0, 0.7] {
+                let dense = DistillLoss {
+                    jsd_beta,
+                    ..loss_of(kind, 1.5, alpha)
+                };
+                cases.push((dense, None));
+                for sparse_tail in TAILS {
+                    cases.push((
+                        DistillLoss {
+                            sparse_tail,
+                            ..dense
+                        },
+                        Some(3),
+                    ));
+                }
+            }
+        }
+    }
+    for (loss, k) in cases {
+        let what = format!(
+            "{} beta={} alpha={} {:?}",
+            loss.kind,
+            loss.jsd_beta,
+            loss.alpha,
+            k.map(|_| loss.sparse_tail)
+        );
+        // Ordinary values at the ignored positions, then NaN, +inf and -inf (and, for top-k
+        // targets, out-of-range indices).
+        let targets = |fill: Option<f64>| -> SoftTargets {
+            let clean = match k {
+                Some(k) => top_k_seq(&teacher, k, loss.temperature),
+                None => SoftTargets::Dense(teacher.shallow_clone()),
+            };
+            let Some(fill) = fill else { return clean };
+            match clean {
+                SoftTargets::Dense(t) => SoftTargets::Dense(at_ignored(&t, fill)),
+                SoftTargets::Sparse {
+                    indices,
+                    values,
+                    tail_logsumexp,
+                } => SoftTargets::Sparse {
+                    indices: at_ignored(&indices, 1000.0),
+                    values: at_ignored(&values, fill),
+                    tail_logsumexp: at_ignored(&tail_logsumexp, fill),
+                },
+            }
+        };
+        let run = |fill: Option<f64>| {
+            let s = student.copy().set_requires_grad(true);
+            let parts = loss
+                .compute_targets(&s, &targets(fill), &labels, None)
+                .unwrap();
+            parts.total.backward();
+            (value(&parts.total), parts.tokens, s.grad())
+        };
+        let (clean, tokens, g) = run(None);
+        assert!(clean.is_finite() && clean > 0.0, "{what}: {clean}");
+        assert_eq!(tokens, 6, "{what}");
+        assert_masked_gradient(&g, &what);
+        for fill in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let (got, _, g_fill) = run(Some(fill));
+            assert_eq!(got, clean, "{what}: {fill} at ignored positions");
+            assert!(g_fill.equal(&g), "{what}: {fill} changed the gradients");
+        }
+    }
+}
+
+#[test]
+fn k1_prompt_and_padding_get_exactly_zero_gradient() {
+    tch::manual_seed(32);
+    let student = Tensor::randn([2, 6, 7], tch::kind::FLOAT_CPU) * 2.0;
+    let labels = on_policy_labels();
+    let teacher = Tensor::randn([2, 6, 7], tch::kind::FLOAT_CPU) * 3.0;
+    // The teacher's log-probabilities of the labels (clamped to 0 at ignored positions).
+    let teacher_logp = (teacher / 1.5)
+        .log_softmax(-1, Kind::Float)
+        .gather(2, &labels.clamp_min(0).unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let run = |teacher_logp: &Tensor| {
+        let s = student.copy().set_requires_grad(true);
+        let parts = k1_sampled_loss(&s, &labels, teacher_logp, 1.5).unwrap();
+        parts.total.backward();
+        (value(&parts.total), parts.k1, parts.tokens, s.grad())
+    };
+    let (clean, k1, tokens, g) = run(&teacher_logp);
+    assert!(clean.is_finite() && clean != 0.0, "{clean}");
+    assert!(k1.is_finite() && k1 != 0.0, "{k1}");
+    assert_eq!(tokens, 6);
+    assert_masked_gradient(&g, "k1");
+    for fill in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let (got, got_k1, _, g_fill) = run(&at_ignored(&teacher_logp, fill));
+        assert_eq!((got, got_k1), (clean, k1), "{fill} at ignored positions");
+        assert!(g_fill.equal(&g), "{fill} changed the gradients");
+    }
+    // Garbage student logits at ignored positions change nothing either.
+    let s = at_ignored(&student, 1e30).set_requires_grad(true);
+    let parts = k1_sampled_loss(&s, &labels, &teacher_logp, 1.5).unwrap();
+    assert_eq!(value(&parts.total), clean);
+    parts.total.backward();
+    assert!(s.grad().equal(&g));
+}
+
+/// `log_softmax(x / t)` of one row, in float64.
+fn log_softmax64(x: &[f64], t: f64) -> Vec<f64> {
+    let m = x.iter().fold(f64::NEG_INFINITY, |a, b| a.max(*b / t));
+    let lse = m + x.iter().map(|v| (v / t - m).exp()).sum::<f64>().ln();
+    x.iter().map(|v| v / t - lse).collect()
+}
+
+fn close6(got: f64, want: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+        "{what}: got {got}, want {want}"
+    );
+}
+
+#[test]
+fn k1_matches_a_float64_hand_computation() {
+    tch::manual_seed(33);
+    let temperature = 1.5;
+    let student = Tensor::randn([2, 6, 7], tch::kind::FLOAT_CPU) * 2.0;
+    let labels = on_policy_labels();
+    // Teacher log-probabilities of arbitrary (not necessarily normalised) values: k1 uses
+    // them as given; NaN at the ignored positions.
+    let teacher_logp = at_ignored(
+        &(Tensor::rand([2, 6], tch::kind::FLOAT_CPU) * -4.0),
+        f64::NAN,
+    );
+    let s = student.copy().set_requires_grad(true);
+    let parts = k1_sampled_loss(&s, &labels, &teacher_logp, temperature).unwrap();
+    parts.total.backward();
+    let grad = s.grad();
+
+    let real: Vec<(i64, i64)> = (0..2)
+        .flat_map(|b| (0..6).map(move |p| (b, p)))
+        .filter(|(b, p)| labels.int64_value(&[*b, *p]) != IGNORE_INDEX)
+        .collect();
+    let n = real.len() as f64;
+    let (mut loss, mut k1_sum) = (0.0, 0.0);
+    for &(b, p) in &real {
+        let x = labels.int64_value(&[b, p]) as usize;
+        let row: Vec<f64> = Vec::try_from(&student.get(b).get(p).to_kind(Kind::Double)).unwrap();
+        let log_q = log_softmax64(&row, temperature);
+        let k1 = log_q[x] - teacher_logp.double_value(&[b, p]);
+        loss += k1 * log_q[x] / n;
+        k1_sum += k1;
+        // d loss / d s = (1/|R|) · k1 · (onehot(x) − q) / T.
+        for (c, lq) in log_q.iter().enumerate() {
+            let onehot = if c == x { 1.0 } else { 0.0 };
+            let want = k1 * (onehot - lq.exp()) / temperature / n;
+            let got = grad.double_value(&[b, p, c as i64]);
+            close6(got, want, &format!("gradient ({b}, {p}, {c})"));
+        }
+    }
+    close6(value(&parts.total), loss, "loss");
+    close6(parts.k1, k1_sum / n, "mean k1");
+    assert_eq!(parts.tokens, 6);
+}
+
+/// One position, every token `x` of the vocabulary with weight `q(x)`: the q-weighted mean of
+/// `k1` is `KL(q ‖ p)`, and the q-weighted mean of the estimator's gradient is the gradient of
+/// the exact reverse KL `∇_s KL(softmax(s/T) ‖ p)` (no `T²`; `LossKind::Rkl`'s soft term is
+/// `T² · KL`, so its gradient is `T²` times this).
+#[test]
+fn k1_is_unbiased_for_the_reverse_kl_and_its_gradient() {
+    let temperature = 1.5;
+    let s_row = [0.3f32, -1.2, 2.0, 0.7, -0.4, 1.1, -2.5];
+    let t_row = [1.0f32, 0.5, -0.8, 2.2, 0.0, -1.5, 0.9];
+    let v = s_row.len();
+    let s64: Vec<f64> = s_row.iter().map(|x| f64::from(*x)).collect();
+    let t64: Vec<f64> = t_row.iter().map(|x| f64::from(*x)).collect();
+    let (log_q, log_p) = (
+        log_softmax64(&s64, temperature),
+        log_softmax64(&t64, temperature),
+    );
+    let q: Vec<f64> = log_q.iter().map(|l| l.exp()).collect();
+    let rkl: f64 = (0..v).map(|c| q[c] * (log_q[c] - log_p[c])).sum();
+    // ∇_s KL(q ‖ p) = (1/T) · q ⊙ (log q − log p − KL).
+    let rkl_grad: Vec<f64> = (0..v)
+        .map(|c| q[c] * (log_q[c] - log_p[c] - rkl) / temperature)
+        .collect();
+
+    let student = Tensor::from_slice(&s_row).view([1, 1, v as i64]);
+    let (mut mean_k1, mut mean_grad) = (0.0, vec![0.0; v]);
+    for x in 0..v {
+        let s = student.copy().set_requires_grad(true);
+        let labels = Tensor::from_slice(&[x as i64]).view([1, 1]);
+        let logp = Tensor::from_slice(&[log_p[x] as f32]).view([1, 1]);
+        let parts = k1_sampled_loss(&s, &labels, &logp, temperature).unwrap();
+        assert_eq!(parts.tokens, 1);
+        parts.total.backward();
+        let g: Vec<f64> = Vec::try_from(&s.grad().view([-1]).to_kind(Kind::Double)).unwrap();
+        mean_k1 += q[x] * parts.k1;
+        for c in 0..v {
+            mean_grad[c] += q[x] * g[c];
+        }
+    }
+    close6(mean_k1, rkl, "E_q[k1] vs KL(q ‖ p)");
+    for c in 0..v {
+        close6(
+            mean_grad[c],
+            rkl_grad[c],
+            &format!("E_q[gradient] class {c}"),
+        );
+    }
+    assert!(rkl > 0.1, "the test needs distributions that differ: {rkl}");
+
+    // The same gradient from autograd through the exact reverse KL (`rkl`, T² · KL).
+    let s = Tensor::from_slice(&s_row)
+        .view([1, v as i64])
+        .set_requires_grad(true);
+    let t = Tensor::from_slice(&t_row).view([1, v as i64]);
+    let y = Tensor::from_slice(&[0i64]);
+    let exact = loss_of(LossKind::Rkl, temperature, 1.0)
+        .compute(&s, &t, &y, None)
+        .unwrap();
+    close(exact.soft, temperature * temperature * rkl, "rkl soft term");
+    exact.total.backward();
+    let g: Vec<f64> = Vec::try_from(&s.grad().view([-1]).to_kind(Kind::Double)).unwrap();
+    for c in 0..v {
+        let want = mean_grad[c] * temperature * temperature;
+        assert!(
+            (g[c] - want).abs() <= 1e-5 * want.abs().max(1e-2),
+            "class {c}: rkl autograd {} vs T² · E_q[k1 gradient] {want}",
+            g[c]
+        );
+    }
+}
+
+/// Samples `x ~ q` through libtorch and one batch of them: the batch's mean k1 is within a few
+/// standard errors of `KL(q ‖ p)`.
+#[test]
+fn k1_of_sampled_tokens_estimates_the_reverse_kl() {
+    tch::manual_seed(34);
+    let (n, v, temperature) = (20_000i64, 7i64, 1.0);
+    let s_row = Tensor::from_slice(&[0.3f32, -1.2, 2.0, 0.7, -0.4, 1.1, -2.5]);
+    let t_row = Tensor::from_slice(&[1.0f32, 0.5, -0.8, 2.2, 0.0, -1.5, 0.9]);
+    let q = s_row.softmax(-1, Kind::Double);
+    let log_p = t_row.log_softmax(-1, Kind::Double);
+    let rkl = value(&(&q * (q.log() - &log_p)).sum(Kind::Double));
+    let x = q.multinomial(n, true).view([1, n]);
+    let student = s_row.view([1, 1, v]).expand([1, n, v], false);
+    let teacher_logp = log_p.index_select(0, &x.view([-1])).view([1, n]);
+    let parts = k1_sampled_loss(&student, &x, &teacher_logp, temperature).unwrap();
+    assert_eq!(parts.tokens, n);
+    let k1 = q.log().index_select(0, &x.view([-1])) - log_p.index_select(0, &x.view([-1]));
+    let std_err = value(&k1.std(true)) / (n as f64).sqrt();
+    assert!(
+        (parts.k1 - rkl).abs() <= 5.0 * std_err,
+        "mean k1 {} vs KL {rkl} (standard error {std_err})",
+        parts.k1
+    );
+}
+
+#[test]
+fn k1_without_real_tokens_is_zero_and_bad_inputs_are_errors() {
+    let s = Tensor::randn([2, 3, 5], tch::kind::FLOAT_CPU).set_requires_grad(true);
+    let nan = Tensor::full([2, 3], f64::NAN, tch::kind::FLOAT_CPU);
+    let ignored = Tensor::full([2, 3], IGNORE_INDEX, (Kind::Int64, tch::Device::Cpu));
+    let parts = k1_sampled_loss(&s, &ignored, &nan, 1.0).unwrap();
+    assert_eq!(value(&parts.total), 0.0);
+    assert_eq!(
+        value(&parts.total).to_bits(),
+        0.0f64.to_bits(),
+        "not -0.0 or NaN"
+    );
+    assert_eq!((parts.k1, parts.tokens), (0.0, 0));
+    parts.total.backward();
+    assert_eq!(max_abs(&s.grad()), 0.0);
+    assert!(all_finite(&s.grad()));
+
+    let y = Tensor::zeros([2, 3], (Kind::Int64, tch::Device::Cpu));
+    let lp = Tensor::zeros([2, 3], tch::kind::FLOAT_CPU);
+    let err = |s: &Tensor, y: &Tensor, lp: &Tensor, t: f64| {
+        k1_sampled_loss(s, y, lp, t).unwrap_err().to_string()
+    };
+    let e = err(&s.view([6, 5]), &y, &lp, 1.0);
+    assert!(
+        e.contains("[batch, seq, vocab]") && e.contains("[6, 5]"),
+        "{e}"
+    );
+    let e = err(&s, &y.view([3, 2]), &lp, 1.0);
+    assert!(e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
+    let e = err(&s, &y, &Tensor::zeros([2, 3, 5], tch::kind::FLOAT_CPU), 1.0);
+    assert!(e.contains("[2, 3]") && e.contains("[2, 3, 5]"), "{e}");
+    for t in [0.0, f64::NAN, MAX_TEMPERATURE * 2.0] {
+        let e = err(&s, &y, &lp, t);
+        assert!(e.contains("temperature"), "{e}");
+    }
+    // A label outside the vocabulary at a real position is libtorch's error.
+    let bad = Tensor::from_slice(&[0i64, 9, 0, -100, -100, -100]).view([2, 3]);
+    assert!(k1_sampled_loss(&s, &bad, &lp, 1.0).is_err());
+}
