@@ -10,6 +10,7 @@ use crate::ensemble::EnsembleMode;
 use crate::hint::HintLoss;
 use crate::images::Augment;
 use crate::loss::{LossKind, SparseTail};
+use crate::on_policy::OnPolicyEstimator;
 use crate::optim::{LrScheduleKind, OptimizerKind};
 use crate::soft_targets::WireDType;
 use crate::teachers::Compression;
@@ -247,9 +248,10 @@ pub struct DistillArgs {
     pub alpha: f64,
     /// Soft-target loss, each at temperature T and scaled by T²: kl (forward KL(teacher ‖
     /// student)), rkl (reverse KL(student ‖ teacher)), jsd (the generalized Jensen–Shannon
-    /// divergence of GKD at --jsd-beta) or mse (on raw logits).
-    #[arg(long, env = "STUDENT_LOSS", value_enum, ignore_case = true, default_value_t = LossKind::Kl)]
-    pub loss: LossKind,
+    /// divergence of GKD at --jsd-beta) or mse (on raw logits). Default kl, and rkl with
+    /// --on-policy (GKD's and on-policy distillation's choice).
+    #[arg(long, env = "STUDENT_LOSS", value_enum, ignore_case = true)]
+    pub loss: Option<LossKind>,
     /// β of --loss jsd, in (0, 1) (default 0.5): β·KL(p ‖ m) + (1 − β)·KL(q ‖ m) with
     /// m = β·p + (1 − β)·q, p the teacher and q the student (the GKD paper's convention; as β → 0
     /// it tends to β × the forward KL, as β → 1 to (1 − β) × the reverse KL).
@@ -312,6 +314,66 @@ pub struct DistillArgs {
     /// learning-rate schedule) starts afresh for KD.
     #[arg(long, env = "STUDENT_HINT_STAGE_EPOCHS", default_value_t = 0)]
     pub hint_stage_epochs: u64,
+    /// On-policy distillation of a language model.
+    #[command(flatten)]
+    pub on_policy: OnPolicyArgs,
+}
+
+/// On-policy distillation flags of `distill` (language-model students).
+#[derive(Debug, Clone, Args)]
+pub struct OnPolicyArgs {
+    /// On-policy distillation (GKD, Agarwal et al. 2024): each batch is, with probability
+    /// LAMBDA (drawn from --seed, the epoch and the batch), the student's own completions of its
+    /// prompts, sampled with its current weights and scored by the teacher; otherwise the
+    /// off-policy batch (the prompts with their reference completions). The loss covers the
+    /// completion tokens only. 0 to 1; language-model students only.
+    #[arg(long, env = "STUDENT_ON_POLICY", value_name = "LAMBDA")]
+    pub on_policy: Option<f64>,
+    /// New tokens the student samples per prompt at most (a completion also ends at the
+    /// tokenizer's end-of-sequence token). Default 128.
+    #[arg(long, env = "STUDENT_MAX_NEW_TOKENS")]
+    pub max_new_tokens: Option<i64>,
+    /// Temperature of the student's sampling (0: greedy). Default 1.
+    #[arg(long, env = "STUDENT_SAMPLE_TEMPERATURE")]
+    pub sample_temperature: Option<f64>,
+    /// Nucleus sampling (Holtzman et al. 2020): sample from the smallest set of most probable
+    /// tokens whose probability reaches P, in (0, 1]. Default 1 (every token).
+    #[arg(long, env = "STUDENT_TOP_P", value_name = "P")]
+    pub top_p: Option<f64>,
+    /// Prompts as a JSON-lines file, one object per line with the prompt text in
+    /// --prompt-field (and a reference completion in --completion-field for the off-policy
+    /// batches), tokenized with the corpus's tokenizer. One line in 20 (the 1st, 21st, ...) is
+    /// held out for the reverse-KL measurement.
+    #[arg(long, env = "STUDENT_PROMPTS", value_name = "FILE.jsonl")]
+    pub prompts: Option<PathBuf>,
+    /// The field of each --prompts line that holds the prompt.
+    #[arg(long, env = "STUDENT_PROMPT_FIELD", default_value = "prompt")]
+    pub prompt_field: String,
+    /// The field of each --prompts line that holds a reference completion (needed when
+    /// --on-policy is below 1: the off-policy batches train on it).
+    #[arg(long, env = "STUDENT_COMPLETION_FIELD")]
+    pub completion_field: Option<String>,
+    /// Prompts from the corpus: the first P tokens of each training sequence (its reference
+    /// completion is the rest); the held-out prompts come from the test split.
+    #[arg(long, env = "STUDENT_PROMPT_TOKENS", value_name = "P")]
+    pub prompt_tokens: Option<usize>,
+    /// Cut prompts longer than the context leaves room for (max sequence length −
+    /// --max-new-tokens) from the left instead of refusing them.
+    #[arg(long, env = "STUDENT_TRUNCATE_PROMPTS")]
+    pub truncate_prompts: bool,
+    /// The loss of on-policy batches: full (--loss over each position's whole teacher
+    /// distribution: dense, or top-k with the tail bucket) or k1 (the sampled-token estimator:
+    /// log q(x) − log p(x) at the sampled token as a negative advantage, REINFORCE-style; needs
+    /// only the teacher's log-probability of each sampled token).
+    #[arg(long, env = "STUDENT_ON_POLICY_ESTIMATOR", value_enum, ignore_case = true, default_value_t = OnPolicyEstimator::Full)]
+    pub on_policy_estimator: OnPolicyEstimator,
+    /// Held-out prompts on which the teacher-scored reverse KL of the student's own samples is
+    /// measured after every epoch (0: not measured).
+    #[arg(long, env = "STUDENT_EVAL_PROMPTS", default_value_t = 64)]
+    pub eval_prompts: usize,
+    /// Decoded held-out prompt/completion pairs kept per epoch in OUT/samples.jsonl.
+    #[arg(long, env = "STUDENT_SAMPLES_PER_EPOCH", default_value_t = 4)]
+    pub samples_per_epoch: usize,
 }
 
 /// `capture` flags.

@@ -25,7 +25,8 @@
 //! - The maths and data, importing only each other, downward, and none of tokio, tonic or the
 //!   protos: [`data`], [`images`] (image folders: decoding, views, augmentation),
 //!   [`schedule`], [`soft_targets`], [`ensemble`], [`loss`], [`optim`], [`hint`],
-//!   [`logit_cache`], [`eval`].
+//!   [`logit_cache`], [`eval`], [`on_policy`] (which batches are on-policy, prompts, the
+//!   sampled batches' labels, the teacher-scored reverse KL).
 //! - [`outputs`]: metrics log, report, plot, progress, Prometheus, the test-only ledger.
 //! - [`signals`]: Ctrl-C and SIGTERM for the binary, and when a repeat forces the exit.
 
@@ -40,6 +41,7 @@ mod eval;
 mod hint;
 pub mod images;
 mod logit_cache;
+pub mod on_policy;
 pub mod loss;
 pub mod optim;
 mod outputs;

@@ -23,14 +23,38 @@ pub struct PlannedBatch {
     pub indices: Vec<i64>,
 }
 
-/// A planned batch with its inputs made for one model (a view of an image folder's images,
-/// cropped and resized for the model that receives it; see [`crate::images`]).
+/// A planned batch with its inputs made for one model: a view of an image folder's images,
+/// cropped and resized for the model that receives it (see [`crate::images`]), or token
+/// sequences made for it (an on-policy batch: prompts and the student's completions).
 #[derive(Debug)]
 pub struct ViewedBatch {
     /// The batch.
     pub batch: PlannedBatch,
-    /// Its samples in that model's view, `f32 [batch.indices.len(), C, H, W]`, CPU.
+    /// Its samples in that model's view, `f32 [batch.indices.len(), C, H, W]`, or token ids
+    /// `i64 [batch.indices.len(), S]` (any `S` up to the teacher's context), CPU.
     pub inputs: Tensor,
+    /// For token ids: `i64 [B, S]`, 1 for a real token and 0 for right padding (`None`: every
+    /// token is real).
+    pub attention_mask: Option<Tensor>,
+    /// Token ids whose teacher log-probabilities the batch asks for, `i64 [B, S, m]` (see
+    /// `LogitsRequest.gather_ids`); they come back in [`crate::soft_targets::TeacherBatch::gathered`].
+    pub gather_ids: Option<Tensor>,
+    /// The temperature `T` of this batch's request (top-k tail and gathered log-probabilities),
+    /// when it is not the run's.
+    pub temperature: Option<f64>,
+}
+
+impl ViewedBatch {
+    /// `inputs` made for `batch`, with no attention mask and nothing gathered.
+    pub fn new(batch: PlannedBatch, inputs: Tensor) -> ViewedBatch {
+        ViewedBatch {
+            batch,
+            inputs,
+            attention_mask: None,
+            gather_ids: None,
+            temperature: None,
+        }
+    }
 }
 
 /// A position in the schedule: the next batch to train.

@@ -76,6 +76,10 @@ pub struct TeacherBatch {
     pub targets: SoftTargets,
     /// The teacher's hint feature for `distill --hint`, `f32 [indices.len(), ...]` on the CPU.
     pub hint: Option<Tensor>,
+    /// The teacher's log-probabilities at `T` of the ids the batch's
+    /// [`crate::schedule::ViewedBatch::gather_ids`] named, `f32 [indices.len(), S, m]` on the
+    /// CPU (exact whatever the wire dtype).
+    pub gathered: Option<Tensor>,
     /// Names of the groups that answered (one when an ensemble samples).
     pub groups: Vec<String>,
     /// URL of the replica that answered (for a mixed ensemble: one per group, joined by `+`).

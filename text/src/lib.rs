@@ -19,6 +19,9 @@
 //! with the teacher's `tokenizer.json` ([`PretrainedTokenizer`]), split, cached and packed the
 //! same way by [`prepare_files`] (see the `corpus` module's notes), with a [`CorpusRecord`] that
 //! a checkpoint keeps.
+//!
+//! On-policy distillation reads its prompts (and reference completions) from a JSON-lines file
+//! ([`read_prompts`]).
 
 mod cache;
 mod corpus;
@@ -27,6 +30,7 @@ mod files;
 mod gcide;
 mod pack;
 mod pretrained;
+mod prompts;
 mod tokenizer;
 
 pub use corpus::{
@@ -38,6 +42,7 @@ pub use files::{Documents, has_text_files};
 pub use gcide::{Document, GCIDE_DICT, GCIDE_INDEX, entry_to_text, read_gcide};
 pub use pack::{IGNORE_INDEX, Packed, pack, pack_stream, stream};
 pub use pretrained::{EOS_CANDIDATES, PretrainedTokenizer};
+pub use prompts::{PromptText, read_prompts};
 pub use tokenizer::{
     BpeTokenizer, DEFAULT_VOCAB_SIZE, EOT_TOKEN, MIN_VOCAB_SIZE, PAD_TOKEN, SPECIAL_TOKENS,
     fingerprint,

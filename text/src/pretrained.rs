@@ -131,6 +131,18 @@ impl PretrainedTokenizer {
         Ok(out)
     }
 
+    /// The text of `ids`, special tokens left out.
+    ///
+    /// Errors: [`TextError::Tokenizers`].
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TextError::Tokenizers {
+                action: "decoding",
+                message: e.to_string(),
+            })
+    }
+
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner

@@ -8,6 +8,7 @@
 use super::dataset::{Data, Source, keep_tokenizer};
 use super::error::AppError;
 use super::eval::evaluate_checkpoint;
+use super::on_policy::{self, OnPolicyPlan};
 use super::output::{Finished, outln};
 use super::student::{self, StudentPlan};
 use super::teachers::{batch_size_for, connect, evaluate_pool, total_params};
@@ -27,7 +28,7 @@ use crate::schedule::{PlannedBatch, run_plan};
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
 use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
-use crate::training::{self, Job, Objective, Outcome, Start, TrainConfig};
+use crate::training::{self, Job, Objective, OnPolicyJob, Outcome, Start, TrainConfig};
 use distill_models::ArchSpec;
 use distill_telemetry::MetricsServer;
 use std::path::Path;
@@ -103,6 +104,8 @@ struct Setup {
     start: Start,
     cache: Option<LogitCache>,
     teacher: TeacherIdentity,
+    /// On-policy distillation's prompts and settings (`--on-policy`).
+    on_policy: Option<OnPolicyPlan>,
 }
 
 /// Loads the data, connects the teachers (each checked against the data and the student),
@@ -151,9 +154,13 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
     if source.is_images() {
         same_input_shapes(&refs)?;
     }
-    let data = source
+    let mut data = source
         .load(refs.first().map(|i| i.input_shape.clone()))
         .await?;
+    let on_policy = match &cfg.on_policy {
+        Some(op) => Some(on_policy::prepare(op, &tc, &spec, &refs, &mut data)?),
+        None => None,
+    };
     warn_long_warmup(&cfg.train, data.train.len());
     keep_tokenizer(&data, &tc.out)?;
     let hint = match (&cfg.hint, refs.first()) {
@@ -180,6 +187,7 @@ async fn setup(cfg: &mut DistillConfig) -> Result<Setup, AppError> {
         start,
         cache,
         teacher,
+        on_policy,
     })
 }
 
@@ -325,6 +333,21 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         seed: tc.seed,
     };
     let (tx, rx) = mpsc::channel::<TeacherBatch>(cfg.teachers.prefetch);
+    // An on-policy run makes every batch on the training thread and hands it to the pool.
+    let (made_tx, made_rx) = match &s.on_policy {
+        Some(_) => {
+            let (t, r) = mpsc::channel(cfg.teachers.prefetch.max(1));
+            (Some(t), Some(r))
+        }
+        None => (None, None),
+    };
+    let on_policy = s.on_policy.take().zip(made_tx).map(|(p, teacher)| OnPolicyJob {
+        settings: p.settings,
+        prompts: p.prompts,
+        heldout: p.heldout,
+        teacher,
+        decode: Some(p.decode),
+    });
     let job = Job {
         device: s.device,
         spec: s.spec.clone(),
@@ -346,13 +369,14 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         }),
         metrics: s.metrics.clone(),
         images: image_job(&s.data, feed.as_mut()),
+        on_policy,
     };
     let handle =
         training::spawn(job, s.pool.is_some().then_some(rx)).map_err(|source| AppError::Io {
             path: "trainer thread".into(),
             source,
         })?;
-    let teacher_views = feed.as_mut().and_then(|f| f.teacher.take());
+    let teacher_views = feed.as_mut().and_then(|f| f.teacher.take()).or(made_rx);
     let streamed = async {
         match (s.pool.as_mut(), teacher_views) {
             (Some(pool), Some(views)) => pool.run_views(views, targets, tx).await,

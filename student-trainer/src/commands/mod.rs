@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod output;
 pub mod plot;
+pub mod on_policy;
 pub mod student;
 pub mod teachers;
 pub mod train;

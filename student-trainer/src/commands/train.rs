@@ -49,6 +49,7 @@ pub async fn train(cfg: TrainConfig, stop: Arc<AtomicBool>) -> Result<Finished, 
         cache: None,
         metrics,
         images,
+        on_policy: None,
     };
     let handle = training::spawn(job, None).map_err(|source| AppError::Io {
         path: "trainer thread".into(),

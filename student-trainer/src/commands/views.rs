@@ -184,10 +184,7 @@ fn make_views(
                     t
                 }
             };
-            let viewed = ViewedBatch {
-                batch: batch.clone(),
-                inputs,
-            };
+            let viewed = ViewedBatch::new(batch.clone(), inputs);
             if tx.blocking_send(viewed).is_err() {
                 // The run stopped (or failed, and says why): nothing more to make.
                 return Ok(stats);

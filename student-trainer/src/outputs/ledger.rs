@@ -34,7 +34,8 @@ impl Ledger {
     }
 
     /// Appends the line of batch `index` of `epoch`, answered as request `batch_id` by
-    /// `replica` for `groups`.
+    /// `replica` for `groups`; `on_policy` (an on-policy distillation run) says whether the
+    /// student generated the batch.
     ///
     /// # Errors
     /// The line cannot be written.
@@ -45,11 +46,15 @@ impl Ledger {
         batch_id: u64,
         replica: &str,
         groups: &[String],
+        on_policy: Option<bool>,
     ) -> std::io::Result<()> {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "epoch": epoch, "index": index, "batch_id": batch_id, "replica": replica,
             "groups": groups,
         });
+        if let Some(on) = on_policy {
+            line["on_policy"] = serde_json::Value::Bool(on);
+        }
         writeln!(self.file, "{line}")
     }
 }

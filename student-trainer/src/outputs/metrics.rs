@@ -45,6 +45,48 @@ pub struct EpochMetrics {
     /// stage, and weighted by `--hint-weight` after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint_loss: Option<f64>,
+    /// `distill --on-policy`: what the student generated and how far its samples are from the
+    /// teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_policy: Option<OnPolicyMetrics>,
+}
+
+/// One epoch of on-policy distillation (`metrics.jsonl`'s `on_policy` object).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct OnPolicyMetrics {
+    /// `--on-policy`: the probability λ of an on-policy batch.
+    pub lambda: f64,
+    /// The share of the epoch's batches that were on-policy (in this process), in `[0, 1]`.
+    pub on_policy_fraction: f64,
+    /// On-policy batches trained in the epoch.
+    pub on_policy_batches: u64,
+    /// Tokens the student sampled for its on-policy batches (end-of-sequence included).
+    pub tokens_generated: u64,
+    /// Tokens generated per second of generation (the student's sampling alone).
+    pub generation_tokens_per_s: f64,
+    /// Mean completion length of the on-policy batches, in tokens.
+    pub mean_completion_len: f64,
+    /// The share of those completions that ended with the end-of-sequence token, in `[0, 1]`.
+    pub eos_share: f64,
+    /// Seconds generating, waiting for the teacher's scores of on-policy batches, and training
+    /// on them (the step time split).
+    pub generate_s: f64,
+    /// See [`OnPolicyMetrics::generate_s`].
+    pub score_s: f64,
+    /// See [`OnPolicyMetrics::generate_s`].
+    pub train_s: f64,
+    /// On the held-out prompts after the epoch: the teacher-scored per-token reverse KL
+    /// `KL(q ‖ p)` of the student's own samples (temperature 1, a fixed seed), estimated as the
+    /// mean of `log q(x) − log p(x)` over the sampled tokens with the teacher's log-softmax of
+    /// the full row (nats per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_reverse_kl: Option<f64>,
+    /// The held-out completions' mean length (tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_completion_len: Option<f64>,
+    /// The share of held-out completions that ended with end-of-sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_eos_share: Option<f64>,
 }
 
 /// An append-only `metrics.jsonl`.
@@ -112,6 +154,7 @@ mod tests {
             tokens_per_s: None,
             test_perplexity: None,
             hint_loss: None,
+            on_policy: None,
         };
         MetricsLog::open(&dir).unwrap().append(&m).unwrap();
         let mut m2 = m.clone();

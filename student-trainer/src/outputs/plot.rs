@@ -721,6 +721,7 @@ mod tests {
             tokens_per_s: None,
             test_perplexity: None,
             hint_loss: None,
+            on_policy: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! gRPC status codes appear here as [`tonic::Code`] values, never as bare numbers.
 
 use super::error::ClientError;
-use crate::schedule::PlannedBatch;
+use crate::schedule::{PlannedBatch, ViewedBatch};
 use crate::soft_targets::{SoftTargets, TargetRequest, WireDType};
 use distill_proto::codec;
 use distill_proto::v1::{self, LogitsRequest, logits_response};
@@ -80,6 +80,56 @@ pub(crate) fn request_rows(
         gather_ids: None,
         gathered_only: false,
     })
+}
+
+/// The request for a batch made elsewhere ([`ViewedBatch`]): its inputs, and its attention
+/// mask (`i64 [B, S]`) and gather ids (`i64 [B, S, m]`) when it has them.
+///
+/// # Errors
+/// As [`request_rows`].
+pub(crate) fn request_made(
+    made: &ViewedBatch,
+    batch_id: u64,
+    spec: &TargetRequest,
+) -> Result<LogitsRequest, ClientError> {
+    let mut req = request_rows(&made.inputs, batch_id, spec)?;
+    req.attention_mask = made.attention_mask.as_ref().map(codec::encode).transpose()?;
+    req.gather_ids = made.gather_ids.as_ref().map(codec::encode).transpose()?;
+    if let Some(t) = made.temperature {
+        req.temperature = t as f32;
+    }
+    Ok(req)
+}
+
+/// The `gathered` part of a response to a request with `gather_ids` of shape `expected`
+/// (`[B, S, m]`), decoded to `f32`.
+///
+/// # Errors
+/// [`ClientError::Protocol`] (naming the replica and batch) when it is missing (a
+/// teacher-server older than `gather_ids`) or of another shape; [`ClientError::Codec`] for an
+/// undecodable tensor.
+pub(crate) fn decode_gathered(
+    gathered: Option<&v1::Tensor>,
+    expected: &[i64],
+    url: &str,
+    wire: u64,
+) -> Result<Tensor, ClientError> {
+    let protocol = |what: String| ClientError::Protocol(format!("{url}: batch_id {wire}: {what}"));
+    let t = gathered.ok_or_else(|| {
+        protocol(
+            "no gathered log-probabilities in the response (a teacher-server older than \
+             gather_ids?)"
+                .into(),
+        )
+    })?;
+    let t = decode_float(t, "gathered", &protocol)?;
+    if t.size() != expected {
+        return Err(protocol(format!(
+            "gathered of shape {:?}, expected {expected:?}",
+            t.size()
+        )));
+    }
+    Ok(t)
 }
 
 /// The named output `name` of a response (`outputs`), decoded to `f32 [rows, ...]`: the hint

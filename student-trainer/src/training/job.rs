@@ -183,6 +183,8 @@ pub struct Job {
     pub metrics: Option<StudentMetrics>,
     /// An image folder's part of the run (`None` for other data).
     pub images: Option<ImageJob>,
+    /// On-policy distillation (`distill --on-policy`): the student's own batches.
+    pub on_policy: Option<super::on_policy::OnPolicyJob>,
 }
 
 /// An image folder's part of a run.

@@ -35,6 +35,8 @@
 //!   soft targets come from (teacher stream, logit cache, none); [`student`]: the network, its
 //!   hint regressor and the stages' parameters; [`sums`]: an epoch's running sums; [`views`]:
 //!   the student's per-batch views of an image folder (augmented crops) from the loader thread;
+//!   [`on_policy`]: on-policy distillation's batches (the student's own samples, handed to the
+//!   teachers) and its held-out reverse KL;
 //! - [`checkpoint`]: what a checkpoint records of the run, and where a run starts.
 //!
 //! Imports: data, losses, optimizers, hints, the logit cache, evaluation, the schedule, the
@@ -44,6 +46,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod job;
+pub mod on_policy;
 pub mod run;
 pub mod step;
 pub mod student;
@@ -54,6 +57,7 @@ pub mod views;
 pub use checkpoint::{ResumeState, Start};
 pub use error::TrainError;
 pub use job::{ImageJob, Job, LabelPolicy, Objective, Outcome, TrainConfig};
+pub use on_policy::{Decoder, OnPolicyJob, OnPolicySettings};
 pub use run::{join, run, spawn};
 pub use step::label_mask;
 pub use targets::check_pairing;

@@ -6,7 +6,8 @@
 use super::checkpoint::{ResumeState, Start};
 use super::error::TrainError;
 use super::job::{Job, Objective, Outcome, TrainConfig};
-use super::step::{StepInput, StepOutput, Stepper};
+use super::on_policy::{Made, OnPolicy};
+use super::step::{OnPolicyStep, StepInput, StepOutput, Stepper};
 use super::student::{Stages, Student, StudentSource};
 use super::sums::Sums;
 use super::targets::{TargetSource, Targets};
@@ -19,6 +20,7 @@ use crate::outputs::ledger::Ledger;
 use crate::outputs::metrics::{EpochMetrics, METRICS_FILE, MetricsLog};
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::progress::Progress;
+use crate::outputs::samples::SamplesLog;
 use crate::schedule::{PlannedBatch, batches_per_epoch, epoch_plan};
 use crate::soft_targets::TeacherBatch;
 use distill_models::checkpoint::sorted_variables;
@@ -114,6 +116,8 @@ struct Trainer {
     metrics: MetricsLog,
     ledger: Option<Ledger>,
     live: Option<StudentMetrics>,
+    /// An on-policy distillation run's sampling, hand-off and held-out measurement.
+    on_policy: Option<OnPolicy>,
     out: Outcome,
 }
 
@@ -133,6 +137,7 @@ impl Trainer {
             cache,
             metrics: live,
             images,
+            on_policy,
         } = job;
         let (image_record, views) = match images {
             Some(i) => (Some(i.record), i.views),
@@ -211,6 +216,7 @@ impl Trainer {
             metrics,
             ledger,
             live,
+            on_policy: on_policy.map(OnPolicy::new),
             out,
         })
     }
@@ -240,6 +246,17 @@ impl Trainer {
                 tracing::warn!(epoch, batch = planned.index, dir = %self.cfg.out.display(), "interrupted: checkpoint saved; --resume continues from here");
                 return Ok(Flow::Stopped);
             }
+            let made = match self.on_policy.as_mut() {
+                Some(op) => Some(op.send(
+                    &self.student.net,
+                    &self.train,
+                    (self.cfg.seed, self.device),
+                    epoch,
+                    &planned,
+                )?),
+                None => None,
+            };
+            let waited_before = self.targets.waited_s;
             let Some(targets) = self.targets.next(epoch, &planned)? else {
                 // The stream ended early: keep what was trained, then report it.
                 progress.abandon();
@@ -252,9 +269,15 @@ impl Trainer {
             let span = targets.span.clone();
             let _in_batch = span.enter();
             let answered = targets.answered.clone();
-            let done = self.step(epoch, &planned, (targets, inputs), hint_stage)?;
+            let trained_at = Instant::now();
+            let on_policy = made.as_ref().map(|m| m.on_policy);
+            let done = self.step(epoch, &planned, (targets, inputs, made), hint_stage)?;
+            if let (Some(op), Some(true)) = (self.on_policy.as_mut(), on_policy) {
+                let score_s = self.targets.waited_s - waited_before;
+                op.timed(score_s, trained_at.elapsed().as_secs_f64());
+            }
             sums.add(&done);
-            self.record(epoch, &planned, &done, answered)?;
+            self.record(epoch, &planned, &done, (answered, on_policy))?;
             let samples_per_s = sums.samples() as f64 / t0.elapsed().as_secs_f64();
             progress.update(planned.index + 1, sums.mean_loss(), samples_per_s);
         }
@@ -279,14 +302,33 @@ impl Trainer {
         hint_stage
     }
 
-    /// One optimizer step on `planned` with its targets (and its inputs, when made for it).
+    /// One optimizer step on `planned` with its targets (and its inputs, when made for it: an
+    /// image folder's views, or an on-policy batch's sequences).
     fn step(
         &mut self,
         epoch: u64,
         planned: &PlannedBatch,
-        (targets, inputs): (Targets, Option<tch::Tensor>),
+        (targets, inputs, made): (Targets, Option<tch::Tensor>, Option<Made>),
         hint_stage: bool,
     ) -> Result<StepOutput, TrainError> {
+        let (inputs, labels, on_policy) = match made {
+            Some(Made {
+                on_policy: true,
+                sampled: Some((xs, ys)),
+            }) => (
+                Some(xs),
+                Some(ys),
+                Some(OnPolicyStep {
+                    estimator: self
+                        .on_policy
+                        .as_ref()
+                        .map(OnPolicy::estimator)
+                        .unwrap_or_default(),
+                    gathered: targets.gathered,
+                }),
+            ),
+            _ => (inputs, None, None),
+        };
         let stepper = Stepper {
             student: &self.student,
             objective: &self.objective,
@@ -304,6 +346,8 @@ impl Trainer {
                 hint_stage,
                 stage_steps: self.stages.steps(hint_stage),
                 inputs,
+                labels,
+                on_policy,
             },
         )
     }
@@ -315,7 +359,7 @@ impl Trainer {
         epoch: u64,
         planned: &PlannedBatch,
         done: &StepOutput,
-        answered: Option<(u64, String, Vec<String>)>,
+        (answered, on_policy): (Option<(u64, String, Vec<String>)>, Option<bool>),
     ) -> Result<(), TrainError> {
         self.out.step += 1;
         self.out.samples += done.samples as u64;
@@ -333,7 +377,7 @@ impl Trainer {
         if let (Some(ledger), Some((batch_id, replica, groups))) = (self.ledger.as_mut(), answered)
         {
             ledger
-                .record(epoch, planned.index, batch_id, &replica, &groups)
+                .record(epoch, planned.index, batch_id, &replica, &groups, on_policy)
                 .map_err(|source| TrainError::Io {
                     path: ledger.path().to_path_buf(),
                     source,
@@ -353,7 +397,8 @@ impl Trainer {
             ),
             _ => None,
         };
-        let m = sums.metrics(epoch, self.out.step, wall, accuracy.as_ref());
+        let mut m = sums.metrics(epoch, self.out.step, wall, accuracy.as_ref());
+        m.on_policy = self.end_on_policy_epoch(epoch)?;
         self.save((epoch + 1, 0), m.clone())?;
         self.metrics.append(&m).map_err(|source| TrainError::Io {
             path: self.cfg.out.join(METRICS_FILE),
@@ -375,6 +420,39 @@ impl Trainer {
         self.out.test = accuracy;
         self.out.last = Some(m);
         Ok(())
+    }
+
+    /// An on-policy run's metrics of epoch `epoch` (with the held-out reverse KL, measured now)
+    /// and its decoded samples appended to `samples.jsonl`; `None` for other runs.
+    fn end_on_policy_epoch(
+        &mut self,
+        epoch: u64,
+    ) -> Result<Option<crate::outputs::metrics::OnPolicyMetrics>, TrainError> {
+        let Some(op) = self.on_policy.as_mut() else {
+            return Ok(None);
+        };
+        let first_index = batches_per_epoch(self.train.len(), self.cfg.batch_size);
+        let (m, samples) = op.end_epoch(
+            &self.student.net,
+            &mut self.targets,
+            (self.cfg.seed, self.device),
+            (epoch, first_index, self.cfg.batch_size),
+        )?;
+        let log = SamplesLog::new(&self.cfg.out);
+        log.append(&samples).map_err(|source| TrainError::Io {
+            path: log.path().to_path_buf(),
+            source,
+        })?;
+        if let Some(kl) = m.heldout_reverse_kl {
+            tracing::info!(
+                epoch = epoch + 1,
+                heldout_reverse_kl = format!("{kl:.4}"),
+                on_policy_fraction = format!("{:.2}", m.on_policy_fraction),
+                generation_tokens_per_s = format!("{:.0}", m.generation_tokens_per_s),
+                "on-policy"
+            );
+        }
+        Ok(Some(m))
     }
 
     /// Saves a checkpoint in the middle of an epoch (before batch `at.1` of epoch `at.0`) with

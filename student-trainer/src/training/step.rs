@@ -12,6 +12,7 @@ use super::job::{LabelPolicy, Objective};
 use super::student::Student;
 use crate::data::{Dataset, IGNORE_INDEX};
 use crate::loss;
+use crate::on_policy::OnPolicyEstimator;
 use crate::optim::Optimizer;
 use crate::schedule::{PlannedBatch, step_seed};
 use crate::soft_targets::SoftTargets;
@@ -32,9 +33,26 @@ pub(crate) struct StepInput<'a> {
     pub(crate) hint_stage: bool,
     /// Optimizer steps of the stage (its learning-rate schedule runs over them).
     pub(crate) stage_steps: u64,
-    /// The batch's inputs when they were made for it (an image folder's augmented views),
-    /// `f32 [B, C, H, W]`; `None`: the dataset's rows.
+    /// The batch's inputs when they were made for it (an image folder's augmented views,
+    /// `f32 [B, C, H, W]`; the student's own sequences, `i64 [B, S]`); `None`: the dataset's
+    /// rows.
     pub(crate) inputs: Option<Tensor>,
+    /// The labels of made inputs when they are not the dataset's (the student's own sequences:
+    /// `i64 [B, S]`, the completion's next tokens, else `IGNORE_INDEX`).
+    pub(crate) labels: Option<Tensor>,
+    /// An on-policy batch (`distill --on-policy`): its loss.
+    pub(crate) on_policy: Option<OnPolicyStep>,
+}
+
+/// The loss of an on-policy batch: the soft term alone (the student's own tokens are no
+/// ground truth), as the run's divergence or the sampled-token estimator.
+#[derive(Debug)]
+pub(crate) struct OnPolicyStep {
+    /// The estimator.
+    pub(crate) estimator: OnPolicyEstimator,
+    /// The teacher's log-probabilities of the sampled tokens, `f32 [B, S, 1]` (for
+    /// [`OnPolicyEstimator::K1`]).
+    pub(crate) gathered: Option<Tensor>,
 }
 
 /// What one step did.
@@ -92,12 +110,13 @@ impl Stepper<'_> {
         // Before anything the step draws: the draws depend on (seed, epoch, index) alone, never
         // on the steps before, so a mid-epoch resume is exact (see the module docs).
         tch::manual_seed(step_seed(self.seed, input.epoch, planned.index));
-        let (xs, ys) = match input.inputs {
-            Some(xs) => {
+        let (xs, ys) = match (input.inputs, input.labels) {
+            (Some(xs), Some(ys)) => (xs, ys),
+            (Some(xs), None) => {
                 let idx = Tensor::from_slice(&planned.indices);
                 (xs, self.train.labels.f_index_select(0, &idx)?)
             }
-            None => self.train.try_batch(&planned.indices)?,
+            (None, _) => self.train.try_batch(&planned.indices)?,
         };
         let (xs, ys) = (xs.f_to_device(self.device)?, ys.f_to_device(self.device)?);
         let forward = self.student.forward(&xs, input.hint, || {
@@ -112,7 +131,12 @@ impl Stepper<'_> {
                 .ok_or_else(|| TrainError::Hint("no hint in the hint stage".into()))?;
             (value, 0.0, 0.0)
         } else {
-            self.objective_loss(&forward.logits, input.targets, &ys, planned)?
+            self.objective_loss(
+                &forward.logits,
+                (input.targets, input.on_policy.as_ref()),
+                &ys,
+                planned,
+            )?
         };
         let hint_value = forward.hint.as_ref().map(|(v, _)| v.double_value(&[]));
         // After the hint stage, the hint keeps `--hint-weight` (0: none).
@@ -163,13 +187,16 @@ impl Stepper<'_> {
     fn objective_loss(
         &self,
         logits: &Tensor,
-        targets: Option<SoftTargets>,
+        (targets, on_policy): (Option<SoftTargets>, Option<&OnPolicyStep>),
         ys: &Tensor,
         planned: &PlannedBatch,
     ) -> Result<(Tensor, f64, f64), TrainError> {
         if let (Objective::Distill { loss, labels, .. }, Some(t)) = (self.objective, targets) {
             let t = t.to_device(self.device)?;
-            let mask = label_mask(*labels, &planned.indices, self.device);
+            let mask = match on_policy {
+                Some(step) => return self.on_policy_loss(loss, logits, &t, ys, step),
+                None => label_mask(*labels, &planned.indices, self.device),
+            };
             // A language model's [B, S, V] logits: the loss over its real tokens.
             let parts = loss.compute_targets(logits, &t, ys, mask.as_ref())?;
             return Ok((parts.total, parts.soft, parts.hard));
@@ -183,6 +210,37 @@ impl Stepper<'_> {
         };
         let v = ce.double_value(&[]);
         Ok((ce, 0.0, v))
+    }
+
+    /// The loss of an on-policy batch over its completion positions (`ys`): the soft term
+    /// alone, every sequence weighing it by 1 (no cross-entropy on the student's own tokens),
+    /// or the sampled-token estimator against the gathered log-probabilities.
+    fn on_policy_loss(
+        &self,
+        loss: &loss::DistillLoss,
+        logits: &Tensor,
+        targets: &SoftTargets,
+        ys: &Tensor,
+        step: &OnPolicyStep,
+    ) -> Result<(Tensor, f64, f64), TrainError> {
+        match (step.estimator, &step.gathered) {
+            (OnPolicyEstimator::K1, Some(gathered)) => {
+                let logp = gathered.f_select(-1, 0)?.f_to_device(self.device)?;
+                let k1 = loss::k1_sampled_loss(logits, ys, &logp, loss.temperature)?;
+                Ok((k1.total, k1.k1, 0.0))
+            }
+            (OnPolicyEstimator::K1, None) => Err(TrainError::Views(
+                "--on-policy-estimator k1: the teachers sent no log-probabilities of the sampled \
+                 tokens"
+                    .into(),
+            )),
+            (OnPolicyEstimator::Full, _) => {
+                let rows = ys.size().first().copied().unwrap_or(0);
+                let unlabelled = Tensor::f_zeros([rows], (tch::Kind::Bool, self.device))?;
+                let parts = loss.compute_targets(logits, targets, ys, Some(&unlabelled))?;
+                Ok((parts.total, parts.soft, parts.hard))
+            }
+        }
     }
 }
 

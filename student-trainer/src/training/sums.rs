@@ -74,6 +74,7 @@ impl Sums {
             samples_per_s: self.samples as f64 / wall.max(1e-9),
             wall_s: wall,
             hint_loss: self.hint.map(|h| h / n),
+            on_policy: None,
         }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Targets {
     pub(crate) soft: Option<SoftTargets>,
     /// The teacher's hint feature (`distill --hint`).
     pub(crate) hint: Option<Tensor>,
+    /// The teacher's log-probabilities at the ids the batch asked for, `f32 [B, S, m]`.
+    pub(crate) gathered: Option<Tensor>,
     /// Who answered, when the teacher did: request id, replica, groups (for the ledger).
     pub(crate) answered: Option<(u64, String, Vec<String>)>,
     /// The batch's span from its first send (none for cached or supervised batches).
@@ -90,6 +92,7 @@ impl TargetSource {
         let none = Targets {
             soft: None,
             hint: None,
+            gathered: None,
             answered: None,
             span: tracing::Span::none(),
         };
@@ -121,6 +124,7 @@ impl TargetSource {
         Ok(Some(Targets {
             soft: Some(tb.targets),
             hint: tb.hint,
+            gathered: tb.gathered,
             answered: Some((tb.batch_id, tb.replica, tb.groups)),
             span: tb.span,
         }))
@@ -180,6 +184,7 @@ mod tests {
                 tch::kind::FLOAT_CPU,
             )),
             hint: None,
+            gathered: None,
             groups: Vec::new(),
             replica: String::new(),
             span: tracing::Span::none(),

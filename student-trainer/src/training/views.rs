@@ -73,15 +73,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         let mut source = ViewSource::new(Some(rx));
         let inputs = Tensor::zeros([2, 1, 2, 2], tch::kind::FLOAT_CPU);
-        tx.try_send(ViewedBatch {
-            batch: planned(0, 0),
-            inputs: inputs.shallow_clone(),
-        })
+        tx.try_send(ViewedBatch::new(planned(0, 0), inputs.shallow_clone()))
         .unwrap();
-        tx.try_send(ViewedBatch {
-            batch: planned(0, 2),
-            inputs,
-        })
+        tx.try_send(ViewedBatch::new(planned(0, 2), inputs))
         .unwrap();
         drop(tx);
         assert!(source.next(0, &planned(0, 0)).unwrap().is_some());

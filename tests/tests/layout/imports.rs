@@ -327,6 +327,7 @@ fn student_trainer_keeps_its_house_rules() {
         "hint",
         "logit_cache",
         "eval",
+        "on_policy",
     ];
     let tops: BTreeSet<String> = s.iter().map(|x| x.top.clone()).collect();
     for (i, m) in maths.iter().enumerate() {

@@ -12,6 +12,7 @@ mod hints;
 mod interrupt;
 mod lm;
 mod logit_cache;
+mod on_policy;
 mod plot;
 mod pool_reordering;
 mod resume;

@@ -312,6 +312,7 @@ async fn a_student_trained_only_on_reordered_soft_targets_learns_the_labels() {
         cache: None,
         metrics: None,
         images: None,
+        on_policy: None,
     };
     // The in-process trainer reseeds libtorch's global generator (`cfg.seed`, then each epoch's
     // seed) and sets its thread count (`threads: Some(1)`): it holds the generator from start to

@@ -41,6 +41,18 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 pub(crate) struct Answer {
     targets: SoftTargets,
     hint: Option<Tensor>,
+    /// The log-probabilities at the ids the batch's `gather_ids` named, `f32 [batch, S, m]`.
+    gathered: Option<Tensor>,
+}
+
+/// What the response to a made batch must hold beyond a plan's: its own positions (a made
+/// token batch's length `S`) and the shape of its gathered log-probabilities.
+#[derive(Debug, Clone)]
+struct MadeShape {
+    /// `Some(S)` for token ids `[B, S]`; `None` for images.
+    positions: Option<i64>,
+    /// `[B, S, m]` when the batch asks for gathered log-probabilities.
+    gathered: Option<Vec<i64>>,
 }
 
 /// What the shell keeps of a replica besides the scheduler's state.
@@ -83,6 +95,8 @@ pub struct Pool {
     resolver: Arc<dyn Resolver>,
     sources: Vec<DnsSource>,
     next_resolve: Instant,
+    /// The shapes the answers to made batches must have, by sequence number, until released.
+    made_shapes: HashMap<u64, MadeShape>,
 }
 
 /// Where the batches of a run, and the inputs each request carries, come from.
@@ -111,9 +125,9 @@ struct Run {
     plan_done: bool,
     /// The whole dataset's inputs, for a [`Source::Plan`] (empty for [`Source::Views`]).
     inputs: Tensor,
-    /// The inputs of each admitted batch of a [`Source::Views`], by sequence number, until it
+    /// Each admitted batch of a [`Source::Views`] with its inputs, by sequence number, until it
     /// is released.
-    made: HashMap<u64, Tensor>,
+    made: HashMap<u64, ViewedBatch>,
     batches: u64,
     samples: u64,
     last_wait_log: Option<Instant>,
@@ -182,6 +196,7 @@ impl Pool {
         });
         let mut pool = Pool {
             next_resolve: Instant::now() + options.resolve_interval,
+            made_shapes: HashMap::new(),
             options,
             expect,
             groups: Vec::new(),
@@ -639,6 +654,7 @@ impl Pool {
                     let permit = permit.map_err(|_| ClientError::ConsumerGone)?;
                     if let Some(released) = self.sched.release() {
                         run.made.remove(&released.seq);
+                        self.made_shapes.remove(&released.seq);
                         let span = run.spans.remove(&released.seq).unwrap_or_else(tracing::Span::none);
                         let batch = self.finish(released, span)?;
                         run.batches += 1;
@@ -647,7 +663,7 @@ impl Pool {
                     }
                 }
                 view = next_view(source), if wants_view => match view {
-                    Some(v) => self.admit_one(run, v.batch, Some(v.inputs)),
+                    Some(v) => self.admit_one(run, v.batch.clone(), Some(v)),
                     None => run.plan_done = true,
                 },
                 Some(event) = self.events_rx.recv() => self.handle(event)?,
@@ -674,16 +690,19 @@ impl Pool {
             .map(|(_, r)| self.replicas[*r].url.as_str())
             .collect();
         let replica = answered_by.join("+");
-        let mut hints: Vec<Tensor> = Vec::new();
+        let (mut hints, mut gathered): (Vec<Tensor>, Vec<Tensor>) = (Vec::new(), Vec::new());
         let mut parts: Vec<SoftTargets> = parts
             .into_iter()
             .map(|(a, _)| {
                 hints.extend(a.hint);
+                gathered.extend(a.gathered);
                 a.targets
             })
             .collect();
-        // Hints come from one group (checked at start): its answer's.
+        // Hints and gathered log-probabilities come from one group (checked at start): its
+        // answer's.
         let hint = hints.pop();
+        let gathered = gathered.pop();
         let targets = if parts.len() == 1 {
             parts.pop().ok_or(MixError::Arity {
                 parts: 0,
@@ -709,6 +728,7 @@ impl Pool {
             indices: batch.indices,
             targets,
             hint,
+            gathered,
             groups: groups
                 .iter()
                 .map(|&g| self.groups[g].name.clone())
@@ -725,7 +745,7 @@ impl Pool {
             let next = match source {
                 Source::Plan(plan) => plan.next().map(|b| (b, None)),
                 Source::Views(rx) => match rx.try_recv() {
-                    Ok(v) => Some((v.batch, Some(v.inputs))),
+                    Ok(v) => Some((v.batch.clone(), Some(v))),
                     Err(TryRecvError::Empty) => return,
                     Err(TryRecvError::Disconnected) => None,
                 },
@@ -738,8 +758,8 @@ impl Pool {
     }
 
     /// Admits batch `b` (to one drawn group under [`EnsembleMode::Sample`]), with its own
-    /// `inputs` when it was made with them.
-    fn admit_one(&mut self, run: &mut Run, b: PlannedBatch, inputs: Option<Tensor>) {
+    /// inputs when it was `made` with them.
+    fn admit_one(&mut self, run: &mut Run, b: PlannedBatch, made: Option<ViewedBatch>) {
         let seq = match self.targets.ensemble {
             EnsembleMode::Sample if self.groups.len() > 1 => {
                 let weights: Vec<f64> = self.groups.iter().map(|g| g.weight).collect();
@@ -748,8 +768,19 @@ impl Pool {
             }
             _ => self.sched.admit(b),
         };
-        if let Some(inputs) = inputs {
-            run.made.insert(seq, inputs);
+        if let Some(made) = made {
+            let size = made.inputs.size();
+            let positions = (made.inputs.kind() == tch::Kind::Int64 && size.len() == 2)
+                .then(|| size[1]);
+            let gathered = made.gather_ids.as_ref().map(Tensor::size);
+            self.made_shapes.insert(
+                seq,
+                MadeShape {
+                    positions,
+                    gathered,
+                },
+            );
+            run.made.insert(seq, made);
         }
     }
 
@@ -772,7 +803,7 @@ impl Pool {
             });
             span.in_scope(|| tracing::debug!(wire = send.wire, replica = url, "sent"));
             let req = match run.made.get(&send.seq) {
-                Some(rows) => wire::request_rows(rows, send.wire, &self.targets.request)?,
+                Some(made) => wire::request_made(made, send.wire, &self.targets.request)?,
                 None => wire::request(&run.inputs, batch, send.wire, &self.targets.request)?,
             };
             let sent = self.replicas[send.replica]
@@ -932,18 +963,21 @@ impl Pool {
         let url = self.replicas[replica].url.as_str();
         let groups = &self.groups;
         let positions = self.expect.positions();
+        let made_shapes = &self.made_shapes;
         let top_k = self.targets.request.top_k;
         let hint_output = self.targets.request.hint_output.as_deref();
         let result = msg.result;
         let outputs = msg.outputs;
+        let gathered = msg.gathered;
         let answered = self.sched.answer(replica, generation, wire_id, at, |f| {
+            let made = made_shapes.get(&f.seq);
             let to = Answering {
                 url,
                 wire: wire_id,
                 seq: f.seq,
                 batch: f.batch,
                 num_logits: groups[f.group].reference.num_logits,
-                positions,
+                positions: made.map_or(positions, |m| m.positions),
                 top_k,
             };
             Ok::<_, ClientError>(match wire::decode(result, to)? {
@@ -952,7 +986,15 @@ impl Pool {
                     let hint = hint_output
                         .map(|name| wire::decode_hint(&outputs, name, rows, url, wire_id))
                         .transpose()?;
-                    Reply::Payload(Answer { targets, hint })
+                    let gathered = made
+                        .and_then(|m| m.gathered.as_deref())
+                        .map(|shape| wire::decode_gathered(gathered.as_ref(), shape, url, wire_id))
+                        .transpose()?;
+                    Reply::Payload(Answer {
+                        targets,
+                        hint,
+                        gathered,
+                    })
                 }
                 Decoded::Retry { code, message } => {
                     tracing::warn!(url, ?code, %message, "teacher could not answer a batch now; re-sending it");
