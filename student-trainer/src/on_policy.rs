@@ -108,9 +108,7 @@ impl Prompts {
     /// # Errors
     /// libtorch's error for an index out of range.
     pub fn select(&self, rows: &[i64]) -> Result<Prompts, tch::TchError> {
-        let tokens = self
-            .tokens
-            .f_index_select(0, &Tensor::from_slice(rows))?;
+        let tokens = self.tokens.f_index_select(0, &Tensor::from_slice(rows))?;
         let lens: Vec<i64> = rows.iter().map(|&r| self.lens[r as usize]).collect();
         // Trim the padding no selected prompt needs.
         let p = lens.iter().copied().max().unwrap_or(1).max(1);
@@ -276,7 +274,8 @@ mod tests {
     fn completion_labels_cover_the_completion_only() {
         // Row 0: prompt 2, completion 3 (positions 2..5), then padding; row 1: prompt 3,
         // completion 1.
-        let tokens = Tensor::from_slice(&[10i64, 11, 12, 13, 14, 0, 20, 21, 22, 23, 0, 0]).view([2, 6]);
+        let tokens =
+            Tensor::from_slice(&[10i64, 11, 12, 13, 14, 0, 20, 21, 22, 23, 0, 0]).view([2, 6]);
         let b = SampledBatch::new(tokens, &[2, 3], vec![3, 1], vec![true, false]).unwrap();
         let labels = Vec::<i64>::try_from(b.labels.reshape([-1])).unwrap();
         let i = IGNORE_INDEX;
@@ -305,7 +304,10 @@ mod tests {
         assert_eq!(s.lens, [1]);
         let rows = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([2, 3]);
         let q = Prompts::prefixes(&rows, 2).unwrap();
-        assert_eq!(Vec::<i64>::try_from(q.tokens.reshape([-1])).unwrap(), [1, 2, 4, 5]);
+        assert_eq!(
+            Vec::<i64>::try_from(q.tokens.reshape([-1])).unwrap(),
+            [1, 2, 4, 5]
+        );
     }
 
     #[test]
@@ -316,7 +318,9 @@ mod tests {
         let t = Tensor::from_slice(&[1.0f32, 0.2, -0.5, 0.9, 0.1]);
         let log_q = s.log_softmax(-1, Kind::Double);
         let log_p = t.log_softmax(-1, Kind::Double);
-        let exact = (log_q.exp() * (&log_q - &log_p)).sum(Kind::Double).double_value(&[]);
+        let exact = (log_q.exp() * (&log_q - &log_p))
+            .sum(Kind::Double)
+            .double_value(&[]);
         let mut weighted = 0.0;
         for x in 0..v {
             let labels = Tensor::from_slice(&[x, IGNORE_INDEX]).view([1, 2]);

@@ -53,7 +53,10 @@ pub fn read_prompts(
         let field = |name: &str, flag: &str| -> Result<String> {
             match value.get(name) {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(_) => Err(bad(i + 1, format!("expected the field {name:?} to be a string"))),
+                Some(_) => Err(bad(
+                    i + 1,
+                    format!("expected the field {name:?} to be a string"),
+                )),
                 None if value.is_object() => Err(bad(
                     i + 1,
                     format!("expected a string field {name:?} ({flag}), got none"),
@@ -99,7 +102,10 @@ mod tests {
         let got = read_prompts(&p, "prompt", Some("answer")).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].line, 3);
-        assert_eq!((got[1].prompt.as_str(), got[1].completion.as_deref()), ("c", Some("d")));
+        assert_eq!(
+            (got[1].prompt.as_str(), got[1].completion.as_deref()),
+            ("c", Some("d"))
+        );
         let got = read_prompts(&p, "prompt", None).unwrap();
         assert!(got[0].completion.is_none());
     }
@@ -108,9 +114,17 @@ mod tests {
     fn bad_lines_name_the_file_line_and_field() {
         let p = file("bad.jsonl", "{\"prompt\": \"a\"}\n{\"q\": \"b\"}\n");
         let e = read_prompts(&p, "prompt", None).unwrap_err().to_string();
-        assert!(e.contains("bad.jsonl line 2") && e.contains("\"prompt\" (--prompt-field)"), "{e}");
-        let e = read_prompts(&p, "prompt", Some("answer")).unwrap_err().to_string();
-        assert!(e.contains("line 1") && e.contains("--completion-field"), "{e}");
+        assert!(
+            e.contains("bad.jsonl line 2") && e.contains("\"prompt\" (--prompt-field)"),
+            "{e}"
+        );
+        let e = read_prompts(&p, "prompt", Some("answer"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("--completion-field"),
+            "{e}"
+        );
         let p = file("num.jsonl", "{\"prompt\": 3}\n");
         let e = read_prompts(&p, "prompt", None).unwrap_err().to_string();
         assert!(e.contains("to be a string"), "{e}");

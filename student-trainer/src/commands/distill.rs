@@ -341,13 +341,17 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         }
         None => (None, None),
     };
-    let on_policy = s.on_policy.take().zip(made_tx).map(|(p, teacher)| OnPolicyJob {
-        settings: p.settings,
-        prompts: p.prompts,
-        heldout: p.heldout,
-        teacher,
-        decode: Some(p.decode),
-    });
+    let on_policy = s
+        .on_policy
+        .take()
+        .zip(made_tx)
+        .map(|(p, teacher)| OnPolicyJob {
+            settings: p.settings,
+            prompts: p.prompts,
+            heldout: p.heldout,
+            teacher,
+            decode: Some(p.decode),
+        });
     let job = Job {
         device: s.device,
         spec: s.spec.clone(),

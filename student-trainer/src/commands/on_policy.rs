@@ -59,7 +59,11 @@ pub(crate) fn prepare(
             "--on-policy: the student samples text, got student {} on {} data (expected a \
              language model on a text corpus)",
             spec.arch,
-            if data.train.is_tokens() { "token" } else { "non-token" }
+            if data.train.is_tokens() {
+                "token"
+            } else {
+                "non-token"
+            }
         )));
     }
     let tokenizer = tokenizer(tc, data)?;
@@ -167,7 +171,12 @@ impl Context {
     ///
     /// # Errors
     /// [`AppError::Mismatch`] naming `what` and the lengths.
-    fn fit(&self, ids: &[i64], truncate: bool, what: &dyn Fn() -> String) -> Result<Vec<i64>, AppError> {
+    fn fit(
+        &self,
+        ids: &[i64],
+        truncate: bool,
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<i64>, AppError> {
         let room = self.room() as usize;
         if ids.len() <= room {
             return Ok(ids.to_vec());
@@ -252,7 +261,11 @@ fn file_prompts(
         PromptSource::Corpus { .. } => String::new(),
     };
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (i, (t, (p, c))) in texts.iter().zip(prompts.into_iter().zip(completions)).enumerate() {
+    for (i, (t, (p, c))) in texts
+        .iter()
+        .zip(prompts.into_iter().zip(completions))
+        .enumerate()
+    {
         let p = context.fit(&p, op.truncate_prompts, &|| {
             format!("the prompt of {path} line {}", t.line)
         })?;
@@ -271,7 +284,10 @@ fn file_prompts(
     test.truncate(op.eval_prompts);
     let lists: Vec<Vec<i64>> = train.iter().map(|(p, _)| p.clone()).collect();
     data.train = reference_dataset(&train, eos, &data.train)?;
-    Ok((Prompts::from_lists(&lists, eos), Prompts::from_lists(&test, eos)))
+    Ok((
+        Prompts::from_lists(&lists, eos),
+        Prompts::from_lists(&test, eos),
+    ))
 }
 
 /// The off-policy batches of a prompts file: each prompt, its reference completion and the

@@ -341,7 +341,10 @@ fn on_policy(a: &OnPolicyArgs) -> Result<Option<OnPolicyConfig>, ConfigError> {
             ("completion-field", a.completion_field.is_some()),
             ("prompt-tokens", a.prompt_tokens.is_some()),
             ("truncate-prompts", a.truncate_prompts),
-            ("on-policy-estimator", a.on_policy_estimator != OnPolicyEstimator::Full),
+            (
+                "on-policy-estimator",
+                a.on_policy_estimator != OnPolicyEstimator::Full,
+            ),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
             return Err(invalid(
@@ -354,7 +357,10 @@ fn on_policy(a: &OnPolicyArgs) -> Result<Option<OnPolicyConfig>, ConfigError> {
     if !(0.0..=1.0).contains(&lambda) {
         return Err(invalid(
             "on-policy",
-            format!("expected the probability of an on-policy batch, 0 to 1, got {}", number(lambda)),
+            format!(
+                "expected the probability of an on-policy batch, 0 to 1, got {}",
+                number(lambda)
+            ),
         ));
     }
     let max_new_tokens = a.max_new_tokens.unwrap_or(128);
@@ -368,7 +374,10 @@ fn on_policy(a: &OnPolicyArgs) -> Result<Option<OnPolicyConfig>, ConfigError> {
     if !(sample_temperature.is_finite() && sample_temperature >= 0.0) {
         return Err(invalid(
             "sample-temperature",
-            format!("expected a number >= 0 (0: greedy), got {}", number(sample_temperature)),
+            format!(
+                "expected a number >= 0 (0: greedy), got {}",
+                number(sample_temperature)
+            ),
         ));
     }
     let top_p = a.top_p.unwrap_or(1.0);
@@ -397,7 +406,9 @@ fn prompt_source(a: &OnPolicyArgs, lambda: f64) -> Result<PromptSource, ConfigEr
     match (&a.prompts, a.prompt_tokens) {
         (Some(_), Some(p)) => Err(invalid(
             "prompt-tokens",
-            format!("--prompt-tokens {p} takes prompts from the corpus, and --prompts from a file: use one"),
+            format!(
+                "--prompt-tokens {p} takes prompts from the corpus, and --prompts from a file: use one"
+            ),
         )),
         (None, None) => Err(invalid(
             "on-policy",

@@ -879,3 +879,154 @@ fn image_flags_parse_into_the_options_and_bad_values_name_their_flag() {
         "{e}"
     );
 }
+
+#[test]
+fn on_policy_flags_parse_with_their_defaults() {
+    let c = distill(&[
+        "--arch",
+        "lm",
+        "--on-policy",
+        "0.5",
+        "--prompt-tokens",
+        "16",
+    ])
+    .unwrap();
+    let op = c.on_policy.expect("on-policy settings");
+    assert_eq!(op.lambda, 0.5);
+    assert_eq!(
+        (op.max_new_tokens, op.sample_temperature, op.top_p),
+        (128, 1.0, 1.0)
+    );
+    assert_eq!(op.prompts, distill::PromptSource::Corpus { tokens: 16 });
+    assert_eq!(op.estimator, crate::on_policy::OnPolicyEstimator::Full);
+    assert_eq!((op.eval_prompts, op.samples_per_epoch), (64, 4));
+    // Reverse KL by default on-policy, forward KL otherwise; --loss still wins.
+    assert_eq!(c.loss.kind, LossKind::Rkl);
+    assert_eq!(distill(&["--arch", "lm"]).unwrap().loss.kind, LossKind::Kl);
+    let c = distill(&[
+        "--on-policy",
+        "1",
+        "--prompts",
+        "p.jsonl",
+        "--prompt-field",
+        "q",
+        "--max-new-tokens",
+        "32",
+        "--sample-temperature",
+        "0",
+        "--top-p",
+        "0.9",
+        "--loss",
+        "jsd",
+        "--on-policy-estimator",
+        "k1",
+        "--truncate-prompts",
+    ])
+    .unwrap();
+    let op = c.on_policy.unwrap();
+    assert_eq!(
+        op.prompts,
+        distill::PromptSource::File {
+            path: "p.jsonl".into(),
+            prompt_field: "q".into(),
+            completion_field: None
+        }
+    );
+    assert_eq!(
+        (op.max_new_tokens, op.sample_temperature, op.top_p),
+        (32, 0.0, 0.9)
+    );
+    assert!(op.truncate_prompts);
+    assert_eq!(c.loss.kind, LossKind::Jsd);
+    assert!(distill(&[]).unwrap().on_policy.is_none());
+}
+
+#[test]
+fn bad_on_policy_runs_are_refused_naming_the_flags() {
+    let err = |args: &[&str]| distill(args).unwrap_err().to_string();
+    let corpus = ["--on-policy", "1", "--prompt-tokens", "8"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        corpus
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
+    };
+    for (args, needles) in [
+        (
+            vec!["--on-policy", "1.5", "--prompt-tokens", "8"],
+            vec!["--on-policy", "0 to 1", "1.5"],
+        ),
+        (
+            vec!["--on-policy", "1"],
+            vec!["--prompts FILE.jsonl", "--prompt-tokens P"],
+        ),
+        (
+            vec![
+                "--on-policy",
+                "1",
+                "--prompts",
+                "p.jsonl",
+                "--prompt-tokens",
+                "8",
+            ],
+            vec!["--prompt-tokens 8", "use one"],
+        ),
+        (
+            vec!["--on-policy", "0.5", "--prompts", "p.jsonl"],
+            vec!["--completion-field", "--on-policy 0.5"],
+        ),
+        (
+            with(&["--logit-cache", "c"]),
+            vec!["--logit-cache", "--on-policy 1"],
+        ),
+        (
+            with(&["--max-new-tokens", "0"]),
+            vec!["--max-new-tokens", "at least 1"],
+        ),
+        (with(&["--top-p", "0"]), vec!["--top-p", "(0, 1]"]),
+        (
+            with(&["--sample-temperature=-1"]),
+            vec!["--sample-temperature", ">= 0"],
+        ),
+        (with(&["--loss", "mse"]), vec!["--loss", "mse"]),
+        (
+            with(&["--completion-field", "c"]),
+            vec!["--completion-field", "--prompt-tokens"],
+        ),
+        (
+            vec!["--max-new-tokens", "8"],
+            vec!["--max-new-tokens", "--on-policy LAMBDA"],
+        ),
+        (
+            vec!["--prompts", "p.jsonl"],
+            vec!["--prompts", "--on-policy LAMBDA"],
+        ),
+        (
+            vec!["--on-policy-estimator", "k1"],
+            vec!["--on-policy-estimator", "--on-policy"],
+        ),
+        (
+            vec![
+                "--on-policy",
+                "1",
+                "--prompt-tokens",
+                "8",
+                "--on-policy-estimator",
+                "k1",
+                "--teacher-group",
+                "a=127.0.0.1:1",
+                "--teacher-group",
+                "b=127.0.0.1:2",
+                "--top-k",
+                "0",
+            ],
+            vec!["--on-policy-estimator", "teacher groups mixed"],
+        ),
+    ] {
+        let e = err(&args);
+        for n in needles {
+            assert!(e.contains(n), "{args:?}: {e:?} lacks {n:?}");
+        }
+    }
+}

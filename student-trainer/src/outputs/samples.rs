@@ -75,9 +75,16 @@ mod tests {
             tokens: 3,
         };
         log.append(std::slice::from_ref(&s)).unwrap();
-        log.append(&[Sample { epoch: 2, ..s.clone() }]).unwrap();
+        log.append(&[Sample {
+            epoch: 2,
+            ..s.clone()
+        }])
+        .unwrap();
         let text = std::fs::read_to_string(log.path()).unwrap();
-        let lines: Vec<Sample> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Sample> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0], s);
         assert_eq!(lines[1].epoch, 2);

@@ -93,7 +93,11 @@ pub(crate) fn request_made(
     spec: &TargetRequest,
 ) -> Result<LogitsRequest, ClientError> {
     let mut req = request_rows(&made.inputs, batch_id, spec)?;
-    req.attention_mask = made.attention_mask.as_ref().map(codec::encode).transpose()?;
+    req.attention_mask = made
+        .attention_mask
+        .as_ref()
+        .map(codec::encode)
+        .transpose()?;
     req.gather_ids = made.gather_ids.as_ref().map(codec::encode).transpose()?;
     if let Some(t) = made.temperature {
         req.temperature = t as f32;

@@ -198,7 +198,12 @@ impl OnPolicy {
     ) -> Result<(OnPolicyMetrics, Vec<Sample>), TrainError> {
         let sums = std::mem::take(&mut self.sums);
         let held = match self.job.heldout.is_some() {
-            true => Some(self.heldout(student, targets, (seed, device), (epoch, first_index, batch_size))?),
+            true => Some(self.heldout(
+                student,
+                targets,
+                (seed, device),
+                (epoch, first_index, batch_size),
+            )?),
             false => None,
         };
         let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };

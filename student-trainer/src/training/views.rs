@@ -74,9 +74,9 @@ mod tests {
         let mut source = ViewSource::new(Some(rx));
         let inputs = Tensor::zeros([2, 1, 2, 2], tch::kind::FLOAT_CPU);
         tx.try_send(ViewedBatch::new(planned(0, 0), inputs.shallow_clone()))
-        .unwrap();
+            .unwrap();
         tx.try_send(ViewedBatch::new(planned(0, 2), inputs))
-        .unwrap();
+            .unwrap();
         drop(tx);
         assert!(source.next(0, &planned(0, 0)).unwrap().is_some());
         let e = source.next(0, &planned(0, 1)).unwrap_err().to_string();

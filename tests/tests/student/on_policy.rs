@@ -5,6 +5,7 @@
 //! the run finishes, and the teacher-scored reverse KL of the student's samples on held-out
 //! prompts falls. The mismatches users of other systems meet are refused before training.
 
+use distill_tests::text_files::{TokenizerKind, documents, train_tokenizer, write_jsonl};
 use distill_tests::trainer::{
     DistillArgs, assert_exactly_once, read_ledger, read_metrics, spawn_student, student,
     wait_for_ledger, write_synthetic_corpus,
@@ -98,16 +99,28 @@ async fn on_policy_batches_are_scored_once_through_a_failover_and_the_reverse_kl
         ],
     );
     args.extend(["--epochs".into(), EPOCHS.to_string()]);
-    args.extend(["--batch-ledger".into(), ledger.to_str().unwrap().to_string()]);
+    args.extend([
+        "--batch-ledger".into(),
+        ledger.to_str().unwrap().to_string(),
+    ]);
     let mut run = spawn_student(&args);
     let at_kill = wait_for_ledger(&ledger, 6, &mut run).await;
     replicas[0].signal("KILL");
-    let done = run.finish().await.expect_ok("on-policy distill with a replica killed");
+    let done = run
+        .finish()
+        .await
+        .expect_ok("on-policy distill with a replica killed");
     let lines = read_ledger(&ledger);
     let batches = lines.iter().filter(|l| l["epoch"] == 0).count() as u64;
-    assert!(at_kill < (EPOCHS * batches) as usize, "the run ended before the kill");
+    assert!(
+        at_kill < (EPOCHS * batches) as usize,
+        "the run ended before the kill"
+    );
     let per_replica = assert_exactly_once(&lines, EPOCHS, batches);
-    assert!(per_replica.get(&urls[1]).copied().unwrap_or(0) > 0, "{per_replica:?}");
+    assert!(
+        per_replica.get(&urls[1]).copied().unwrap_or(0) > 0,
+        "{per_replica:?}"
+    );
     assert!(
         lines.iter().all(|l| l["on_policy"] == true),
         "--on-policy 1: every batch is the student's own"
@@ -125,7 +138,9 @@ async fn on_policy_batches_are_scored_once_through_a_failover_and_the_reverse_kl
             let len = op["mean_completion_len"].as_f64().unwrap();
             assert!((1.0..=10.0).contains(&len), "{m}");
             assert!(m["test_perplexity"].as_f64().unwrap().is_finite(), "{m}");
-            op["heldout_reverse_kl"].as_f64().expect("held-out reverse KL")
+            op["heldout_reverse_kl"]
+                .as_f64()
+                .expect("held-out reverse KL")
         })
         .collect();
     assert!(
@@ -134,8 +149,159 @@ async fn on_policy_batches_are_scored_once_through_a_failover_and_the_reverse_kl
         done.stderr
     );
     let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
-    let samples: Vec<serde_json::Value> =
-        samples.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let samples: Vec<serde_json::Value> = samples
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(samples.len() as u64, EPOCHS * 4, "4 samples per epoch");
-    assert!(samples.iter().all(|s| !s["prompt"].as_str().unwrap().is_empty()));
+    assert!(
+        samples
+            .iter()
+            .all(|s| !s["prompt"].as_str().unwrap().is_empty())
+    );
+
+    mixed_k1_run_from_a_prompts_file(tmp.path(), &corpus, &urls[1..]).await;
+    mismatches_are_refused_before_training(tmp.path(), &corpus, &urls[1..]).await;
+}
+
+/// `--prompts FILE.jsonl` with reference completions, λ = 0.5 and the sampled-token estimator:
+/// both kinds of batch are trained, every one once, and the epoch's on-policy fraction is the
+/// ledger's.
+async fn mixed_k1_run_from_a_prompts_file(tmp: &Path, corpus: &Path, urls: &[String]) {
+    let words = ["plant", "animal", "water", "river", "stone"];
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            serde_json::json!({
+                "prompt": words[i % 5],
+                "completion": format!("{} {}", words[(i + 2) % 5], words[(i / 3) % 5]),
+            })
+            .to_string()
+        })
+        .collect();
+    let prompts = tmp.join("prompts.jsonl");
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let (out, ledger) = (tmp.join("mixed"), tmp.join("mixed.ledger"));
+    let p = prompts.to_str().unwrap();
+    let mut args = on_policy_args(
+        corpus,
+        &out,
+        urls,
+        &[
+            "--on-policy",
+            "0.5",
+            "--prompts",
+            p,
+            "--completion-field",
+            "completion",
+            "--on-policy-estimator",
+            "k1",
+            "--max-new-tokens",
+            "6",
+            "--epochs",
+            "2",
+            "--eval-prompts",
+            "3",
+        ],
+    );
+    args.extend([
+        "--batch-ledger".into(),
+        ledger.to_str().unwrap().to_string(),
+    ]);
+    let run = student(&args)
+        .await
+        .expect_ok("a mixed k1 run from a prompts file");
+    let lines = read_ledger(&ledger);
+    // 60 lines, one in 20 held out: 57 training prompts in batches of 8.
+    assert_exactly_once(&lines, 2, 57usize.div_ceil(BATCH) as u64);
+    let on = lines.iter().filter(|l| l["on_policy"] == true).count();
+    assert!(
+        0 < on && on < lines.len(),
+        "λ = 0.5: {on} of {} on-policy",
+        lines.len()
+    );
+    let metrics = read_metrics(&out);
+    let fraction: f64 = metrics
+        .iter()
+        .map(|m| m["on_policy"]["on_policy_fraction"].as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        (fraction - on as f64 / lines.len() as f64).abs() < 1e-9,
+        "{fraction} vs the ledger's {on}/{}\n{}",
+        lines.len(),
+        run.stderr
+    );
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m["loss"].as_f64().unwrap().is_finite())
+    );
+    assert!(
+        metrics[1]["on_policy"]["heldout_reverse_kl"]
+            .as_f64()
+            .unwrap()
+            .is_finite()
+    );
+}
+
+/// A prompt longer than the context leaves room for, a teacher of another tokenizer, and a
+/// tokenizer without an end-of-sequence token: each refused with one error line before any
+/// training.
+async fn mismatches_are_refused_before_training(tmp: &Path, corpus: &Path, urls: &[String]) {
+    let refused = |args: Vec<String>| async move { student(&args).await.one_error() };
+    let long = [
+        "--on-policy",
+        "1",
+        "--prompt-tokens",
+        "8",
+        "--max-new-tokens",
+        "10",
+    ];
+    let e = refused(on_policy_args(corpus, &tmp.join("long"), urls, &long)).await;
+    assert!(
+        e.contains("has 8 tokens")
+            && e.contains("--max-new-tokens 10")
+            && e.contains("--truncate-prompts"),
+        "{e}"
+    );
+    assert!(!tmp.join("long").join("checkpoint.json").exists());
+    // --truncate-prompts keeps the last 6 tokens of each prompt instead.
+    let mut cut = long.to_vec();
+    cut.extend([
+        "--truncate-prompts",
+        "--epochs",
+        "1",
+        "--limit",
+        "16",
+        "--eval-prompts",
+        "0",
+    ]);
+    student(&on_policy_args(corpus, &tmp.join("cut"), urls, &cut))
+        .await
+        .expect_ok("--truncate-prompts");
+
+    let other = tmp.join("other-corpus");
+    write_synthetic_corpus(&other, 400, 2);
+    let ok = [
+        "--on-policy",
+        "1",
+        "--prompt-tokens",
+        "6",
+        "--max-new-tokens",
+        "4",
+    ];
+    let e = refused(on_policy_args(&other, &tmp.join("other"), urls, &ok)).await;
+    assert!(e.contains("tokenizer fingerprint"), "{e}");
+
+    // Text files whose tokenizer knows no end-of-sequence token.
+    let dir = tmp.join("no-eos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs = documents(40, 3);
+    write_jsonl(&dir.join("docs.jsonl"), &docs, "text");
+    let tok = tmp.join("no-eos-tokenizer.json");
+    train_tokenizer(&tok, TokenizerKind::WordLevel, "[SEP]", &docs);
+    let mut args = on_policy_args(&dir, &tmp.join("no-eos-out"), urls, &ok);
+    args.extend(["--tokenizer".into(), tok.to_str().unwrap().to_string()]);
+    let e = refused(args).await;
+    assert!(e.contains("end-of-document token"), "{e}");
 }

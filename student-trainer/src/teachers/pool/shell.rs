@@ -770,8 +770,8 @@ impl Pool {
         };
         if let Some(made) = made {
             let size = made.inputs.size();
-            let positions = (made.inputs.kind() == tch::Kind::Int64 && size.len() == 2)
-                .then(|| size[1]);
+            let positions =
+                (made.inputs.kind() == tch::Kind::Int64 && size.len() == 2).then(|| size[1]);
             let gathered = made.gather_ids.as_ref().map(Tensor::size);
             self.made_shapes.insert(
                 seq,
