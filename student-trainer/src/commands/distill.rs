@@ -23,7 +23,9 @@ use crate::hint::{HintConfig, HintPlan};
 use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPLES, LogitCache};
 use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
-use crate::outputs::report::{ModelSummary, REPORT_FILE, ReplicaSummary, Report};
+use crate::outputs::report::{
+    ModelSummary, OnPolicySummary, REPORT_FILE, ReplicaSummary, Report,
+};
 use crate::schedule::{PlannedBatch, run_plan};
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
@@ -533,6 +535,13 @@ async fn report(
             .map(|i| i.classes.clone())
             .unwrap_or_default(),
         augment: s.data.images.as_ref().map(|i| i.augment.to_string()),
+        on_policy: cfg.on_policy.as_ref().map(|op| OnPolicySummary {
+            estimator: op.estimator.to_string(),
+            max_new_tokens: op.max_new_tokens,
+            sample_temperature: op.sample_temperature,
+            top_p: op.top_p,
+            last_epoch: out.last.as_ref().and_then(|m| m.on_policy.clone()),
+        }),
     })
 }
 

@@ -15,7 +15,10 @@
 //! - **throughput**: training samples per second of each epoch (wall time, evaluation excluded);
 //! - **final test accuracy**: one bar per run, in % (`report.json`'s student accuracy, else the
 //!   last epoch's), plus the teacher's from `report.json`: baseline against distilled when both
-//!   runs are given.
+//!   runs are given;
+//! - with an on-policy distillation run among them (`distill --on-policy`), two more: the
+//!   **held-out reverse KL** (teacher-scored, of the student's own samples, nats per token) and
+//!   the **held-out completion length** (tokens), after each epoch.
 //!
 //! Text is drawn with DejaVu Sans, embedded in the binary (`assets/fonts`, with its licence):
 //! no system font or fontconfig is needed. Plotters draws into an RGB buffer, which the `png`
@@ -406,7 +409,9 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> Draw
             .join(", ")
     );
     let body = root.titled(&title, font((w / 48).clamp(14, 32)))?;
-    let panels = body.split_evenly((2, 2));
+    let reverse_kl = reverse_kl_panel(runs);
+    let on_policy = reverse_kl.series.iter().any(|s| !s.points.is_empty());
+    let panels = body.split_evenly(if on_policy { (3, 2) } else { (2, 2) });
     let max_epoch = runs
         .iter()
         .filter_map(|r| r.epochs.last().map(|e| e.epoch))
@@ -415,7 +420,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[Run]) -> Draw
     line_panel(&panels[0], &loss_panel(runs), max_epoch)?;
     line_panel(&panels[1], &accuracy_panel(runs), max_epoch)?;
     line_panel(&panels[2], &throughput_panel(runs), max_epoch)?;
-    bar_panel(&panels[3], runs)
+    bar_panel(&panels[3], runs)?;
+    if on_policy {
+        line_panel(&panels[4], &reverse_kl, max_epoch)?;
+        line_panel(&panels[5], &completion_panel(runs), max_epoch)?;
+    }
+    Ok(())
 }
 
 /// The points of `value` of each run, finite values only.
@@ -505,6 +515,32 @@ fn throughput_panel(runs: &[Run]) -> LinePanel<'_> {
     LinePanel {
         title: "Training throughput per epoch",
         y_desc: "samples/s",
+        y_range: from_zero(&series),
+        series,
+        legend: SeriesLabelPosition::LowerRight,
+        note: None,
+    }
+}
+
+/// On-policy distillation's held-out reverse KL after each epoch.
+fn reverse_kl_panel(runs: &[Run]) -> LinePanel<'_> {
+    let series = series(runs, |e| e.on_policy.as_ref()?.heldout_reverse_kl);
+    LinePanel {
+        title: "Held-out reverse KL (teacher-scored samples)",
+        y_desc: "KL(student ‖ teacher), nats/token",
+        y_range: from_zero(&series),
+        series,
+        legend: SeriesLabelPosition::UpperRight,
+        note: None,
+    }
+}
+
+/// On-policy distillation's held-out completion length after each epoch.
+fn completion_panel(runs: &[Run]) -> LinePanel<'_> {
+    let series = series(runs, |e| e.on_policy.as_ref()?.heldout_completion_len);
+    LinePanel {
+        title: "Held-out completion length",
+        y_desc: "tokens",
         y_range: from_zero(&series),
         series,
         legend: SeriesLabelPosition::LowerRight,
@@ -853,5 +889,34 @@ mod tests {
         assert_eq!(short_number(2.5), "2.5");
         assert_eq!(short_number(0.25), "0.25");
         assert_eq!(short_number(0.0), "0");
+    }
+
+    #[test]
+    fn on_policy_runs_add_the_reverse_kl_and_completion_curves() {
+        let root = tmp("on-policy");
+        let dir = root.join("opd");
+        let lines: Vec<EpochMetrics> = [(1, 0.9), (2, 0.5), (3, 0.3)]
+            .into_iter()
+            .map(|(e, kl)| EpochMetrics {
+                on_policy: Some(crate::outputs::metrics::OnPolicyMetrics {
+                    lambda: 1.0,
+                    heldout_reverse_kl: Some(kl),
+                    heldout_completion_len: Some(10.0 + e as f64),
+                    ..Default::default()
+                }),
+                ..epoch(e, 1.0, None)
+            })
+            .collect();
+        write_run(&dir, &lines, None);
+        let off = root.join("off");
+        write_run(&off, &[epoch(1, 1.0, None)], None);
+        let runs = load_runs(&[dir, off]).unwrap();
+        let kl = reverse_kl_panel(&runs);
+        assert_eq!(kl.series[0].points, [(1, 0.9), (2, 0.5), (3, 0.3)]);
+        assert!(kl.series[1].points.is_empty());
+        assert_eq!(completion_panel(&runs).series[0].points[2], (3, 13.0));
+        let png = render_png(&runs, 640, 480).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -1,5 +1,6 @@
 //! The final report of `distill`: a table on stdout and `OUT/report.json`.
 
+use super::metrics::OnPolicyMetrics;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,62 @@ pub(crate) struct Report {
     /// data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<String>,
+    /// On-policy distillation (`--on-policy`): its settings and last epoch, or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_policy: Option<OnPolicySummary>,
+}
+
+/// On-policy distillation in the report: how the student sampled and what its last epoch
+/// measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OnPolicySummary {
+    /// `--on-policy-estimator` (`full` or `k1`).
+    pub estimator: String,
+    /// `--max-new-tokens`.
+    pub max_new_tokens: i64,
+    /// `--sample-temperature`.
+    pub sample_temperature: f64,
+    /// `--top-p`.
+    pub top_p: f64,
+    /// The last epoch's on-policy metrics (`metrics.jsonl`'s `on_policy`), if an epoch ended.
+    pub last_epoch: Option<OnPolicyMetrics>,
+}
+
+impl OnPolicySummary {
+    /// The table's lines.
+    fn lines(&self) -> String {
+        let mut s = format!(
+            "on-policy              --on-policy-estimator {}, up to {} new tokens at \
+             temperature {} top-p {}\n",
+            self.estimator, self.max_new_tokens, self.sample_temperature, self.top_p
+        );
+        if let Some(m) = &self.last_epoch {
+            let _ = writeln!(
+                s,
+                "  last epoch           λ={}: {:.0} % of batches on-policy, {} tokens generated \
+                 ({:.0} tokens/s), mean completion {:.1} tokens, {:.0} % ended with EOS",
+                m.lambda,
+                100.0 * m.on_policy_fraction,
+                m.tokens_generated,
+                m.generation_tokens_per_s,
+                m.mean_completion_len,
+                100.0 * m.eos_share
+            );
+            let _ = writeln!(
+                s,
+                "  step time split      generate {:.1} s, teacher scoring {:.1} s, train {:.1} s",
+                m.generate_s, m.score_s, m.train_s
+            );
+            if let Some(kl) = m.heldout_reverse_kl {
+                let _ = writeln!(
+                    s,
+                    "  held-out reverse KL  {kl:.4} nats/token (teacher-scored, the student's own \
+                     samples at temperature 1)"
+                );
+            }
+        }
+        s
+    }
 }
 
 /// One teacher replica in the report.
@@ -209,6 +266,9 @@ impl Report {
              {:.1} s for a prefetch slot",
             self.trainer_waited_s, self.teacher_backpressure_s
         );
+        if let Some(op) = &self.on_policy {
+            s.push_str(&op.lines());
+        }
         if let Some(augment) = &self.augment {
             let _ = writeln!(
                 s,
@@ -286,6 +346,7 @@ mod tests {
             trainer_data_waited_s: 0.5,
             classes: Vec::new(),
             augment: None,
+            on_policy: None,
         }
     }
 
@@ -366,5 +427,46 @@ mod tests {
         assert_eq!(Report::compression_of(Some(10), Some(5)), Some(2.0));
         assert_eq!(Report::compression_of(None, Some(5)), None);
         assert_eq!(Report::compression_of(Some(10), Some(0)), None);
+    }
+
+    #[test]
+    fn on_policy_runs_report_their_sampling_split_and_reverse_kl() {
+        let mut r = report(None);
+        assert!(!r.table().contains("on-policy"));
+        r.on_policy = Some(OnPolicySummary {
+            estimator: "k1".into(),
+            max_new_tokens: 64,
+            sample_temperature: 1.0,
+            top_p: 0.95,
+            last_epoch: Some(OnPolicyMetrics {
+                lambda: 0.5,
+                on_policy_fraction: 0.5,
+                on_policy_batches: 10,
+                tokens_generated: 1234,
+                generation_tokens_per_s: 456.0,
+                mean_completion_len: 12.34,
+                eos_share: 0.75,
+                generate_s: 2.7,
+                score_s: 1.2,
+                train_s: 3.4,
+                heldout_reverse_kl: Some(0.1234),
+                heldout_completion_len: Some(11.0),
+                heldout_eos_share: Some(0.5),
+            }),
+        });
+        let t = r.table();
+        for needle in [
+            "--on-policy-estimator k1, up to 64 new tokens at temperature 1 top-p 0.95",
+            "λ=0.5: 50 % of batches on-policy, 1234 tokens generated (456 tokens/s)",
+            "mean completion 12.3 tokens, 75 % ended with EOS",
+            "generate 2.7 s, teacher scoring 1.2 s, train 3.4 s",
+            "held-out reverse KL  0.1234 nats/token",
+        ] {
+            assert!(t.contains(needle), "{needle} not in\n{t}");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["on_policy"]["last_epoch"]["heldout_reverse_kl"], 0.1234);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 }
