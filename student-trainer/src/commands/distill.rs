@@ -23,9 +23,7 @@ use crate::hint::{HintConfig, HintPlan};
 use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPLES, LogitCache};
 use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
-use crate::outputs::report::{
-    ModelSummary, OnPolicySummary, REPORT_FILE, ReplicaSummary, Report,
-};
+use crate::outputs::report::{ModelSummary, OnPolicySummary, REPORT_FILE, ReplicaSummary, Report};
 use crate::schedule::{PlannedBatch, run_plan};
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};

@@ -7,8 +7,8 @@
 
 use distill_tests::text_files::{TokenizerKind, documents, train_tokenizer, write_jsonl};
 use distill_tests::trainer::{
-    DistillArgs, assert_exactly_once, read_ledger, read_metrics, spawn_student, student,
-    wait_for_ledger, write_synthetic_corpus,
+    DistillArgs, assert_exactly_once, max_abs_diff, read_json, read_ledger, read_metrics,
+    spawn_student, student, wait_for_ledger, write_synthetic_corpus,
 };
 use distill_tests::{TeacherProcess, TempDir};
 use std::path::Path;
@@ -160,7 +160,16 @@ async fn on_policy_batches_are_scored_once_through_a_failover_and_the_reverse_kl
             .all(|s| !s["prompt"].as_str().unwrap().is_empty())
     );
 
+    let report = read_json(&out.join("report.json"));
+    let last = &report["on_policy"]["last_epoch"];
+    assert_eq!(
+        last["heldout_reverse_kl"].as_f64(),
+        kl.last().copied(),
+        "{report}"
+    );
+
     mixed_k1_run_from_a_prompts_file(tmp.path(), &corpus, &urls[1..]).await;
+    stopped_mid_epoch_and_resumed_equals_straight(tmp.path(), &corpus, &urls[1..]).await;
     mismatches_are_refused_before_training(tmp.path(), &corpus, &urls[1..]).await;
 }
 
@@ -241,6 +250,48 @@ async fn mixed_k1_run_from_a_prompts_file(tmp: &Path, corpus: &Path, urls: &[Str
             .as_f64()
             .unwrap()
             .is_finite()
+    );
+}
+
+/// An on-policy run stopped mid-epoch (SIGTERM's path) and resumed samples the same completions
+/// and ends with the uninterrupted run's weights exactly: each batch's on-policy draw and
+/// sampling seed are functions of its place in the schedule.
+async fn stopped_mid_epoch_and_resumed_equals_straight(tmp: &Path, corpus: &Path, urls: &[String]) {
+    let flags = [
+        "--on-policy",
+        "0.5",
+        "--prompt-tokens",
+        "6",
+        "--max-new-tokens",
+        "8",
+        "--epochs",
+        "2",
+        "--limit",
+        "48",
+        "--eval-prompts",
+        "8",
+        "--seed",
+        "11",
+    ];
+    let straight = tmp.join("opd-straight");
+    student(&on_policy_args(corpus, &straight, urls, &flags))
+        .await
+        .expect_ok("straight on-policy run");
+    let cut = tmp.join("opd-cut");
+    let mut stop = on_policy_args(corpus, &cut, urls, &flags);
+    stop.extend(["--stop-after-steps".into(), "8".into()]);
+    let run = student(&stop).await;
+    assert_eq!(run.code, Some(143), "{}", run.stderr);
+    let mut resume = on_policy_args(corpus, &cut, urls, &flags);
+    resume.push("--resume".into());
+    student(&resume).await.expect_ok("resumed on-policy run");
+    let weights = |d: &Path| distill_models::Checkpoint::open(d).unwrap().weights_path();
+    let w = max_abs_diff(&weights(&straight), &weights(&cut));
+    assert_eq!(w, 0.0, "resumed on-policy weights differ by {w}");
+    let (a, b) = (read_metrics(&straight), read_metrics(&cut));
+    assert_eq!(
+        a[1]["on_policy"]["heldout_reverse_kl"],
+        b.last().unwrap()["on_policy"]["heldout_reverse_kl"]
     );
 }
 
