@@ -24,7 +24,7 @@ use crate::logit_cache::{CacheKey, CachePlan, CachedTeacher, DEFAULT_SHARD_SAMPL
 use crate::loss::LossKind;
 use crate::outputs::monitoring::StudentMetrics;
 use crate::outputs::report::{ModelSummary, OnPolicySummary, REPORT_FILE, ReplicaSummary, Report};
-use crate::schedule::{PlannedBatch, run_plan};
+use crate::schedule::{PlannedBatch, ViewedBatch, run_plan};
 use crate::soft_targets::TeacherBatch;
 use crate::teachers::pool::{ReplicaStats, RunStats, RunTargets};
 use crate::teachers::{ClientError, Expect, Pool, PoolError, TeacherInfo};
@@ -334,24 +334,7 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
     };
     let (tx, rx) = mpsc::channel::<TeacherBatch>(cfg.teachers.prefetch);
     // An on-policy run makes every batch on the training thread and hands it to the pool.
-    let (made_tx, made_rx) = match &s.on_policy {
-        Some(_) => {
-            let (t, r) = mpsc::channel(cfg.teachers.prefetch.max(1));
-            (Some(t), Some(r))
-        }
-        None => (None, None),
-    };
-    let on_policy = s
-        .on_policy
-        .take()
-        .zip(made_tx)
-        .map(|(p, teacher)| OnPolicyJob {
-            settings: p.settings,
-            prompts: p.prompts,
-            heldout: p.heldout,
-            teacher,
-            decode: Some(p.decode),
-        });
+    let (on_policy, made_rx) = on_policy_job(s.on_policy.take(), cfg.teachers.prefetch);
     let job = Job {
         device: s.device,
         spec: s.spec.clone(),
@@ -410,6 +393,26 @@ async fn run(cfg: &DistillConfig, s: &mut Setup, stop: Arc<AtomicBool>) -> Resul
         // The pool failed first: the loop only saw the stream end.
         (_, Err(e)) => Err(e.into()),
     }
+}
+
+/// An on-policy run's part of the job, and the receiving end of the batches its training thread
+/// makes and hands to the pool (at most `prefetch` waiting).
+fn on_policy_job(
+    plan: Option<OnPolicyPlan>,
+    prefetch: usize,
+) -> (Option<OnPolicyJob>, Option<mpsc::Receiver<ViewedBatch>>) {
+    let Some(plan) = plan else {
+        return (None, None);
+    };
+    let (teacher, made) = mpsc::channel(prefetch.max(1));
+    let job = OnPolicyJob {
+        settings: plan.settings,
+        prompts: plan.prompts,
+        heldout: plan.heldout,
+        teacher,
+        decode: Some(plan.decode),
+    };
+    (Some(job), Some(made))
 }
 
 /// The plan of the per-batch views: the batches the teachers answer, from the run's start

@@ -245,7 +245,7 @@ impl OnPolicy {
         let opts = SampleOptions {
             temperature: 1.0,
             top_p: 1.0,
-            ..self.job.settings.sample.clone()
+            ..self.job.settings.sample
         };
         // The same draws every epoch: the curve moves with the weights alone.
         tch::manual_seed(sampling_seed(step_seed(seed, u64::MAX, 0)));

@@ -10,7 +10,7 @@ use super::on_policy::{Made, OnPolicy};
 use super::step::{OnPolicyStep, StepInput, StepOutput, Stepper};
 use super::student::{Stages, Student, StudentSource};
 use super::sums::Sums;
-use super::targets::{TargetSource, Targets};
+use super::targets::{Answered, TargetSource, Targets};
 use super::views::ViewSource;
 use crate::data::Dataset;
 use crate::eval;
@@ -359,7 +359,7 @@ impl Trainer {
         epoch: u64,
         planned: &PlannedBatch,
         done: &StepOutput,
-        (answered, on_policy): (Option<(u64, String, Vec<String>)>, Option<bool>),
+        (answered, on_policy): (Option<Answered>, Option<bool>),
     ) -> Result<(), TrainError> {
         self.out.step += 1;
         self.out.samples += done.samples as u64;

@@ -11,6 +11,9 @@ use std::time::Instant;
 use tch::Tensor;
 use tokio::sync::mpsc;
 
+/// Who answered a batch: the request id, the replica, the groups (for the ledger).
+pub(crate) type Answered = (u64, String, Vec<String>);
+
 /// The soft targets of one planned batch.
 #[derive(Debug)]
 pub(crate) struct Targets {
@@ -21,7 +24,7 @@ pub(crate) struct Targets {
     /// The teacher's log-probabilities at the ids the batch asked for, `f32 [B, S, m]`.
     pub(crate) gathered: Option<Tensor>,
     /// Who answered, when the teacher did: request id, replica, groups (for the ledger).
-    pub(crate) answered: Option<(u64, String, Vec<String>)>,
+    pub(crate) answered: Option<Answered>,
     /// The batch's span from its first send (none for cached or supervised batches).
     pub(crate) span: tracing::Span,
 }
