@@ -139,3 +139,60 @@ async fn a_classifier_returns_log_probs_per_row_exact_whatever_the_wire_dtype() 
         Some(v1::logits_response::Result::Sparse(_))
     ));
 }
+
+/// Sequences of different lengths sent together are merged into one forward pass (padded to
+/// the longest); each gets back its own top-k logits and the log-probabilities at its own ids,
+/// equal to `log_softmax` in float64 of the logits computed in this process from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_values_of_merged_sequences_of_different_lengths_match_the_model_in_process() {
+    let dir = TempDir::new("teacher-gather-merged");
+    let ck = dir.path().join("lm");
+    scaled_checkpoint(&ck, "lm:layers=1,d=16,heads=2", &[8], VOCAB, 3.0);
+    // A 50 ms window: requests arriving together are merged.
+    let teacher = TeacherProcess::start(
+        &ck,
+        &["--max-batch-size", "64", "--max-batch-delay-us", "50000"],
+    )
+    .await;
+    let checkpoint = distill_models::Checkpoint::open(&ck).unwrap();
+    let lengths = [3i64, 8, 5];
+    let (inputs, gathers): (Vec<Tensor>, Vec<Tensor>) = {
+        let _rng = torch_rng();
+        lengths
+            .iter()
+            .map(|&s| {
+                (
+                    Tensor::randint(VOCAB, [2, s], (Kind::Int64, Device::Cpu)),
+                    Tensor::randint(VOCAB, [2, s, 4], (Kind::Int64, Device::Cpu)),
+                )
+            })
+            .unzip()
+    };
+    let mut client = teacher.client().await;
+    let mut stream = LogitsStream::open(&mut client).await;
+    for (i, (x, g)) in inputs.iter().zip(&gathers).enumerate() {
+        let mut r = request(i as u64, x);
+        r.temperature = T as f32;
+        r.top_k = 4;
+        r.gather_ids = Some(to_wire(g));
+        stream.send(r).await;
+    }
+    let mut merged = 0;
+    for _ in 0..lengths.len() {
+        let r = stream.recv_ok().await;
+        let i = r.batch_id as usize;
+        merged = merged.max(r.timing.as_ref().expect("timing").merged_requests);
+        let Some(v1::logits_response::Result::Sparse(sparse)) = &r.result else {
+            panic!("expected top-k logits, got {:?}", r.result)
+        };
+        let values = codec::decode(sparse.values.as_ref().unwrap()).unwrap();
+        assert_eq!(values.size(), vec![2, lengths[i], 4]);
+        let logits = checkpoint_forward(&checkpoint, &inputs[i]);
+        let want = reference(&logits, &gathers[i]);
+        let got = gathered(&r);
+        assert_eq!(got.size(), vec![2, lengths[i], 4]);
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= 1e-4, "sequence {i} (length {}): {d}", lengths[i]);
+    }
+    assert!(merged > 1, "the three requests were never merged");
+}
