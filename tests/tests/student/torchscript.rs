@@ -271,6 +271,47 @@ async fn a_traced_causal_lm_student_is_distilled_over_jsonl_and_its_perplexity_m
         assert!((p - ppl).abs() <= 1e-5 * ppl, "{key} {p} vs eval {ppl}");
     }
     assert_eq!(checked["jit_accuracy"], v["accuracy"], "{checked} vs {v}");
+
+    // On-policy: the traced module samples its own completions (a full forward per new token:
+    // TorchScript has no key/value cache), the teacher scores them.
+    let on_policy = tmp.path().join("on-policy");
+    let mut args: Vec<String> = [
+        "distill",
+        "--student",
+        &s(&lm),
+        "--seq-len",
+        SEQ,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--limit",
+        "32",
+        "--teacher",
+        &teacher.url(),
+        "--on-policy",
+        "1",
+        "--prompt-tokens",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--eval-prompts",
+        "8",
+        "--temperature",
+        "1",
+        "--out",
+        &s(&on_policy),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(corpus.flags());
+    student(&args)
+        .await
+        .expect_ok("on-policy distill of a traced TorchScript LM");
+    let m = &distill_tests::trainer::read_metrics(&on_policy)[0]["on_policy"];
+    assert_eq!(m["on_policy_batches"], 4, "{m}");
+    assert!(m["tokens_generated"].as_u64().unwrap() >= 32, "{m}");
+    assert!(m["heldout_reverse_kl"].as_f64().unwrap().is_finite(), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
