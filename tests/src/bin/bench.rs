@@ -471,7 +471,8 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     }
     let (seconds, warmup) = (ctx.seconds, ctx.warmup);
     let threads = tch::get_num_threads();
-    let python = !ctx.quick && distill_tests::torch_pythonpath().is_some();
+    let python =
+        pytorch_forward_wanted(ctx) && !ctx.quick && distill_tests::torch_pythonpath().is_some();
     let mut values = vec![Vec::new(); settings.len()];
     let mut reference: Vec<(String, Vec<f64>)> = Vec::new();
     // Alternating: this process's settings, then PyTorch's, each round.
@@ -540,6 +541,15 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Whether one of row 1's PyTorch rows is wanted (`--only`).
+fn pytorch_forward_wanted(ctx: &Ctx) -> bool {
+    [Precision::F32, Precision::Bf16].iter().any(|p| {
+        [REQUEST_BATCH, 256]
+            .iter()
+            .any(|b| ctx.wanted(&format!("raw_forward_pytorch_{p}_b{b}")))
+    })
 }
 
 /// Row 1's PyTorch side: `scripts/bench_forward_pytorch.py` (the same cnn as an eager
@@ -774,6 +784,12 @@ const KD_ERROR_BATCH: i64 = 128;
 /// samples; relative to f32. The largest per-batch relative difference is in the row's params
 /// (one batch's value varies with the draw by a factor of ~3).
 fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    if ![Precision::Bf16, Precision::F16]
+        .iter()
+        .any(|p| ctx.wanted(&format!("teacher_kd_error_{p}")))
+    {
+        return Ok(());
+    }
     let _no_grad = tch::no_grad_guard();
     let spec = ModelSpec {
         input_shape: INPUT_SHAPE.to_vec(),
