@@ -228,6 +228,10 @@ struct Report {
     rounds: usize,
     seconds_per_measurement: f64,
     cpu: CpuReport,
+    /// The 1-minute load average (`/proc/loadavg`) at the start and at the end (empty where
+    /// unknown): above the core count, other processes competed for the cores, which slows
+    /// multi-threaded libtorch loops far more than single-threaded ones.
+    load_average: Vec<f64>,
     rows: Vec<Row>,
     ratios: Vec<Ratio>,
     /// What was skipped and why.
@@ -2023,7 +2027,7 @@ const WIRE_GROUPS: [&str; 4] = [
 fn markdown(report: &Report) -> String {
     let mut s = format!(
         "CPU: {} ({} cores; native bf16: {}, native f16: {}); {} round(s) of {:.1} s per setting \
-         (rows 1-2), medians\n\n",
+         (rows 1-2), medians; load average {}\n\n",
         if report.cpu.model_name.is_empty() {
             "unknown"
         } else {
@@ -2033,7 +2037,11 @@ fn markdown(report: &Report) -> String {
         if report.cpu.native_bf16 { "yes" } else { "no" },
         if report.cpu.native_f16 { "yes" } else { "no" },
         report.rounds,
-        report.seconds_per_measurement
+        report.seconds_per_measurement,
+        match report.load_average.as_slice() {
+            [a, b] => format!("{a:.1} at the start, {b:.1} at the end"),
+            _ => "unknown".into(),
+        }
     );
     s.push_str("| row | setting | median | rounds |\n|---|---|---:|---|\n");
     for r in report
@@ -2152,8 +2160,32 @@ fn write_json(path: &Path, report: &Report) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// The 1-minute load average, where the system tells it (`/proc/loadavg`).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A note when a load average in `load` exceeds the `cores`.
+fn busy_note(load: &[f64], cores: usize) -> Option<String> {
+    let busy = load
+        .iter()
+        .copied()
+        .filter(|l| *l > cores as f64)
+        .reduce(f64::max)?;
+    Some(format!(
+        "the machine was busy (1-minute load average up to {busy:.1} on {cores} cores): \
+         multi-threaded timings, the PyTorch loops' above all, are unreliable"
+    ))
+}
+
 fn run(cli: Cli) -> Result<Report, String> {
     let started = Instant::now();
+    let load_at_start = load_average();
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -2238,7 +2270,13 @@ fn run(cli: Cli) -> Result<Report, String> {
     runtime.block_on(script_student_rows(&ctx, &mut rows))?;
     step("row 8, TorchScript students", t);
     let cpu = CpuInfo::read();
+    let load: Vec<f64> = [load_at_start, load_average()]
+        .into_iter()
+        .flatten()
+        .collect();
+    notes.extend(busy_note(&load, cpu.cores));
     Ok(Report {
+        load_average: load,
         started_unix_s,
         duration_s: started.elapsed().as_secs_f64(),
         quick: cli.quick,
