@@ -61,6 +61,13 @@
 //!    128, 1 thread each, Adam at lr 1e-3, cross-entropy. Alternating rounds (trainer, PyTorch,
 //!    per model), medians.
 //!
+//! 9. `opd`: on-policy distillation (`distill --on-policy`) of row 7's student from row 7's
+//!    teacher: the student's generation tokens/s in this process with the key/value cache and
+//!    with a full forward per token, and one epoch of `student-trainer distill --on-policy 1`
+//!    against the served teacher on loopback versus `scripts/reference/opd_pytorch.py` (the
+//!    teacher in process), in alternating rounds: completion tokens trained per second of the
+//!    loop's wall time, with the generate / score / train split (see `bench/opd.rs`).
+//!
 //! It prints markdown tables (rows, the wire sizes, then the ratios with their targets, each
 //! with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
 //! model name, flags and core count.
@@ -85,6 +92,10 @@ use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
 use teacher_server::model::{ModelSource, ModelSpec, Precision};
+
+/// Row 9, on-policy distillation (a module of this binary, beside it).
+#[path = "bench/opd.rs"]
+mod opd;
 
 /// The allocator of `teacher-server` and `student-trainer` (jemalloc, `malloc` overridden), so
 /// that the in-process rows measure what the binaries run.
@@ -132,6 +143,10 @@ struct Cli {
     /// 16; 32 with `--quick`).
     #[arg(long)]
     lm_sequences: Option<usize>,
+    /// Training sequences (prompts) of the on-policy rows, a multiple of their batch of 16
+    /// (default 64 = 4 steps; 32 with `--quick`).
+    #[arg(long)]
+    opd_sequences: Option<usize>,
     /// The Fashion-MNIST directory (IDX files; `make setup` downloads it). Not used by
     /// `--quick`, which writes a small synthetic dataset.
     #[arg(long, default_value = "data/fashion-mnist")]
@@ -158,6 +173,8 @@ struct Ctx {
     limit: usize,
     /// Training sequences of the language-model distillation row.
     lm_sequences: usize,
+    /// Training sequences of the on-policy rows.
+    opd_sequences: usize,
     /// `--quick`: rows 3 and 5 without the alternative thread split.
     quick: bool,
     /// Scratch space for the runs of rows 3 and 5.
@@ -277,6 +294,41 @@ const RATIOS: &[RatioSpec] = &[
         name: "LM distill tokens/s: remote teacher ÷ PyTorch in-process loop (same sizes)",
         numerator: "lm_distill_remote",
         denominator: Some("lm_distill_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "on-policy distill: completion tokens trained per s of loop wall time, served teacher ÷ PyTorch loop with the teacher in process",
+        numerator: "opd_remote",
+        denominator: Some("opd_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "on-policy generation tokens/s: student-trainer ÷ PyTorch loop (both with a key/value cache)",
+        numerator: "opd_remote_generate",
+        denominator: Some("opd_pytorch_generate"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "on-policy scoring tokens/s: served teacher ÷ in-process teacher",
+        numerator: "opd_remote_score",
+        denominator: Some("opd_pytorch_score"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "on-policy training tokens/s: student-trainer ÷ PyTorch loop",
+        numerator: "opd_remote_train",
+        denominator: Some("opd_pytorch_train"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "student sampling tokens/s: key/value cache ÷ full forward per token (in process)",
+        numerator: "opd_generate_kv",
+        denominator: Some("opd_generate_full"),
         target: ">= 1.0",
         bound: Bound::Ge(1.0),
     },
@@ -1067,7 +1119,7 @@ fn lm_wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
-/// Row 7b's sizes: teacher and student architectures, tokens and steps.
+/// Row 7b's sizes: teacher and student architectures, tokens and steps (row 9's models too).
 const LM_SEQ: i64 = 128;
 const LM_VOCAB: i64 = 8_192;
 const LM_BATCH: usize = 16;
@@ -2008,7 +2060,7 @@ fn ratios(rows: &[Row]) -> Vec<Ratio> {
 /// A value in its unit's precision.
 fn show(v: f64, unit: &str) -> String {
     match unit {
-        "samples/s" => format!("{v:.0}"),
+        "samples/s" | "tokens/s" => format!("{v:.0}"),
         "bytes/sample" => format!("{v:.1}"),
         _ if v == 0.0 => "0".into(),
         _ if v.abs() < 0.01 => format!("{v:.2e}"),
@@ -2234,6 +2286,7 @@ fn run(cli: Cli) -> Result<Report, String> {
         data: std::path::absolute(&data).unwrap_or(data),
         limit: cli.limit.unwrap_or(if cli.quick { 256 } else { 12_000 }),
         lm_sequences: cli.lm_sequences.unwrap_or(if cli.quick { 32 } else { 320 }),
+        opd_sequences: cli.opd_sequences.unwrap_or(if cli.quick { 32 } else { 64 }),
         quick: cli.quick,
         scratch: tmp.path().to_path_buf(),
     };
@@ -2269,6 +2322,10 @@ fn run(cli: Cli) -> Result<Report, String> {
     let t = Instant::now();
     runtime.block_on(script_student_rows(&ctx, &mut rows))?;
     step("row 8, TorchScript students", t);
+    let t = Instant::now();
+    opd::generate_rows(&ctx, &mut rows)?;
+    runtime.block_on(opd::distill_rows(&ctx, &mut rows, &mut notes))?;
+    step("row 9, on-policy distillation", t);
     let cpu = CpuInfo::read();
     let load: Vec<f64> = [load_at_start, load_average()]
         .into_iter()
