@@ -62,9 +62,11 @@ soak: setup
 ## reference loop scripts/reference/kd_pytorch.py and the same loop in process; wire bytes per
 ## sample and KD-loss error (dense f32/f16/bf16, top-k 8/32; 10 and 32,000 logits); cached
 ## against online epochs; a TorchScript MLP and CNN student trained by student-trainer against the
-## same modules in a PyTorch loop (scripts/bench_torchscript_student.py). Alternating rounds, medians. Prints markdown tables, writes
-## runs/bench/bench.json with the CPU's model, flags and cores. About 5 minutes on 2 idle
-## cores. Options in BENCH_ARGS (e.g. --quick, --only distill_,cache_, --limit N).
+## same modules in a PyTorch loop (scripts/bench_torchscript_student.py); on-policy distillation
+## (the student's sampling with and without its KV cache; distill --on-policy 1 against the
+## served teacher versus scripts/reference/opd_pytorch.py). Alternating rounds, medians. Prints markdown tables, writes
+## runs/bench/bench.json with the CPU's model, flags, cores and load average. About 8 minutes on 2 idle
+## cores. Options in BENCH_ARGS (e.g. --quick, --only distill_,cache_, --only opd, --limit N).
 BENCH_ARGS ?=
 bench: setup
 	$(CARGO) build --release -p teacher-server -p student-trainer -p distill-tests --bins

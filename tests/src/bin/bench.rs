@@ -61,6 +61,13 @@
 //!    128, 1 thread each, Adam at lr 1e-3, cross-entropy. Alternating rounds (trainer, PyTorch,
 //!    per model), medians.
 //!
+//! 9. `opd`: on-policy distillation (`distill --on-policy`) of row 7's student from row 7's
+//!    teacher: the student's generation tokens/s in this process with the key/value cache and
+//!    with a full forward per token, and one epoch of `student-trainer distill --on-policy 1`
+//!    against the served teacher on loopback versus `scripts/reference/opd_pytorch.py` (the
+//!    teacher in process), in alternating rounds: completion tokens trained per second of the
+//!    loop's wall time, with the generate / score / train split (see `bench/opd.rs`).
+//!
 //! It prints markdown tables (rows, the wire sizes, then the ratios with their targets, each
 //! with whether it is met) and writes `bench.json` (`--out`) with every round, the CPU's
 //! model name, flags and core count.
@@ -85,6 +92,10 @@ use student_trainer::loss::{DistillLoss, LossKind, SparseTail};
 use student_trainer::soft_targets::SoftTargets;
 use tch::{Kind, Tensor};
 use teacher_server::model::{ModelSource, ModelSpec, Precision};
+
+/// Row 9, on-policy distillation (a module of this binary, beside it).
+#[path = "bench/opd.rs"]
+mod opd;
 
 /// The allocator of `teacher-server` and `student-trainer` (jemalloc, `malloc` overridden), so
 /// that the in-process rows measure what the binaries run.
@@ -132,6 +143,10 @@ struct Cli {
     /// 16; 32 with `--quick`).
     #[arg(long)]
     lm_sequences: Option<usize>,
+    /// Training sequences (prompts) of the on-policy rows, a multiple of their batch of 16
+    /// (default 64 = 4 steps; 32 with `--quick`).
+    #[arg(long)]
+    opd_sequences: Option<usize>,
     /// The Fashion-MNIST directory (IDX files; `make setup` downloads it). Not used by
     /// `--quick`, which writes a small synthetic dataset.
     #[arg(long, default_value = "data/fashion-mnist")]
@@ -158,6 +173,8 @@ struct Ctx {
     limit: usize,
     /// Training sequences of the language-model distillation row.
     lm_sequences: usize,
+    /// Training sequences of the on-policy rows.
+    opd_sequences: usize,
     /// `--quick`: rows 3 and 5 without the alternative thread split.
     quick: bool,
     /// Scratch space for the runs of rows 3 and 5.
@@ -228,6 +245,10 @@ struct Report {
     rounds: usize,
     seconds_per_measurement: f64,
     cpu: CpuReport,
+    /// The 1-minute load average (`/proc/loadavg`) at the start and at the end (empty where
+    /// unknown): above the core count, other processes competed for the cores, which slows
+    /// multi-threaded libtorch loops far more than single-threaded ones.
+    load_average: Vec<f64>,
     rows: Vec<Row>,
     ratios: Vec<Ratio>,
     /// What was skipped and why.
@@ -273,6 +294,41 @@ const RATIOS: &[RatioSpec] = &[
         name: "LM distill tokens/s: remote teacher ÷ PyTorch in-process loop (same sizes)",
         numerator: "lm_distill_remote",
         denominator: Some("lm_distill_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "on-policy distill: completion tokens trained per s of loop wall time, served teacher ÷ PyTorch loop with the teacher in process",
+        numerator: "opd_remote",
+        denominator: Some("opd_pytorch"),
+        target: ">= 1.0",
+        bound: Bound::Ge(1.0),
+    },
+    RatioSpec {
+        name: "on-policy generation tokens/s: student-trainer ÷ PyTorch loop (both with a key/value cache)",
+        numerator: "opd_remote_generate",
+        denominator: Some("opd_pytorch_generate"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "on-policy scoring tokens/s: served teacher ÷ in-process teacher",
+        numerator: "opd_remote_score",
+        denominator: Some("opd_pytorch_score"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "on-policy training tokens/s: student-trainer ÷ PyTorch loop",
+        numerator: "opd_remote_train",
+        denominator: Some("opd_pytorch_train"),
+        target: "(measured)",
+        bound: Bound::None,
+    },
+    RatioSpec {
+        name: "student sampling tokens/s: key/value cache ÷ full forward per token (in process)",
+        numerator: "opd_generate_kv",
+        denominator: Some("opd_generate_full"),
         target: ">= 1.0",
         bound: Bound::Ge(1.0),
     },
@@ -471,7 +527,8 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     }
     let (seconds, warmup) = (ctx.seconds, ctx.warmup);
     let threads = tch::get_num_threads();
-    let python = !ctx.quick && distill_tests::torch_pythonpath().is_some();
+    let python =
+        pytorch_forward_wanted(ctx) && !ctx.quick && distill_tests::torch_pythonpath().is_some();
     let mut values = vec![Vec::new(); settings.len()];
     let mut reference: Vec<(String, Vec<f64>)> = Vec::new();
     // Alternating: this process's settings, then PyTorch's, each round.
@@ -540,6 +597,15 @@ fn raw_forward(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
         });
     }
     Ok(())
+}
+
+/// Whether one of row 1's PyTorch rows is wanted (`--only`).
+fn pytorch_forward_wanted(ctx: &Ctx) -> bool {
+    [Precision::F32, Precision::Bf16].iter().any(|p| {
+        [REQUEST_BATCH, 256]
+            .iter()
+            .any(|b| ctx.wanted(&format!("raw_forward_pytorch_{p}_b{b}")))
+    })
 }
 
 /// Row 1's PyTorch side: `scripts/bench_forward_pytorch.py` (the same cnn as an eager
@@ -774,6 +840,12 @@ const KD_ERROR_BATCH: i64 = 128;
 /// samples; relative to f32. The largest per-batch relative difference is in the row's params
 /// (one batch's value varies with the draw by a factor of ~3).
 fn teacher_kd_error(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
+    if ![Precision::Bf16, Precision::F16]
+        .iter()
+        .any(|p| ctx.wanted(&format!("teacher_kd_error_{p}")))
+    {
+        return Ok(());
+    }
     let _no_grad = tch::no_grad_guard();
     let spec = ModelSpec {
         input_shape: INPUT_SHAPE.to_vec(),
@@ -1047,7 +1119,7 @@ fn lm_wire_bytes(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
     Ok(())
 }
 
-/// Row 7b's sizes: teacher and student architectures, tokens and steps.
+/// Row 7b's sizes: teacher and student architectures, tokens and steps (row 9's models too).
 const LM_SEQ: i64 = 128;
 const LM_VOCAB: i64 = 8_192;
 const LM_BATCH: usize = 16;
@@ -1988,7 +2060,7 @@ fn ratios(rows: &[Row]) -> Vec<Ratio> {
 /// A value in its unit's precision.
 fn show(v: f64, unit: &str) -> String {
     match unit {
-        "samples/s" => format!("{v:.0}"),
+        "samples/s" | "tokens/s" => format!("{v:.0}"),
         "bytes/sample" => format!("{v:.1}"),
         _ if v == 0.0 => "0".into(),
         _ if v.abs() < 0.01 => format!("{v:.2e}"),
@@ -2007,7 +2079,7 @@ const WIRE_GROUPS: [&str; 4] = [
 fn markdown(report: &Report) -> String {
     let mut s = format!(
         "CPU: {} ({} cores; native bf16: {}, native f16: {}); {} round(s) of {:.1} s per setting \
-         (rows 1-2), medians\n\n",
+         (rows 1-2), medians; load average {}\n\n",
         if report.cpu.model_name.is_empty() {
             "unknown"
         } else {
@@ -2017,7 +2089,11 @@ fn markdown(report: &Report) -> String {
         if report.cpu.native_bf16 { "yes" } else { "no" },
         if report.cpu.native_f16 { "yes" } else { "no" },
         report.rounds,
-        report.seconds_per_measurement
+        report.seconds_per_measurement,
+        match report.load_average.as_slice() {
+            [a, b] => format!("{a:.1} at the start, {b:.1} at the end"),
+            _ => "unknown".into(),
+        }
     );
     s.push_str("| row | setting | median | rounds |\n|---|---|---:|---|\n");
     for r in report
@@ -2136,8 +2212,32 @@ fn write_json(path: &Path, report: &Report) -> Result<(), String> {
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// The 1-minute load average, where the system tells it (`/proc/loadavg`).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A note when a load average in `load` exceeds the `cores`.
+fn busy_note(load: &[f64], cores: usize) -> Option<String> {
+    let busy = load
+        .iter()
+        .copied()
+        .filter(|l| *l > cores as f64)
+        .reduce(f64::max)?;
+    Some(format!(
+        "the machine was busy (1-minute load average up to {busy:.1} on {cores} cores): \
+         multi-threaded timings, the PyTorch loops' above all, are unreliable"
+    ))
+}
+
 fn run(cli: Cli) -> Result<Report, String> {
     let started = Instant::now();
+    let load_at_start = load_average();
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -2186,6 +2286,7 @@ fn run(cli: Cli) -> Result<Report, String> {
         data: std::path::absolute(&data).unwrap_or(data),
         limit: cli.limit.unwrap_or(if cli.quick { 256 } else { 12_000 }),
         lm_sequences: cli.lm_sequences.unwrap_or(if cli.quick { 32 } else { 320 }),
+        opd_sequences: cli.opd_sequences.unwrap_or(if cli.quick { 32 } else { 64 }),
         quick: cli.quick,
         scratch: tmp.path().to_path_buf(),
     };
@@ -2221,8 +2322,18 @@ fn run(cli: Cli) -> Result<Report, String> {
     let t = Instant::now();
     runtime.block_on(script_student_rows(&ctx, &mut rows))?;
     step("row 8, TorchScript students", t);
+    let t = Instant::now();
+    opd::generate_rows(&ctx, &mut rows)?;
+    runtime.block_on(opd::distill_rows(&ctx, &mut rows, &mut notes))?;
+    step("row 9, on-policy distillation", t);
     let cpu = CpuInfo::read();
+    let load: Vec<f64> = [load_at_start, load_average()]
+        .into_iter()
+        .flatten()
+        .collect();
+    notes.extend(busy_note(&load, cpu.cores));
     Ok(Report {
+        load_average: load,
         started_unix_s,
         duration_s: started.elapsed().as_secs_f64(),
         quick: cli.quick,

@@ -2,7 +2,8 @@
 //! of a small synthetic dataset, without the PyTorch reference and the in-process loop) runs end to end and writes `bench.json` with every
 //! row, the ratios between them with their targets, and the CPU's description. Timings are not
 //! checked (a smoke test of the benchmark, not a timing test); the deterministic rows are: the
-//! wire sizes against the byte counts of the encoding, and exact dense f32 against itself.
+//! wire sizes against the byte counts of the encoding, and exact dense f32 against itself; the
+//! on-policy row's token counts and its time split are checked against each other.
 
 use distill_tests::*;
 
@@ -90,6 +91,17 @@ fn quick_bench_writes_every_row() {
         want.push(format!("script_student_{m}_trainer"));
         want.push(format!("script_student_{m}_pytorch"));
     }
+    want.extend(
+        [
+            "opd_generate_kv",
+            "opd_generate_full",
+            "opd_remote",
+            "opd_remote_generate",
+            "opd_remote_score",
+            "opd_remote_train",
+        ]
+        .map(String::from),
+    );
     assert_eq!(ids, want, "rows in order");
     let row = |id: &str| -> &serde_json::Value {
         json["rows"]
@@ -150,7 +162,7 @@ fn quick_bench_writes_every_row() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 12, "{json}");
+    assert_eq!(names.len(), 13, "{json}");
     for r in json["ratios"].as_array().unwrap() {
         assert!(r["value"].as_f64().is_some_and(f64::is_finite), "{r}");
     }
@@ -159,6 +171,22 @@ fn quick_bench_writes_every_row() {
         "{stdout}"
     );
     assert!(stdout.contains("skips the PyTorch reference"), "{stdout}");
+    // Row 9: one on-policy epoch of 32 prompts (2 steps of 16), completions of 1 to 64 tokens
+    // each; the generate / score / train split fits in the loop's wall time.
+    let opd = &row("opd_remote")["params"];
+    let completion = opd["completion_tokens"].as_f64().unwrap();
+    assert!((32.0..=32.0 * 64.0).contains(&completion), "{opd}");
+    assert_eq!(opd["generated_tokens"].as_f64(), Some(completion), "{opd}");
+    let split = &opd["split_s"];
+    let parts: f64 = ["generate", "score", "train"]
+        .iter()
+        .map(|k| split[k].as_f64().unwrap())
+        .sum();
+    assert!(
+        parts > 0.0 && parts <= split["wall"].as_f64().unwrap() + 1e-6,
+        "{opd}"
+    );
+    assert!(stdout.contains("load average"), "{stdout}");
     let cpu = &json["cpu"];
     assert!(cpu["cores"].as_u64().is_some_and(|c| c >= 1), "{cpu}");
     let this = distill_models::CpuInfo::read();
