@@ -1230,23 +1230,7 @@ async fn lm_remote_once(ctx: &Ctx, url: &str, data: &Path, out: &Path) -> Result
         .flag("--threads", 1)
         .no_epoch_eval()
         .build();
-    let run = tokio::process::Command::new(&ctx.student)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("running {}: {e}", ctx.student.display()))?;
-    if !run.status.success() {
-        return Err(format!(
-            "student-trainer distill (LM) failed ({}): {}",
-            run.status,
-            String::from_utf8_lossy(&run.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ));
-    }
+    run_student(ctx, &args, "distill (LM)").await?;
     let line = std::fs::read_to_string(out.join("metrics.jsonl")).map_err(|e| e.to_string())?;
     let m: serde_json::Value = line
         .lines()
@@ -1611,19 +1595,17 @@ struct DistillRun {
     metrics: Vec<serde_json::Value>,
 }
 
-/// Runs `student-trainer distill` (row 3's setup: `--arch mlp`, batch 128, `--limit`, no
-/// per-epoch evaluation) with `extra` flags into a fresh `out`.
-async fn distill_run(ctx: &Ctx, out: &Path, extra: &[String]) -> Result<DistillRun, String> {
-    let _ = std::fs::remove_dir_all(out);
-    let args = DistillArgs::new(&ctx.data, out)
-        .arch("mlp")
-        .batch_size(128)
-        .flag("--limit", ctx.limit)
-        .no_epoch_eval()
-        .build();
+/// Runs `student-trainer` with `args` (logging off, no stdin) and returns its output.
+///
+/// # Errors
+/// It could not start, or it failed: `what`, its exit status and the last lines of its stderr.
+async fn run_student(
+    ctx: &Ctx,
+    args: &[String],
+    what: &str,
+) -> Result<std::process::Output, String> {
     let run = tokio::process::Command::new(&ctx.student)
         .args(args)
-        .args(extra)
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .output()
@@ -1633,11 +1615,26 @@ async fn distill_run(ctx: &Ctx, out: &Path, extra: &[String]) -> Result<DistillR
         let err = String::from_utf8_lossy(&run.stderr);
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
         return Err(format!(
-            "student-trainer distill {extra:?} failed ({}): {}",
+            "student-trainer {what} failed ({}): {}",
             run.status,
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         ));
     }
+    Ok(run)
+}
+
+/// Runs `student-trainer distill` (row 3's setup: `--arch mlp`, batch 128, `--limit`, no
+/// per-epoch evaluation) with `extra` flags into a fresh `out`.
+async fn distill_run(ctx: &Ctx, out: &Path, extra: &[String]) -> Result<DistillRun, String> {
+    let _ = std::fs::remove_dir_all(out);
+    let mut args = DistillArgs::new(&ctx.data, out)
+        .arch("mlp")
+        .batch_size(128)
+        .flag("--limit", ctx.limit)
+        .no_epoch_eval()
+        .build();
+    args.extend(extra.iter().cloned());
+    run_student(ctx, &args, &format!("distill {extra:?}")).await?;
     let read = |name: &str| {
         std::fs::read_to_string(out.join(name))
             .map_err(|e| format!("{}: {e}", out.join(name).display()))

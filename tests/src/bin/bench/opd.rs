@@ -413,22 +413,7 @@ async fn remote_once(ctx: &Ctx, url: &str, c: &Corpus, out: &Path) -> Result<Loo
         .flag("--device", "cpu")
         .no_epoch_eval()
         .build();
-    let run = tokio::process::Command::new(&ctx.student)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("running {}: {e}", ctx.student.display()))?;
-    if !run.status.success() {
-        let err = String::from_utf8_lossy(&run.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(5).collect();
-        return Err(format!(
-            "student-trainer distill --on-policy failed ({}): {}",
-            run.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    }
+    super::run_student(ctx, &args, "distill --on-policy").await?;
     let path = out.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let m: serde_json::Value = text
