@@ -158,6 +158,34 @@ pub fn entry_to_text(entry: &str) -> String {
     paragraphs.join("\n")
 }
 
+/// An entry's text cut after its `words`-th whitespace-separated word, as `(prompt,
+/// completion)` with `prompt + completion == text`: the completion starts with the whitespace
+/// that follows the prompt (so that a byte-level BPE encodes the two parts as it encodes the
+/// text). `None` when `words` is 0 or nothing but whitespace follows.
+///
+/// An entry starts with its headword, pronunciation and part of speech (`Abaca \Ab"a*ca\, n.`):
+/// a prompt of on-policy distillation on GCIDE (`make demo-opd`) is those and the completion
+/// the definition.
+pub fn split_entry(text: &str, words: usize) -> Option<(&str, &str)> {
+    let mut seen = 0;
+    let mut in_word = false;
+    for (i, c) in text.char_indices() {
+        if !c.is_whitespace() {
+            in_word = true;
+            continue;
+        }
+        if in_word {
+            seen += 1;
+            if seen == words {
+                let rest = &text[i..];
+                return (!rest.trim().is_empty()).then_some((&text[..i], rest));
+            }
+        }
+        in_word = false;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +252,23 @@ mod tests {
         }
         assert_eq!(decode_b64_number(""), None);
         assert_eq!(decode_b64_number("A-"), None);
+    }
+
+    #[test]
+    fn entries_split_after_the_nth_word_keeping_the_whitespace() {
+        let text = "Abaca \\Ab\"a*ca\\, n. The Manila-hemp plant.\nSyn: hemp";
+        assert_eq!(
+            split_entry(text, 3),
+            Some((
+                "Abaca \\Ab\"a*ca\\, n.",
+                " The Manila-hemp plant.\nSyn: hemp"
+            ))
+        );
+        assert_eq!(split_entry("one\ntwo", 1), Some(("one", "\ntwo")));
+        assert_eq!(split_entry("one  two ", 1), Some(("one", "  two ")));
+        assert_eq!(split_entry("one two", 2), None);
+        assert_eq!(split_entry("one two  ", 2), None);
+        assert_eq!(split_entry("one two", 0), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use corpus::{
 };
 pub use error::{Result, TextError};
 pub use files::{Documents, has_text_files};
-pub use gcide::{Document, GCIDE_DICT, GCIDE_INDEX, entry_to_text, read_gcide};
+pub use gcide::{Document, GCIDE_DICT, GCIDE_INDEX, entry_to_text, read_gcide, split_entry};
 pub use pack::{IGNORE_INDEX, Packed, pack, pack_stream, stream};
 pub use pretrained::{EOS_CANDIDATES, PretrainedTokenizer};
 pub use prompts::{PromptText, read_prompts};
@@ -75,6 +75,26 @@ pub fn split_documents<T>(docs: Vec<T>) -> (Vec<T>, Vec<T>) {
         }
     }
     (train, test)
+}
+
+/// The inverse of [`split_documents`]: one sequence whose item `i` comes from `test` when
+/// [`is_test_document`]`(i)` and from `train` otherwise, each in its order, ending where the
+/// split it needs next runs out. A file written in this order and split again by line (as
+/// `distill --prompts` holds out one line in 20) gives back `test`'s items as its held-out lines.
+pub fn merge_split<T>(train: Vec<T>, test: Vec<T>) -> Vec<T> {
+    let (mut train, mut test) = (train.into_iter(), test.into_iter());
+    let mut out = Vec::new();
+    loop {
+        let next = if is_test_document(out.len()) {
+            test.next()
+        } else {
+            train.next()
+        };
+        match next {
+            Some(item) => out.push(item),
+            None => return out,
+        }
+    }
 }
 
 /// What [`prepare`] made or found.
@@ -231,4 +251,29 @@ pub fn prepare(
         trained_tokenizer,
         rebuilt_caches,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_split_puts_the_test_items_where_split_documents_takes_them() {
+        let train: Vec<String> = (0..40).map(|i| format!("train {i}")).collect();
+        let test: Vec<String> = (0..5).map(|i| format!("test {i}")).collect();
+        let merged = merge_split(train.clone(), test.clone());
+        // Lines 0, 20 and 40 take test items; the 40 train items fill lines 1-19, 21-39, 41
+        // and 42, and the merge ends at line 43, where train has none left.
+        assert_eq!(merged[0], "test 0");
+        assert_eq!(merged[1], "train 0");
+        assert_eq!(merged[20], "test 1");
+        assert_eq!(merged[40], "test 2");
+        assert_eq!(merged.len(), 43);
+        let (tr, te) = split_documents(merged);
+        assert_eq!(te, test[..3]);
+        assert_eq!(tr, train);
+        // Too few test items: the merge stops at the first test line it cannot fill.
+        let merged = merge_split(train.clone(), vec!["t".to_string()]);
+        assert_eq!(merged.len(), 20);
+    }
 }

@@ -77,7 +77,7 @@ pub(crate) fn prepare(
             completion_field,
         } => {
             let texts = read_prompts(path, prompt_field, completion_field.as_deref())?;
-            file_prompts(op, &texts, (&tokenizer, eos), &context, data)?
+            file_prompts(op, &texts, (&tokenizer, eos), &context, data, tc.limit)?
         }
     };
     let decoder = tokenizer.clone();
@@ -234,13 +234,15 @@ fn corpus_prompts(
 
 /// `--prompts FILE.jsonl`: every line's prompt, one line in 20 held out; the training split
 /// becomes the other lines' prompts with their reference completions (and end-of-sequence),
-/// right-padded to the corpus's sequence length.
+/// right-padded to the corpus's sequence length, the first `limit` of them (`--limit`, as it
+/// cuts a corpus's training split; the held-out lines stay).
 fn file_prompts(
     op: &OnPolicyConfig,
     texts: &[distill_text::PromptText],
     (tokenizer, eos): (&PretrainedTokenizer, i64),
     context: &Context,
     data: &mut Data,
+    limit: Option<usize>,
 ) -> Result<(Prompts, Prompts), AppError> {
     let encode = |v: Vec<&str>| -> Result<Vec<Vec<i64>>, AppError> {
         Ok(tokenizer
@@ -281,6 +283,7 @@ fn file_prompts(
             texts.len()
         )));
     }
+    train.truncate(limit.unwrap_or(usize::MAX));
     test.truncate(op.eval_prompts);
     let lists: Vec<Vec<i64>> = train.iter().map(|(p, _)| p.clone()).collect();
     data.train = reference_dataset(&train, eos, &data.train)?;

@@ -356,3 +356,68 @@ async fn mismatches_are_refused_before_training(tmp: &Path, corpus: &Path, urls:
     let e = refused(args).await;
     assert!(e.contains("end-of-document token"), "{e}");
 }
+
+/// A prompts file (`--prompts`, with reference completions) written from `corpus`'s entries:
+/// the first `words` words the prompt, the rest the completion; line `i` held out when
+/// `i % 20 == 0`.
+fn write_prompts(corpus: &Path, path: &Path, words: usize) -> usize {
+    let docs = distill_text::read_gcide(corpus).unwrap();
+    let lines: Vec<String> = docs
+        .iter()
+        .filter_map(|d| distill_text::split_entry(&d.text, words))
+        .map(|(p, c)| serde_json::json!({ "prompt": p, "completion": c }).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+    lines.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompts_file_trains_its_first_limit_prompts_and_keeps_its_held_out_lines() {
+    let tmp = TempDir::new("student-on-policy-limit");
+    let corpus = tmp.path().join("corpus");
+    write_synthetic_corpus(&corpus, 400, 1);
+    let teacher_dir = tmp.path().join("teacher");
+    train_teacher(&corpus, &teacher_dir).await;
+    let teacher = TeacherProcess::start(&teacher_dir, &[] as &[&str]).await;
+    let prompts = tmp.path().join("prompts.jsonl");
+    let lines = write_prompts(&corpus, &prompts, 1);
+    assert!(lines > 100, "{lines} prompts");
+
+    // 20 training prompts of the file's ~380: 3 batches of 8 (the last one short), at
+    // lambda 0.5; the held-out prompts are still measured.
+    let out = tmp.path().join("student");
+    let mut args = on_policy_args(
+        &corpus,
+        &out,
+        &[teacher.url()],
+        &[
+            "--on-policy",
+            "0.5",
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--completion-field",
+            "completion",
+            "--max-new-tokens",
+            "6",
+            "--eval-prompts",
+            "8",
+            "--limit",
+            "20",
+        ],
+    );
+    args.extend(["--epochs".into(), "1".into()]);
+    student(&args)
+        .await
+        .expect_ok("on-policy distill from a prompts file with --limit");
+    let metrics = read_metrics(&out);
+    assert_eq!(metrics.len(), 1);
+    let m = &metrics[0];
+    assert_eq!(m["samples"], 20, "--limit 20 trains 20 prompts: {m}");
+    assert_eq!(m["step"], 3, "{m}");
+    let op = &m["on_policy"];
+    assert!(
+        op["heldout_reverse_kl"].as_f64().unwrap().is_finite(),
+        "{m}"
+    );
+    assert!(op["heldout_completion_len"].as_f64().unwrap() > 0.0, "{m}");
+}
