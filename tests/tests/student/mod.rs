@@ -4,6 +4,7 @@
 mod alpha_zero;
 mod broken_pipe;
 mod datasets;
+mod demo_opd;
 mod distill;
 mod ensemble;
 mod errors;
