@@ -21,7 +21,11 @@ async fn demo_opd_runs_end_to_end_with_tiny_sizes() {
             .collect()
     };
     let prompts = tmp.path().join("prompts.jsonl");
-    std::fs::write(&prompts, merge_split(pairs(&train), pairs(&test)).join("\n")).unwrap();
+    std::fs::write(
+        &prompts,
+        merge_split(pairs(&train), pairs(&test)).join("\n"),
+    )
+    .unwrap();
 
     let runs = tmp.path().join("runs");
     let bin = binary("student-trainer");
@@ -51,10 +55,22 @@ async fn demo_opd_runs_end_to_end_with_tiny_sizes() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    for row in ["teacher", "initial student", "off-policy KD", "on-policy", "mixed"] {
-        assert!(stdout.contains(&format!("\n{row} ")), "no {row:?} row:\n{stdout}");
+    for row in [
+        "teacher",
+        "initial student",
+        "off-policy KD",
+        "on-policy",
+        "mixed",
+    ] {
+        assert!(
+            stdout.contains(&format!("\n{row} ")),
+            "no {row:?} row:\n{stdout}"
+        );
     }
-    assert!(stdout.contains("Teacher against the initial student"), "{stdout}");
+    assert!(
+        stdout.contains("Teacher against the initial student"),
+        "{stdout}"
+    );
 
     let last = |run: &str| read_metrics(&runs.join(run)).pop().expect("a metrics line");
     // The initial student is the baseline: one step at learning rate 0 leaves its weights.
@@ -65,12 +81,19 @@ async fn demo_opd_runs_end_to_end_with_tiny_sizes() {
         "the initial student's weights are the baseline's"
     );
     // The same budget in each run: 40 training prompts, 3 batches of 16.
-    for (run, lambda) in [("opd-off-policy", 0.0), ("opd-on-policy", 1.0), ("opd-mixed", 0.5)] {
+    for (run, lambda) in [
+        ("opd-off-policy", 0.0),
+        ("opd-on-policy", 1.0),
+        ("opd-mixed", 0.5),
+    ] {
         let m = last(run);
         assert_eq!(m["step"], 3, "{run}: {m}");
         let op = &m["on_policy"];
         assert_eq!(op["lambda"].as_f64(), Some(lambda), "{run}: {m}");
-        assert!(op["heldout_reverse_kl"].as_f64().unwrap().is_finite(), "{run}: {m}");
+        assert!(
+            op["heldout_reverse_kl"].as_f64().unwrap().is_finite(),
+            "{run}: {m}"
+        );
         if lambda == 0.0 {
             assert_eq!(op["on_policy_batches"], 0, "{run}: {m}");
         }
