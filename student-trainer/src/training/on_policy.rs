@@ -188,7 +188,7 @@ impl OnPolicy {
     ///
     /// # Errors
     /// As [`OnPolicy::send`]; [`TrainError::Pairing`] for scores of another batch;
-    /// [`TrainError::Views`] when the teacher stream ended during the measurement.
+    /// [`TrainError::Views`] when the teachers sent no gathered log-probabilities.
     pub(crate) fn end_epoch(
         &mut self,
         student: &Model,
@@ -198,12 +198,12 @@ impl OnPolicy {
     ) -> Result<(OnPolicyMetrics, Vec<Sample>), TrainError> {
         let sums = std::mem::take(&mut self.sums);
         let held = match self.job.heldout.is_some() {
-            true => Some(self.heldout(
+            true => self.heldout(
                 student,
                 targets,
                 (seed, device),
                 (epoch, first_index, batch_size),
-            )?),
+            )?,
             false => None,
         };
         let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -231,16 +231,18 @@ impl OnPolicy {
 
     /// Samples the held-out prompts at temperature 1 (no top-p) from a fixed seed, has the
     /// teachers score every sampled token (their log-softmax of the full row at T = 1), and
-    /// sums `log q(x) − log p(x)`.
+    /// sums `log q(x) − log p(x)`. `None` when the teacher stream ends first (no replica
+    /// reachable): the epoch is still checkpointed, without the measurement, and the loop
+    /// reports the lost teachers at its next batch.
     fn heldout(
         &self,
         student: &Model,
         targets: &mut TargetSource,
         (seed, device): (u64, Device),
         (epoch, first_index, batch_size): (u64, usize, usize),
-    ) -> Result<HeldOut, TrainError> {
+    ) -> Result<Option<HeldOut>, TrainError> {
         let Some(prompts) = &self.job.heldout else {
-            return Ok(HeldOut::default());
+            return Ok(None);
         };
         let opts = SampleOptions {
             temperature: 1.0,
@@ -264,12 +266,14 @@ impl OnPolicy {
             viewed.gather_ids = Some(batch.gather_ids()?);
             viewed.temperature = Some(1.0);
             self.hand_over(viewed);
-            let scored = targets.next(epoch, &planned)?.ok_or_else(|| {
-                TrainError::Views(format!(
-                    "the teacher stream ended while scoring the held-out samples of epoch {}",
-                    epoch + 1
-                ))
-            })?;
+            let Some(scored) = targets.next(epoch, &planned)? else {
+                tracing::warn!(
+                    epoch = epoch + 1,
+                    "the teacher stream ended while scoring the held-out samples: the epoch is \
+                     saved without its held-out reverse KL"
+                );
+                return Ok(None);
+            };
             let gathered = scored.gathered.ok_or_else(|| {
                 TrainError::Views("the teachers sent no gathered log-probabilities".into())
             })?;
@@ -289,7 +293,7 @@ impl OnPolicy {
             out.ended += batch.ended.iter().filter(|e| **e).count() as u64;
             self.keep_samples(&mut out.samples, &prompts.select(&rows)?, &batch, epoch)?;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Adds decoded samples of `batch` to `kept` until `--samples-per-epoch` are kept.
