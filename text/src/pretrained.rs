@@ -135,12 +135,7 @@ impl PretrainedTokenizer {
     ///
     /// Errors: [`TextError::Tokenizers`].
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| TextError::Tokenizers {
-                action: "decoding",
-                message: e.to_string(),
-            })
+        crate::tokenizer::decode_ids(&self.inner, ids)
     }
 
     /// The underlying `tokenizers` tokenizer.

@@ -258,16 +258,24 @@ impl BpeTokenizer {
     ///
     /// Errors: [`TextError::Tokenizers`].
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| TextError::Tokenizers {
-                action: "decoding",
-                message: e.to_string(),
-            })
+        decode_ids(&self.inner, ids)
     }
 
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+}
+
+/// The text of `ids` by `tokenizer`, special tokens left out (what both tokenizer kinds decode
+/// with).
+///
+/// Errors: [`TextError::Tokenizers`].
+pub(crate) fn decode_ids(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+    tokenizer
+        .decode(ids, true)
+        .map_err(|e| TextError::Tokenizers {
+            action: "decoding",
+            message: e.to_string(),
+        })
 }

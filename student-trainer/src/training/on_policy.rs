@@ -67,13 +67,22 @@ impl std::fmt::Debug for OnPolicyJob {
     }
 }
 
-/// A batch as made for its step.
+/// A batch as made for its step: the token ids sent to the teachers, `i64 [B, S]`, and, for
+/// the student's own completions, their labels (`None`: the dataset's rows, whose labels are the
+/// dataset's).
 #[derive(Debug)]
 pub(crate) struct Made {
-    /// Whether the student generated it.
-    pub(crate) on_policy: bool,
-    /// The sequences and labels the step trains on (`None`: the dataset's rows).
-    pub(crate) sampled: Option<(Tensor, Tensor)>,
+    /// The sequences the step trains on.
+    pub(crate) inputs: Tensor,
+    /// The completions' labels, `i64 [B, S]`, when the student generated the batch.
+    pub(crate) labels: Option<Tensor>,
+}
+
+impl Made {
+    /// Whether the student generated the batch.
+    pub(crate) fn on_policy(&self) -> bool {
+        self.labels.is_some()
+    }
 }
 
 /// The loop's on-policy state: the job and the epoch's running sums.
@@ -141,10 +150,10 @@ impl OnPolicy {
             let rows = train
                 .inputs
                 .f_index_select(0, &Tensor::from_slice(&planned.indices))?;
-            self.hand_over(ViewedBatch::new(planned.clone(), rows));
+            self.hand_over(ViewedBatch::new(planned.clone(), rows.shallow_clone()));
             return Ok(Made {
-                on_policy: false,
-                sampled: None,
+                inputs: rows,
+                labels: None,
             });
         }
         let t = Instant::now();
@@ -163,8 +172,8 @@ impl OnPolicy {
         }
         self.hand_over(viewed);
         Ok(Made {
-            on_policy: true,
-            sampled: Some((batch.tokens, batch.labels)),
+            inputs: batch.tokens,
+            labels: Some(batch.labels),
         })
     }
 
@@ -255,7 +264,8 @@ impl OnPolicy {
         let n = prompts.len() as i64;
         for (j, start) in (0..n).step_by(batch_size.max(1)).enumerate() {
             let rows: Vec<i64> = (start..(start + batch_size as i64).min(n)).collect();
-            let batch = sample(student, &prompts.select(&rows)?, &opts, device)?;
+            let chosen = prompts.select(&rows)?;
+            let batch = sample(student, &chosen, &opts, device)?;
             let planned = PlannedBatch {
                 epoch,
                 index: first_index + j,
@@ -291,7 +301,7 @@ impl OnPolicy {
             out.completions += rows.len() as u64;
             out.completion_tokens += batch.completion_lens.iter().sum::<i64>();
             out.ended += batch.ended.iter().filter(|e| **e).count() as u64;
-            self.keep_samples(&mut out.samples, &prompts.select(&rows)?, &batch, epoch)?;
+            self.keep_samples(&mut out.samples, &chosen, &batch, epoch)?;
         }
         Ok(Some(out))
     }

@@ -270,7 +270,7 @@ impl Trainer {
             let _in_batch = span.enter();
             let answered = targets.answered.clone();
             let trained_at = Instant::now();
-            let on_policy = made.as_ref().map(|m| m.on_policy);
+            let on_policy = made.as_ref().map(Made::on_policy);
             let done = self.step(epoch, &planned, (targets, inputs, made), hint_stage)?;
             if let (Some(op), Some(true)) = (self.on_policy.as_mut(), on_policy) {
                 let score_s = self.targets.waited_s - waited_before;
@@ -313,8 +313,8 @@ impl Trainer {
     ) -> Result<StepOutput, TrainError> {
         let (inputs, labels, on_policy) = match made {
             Some(Made {
-                on_policy: true,
-                sampled: Some((xs, ys)),
+                inputs: xs,
+                labels: Some(ys),
             }) => (
                 Some(xs),
                 Some(ys),
@@ -327,7 +327,12 @@ impl Trainer {
                     gathered: targets.gathered,
                 }),
             ),
-            _ => (inputs, None, None),
+            // The rows already cut for the teachers; the dataset's labels.
+            Some(Made {
+                inputs: xs,
+                labels: None,
+            }) => (Some(xs), None, None),
+            None => (inputs, None, None),
         };
         let stepper = Stepper {
             student: &self.student,
