@@ -20,6 +20,7 @@ pub mod generate;
 pub mod lm;
 pub mod model;
 pub mod script;
+pub mod threads;
 pub mod weights;
 
 pub use arch::{Arch, ArchSpec, LOGITS_LAYER, LayerInfo, Network};

@@ -81,8 +81,12 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(command: Command, signal: Arc<AtomicU8>) -> anyhow::Result<Finished> {
+    // Tensor work outside the training thread (answers, batches, evaluation set-up) runs
+    // without OpenMP teams of its own, which would slow the training thread's operators.
+    distill_models::threads::helper_thread();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(distill_models::threads::helper_thread)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

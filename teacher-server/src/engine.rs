@@ -295,9 +295,9 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("teacher-engine".into())
             .spawn(move || {
-                if let Some(n) = settings.threads {
-                    tch::set_num_threads(n);
-                }
+                distill_models::threads::compute_thread(
+                    settings.threads.map(|n| usize::try_from(n).unwrap_or(1)),
+                );
                 let _no_grad = tch::no_grad_guard();
                 let model = match factory() {
                     Ok(m) => m,

@@ -14,9 +14,19 @@ use teacher_server::Args;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    teacher_server::serve(args, teacher_server::shutdown_signal(), |model| model).await?;
+    // Only the engine's thread computes with several cores; the gRPC side's tensor work runs
+    // without OpenMP teams of its own, which would slow the engine's operators.
+    distill_models::threads::helper_thread();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(distill_models::threads::helper_thread)
+        .build()?;
+    rt.block_on(teacher_server::serve(
+        args,
+        teacher_server::shutdown_signal(),
+        |model| model,
+    ))?;
     Ok(())
 }

@@ -25,9 +25,8 @@ use tch::Device;
 /// # Errors
 /// Any [`AppError`].
 pub async fn eval(cfg: EvalConfig) -> Result<(), AppError> {
-    if let Some(n) = cfg.threads {
-        tch::set_num_threads(n as i32);
-    }
+    // The evaluation runs on this (the main) thread.
+    distill_models::threads::compute_thread(cfg.threads);
     if images::is_image_folder(&cfg.data_dir) {
         return eval_images(&cfg).await;
     }

@@ -143,9 +143,7 @@ impl Trainer {
             Some(i) => (Some(i.record), i.views),
             None => (None, None),
         };
-        if let Some(n) = cfg.threads {
-            tch::set_num_threads(n as i32);
-        }
+        distill_models::threads::compute_thread(cfg.threads);
         let checkpoint = start.checkpoint.as_ref();
         let source = StudentSource {
             file: cfg.student.clone(),

@@ -1692,11 +1692,11 @@ async fn pytorch_run(ctx: &Ctx) -> Result<f64, String> {
 /// The loop of `kd_pytorch.py` in this process with `tch`: the row-1 teacher's forward under
 /// `no_grad`, an MLP-128 student step with Adam (lr 1e-3) and the KD loss of
 /// `student_trainer::loss` (T = 4, alpha 0.9); samples/s over one epoch of `--limit` samples.
-fn inprocess_run(ctx: &Ctx, threads: i32) -> Result<f64, String> {
+/// Runs with the calling thread's count (the caller: a compute thread of 2, `kd_pytorch.py`'s).
+fn inprocess_run(ctx: &Ctx) -> Result<f64, String> {
     use student_trainer::data::{Split, load};
     use student_trainer::optim::{Optimizer, OptimizerConfig};
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    tch::set_num_threads(threads);
     let data = load(&ctx.data, Split::Train)
         .map_err(|e| err(&e))?
         .limit(ctx.limit);
@@ -1898,12 +1898,9 @@ async fn distill_rows(
                             .ok_or("report.json has no samples_per_s")?
                     }
                     Kind3::PyTorch => pytorch_run(ctx).await?,
-                    Kind3::InProcess => {
-                        let threads = tch::get_num_threads();
-                        let v = tokio::task::block_in_place(|| inprocess_run(ctx, 2));
-                        tch::set_num_threads(threads);
-                        v?
-                    }
+                    Kind3::InProcess => tokio::task::block_in_place(|| {
+                        on_compute_thread(Some(2), || inprocess_run(ctx))
+                    })?,
                 };
                 v.push(value);
             }
@@ -2233,6 +2230,9 @@ fn busy_note(load: &[f64], cores: usize) -> Option<String> {
 }
 
 fn run(cli: Cli) -> Result<Report, String> {
+    // As in `student-trainer` and `teacher-server`: the threads that are measured compute with
+    // several cores ([`on_compute_thread`]), the others run their operators alone.
+    distill_models::threads::helper_thread();
     let started = Instant::now();
     let load_at_start = load_average();
     let started_unix_s = std::time::SystemTime::now()
@@ -2293,11 +2293,14 @@ fn run(cli: Cli) -> Result<Report, String> {
     let step =
         |what: &str, t: Instant| eprintln!("bench: {what} ({:.1} s)", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    raw_forward(&ctx, &mut rows)?;
-    teacher_kd_error(&ctx, &mut rows)?;
+    on_compute_thread(None, || {
+        raw_forward(&ctx, &mut rows)?;
+        teacher_kd_error(&ctx, &mut rows)
+    })?;
     step("row 1, in-process forward", t);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(distill_models::threads::helper_thread)
         .build()
         .map_err(|e| format!("starting the tokio runtime: {e}"))?;
     let t = Instant::now();
@@ -2307,13 +2310,13 @@ fn run(cli: Cli) -> Result<Report, String> {
     runtime.block_on(distill_rows(&ctx, &mut rows, &mut notes))?;
     step("rows 3 and 5, distillation and the logit cache", t);
     let t = Instant::now();
-    wire_bytes(&ctx, &mut rows)?;
+    on_compute_thread(None, || wire_bytes(&ctx, &mut rows))?;
     step("row 4, wire sizes", t);
     let t = Instant::now();
-    compression(&ctx, &mut rows, &mut notes)?;
+    on_compute_thread(None, || compression(&ctx, &mut rows, &mut notes))?;
     step("row 6, gRPC compression", t);
     let t = Instant::now();
-    lm_wire_bytes(&ctx, &mut rows)?;
+    on_compute_thread(None, || lm_wire_bytes(&ctx, &mut rows))?;
     runtime.block_on(lm_distill(&ctx, &mut rows, &mut notes))?;
     step("row 7, language models", t);
     let t = Instant::now();
@@ -2346,6 +2349,26 @@ fn run(cli: Cli) -> Result<Report, String> {
             native_f16: cpu.native_f16(),
             flags: cpu.flags.into_iter().collect(),
         },
+    })
+}
+
+/// Runs `f` on a thread of its own whose libtorch operators use `threads` cores (`None`:
+/// libtorch's default), as `student-trainer`'s training thread and `teacher-server`'s engine
+/// do ([`distill_models::threads::compute_thread`]); the thread's OpenMP team ends with it.
+///
+/// # Panics
+/// If `f` panics.
+fn on_compute_thread<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("bench-compute".into())
+            .spawn_scoped(s, || {
+                distill_models::threads::compute_thread(threads);
+                f()
+            })
+            .expect("spawning a thread")
+            .join()
+            .expect("the measuring thread panicked")
     })
 }
 

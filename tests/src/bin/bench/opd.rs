@@ -62,21 +62,13 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// The generation rows: [`Model::sample`] with and without the key/value cache, on a thread
-/// of their own as `student-trainer` samples on its trainer thread (libtorch's intra-op
-/// threads set there). How libgomp's threads wait between libtorch's parallel regions depends
-/// on how many OpenMP threads the process has against its cores (they spin long while they
-/// fit, briefly when they do not): on 2 cores that moved this row by up to 1.5× on an idle
-/// machine, and far more while other processes held the cores.
+/// The generation rows: [`Model::sample`] with and without the key/value cache, on a compute
+/// thread of the machine's cores as `student-trainer` samples on its training thread, the
+/// process's other threads running their operators alone (see [`distill_models::threads`]:
+/// when the process holds more OpenMP threads than cores, libgomp's workers sleep between
+/// parallel regions, and this row lost a third).
 pub(super) fn generate_rows(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String> {
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .name("sampler".into())
-            .spawn_scoped(s, || generate_on_this_thread(ctx, rows))
-            .map_err(|e| format!("spawning the sampling thread: {e}"))?
-            .join()
-            .map_err(|_| "the sampling thread panicked".to_string())?
-    })
+    super::on_compute_thread(Some(threads()), || generate_on_this_thread(ctx, rows))
 }
 
 /// [`generate_rows`] on the calling thread.
@@ -88,8 +80,7 @@ fn generate_on_this_thread(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(), String>
     if settings.is_empty() {
         return Ok(());
     }
-    let threads = threads();
-    tch::set_num_threads(threads as i32);
+    let threads = tch::get_num_threads();
     tch::manual_seed(9);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let spec = ArchSpec {
