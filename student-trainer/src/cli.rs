@@ -181,7 +181,8 @@ pub struct CommonArgs {
     /// Continue from the checkpoint in --out: weights, optimizer state, epoch, step, position.
     #[arg(long, env = "STUDENT_RESUME")]
     pub resume: bool,
-    /// libtorch intra-op threads for this process (default: libtorch's choice).
+    /// libtorch intra-op threads of the training thread, which samples too (default: libtorch's
+    /// choice, the CPUs); the process's other threads run their tensor work on one thread each.
     #[arg(long, env = "STUDENT_THREADS")]
     pub threads: Option<usize>,
     /// Skip the test-split evaluation at the end of each epoch.
@@ -481,7 +482,7 @@ pub struct EvalArgs {
     /// Print the result as JSON on stdout instead of a table.
     #[arg(long, env = "STUDENT_JSON")]
     pub json: bool,
-    /// libtorch intra-op threads for this process.
+    /// libtorch intra-op threads of the evaluation (default: libtorch's choice, the CPUs).
     #[arg(long, env = "STUDENT_THREADS")]
     pub threads: Option<usize>,
 }

@@ -158,7 +158,8 @@ pub struct Args {
     #[arg(long, env = "TEACHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// libtorch intra-op threads for the forward pass (default: libtorch's choice).
+    /// libtorch intra-op threads of the engine thread's forward passes (default: libtorch's
+    /// choice, the CPUs); the gRPC side's tensor work runs on one thread each.
     #[arg(long, env = "TEACHER_THREADS")]
     pub threads: Option<i32>,
 

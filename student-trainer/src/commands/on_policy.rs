@@ -14,6 +14,7 @@ use crate::training::{Decoder, OnPolicySettings, TrainConfig};
 use distill_models::ArchSpec;
 use distill_models::generate::SampleOptions;
 use distill_text::{PretrainedTokenizer, is_test_document, read_prompts};
+use std::path::Path;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -77,7 +78,8 @@ pub(crate) fn prepare(
             completion_field,
         } => {
             let texts = read_prompts(path, prompt_field, completion_field.as_deref())?;
-            file_prompts(op, &texts, (&tokenizer, eos), &context, data, tc.limit)?
+            let source = (path.as_path(), texts.as_slice());
+            file_prompts(op, source, (&tokenizer, eos), &context, data, tc.limit)?
         }
     };
     let decoder = tokenizer.clone();
@@ -177,19 +179,33 @@ impl Context {
         truncate: bool,
         what: &dyn Fn() -> String,
     ) -> Result<Vec<i64>, AppError> {
+        let kept = self.kept(ids.len(), truncate, what)?;
+        Ok(ids[ids.len() - kept..].to_vec())
+    }
+
+    /// How many of a prompt's `len` tokens [`Context::fit`] keeps: all of them when they fit,
+    /// the last [`Context::room`] under `--truncate-prompts`.
+    ///
+    /// # Errors
+    /// [`AppError::Mismatch`] naming `what` and the lengths.
+    fn kept(
+        &self,
+        len: usize,
+        truncate: bool,
+        what: &dyn Fn() -> String,
+    ) -> Result<usize, AppError> {
         let room = self.room() as usize;
-        if ids.len() <= room {
-            return Ok(ids.to_vec());
+        if len <= room {
+            return Ok(len);
         }
         if truncate {
-            return Ok(ids[ids.len() - room..].to_vec());
+            return Ok(room);
         }
         Err(AppError::Mismatch(format!(
-            "{} has {} tokens, and with --max-new-tokens {} the sequence would pass {} ({} \
+            "{} has {len} tokens, and with --max-new-tokens {} the sequence would pass {} ({} \
              tokens of prompt at most): shorten it, lower --max-new-tokens, or add \
              --truncate-prompts to cut prompts from the left",
             what(),
-            ids.len(),
             self.new,
             self.who,
             room
@@ -213,11 +229,9 @@ fn corpus_prompts(
              (expected fewer than {s})"
         )));
     }
-    let keep = context
-        .fit(&vec![0; p as usize], op.truncate_prompts, &|| {
-            format!("a prompt of --prompt-tokens {p}")
-        })?
-        .len() as i64;
+    let keep = context.kept(p as usize, op.truncate_prompts, &|| {
+        format!("a prompt of --prompt-tokens {p}")
+    })? as i64;
     let cut = |rows: &Tensor| -> Result<Prompts, AppError> {
         let full = Prompts::prefixes(rows, p)?;
         Ok(Prompts {
@@ -238,7 +252,7 @@ fn corpus_prompts(
 /// cuts a corpus's training split; the held-out lines stay).
 fn file_prompts(
     op: &OnPolicyConfig,
-    texts: &[distill_text::PromptText],
+    (path, texts): (&Path, &[distill_text::PromptText]),
     (tokenizer, eos): (&PretrainedTokenizer, i64),
     context: &Context,
     data: &mut Data,
@@ -258,10 +272,7 @@ fn file_prompts(
             .map(|t| t.completion.as_deref().unwrap_or(""))
             .collect(),
     )?;
-    let path = match &op.prompts {
-        PromptSource::File { path, .. } => path.display().to_string(),
-        PromptSource::Corpus { .. } => String::new(),
-    };
+    let path = path.display();
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (i, (t, (p, c))) in texts
         .iter()

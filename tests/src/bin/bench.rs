@@ -1224,6 +1224,7 @@ async fn lm_remote_once(ctx: &Ctx, url: &str, data: &Path, out: &Path) -> Result
         .teacher(url.to_string())
         .arch(LM_STUDENT)
         .batch_size(LM_BATCH)
+        .epochs(1)
         .top_k(32)
         .flag("--temperature", 2)
         .flag("--alpha", 0.5)
