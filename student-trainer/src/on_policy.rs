@@ -196,6 +196,25 @@ pub fn completion_labels(tokens: &Tensor, rows: &[(i64, i64)]) -> Result<Tensor,
     Ok(Tensor::from_slice(&labels).view([b, s]))
 }
 
+/// The positions a batch's loss reads, of its labels `labels` (`i64 [B, S]`): one past the last
+/// position that some row labels (not [`IGNORE_INDEX`]), at least 1. Every row is padding after
+/// it, and a causal model's logits before a position do not depend on it, so the batch can be
+/// cut to this width for the teachers and the step without changing what is trained (a prompts
+/// file's reference rows, right-padded to the context, are mostly padding).
+///
+/// # Errors
+/// libtorch's error for labels that are not `[B, S]`.
+pub fn labelled_width(labels: &Tensor) -> Result<i64, tch::TchError> {
+    let read = labels
+        .f_ne(IGNORE_INDEX)?
+        .f_any_dims(Some(&[0i64][..]), false)?;
+    let read = Vec::<bool>::try_from(read)?;
+    Ok(read
+        .iter()
+        .rposition(|&r| r)
+        .map_or(1, |last| last as i64 + 1))
+}
+
 /// Labels of `labels` (`i64 [B, S]`, a corpus's next tokens) with the first `prompt_lens[b]`
 /// tokens of each row taken as its prompt: positions `t < prompt_lens[b] − 1` (whose next token
 /// is a prompt token) become [`IGNORE_INDEX`].
@@ -254,6 +273,27 @@ pub fn sampled_reverse_kl(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_labelled_width_ends_after_the_last_labelled_position_of_any_row() {
+        let i = IGNORE_INDEX;
+        let labels = Tensor::from_slice(&[i, 5, 6, i, i, i, i, i, 7, i, i, i]).view([2, 6]);
+        // Row 0 labels positions 1 and 2, row 1 position 2: positions 3.. are padding.
+        assert_eq!(labelled_width(&labels).unwrap(), 3);
+        let full = Tensor::from_slice(&[i, 5, 6, i, i, 9]).view([1, 6]);
+        assert_eq!(labelled_width(&full).unwrap(), 6);
+        let none = Tensor::from_slice(&[i, i, i]).view([1, 3]);
+        assert_eq!(labelled_width(&none).unwrap(), 1);
+        // Reference rows (prompt, completion, padding): the cut keeps every label, the last
+        // completion token (row 0's position 3) as the label of position 2.
+        let tokens = Tensor::from_slice(&[1i64, 2, 3, 4, 0, 0, 1, 2, 3, 0, 0, 0]).view([2, 6]);
+        let labels = completion_labels(&tokens, &[(2, 4), (1, 3)]).unwrap();
+        let w = labelled_width(&labels).unwrap();
+        assert_eq!(w, 3);
+        let count = |l: &Tensor| l.ne(i).sum(Kind::Int64).int64_value(&[]);
+        assert_eq!(count(&labels.narrow(1, 0, w)), count(&labels));
+        assert_eq!(labels.int64_value(&[0, 2]), 4);
+    }
 
     #[test]
     fn on_policy_draws_follow_lambda_and_the_schedule() {

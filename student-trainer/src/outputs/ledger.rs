@@ -34,8 +34,9 @@ impl Ledger {
     }
 
     /// Appends the line of batch `index` of `epoch`, answered as request `batch_id` by
-    /// `replica` for `groups`; `on_policy` (an on-policy distillation run) says whether the
-    /// student generated the batch.
+    /// `replica` for `groups`; `on_policy` (an on-policy distillation run): whether the student
+    /// generated the batch, and the positions of its sequences (`S` of the `[B, S]` token ids
+    /// sent to the teachers and trained on).
     ///
     /// # Errors
     /// The line cannot be written.
@@ -46,14 +47,15 @@ impl Ledger {
         batch_id: u64,
         replica: &str,
         groups: &[String],
-        on_policy: Option<bool>,
+        on_policy: Option<(bool, i64)>,
     ) -> std::io::Result<()> {
         let mut line = serde_json::json!({
             "epoch": epoch, "index": index, "batch_id": batch_id, "replica": replica,
             "groups": groups,
         });
-        if let Some(on) = on_policy {
+        if let Some((on, positions)) = on_policy {
             line["on_policy"] = serde_json::Value::Bool(on);
+            line["positions"] = positions.into();
         }
         writeln!(self.file, "{line}")
     }

@@ -14,7 +14,9 @@
 use super::error::TrainError;
 use super::targets::TargetSource;
 use crate::data::Dataset;
-use crate::on_policy::{OnPolicyEstimator, Prompts, SampledBatch, is_on_policy, sampling_seed};
+use crate::on_policy::{
+    OnPolicyEstimator, Prompts, SampledBatch, is_on_policy, labelled_width, sampling_seed,
+};
 use crate::outputs::metrics::OnPolicyMetrics;
 use crate::outputs::samples::Sample;
 use crate::schedule::{PlannedBatch, ViewedBatch, step_seed};
@@ -67,22 +69,51 @@ impl std::fmt::Debug for OnPolicyJob {
     }
 }
 
-/// A batch as made for its step: the token ids sent to the teachers, `i64 [B, S]`, and, for
-/// the student's own completions, their labels (`None`: the dataset's rows, whose labels are the
-/// dataset's).
+/// A batch as made for its step: the token ids sent to the teachers and trained on, `i64
+/// [B, S]`, with their labels, the next token at completion positions (else `IGNORE_INDEX`).
+/// `S` is the batch's own: up to the sampled completions' ends, or up to the dataset rows' last
+/// labelled position ([`labelled_width`]).
 #[derive(Debug)]
 pub(crate) struct Made {
-    /// The sequences the step trains on.
+    /// The sequences.
     pub(crate) inputs: Tensor,
-    /// The completions' labels, `i64 [B, S]`, when the student generated the batch.
-    pub(crate) labels: Option<Tensor>,
+    /// Their labels, `i64 [B, S]`.
+    pub(crate) labels: Tensor,
+    /// Whether the student generated the batch (else: the dataset's rows).
+    pub(crate) sampled: bool,
 }
 
 impl Made {
     /// Whether the student generated the batch.
     pub(crate) fn on_policy(&self) -> bool {
-        self.labels.is_some()
+        self.sampled
     }
+
+    /// The positions of its sequences, `S`.
+    pub(crate) fn positions(&self) -> i64 {
+        self.inputs.size().get(1).copied().unwrap_or(0)
+    }
+}
+
+/// An off-policy batch: the dataset's rows `indices` (prompts with their reference
+/// completions) and labels, cut after the last position any of them labels
+/// ([`labelled_width`]): the teachers score and the student trains on no all-padding tail.
+///
+/// # Errors
+/// libtorch's error (an index outside the dataset).
+fn reference_rows(train: &Dataset, indices: &[i64]) -> Result<Made, TrainError> {
+    let idx = Tensor::from_slice(indices);
+    let labels = train.labels.f_index_select(0, &idx)?;
+    let width = labelled_width(&labels)?;
+    Ok(Made {
+        inputs: train
+            .inputs
+            .f_index_select(0, &idx)?
+            .f_narrow(1, 0, width)?
+            .f_contiguous()?,
+        labels: labels.f_narrow(1, 0, width)?.f_contiguous()?,
+        sampled: false,
+    })
 }
 
 /// The loop's on-policy state: the job and the epoch's running sums.
@@ -147,14 +178,12 @@ impl OnPolicy {
         let s = &self.job.settings;
         self.sums.batches += 1;
         if !is_on_policy(seed, epoch, planned.index, s.lambda) {
-            let rows = train
-                .inputs
-                .f_index_select(0, &Tensor::from_slice(&planned.indices))?;
-            self.hand_over(ViewedBatch::new(planned.clone(), rows.shallow_clone()));
-            return Ok(Made {
-                inputs: rows,
-                labels: None,
-            });
+            let made = reference_rows(train, &planned.indices)?;
+            self.hand_over(ViewedBatch::new(
+                planned.clone(),
+                made.inputs.shallow_clone(),
+            ));
+            return Ok(made);
         }
         let t = Instant::now();
         tch::manual_seed(sampling_seed(step_seed(seed, epoch, planned.index)));
@@ -173,7 +202,8 @@ impl OnPolicy {
         self.hand_over(viewed);
         Ok(Made {
             inputs: batch.tokens,
-            labels: Some(batch.labels),
+            labels: batch.labels,
+            sampled: true,
         })
     }
 

@@ -268,9 +268,9 @@ impl Trainer {
             let _in_batch = span.enter();
             let answered = targets.answered.clone();
             let trained_at = Instant::now();
-            let on_policy = made.as_ref().map(Made::on_policy);
+            let on_policy = made.as_ref().map(|m| (m.on_policy(), m.positions()));
             let done = self.step(epoch, &planned, (targets, inputs, made), hint_stage)?;
-            if let (Some(op), Some(true)) = (self.on_policy.as_mut(), on_policy) {
+            if let (Some(op), Some((true, _))) = (self.on_policy.as_mut(), on_policy) {
                 let score_s = self.targets.waited_s - waited_before;
                 op.timed(score_s, trained_at.elapsed().as_secs_f64());
             }
@@ -310,26 +310,17 @@ impl Trainer {
         hint_stage: bool,
     ) -> Result<StepOutput, TrainError> {
         let (inputs, labels, on_policy) = match made {
-            Some(Made {
-                inputs: xs,
-                labels: Some(ys),
-            }) => (
-                Some(xs),
-                Some(ys),
-                Some(OnPolicyStep {
+            Some(m) => {
+                let on_policy = m.sampled.then(|| OnPolicyStep {
                     estimator: self
                         .on_policy
                         .as_ref()
                         .map(OnPolicy::estimator)
                         .unwrap_or_default(),
                     gathered: targets.gathered,
-                }),
-            ),
-            // The rows already cut for the teachers; the dataset's labels.
-            Some(Made {
-                inputs: xs,
-                labels: None,
-            }) => (Some(xs), None, None),
+                });
+                (Some(m.inputs), Some(m.labels), on_policy)
+            }
             None => (inputs, None, None),
         };
         let stepper = Stepper {
@@ -362,7 +353,7 @@ impl Trainer {
         epoch: u64,
         planned: &PlannedBatch,
         done: &StepOutput,
-        (answered, on_policy): (Option<Answered>, Option<bool>),
+        (answered, on_policy): (Option<Answered>, Option<(bool, i64)>),
     ) -> Result<(), TrainError> {
         self.out.step += 1;
         self.out.samples += done.samples as u64;

@@ -34,11 +34,11 @@ pub(crate) struct StepInput<'a> {
     /// Optimizer steps of the stage (its learning-rate schedule runs over them).
     pub(crate) stage_steps: u64,
     /// The batch's inputs when they were made for it (an image folder's augmented views,
-    /// `f32 [B, C, H, W]`; the student's own sequences, `i64 [B, S]`); `None`: the dataset's
-    /// rows.
+    /// `f32 [B, C, H, W]`; an on-policy run's sequences, `i64 [B, S]`, the student's own or the
+    /// dataset's rows cut to their labelled width); `None`: the dataset's rows.
     pub(crate) inputs: Option<Tensor>,
-    /// The labels of made inputs when they are not the dataset's (the student's own sequences:
-    /// `i64 [B, S]`, the completion's next tokens, else `IGNORE_INDEX`).
+    /// The labels of made inputs when they are not the dataset's rows of the batch (an on-policy
+    /// run's sequences: `i64 [B, S]`, the completion's next tokens, else `IGNORE_INDEX`).
     pub(crate) labels: Option<Tensor>,
     /// An on-policy batch (`distill --on-policy`): its loss.
     pub(crate) on_policy: Option<OnPolicyStep>,

@@ -228,6 +228,26 @@ async fn mixed_k1_run_from_a_prompts_file(tmp: &Path, corpus: &Path, urls: &[Str
         "λ = 0.5: {on} of {} on-policy",
         lines.len()
     );
+    // Off-policy batches (a word of prompt, two of completion and the end-of-sequence token per
+    // row, right-padded to the context) go to the teachers cut after their last labelled
+    // position, not as wide as the context.
+    let seq: i64 = SEQ.parse().unwrap();
+    let positions = |on: bool| -> Vec<i64> {
+        lines
+            .iter()
+            .filter(|l| l["on_policy"] == on)
+            .map(|l| l["positions"].as_i64().unwrap())
+            .collect()
+    };
+    let (sampled, reference) = (positions(true), positions(false));
+    assert!(
+        sampled
+            .iter()
+            .chain(&reference)
+            .all(|&p| 1 <= p && p <= seq)
+            && reference.iter().any(|&p| p < seq),
+        "positions of the on-policy batches {sampled:?} and the off-policy ones {reference:?}"
+    );
     let metrics = read_metrics(&out);
     let fraction: f64 = metrics
         .iter()
