@@ -84,11 +84,6 @@ pub(crate) struct Made {
 }
 
 impl Made {
-    /// Whether the student generated the batch.
-    pub(crate) fn on_policy(&self) -> bool {
-        self.sampled
-    }
-
     /// The positions of its sequences, `S`.
     pub(crate) fn positions(&self) -> i64 {
         self.inputs.size().get(1).copied().unwrap_or(0)
@@ -106,11 +101,11 @@ fn reference_rows(train: &Dataset, indices: &[i64]) -> Result<Made, TrainError> 
     let labels = train.labels.f_index_select(0, &idx)?;
     let width = labelled_width(&labels)?;
     Ok(Made {
+        // Cut, then gathered: one copy of the rows' first `width` positions.
         inputs: train
             .inputs
-            .f_index_select(0, &idx)?
             .f_narrow(1, 0, width)?
-            .f_contiguous()?,
+            .f_index_select(0, &idx)?,
         labels: labels.f_narrow(1, 0, width)?.f_contiguous()?,
         sampled: false,
     })

@@ -268,7 +268,7 @@ impl Trainer {
             let _in_batch = span.enter();
             let answered = targets.answered.clone();
             let trained_at = Instant::now();
-            let on_policy = made.as_ref().map(|m| (m.on_policy(), m.positions()));
+            let on_policy = made.as_ref().map(|m| (m.sampled, m.positions()));
             let done = self.step(epoch, &planned, (targets, inputs, made), hint_stage)?;
             if let (Some(op), Some((true, _))) = (self.on_policy.as_mut(), on_policy) {
                 let score_s = self.targets.waited_s - waited_before;

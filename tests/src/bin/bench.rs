@@ -1187,6 +1187,15 @@ async fn lm_distill(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
     Ok(())
 }
 
+/// A built-in `lm:layers=L,d=D,heads=H` as the reference scripts' `--teacher`/`--student`
+/// value `L,D,H` (empty for another architecture, which the scripts refuse).
+fn pytorch_lm_arch(spec: &str) -> String {
+    match spec.parse::<distill_models::Arch>() {
+        Ok(distill_models::Arch::Lm(c)) => format!("{},{},{}", c.layers, c.d, c.heads),
+        _ => String::new(),
+    }
+}
+
 /// Row 7b's teacher (random weights) served on a loopback port, and its data: `n` random
 /// token sequences in `dir/tokens.npz` (next-token labels; the loss's value does not matter).
 async fn lm_setup(ctx: &Ctx, dir: &Path, n: i64) -> Result<(Server, PathBuf), String> {
@@ -1261,9 +1270,9 @@ async fn lm_pytorch_once(steps: usize) -> Result<f64, String> {
         ])
         .args([
             "--teacher",
-            "4,256,4",
+            &pytorch_lm_arch(LM_TEACHER),
             "--student",
-            "2,128,4",
+            &pytorch_lm_arch(LM_STUDENT),
             "--top-k",
             "32",
         ])

@@ -38,7 +38,10 @@
 //! 32 logits per position with the tail as one bucket (what travels over the wire), where the
 //! PyTorch loop takes the reverse KL over the whole vocabulary from the in-process logits.
 
-use super::{Ctx, LM_BATCH, LM_SEQ, LM_STUDENT, LM_TEACHER, LM_VOCAB, Row, alternate, median};
+use super::{
+    Ctx, LM_BATCH, LM_SEQ, LM_STUDENT, LM_TEACHER, LM_VOCAB, Row, alternate, median,
+    pytorch_lm_arch,
+};
 use distill_models::{ArchSpec, Model, Network, SampleOptions};
 use distill_tests::trainer::DistillArgs;
 use distill_tests::{Server, TEACHER_SERVICE, fresh_checkpoint};
@@ -439,16 +442,6 @@ async fn remote_once(ctx: &Ctx, url: &str, c: &Corpus, out: &Path) -> Result<Loo
 /// `steps` steps at row 9's sizes: its `opd: ...` line.
 async fn pytorch_once(npy: &Path, steps: usize) -> Result<LoopRun, String> {
     let script = distill_tests::workspace_root().join("scripts/reference/opd_pytorch.py");
-    let arch = |spec: &str| {
-        let c = spec
-            .parse::<distill_models::Arch>()
-            .ok()
-            .and_then(|a| match a {
-                distill_models::Arch::Lm(c) => Some(c),
-                _ => None,
-            });
-        c.map_or_else(String::new, |c| format!("{},{},{}", c.layers, c.d, c.heads))
-    };
     let run = tokio::process::Command::from(distill_tests::python())
         .arg(&script)
         .arg("--tokens")
@@ -462,9 +455,9 @@ async fn pytorch_once(npy: &Path, steps: usize) -> Result<LoopRun, String> {
         .args(["--bs", &LM_BATCH.to_string(), "--steps", &steps.to_string()])
         .args([
             "--teacher",
-            &arch(LM_TEACHER),
+            &pytorch_lm_arch(LM_TEACHER),
             "--student",
-            &arch(LM_STUDENT),
+            &pytorch_lm_arch(LM_STUDENT),
         ])
         .args([
             "--T",
